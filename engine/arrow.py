@@ -1,0 +1,49 @@
+"""Arrow helpers shared by the readers and writers."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+UTC = "UTC"
+
+
+def storage_type(data_type: pa.DataType) -> pa.DataType:
+    """The type a column is stored as in a table.
+
+    Timestamps become microseconds in UTC (a timestamp without a zone is taken as UTC), string and binary
+    views and large variants become plain strings and binaries, dictionaries are decoded and the null type
+    becomes string. Nested types are converted field by field.
+    """
+    if pa.types.is_timestamp(data_type):
+        return pa.timestamp("us", tz=data_type.tz or UTC)
+    if pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type):
+        return pa.string()
+    if pa.types.is_large_binary(data_type) or pa.types.is_binary_view(data_type):
+        return pa.binary()
+    if pa.types.is_dictionary(data_type):
+        return storage_type(data_type.value_type)
+    if pa.types.is_null(data_type):
+        return pa.string()
+    if pa.types.is_struct(data_type):
+        return pa.struct([field.with_type(storage_type(field.type)) for field in data_type])
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_list_view(data_type):
+        return pa.list_(data_type.value_field.with_type(storage_type(data_type.value_type)))
+    return data_type
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with every field converted by `storage_type`, metadata dropped."""
+    return pa.schema([field.with_type(storage_type(field.type)) for field in schema])
+
+
+def to_storage(table: pa.Table) -> pa.Table:
+    """`table` cast to its storage schema (see `storage_type`); a no-op when already there."""
+    target = storage_schema(table.schema)
+    if target.equals(table.schema.remove_metadata()):
+        return table.replace_schema_metadata(None)
+    return table.cast(target)
+
+
+def unify(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema holding every field of `schemas`, in first-seen order, types widened where they differ."""
+    return pa.unify_schemas(schemas, promote_options="permissive")

@@ -1,0 +1,130 @@
+"""Settings: one frozen tree from `medallion.yaml` plus `MEDALLION__SECTION__KEY` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from engine.errors import ConfigError
+
+CONFIG_FILE_ENV = "MEDALLION_CONFIG"
+DEFAULT_CONFIG_FILE = "medallion.yaml"
+ENV_PREFIX = "MEDALLION__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageSettings(_Section):
+    """Where tables live and how their data files are written."""
+
+    root: str = "./lakehouse"
+    target_file_mb: int = Field(default=128, gt=0)
+    compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
+    compression_level: int | None = 3
+
+
+class RaySettings(_Section):
+    """How the engine reaches Ray."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, gt=0)
+    object_store_memory_mb: int | None = Field(default=None, gt=0)
+    auth_mode: Literal["disabled", "token"] = "disabled"
+    progress_bars: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    storage: StorageSettings = StorageSettings()
+    ray: RaySettings = RaySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def resolve_config_file(config_file: str | os.PathLike[str] | None) -> Path | None:
+    """The YAML file to read: the one given, else `$MEDALLION_CONFIG`, else `./medallion.yaml` if present.
+
+    Raises:
+        ConfigError: a file was named explicitly but does not exist.
+    """
+    named = config_file or os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"config file `{path}` does not exist; fix the path or unset {CONFIG_FILE_ENV}",
+                              path=str(path))
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Settings:
+    """Build the settings: `overrides` (e.g. CLI flags) > environment > YAML file > defaults.
+
+    Args:
+        config_file: a YAML file; see `resolve_config_file` for the default.
+        overrides: values by section and key, e.g. `{"storage": {"root": "/data"}}`; None values are ignored.
+
+    Raises:
+        ConfigError: a value is missing or invalid; the message lists every place that was looked at.
+    """
+    yaml_file = resolve_config_file(config_file)
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=yaml_file)
+
+    clean = {
+        section: {key: value for key, value in values.items() if value is not None}
+        for section, values in (overrides or {}).items()
+    }
+    try:
+        return _FromFile(**{section: values for section, values in clean.items() if values})
+    except ValidationError as err:
+        raise ConfigError(_describe(err, yaml_file)) from None
+
+
+def _describe(err: ValidationError, yaml_file: Path | None) -> str:
+    problems = []
+    for error in err.errors():
+        dotted = ".".join(str(part) for part in error["loc"])
+        env_name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
+        file_note = f"`{yaml_file}`" if yaml_file else f"no config file (`{DEFAULT_CONFIG_FILE}` not found)"
+        problems.append(
+            f"setting `{dotted}`: {error['msg']}; looked in command-line flags, "
+            f"environment variable {env_name}, {file_note}, and the defaults"
+        )
+    return "invalid configuration: " + " | ".join(problems)

@@ -1,0 +1,54 @@
+"""The engine's exceptions: one base class, subclasses that name what failed and how to fix it."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose.
+
+    Attributes:
+        table: the table concerned, when there is one.
+        run_id: the run during which the error happened, when there is one.
+        path: the file or folder concerned, when there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        run_id: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.run_id = run_id
+        self.path = path
+
+
+class ConfigError(EngineError):
+    """A setting is missing or invalid."""
+
+
+class PipelineDefinitionError(EngineError):
+    """A pipeline declares a table wrongly (unknown input, cycle, bad name, duplicate)."""
+
+
+class SelectionError(EngineError):
+    """A selection expression names no table or is malformed."""
+
+
+class TableNotFound(EngineError):
+    """A table was read before it was ever written."""
+
+
+class TableFailed(EngineError):
+    """A table's function, or the writing of its result, failed during a run."""
+
+
+class IngestError(EngineError):
+    """A landing file could not be discovered or read."""
+
+
+class RunFailed(EngineError):
+    """A run finished with at least one failed table."""

@@ -1,0 +1,114 @@
+"""Readers that turn one landing file into an Arrow table of strings, losing nothing.
+
+Every field is kept as the text it arrived as (a nested JSON value as its JSON text), so bronze never
+fails on a type it did not expect. A record that cannot be parsed keeps its raw text in `_rescued_data`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+
+from engine.columns import RESCUED_DATA
+from engine.errors import IngestError
+from engine.ingest.sources import FileSource, LandingFile
+
+
+def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
+    """The records of `file` as string columns plus `_rescued_data`.
+
+    Raises:
+        IngestError: the file cannot be opened or is not valid UTF-8.
+    """
+    text = _read_text(file)
+    if source.format == "jsonl":
+        return _parse_json_lines(text)
+    return _parse_csv(text, source.delimiter, file)
+
+
+def _read_text(file: LandingFile) -> str:
+    filesystem, path = pafs.FileSystem.from_uri(file.uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            raw = stream.read()
+    except OSError as err:
+        raise IngestError(f"cannot read landing file `{file.uri}`: {err}", path=file.uri) from err
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise IngestError(
+            f"landing file `{file.uri}` is not valid UTF-8 (byte {err.start}); re-export it as UTF-8",
+            path=file.uri,
+        ) from None
+
+
+def _lines(text: str) -> pa.Array:
+    """The non-blank lines of `text`, without line terminators."""
+    lines = pc.list_flatten(pc.split_pattern(pa.array([text], pa.large_string()), "\n"))
+    lines = pc.utf8_rtrim(lines, "\r")
+    return lines.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(lines), "")))
+
+
+def _parse_json_lines(text: str) -> pa.Table:
+    lines = pa.table({"line": _lines(text).cast(pa.string())})
+    with duckdb.connect() as db:
+        db.register("lines", lines)
+        db.execute(
+            "CREATE TEMP TABLE parsed AS SELECT row_number() OVER () AS r, line, "
+            "CASE WHEN json_valid(line) THEN json_type(line) END = 'OBJECT' AS ok FROM lines"
+        )
+        keys = [row[0] for row in db.execute(
+            "SELECT k FROM (SELECT r, unnest(json_keys(line)) AS k, "
+            "generate_subscripts(json_keys(line), 1) AS i FROM parsed WHERE ok) "
+            "GROUP BY k ORDER BY min(r), min(i)"
+        ).fetchall()]
+        fields = ", ".join(
+            f"CASE WHEN ok THEN json_extract_string(line, {_json_path(k)}) END AS {_quote(k)}" for k in keys
+        )
+        select = f"SELECT {fields + ', ' if fields else ''}CASE WHEN ok THEN NULL ELSE line END AS {RESCUED_DATA} "
+        table = db.sql(select + "FROM parsed ORDER BY r").to_arrow_table()
+    return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
+
+
+def _json_path(key: str) -> str:
+    return "'$.\"" + key.replace("'", "''").replace('"', '\\"') + "\"'"
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
+    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=delimiter), None)
+    if not header:
+        return pa.table({RESCUED_DATA: pa.array([], pa.string())})
+    rescued: list[str] = []
+
+    def keep_raw(row: pacsv.InvalidRow) -> str:
+        rescued.append(row.text)
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(text.encode("utf-8")),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_raw),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as err:
+        raise IngestError(f"cannot parse CSV file `{file.uri}`: {err}", path=file.uri) from err
+    table = table.append_column(RESCUED_DATA, pa.nulls(table.num_rows, pa.string()))
+    if not rescued:
+        return table
+    bad = pa.table({name: pa.nulls(len(rescued), pa.string()) for name in table.column_names[:-1]}
+                   | {RESCUED_DATA: pa.array(rescued, pa.string())})
+    return pa.concat_tables([table, bad])

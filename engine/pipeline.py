@@ -1,0 +1,250 @@
+"""Pipelines: tables declared as plain functions whose parameter names are their upstream tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from typing import Any, TypeVar
+
+from engine.errors import PipelineDefinitionError, SelectionError
+from engine.ingest.sources import FileSource
+from engine.kinds import Append, Merge, Overwrite
+from engine.tables.layout import split_table_name
+
+TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
+WriteKindType = Append | Overwrite | Merge
+
+
+def parameter_name(table: str) -> str:
+    """The function parameter that stands for `table`: `silver.orders` -> `silver_orders`."""
+    return table.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """One table of a pipeline.
+
+    Attributes:
+        name: `<layer>.<name>`.
+        kind: how new rows are written.
+        inputs: upstream tables, in the order of the function's parameters.
+        function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
+        source: landing files an ingested (bronze) table reads.
+        ray_options: Ray resource options for the table's write tasks (e.g. `{"num_cpus": 1}`).
+        description: what the table holds.
+    """
+
+    name: str
+    kind: WriteKindType
+    inputs: tuple[str, ...] = ()
+    function: Callable[..., Any] | None = None
+    source: FileSource | None = None
+    ray_options: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def layer(self) -> str:
+        """`bronze`, `silver`, `gold`, ..."""
+        return split_table_name(self.name)[0]
+
+
+class Pipeline:
+    """A named set of tables. Tables are added with the `table` decorator or `ingest`.
+
+    Example:
+        >>> retail = Pipeline("retail")
+        >>> @retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"))
+        ... def orders(bronze_orders):
+        ...     return bronze_orders
+    """
+
+    def __init__(self, name: str, description: str = "") -> None:
+        if not re.match(r"^[a-z][a-z0-9_]*$", name):
+            raise PipelineDefinitionError(f"pipeline name `{name}` must be lower-case snake_case")
+        self.name = name
+        self.description = description
+        self._tables: dict[str, TableDefinition] = {}
+
+    @property
+    def tables(self) -> Mapping[str, TableDefinition]:
+        """Every table, by name, in declaration order."""
+        return dict(self._tables)
+
+    def table(
+        self,
+        name: str,
+        *,
+        kind: WriteKindType | None = None,
+        ray_options: Mapping[str, Any] | None = None,
+        description: str | None = None,
+    ) -> Callable[[TableFunction], TableFunction]:
+        """Declare `name` as built by the decorated function; the function is returned unchanged.
+
+        Args:
+            name: `<layer>.<name>`.
+            kind: write kind; `Overwrite()` when omitted.
+            ray_options: Ray resource options for the table's tasks.
+            description: defaults to the function's docstring.
+        """
+
+        def register(function: TableFunction) -> TableFunction:
+            inputs = self._inputs_of(name, function)
+            self._add(TableDefinition(
+                name=name,
+                kind=kind or Overwrite(),
+                inputs=inputs,
+                function=function,
+                ray_options=dict(ray_options or {}),
+                description=description if description is not None else inspect.getdoc(function) or "",
+            ))
+            return function
+
+        return register
+
+    def ingest(self, name: str, source: FileSource, *, description: str = "") -> TableDefinition:
+        """Declare `name` as an append-only table of the landing files of `source`, as they arrive."""
+        definition = TableDefinition(name=name, kind=Append(), source=source, description=description)
+        self._add(definition)
+        return definition
+
+    def _add(self, definition: TableDefinition) -> None:
+        split_table_name(definition.name)
+        if definition.name in self._tables:
+            raise PipelineDefinitionError(
+                f"table `{definition.name}` is declared twice in pipeline `{self.name}`; rename one",
+                table=definition.name,
+            )
+        clash = [t for t in self._tables if parameter_name(t) == parameter_name(definition.name)]
+        if clash:
+            raise PipelineDefinitionError(
+                f"tables `{clash[0]}` and `{definition.name}` share the parameter name "
+                f"`{parameter_name(definition.name)}`; rename one",
+                table=definition.name,
+            )
+        self._tables[definition.name] = definition
+
+    @staticmethod
+    def _inputs_of(name: str, function: Callable[..., Any]) -> tuple[str, ...]:
+        inputs = []
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                raise PipelineDefinitionError(
+                    f"table `{name}`: function `{function.__name__}` takes *args or **kwargs; "
+                    "name each upstream table as a parameter instead",
+                    table=name,
+                )
+            if "_" not in parameter.name:
+                raise PipelineDefinitionError(
+                    f"table `{name}`: parameter `{parameter.name}` does not name a table; "
+                    "use `<layer>_<table>`, e.g. `silver_orders`",
+                    table=name,
+                )
+            inputs.append(parameter.name)
+        return tuple(inputs)
+
+    def resolve(self) -> dict[str, TableDefinition]:
+        """Every table with its inputs resolved to table names, checked for unknown inputs and cycles.
+
+        Raises:
+            PipelineDefinitionError: an input names no table of the pipeline, or tables form a cycle.
+        """
+        by_parameter = {parameter_name(t): t for t in self._tables}
+        resolved = {}
+        for definition in self._tables.values():
+            inputs = []
+            for parameter in definition.inputs:
+                if parameter not in by_parameter:
+                    raise PipelineDefinitionError(
+                        f"table `{definition.name}` reads `{parameter}`, which is no table of pipeline "
+                        f"`{self.name}`; known tables: {', '.join(sorted(by_parameter.values()))}",
+                        table=definition.name,
+                    )
+                inputs.append(by_parameter[parameter])
+            resolved[definition.name] = dataclasses.replace(definition, inputs=tuple(inputs))
+        _check_acyclic(resolved)
+        return resolved
+
+    def order(self) -> list[str]:
+        """Every table, upstream before downstream (ties in declaration order)."""
+        return _topological(self.resolve())
+
+    def select(self, expression: str | None = None) -> list[str]:
+        """The tables an expression selects, upstream before downstream; every table when None or empty.
+
+        An expression is terms separated by spaces or commas. A term is a table name or a glob
+        (`silver.*`); `+name` adds everything upstream of it, `name+` everything downstream.
+
+        Raises:
+            SelectionError: a term matches no table.
+        """
+        resolved = self.resolve()
+        order = _topological(resolved)
+        if not expression or not expression.strip():
+            return order
+        chosen: set[str] = set()
+        for term in re.split(r"[\s,]+", expression.strip()):
+            chosen |= _select_term(term, resolved)
+        return [t for t in order if t in chosen]
+
+
+def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:
+    return {name: definition.inputs for name, definition in resolved.items()}
+
+
+def _check_acyclic(resolved: Mapping[str, TableDefinition]) -> None:
+    try:
+        TopologicalSorter(_graph(resolved)).prepare()
+    except CycleError as err:
+        cycle = " -> ".join(err.args[1])
+        raise PipelineDefinitionError(
+            f"tables form a cycle: {cycle}; a table cannot read itself, directly or through others",
+            table=err.args[1][0],
+        ) from None
+
+
+def _topological(resolved: Mapping[str, TableDefinition]) -> list[str]:
+    position = {name: i for i, name in enumerate(resolved)}
+    sorter = TopologicalSorter(_graph(resolved))
+    sorter.prepare()
+    order: list[str] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready(), key=position.__getitem__)
+        order.extend(ready)
+        sorter.done(*ready)
+    return order
+
+
+def _closure(start: set[str], edges: Mapping[str, set[str]]) -> set[str]:
+    seen, todo = set(start), list(start)
+    while todo:
+        for neighbour in edges.get(todo.pop(), ()):
+            if neighbour not in seen:
+                seen.add(neighbour)
+                todo.append(neighbour)
+    return seen
+
+
+def _select_term(term: str, resolved: Mapping[str, TableDefinition]) -> set[str]:
+    upstream, downstream = term.startswith("+"), term.endswith("+") and len(term) > 1
+    pattern = term.strip("+")
+    matched = {name for name in resolved if fnmatch.fnmatchcase(name, pattern)}
+    if not matched:
+        raise SelectionError(
+            f"selection `{term}` matches no table; known tables: {', '.join(resolved)}"
+        )
+    parents = {name: set(d.inputs) for name, d in resolved.items()}
+    children: dict[str, set[str]] = {name: set() for name in resolved}
+    for name, definition in resolved.items():
+        for parent in definition.inputs:
+            children[parent].add(name)
+    selected = set(matched)
+    if upstream:
+        selected |= _closure(matched, parents)
+    if downstream:
+        selected |= _closure(matched, children)
+    return selected

@@ -1,0 +1,281 @@
+"""Executes a selection of a pipeline's tables: read inputs, call the function, write, record the run."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import ray.data
+
+from engine.arrow import unify
+from engine.columns import INGESTED_AT, REJECTED_REASON, RUN_ID, SOURCE_FILE
+from engine.config import Settings
+from engine.errors import EngineError, TableFailed
+from engine.ingest.readers import read_landing_file
+from engine.ingest.sources import FileSource, LandingFile, discover
+from engine.kinds import Merge
+from engine.pipeline import Pipeline, TableDefinition
+from engine.runlog import RunRecord, append_records
+from engine.tables import delta
+from engine.tables.layout import Layout
+from engine.tables.staging import StagedFiles, StagingDatasink
+
+log = logging.getLogger(__name__)
+
+FILES_KEY = "files"
+
+
+@dataclass
+class RunResult:
+    """The outcome of one run.
+
+    Attributes:
+        run_id: the run's id.
+        pipeline: the pipeline's name.
+        records: one record per selected table, in execution order.
+    """
+
+    run_id: str
+    pipeline: str
+    records: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        """True when no table failed or was skipped."""
+        return all(r.status in ("succeeded", "unchanged") for r in self.records)
+
+    def failures(self) -> list[RunRecord]:
+        """Records of failed tables."""
+        return [r for r in self.records if r.status == "failed"]
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+class Runner:
+    """Runs tables of one pipeline against one storage root. Ray must be initialised.
+
+    Args:
+        pipeline: the tables.
+        settings: storage and run settings.
+        on_record: called with each table's record as soon as it is known (progress reporting).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        settings: Settings,
+        on_record: Callable[[RunRecord], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.layout = Layout.at(settings.storage.root)
+        self.on_record = on_record or (lambda record: None)
+
+    def run(self, select: str | None = None, run_id: str | None = None) -> RunResult:
+        """Build the selected tables (all when None) in dependency order, one commit per table."""
+        definitions = self.pipeline.resolve()
+        result = RunResult(run_id or new_run_id(), self.pipeline.name)
+        started = datetime.now(UTC)
+        not_built: set[str] = set()
+        for name in self.pipeline.select(select):
+            definition = definitions[name]
+            blocked = [t for t in definition.inputs if t in not_built]
+            if blocked:
+                record = self._record(result.run_id, name, "skipped", datetime.now(UTC),
+                                      error=f"upstream table `{blocked[0]}` failed or was skipped")
+            else:
+                record = self._run_table(definition, result.run_id, started)
+            if record.status in ("failed", "skipped"):
+                not_built.add(name)
+            append_records(self.layout.runs(), [record])
+            result.records.append(record)
+            self.on_record(record)
+        return result
+
+    def _record(self, run_id: str, table: str, status: str, started_at: datetime, **values: Any) -> RunRecord:
+        return RunRecord(run_id=run_id, pipeline=self.pipeline.name, table=table, status=status,
+                         started_at=started_at, finished_at=datetime.now(UTC), **values)
+
+    def _run_table(self, definition: TableDefinition, run_id: str, run_started: datetime) -> RunRecord:
+        started = datetime.now(UTC)
+        try:
+            if definition.source is not None:
+                values = self._ingest(definition, definition.source, run_id, run_started)
+            else:
+                values = self._transform(definition, run_id)
+        except EngineError as err:
+            log.error("%s", err)
+            return self._record(run_id, definition.name, "failed", started, error=str(err))
+        return self._record(run_id, definition.name, values.pop("status", "succeeded"), started, **values)
+
+    def _commit_metadata(self, definition: TableDefinition, run_id: str, **extra: Any) -> dict[str, Any]:
+        return {"run_id": run_id, "pipeline": self.pipeline.name, "table": definition.name} | extra
+
+    def _ingest(
+        self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
+    ) -> dict[str, Any]:
+        uri = self.layout.table(definition.name)
+        landed = discover(self.layout.landing(source.directory), source)
+        new, changed = _new_files(landed, ingested_files(uri, definition.name))
+        details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
+        if changed:
+            details["files_changed_after_ingestion"] = [f.name for f in changed]
+            log.warning("table `%s`: %d landing file(s) changed after they were ingested and are not "
+                        "ingested again: %s", definition.name, len(changed), ", ".join(f.name for f in changed))
+        if not new:
+            return {"status": "unchanged", "details": details}
+        dataset = ray.data.from_items(
+            [{"name": f.name, "uri": f.uri, "size": f.size, "mtime_ns": f.mtime_ns} for f in new],
+            override_num_blocks=len(new),
+        ).map_batches(
+            _read_landing_batch,
+            batch_size=1,
+            batch_format="pyarrow",
+            fn_kwargs={"source": source, "run_id": run_id, "ingested_at": run_started},
+        )
+        staged = self._stage(definition, dataset, run_id, self.layout.table(definition.name))
+        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new]})
+        version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata)
+        return {
+            "output_version": version,
+            "rows_in": staged.rows,
+            "rows_written": staged.rows,
+            "details": details,
+        }
+
+    def _transform(self, definition: TableDefinition, run_id: str) -> dict[str, Any]:
+        assert definition.function is not None
+        uri = self.layout.table(definition.name)
+        versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.inputs}
+        inputs = [delta.read_dataset(self.layout.table(t), t, versions[t]) for t in definition.inputs]
+        rows_in = sum(delta.row_count(self.layout.table(t), t, versions[t]) for t in definition.inputs)
+        output = _call(definition, inputs)
+        kind = definition.kind
+        folder = self.layout.staging(run_id, definition.name) if isinstance(kind, Merge) else uri
+        staged = _guarded(definition, lambda: self._stage(definition, output, run_id, folder))
+        values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
+                                  "rows_quarantined": staged.quarantined_rows}
+        metadata = self._commit_metadata(definition, run_id, input_versions=versions)
+        if staged.quarantine:
+            delta.commit_files(self.layout.quarantine(definition.name), staged.quarantine,
+                               mode="append", metadata=metadata)
+        if isinstance(kind, Merge):
+            changes = _read_staged(folder, staged)
+            if changes.num_rows == 0:
+                return values | {"status": "unchanged"}
+            outcome = _guarded(definition, lambda: delta.merge_changes(uri, changes, kind, metadata=metadata))
+            shutil.rmtree(folder, ignore_errors=True)
+            return values | {"output_version": outcome.version, "rows_written": changes.num_rows - outcome.duplicates,
+                             "rows_duplicate": outcome.duplicates, "details": {"merge": outcome.metrics}}
+        empty_schema = None if staged.data else _schema_of(output)
+        version = delta.commit_files(uri, staged.data, mode=kind.kind, metadata=metadata,
+                                     empty_schema=empty_schema)
+        return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _stage(self, definition: TableDefinition, dataset: ray.data.Dataset, run_id: str, folder: str) -> StagedFiles:
+        sink = StagingDatasink(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id)
+        dataset.write_datasink(sink, ray_remote_args=dict(definition.ray_options))
+        return sink.result
+
+
+def ingested_files(uri: str, table: str) -> dict[str, list[Any]]:
+    """The ingestion checkpoint of a table: fingerprint of every file committed so far, by name."""
+    if not delta.table_exists(uri):
+        return {}
+    seen: dict[str, list[Any]] = {}
+    for commit in delta.history(uri, table):
+        for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []:
+            seen.setdefault(fingerprint[0], fingerprint)
+    return seen
+
+
+def _new_files(
+    landed: Iterable[LandingFile], checkpoint: dict[str, list[Any]]
+) -> tuple[list[LandingFile], list[LandingFile]]:
+    """Files never ingested, and files ingested before whose size or modification time changed since."""
+    new, changed = [], []
+    for file in landed:
+        previous = checkpoint.get(file.name)
+        if previous is None:
+            new.append(file)
+        elif previous != file.fingerprint():
+            changed.append(file)
+    return new, changed
+
+
+def _read_landing_batch(
+    batch: pa.Table, source: FileSource, run_id: str, ingested_at: datetime
+) -> pa.Table:
+    """Read the landing files listed in `batch` (one row per file) and add the ingestion columns."""
+    tables = []
+    for row in batch.to_pylist():
+        file = LandingFile(row["name"], row["uri"], row["size"], row["mtime_ns"])
+        table = read_landing_file(file, source)
+        count = table.num_rows
+        table = table.append_column(SOURCE_FILE, pa.array([file.name] * count, pa.string()))
+        table = table.append_column(INGESTED_AT, pa.array([ingested_at] * count, pa.timestamp("us", tz="UTC")))
+        tables.append(table.append_column(RUN_ID, pa.array([run_id] * count, pa.string())))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _call(definition: TableDefinition, inputs: list[ray.data.Dataset]) -> ray.data.Dataset:
+    assert definition.function is not None
+    function = definition.function
+    output = _guarded(definition, lambda: function(*inputs))
+    if not isinstance(output, ray.data.Dataset):
+        raise TableFailed(
+            f"table `{definition.name}`: `{function.__module__}.{function.__qualname__}` returned "
+            f"{type(output).__name__}; a table function must return a ray.data.Dataset",
+            table=definition.name,
+        )
+    return output
+
+
+def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:
+    """The Arrow schema of a dataset's accepted rows, None when it cannot be known."""
+    schema = dataset.schema()
+    base = getattr(schema, "base_schema", None)
+    if not isinstance(base, pa.Schema):
+        return None
+    return base.remove(base.get_field_index(REJECTED_REASON)) if REJECTED_REASON in base.names else base
+
+
+def _guarded(definition: TableDefinition, action: Callable[[], Any]) -> Any:
+    """Run `action`; any error that is not the engine's own becomes a `TableFailed` naming the table."""
+    try:
+        return action()
+    except EngineError:
+        raise
+    except Exception as err:
+        where = ""
+        if definition.function is not None:
+            where = f" in `{definition.function.__module__}.{definition.function.__qualname__}`"
+        raise TableFailed(
+            f"table `{definition.name}` failed{where}: {type(err).__name__}: {_first_line(err)}; "
+            "the table keeps its previous version; fix the cause and run again",
+            table=definition.name,
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else repr(err)
+
+
+def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:
+    if not staged.data:
+        return pa.table({})
+    schema = unify([f.schema for f in staged.data])
+    return pads.dataset([f"{folder}/{f.path}" for f in staged.data], schema=schema, format="parquet").to_table()
+

@@ -1,0 +1,62 @@
+"""Connecting to Ray: a private local instance by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray
+
+from engine.config import RaySettings
+
+log = logging.getLogger(__name__)
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def resolve_address(settings: RaySettings, address: str | None = None) -> str | None:
+    """The cluster to join: the explicit address, else `$RAY_ADDRESS`, else the configured one.
+
+    None means "start a private local instance".
+    """
+    return address or os.environ.get(ADDRESS_ENV) or settings.address
+
+
+@contextmanager
+def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[None]:
+    """Use Ray for the duration of the block, starting a private instance when no cluster is named.
+
+    An already initialised Ray (a test fixture, a notebook, a Ray job driver) is used as it is and left
+    running; an instance started here is shut down on exit.
+    """
+    if ray.is_initialized():
+        _configure_data_context(settings)
+        yield
+        return
+    os.environ.setdefault(AUTH_MODE_ENV, settings.auth_mode)
+    target = resolve_address(settings, address)
+    if target:
+        log.info("connecting to the Ray cluster at %s", target)
+        ray.init(address=target, log_to_driver=True)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=settings.num_cpus,
+            object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+    try:
+        _configure_data_context(settings)
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _configure_data_context(settings: RaySettings) -> None:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = settings.progress_bars
+    context.print_on_execution_start = False

@@ -1,0 +1,206 @@
+"""Delta Lake tables through deltalake: reads at a version, one-commit writes, and merges by key."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import ray.data
+from deltalake import DeltaTable, Field, Schema, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+
+from engine.arrow import storage_schema, to_storage, unify
+from engine.errors import TableFailed, TableNotFound
+from engine.kinds import Merge
+from engine.tables.files import DataFile
+
+METADATA_PREFIX = "medallion."
+DELETE_FLAG = "__medallion_delete"
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """What a merge did.
+
+    Attributes:
+        version: the table version the merge committed.
+        duplicates: incoming rows dropped because a later change of the same key came in the same batch.
+        metrics: deltalake's merge metrics (rows inserted, updated, deleted, ...).
+    """
+
+    version: int
+    duplicates: int
+    metrics: dict[str, Any]
+
+
+def commit_metadata(values: dict[str, Any]) -> CommitProperties:
+    """Commit properties carrying `values` as `medallion.<key>` entries of the commit info."""
+    return CommitProperties(custom_metadata={METADATA_PREFIX + k: v for k, v in values.items()})
+
+
+def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
+    """The Delta table at `uri`, at `version` (latest when None).
+
+    Raises:
+        TableNotFound: nothing was ever committed there.
+    """
+    try:
+        return DeltaTable(uri, version=version)
+    except TableNotFoundError:
+        raise TableNotFound(
+            f"table `{table}` has no Delta log at `{uri}`; run the pipeline that builds it first",
+            table=table,
+            path=uri,
+        ) from None
+
+
+def table_exists(uri: str) -> bool:
+    """Whether a Delta log exists at `uri`."""
+    return DeltaTable.is_deltatable(uri)
+
+
+def latest_version(uri: str) -> int | None:
+    """The latest committed version at `uri`, None when there is no table."""
+    return DeltaTable(uri).version() if table_exists(uri) else None
+
+
+def row_count(uri: str, table: str, version: int | None = None) -> int:
+    """Rows in the table at `version`, from the Delta log's file statistics (no data is read)."""
+    counts = open_table(uri, table, version).get_add_actions(flatten=True).column("num_records")
+    return sum(value or 0 for value in counts.to_pylist())
+
+
+def read_dataset(uri: str, table: str, version: int | None = None) -> ray.data.Dataset:
+    """A Ray Dataset over the table's files at `version`, read through the Delta log."""
+    open_table(uri, table, version)
+    return ray.data.read_delta(uri, version=version)
+
+
+def history(uri: str, table: str) -> list[dict[str, Any]]:
+    """Commit infos, newest first, each with its `version`."""
+    return open_table(uri, table).history()
+
+
+def commit_files(
+    uri: str,
+    files: Sequence[DataFile],
+    *,
+    mode: str,
+    metadata: dict[str, Any],
+    empty_schema: pa.Schema | None = None,
+) -> int | None:
+    """Commit already written data files as one transaction; returns the new version.
+
+    `mode` is `append` or `overwrite`. Added columns are merged into the table schema. With no files,
+    an append commits nothing (None is returned) and an overwrite empties the table (creating it from
+    `empty_schema` when it does not exist yet).
+    """
+    actions = [
+        AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in files
+    ]
+    exists = table_exists(uri)
+    if not actions and (mode == "append" or (not exists and empty_schema is None)):
+        return None
+    new_schema = unify([f.schema for f in files]) if files else storage_schema(empty_schema)
+    properties = commit_metadata(metadata)
+    if not exists:
+        create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
+                                      commit_properties=properties)
+        return 0
+    table = DeltaTable(uri)
+    if mode == "append":
+        new_schema = unify([pa.schema(table.schema().to_arrow()), new_schema])
+    table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
+    return DeltaTable(uri).version()
+
+
+def merge_changes(
+    uri: str,
+    changes: pa.Table,
+    kind: Merge,
+    *,
+    metadata: dict[str, Any],
+) -> MergeOutcome:
+    """Apply `changes` to the table by key: the latest change per key wins, deletes remove the key.
+
+    A change applies only when its `sequence_by` value is at least the stored one, so out-of-order
+    changes never overwrite newer ones. Columns the table lacks are added.
+    """
+    latest = _latest_per_key(changes, kind)
+    duplicates = changes.num_rows - latest.num_rows
+    properties = commit_metadata(metadata)
+    if not table_exists(uri):
+        rows = latest.filter(pl.from_arrow(latest)[DELETE_FLAG].not_().to_arrow()) if kind.delete_when else latest
+        write_deltalake(uri, to_storage(rows.drop_columns([c for c in [DELETE_FLAG] if c in rows.column_names])),
+                        mode="error", commit_properties=properties)
+        return MergeOutcome(0, duplicates, {"num_target_rows_inserted": rows.num_rows})
+    table = DeltaTable(uri)
+    source = _align_with_table(table, to_storage(latest), properties)
+    metrics = _merge_into(DeltaTable(uri), source, kind, properties)
+    return MergeOutcome(DeltaTable(uri).version(), duplicates, metrics)
+
+
+def _align_with_table(table: DeltaTable, source: pa.Table, properties: CommitProperties) -> pa.Table:
+    """`source` with the table's columns it lacks added as nulls; columns the table lacks are first added
+    to the table (a metadata-only commit), because deltalake's schema-merging merge also fills new columns
+    of rows it does not update."""
+    target = pa.schema(table.schema().to_arrow())
+    target_names = set(target.names)
+    new_fields = [f for f in source.schema if f.name not in target_names and f.name != DELETE_FLAG]
+    if new_fields:
+        table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in new_fields],
+                                commit_properties=properties)
+    for target_field in target:
+        if target_field.name not in source.column_names:
+            source = source.append_column(target_field.name, pa.nulls(source.num_rows, type=target_field.type))
+    return source
+
+
+def _latest_per_key(changes: pa.Table, kind: Merge) -> pa.Table:
+    """One row per key, the last by `sequence_by`, with the delete flag computed and steering columns gone."""
+    frame = pl.from_arrow(changes)
+    assert isinstance(frame, pl.DataFrame)
+    if kind.delete_when:
+        frame = frame.with_columns(pl.sql_expr(kind.delete_when).fill_null(False).alias(DELETE_FLAG))
+    frame = frame.drop([c for c in kind.except_columns if c in frame.columns])
+    if kind.sequence_by:
+        frame = frame.sort(kind.sequence_by, nulls_last=False, maintain_order=True)
+    frame = frame.unique(subset=kind.keys, keep="last", maintain_order=True)
+    return frame.to_arrow()
+
+
+def _merge_into(table: DeltaTable, latest: pa.Table, kind: Merge, properties: CommitProperties) -> dict[str, Any]:
+    on_keys = " AND ".join(f"t.`{k}` = s.`{k}`" for k in kind.keys)
+    newer = f"s.`{kind.sequence_by}` >= t.`{kind.sequence_by}`" if kind.sequence_by else "TRUE"
+    merger = table.merge(
+        latest,
+        predicate=on_keys,
+        source_alias="s",
+        target_alias="t",
+        commit_properties=properties,
+    )
+    excluded = [DELETE_FLAG] if kind.delete_when else []
+    if kind.delete_when:
+        merger = merger.when_matched_delete(predicate=f"s.`{DELETE_FLAG}` AND {newer}")
+        merger = merger.when_matched_update_all(predicate=f"NOT s.`{DELETE_FLAG}` AND {newer}",
+                                                except_cols=excluded)
+        merger = merger.when_not_matched_insert_all(predicate=f"NOT s.`{DELETE_FLAG}`", except_cols=excluded)
+    else:
+        merger = merger.when_matched_update_all(predicate=newer).when_not_matched_insert_all()
+    try:
+        return merger.execute()
+    except Exception as err:
+        raise TableFailed(f"merge into `{table.table_uri}` failed: {err}", path=table.table_uri) from err
+
+
+def commit_info_value(commit: dict[str, Any], key: str) -> Any:
+    """A `medallion.<key>` value of a commit info, JSON-decoded when it was stored as JSON text."""
+    value = commit.get(METADATA_PREFIX + key)
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value

@@ -1,0 +1,73 @@
+"""Where tables live under the storage root."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from engine.errors import PipelineDefinitionError
+
+TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+def split_table_name(table: str) -> tuple[str, str]:
+    """`("silver", "orders")` for `"silver.orders"`.
+
+    Raises:
+        PipelineDefinitionError: the name is not `<layer>.<name>` in lower-case snake_case.
+    """
+    if not TABLE_NAME.match(table):
+        raise PipelineDefinitionError(
+            f"table name `{table}` is not of the form `<layer>.<name>` in lower-case snake_case "
+            "(for example `silver.orders`)",
+            table=table,
+        )
+    layer, name = table.split(".")
+    return layer, name
+
+
+def absolute_root(root: str) -> str:
+    """`root` as an absolute location: a URI is kept, a local path is made absolute."""
+    if "://" in root:
+        return root.rstrip("/")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The folders of one storage root.
+
+    Attributes:
+        root: absolute path or URI of the root.
+    """
+
+    root: str
+
+    @classmethod
+    def at(cls, root: str) -> Layout:
+        """The layout of `root`, made absolute."""
+        return cls(absolute_root(root))
+
+    def table(self, table: str) -> str:
+        """`<root>/<layer>/<name>`."""
+        layer, name = split_table_name(table)
+        return f"{self.root}/{layer}/{name}"
+
+    def quarantine(self, table: str) -> str:
+        """`<root>/quarantine/<layer>/<name>`."""
+        layer, name = split_table_name(table)
+        return f"{self.root}/quarantine/{layer}/{name}"
+
+    def landing(self, directory: str = "") -> str:
+        """`<root>/landing[/<directory>]`."""
+        return f"{self.root}/landing/{directory}".rstrip("/")
+
+    def runs(self) -> str:
+        """`<root>/_meta/runs`, the run records table."""
+        return f"{self.root}/_meta/runs"
+
+    def staging(self, run_id: str, table: str) -> str:
+        """`<root>/_staging/<run_id>/<layer>/<name>`: files written by a run before they are applied."""
+        layer, name = split_table_name(table)
+        return f"{self.root}/_staging/{run_id}/{layer}/{name}"

@@ -1,0 +1,104 @@
+"""A Ray Data sink that writes a table's new rows as Parquet files in parallel, without committing them.
+
+Rows carrying a `_rejected_reason` go to the quarantine folder instead. The driver then commits all
+files of a table in one Delta transaction (see `engine.tables.delta`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource.datasink import Datasink, WriteResult
+
+from engine.arrow import to_storage, unify
+from engine.columns import REJECTED_REASON, RUN_ID
+from engine.config import StorageSettings
+from engine.tables.files import DataFile, RollingParquetWriter
+
+
+@dataclass(frozen=True)
+class StagedFiles:
+    """Files written by one or more write tasks.
+
+    Attributes:
+        data: files of accepted rows, under the data folder.
+        quarantine: files of rejected rows, under the quarantine folder.
+    """
+
+    data: tuple[DataFile, ...] = ()
+    quarantine: tuple[DataFile, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        """Accepted rows."""
+        return sum(f.num_rows for f in self.data)
+
+    @property
+    def quarantined_rows(self) -> int:
+        """Rejected rows."""
+        return sum(f.num_rows for f in self.quarantine)
+
+    @staticmethod
+    def combine(parts: Iterable[StagedFiles]) -> StagedFiles:
+        """All files of `parts`."""
+        parts = list(parts)
+        return StagedFiles(
+            data=tuple(f for p in parts for f in p.data),
+            quarantine=tuple(f for p in parts for f in p.quarantine),
+        )
+
+
+def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
+    """The unified schema of `files`, or None when there are none."""
+    schemas = [f.schema for f in files]
+    return unify(schemas) if schemas else None
+
+
+def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
+    """Accepted rows without the reason column, and rejected rows with it and the run id."""
+    if REJECTED_REASON not in table.column_names:
+        return table, table.slice(0, 0)
+    accepted = pc.is_null(table.column(REJECTED_REASON))
+    rejected = table.filter(pc.invert(accepted))
+    if RUN_ID not in rejected.column_names:
+        rejected = rejected.append_column(RUN_ID, pa.array([run_id] * rejected.num_rows, pa.string()))
+    return table.filter(accepted).drop_columns([REJECTED_REASON]), rejected
+
+
+@dataclass
+class StagingDatasink(Datasink[StagedFiles]):
+    """Writes each task's blocks to rolling Parquet files; `result` holds every file once the write ends.
+
+    Attributes:
+        data_folder: where accepted rows go.
+        quarantine_folder: where rejected rows go.
+        storage: file size and compression.
+        run_id: the run writing; it prefixes file names and tags quarantined rows.
+    """
+
+    data_folder: str
+    quarantine_folder: str
+    storage: StorageSettings
+    run_id: str
+    result: StagedFiles = field(default_factory=StagedFiles)
+
+    def write(self, blocks: Iterable[Block], ctx: object) -> StagedFiles:
+        prefix = f"{self.run_id}-{getattr(ctx, 'task_idx', 0):05d}"
+        data = RollingParquetWriter(self.data_folder, self.storage, prefix)
+        quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix)
+        for block in blocks:
+            table = to_storage(BlockAccessor.for_block(block).to_arrow())
+            accepted, rejected = split_rejected(table, self.run_id)
+            data.write(accepted)
+            quarantine.write(rejected)
+        return StagedFiles(tuple(data.close()), tuple(quarantine.close()))
+
+    def on_write_complete(self, write_result: WriteResult[StagedFiles]) -> None:
+        self.result = StagedFiles.combine(r for r in write_result.write_returns if r is not None)
+
+    def get_name(self) -> str:
+        return "StageTableFiles"

@@ -1,0 +1,541 @@
+"""Seeded generator of messy landing data for the retail reference pipeline.
+
+:func:`generate` writes the five landing sources of ``docs/retail.md`` ("Landing data") to
+``<landing_root>/<source>/<source>-NNNN.<ext>``. Every draw comes from ``numpy.random.default_rng`` seeded
+with ``(seed, stream)`` and every step is a numpy or polars column operation (no loop over rows), so the
+same scale and seed give byte-identical files and scale 10 takes a few seconds.
+
+Each record has an arrival time: its change time plus a short lag, or days more for late and out-of-order
+records. A source is split into up to ``N_FILES`` files at quantiles of the on-time arrivals, and each
+file lists its records in arrival order. Defects are injected at the fixed rates of :data:`RATES`, at
+least once per source even at tiny scales. All defects are value-level: every JSON line parses and every
+CSV row has all its fields. Text values come from fixed ASCII vocabularies, so JSON needs no escaping.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+"""Start of the generated period (epoch seconds)."""
+HOUR, DAY, DAYS = 3_600, 86_400, 150
+END = START + DAYS * DAY
+"""End (exclusive) of the period: no change happens at or after it."""
+SIGNUP_FROM = (date(2023, 1, 1) - date(1970, 1, 1)).days
+N_FILES = 6
+"""Files per source, except products (one per snapshot, two)."""
+
+SOURCES = {"customers": "jsonl", "products": "csv", "orders": "jsonl", "order_items": "csv", "events": "jsonl"}
+BASE_COUNTS = {"customers": 1_000, "products": 200, "orders": 12_000, "browse_sessions": 5_000}
+"""Counts at scale 1; each becomes ``max(1, round(count * scale))``."""
+
+RATES: dict[str, float] = {
+    # Shape of the data.
+    "customer_updates": 0.6,  # CDC updates per customer
+    "cancelled": 0.06,  # orders cancelled, half of them before payment
+    "no_lines": 0.01,  # orders whose lines never arrive
+    "line_correction": 0.02,  # order lines sent again later with another quantity
+    "price_change": 0.15, "rename": 0.05,  # products with a new price, a new name in the second snapshot
+    "order_sessions": 0.4,  # orders whose session (ending in a checkout at order_ts) is in the clickstream
+    "anonymous": 0.15,  # browse sessions without a customer
+    # Defects.
+    "duplicate": 0.02,  # exact duplicate lines (orders, order items, events)
+    "late": 0.03,  # status changes, CDC updates and events arriving 1-7 days late
+    "out_of_order": 0.02,  # changes arriving after, mostly a file after, a newer change of the same key
+    "delete": 0.02, "comeback": 0.5,  # customers deleted; share of them created again later
+    "null_email": 0.02, "upper_email": 0.03, "untidy_country": 0.03,  # untidy: " de "
+    "null_customer": 0.01,  # orders without customer_id
+    "string_id": 0.01,  # numeric ids written as JSON strings, per id field
+    "bad_timestamp": 0.001,  # "not-a-date"
+    "quantity_word": 0.005, "negative_quantity": 0.005,  # quantity "two", "-1"
+    "price_na": 0.02,  # price "N/A", per snapshot
+}
+
+FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Eva", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Karin",
+               "Lukas", "Mia", "Noah", "Olga", "Paul", "Rosa", "Sven", "Tara", "Umar"]
+LAST_NAMES = ["Schmidt", "Martin", "Jansen", "Rossi", "Garcia", "Novak", "Berg", "Smith", "Dubois",
+              "Kowalski", "Larsen", "Costa"]
+DOMAINS = ["example.com", "mail.test", "post.example", "inbox.test"]
+COUNTRIES = ["DE", "FR", "NL", "BE", "ES", "IT", "GB", "US", "PL", "SE"]
+SEGMENTS = ["consumer", "small_business", "corporate"]
+TIERS = [None, "bronze", "silver", "gold", "platinum"]
+CATEGORIES = ["kitchen", "garden", "toys", "books", "electronics", "apparel", "sports", "beauty"]
+NOUNS = ["Mug", "Kettle", "Pan", "Knife", "Hose", "Rake", "Planter", "Lamp", "Puzzle", "Robot", "Kite",
+         "Blocks", "Novel", "Atlas", "Cookbook", "Diary", "Headphones", "Charger", "Speaker", "Mouse",
+         "Jacket", "Scarf", "Sneakers", "Cap", "Ball", "Racket", "Yoga Mat", "Bottle", "Lipstick",
+         "Shampoo", "Perfume", "Brush"]  # four per category, in CATEGORIES order
+ADJECTIVES = ["Classic", "Compact", "Deluxe", "Eco", "Smart", "Vintage", "Urban", "Pro"]
+QUERIES = ["mug", "running shoes", "garden hose", "lego", "novel", "headphones", "yoga mat", "lipstick",
+           "kettle", "rain jacket"]
+DEVICES = [f'{{"os":"{o}","browser":"{b}"}}' for o in ["ios", "android", "windows", "macos", "linux"]
+           for b in ["safari", "chrome", "firefox", "edge"]]
+PAGES = ["/", "/search", "/checkout"] + [f"/c/{category}" for category in CATEGORIES]
+STATUSES = ["placed", "paid", "shipped", "delivered", "cancelled"]
+EVENT_TYPES = ["page_view", "search", "add_to_cart", "checkout"]
+TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class GeneratedSource:
+    """What :func:`generate` wrote for one source.
+
+    Attributes:
+        files: File names (no directory), in arrival order.
+        records: Records over all files (lines; CSV headers not counted).
+        bytes: Total size of the files.
+    """
+
+    files: list[str]
+    records: int
+    bytes: int
+
+
+def generate(
+    landing_root: str | os.PathLike, *, scale: float = 1.0, seed: int = 42
+) -> dict[str, GeneratedSource]:
+    """Writes the retail landing files for a scale and seed.
+
+    Replaces the ``<source>-NNNN.<ext>`` files of a previous generation in each source folder and leaves
+    every other file alone. Nothing is written if the arguments are invalid.
+
+    Args:
+        landing_root: Folder that receives one sub-folder per source.
+        scale: Size factor; scale 1 is 1,000 customers, 200 products and about 12,000 orders.
+        seed: Seed of all random draws.
+
+    Returns:
+        Per source, in the order of ``SOURCES``: the files, record count and bytes written.
+
+    Raises:
+        ValueError: If ``scale`` is not a finite number greater than 0.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number greater than 0, got {scale!r}")
+    count = {what: max(1, round(base * scale)) for what, base in BASE_COUNTS.items()}
+    rng = [np.random.default_rng([seed, stream]) for stream in range(7)]  # independent streams
+    customers = _customer_base(rng[0], count["customers"])
+    products = _product_base(rng[0], count["products"])
+    orders = _order_base(rng[1], customers, count["orders"])
+    frames = {
+        "customers": _customer_feed(rng[2], customers),
+        "products": _product_snapshots(rng[3], products),
+        "orders": _order_feed(rng[4], orders),
+        "order_items": _order_items(rng[5], orders, products),
+        "events": _events(rng[6], customers, orders, products, count["browse_sessions"]),
+    }
+    root = Path(landing_root)
+    return {source: _write(root / source, source, frame) for source, frame in frames.items()}
+
+
+def _all(n: int) -> np.ndarray:
+    """Mask selecting all of ``n`` rows."""
+    return np.ones(n, dtype=bool)
+
+
+def _picks(rng: np.random.Generator, eligible: np.ndarray, *rates: float) -> list[np.ndarray]:
+    """Disjoint masks, each selecting ``round(rate * eligible rows)`` eligible rows, at least one."""
+    pool = rng.permutation(np.flatnonzero(eligible))
+    masks, used = [], 0
+    for rate in rates:
+        k = min(len(pool) - used, max(1, round(len(pool) * rate)))
+        mask = np.zeros(len(eligible), dtype=bool)
+        mask[pool[used : used + k]] = True
+        masks.append(mask)
+        used += k
+    return masks
+
+
+def _pick(rng: np.random.Generator, eligible: np.ndarray, rate: float) -> np.ndarray:
+    """Mask selecting ``round(rate * eligible rows)`` eligible rows, at least one."""
+    return _picks(rng, eligible, rate)[0]
+
+
+def _take(values: list[str | None], idx: np.ndarray) -> pl.Series:
+    """Vocabulary values at the given positions."""
+    return pl.Series(values, dtype=pl.String).gather(idx)
+
+
+def _vocab(values: list[str], column: str) -> pl.Expr:
+    """Vocabulary values at the positions held in ``column``."""
+    return pl.lit(pl.Series(values, dtype=pl.String)).gather(pl.col(column))
+
+
+def _between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray | int) -> np.ndarray:
+    """A uniform second in ``[lo, hi)`` per row."""
+    return lo + (rng.random(len(lo)) * (hi - lo)).astype(np.int64)
+
+
+def _iso(column: str) -> pl.Expr:
+    """Epoch seconds as ``2026-03-04T10:15:00Z``."""
+    return pl.from_epoch(pl.col(column), time_unit="s").dt.strftime(TS_FORMAT)
+
+
+def _money(column: str) -> pl.Expr:
+    """Cents as ``12.99``."""
+    cents = pl.col(column)
+    return pl.concat_str([(cents // 100).cast(pl.String), pl.lit("."), (cents % 100).cast(pl.String).str.zfill(2)])
+
+
+def _js(expr: pl.Expr) -> pl.Expr:
+    """JSON text of a string: quoted, or ``null``."""
+    return pl.concat_str([pl.lit('"'), expr, pl.lit('"')]).fill_null(pl.lit("null"))
+
+
+def _jn(expr: pl.Expr, quoted: str | None = None) -> pl.Expr:
+    """JSON text of a number, as a string (``"42"``) where the flag column ``quoted`` is set; or ``null``."""
+    text = expr.cast(pl.String)
+    if quoted:
+        text = pl.when(pl.col(quoted)).then(pl.concat_str([pl.lit('"'), text, pl.lit('"')])).otherwise(text)
+    return text.fill_null(pl.lit("null"))
+
+
+def _ts_json(column: str, bad: str) -> pl.Expr:
+    """JSON text of a timestamp column, ``"not-a-date"`` where the flag column ``bad`` is set."""
+    return pl.when(pl.col(bad)).then(pl.lit('"not-a-date"')).otherwise(_js(_iso(column)))
+
+
+def _line(fields: dict[str, pl.Expr]) -> pl.Expr:
+    """JSON object text from JSON value texts; a field whose text is null (not ``"null"``) is left out."""
+    parts = [pl.concat_str([pl.lit(f'"{key}":'), value]) for key, value in fields.items()]
+    return pl.concat_str([pl.lit("{"), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("}")])
+
+
+def _bounds(arrival: np.ndarray) -> np.ndarray:
+    """File boundaries: quantiles of the on-time arrivals (``N_FILES`` files, fewer if tiny)."""
+    ordered = np.sort(arrival)
+    k = min(N_FILES, len(ordered))
+    return ordered[np.arange(1, k) * len(ordered) // k]
+
+
+def _late(rng: np.random.Generator, arrival: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Delays some eligible rows by 1-7 days."""
+    return arrival + np.where(_pick(rng, eligible, RATES["late"]), rng.integers(DAY, 7 * DAY, len(arrival)), 0)
+
+
+def _out_of_order(
+    rng: np.random.Generator, key: np.ndarray, arrival: np.ndarray, eligible: np.ndarray, bounds: np.ndarray
+) -> np.ndarray:
+    """Makes some eligible rows arrive after the next change of their key, in a later file if there is one.
+
+    Rows must be sorted by key, then change time.
+    """
+    has_next = np.append(key[1:] == key[:-1], False)
+    rows = np.flatnonzero(_pick(rng, eligible & has_next, RATES["out_of_order"]))
+    after = arrival[rows + 1]
+    later = after + rng.integers(HOUR, 2 * DAY, len(rows))
+    file = np.searchsorted(bounds, after, side="right")
+    next_file = np.maximum(later, bounds[np.minimum(file, len(bounds) - 1)]) if len(bounds) else later
+    out = arrival.copy()
+    out[rows] = np.where(file < len(bounds), next_file, later)
+    return out
+
+
+def _arrange(rng: np.random.Generator | None, frame: pl.DataFrame, bounds: np.ndarray) -> pl.DataFrame:
+    """Adds exact copies of some rows (if ``rng``), arriving up to a day later; then ``_file`` (0-based, no
+    empty file) and sorts by file, then arrival."""
+    if rng is not None:
+        copies = frame.filter(pl.Series(_pick(rng, _all(frame.height), RATES["duplicate"])))
+        delay = pl.Series(rng.integers(0, DAY, copies.height))
+        frame = pl.concat([frame, copies.with_columns(pl.col("_arrival") + delay)])
+    file = np.unique(np.searchsorted(bounds, frame["_arrival"].to_numpy(), side="right"), return_inverse=True)[1]
+    return frame.with_columns(_file=file, _seq=pl.int_range(pl.len())).sort("_file", "_arrival", "_seq")
+
+
+def _write(folder: Path, source: str, frame: pl.DataFrame) -> GeneratedSource:
+    """Replaces the source's files in ``folder``: JSON lines from ``_line``, or CSV of the plain columns."""
+    ext = SOURCES[source]
+    folder.mkdir(parents=True, exist_ok=True)
+    owned = re.compile(rf"{re.escape(source)}-\d+\.{ext}")
+    for path in sorted(folder.iterdir()):
+        if owned.fullmatch(path.name) and path.is_file():
+            path.unlink()
+    columns = [column for column in frame.columns if not column.startswith("_")] if ext == "csv" else ["_line"]
+    names = []
+    for number, part in enumerate(frame.partition_by("_file", maintain_order=True), start=1):
+        names.append(f"{source}-{number:04d}.{ext}")
+        part.select(columns).write_csv(folder / names[-1], include_header=ext == "csv",
+                                       quote_style="necessary" if ext == "csv" else "never")
+    size = sum((folder / name).stat().st_size for name in names)
+    return GeneratedSource(files=names, records=frame.height, bytes=size)
+
+
+def _customer_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
+    """Customers as first created: 60% before the period (initial load), the rest sign up during it."""
+    existing = rng.random(n) < 0.6
+    created = np.where(existing, START + rng.integers(0, HOUR, n), START + rng.integers(HOUR, 135 * DAY, n))
+    frame = pl.DataFrame({
+        "customer_id": np.arange(1, n + 1),
+        "created": created,
+        "signup_day": np.where(existing, rng.integers(SIGNUP_FROM, START // DAY, n), created // DAY),
+        "first_name": _take(FIRST_NAMES, rng.integers(0, len(FIRST_NAMES), n)),
+        "last_name": _take(LAST_NAMES, rng.integers(0, len(LAST_NAMES), n)),
+        "domain": _take(DOMAINS, rng.integers(0, len(DOMAINS), n)),
+        "country": _take(COUNTRIES, rng.integers(0, len(COUNTRIES), n)),
+        "segment": _take(SEGMENTS, rng.choice(len(SEGMENTS), n, p=[0.7, 0.2, 0.1])),
+        "loyalty_tier": _take(TIERS, rng.choice(len(TIERS), n, p=[0.3, 0.3, 0.2, 0.15, 0.05])),
+        "weight": rng.gamma(1.5, 1.0, n),  # activity: orders and sessions are drawn in proportion
+    })
+    parts = ["first_name", pl.lit("."), "last_name", "customer_id", pl.lit("@"), "domain"]
+    return frame.with_columns(email=pl.concat_str(parts).str.to_lowercase())
+
+
+def _product_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
+    """Products with their name and price (cents) before and after their mid-period change."""
+    category = rng.integers(0, len(CATEGORIES), n)
+    noun = _take(NOUNS, category * 4 + rng.integers(0, 4, n))
+    adjective = rng.integers(0, len(ADJECTIVES), n)
+    price = np.clip(np.exp(rng.normal(3.0, 0.9, n)), 2, 900).astype(np.int64) * 100 + 99
+    changed, renamed = _picks(rng, _all(n), RATES["price_change"], RATES["rename"])
+    new_price = (price * rng.uniform(0.75, 1.3, n)).astype(np.int64) // 100 * 100 + 99
+    new_price = np.where(changed, np.where(new_price == price, price + 100, new_price), price)
+    new_adjective = np.where(renamed, (adjective + 1) % len(ADJECTIVES), adjective)
+    updated = START - rng.integers(DAY, 90 * DAY, n)
+    return pl.DataFrame({
+        "product_id": np.arange(1, n + 1),
+        "name": _take(ADJECTIVES, adjective) + " " + noun,
+        "new_name": _take(ADJECTIVES, new_adjective) + " " + noun,
+        "category": _take(CATEGORIES, category),
+        "category_idx": category,
+        "price": price,
+        "new_price": new_price,
+        "updated": updated,
+        "changed_at": np.where(changed | renamed, START + rng.integers(DAY, 70 * DAY, n), updated),
+        "popularity": rng.gamma(0.8, 1.0, n),
+    })
+
+
+def _order_base(rng: np.random.Generator, customers: pl.DataFrame, n: int) -> pl.DataFrame:
+    """Orders numbered by ``order_ts``, by customers in proportion to their activity, after their signup."""
+    created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
+    who = rng.choice(len(weight), n, p=weight / weight.sum())
+    placed = _between(rng, created[who] + HOUR, END - HOUR)
+    order = np.lexsort((np.arange(n), placed))
+    guest = _pick(rng, _all(n), RATES["null_customer"])
+    customer = pl.Series(np.where(guest, 0, who[order] + 1)).replace(0, None)
+    return pl.DataFrame({"order_id": np.arange(1, n + 1), "customer_id": customer, "order_ts": placed[order]})
+
+
+def _customer_feed(rng: np.random.Generator, base: pl.DataFrame) -> pl.DataFrame:
+    """CDC feed: creates, updates of email, country or segment, deletes, and comebacks after a delete."""
+    n, created = base.height, base["created"].to_numpy()
+    m = max(1, round(n * RATES["customer_updates"]))
+    updated = rng.integers(0, n, m)
+    update_t = _between(rng, created[updated] + HOUR, END - HOUR)
+    gone = np.flatnonzero(_pick(rng, _all(n), RATES["delete"]))
+    delete_t = _between(rng, created[gone] + DAY, END - 3 * DAY)
+    back = _pick(rng, _all(len(gone)), RATES["comeback"])
+    back_t = delete_t + ((END - delete_t) * rng.uniform(0.2, 0.9, len(gone))).astype(np.int64)
+    away_from, away_to = np.full(n, END), np.zeros(n, dtype=np.int64)
+    away_from[gone], away_to[gone] = delete_t, np.where(back, back_t, END)
+    keep = (update_t < away_from[updated]) | (update_t >= away_to[updated])  # no update while deleted
+    idx = np.concatenate([np.arange(n), gone[back], updated[keep], gone])
+    sizes = [n, int(back.sum()), int(keep.sum()), len(gone)]
+    kinds = np.concatenate([np.full(n, 9), np.full(sizes[1], -1), rng.choice(3, m, p=[0.4, 0.3, 0.3])[keep],
+                            np.full(len(gone), -1)])  # 9: initial create; 0-2: email, country, segment
+    records = base.select(pl.all().gather(idx)).with_columns(
+        _t=np.concatenate([created, back_t[back], update_t[keep], delete_t]),
+        _op=np.repeat([0, 0, 1, 2], sizes),
+        _kind=kinds,
+        _country=_take(COUNTRIES, rng.integers(0, len(COUNTRIES), len(idx))),
+        _segment=_take(SEGMENTS, rng.integers(0, len(SEGMENTS), len(idx))),
+        _domain=_take(DOMAINS, rng.integers(0, len(DOMAINS), len(idx))),
+        _seq=pl.int_range(pl.len()),
+    )
+    kind = pl.col("_kind")
+    new_email = pl.concat_str(["first_name", "last_name", pl.lit("."), "_seq", pl.lit("@"), "_domain"])
+    records = records.with_columns(  # every record carries the full state: the last change of each field
+        email=pl.when(kind == 9).then("email").when(kind == 0).then(new_email.str.to_lowercase()),
+        country=pl.when(kind == 9).then("country").when(kind == 1).then("_country"),
+        segment=pl.when(kind == 9).then("segment").when(kind == 2).then("_segment"),
+    ).sort("customer_id", "_t", "_seq").with_columns(
+        pl.col("email", "country", "segment").forward_fill().over("customer_id")
+    )
+    key, op, t = records["customer_id"].to_numpy(), records["_op"].to_numpy(), records["_t"].to_numpy()
+    arrival = t + rng.integers(0, 300, len(t))
+    bounds = _bounds(arrival)
+    arrival = _out_of_order(rng, key, _late(rng, arrival, op == 1), op == 1, bounds)
+    null_email, upper_email, untidy, bad_ts = _picks(rng, op != 2, *(RATES[name] for name in [
+        "null_email", "upper_email", "untidy_country", "bad_timestamp"]))
+    records = records.with_columns(_arrival=arrival, _bad_ts=bad_ts, _null_email=null_email,
+                                   _upper_email=upper_email, _untidy=untidy,
+                                   _quoted=_pick(rng, _all(len(t)), RATES["string_id"]))
+    email, country = pl.col("email"), pl.col("country")
+    records = _arrange(None, records.with_columns(
+        email=pl.when("_null_email").then(None).when("_upper_email").then(email.str.to_uppercase()).otherwise(email),
+        country=pl.when("_untidy").then(pl.concat_str([pl.lit(" "), country.str.to_lowercase(), pl.lit(" ")]))
+        .otherwise(country),
+        signup_date=pl.from_epoch("signup_day", time_unit="d").dt.strftime("%Y-%m-%d"),
+    ), bounds)
+    live = pl.col("_op") != 2  # a delete carries only op, customer_id and updated_at
+    drift = pl.col("_file") >= (pl.col("_file").max() + 1) // 2  # loyalty_tier from the middle file on
+    fields = ["email", "first_name", "last_name", "country", "segment", "signup_date"]
+    return records.with_columns(_line=_line({
+        "op": _js(_vocab(["c", "u", "d"], "_op")),
+        "customer_id": _jn(pl.col("customer_id"), "_quoted"),
+        **{field: pl.when(live).then(_js(pl.col(field))) for field in fields},
+        "updated_at": _ts_json("_t", "_bad_ts"),
+        "loyalty_tier": pl.when(live & drift).then(_js(pl.col("loyalty_tier"))),
+    }))
+
+
+def _product_snapshots(rng: np.random.Generator, products: pl.DataFrame) -> pl.DataFrame:
+    """Two full CSV snapshots: before the period, and mid-period with new prices and names."""
+    snapshots = []
+    for file, (name, price, updated) in enumerate([("name", "price", "updated"),
+                                                   ("new_name", "new_price", "changed_at")]):
+        na = pl.Series(_pick(rng, _all(products.height), RATES["price_na"]))
+        snapshots.append(products.select(
+            "product_id", name=pl.col(name), category=pl.col("category"),
+            price=pl.when(na).then(pl.lit("N/A")).otherwise(_money(price)),
+            updated_at=_iso(updated), _file=pl.lit(file, dtype=pl.Int64),
+        ))
+    return pl.concat(snapshots)
+
+
+def _order_feed(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFrame:
+    """One record per status change: placed, paid, shipped, delivered; or cancelled before or after payment."""
+    n, placed = orders.height, orders["order_ts"].to_numpy()
+    paid = placed + rng.integers(60, 2 * HOUR, n)
+    shipped = paid + rng.integers(DAY // 2, 3 * DAY, n)
+    delivered = shipped + rng.integers(DAY, 5 * DAY, n)
+    cancelled = _pick(rng, _all(n), RATES["cancelled"])
+    early = cancelled & (rng.random(n) < 0.5)
+    cancel_t = np.where(early, placed + rng.integers(600, DAY, n), paid + rng.integers(HOUR, 2 * DAY, n))
+    times = np.stack([placed, paid, shipped, delivered, cancel_t])
+    exists = np.stack([_all(n), ~early, ~cancelled, ~cancelled, cancelled]) & (times < END)
+    status, row = np.nonzero(exists)
+    order = np.lexsort((times[status, row], row))
+    status, row = status[order], row[order]
+    t = times[status, row]
+    arrival = t + rng.integers(0, 120, len(t))
+    bounds = _bounds(arrival)
+    arrival = _out_of_order(rng, row, _late(rng, arrival, status > 0), _all(len(t)), bounds)
+    records = orders.select(pl.all().gather(row)).with_columns(
+        _status=status,
+        _t=t,
+        _arrival=arrival,
+        _bad_ts=_pick(rng, status > 0, RATES["bad_timestamp"]),
+        _quoted_order=_pick(rng, _all(len(t)), RATES["string_id"]),
+        _quoted_customer=_pick(rng, _all(len(t)), RATES["string_id"]),
+    )
+    return _arrange(rng, records, bounds).select("_file", _line=pl.concat_str([
+        pl.lit('{"order_id":'), _jn(pl.col("order_id"), "_quoted_order"),
+        pl.lit(',"customer_id":'), _jn(pl.col("customer_id"), "_quoted_customer"),
+        pl.lit(',"status":"'), _vocab(STATUSES, "_status"),
+        pl.lit('","order_ts":"'), _iso("order_ts"),
+        pl.lit('","updated_at":'), _ts_json("_t", "_bad_ts"), pl.lit("}"),
+    ]))
+
+
+def _order_items(rng: np.random.Generator, orders: pl.DataFrame, products: pl.DataFrame) -> pl.DataFrame:
+    """Order lines at the price in force when the order was placed; a few corrected later."""
+    n = orders.height
+    lines = rng.choice(np.arange(1, 6), n, p=[0.35, 0.28, 0.19, 0.11, 0.07])
+    lines[_pick(rng, np.arange(n) > 0, RATES["no_lines"])] = 0  # never all orders, even at tiny scales
+    row = np.repeat(np.arange(n), lines)
+    m = len(row)
+    line_number = np.arange(m) - np.repeat(np.cumsum(lines) - lines, lines) + 1
+    popularity = products["popularity"].to_numpy()
+    product = rng.choice(len(popularity), m, p=popularity / popularity.sum())
+    quantity = rng.choice([1, 2, 3, 4], m, p=[0.7, 0.2, 0.07, 0.03])
+    placed = orders["order_ts"].to_numpy()[row]
+    current = placed >= products["changed_at"].to_numpy()[product]
+    price = np.where(current, products["new_price"].to_numpy()[product], products["price"].to_numpy()[product])
+    fix = np.flatnonzero(_pick(rng, _all(m), RATES["line_correction"]))
+    pick = np.concatenate([np.arange(m), fix])
+    t = np.concatenate([placed, np.minimum(placed[fix] + rng.integers(HOUR, 3 * DAY, len(fix)), END - 1)])
+    lag = rng.integers(0, 300, n)[row]  # the lines of an order arrive together, in line order
+    arrival = t + np.concatenate([lag, lag[fix]])
+    word, negative = _picks(rng, _all(len(t)), RATES["quantity_word"], RATES["negative_quantity"])
+    records = pl.DataFrame({
+        "order_id": row[pick] + 1, "line_number": line_number[pick], "product_id": product[pick] + 1,
+        "_quantity": np.concatenate([quantity, quantity[fix] % 4 + 1]), "_cents": price[pick], "_t": t,
+        "_arrival": arrival, "_word": word, "_negative": negative,
+    })
+    qty = pl.col("_quantity").cast(pl.String)
+    return _arrange(rng, records, _bounds(arrival)).select(
+        "order_id", "line_number", "product_id",
+        quantity=pl.when("_word").then(pl.lit("two")).when("_negative").then(pl.concat_str([pl.lit("-"), qty]))
+        .otherwise(qty),
+        unit_price=_money("_cents"), updated_at=_iso("_t"), _file="_file",
+    )
+
+
+def _sessions(
+    rng: np.random.Generator, customers: pl.DataFrame, orders: pl.DataFrame, n: int
+) -> tuple[np.ndarray, ...]:
+    """Sessions of 5-15 events: one ending in a checkout at ``order_ts`` for some orders, plus ``n`` browse ones.
+
+    Returns:
+        Per session: customer id (0 for anonymous), start, event count, whether it ends in a checkout.
+    """
+    order_customer = orders["customer_id"].fill_null(0).to_numpy()
+    from_orders = np.flatnonzero(_pick(rng, order_customer > 0, RATES["order_sessions"]))
+    created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
+    who = rng.choice(len(weight), n, p=0.5 / len(weight) + 0.5 * weight / weight.sum())
+    anonymous = _pick(rng, _all(n), RATES["anonymous"])
+    start = _between(rng, np.where(anonymous, START, created[who]), END - 2 * HOUR)
+    customer = np.concatenate([order_customer[from_orders], np.where(anonymous, 0, who + 1)])
+    anchor = np.concatenate([orders["order_ts"].to_numpy()[from_orders], start])
+    checkout = np.concatenate([_all(len(from_orders)), ~_all(n)])
+    return customer, anchor, rng.integers(5, 16, len(anchor)), checkout
+
+
+def _events(
+    rng: np.random.Generator, customers: pl.DataFrame, orders: pl.DataFrame, products: pl.DataFrame, n_browse: int
+) -> pl.DataFrame:
+    """Clickstream events of checkout and browse sessions (some anonymous), numbered by time."""
+    customer, anchor, count, checkout = _sessions(rng, customers, orders, n_browse)
+    s, first = len(anchor), np.cumsum(count) - count
+    sess = np.repeat(np.arange(s), count)
+    pos = np.arange(len(sess)) - first[sess]
+    e = len(sess)
+    offset = np.cumsum(np.where(pos == 0, 0, rng.integers(5, 240, e)))
+    offset -= offset[first][sess]
+    begin = np.where(checkout, anchor - offset[first + count - 1], anchor)  # checkout sessions end at order_ts
+    ts = begin[sess] + offset
+    kind = rng.choice(4, e, p=[0.55, 0.2, 0.2, 0.05])
+    kind[pos == 0] = 0
+    kind[(pos == (count - 1)[sess]) & checkout[sess]] = 3
+    popularity = products["popularity"].to_numpy()
+    product = rng.choice(len(popularity), e, p=popularity / popularity.sum())
+    view = rng.random(e)
+    product_page = (kind == 2) | ((kind == 0) & (view < 0.7))
+    category_page = 3 + products["category_idx"].to_numpy()[product]
+    page = np.select([kind == 1, kind == 3, view < 0.85], [1, 2, category_page], 0)  # index in PAGES
+    rank = np.empty(s, dtype=np.int64)
+    rank[np.lexsort((np.arange(s), begin))] = np.arange(s)
+    arrival = ts + rng.integers(0, 60, e)
+    bounds = _bounds(arrival)
+    records = pl.DataFrame({
+        "customer_id": customer[sess], "_session": rank[sess] + 1, "_pos": pos, "_t": ts, "_kind": kind,
+        "_product": np.where(product_page, product + 1, 0), "_page": page, "_arrival": _late(rng, arrival, _all(e)),
+        "_query": rng.integers(0, len(QUERIES), e), "_device": rng.integers(0, len(DEVICES), s)[sess],
+    }).sort("_t", "_session", "_pos").with_columns(
+        pl.col("customer_id", "_product").replace(0, None), _number=pl.int_range(1, pl.len() + 1)
+    )
+    records = records.with_columns(
+        _bad_ts=_pick(rng, _all(e), RATES["bad_timestamp"]),
+        _quoted=_pick(rng, records["customer_id"].is_not_null().to_numpy(), RATES["string_id"]),
+    )
+    page = pl.when(pl.col("_product").is_not_null()).then(pl.concat_str([pl.lit("/p/"), "_product"]))
+    query = pl.when(pl.col("_kind") == 1).then(_js(_vocab(QUERIES, "_query"))).otherwise(pl.lit("null"))
+    return _arrange(rng, records, bounds).select("_file", _line=pl.concat_str([
+        pl.lit('{"event_id":"e'), pl.col("_number").cast(pl.String).str.zfill(9),
+        pl.lit('","customer_id":'), _jn(pl.col("customer_id"), "_quoted"),
+        pl.lit(',"session_id":"s'), pl.col("_session").cast(pl.String).str.zfill(8),
+        pl.lit('","event_type":"'), _vocab(EVENT_TYPES, "_kind"),
+        pl.lit('","event_ts":'), _ts_json("_t", "_bad_ts"),
+        pl.lit(',"payload":{"page":"'), page.otherwise(_vocab(PAGES, "_page")),
+        pl.lit('","product_id":'), _jn(pl.col("_product")),
+        pl.lit(',"query":'), query,
+        pl.lit(',"device":'), _vocab(DEVICES, "_device"), pl.lit("}}"),
+    ]))

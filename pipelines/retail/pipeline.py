@@ -1,0 +1,124 @@
+"""The retail data product: landing files -> bronze -> silver -> gold star schema and customer features."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data import Dataset
+
+from engine import FileSource, Merge, Overwrite, Pipeline, co_partition, map_partitions
+from engine.columns import INGESTED_AT, SOURCE_FILE
+from pipelines.retail import transforms
+
+retail = Pipeline("retail", description="Online retail: customers, products, orders and clickstream.")
+
+retail.ingest("bronze.customers", FileSource("customers", "jsonl", pattern="*.jsonl"),
+              description="Customer CDC feed as received.")
+retail.ingest("bronze.products", FileSource("products", "csv", pattern="*.csv"),
+              description="Product catalogue snapshots as received.")
+retail.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"),
+              description="Order status changes as received.")
+retail.ingest("bronze.order_items", FileSource("order_items", "csv", pattern="*.csv"),
+              description="Order lines as received.")
+retail.ingest("bronze.events", FileSource("events", "jsonl", pattern="*.jsonl"),
+              description="Clickstream events as received.")
+
+LINEAGE_COLUMNS = [SOURCE_FILE, INGESTED_AT]
+
+
+@retail.table("silver.customers", kind=Merge(keys=["customer_id"], sequence_by="updated_at",
+                                             delete_when="op = 'd'", except_columns=["op"]))
+def customers(bronze_customers: Dataset) -> Dataset:
+    """Current customers, CDC deletes applied."""
+    return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow")
+
+
+@retail.table("silver.products", kind=Merge(keys=["product_id"], sequence_by="updated_at"))
+def products(bronze_products: Dataset) -> Dataset:
+    """Current products."""
+    return bronze_products.map_batches(transforms.clean_products, batch_format="pyarrow")
+
+
+@retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"))
+def orders(bronze_orders: Dataset) -> Dataset:
+    """Orders with their latest status."""
+    return bronze_orders.map_batches(transforms.clean_orders, batch_format="pyarrow")
+
+
+@retail.table("silver.order_items", kind=Merge(keys=["order_id", "line_number"], sequence_by="updated_at"))
+def order_items(bronze_order_items: Dataset) -> Dataset:
+    """Order lines, latest version of each."""
+    return bronze_order_items.map_batches(transforms.clean_order_items, batch_format="pyarrow")
+
+
+@retail.table("silver.events", kind=Merge(keys=["event_id"], sequence_by="event_ts"))
+def events(bronze_events: Dataset) -> Dataset:
+    """Clickstream events, deduplicated, payload flattened."""
+    return bronze_events.map_batches(transforms.clean_events, batch_format="pyarrow")
+
+
+@retail.table("gold.dim_customer", kind=Overwrite())
+def dim_customer(silver_customers: Dataset) -> Dataset:
+    """One row per current customer."""
+    return silver_customers.drop_columns(LINEAGE_COLUMNS)
+
+
+@retail.table("gold.dim_product", kind=Overwrite())
+def dim_product(silver_products: Dataset) -> Dataset:
+    """One row per current product."""
+    return silver_products.drop_columns(LINEAGE_COLUMNS)
+
+
+@retail.table("gold.fct_order_lines", kind=Overwrite())
+def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Dataset:
+    """One row per order line, with its order's customer, status and time, and its revenue."""
+    lines = silver_order_items.select_columns(["order_id", "line_number", "product_id", "quantity", "unit_price"])
+    headers = silver_orders.select_columns(["order_id", "customer_id", "status", "order_ts"])
+    return co_partition({"lines": lines, "headers": headers}, ["order_id"], _order_lines)
+
+
+@retail.table("gold.customer_daily", kind=Overwrite())
+def customer_daily(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
+    """Orders, revenue, items and sessions per customer per day."""
+    activity = _activity(gold_fct_order_lines, silver_events)
+    return map_partitions(activity, ["customer_id"], transforms.customer_daily)
+
+
+@retail.table("gold.customer_features", kind=Overwrite())
+def customer_features(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
+    """Point-in-time customer features, one row per customer per day."""
+    last_date = _last_date(gold_fct_order_lines, silver_events)
+    activity = _activity(gold_fct_order_lines, silver_events)
+    return map_partitions(activity, ["customer_id"], transforms.customer_features,
+                          fn_kwargs={"last_date": last_date})
+
+
+def _order_lines(lines: pa.Table, headers: pa.Table) -> pa.Table:
+    joined = pl.from_arrow(lines).join(pl.from_arrow(headers), on="order_id", how="inner")
+    return transforms.order_line_measures(joined.to_arrow())
+
+
+def _activity(fct_order_lines: Dataset, events: Dataset) -> Dataset:
+    return fct_order_lines.map_batches(transforms.order_activity, batch_format="pyarrow").union(
+        events.map_batches(transforms.session_activity, batch_format="pyarrow")
+    )
+
+
+def _last_date(fct_order_lines: Dataset, events: Dataset) -> dt.date | None:
+    """The latest order date or event date in the data."""
+    dates = (fct_order_lines.select_columns(["order_date"]).rename_columns({"order_date": "day"})
+             .union(events.map_batches(_event_dates, batch_format="pyarrow"))
+             .map_batches(_latest_day, batch_format="pyarrow", batch_size=None))
+    latest = [row["day"] for row in dates.take_all() if row["day"] is not None]
+    return max(latest) if latest else None
+
+
+def _event_dates(events: pa.Table) -> pa.Table:
+    return pa.table({"day": pc.cast(events.column("event_ts"), pa.date32())})
+
+
+def _latest_day(days: pa.Table) -> pa.Table:
+    return pa.table({"day": pa.array([pc.max(days.column("day")).as_py()], pa.date32())})
