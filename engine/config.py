@@ -41,7 +41,7 @@ class RaySettings(_Section):
     num_cpus: int | None = Field(default=None, gt=0)
     object_store_memory_mb: int | None = Field(default=None, gt=0)
     auth_mode: Literal["disabled", "token"] = "disabled"
-    progress_bars: bool = True
+    verbose: bool = False
 
 
 class Settings(BaseSettings):

@@ -40,14 +40,14 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     target = resolve_address(settings, address)
     if target:
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, log_to_driver=True)
+        ray.init(address=target, logging_level=_log_level(settings))
     else:
         ray.init(
             address="local",
             num_cpus=settings.num_cpus,
             object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
             include_dashboard=False,
-            log_to_driver=True,
+            logging_level=_log_level(settings),
         )
     try:
         _configure_data_context(settings)
@@ -56,7 +56,13 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         ray.shutdown()
 
 
+def _log_level(settings: RaySettings) -> int:
+    return logging.INFO if settings.verbose else logging.WARNING
+
+
 def _configure_data_context(settings: RaySettings) -> None:
+    logging.getLogger("ray.data").setLevel(logging.ERROR if not settings.verbose else logging.INFO)
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = settings.progress_bars
-    context.print_on_execution_start = False
+    context.enable_progress_bars = settings.verbose
+    context.print_on_execution_start = settings.verbose
+    logging.getLogger("ray.data").setLevel(_log_level(settings))

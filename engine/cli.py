@@ -1,0 +1,196 @@
+"""The `medallion` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from engine.config import Settings, load_settings
+from engine.entrypoints import load_generator, load_pipeline
+from engine.errors import EngineError, RunFailed
+from engine.runlog import RunRecord
+from engine.runner import Runner, RunResult
+from engine.runtime import ray_session
+from engine.status import table_history, table_statuses
+from engine.tables.layout import Layout
+
+WIDE = 160
+console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
+errors = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else WIDE)
+
+DEMO_PIPELINE = "retail"
+
+
+def _settings(ctx: click.Context) -> Settings:
+    options = ctx.find_root().params
+    return load_settings(
+        options.get("config"),
+        overrides={
+            "storage": {"root": options.get("root")},
+            "ray": {"address": options.get("address"), "verbose": options.get("verbose") or None},
+        },
+    )
+
+
+def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn engine errors into a one-line reason on stderr and exit status 1."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EngineError as err:
+            errors.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            sys.exit(1)
+
+    return run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="MEDALLION__STORAGE__ROOT", default=None,
+              help="Storage root (default ./lakehouse).")
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="YAML settings file (default ./medallion.yaml when present).")
+@click.option("--address", default=None, help="Ray cluster address (default: a private local instance).")
+@click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress bars.")
+def main(root: str | None, config: str | None, address: str | None, verbose: bool) -> None:
+    """Medallion lakehouse pipelines on Ray."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("generator", default=DEMO_PIPELINE)
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Size of the data (1 = ~12k orders).")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.pass_context
+@_reported
+def generate(ctx: click.Context, generator: str, scale: float, seed: int) -> None:
+    """Write deterministic landing data under <root>/landing."""
+    _generate(_settings(ctx), generator, scale, seed)
+
+
+def _generate(settings: Settings, generator: str, scale: float, seed: int) -> None:
+    landing = Layout.at(settings.storage.root).landing()
+    try:
+        written = load_generator(generator)(landing, scale=scale, seed=seed)
+    except ValueError as err:
+        raise EngineError(f"cannot generate `{generator}` data: {err}") from None
+    total = sum(source.records for source in written.values())
+    console.print(f"generated {total:,} records in {sum(len(s.files) for s in written.values())} files under {landing}")
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--select", "selection", default=None, help="Tables to run, e.g. 'silver.orders+' or '+gold.*'.")
+@click.pass_context
+@_reported
+def run(ctx: click.Context, pipeline: str, selection: str | None) -> None:
+    """Run PIPELINE on whatever is in <root>/landing."""
+    settings = _settings(ctx)
+    _run(settings, pipeline, selection)
+
+
+def _run(settings: Settings, pipeline_name: str, selection: str | None) -> RunResult:
+    pipeline = load_pipeline(pipeline_name)
+    tables = pipeline.select(selection)
+    started = time.monotonic()
+    console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
+    with ray_session(settings.ray), console.status("starting Ray") as status:
+        done = 0
+
+        def progress(record: RunRecord) -> None:
+            nonlocal done
+            done += 1
+            _print_record(record, done, len(tables))
+            status.update(f"{done}/{len(tables)} tables done")
+
+        status.update(f"0/{len(tables)} tables done")
+        result = Runner(pipeline, settings, on_record=progress).run(selection)
+    console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s")
+    if not result.succeeded:
+        failed = result.failures() or [r for r in result.records if r.status == "skipped"]
+        raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",
+                        table=failed[0].table, run_id=result.run_id)
+    return result
+
+
+def _print_record(record: RunRecord, done: int, total: int) -> None:
+    colour = {"succeeded": "green", "unchanged": "cyan", "failed": "red", "skipped": "yellow"}[record.status]
+    version = "-" if record.output_version is None else f"v{record.output_version}"
+    counts = f"{record.rows_in:,} in, {record.rows_written:,} written"
+    if record.rows_quarantined:
+        counts += f", {record.rows_quarantined:,} quarantined"
+    if record.rows_duplicate:
+        counts += f", {record.rows_duplicate:,} duplicates"
+    console.print(f"[{done:>2}/{total}] [{colour}]{record.status:<9}[/{colour}] {record.table:<28} {version:>5}  "
+                  f"{counts}  ({record.duration_s:.1f}s)")
+    if record.error:
+        console.print(f"        {record.error}", style="red", soft_wrap=True)
+
+
+@main.command()
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Size of the generated data.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.pass_context
+@_reported
+def demo(ctx: click.Context, scale: float, seed: int) -> None:
+    """Generate retail landing data, run the whole retail pipeline, and summarise the tables."""
+    settings = _settings(ctx)
+    _generate(settings, DEMO_PIPELINE, scale, seed)
+    _run(settings, DEMO_PIPELINE, None)
+    _print_status(settings)
+
+
+@main.command()
+@click.pass_context
+@_reported
+def status(ctx: click.Context) -> None:
+    """Tables, latest versions, row counts and the last run of each."""
+    _print_status(_settings(ctx))
+
+
+def _print_status(settings: Settings) -> None:
+    layout = Layout.at(settings.storage.root)
+    statuses = table_statuses(layout)
+    if not statuses:
+        console.print(f"no tables under {layout.root}; run `medallion demo` or `medallion run PIPELINE`")
+        return
+    view = Table(title=f"tables under {layout.root}")
+    for column in ("table", "version", "rows", "last run", "status", "finished (UTC)"):
+        view.add_column(column, justify="right" if column in ("version", "rows") else "left")
+    for item in statuses:
+        finished = item.last_finished_at.strftime("%Y-%m-%d %H:%M:%S") if item.last_finished_at else ""
+        view.add_row(item.table, str(item.version), f"{item.rows:,}", item.last_run_id or "",
+                     item.last_status or "", finished)
+    console.print(view)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--limit", type=int, default=20, show_default=True, help="Newest versions to show.")
+@click.pass_context
+@_reported
+def history(ctx: click.Context, table: str, limit: int) -> None:
+    """Versions of TABLE with the run that wrote each, the operation and the row count."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    view = Table(title=f"history of {table}")
+    for column in ("version", "committed (UTC)", "operation", "run", "rows"):
+        view.add_column(column, justify="right" if column in ("version", "rows") else "left")
+    for item in table_history(layout, table, limit):
+        view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
+                     item.run_id or "", f"{item.rows:,}")
+    console.print(view)
+
+
+if __name__ == "__main__":
+    main()

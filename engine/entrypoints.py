@@ -1,0 +1,43 @@
+"""Finding pipelines and landing-data generators by name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from engine.errors import PipelineDefinitionError
+from engine.pipeline import Pipeline
+
+PIPELINES_GROUP = "medallion.pipelines"
+GENERATORS_GROUP = "medallion.generators"
+
+
+def _load(reference: str, group: str, what: str) -> Any:
+    if ":" in reference:
+        module_name, _, attribute = reference.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as err:
+            raise PipelineDefinitionError(f"cannot load {what} `{reference}`: {err}") from None
+    found = {ep.name: ep for ep in entry_points(group=group)}
+    if reference not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise PipelineDefinitionError(
+            f"no {what} named `{reference}`; installed: {known}; or give `package.module:attribute`"
+        )
+    return found[reference].load()
+
+
+def load_pipeline(reference: str) -> Pipeline:
+    """The pipeline registered as `reference`, or at `package.module:attribute`."""
+    pipeline = _load(reference, PIPELINES_GROUP, "pipeline")
+    if not isinstance(pipeline, Pipeline):
+        raise PipelineDefinitionError(f"`{reference}` is a {type(pipeline).__name__}, not an engine Pipeline")
+    return pipeline
+
+
+def load_generator(reference: str) -> Callable[..., Any]:
+    """The landing-data generator registered as `reference`, or at `package.module:attribute`."""
+    return _load(reference, GENERATORS_GROUP, "generator")

@@ -1,0 +1,57 @@
+"""Shared fixtures: one private Ray instance per test session, and retail data built once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import ray  # noqa: E402
+
+from engine import Runner, RunResult, load_settings  # noqa: E402
+from engine.config import Settings  # noqa: E402
+
+RETAIL_TEST_SCALE = 0.05
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A private local Ray instance with a small fixed footprint, shut down after the session."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20,
+             logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+def settings_at(root: Path) -> Settings:
+    """Default settings with the storage root at `root`."""
+    return load_settings(overrides={"storage": {"root": str(root)}})
+
+
+@dataclass(frozen=True)
+class RetailBuild:
+    """A storage root where the retail pipeline ran once on generated landing data."""
+
+    root: Path
+    settings: Settings
+    result: RunResult
+
+
+@pytest.fixture(scope="session")
+def retail_build(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> RetailBuild:
+    """The retail pipeline run end to end at test scale, shared by the tests that only read it."""
+    from pipelines.retail.generate import generate
+    from pipelines.retail.pipeline import retail
+
+    root = tmp_path_factory.mktemp("retail")
+    generate(root / "landing", scale=RETAIL_TEST_SCALE)
+    settings = settings_at(root)
+    result = Runner(retail, settings).run()
+    assert result.succeeded, [r.error for r in result.records if r.error]
+    return RetailBuild(root, settings, result)
