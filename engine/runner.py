@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -13,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray.data
+import ray.exceptions
 
 from engine.arrow import unify
 from engine.columns import INGESTED_AT, REJECTED_REASON, RUN_ID, SOURCE_FILE
@@ -261,16 +263,37 @@ def _guarded(definition: TableDefinition, action: Callable[[], Any]) -> Any:
         if definition.function is not None:
             where = f" in `{definition.function.__module__}.{definition.function.__qualname__}`"
         raise TableFailed(
-            f"table `{definition.name}` failed{where}: {type(err).__name__}: {_first_line(err)}; "
+            f"table `{definition.name}` failed{where}: {_describe(_root_cause(err))}; "
             "the table keeps its previous version; fix the cause and run again",
             table=definition.name,
         ) from err
 
 
-def _first_line(err: BaseException) -> str:
+def _root_cause(err: BaseException) -> BaseException:
+    """The exception that started it all; a Ray task error is kept whole, as it carries the remote trace."""
+    seen = {id(err)}
+    while not isinstance(err, ray.exceptions.RayTaskError):
+        cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+        if cause is None or id(cause) in seen:
+            return err
+        seen.add(id(cause))
+        err = cause
+    return err
+
+
+_RAISED_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
+
+
+def _describe(err: BaseException) -> str:
+    """`Type: message` of an exception; for one raised in a Ray task, of the user's original exception."""
     text = str(err).strip()
+    if isinstance(err, ray.exceptions.RayTaskError):
+        original = text.split("The above exception was the direct cause", 1)[0]
+        raised = [m for m in map(_RAISED_LINE.match, original.splitlines()) if m]
+        if raised:
+            return raised[-1].group(0)
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else repr(err)
+    return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"
 
 
 def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:

@@ -1,0 +1,488 @@
+"""Tests of Delta table writing: Parquet files with stats, one-commit writes, merges by key, storage types."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+from engine.arrow import storage_type, to_storage, unify
+from engine.columns import REJECTED_REASON, RUN_ID
+from engine.config import StorageSettings
+from engine.errors import TableNotFound
+from engine.kinds import Merge
+from engine.tables import delta
+from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.staging import StagedFiles, data_schema, split_rejected
+
+STORAGE = StorageSettings()
+UTC_US = pa.timestamp("us", tz="UTC")
+CDC = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
+
+
+def staged(uri: str, *tables: pa.Table, prefix: str = "run") -> list[DataFile]:
+    """`tables` written as Parquet files under `uri` (not committed)."""
+    writer = RollingParquetWriter(uri, STORAGE, prefix)
+    for table in tables:
+        writer.write(to_storage(table))
+    return writer.close()
+
+
+def rows(uri: str, version: int | None = None, key: str = "id") -> list[dict[str, Any]]:
+    """Every row of the Delta table at `uri`, sorted by `key`."""
+    return sorted(DeltaTable(uri, version=version).to_pyarrow_table().to_pylist(), key=lambda r: r[key])
+
+
+def ids(*values: int) -> pa.Array:
+    """An int64 array."""
+    return pa.array(values, pa.int64())
+
+
+# Parquet files and their statistics
+
+
+def test_writer_stats_for_int_and_date_columns(tmp_path: Path) -> None:
+    first = pa.table({"id": ids(5, 2), "day": pa.array([dt.date(2026, 1, 3), None]),
+                      "name": pa.array(["b", None])})
+    second = pa.table({"id": ids(9, 1), "day": pa.array([dt.date(2026, 1, 1), dt.date(2026, 2, 1)]),
+                       "name": pa.array([None, "a"])})
+    [file] = staged(str(tmp_path), first, second)
+    stats = json.loads(file.stats)
+    assert stats["numRecords"] == 4
+    assert stats["nullCount"] == {"id": 0, "day": 1, "name": 2}
+    assert stats["minValues"] == {"id": 1, "day": "2026-01-01"}
+    assert stats["maxValues"] == {"id": 9, "day": "2026-02-01"}
+    assert file.num_rows == 4
+    assert file.path.startswith("part-run-") and file.path.endswith(".zstd.parquet")
+    on_disk = tmp_path / file.path
+    assert file.size == on_disk.stat().st_size
+    assert pq.read_table(on_disk).column("id").to_pylist() == [5, 2, 9, 1]
+    assert file.schema.equals(pq.read_schema(on_disk).remove_metadata())
+
+
+def test_writer_all_null_column_has_no_min_max(tmp_path: Path) -> None:
+    [file] = staged(str(tmp_path), pa.table({"id": pa.array([None, None], pa.int64())}))
+    stats = json.loads(file.stats)
+    assert stats["nullCount"] == {"id": 2}
+    assert stats["minValues"] == {} and stats["maxValues"] == {}
+
+
+def test_writer_rolls_over_on_schema_change(tmp_path: Path) -> None:
+    files = staged(str(tmp_path), pa.table({"id": ids(1, 2)}), pa.table({"id": ids(3)}),
+                   pa.table({"id": ids(4), "extra": pa.array(["x"])}))
+    assert [f.num_rows for f in files] == [3, 1]
+    assert [json.loads(f.stats)["maxValues"] for f in files] == [{"id": 3}, {"id": 4}]
+    assert files[0].schema.names == ["id"] and files[1].schema.names == ["id", "extra"]
+    assert len({f.path for f in files}) == 2
+    assert data_schema(files).names == ["id", "extra"]
+    assert data_schema([]) is None
+
+
+def test_writer_rolls_over_at_target_size(tmp_path: Path) -> None:
+    storage = StorageSettings(target_file_mb=1, compression="none")
+    writer = RollingParquetWriter(str(tmp_path), storage, "big")
+    chunk = pa.table({"blob": pa.array([os.urandom(1024) for _ in range(600)], pa.binary())})
+    for _ in range(3):
+        writer.write(chunk)
+    files = writer.close()
+    assert [f.num_rows for f in files] == [1200, 600]
+    assert files[0].size >= 2**20
+    assert all(f.path.endswith(".none.parquet") for f in files)
+
+
+def test_writer_skips_empty_tables_and_close_is_idempotent(tmp_path: Path) -> None:
+    writer = RollingParquetWriter(str(tmp_path), STORAGE, "e")
+    writer.write(pa.table({"id": pa.array([], pa.int64())}))
+    assert writer.close() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+# one-commit writes
+
+
+def test_commit_create_append_and_overwrite(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    version = delta.commit_files(uri, staged(uri, pa.table({"id": ids(1, 2)})), mode="append",
+                                 metadata={"run_id": "r1"})
+    assert version == 0
+    assert delta.latest_version(uri) == 0
+    version = delta.commit_files(uri, staged(uri, pa.table({"id": ids(3)}), pa.table({"id": ids(4)})),
+                                 mode="append", metadata={"run_id": "r2"})
+    assert version == 1
+    assert [r["id"] for r in rows(uri)] == [1, 2, 3, 4]
+    assert delta.row_count(uri, "silver.t") == 4
+    assert delta.row_count(uri, "silver.t", version=0) == 2
+    assert [r["id"] for r in rows(uri, version=0)] == [1, 2]
+
+    version = delta.commit_files(uri, staged(uri, pa.table({"id": ids(7)})), mode="overwrite",
+                                 metadata={"run_id": "r3"})
+    assert version == 2
+    assert rows(uri) == [{"id": 7}]
+    assert delta.row_count(uri, "silver.t") == 1
+    assert [r["id"] for r in rows(uri, version=1)] == [1, 2, 3, 4]
+
+
+def test_commit_uses_file_stats(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(4, 8, None)})), mode="append", metadata={})
+    actions = pa.table(DeltaTable(uri).get_add_actions(flatten=True)).to_pylist()
+    assert [(a["num_records"], a["null_count.id"], a["min.id"], a["max.id"]) for a in actions] == [(3, 1, 4, 8)]
+
+
+def test_commit_metadata_is_in_history(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1)})), mode="append",
+                       metadata={"run_id": "run-1", "files": [["a.json", 10, 5]]})
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(2)})), mode="append",
+                       metadata={"run_id": "run-2", "input_versions": {"bronze.x": 3}})
+    history = delta.history(uri, "bronze.t")
+    assert [c["version"] for c in history] == [1, 0]
+    assert [delta.commit_info_value(c, "run_id") for c in history] == ["run-2", "run-1"]
+    assert delta.commit_info_value(history[1], "files") == [["a.json", 10, 5]]
+    assert delta.commit_info_value(history[0], "input_versions") == {"bronze.x": 3}
+    assert delta.commit_info_value(history[0], "files") is None
+
+
+def test_commit_info_value_decodes_json_text() -> None:
+    commit = {"medallion.a": "[1, 2]", "medallion.b": '{"x": 1}', "medallion.c": "plain", "other": "1"}
+    assert delta.commit_info_value(commit, "a") == [1, 2]
+    assert delta.commit_info_value(commit, "b") == {"x": 1}
+    assert delta.commit_info_value(commit, "c") == "plain"
+    assert delta.commit_info_value(commit, "other") is None
+
+
+@pytest.mark.xfail(reason="delta.commit_files append passes the widened schema to deltalake's "
+                          "create_write_transaction, which does not update the table schema on append: a "
+                          "column added by a later append (schema drift, e.g. `loyalty_tier`) is silently "
+                          "dropped from the table", strict=True)
+def test_commit_append_with_new_column_widens_schema(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1, 2)})), mode="append", metadata={})
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(3), "tier": pa.array(["gold"])})),
+                       mode="append", metadata={})
+    assert rows(uri) == [{"id": 1, "tier": None}, {"id": 2, "tier": None}, {"id": 3, "tier": "gold"}]
+
+
+def test_commit_new_column_within_one_commit(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    files = staged(uri, pa.table({"id": ids(1)}), pa.table({"id": ids(2), "tier": pa.array(["gold"])}))
+    assert len(files) == 2
+    delta.commit_files(uri, files, mode="append", metadata={})
+    assert rows(uri) == [{"id": 1, "tier": None}, {"id": 2, "tier": "gold"}]
+
+
+def test_commit_append_without_files_commits_nothing(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    assert delta.commit_files(uri, [], mode="append", metadata={}) is None
+    assert not delta.table_exists(uri)
+    assert delta.latest_version(uri) is None
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1)})), mode="append", metadata={})
+    assert delta.commit_files(uri, [], mode="append", metadata={}, empty_schema=pa.schema([("id", pa.int64())])) \
+        is None
+    assert delta.latest_version(uri) == 0
+
+
+def test_commit_overwrite_without_files_creates_empty_table(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    assert delta.commit_files(uri, [], mode="overwrite", metadata={}) is None
+    assert not delta.table_exists(uri)
+    schema = pa.schema([("name", pa.large_string()), ("at", pa.timestamp("ns"))])
+    assert delta.commit_files(uri, [], mode="overwrite", metadata={"run_id": "r0"}, empty_schema=schema) == 0
+    table = DeltaTable(uri).to_pyarrow_table()
+    assert table.num_rows == 0
+    assert table.schema.names == ["name", "at"]
+    assert delta.row_count(uri, "gold.t") == 0
+    assert delta.commit_info_value(delta.history(uri, "gold.t")[0], "run_id") == "r0"
+
+
+def test_commit_overwrite_without_files_empties_existing_table(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1, 2)})), mode="append", metadata={})
+    version = delta.commit_files(uri, [], mode="overwrite", metadata={},
+                                 empty_schema=pa.schema([("id", pa.int64())]))
+    assert version == 1
+    assert rows(uri) == []
+    assert delta.row_count(uri, "gold.t") == 0
+
+
+@pytest.mark.xfail(reason="delta.commit_files calls storage_schema(None) when an overwrite has no files and "
+                          "no empty_schema on an existing table (TypeError); the docstring says it empties "
+                          "the table, and Runner passes empty_schema=None when the output schema is unknown",
+                   strict=True)
+def test_commit_overwrite_without_files_or_schema_empties_existing_table(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1, 2)})), mode="append", metadata={})
+    assert delta.commit_files(uri, [], mode="overwrite", metadata={}) == 1
+    assert rows(uri) == []
+
+
+# merges by key
+
+
+def test_first_merge_creates_table_without_deletes(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    changes = pa.table({"id": ids(1, 1, 2, 3, 4), "v": ["a", "b", "c", "d", None], "seq": ids(1, 2, 1, 1, 1),
+                        "op": ["c", "u", "c", "d", "c"]})
+    outcome = delta.merge_changes(uri, changes, CDC, metadata={"run_id": "m1"})
+    assert outcome.version == 0
+    assert outcome.duplicates == 1
+    assert outcome.metrics["num_target_rows_inserted"] == 3
+    assert rows(uri) == [{"id": 1, "v": "b", "seq": 2}, {"id": 2, "v": "c", "seq": 1},
+                         {"id": 4, "v": None, "seq": 1}]
+    assert DeltaTable(uri).schema().to_arrow().field("v").type == pa.string()
+    assert delta.commit_info_value(delta.history(uri, "silver.t")[0], "run_id") == "m1"
+    assert delta.row_count(uri, "silver.t") == 3
+
+
+def test_merge_latest_per_key_within_batch_regardless_of_row_order(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    kind = Merge(keys=["id"], sequence_by="seq")
+    changes = pa.table({"id": ids(1, 1, 1, 2, 2), "v": ["late", "first", "mid", "x", "y"],
+                        "seq": ids(9, 1, 5, 3, 3)})
+    outcome = delta.merge_changes(uri, changes, kind, metadata={})
+    assert outcome.duplicates == 3
+    assert rows(uri) == [{"id": 1, "v": "late", "seq": 9}, {"id": 2, "v": "y", "seq": 3}]
+
+
+def test_merge_older_change_never_overwrites_newer(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
+    delta.merge_changes(uri, first, CDC, metadata={})
+    later = pa.table({"id": ids(1, 2, 3, 4), "v": ["old", "same", "new", "ins"], "seq": ids(4, 5, 6, 1),
+                      "op": ["u", "u", "u", "c"]})
+    outcome = delta.merge_changes(uri, later, CDC, metadata={"run_id": "m2"})
+    assert outcome.version == 1
+    assert outcome.duplicates == 0
+    assert outcome.metrics["num_target_rows_inserted"] == 1
+    assert outcome.metrics["num_target_rows_updated"] == 2
+    assert rows(uri) == [{"id": 1, "v": "a", "seq": 5}, {"id": 2, "v": "same", "seq": 5},
+                         {"id": 3, "v": "new", "seq": 6}, {"id": 4, "v": "ins", "seq": 1}]
+    assert delta.row_count(uri, "silver.t") == 4
+    assert rows(uri, version=0) == [{"id": 1, "v": "a", "seq": 5}, {"id": 2, "v": "b", "seq": 5},
+                                    {"id": 3, "v": "c", "seq": 5}]
+
+
+def test_merge_delete_applies_only_when_not_older(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
+    delta.merge_changes(uri, first, CDC, metadata={})
+    deletes = pa.table({"id": ids(1, 2, 3, 9), "seq": ids(4, 5, 6, 1), "op": ["d", "d", "d", "d"]})
+    outcome = delta.merge_changes(uri, deletes, CDC, metadata={})
+    assert outcome.metrics["num_target_rows_deleted"] == 2
+    assert outcome.metrics["num_target_rows_inserted"] == 0
+    assert rows(uri) == [{"id": 1, "v": "a", "seq": 5}]
+    assert DeltaTable(uri).schema().to_arrow().names == ["id", "v", "seq"]
+
+
+def test_merge_delete_then_recreate_in_one_batch(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "seq": ids(1), "op": ["c"]}), CDC, metadata={})
+    changes = pa.table({"id": ids(1, 1), "v": [None, "back"], "seq": ids(2, 3), "op": ["d", "c"]})
+    outcome = delta.merge_changes(uri, changes, CDC, metadata={})
+    assert outcome.duplicates == 1
+    assert rows(uri) == [{"id": 1, "v": "back", "seq": 3}]
+
+
+def test_merge_except_columns_are_not_stored(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    kind = Merge(keys=["id"], except_columns=["op", "debug"])
+    delta.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "op": ["c"], "debug": [1]}), kind, metadata={})
+    delta.merge_changes(uri, pa.table({"id": ids(2), "v": ["b"], "op": ["c"], "debug": [2]}), kind, metadata={})
+    assert DeltaTable(uri).schema().to_arrow().names == ["id", "v"]
+    assert rows(uri) == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+
+
+def test_merge_new_column_is_null_for_rows_not_updated(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
+    delta.merge_changes(uri, first, CDC, metadata={})
+    later = pa.table({"id": ids(1, 2, 4), "v": ["stale", "new", "ins"], "seq": ids(1, 6, 1),
+                      "op": ["u", "u", "c"], "tier": ["x", "gold", "silver"]})
+    outcome = delta.merge_changes(uri, later, CDC, metadata={})
+    assert outcome.version == delta.latest_version(uri)
+    assert DeltaTable(uri).schema().to_arrow().names == ["id", "v", "seq", "tier"]
+    assert rows(uri) == [
+        {"id": 1, "v": "a", "seq": 5, "tier": None},
+        {"id": 2, "v": "new", "seq": 6, "tier": "gold"},
+        {"id": 3, "v": "c", "seq": 5, "tier": None},
+        {"id": 4, "v": "ins", "seq": 1, "tier": "silver"},
+    ]
+    assert delta.row_count(uri, "silver.t") == 4
+
+
+def test_merge_batch_without_a_column_stores_null_for_it(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    kind = Merge(keys=["id"], sequence_by="seq")
+    delta.merge_changes(uri, pa.table({"id": ids(1, 2), "v": ["a", "b"], "seq": ids(1, 1)}), kind, metadata={})
+    delta.merge_changes(uri, pa.table({"id": ids(2, 3), "seq": ids(2, 2)}), kind, metadata={})
+    assert rows(uri) == [{"id": 1, "v": "a", "seq": 1}, {"id": 2, "v": None, "seq": 2},
+                         {"id": 3, "v": None, "seq": 2}]
+
+
+def test_merge_without_sequence_last_row_wins(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    kind = Merge(keys=["k1", "k2"])
+    first = pa.table({"k1": ids(1, 1, 1), "k2": ["a", "b", "a"], "v": ids(10, 20, 30)})
+    outcome = delta.merge_changes(uri, first, kind, metadata={})
+    assert outcome.duplicates == 1
+    assert rows(uri, key="k2") == [{"k1": 1, "k2": "a", "v": 30}, {"k1": 1, "k2": "b", "v": 20}]
+    second = pa.table({"k1": ids(1, 2, 1), "k2": ["b", "a", "b"], "v": ids(1, 2, 3)})
+    outcome = delta.merge_changes(uri, second, kind, metadata={})
+    assert outcome.duplicates == 1
+    assert sorted(DeltaTable(uri).to_pyarrow_table().to_pylist(), key=lambda r: (r["k1"], r["k2"])) == [
+        {"k1": 1, "k2": "a", "v": 30}, {"k1": 1, "k2": "b", "v": 3}, {"k1": 2, "k2": "a", "v": 2},
+    ]
+    assert delta.row_count(uri, "silver.t") == 3
+
+
+def test_merge_stores_storage_types(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    kind = Merge(keys=["id"], sequence_by="at")
+    at = pa.array([dt.datetime(2026, 1, 1, 12, 0)], pa.timestamp("ns"))
+    delta.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["a"], pa.large_string()), "at": at}),
+                        kind, metadata={})
+    schema = DeltaTable(uri).schema().to_arrow()
+    assert pa.schema(schema).field("at").type == UTC_US
+    assert pa.schema(schema).field("name").type == pa.string()
+    later = pa.array([dt.datetime(2026, 1, 2, tzinfo=dt.UTC)], pa.timestamp("ms", tz="UTC"))
+    delta.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["b"], pa.string_view()), "at": later}),
+                        kind, metadata={})
+    assert rows(uri) == [{"id": 1, "name": "b", "at": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)}]
+
+
+# storage types
+
+
+@pytest.mark.parametrize("source", [
+    pa.timestamp("s"), pa.timestamp("ms"), pa.timestamp("us"), pa.timestamp("ns"),
+    pa.timestamp("ns", tz="UTC"), pa.timestamp("ms", tz="UTC"),
+])
+def test_timestamps_are_stored_as_utc_microseconds(source: pa.DataType) -> None:
+    assert storage_type(source) == UTC_US
+    moment = dt.datetime(2026, 3, 4, 10, 15, 0, 0 if source.unit == "s" else 123000)
+    table = to_storage(pa.table({"at": pa.array([moment, None], source)}))
+    assert table.schema.field("at").type == UTC_US
+    assert table.column("at").to_pylist() == [moment.replace(tzinfo=dt.UTC), None]
+
+
+@pytest.mark.xfail(reason="arrow.storage_type keeps a non-UTC zone (timestamp[us, Europe/Paris]) although its "
+                          "docstring and docs/retail.md say every timestamp is stored as timestamp[us, UTC]",
+                   strict=True)
+def test_zoned_timestamps_are_stored_in_utc() -> None:
+    assert storage_type(pa.timestamp("s", tz="Europe/Paris")) == UTC_US
+
+
+@pytest.mark.xfail(reason="arrow.to_storage casts with safe=True, so a nanosecond timestamp with a "
+                          "sub-microsecond part raises ArrowInvalid ('would lose data') instead of being "
+                          "truncated to microseconds", strict=True)
+def test_nanosecond_timestamps_are_truncated_to_microseconds() -> None:
+    table = to_storage(pa.table({"at": pa.array([1_700_000_000_123_456_789], pa.timestamp("ns"))}))
+    assert table.column("at").cast(pa.int64()).to_pylist() == [1_700_000_000_123_456]
+
+
+def test_strings_and_other_types_are_stored_plain() -> None:
+    table = pa.table({
+        "large": pa.array(["a"], pa.large_string()),
+        "view": pa.array(["b"], pa.string_view()),
+        "bin": pa.array([b"c"], pa.large_binary()),
+        "dict": pa.array(["d"]).dictionary_encode(),
+        "null": pa.nulls(1),
+        "nested": pa.array([{"at": dt.datetime(2026, 1, 1), "s": "e"}],
+                           pa.struct([("at", pa.timestamp("ns")), ("s", pa.large_string())])),
+        "list": pa.array([["f"]], pa.large_list(pa.large_string())),
+        "n": ids(1),
+    })
+    stored = to_storage(table)
+    assert stored.schema == pa.schema([
+        ("large", pa.string()), ("view", pa.string()), ("bin", pa.binary()), ("dict", pa.string()),
+        ("null", pa.string()), ("nested", pa.struct([("at", UTC_US), ("s", pa.string())])),
+        ("list", pa.list_(pa.string())), ("n", pa.int64()),
+    ])
+    assert stored.to_pylist() == [{
+        "large": "a", "view": "b", "bin": b"c", "dict": "d", "null": None,
+        "nested": {"at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC), "s": "e"}, "list": ["f"], "n": 1,
+    }]
+
+
+def test_to_storage_drops_metadata_and_is_idempotent() -> None:
+    table = pa.table({"n": ids(1)}).replace_schema_metadata({"k": "v"})
+    stored = to_storage(table)
+    assert stored.schema.metadata is None
+    assert to_storage(stored).equals(stored)
+
+
+def test_unify_widens_and_keeps_first_seen_order() -> None:
+    merged = unify([pa.schema([("a", pa.int32()), ("b", pa.string())]),
+                    pa.schema([("c", pa.string()), ("a", pa.int64())])])
+    assert merged == pa.schema([("a", pa.int64()), ("b", pa.string()), ("c", pa.string())])
+
+
+# staging
+
+
+def test_split_rejected_routes_rows_with_a_reason() -> None:
+    table = pa.table({"id": ids(1, 2, 3), REJECTED_REASON: pa.array([None, "bad id", ""])})
+    accepted, rejected = split_rejected(table, "run-9")
+    assert accepted.to_pylist() == [{"id": 1}]
+    assert rejected.to_pylist() == [{"id": 2, REJECTED_REASON: "bad id", RUN_ID: "run-9"},
+                                    {"id": 3, REJECTED_REASON: "", RUN_ID: "run-9"}]
+    assert rejected.schema.field(RUN_ID).type == pa.string()
+
+
+def test_split_rejected_without_reason_column_accepts_everything() -> None:
+    table = pa.table({"id": ids(1, 2)})
+    accepted, rejected = split_rejected(table, "run-9")
+    assert accepted.equals(table)
+    assert rejected.num_rows == 0 and rejected.schema == table.schema
+
+
+def test_split_rejected_all_accepted_has_no_rejects() -> None:
+    table = pa.table({"id": ids(1), REJECTED_REASON: pa.array([None], pa.string())})
+    accepted, rejected = split_rejected(table, "r")
+    assert accepted.to_pylist() == [{"id": 1}]
+    assert rejected.num_rows == 0
+    assert rejected.column_names == ["id", REJECTED_REASON, RUN_ID]
+
+
+def test_staged_files_combine_and_count(tmp_path: Path) -> None:
+    data = staged(str(tmp_path), pa.table({"id": ids(1, 2)}))
+    quarantine = staged(str(tmp_path / "q"), pa.table({"id": ids(3)}))
+    combined = StagedFiles.combine([StagedFiles(tuple(data), ()), StagedFiles((), tuple(quarantine))])
+    assert combined.rows == 2
+    assert combined.quarantined_rows == 1
+
+
+# reading
+
+
+def test_open_missing_table_names_table_and_path(tmp_path: Path) -> None:
+    uri = str(tmp_path / "silver" / "orders")
+    with pytest.raises(TableNotFound) as caught:
+        delta.open_table(uri, "silver.orders")
+    assert "silver.orders" in str(caught.value) and uri in str(caught.value)
+    assert caught.value.table == "silver.orders" and caught.value.path == uri
+    with pytest.raises(TableNotFound):
+        delta.row_count(uri, "silver.orders")
+    with pytest.raises(TableNotFound):
+        delta.history(uri, "silver.orders")
+    assert delta.latest_version(uri) is None
+    assert not delta.table_exists(uri)
+
+
+def test_read_dataset_at_version(tmp_path: Path, ray_local: None) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1, 2), "v": ["a", "b"]})), mode="append", metadata={})
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(3), "v": ["c"]})), mode="append", metadata={})
+    old = delta.read_dataset(uri, "silver.t", version=0).take_all()
+    assert sorted(old, key=lambda r: r["id"]) == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
+    latest = delta.read_dataset(uri, "silver.t").take_all()
+    assert sorted(r["id"] for r in latest) == [1, 2, 3]
+    with pytest.raises(TableNotFound):
+        delta.read_dataset(str(tmp_path / "missing"), "silver.missing")

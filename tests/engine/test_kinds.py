@@ -1,0 +1,70 @@
+"""Tests of engine.kinds: parsing write kinds from their dictionary form and Merge validation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from engine.kinds import Append, Merge, Overwrite, parse_kind
+
+
+def test_parse_append() -> None:
+    assert parse_kind({"kind": "append"}) == Append()
+
+
+def test_parse_overwrite() -> None:
+    assert parse_kind({"kind": "overwrite"}) == Overwrite()
+
+
+def test_parse_merge_with_every_option() -> None:
+    kind = parse_kind({"kind": "merge", "keys": ["order_id", "line"], "sequence_by": "updated_at",
+                       "delete_when": "op = 'd'", "except_columns": ["op"]})
+    assert isinstance(kind, Merge)
+    assert kind.keys == ["order_id", "line"]
+    assert kind.sequence_by == "updated_at"
+    assert kind.delete_when == "op = 'd'"
+    assert kind.except_columns == ["op"]
+
+
+def test_parse_merge_defaults() -> None:
+    kind = parse_kind({"kind": "merge", "keys": ["id"]})
+    assert kind == Merge(keys=["id"])
+    assert kind.sequence_by is None and kind.delete_when is None and kind.except_columns == []
+
+
+def test_unknown_kind_is_rejected() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_kind({"kind": "upsert"})
+    assert caught.value.errors()[0]["type"] == "union_tag_invalid"
+    assert "upsert" in str(caught.value)
+
+
+def test_missing_kind_is_rejected() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_kind({"keys": ["id"]})
+    assert caught.value.errors()[0]["type"] == "union_tag_not_found"
+
+
+def test_options_of_another_kind_are_rejected() -> None:
+    with pytest.raises(ValidationError, match="keys"):
+        parse_kind({"kind": "append", "keys": ["id"]})
+
+
+def test_merge_requires_keys() -> None:
+    with pytest.raises(ValidationError, match="keys"):
+        parse_kind({"kind": "merge"})
+    with pytest.raises(ValidationError, match="at least 1"):
+        Merge(keys=[])
+
+
+def test_sequence_by_cannot_be_a_key() -> None:
+    with pytest.raises(ValidationError, match="sequence_by `id` cannot also be a key"):
+        Merge(keys=["id"], sequence_by="id")
+    with pytest.raises(ValidationError, match="cannot also be a key"):
+        parse_kind({"kind": "merge", "keys": ["a", "b"], "sequence_by": "b"})
+
+
+def test_kinds_are_frozen() -> None:
+    kind = Merge(keys=["id"])
+    with pytest.raises(ValidationError):
+        kind.sequence_by = "ts"  # type: ignore[misc]

@@ -1,0 +1,176 @@
+"""Tests of engine.partitioning: hash-partitioned map and co-partitioned work on Ray Datasets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import ray
+import ray.data
+
+from engine.partitioning import co_partition, default_partitions, map_partitions, partition_of
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+KEYS = 23
+ROWS_PER_KEY = [k % 4 + 1 for k in range(KEYS)]
+
+
+def events() -> pa.Table:
+    """KEYS customers (`c`), customer k having k % 4 + 1 rows, interleaved; `region` is a second key."""
+    customer = [k for round_ in range(4) for k in range(KEYS) if round_ < ROWS_PER_KEY[k]]
+    return pa.table({
+        "c": pa.array(customer, pa.int64()),
+        "region": pa.array(["eu" if k % 2 else "us" for k in customer]),
+        "amount": pa.array([float(k) for k in customer]),
+    })
+
+
+def count_per_key(table: pa.Table, keys: list[str] | None = None) -> pa.Table:
+    """One row per key of the partition, with its row count."""
+    keys = keys or ["c"]
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.group_by(keys).agg(pl.len().cast(pl.Int64).alias("rows")).to_arrow()
+
+
+def collect(dataset: ray.data.Dataset) -> list[dict[str, object]]:
+    """Every row of `dataset`."""
+    return [row for block in ray.get(dataset.to_arrow_refs()) for row in block.to_pylist()]
+
+
+def check_counts(result: list[dict[str, object]]) -> None:
+    """Every key of `events()` appears exactly once, with all of its rows."""
+    seen = Counter(row["c"] for row in result)
+    assert set(seen) == set(range(KEYS))
+    assert max(seen.values()) == 1
+    assert {row["c"]: row["rows"] for row in result} == dict(enumerate(ROWS_PER_KEY))
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 64])
+def test_map_partitions_gives_each_key_to_one_call(partitions: int) -> None:
+    result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], count_per_key,
+                                    num_partitions=partitions))
+    check_counts(result)
+
+
+def test_map_partitions_over_several_blocks() -> None:
+    table = events()
+    blocks = [table.slice(0, 10), table.slice(10, 25), table.slice(35)]
+    dataset = ray.data.from_arrow(blocks)
+    assert dataset.num_blocks() == 3
+    check_counts(collect(map_partitions(dataset, ["c"], count_per_key, num_partitions=4)))
+
+
+def test_map_partitions_after_repartition() -> None:
+    dataset = ray.data.from_arrow(events()).repartition(5)
+    check_counts(collect(map_partitions(dataset, ["c"], count_per_key, num_partitions=3)))
+
+
+def test_map_partitions_calls_once_per_partition_with_default_count() -> None:
+    def tag(table: pa.Table) -> pa.Table:
+        return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
+
+    partitions = default_partitions()
+    assert partitions == max(2, 2 * int(ray.cluster_resources()["CPU"]))
+    result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))
+    assert len(result) == partitions
+    assert sum(row["rows"] for row in result) == events().num_rows
+
+
+def test_map_partitions_on_two_keys() -> None:
+    def by_both(table: pa.Table) -> pa.Table:
+        return count_per_key(table, ["c", "region"])
+
+    result = collect(map_partitions(ray.data.from_arrow(events()), ["c", "region"], by_both, num_partitions=5))
+    assert Counter((r["c"], r["region"]) for r in result).most_common(1)[0][1] == 1
+    assert {r["c"]: r["rows"] for r in result} == dict(enumerate(ROWS_PER_KEY))
+
+
+def test_map_partitions_passes_fn_kwargs() -> None:
+    def scaled(table: pa.Table, *, factor: float, label: str) -> pa.Table:
+        return pa.table({"c": table.column("c"), "amount": pc.multiply(table.column("amount"), factor),
+                         "label": pa.array([label] * table.num_rows)})
+
+    result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], scaled, num_partitions=3,
+                                    fn_kwargs={"factor": 10.0, "label": "x"}))
+    assert len(result) == events().num_rows
+    assert all(row["amount"] == row["c"] * 10.0 and row["label"] == "x" for row in result)
+
+
+def test_co_partition_join_matches_polars() -> None:
+    orders = pa.table({"c": pa.array([1, 2, 2, 3, 5, 7, 7, 7], pa.int64()),
+                       "order": pa.array([10, 20, 21, 30, 50, 70, 71, 72], pa.int64())})
+    customers = pa.table({"c": pa.array([7, 1, 2, 4, 5, 6], pa.int64()),
+                          "name": ["g", "a", "b", "d", "e", "f"]})
+
+    def join(orders: pa.Table, customers: pa.Table) -> pa.Table:
+        left, right = pl.from_arrow(orders), pl.from_arrow(customers)
+        assert isinstance(left, pl.DataFrame) and isinstance(right, pl.DataFrame)
+        return left.join(right, on="c", how="inner").to_arrow()
+
+    inputs = {"orders": ray.data.from_arrow([orders.slice(0, 3), orders.slice(3)]),
+              "customers": ray.data.from_arrow(customers).repartition(3)}
+    result = collect(co_partition(inputs, ["c"], join, num_partitions=4))
+    expected = pl.from_arrow(orders).join(pl.from_arrow(customers), on="c", how="inner").to_dicts()
+
+    def key(row: dict[str, object]) -> object:
+        return row["order"]
+
+    assert sorted(result, key=key) == sorted(expected, key=key)
+    assert len(result) == 7
+
+
+def test_co_partition_empty_input_gets_empty_table_with_columns() -> None:
+    def describe(left: pa.Table, right: pa.Table) -> pa.Table:
+        return pa.table({"left_rows": [left.num_rows], "right_rows": [right.num_rows],
+                         "right_columns": [",".join(right.column_names)],
+                         "right_type": [str(right.schema.field("name").type)]})
+
+    right = pa.table({"c": pa.array([], pa.int64()), "name": pa.array([], pa.string())})
+    inputs = {"left": ray.data.from_arrow(events()), "right": ray.data.from_arrow(right)}
+    seen = collect(co_partition(inputs, ["c"], describe, num_partitions=3))
+    assert len(seen) == 3
+    assert sum(row["left_rows"] for row in seen) == events().num_rows
+    assert {row["right_rows"] for row in seen} == {0}
+    assert {row["right_columns"] for row in seen} == {"c,name"}
+    assert {row["right_type"] for row in seen} == {"string"}
+
+
+def test_map_partitions_on_empty_input() -> None:
+    def columns(table: pa.Table) -> pa.Table:
+        return pa.table({"columns": [",".join(table.column_names)], "rows": [table.num_rows]})
+
+    empty = pa.table({"c": pa.array([], pa.int64()), "amount": pa.array([], pa.float64())})
+    result = collect(map_partitions(ray.data.from_arrow(empty), ["c"], columns, num_partitions=2))
+    assert result == [{"columns": "c,amount", "rows": 0}] * 2
+
+
+def test_partition_of_is_deterministic_and_in_range() -> None:
+    table = events()
+    numbers = partition_of(table, ["c"], 7)
+    assert len(numbers) == table.num_rows
+    assert numbers.min() >= 0 and numbers.max() < 7
+    assert np.array_equal(numbers, partition_of(table, ["c"], 7))
+    by_key = {}
+    for customer, number in zip(table.column("c").to_pylist(), numbers.tolist()):
+        assert by_key.setdefault(customer, number) == number
+    reordered = table.take(pa.array(list(reversed(range(table.num_rows)))))
+    assert np.array_equal(partition_of(reordered, ["c"], 7), numbers[::-1])
+    assert len(set(numbers.tolist())) > 1
+
+
+def test_partition_of_is_the_same_in_a_worker() -> None:
+    table = events()
+    remote = ray.get(ray.remote(partition_of).remote(table, ["c", "region"], 5))
+    assert np.array_equal(remote, partition_of(table, ["c", "region"], 5))
+
+
+def test_partition_of_ignores_string_layout() -> None:
+    small = pa.table({"k": pa.array(["a", "b", "c"], pa.string())})
+    large = pa.table({"k": pa.array(["a", "b", "c"], pa.large_string())})
+    assert np.array_equal(partition_of(small, ["k"], 4), partition_of(large, ["k"], 4))
