@@ -1,0 +1,95 @@
+"""The `medallion` command: demo, run, status, history, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+
+from engine.cli import main
+from pipelines.retail.pipeline import retail
+
+SCALE = "0.02"
+
+
+@pytest.fixture(scope="module")
+def demo_root(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    result = CliRunner().invoke(main, ["--root", str(root), "demo", "--scale", SCALE])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def invoke(root: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--root", str(root), *args])
+    return result.exit_code, result.output
+
+
+def test_demo_builds_every_table_and_prints_a_summary(demo_root: Path) -> None:
+    for table in retail.order():
+        layer, name = table.split(".")
+        assert DeltaTable(str(demo_root / layer / name)).version() == 0
+    code, output = invoke(demo_root, "status")
+    assert code == 0
+    for table in retail.order():
+        assert table in output
+    assert "succeeded" in output
+
+
+def test_history_lists_versions_with_run_and_rows(demo_root: Path) -> None:
+    code, output = invoke(demo_root, "history", "silver.orders")
+    assert code == 0
+    rows = DeltaTable(str(demo_root / "silver" / "orders")).to_pyarrow_table().num_rows
+    assert "MERGE" in output or "WRITE" in output
+    assert f"{rows:,}" in output
+
+
+def test_run_with_a_selection_reports_each_table(demo_root: Path) -> None:
+    code, output = invoke(demo_root, "run", "retail", "--select", "gold.customer_daily+")
+    assert code == 0, output
+    assert "gold.customer_daily" in output and "bronze.orders" not in output
+    assert DeltaTable(str(demo_root / "gold" / "customer_daily")).version() == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("run", "nosuchpipeline"), "no pipeline named `nosuchpipeline`"),
+        (("run", "retail", "--select", "gold.nope"), "selection `gold.nope` matches no table"),
+        (("history", "silver.nope"), "table `silver.nope` has no Delta log"),
+        (("generate", "retail", "--scale", "0"), "scale must be"),
+    ],
+)
+def test_failures_exit_non_zero_with_a_one_line_reason(
+    ray_local: None, tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), *args])
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_invalid_configuration_is_reported_with_where_it_was_looked_for(tmp_path: Path) -> None:
+    config = tmp_path / "medallion.yaml"
+    config.write_text("storage:\n  target_file_mb: lots\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert "storage.target_file_mb" in result.output and str(config) in result.output
+
+
+@pytest.mark.slow
+def test_the_installed_command_runs_the_pipeline_on_its_own_ray(tmp_path: Path) -> None:
+    command = [str(Path(sys.executable).with_name("medallion")), "--root", str(tmp_path)]
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled", "MEDALLION__RAY__NUM_CPUS": "2"}
+    generated = subprocess.run([*command, "generate", "--scale", SCALE], capture_output=True, text=True,
+                               env=environment, timeout=300)
+    assert generated.returncode == 0, generated.stderr
+    ran = subprocess.run([*command, "run", "retail"], capture_output=True, text=True, env=environment, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "[15/15]" in ran.stdout
+    assert DeltaTable(str(tmp_path / "gold" / "customer_features")).to_pyarrow_table().num_rows > 0
