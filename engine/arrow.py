@@ -10,12 +10,13 @@ UTC = "UTC"
 def storage_type(data_type: pa.DataType) -> pa.DataType:
     """The type a column is stored as in a table.
 
-    Timestamps become microseconds in UTC (a timestamp without a zone is taken as UTC), string and binary
+    Timestamps become microseconds in UTC (the same instants; a timestamp without a zone is taken as UTC;
+    finer units are truncated), string and binary
     views and large variants become plain strings and binaries, dictionaries are decoded and the null type
     becomes string. Nested types are converted field by field.
     """
     if pa.types.is_timestamp(data_type):
-        return pa.timestamp("us", tz=data_type.tz or UTC)
+        return pa.timestamp("us", tz=UTC)
     if pa.types.is_large_string(data_type) or pa.types.is_string_view(data_type):
         return pa.string()
     if pa.types.is_large_binary(data_type) or pa.types.is_binary_view(data_type):
@@ -41,7 +42,11 @@ def to_storage(table: pa.Table) -> pa.Table:
     target = storage_schema(table.schema)
     if target.equals(table.schema.remove_metadata()):
         return table.replace_schema_metadata(None)
-    return table.cast(target)
+    columns = [
+        column.cast(field.type, safe=not pa.types.is_timestamp(column.type))
+        for column, field in zip(table.columns, target)
+    ]
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def unify(schemas: list[pa.Schema]) -> pa.Schema:

@@ -41,9 +41,12 @@ class Merge(_Kind):
     except_columns: list[str] = []
 
     @model_validator(mode="after")
-    def _sequence_is_not_a_key(self) -> Merge:
+    def _columns_do_not_overlap(self) -> Merge:
         if self.sequence_by in self.keys:
             raise ValueError(f"sequence_by `{self.sequence_by}` cannot also be a key")
+        stored = [c for c in self.except_columns if c in self.keys or c == self.sequence_by]
+        if stored:
+            raise ValueError(f"except_columns {stored} name a key or sequence_by column, which must be stored")
         return self
 
 

@@ -187,7 +187,7 @@ class Pipeline:
         if not expression or not expression.strip():
             return order
         chosen: set[str] = set()
-        for term in re.split(r"[\s,]+", expression.strip()):
+        for term in filter(None, re.split(r"[\s,]+", expression.strip())):
             chosen |= _select_term(term, resolved)
         return [t for t in order if t in chosen]
 

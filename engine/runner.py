@@ -172,11 +172,13 @@ class Runner:
             delta.commit_files(self.layout.quarantine(definition.name), staged.quarantine,
                                mode="append", metadata=metadata)
         if isinstance(kind, Merge):
-            changes = _read_staged(folder, staged)
-            if changes.num_rows == 0:
-                return values | {"status": "unchanged"}
-            outcome = _guarded(definition, lambda: delta.merge_changes(uri, changes, kind, metadata=metadata))
-            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                changes = _read_staged(folder, staged)
+                if changes.num_rows == 0:
+                    return values | {"status": "unchanged"}
+                outcome = _guarded(definition, lambda: delta.merge_changes(uri, changes, kind, metadata=metadata))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
             return values | {"output_version": outcome.version, "rows_written": changes.num_rows - outcome.duplicates,
                              "rows_duplicate": outcome.duplicates, "details": {"merge": outcome.metrics}}
         empty_schema = None if staged.data else _schema_of(output)

@@ -61,8 +61,8 @@ def _log_level(settings: RaySettings) -> int:
 
 
 def _configure_data_context(settings: RaySettings) -> None:
-    logging.getLogger("ray.data").setLevel(logging.ERROR if not settings.verbose else logging.INFO)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = settings.verbose
     context.print_on_execution_start = settings.verbose
     logging.getLogger("ray.data").setLevel(_log_level(settings))
+    logging.getLogger("ray.data._internal.progress").setLevel(_log_level(settings) if settings.verbose else logging.ERROR)

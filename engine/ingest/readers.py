@@ -1,7 +1,8 @@
 """Readers that turn one landing file into an Arrow table of strings, losing nothing.
 
-Every field is kept as the text it arrived as (a nested JSON value as its JSON text), so bronze never
-fails on a type it did not expect. A record that cannot be parsed keeps its raw text in `_rescued_data`.
+Every field is kept as the text it arrived as (a nested JSON value as its JSON text, a JSON number in
+canonical form; in CSV only an empty field is null), so bronze never fails on a type it did not expect.
+A record that cannot be parsed keeps its raw text in `_rescued_data`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def _parse_json_lines(text: str) -> pa.Table:
         keys = [row[0] for row in db.execute(
             "SELECT k FROM (SELECT r, unnest(json_keys(line)) AS k, "
             "generate_subscripts(json_keys(line), 1) AS i FROM parsed WHERE ok) "
-            "GROUP BY k ORDER BY min(r), min(i)"
+            "QUALIFY row_number() OVER (PARTITION BY k ORDER BY r, i) = 1 ORDER BY r, i"
         ).fetchall()]
         fields = ", ".join(
             f"CASE WHEN ok THEN json_extract_string(line, {_json_path(k)}) END AS {_quote(k)}" for k in keys
@@ -85,7 +86,8 @@ def _quote(identifier: str) -> str:
 
 
 def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
-    header = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=delimiter), None)
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    header = next(csv.reader(io.StringIO(first_line), delimiter=delimiter), None)
     if not header:
         return pa.table({RESCUED_DATA: pa.array([], pa.string())})
     rescued: list[str] = []
@@ -100,6 +102,7 @@ def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_raw),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
+                null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),

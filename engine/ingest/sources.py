@@ -52,7 +52,11 @@ class LandingFile:
 
 
 def discover(folder: str, source: FileSource) -> list[LandingFile]:
-    """The files of `source` under `folder`, sorted by name. A missing folder has no files."""
+    """The files of `source` under `folder`, sorted by name. A missing folder has no files.
+
+    Files and folders whose name starts with `.` or `_` (markers, temporary uploads) are left out.
+    """
+    folder = folder.rstrip("/")
     filesystem, base = pafs.FileSystem.from_uri(folder)
     try:
         infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
@@ -63,7 +67,8 @@ def discover(folder: str, source: FileSource) -> list[LandingFile]:
         if info.type != pafs.FileType.File:
             continue
         relative = info.path[len(base):].lstrip("/")
-        if relative.startswith((".", "_")) or not fnmatch.fnmatch(relative.rsplit("/", 1)[-1], source.pattern):
+        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
+        if hidden or not fnmatch.fnmatch(relative.rsplit("/", 1)[-1], source.pattern):
             continue
         files.append(LandingFile(relative, f"{folder}/{relative}", info.size, info.mtime_ns or 0))
     return sorted(files)

@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow as pa
 import ray.data
 from deltalake import DeltaTable, Field, Schema, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
 
 from engine.arrow import storage_schema, to_storage, unify
@@ -54,6 +54,14 @@ def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
     except TableNotFoundError:
         raise TableNotFound(
             f"table `{table}` has no Delta log at `{uri}`; run the pipeline that builds it first",
+            table=table,
+            path=uri,
+        ) from None
+    except DeltaError as err:
+        if version is None:
+            raise
+        raise TableNotFound(
+            f"table `{table}` has no version {version} (latest is {DeltaTable(uri).version()}): {err}",
             table=table,
             path=uri,
         ) from None
@@ -106,17 +114,35 @@ def commit_files(
     exists = table_exists(uri)
     if not actions and (mode == "append" or (not exists and empty_schema is None)):
         return None
-    new_schema = unify([f.schema for f in files]) if files else storage_schema(empty_schema)
     properties = commit_metadata(metadata)
     if not exists:
+        new_schema = unify([f.schema for f in files]) if files else storage_schema(empty_schema)
         create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
                                       commit_properties=properties)
         return 0
     table = DeltaTable(uri)
+    current = pa.schema(table.schema().to_arrow())
+    if files:
+        new_schema = unify([f.schema for f in files])
+    else:
+        new_schema = storage_schema(empty_schema) if empty_schema is not None else current
     if mode == "append":
-        new_schema = unify([pa.schema(table.schema().to_arrow()), new_schema])
+        add_missing_columns(table, new_schema, properties)
+        new_schema = unify([current, new_schema])
     table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
     return DeltaTable(uri).version()
+
+
+def add_missing_columns(table: DeltaTable, schema: pa.Schema, properties: CommitProperties) -> None:
+    """Add the fields of `schema` that the table lacks, as nullable columns, in a metadata-only commit.
+
+    deltalake does not widen the table schema on an append transaction, so this runs first.
+    """
+    present = set(pa.schema(table.schema().to_arrow()).names)
+    missing = [f for f in schema if f.name not in present]
+    if missing:
+        table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing],
+                                commit_properties=properties)
 
 
 def merge_changes(
@@ -150,11 +176,7 @@ def _align_with_table(table: DeltaTable, source: pa.Table, properties: CommitPro
     to the table (a metadata-only commit), because deltalake's schema-merging merge also fills new columns
     of rows it does not update."""
     target = pa.schema(table.schema().to_arrow())
-    target_names = set(target.names)
-    new_fields = [f for f in source.schema if f.name not in target_names and f.name != DELETE_FLAG]
-    if new_fields:
-        table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in new_fields],
-                                commit_properties=properties)
+    add_missing_columns(table, pa.schema([f for f in source.schema if f.name != DELETE_FLAG]), properties)
     for target_field in target:
         if target_field.name not in source.column_names:
             source = source.append_column(target_field.name, pa.nulls(source.num_rows, type=target_field.type))

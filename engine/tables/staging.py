@@ -59,13 +59,14 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
 
 
 def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
-    """Accepted rows without the reason column, and rejected rows with it and the run id."""
+    """Accepted rows without the reason column, and rejected rows with it and the id of the rejecting run."""
     if REJECTED_REASON not in table.column_names:
         return table, table.slice(0, 0)
     accepted = pc.is_null(table.column(REJECTED_REASON))
     rejected = table.filter(pc.invert(accepted))
-    if RUN_ID not in rejected.column_names:
-        rejected = rejected.append_column(RUN_ID, pa.array([run_id] * rejected.num_rows, pa.string()))
+    if RUN_ID in rejected.column_names:
+        rejected = rejected.drop_columns([RUN_ID])
+    rejected = rejected.append_column(RUN_ID, pa.array([run_id] * rejected.num_rows, pa.string()))
     return table.filter(accepted).drop_columns([REJECTED_REASON]), rejected
 
 

@@ -68,3 +68,10 @@ def test_kinds_are_frozen() -> None:
     kind = Merge(keys=["id"])
     with pytest.raises(ValidationError):
         kind.sequence_by = "ts"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("options", [{"except_columns": ["id"]},
+                                     {"sequence_by": "ts", "except_columns": ["ts"]}])
+def test_except_columns_cannot_name_a_key_or_the_sequence(options: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        parse_kind({"kind": "merge", "keys": ["id"], **options})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -38,12 +39,12 @@ def count_per_key(table: pa.Table, keys: list[str] | None = None) -> pa.Table:
     return frame.group_by(keys).agg(pl.len().cast(pl.Int64).alias("rows")).to_arrow()
 
 
-def collect(dataset: ray.data.Dataset) -> list[dict[str, object]]:
+def collect(dataset: ray.data.Dataset) -> list[dict[str, Any]]:
     """Every row of `dataset`."""
     return [row for block in ray.get(dataset.to_arrow_refs()) for row in block.to_pylist()]
 
 
-def check_counts(result: list[dict[str, object]]) -> None:
+def check_counts(result: list[dict[str, Any]]) -> None:
     """Every key of `events()` appears exactly once, with all of its rows."""
     seen = Counter(row["c"] for row in result)
     assert set(seen) == set(range(KEYS))
@@ -116,12 +117,10 @@ def test_co_partition_join_matches_polars() -> None:
     inputs = {"orders": ray.data.from_arrow([orders.slice(0, 3), orders.slice(3)]),
               "customers": ray.data.from_arrow(customers).repartition(3)}
     result = collect(co_partition(inputs, ["c"], join, num_partitions=4))
-    expected = pl.from_arrow(orders).join(pl.from_arrow(customers), on="c", how="inner").to_dicts()
-
-    def key(row: dict[str, object]) -> object:
-        return row["order"]
-
-    assert sorted(result, key=key) == sorted(expected, key=key)
+    left, right = pl.from_arrow(orders), pl.from_arrow(customers)
+    assert isinstance(left, pl.DataFrame) and isinstance(right, pl.DataFrame)
+    expected = left.join(right, on="c", how="inner").to_dicts()
+    assert sorted(result, key=lambda row: row["order"]) == sorted(expected, key=lambda row: row["order"])
     assert len(result) == 7
 
 
@@ -156,7 +155,7 @@ def test_partition_of_is_deterministic_and_in_range() -> None:
     assert len(numbers) == table.num_rows
     assert numbers.min() >= 0 and numbers.max() < 7
     assert np.array_equal(numbers, partition_of(table, ["c"], 7))
-    by_key = {}
+    by_key: dict[int, int] = {}
     for customer, number in zip(table.column("c").to_pylist(), numbers.tolist()):
         assert by_key.setdefault(customer, number) == number
     reordered = table.take(pa.array(list(reversed(range(table.num_rows)))))
