@@ -44,6 +44,14 @@ class RaySettings(_Section):
     verbose: bool = False
 
 
+class AlertSettings(_Section):
+    """Where quality alerts go and when a failure rate counts as rising."""
+
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    rising_runs: int = Field(default=3, ge=2)
+
+
 class Settings(BaseSettings):
     """The whole configuration tree. Build it with `load_settings`."""
 
@@ -56,6 +64,7 @@ class Settings(BaseSettings):
 
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
+    alerts: AlertSettings = AlertSettings()
 
     @classmethod
     def settings_customise_sources(

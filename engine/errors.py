@@ -46,8 +46,16 @@ class TableFailed(EngineError):
     """A table's function, or the writing of its result, failed during a run."""
 
 
+class QualityFailed(TableFailed):
+    """A check with the action `fail` found offending rows; the table's commit was aborted."""
+
+
 class IngestError(EngineError):
     """A landing file could not be discovered or read."""
+
+
+class SchemaDriftError(IngestError):
+    """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 
 
 class RunFailed(EngineError):

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.ingest.sources import FileSource
 from engine.kinds import Append, Merge, Overwrite
+from engine.quality.checks import Quality
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
@@ -36,6 +37,7 @@ class TableDefinition:
         function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
         source: landing files an ingested (bronze) table reads.
         ray_options: Ray resource options for the table's write tasks (e.g. `{"num_cpus": 1}`).
+        quality: the table's checks, run on every row it writes.
         description: what the table holds.
     """
 
@@ -45,7 +47,14 @@ class TableDefinition:
     function: Callable[..., Any] | None = None
     source: FileSource | None = None
     ray_options: Mapping[str, Any] = field(default_factory=dict)
+    quality: Quality | None = None
     description: str = ""
+
+    @property
+    def dependencies(self) -> tuple[str, ...]:
+        """Tables that must be built before this one: its inputs and the tables its checks reference."""
+        referenced = [r.table for r in self.quality.references] if self.quality else []
+        return tuple(dict.fromkeys([*self.inputs, *referenced]))
 
     @property
     def layer(self) -> str:
@@ -81,6 +90,7 @@ class Pipeline:
         *,
         kind: WriteKindType | None = None,
         ray_options: Mapping[str, Any] | None = None,
+        quality: Quality | None = None,
         description: str | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
@@ -89,6 +99,7 @@ class Pipeline:
             name: `<layer>.<name>`.
             kind: write kind; `Overwrite()` when omitted.
             ray_options: Ray resource options for the table's tasks.
+            quality: contract, expectations, references and unique keys checked on every write.
             description: defaults to the function's docstring.
         """
 
@@ -100,6 +111,7 @@ class Pipeline:
                 inputs=inputs,
                 function=function,
                 ray_options=dict(ray_options or {}),
+                quality=quality,
                 description=description if description is not None else inspect.getdoc(function) or "",
             ))
             return function
@@ -166,6 +178,13 @@ class Pipeline:
                     )
                 inputs.append(by_parameter[parameter])
             resolved[definition.name] = dataclasses.replace(definition, inputs=tuple(inputs))
+            unknown = [t for t in resolved[definition.name].dependencies if t not in self._tables]
+            if unknown:
+                raise PipelineDefinitionError(
+                    f"table `{definition.name}` checks references to `{unknown[0]}`, which is no table of "
+                    f"pipeline `{self.name}`",
+                    table=definition.name,
+                )
         _check_acyclic(resolved)
         return resolved
 
@@ -193,7 +212,7 @@ class Pipeline:
 
 
 def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:
-    return {name: definition.inputs for name, definition in resolved.items()}
+    return {name: definition.dependencies for name, definition in resolved.items()}
 
 
 def _check_acyclic(resolved: Mapping[str, TableDefinition]) -> None:
@@ -237,10 +256,10 @@ def _select_term(term: str, resolved: Mapping[str, TableDefinition]) -> set[str]
         raise SelectionError(
             f"selection `{term}` matches no table; known tables: {', '.join(resolved)}"
         )
-    parents = {name: set(d.inputs) for name, d in resolved.items()}
+    parents = {name: set(d.dependencies) for name, d in resolved.items()}
     children: dict[str, set[str]] = {name: set() for name in resolved}
     for name, definition in resolved.items():
-        for parent in definition.inputs:
+        for parent in definition.dependencies:
             children[parent].add(name)
     selected = set(matched)
     if upstream:

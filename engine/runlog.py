@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from engine.quality.results import CheckResult
 from engine.tables.delta import table_exists
 
 RUN_RECORD_SCHEMA = pa.schema([
@@ -45,6 +46,7 @@ class RunRecord:
         rows_quarantined: rows sent to the table's quarantine.
         rows_duplicate: incoming rows dropped as older changes of a key seen in the same run.
         details: anything else worth keeping (merge metrics, files ingested, ...).
+        checks: quality check results (also kept in the quality metrics table).
     """
 
     run_id: str
@@ -61,6 +63,7 @@ class RunRecord:
     rows_duplicate: int = 0
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckResult] = field(default_factory=list)
 
     @property
     def duration_s(self) -> float:
@@ -75,9 +78,13 @@ def append_records(uri: str, records: list[RunRecord]) -> None:
     rows = []
     for record in records:
         row = asdict(record)
+        row.pop("checks")
         row["duration_s"] = record.duration_s
         row["input_versions"] = json.dumps(record.input_versions, sort_keys=True)
-        row["details"] = json.dumps(record.details, sort_keys=True, default=str)
+        checks = {c.check: {"action": c.action, "rows_checked": c.rows_checked, "rows_failed": c.rows_failed}
+                  for c in record.checks}
+        row["details"] = json.dumps(record.details | ({"checks": checks} if checks else {}),
+                                    sort_keys=True, default=str)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=RUN_RECORD_SCHEMA)
     write_deltalake(uri, table, mode="append")

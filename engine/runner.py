@@ -11,27 +11,35 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import ray.data
 import ray.exceptions
 
+from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
-from engine.columns import INGESTED_AT, REJECTED_REASON, RUN_ID, SOURCE_FILE
+from engine.columns import REJECTED_REASON
 from engine.config import Settings
-from engine.errors import EngineError, TableFailed
-from engine.ingest.readers import read_landing_file
+from engine.errors import EngineError, QualityFailed, TableFailed
+from engine.ingest.batch import read_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.kinds import Merge
 from engine.pipeline import Pipeline, TableDefinition
+from engine.quality import gate
+from engine.quality.metrics import append_metrics, read_metrics
+from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.tables import delta
 from engine.tables.layout import Layout
+from engine.tables.files import DataFile
 from engine.tables.staging import StagedFiles, StagingDatasink
 
 log = logging.getLogger(__name__)
 
 FILES_KEY = "files"
+TYPES_KEY = "field_types"
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Runner:
         self.settings = settings
         self.layout = Layout.at(settings.storage.root)
         self.on_record = on_record or (lambda record: None)
+        self.sinks = sinks_from_settings(settings.alerts)
 
     def run(self, select: str | None = None, run_id: str | None = None) -> RunResult:
         """Build the selected tables (all when None) in dependency order, one commit per table."""
@@ -91,7 +100,7 @@ class Runner:
         not_built: set[str] = set()
         for name in self.pipeline.select(select):
             definition = definitions[name]
-            blocked = [t for t in definition.inputs if t in not_built]
+            blocked = [t for t in definition.dependencies if t in not_built]
             if blocked:
                 record = self._record(result.run_id, name, "skipped", datetime.now(UTC),
                                       error=f"upstream table `{blocked[0]}` failed or was skipped")
@@ -100,9 +109,21 @@ class Runner:
             if record.status in ("failed", "skipped"):
                 not_built.add(name)
             append_records(self.layout.runs(), [record])
+            self._report_quality(result.run_id, record)
             result.records.append(record)
             self.on_record(record)
         return result
+
+    def _report_quality(self, run_id: str, record: RunRecord) -> None:
+        """Keep the table's check results and alert on degradations against earlier runs."""
+        if not record.checks:
+            return
+        uri = self.layout.quality()
+        history = read_metrics(uri).filter(pl.col("table") == record.table)
+        append_metrics(uri, self.pipeline.name, run_id, record.checks)
+        alerts = degradations(self.pipeline.name, run_id, record.checks, history,
+                              rising_runs=self.settings.alerts.rising_runs)
+        send_alerts(alerts, self.sinks)
 
     def _record(self, run_id: str, table: str, status: str, started_at: datetime, **values: Any) -> RunRecord:
         return RunRecord(run_id=run_id, pipeline=self.pipeline.name, table=table, status=status,
@@ -110,15 +131,17 @@ class Runner:
 
     def _run_table(self, definition: TableDefinition, run_id: str, run_started: datetime) -> RunRecord:
         started = datetime.now(UTC)
+        checks: list[CheckResult] = []
         try:
             if definition.source is not None:
                 values = self._ingest(definition, definition.source, run_id, run_started)
             else:
-                values = self._transform(definition, run_id)
+                values = self._transform(definition, run_id, checks)
         except EngineError as err:
             log.error("%s", err)
-            return self._record(run_id, definition.name, "failed", started, error=str(err))
-        return self._record(run_id, definition.name, values.pop("status", "succeeded"), started, **values)
+            return self._record(run_id, definition.name, "failed", started, error=str(err), checks=checks)
+        return self._record(run_id, definition.name, values.pop("status", "succeeded"), started,
+                            checks=checks, **values)
 
     def _commit_metadata(self, definition: TableDefinition, run_id: str, **extra: Any) -> dict[str, Any]:
         return {"run_id": run_id, "pipeline": self.pipeline.name, "table": definition.name} | extra
@@ -136,17 +159,16 @@ class Runner:
                         "ingested again: %s", definition.name, len(changed), ", ".join(f.name for f in changed))
         if not new:
             return {"status": "unchanged", "details": details}
-        dataset = ray.data.from_items(
-            [{"name": f.name, "uri": f.uri, "size": f.size, "mtime_ns": f.mtime_ns} for f in new],
-            override_num_blocks=len(new),
-        ).map_batches(
-            _read_landing_batch,
-            batch_size=1,
-            batch_format="pyarrow",
-            fn_kwargs={"source": source, "run_id": run_id, "ingested_at": run_started},
-        )
-        staged = self._stage(definition, dataset, run_id, self.layout.table(definition.name))
-        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new]})
+        known_columns, known_types = _known_shape(uri, definition.name)
+        batch = read_new_files(new, source, table=definition.name, run_id=run_id, ingested_at=run_started,
+                               known_columns=known_columns, known_types=known_types)
+        if batch.drifts:
+            details["schema_drift"] = [drift.describe() for drift in batch.drifts]
+            log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
+                        "; ".join(details["schema_drift"]))
+        staged = self._stage(definition, batch.dataset, run_id, uri)
+        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
+                                                                 TYPES_KEY: batch.types})
         version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata)
         return {
             "output_version": version,
@@ -155,7 +177,8 @@ class Runner:
             "details": details,
         }
 
-    def _transform(self, definition: TableDefinition, run_id: str) -> dict[str, Any]:
+    def _transform(self, definition: TableDefinition, run_id: str, checks: list[CheckResult]) -> dict[str, Any]:
+        """Build one table; `checks` receives its quality results, also when the table fails."""
         assert definition.function is not None
         uri = self.layout.table(definition.name)
         versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.inputs}
@@ -164,7 +187,16 @@ class Runner:
         output = _call(definition, inputs)
         kind = definition.kind
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, Merge) else uri
-        staged = _guarded(definition, lambda: self._stage(definition, output, run_id, folder))
+        keys = _guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
+                        if definition.quality else {})
+        staged = _guarded(definition, lambda: self._stage(definition, output, run_id, folder, keys))
+        checks.extend(self._table_checks(definition, staged, folder, rows_in))
+        try:
+            gate.enforce(definition.name, checks, delta.latest_version(uri))
+        except QualityFailed:
+            _discard(folder, staged.data)
+            _discard(self.layout.quarantine(definition.name), staged.quarantine)
+            raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
                                   "rows_quarantined": staged.quarantined_rows}
         metadata = self._commit_metadata(definition, run_id, input_versions=versions)
@@ -186,10 +218,44 @@ class Runner:
                                      empty_schema=empty_schema)
         return values | {"output_version": version, "rows_written": staged.rows}
 
-    def _stage(self, definition: TableDefinition, dataset: ray.data.Dataset, run_id: str, folder: str) -> StagedFiles:
-        sink = StagingDatasink(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id)
+    def _table_checks(
+        self, definition: TableDefinition, staged: StagedFiles, folder: str, rows_in: int
+    ) -> list[CheckResult]:
+        """Row-level results from the write tasks plus the table-level checks over the staged files."""
+        quality = definition.quality
+        if quality is None:
+            return list(staged.checks)
+        unique = [] if isinstance(definition.kind, Merge) else gate.unique_check(
+            definition.name, quality, folder, staged.data)
+        conservation = gate.conservation_check(definition.name, quality, rows_in, staged.rows,
+                                               staged.quarantined_rows)
+        return [*staged.checks, *unique, *conservation]
+
+    def _stage(
+        self,
+        definition: TableDefinition,
+        dataset: ray.data.Dataset,
+        run_id: str,
+        folder: str,
+        reference_keys: dict[str, pa.Array] | None = None,
+    ) -> StagedFiles:
+        sink = StagingDatasink(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id,
+                               definition.name, definition.quality, reference_keys or {})
         dataset.write_datasink(sink, ray_remote_args=dict(definition.ray_options))
         return sink.result
+
+
+def _known_shape(uri: str, table: str) -> tuple[list[str], dict[str, str]]:
+    """Source columns of an ingested table and the JSON value types recorded by its latest commit."""
+    if not delta.table_exists(uri):
+        return [], {}
+    schema = pa.schema(delta.open_table(uri, table).schema().to_arrow())
+    columns = [c for c in schema.names if not c.startswith("_")]
+    for commit in delta.history(uri, table):
+        types = delta.commit_info_value(commit, TYPES_KEY)
+        if types is not None:
+            return columns, dict(types)
+    return columns, {}
 
 
 def ingested_files(uri: str, table: str) -> dict[str, list[Any]]:
@@ -215,21 +281,6 @@ def _new_files(
         elif previous != file.fingerprint():
             changed.append(file)
     return new, changed
-
-
-def _read_landing_batch(
-    batch: pa.Table, source: FileSource, run_id: str, ingested_at: datetime
-) -> pa.Table:
-    """Read the landing files listed in `batch` (one row per file) and add the ingestion columns."""
-    tables = []
-    for row in batch.to_pylist():
-        file = LandingFile(row["name"], row["uri"], row["size"], row["mtime_ns"])
-        table = read_landing_file(file, source)
-        count = table.num_rows
-        table = table.append_column(SOURCE_FILE, pa.array([file.name] * count, pa.string()))
-        table = table.append_column(INGESTED_AT, pa.array([ingested_at] * count, pa.timestamp("us", tz="UTC")))
-        tables.append(table.append_column(RUN_ID, pa.array([run_id] * count, pa.string())))
-    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def _call(definition: TableDefinition, inputs: list[ray.data.Dataset]) -> ray.data.Dataset:
@@ -296,6 +347,13 @@ def _describe(err: BaseException) -> str:
             return raised[-1].group(0)
     lines = [line for line in text.splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"
+
+
+def _discard(folder: str, files: Iterable[DataFile]) -> None:
+    """Delete staged files that will never be committed."""
+    for file in files:
+        filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{file.path}")
+        filesystem.delete_file(path)
 
 
 def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:

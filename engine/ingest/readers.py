@@ -27,13 +27,22 @@ def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
     Raises:
         IngestError: the file cannot be opened or is not valid UTF-8.
     """
-    text = _read_text(file)
+    return parse_landing_text(read_text(file), source, file)
+
+
+def parse_landing_text(text: str, source: FileSource, file: LandingFile) -> pa.Table:
+    """The records of a landing file's `text` as string columns plus `_rescued_data`."""
     if source.format == "jsonl":
         return _parse_json_lines(text)
     return _parse_csv(text, source.delimiter, file)
 
 
-def _read_text(file: LandingFile) -> str:
+def read_text(file: LandingFile) -> str:
+    """The UTF-8 text of a landing file.
+
+    Raises:
+        IngestError: the file cannot be opened or is not valid UTF-8.
+    """
     filesystem, path = pafs.FileSystem.from_uri(file.uri)
     try:
         with filesystem.open_input_stream(path) as stream:
@@ -75,6 +84,27 @@ def _parse_json_lines(text: str) -> pa.Table:
         select = f"SELECT {fields + ', ' if fields else ''}CASE WHEN ok THEN NULL ELSE line END AS {RESCUED_DATA} "
         table = db.sql(select + "FROM parsed ORDER BY r").to_arrow_table()
     return table.cast(pa.schema([pa.field(name, pa.string()) for name in table.column_names]))
+
+
+def json_field_types(text: str) -> dict[str, str]:
+    """The dominant JSON value type of each field of the JSON-lines `text`, by field name.
+
+    A type is `string`, `number`, `boolean`, `object` or `array`; a field's is the one most object lines give
+    it, a tie going to the type seen first. Null values and lines that are not JSON objects are not counted,
+    so a field that is always null is left out.
+    """
+    lines = pa.table({"line": _lines(text).cast(pa.string())})
+    with duckdb.connect() as db:
+        db.register("lines", lines)
+        return dict(db.execute(
+            "WITH objects AS (SELECT * FROM (SELECT row_number() OVER () AS r, line FROM lines) "
+            "WHERE CASE WHEN json_valid(line) THEN json_type(line) END = 'OBJECT'), "
+            "typed AS (SELECT r, e.key AS k, CASE e.type WHEN 'NULL' THEN NULL WHEN 'VARCHAR' THEN 'string' "
+            "WHEN 'BOOLEAN' THEN 'boolean' WHEN 'OBJECT' THEN 'object' WHEN 'ARRAY' THEN 'array' "
+            "ELSE 'number' END AS t FROM objects, json_each(objects.line) AS e) "
+            "SELECT k, t FROM (SELECT k, t, count(*) AS n, min(r) AS first FROM typed WHERE t IS NOT NULL "
+            "GROUP BY k, t QUALIFY row_number() OVER (PARTITION BY k ORDER BY n DESC, first) = 1) ORDER BY k"
+        ).fetchall())
 
 
 def _json_path(key: str) -> str:

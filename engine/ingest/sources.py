@@ -11,6 +11,9 @@ import pyarrow.fs as pafs
 from engine.errors import IngestError
 
 FileFormat = Literal["jsonl", "csv"]
+DriftPolicy = Literal["evolve", "rescue", "fail"]
+"""What a landing file with other columns than expected does: `evolve` keeps its columns (the table
+widens), `rescue` moves unexpected columns into `_rescued_data`, `fail` stops the table's ingestion."""
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,17 @@ class FileSource:
         format: `jsonl` (one JSON object per line) or `csv` (with a header line).
         pattern: glob that file names must match.
         delimiter: field separator of CSV files.
+        columns: the columns files should have; when None, the columns already in the table (or those of
+            the first file ever ingested) are expected.
+        on_drift: what to do with a file whose columns or JSON value types differ from the expected ones.
     """
 
     directory: str
     format: FileFormat
     pattern: str = "*"
     delimiter: str = ","
+    columns: tuple[str, ...] | None = None
+    on_drift: DriftPolicy = "evolve"
 
 
 @dataclass(frozen=True, order=True)

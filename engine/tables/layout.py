@@ -67,6 +67,10 @@ class Layout:
         """`<root>/_meta/runs`, the run records table."""
         return f"{self.root}/_meta/runs"
 
+    def quality(self) -> str:
+        """`<root>/_meta/quality`, the quality metrics table."""
+        return f"{self.root}/_meta/quality"
+
     def staging(self, run_id: str, table: str) -> str:
         """`<root>/_staging/<run_id>/<layer>/<name>`: files written by a run before they are applied."""
         layer, name = split_table_name(table)

@@ -17,6 +17,9 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 from engine.arrow import to_storage, unify
 from engine.columns import REJECTED_REASON, RUN_ID
 from engine.config import StorageSettings
+from engine.quality.checks import Quality
+from engine.quality.results import CheckResult, combine_results
+from engine.quality.validate import validate_batch
 from engine.tables.files import DataFile, RollingParquetWriter
 
 
@@ -27,10 +30,12 @@ class StagedFiles:
     Attributes:
         data: files of accepted rows, under the data folder.
         quarantine: files of rejected rows, under the quarantine folder.
+        checks: row-level check results, one per check, summed over every task.
     """
 
     data: tuple[DataFile, ...] = ()
     quarantine: tuple[DataFile, ...] = ()
+    checks: tuple[CheckResult, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -49,6 +54,7 @@ class StagedFiles:
         return StagedFiles(
             data=tuple(f for p in parts for f in p.data),
             quarantine=tuple(f for p in parts for f in p.quarantine),
+            checks=tuple(combine_results([c for p in parts for c in p.checks])),
         )
 
 
@@ -85,18 +91,25 @@ class StagingDatasink(Datasink[StagedFiles]):
     quarantine_folder: str
     storage: StorageSettings
     run_id: str
+    table: str = ""
+    quality: Quality | None = None
+    reference_keys: dict[str, pa.Array] = field(default_factory=dict)
     result: StagedFiles = field(default_factory=StagedFiles)
 
     def write(self, blocks: Iterable[Block], ctx: object) -> StagedFiles:
         prefix = f"{self.run_id}-{getattr(ctx, 'task_idx', 0):05d}"
         data = RollingParquetWriter(self.data_folder, self.storage, prefix)
         quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix)
+        checks: list[CheckResult] = []
         for block in blocks:
-            table = to_storage(BlockAccessor.for_block(block).to_arrow())
-            accepted, rejected = split_rejected(table, self.run_id)
+            table = BlockAccessor.for_block(block).to_arrow()
+            if self.quality is not None:
+                table, results = validate_batch(table, self.quality, self.table, self.reference_keys)
+                checks.extend(results)
+            accepted, rejected = split_rejected(to_storage(table), self.run_id)
             data.write(accepted)
             quarantine.write(rejected)
-        return StagedFiles(tuple(data.close()), tuple(quarantine.close()))
+        return StagedFiles(tuple(data.close()), tuple(quarantine.close()), tuple(combine_results(checks)))
 
     def on_write_complete(self, write_result: WriteResult[StagedFiles]) -> None:
         self.result = StagedFiles.combine(r for r in write_result.write_returns if r is not None)

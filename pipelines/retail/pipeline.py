@@ -11,7 +11,7 @@ from ray.data import Dataset
 
 from engine import FileSource, Merge, Overwrite, Pipeline, co_partition, map_partitions
 from engine.columns import INGESTED_AT, SOURCE_FILE
-from pipelines.retail import transforms
+from pipelines.retail import contracts, transforms
 
 retail = Pipeline("retail", description="Online retail: customers, products, orders and clickstream.")
 
@@ -30,49 +30,57 @@ LINEAGE_COLUMNS = [SOURCE_FILE, INGESTED_AT]
 
 
 @retail.table("silver.customers", kind=Merge(keys=["customer_id"], sequence_by="updated_at",
-                                             delete_when="op = 'd'", except_columns=["op"]))
+                                             delete_when="op = 'd'", except_columns=["op"]),
+              quality=contracts.SILVER_CUSTOMERS)
 def customers(bronze_customers: Dataset) -> Dataset:
     """Current customers, CDC deletes applied."""
     return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow")
 
 
-@retail.table("silver.products", kind=Merge(keys=["product_id"], sequence_by="updated_at"))
+@retail.table("silver.products", kind=Merge(keys=["product_id"], sequence_by="updated_at"),
+              quality=contracts.SILVER_PRODUCTS)
 def products(bronze_products: Dataset) -> Dataset:
     """Current products."""
     return bronze_products.map_batches(transforms.clean_products, batch_format="pyarrow")
 
 
-@retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"))
+@retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"),
+              quality=contracts.SILVER_ORDERS)
 def orders(bronze_orders: Dataset) -> Dataset:
     """Orders with their latest status."""
     return bronze_orders.map_batches(transforms.clean_orders, batch_format="pyarrow")
 
 
-@retail.table("silver.order_items", kind=Merge(keys=["order_id", "line_number"], sequence_by="updated_at"))
+@retail.table("silver.order_items", kind=Merge(keys=["order_id", "line_number"], sequence_by="updated_at"),
+              quality=contracts.SILVER_ORDER_ITEMS)
 def order_items(bronze_order_items: Dataset) -> Dataset:
     """Order lines, latest version of each."""
     return bronze_order_items.map_batches(transforms.clean_order_items, batch_format="pyarrow")
 
 
-@retail.table("silver.events", kind=Merge(keys=["event_id"], sequence_by="event_ts"))
+@retail.table("silver.events", kind=Merge(keys=["event_id"], sequence_by="event_ts"),
+              quality=contracts.SILVER_EVENTS)
 def events(bronze_events: Dataset) -> Dataset:
     """Clickstream events, deduplicated, payload flattened."""
     return bronze_events.map_batches(transforms.clean_events, batch_format="pyarrow")
 
 
-@retail.table("gold.dim_customer", kind=Overwrite())
+@retail.table("gold.dim_customer", kind=Overwrite(),
+              quality=contracts.GOLD_DIM_CUSTOMER)
 def dim_customer(silver_customers: Dataset) -> Dataset:
     """One row per current customer."""
     return silver_customers.drop_columns(LINEAGE_COLUMNS)
 
 
-@retail.table("gold.dim_product", kind=Overwrite())
+@retail.table("gold.dim_product", kind=Overwrite(),
+              quality=contracts.GOLD_DIM_PRODUCT)
 def dim_product(silver_products: Dataset) -> Dataset:
     """One row per current product."""
     return silver_products.drop_columns(LINEAGE_COLUMNS)
 
 
-@retail.table("gold.fct_order_lines", kind=Overwrite())
+@retail.table("gold.fct_order_lines", kind=Overwrite(),
+              quality=contracts.GOLD_FCT_ORDER_LINES)
 def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Dataset:
     """One row per order line, with its order's customer, status and time, and its revenue."""
     lines = silver_order_items.select_columns(["order_id", "line_number", "product_id", "quantity", "unit_price"])
@@ -80,14 +88,16 @@ def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Data
     return co_partition({"lines": lines, "headers": headers}, ["order_id"], _order_lines)
 
 
-@retail.table("gold.customer_daily", kind=Overwrite())
+@retail.table("gold.customer_daily", kind=Overwrite(),
+              quality=contracts.GOLD_CUSTOMER_DAILY)
 def customer_daily(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
     """Orders, revenue, items and sessions per customer per day."""
     activity = _activity(gold_fct_order_lines, silver_events)
     return map_partitions(activity, ["customer_id"], transforms.customer_daily)
 
 
-@retail.table("gold.customer_features", kind=Overwrite())
+@retail.table("gold.customer_features", kind=Overwrite(),
+              quality=contracts.GOLD_CUSTOMER_FEATURES)
 def customer_features(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
     """Point-in-time customer features, one row per customer per day."""
     last_date = _last_date(gold_fct_order_lines, silver_events)

@@ -64,6 +64,32 @@ def test_bronze_keeps_every_landing_record_with_ingestion_metadata(retail_build:
         assert bronze.column(INGESTED_AT).null_count == 0
 
 
+def test_schema_drift_in_the_customer_feed_is_detected_and_the_table_evolves(retail_build: RetailBuild) -> None:
+    record = next(r for r in retail_build.result.records if r.table == "bronze.customers")
+    drift = record.details["schema_drift"]
+    assert len(drift) == 1 and "new column `loyalty_tier`" in drift[0]
+    bronze = read(retail_build, "bronze.customers")
+    assert "loyalty_tier" in bronze.column_names
+    assert bronze.column("loyalty_tier").null_count < bronze.num_rows
+
+
+def test_check_results_are_kept_per_run_and_table(retail_build: RetailBuild) -> None:
+    from engine.quality.metrics import read_metrics
+
+    metrics = read_metrics(Layout.at(str(retail_build.root)).quality())
+    run = metrics.filter(pl.col("run_id") == retail_build.result.run_id)
+    for record in retail_build.result.records:
+        rows = run.filter(pl.col("table") == record.table)
+        assert rows.height == len(record.checks)
+        for check in record.checks:
+            row = rows.filter(pl.col("check") == check.check).row(0, named=True)
+            assert (row["rows_checked"], row["rows_failed"], row["action"]) == (
+                check.rows_checked, check.rows_failed, check.action)
+    assert run.height == sum(len(r.checks) for r in retail_build.result.records) > 0
+    features = run.filter(pl.col("table") == "gold.customer_features")
+    assert set(features["action"].to_list()) == {"fail"} and features["rows_failed"].sum() == 0
+
+
 def test_silver_is_unique_per_key_and_conserves_rows(retail_build: RetailBuild) -> None:
     keys = {"customers": ["customer_id"], "products": ["product_id"], "orders": ["order_id"],
             "order_items": ["order_id", "line_number"], "events": ["event_id"]}
@@ -112,8 +138,15 @@ def test_silver_orders_hold_the_latest_status_despite_out_of_order_arrival(retai
     assert (joined["status"] == joined["status_silver"]).all()
 
 
+def sold_items(build: RetailBuild) -> pa.Table:
+    """Silver order items whose product is in the product dimension (the others are quarantined from gold)."""
+    items, products = read(build, "silver.order_items"), read(build, "gold.dim_product")
+    return duckdb.sql("SELECT * FROM items WHERE product_id IN (SELECT product_id FROM products)").arrow().read_all()
+
+
 def test_gold_customer_tables_match_an_independent_computation(retail_build: RetailBuild) -> None:
-    orders, items, events = (read(retail_build, f"silver.{t}") for t in ("orders", "order_items", "events"))
+    orders, events, items = read(retail_build, "silver.orders"), read(retail_build, "silver.events"), sold_items(
+        retail_build)
     assert_tables_equal(read(retail_build, "gold.customer_daily"),
                         reference_customer_daily(orders, items, events), ["customer_id", "date"])
     assert_tables_equal(read(retail_build, "gold.customer_features"),
@@ -121,7 +154,7 @@ def test_gold_customer_tables_match_an_independent_computation(retail_build: Ret
 
 
 def test_fct_order_lines_is_the_join_of_items_and_orders(retail_build: RetailBuild) -> None:
-    orders, items = read(retail_build, "silver.orders"), read(retail_build, "silver.order_items")
+    orders, items = read(retail_build, "silver.orders"), sold_items(retail_build)
     expected = duckdb.sql("""
         SELECT i.order_id, i.line_number, o.customer_id, i.product_id, o.status, o.order_ts,
                CAST(o.order_ts AT TIME ZONE 'UTC' AS DATE) AS order_date,
@@ -129,6 +162,10 @@ def test_fct_order_lines_is_the_join_of_items_and_orders(retail_build: RetailBui
         FROM items i JOIN orders o USING (order_id)
     """).arrow().read_all()
     assert_tables_equal(read(retail_build, "gold.fct_order_lines"), expected, ["order_id", "line_number"])
+    quarantined = read(retail_build, "silver.order_items").num_rows - items.num_rows
+    record = next(r for r in retail_build.result.records if r.table == "gold.fct_order_lines")
+    assert record.rows_quarantined == quarantined
+    assert {c.check: c.rows_failed for c in record.checks}["product_id->gold.dim_product.product_id"] == quarantined
 
 
 def test_gold_dimensions_are_the_current_silver_rows(retail_build: RetailBuild) -> None:
