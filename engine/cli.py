@@ -17,6 +17,8 @@ from rich.table import Table
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
+from engine.quality.metrics import read_metrics
+from engine.quality.report import summarize
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
@@ -190,6 +192,34 @@ def history(ctx: click.Context, table: str, limit: int) -> None:
         view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
                      item.run_id or "", f"{item.rows:,}")
     console.print(view)
+
+
+@main.command()
+@click.argument("table", required=False)
+@click.option("--run", "run_id", default=None, help="Run to show (default: the latest with checks).")
+@click.option("--trend", "trend_runs", type=int, default=5, show_default=True, help="Runs in each trend.")
+@click.option("--failing", is_flag=True, help="Only checks that failed rows in that run.")
+@click.pass_context
+@_reported
+def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_runs: int, failing: bool) -> None:
+    """Check results of a run (every table, or TABLE) with each check's failure-rate trend."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    chosen, summaries = summarize(read_metrics(layout.quality()), table, run_id, trend_runs)
+    if chosen is None:
+        console.print(f"no check results under {layout.root}; run a pipeline whose tables declare checks")
+        return
+    shown = [s for s in summaries if s.rows_failed or not failing]
+    view = Table(title=f"quality of run {chosen}" + (f", table {table}" if table else ""))
+    for column in ("table", "check", "action", "checked", "failed", "rate", f"trend (last {trend_runs} runs)"):
+        view.add_column(column, justify="right" if column in ("checked", "failed", "rate") else "left")
+    for item in shown:
+        style = "red" if item.rows_failed and item.action == "fail" else "yellow" if item.rows_failed else ""
+        trend = " → ".join(f"{rate:.2%}" for rate in item.trend)
+        view.add_row(item.table, item.check, item.action, f"{item.rows_checked:,}", f"{item.rows_failed:,}",
+                     f"{item.failure_rate:.2%}", trend, style=style)
+    console.print(view)
+    failed = sum(1 for s in summaries if s.rows_failed)
+    console.print(f"{len(summaries)} checks, {failed} with failing rows")
 
 
 if __name__ == "__main__":
