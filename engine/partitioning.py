@@ -18,7 +18,6 @@ import ray
 import ray.data
 
 
-
 def default_partitions() -> int:
     """Twice the CPUs of the cluster: enough parallelism without tiny partitions."""
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))

@@ -32,8 +32,8 @@ from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.tables import delta
-from engine.tables.layout import Layout
 from engine.tables.files import DataFile
+from engine.tables.layout import Layout
 from engine.tables.staging import StagedFiles, StagingDatasink
 
 log = logging.getLogger(__name__)

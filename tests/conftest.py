@@ -18,6 +18,8 @@ from engine.config import Settings  # noqa: E402
 
 RETAIL_TEST_SCALE = 0.05
 
+pytest_plugins = ["tests.receiver"]
+
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:

@@ -33,7 +33,7 @@ class IngestBatch:
         dataset: the files' records with the ingestion columns, drift policy applied.
         drifts: every file whose shape differed from what was expected before it, in file order.
         columns: the source columns known after this batch.
-        types: the JSON value type per column known after this batch.
+        types: the JSON value shape (`object`, `array` or `scalar`) per column known after this batch.
     """
 
     dataset: ray.data.Dataset
@@ -88,12 +88,18 @@ def _shape_table(shape: FileShape) -> pa.Table:
 def _read_file(file: LandingFile, source: FileSource, run_id: str, ingested_at: datetime) -> tuple[pa.Table, FileShape]:
     text = read_text(file)
     table = parse_landing_text(text, source, file)
-    types = json_field_types(text) if source.format == "jsonl" else {}
+    types = {field: _shape_of(kind) for field, kind in json_field_types(text).items()} if source.format == "jsonl" else {}
     shape = FileShape(file.name, tuple(c for c in table.column_names if not c.startswith("_")), types)
     count = table.num_rows
     table = table.append_column(SOURCE_FILE, pa.array([file.name] * count, pa.string()))
     table = table.append_column(INGESTED_AT, pa.array([ingested_at] * count, pa.timestamp("us", tz="UTC")))
     return table.append_column(RUN_ID, pa.array([run_id] * count, pa.string())), shape
+
+
+def _shape_of(json_type: str) -> str:
+    """`object`, `array` or `scalar`: a number arriving as a string is a value problem for silver to judge
+    row by row, while an object turning into a scalar changes how the field must be read."""
+    return json_type if json_type in ("object", "array") else "scalar"
 
 
 @ray.remote

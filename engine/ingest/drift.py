@@ -30,6 +30,7 @@ from engine.columns import RESCUED_DATA
 from engine.errors import SchemaDriftError
 from engine.ingest.readers import json_field_types, read_text
 from engine.ingest.sources import DriftPolicy, FileSource, LandingFile
+
 """`evolve` keeps the file's columns, `rescue` moves unexpected ones into `_rescued_data`, `fail` raises."""
 
 RESCUED_LINE = "_line"

@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 from engine import Overwrite, Pipeline, Runner
 from engine.cli import main
 from engine.columns import REJECTED_REASON
+from engine.config import load_settings
 from engine.errors import PipelineDefinitionError, QualityFailed
 from engine.quality import gate
 from engine.quality.checks import Expect, Quality, References
@@ -26,6 +27,7 @@ from engine.quality.validate import validate_batch
 from engine.tables.files import RollingParquetWriter
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
+from tests.receiver import Receiver
 
 
 class Amounts(pap.DataFrameModel):
@@ -193,3 +195,16 @@ def test_duplicate_keys_fail_the_unique_check(tmp_path: Path) -> None:
     record = result.records[0]
     assert record.status == "failed" and "check `unique(id)` failed on 2 of 2 rows" in record.error
     assert not Path(Layout.at(str(tmp_path)).table("silver.amounts"), "_delta_log").exists()
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_failing_check_is_alerted_to_the_webhook(tmp_path: Path, receiver: Receiver) -> None:
+    settings = load_settings(overrides={"storage": {"root": str(tmp_path)}, "alerts": {"webhook_url": receiver.url}})
+    rows = [{"id": 1, "amount": 5.0, "kind": "a"}, {"id": 2, "amount": 5000.0, "kind": "a"}]
+    result = Runner(amounts_pipeline(rows), settings).run(select="silver.amounts")
+    assert not result.succeeded
+    [request] = receiver.requests
+    alert = json.loads(request.body)
+    assert (alert["severity"], alert["table"], alert["check"], alert["run_id"]) == (
+        "critical", "silver.amounts", "not_huge", result.run_id)
+    assert (alert["rows_checked"], alert["rows_failed"]) == (2, 1)

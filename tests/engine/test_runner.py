@@ -202,3 +202,43 @@ def test_reading_a_table_that_was_never_built_fails_with_advice(root: Path) -> N
     record = result.records[0]
     assert record.status == "failed"
     assert "`silver.orders`" in record.error and "run the pipeline" in record.error
+
+
+def drift_pipeline(policy: str) -> Pipeline:
+    pipeline = Pipeline("drift")
+    pipeline.ingest("bronze.orders", FileSource("orders", "jsonl", columns=("order_id", "status", "updated_at"),
+                                                on_drift=policy))  # type: ignore[arg-type]
+
+    @pipeline.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"))
+    def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_orders.map_batches(parse_orders, batch_format="pyarrow")
+
+    return pipeline
+
+
+def add_coupon_file(root: Path) -> None:
+    write_orders(root, "orders-3.jsonl", [
+        {"order_id": 3, "status": "placed", "updated_at": "2026-01-03T00:00:00Z", "coupon": "SAVE10"}])
+
+
+def test_schema_drift_rescue_moves_unexpected_columns_into_rescued_data(root: Path) -> None:
+    add_coupon_file(root)
+    result = Runner(drift_pipeline("rescue"), settings_at(root)).run()
+    assert result.succeeded
+    record = result.records[0]
+    assert record.details["schema_drift"] == ["orders-3.jsonl: new column `coupon`"]
+    bronze = pl.from_arrow(table(root, "bronze.orders"))
+    assert "coupon" not in bronze.columns
+    rescued = bronze.filter(pl.col(SOURCE_FILE) == "orders-3.jsonl")["_rescued_data"].to_list()
+    assert [json.loads(value) for value in rescued] == [{"coupon": "SAVE10"}]
+    assert sorted(table(root, "silver.orders").column("order_id").to_pylist()) == [1, 2, 3]
+
+
+def test_schema_drift_fail_stops_ingestion_and_names_the_file_and_column(root: Path) -> None:
+    add_coupon_file(root)
+    result = Runner(drift_pipeline("fail"), settings_at(root)).run()
+    bronze, silver = result.records
+    assert bronze.status == "failed" and silver.status == "skipped"
+    assert "orders-3.jsonl" in bronze.error and "new column `coupon`" in bronze.error
+    assert "`evolve`" in bronze.error and "`rescue`" in bronze.error
+    assert not Path(Layout.at(str(root)).table("bronze.orders"), "_delta_log").exists()

@@ -125,7 +125,7 @@ def test_silver_applies_cdc_deletes_and_keeps_latest_changes(retail_build: Retai
 
 
 def test_silver_orders_hold_the_latest_status_despite_out_of_order_arrival(retail_build: RetailBuild) -> None:
-    bronze = read(retail_build, "bronze.orders")
+    bronze = read(retail_build, "bronze.orders")  # noqa: F841 - read by DuckDB
     expected = duckdb.sql("""
         SELECT TRY_CAST(order_id AS BIGINT) AS order_id,
                arg_max(status, TRY_CAST(updated_at AS TIMESTAMPTZ)) AS status
@@ -140,7 +140,7 @@ def test_silver_orders_hold_the_latest_status_despite_out_of_order_arrival(retai
 
 def sold_items(build: RetailBuild) -> pa.Table:
     """Silver order items whose product is in the product dimension (the others are quarantined from gold)."""
-    items, products = read(build, "silver.order_items"), read(build, "gold.dim_product")
+    items, products = read(build, "silver.order_items"), read(build, "gold.dim_product")  # noqa: F841 - read by DuckDB
     return duckdb.sql("SELECT * FROM items WHERE product_id IN (SELECT product_id FROM products)").arrow().read_all()
 
 
@@ -154,7 +154,7 @@ def test_gold_customer_tables_match_an_independent_computation(retail_build: Ret
 
 
 def test_fct_order_lines_is_the_join_of_items_and_orders(retail_build: RetailBuild) -> None:
-    orders, items = read(retail_build, "silver.orders"), sold_items(retail_build)
+    orders, items = read(retail_build, "silver.orders"), sold_items(retail_build)  # noqa: F841 - read by DuckDB
     expected = duckdb.sql("""
         SELECT i.order_id, i.line_number, o.customer_id, i.product_id, o.status, o.order_ts,
                CAST(o.order_ts AT TIME ZONE 'UTC' AS DATE) AS order_date,
