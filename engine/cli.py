@@ -93,15 +93,16 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int) -> No
 @main.command()
 @click.argument("pipeline")
 @click.option("--select", "selection", default=None, help="Tables to run, e.g. 'silver.orders+' or '+gold.*'.")
+@click.option("--force", is_flag=True, help="Rebuild tables whose inputs did not change, reading inputs in full.")
 @click.pass_context
 @_reported
-def run(ctx: click.Context, pipeline: str, selection: str | None) -> None:
+def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
-    _run(settings, pipeline, selection)
+    _run(settings, pipeline, selection, force)
 
 
-def _run(settings: Settings, pipeline_name: str, selection: str | None) -> RunResult:
+def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     started = time.monotonic()
@@ -116,8 +117,10 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None) -> RunRe
             status.update(f"{done}/{len(tables)} tables done")
 
         status.update(f"0/{len(tables)} tables done")
-        result = Runner(pipeline, settings, on_record=progress).run(selection)
-    console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s")
+        result = Runner(pipeline, settings, on_record=progress).run(selection, force=force)
+    changed = sum(1 for r in result.records if r.status == "succeeded")
+    summary = f"{changed} tables committed" if changed else "nothing new: no table committed"
+    console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
     if not result.succeeded:
         failed = result.failures() or [r for r in result.records if r.status == "skipped"]
         raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",

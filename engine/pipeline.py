@@ -38,6 +38,8 @@ class TableDefinition:
         source: landing files an ingested (bronze) table reads.
         ray_options: Ray resource options for the table's write tasks (e.g. `{"num_cpus": 1}`).
         quality: the table's checks, run on every row it writes.
+        incremental: the function maps input rows independently (a cleaner, not an aggregate), so a run
+            passes it only the rows its inputs gained since the table was last built, when they only grew.
         description: what the table holds.
     """
 
@@ -48,6 +50,7 @@ class TableDefinition:
     source: FileSource | None = None
     ray_options: Mapping[str, Any] = field(default_factory=dict)
     quality: Quality | None = None
+    incremental: bool = False
     description: str = ""
 
     @property
@@ -91,6 +94,7 @@ class Pipeline:
         kind: WriteKindType | None = None,
         ray_options: Mapping[str, Any] | None = None,
         quality: Quality | None = None,
+        incremental: bool = False,
         description: str | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
@@ -100,6 +104,7 @@ class Pipeline:
             kind: write kind; `Overwrite()` when omitted.
             ray_options: Ray resource options for the table's tasks.
             quality: contract, expectations, references and unique keys checked on every write.
+            incremental: pass only new input rows (see `TableDefinition.incremental`).
             description: defaults to the function's docstring.
         """
 
@@ -112,6 +117,7 @@ class Pipeline:
                 function=function,
                 ray_options=dict(ray_options or {}),
                 quality=quality,
+                incremental=incremental,
                 description=description if description is not None else inspect.getdoc(function) or "",
             ))
             return function

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 FILES_KEY = "files"
 TYPES_KEY = "field_types"
+INPUTS_KEY = "input_versions"
 
 
 @dataclass
@@ -91,9 +92,15 @@ class Runner:
         self.layout = Layout.at(settings.storage.root)
         self.on_record = on_record or (lambda record: None)
         self.sinks = sinks_from_settings(settings.alerts)
+        self.force = False
 
-    def run(self, select: str | None = None, run_id: str | None = None) -> RunResult:
-        """Build the selected tables (all when None) in dependency order, one commit per table."""
+    def run(self, select: str | None = None, run_id: str | None = None, force: bool = False) -> RunResult:
+        """Build the selected tables (all when None) in dependency order, one commit per table.
+
+        A table whose inputs and referenced tables are at the versions it was last built from is left
+        `unchanged`, unless `force` is set; `force` also reads incremental tables' inputs in full.
+        """
+        self.force = force
         definitions = self.pipeline.resolve()
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         started = datetime.now(UTC)
@@ -181,9 +188,14 @@ class Runner:
         """Build one table; `checks` receives its quality results, also when the table fails."""
         assert definition.function is not None
         uri = self.layout.table(definition.name)
-        versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.inputs}
-        inputs = [delta.read_dataset(self.layout.table(t), t, versions[t]) for t in definition.inputs]
-        rows_in = sum(delta.row_count(self.layout.table(t), t, versions[t]) for t in definition.inputs)
+        versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.dependencies}
+        previous = None if self.force else delta.last_commit_value(uri, definition.name, INPUTS_KEY)
+        if versions and previous == versions:
+            return {"status": "unchanged", "input_versions": versions,
+                    "details": {"reason": "inputs unchanged since the table was last built"}}
+        reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
+        inputs = [dataset for dataset, _ in reads]
+        rows_in = sum(rows for _, rows in reads)
         output = _call(definition, inputs)
         kind = definition.kind
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, Merge) else uri
@@ -199,7 +211,7 @@ class Runner:
             raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
                                   "rows_quarantined": staged.quarantined_rows}
-        metadata = self._commit_metadata(definition, run_id, input_versions=versions)
+        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if staged.quarantine:
             delta.commit_files(self.layout.quarantine(definition.name), staged.quarantine,
                                mode="append", metadata=metadata)
@@ -217,6 +229,18 @@ class Runner:
         version = delta.commit_files(uri, staged.data, mode=kind.kind, metadata=metadata,
                                      empty_schema=empty_schema)
         return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _read_input(
+        self, definition: TableDefinition, table: str, version: int | None, built_from: int | None
+    ) -> tuple[ray.data.Dataset, int]:
+        """An input at `version` and its row count: only the rows added since `built_from` when the table
+        is incremental and the input only grew since, else all of it."""
+        uri = self.layout.table(table)
+        if definition.incremental and built_from is not None and version is not None:
+            added = delta.read_added_files(uri, table, built_from, version)
+            if added is not None:
+                return added
+        return delta.read_dataset(uri, table, version), delta.row_count(uri, table, version)
 
     def _table_checks(
         self, definition: TableDefinition, staged: StagedFiles, folder: str, rows_in: int

@@ -89,6 +89,36 @@ def read_dataset(uri: str, table: str, version: int | None = None) -> ray.data.D
     return ray.data.read_delta(uri, version=version)
 
 
+def read_added_files(uri: str, table: str, since: int, until: int) -> tuple[ray.data.Dataset, int] | None:
+    """The rows added to the table after version `since` up to `until`, and their count.
+
+    Returns None when those versions did more than add files (an overwrite, merge or delete rewrote
+    or removed data), so the caller must read the table in full.
+    """
+    before = set(open_table(uri, table, since).file_uris())
+    now = open_table(uri, table, until)
+    if not before <= set(now.file_uris()):
+        return None
+    actions = pa.table(now.get_add_actions(flatten=True)).select(["path", "num_records"]).to_pylist()
+    added = [a for a in actions if f"{uri}/{a['path']}" not in before]
+    schema = pa.schema(now.schema().to_arrow())
+    if not added:
+        return ray.data.from_arrow(schema.empty_table()), 0
+    paths = [f"{uri}/{a['path']}" for a in added]
+    return ray.data.read_parquet(paths, schema=schema), sum(a["num_records"] or 0 for a in added)
+
+
+def last_commit_value(uri: str, table: str, key: str) -> Any:
+    """The `medallion.<key>` value of the newest commit that has one, None when none has."""
+    if not table_exists(uri):
+        return None
+    for commit in history(uri, table):
+        value = commit_info_value(commit, key)
+        if value is not None:
+            return value
+    return None
+
+
 def history(uri: str, table: str) -> list[dict[str, Any]]:
     """Commit infos, newest first, each with its `version`."""
     return open_table(uri, table).history()

@@ -31,35 +31,35 @@ LINEAGE_COLUMNS = [SOURCE_FILE, INGESTED_AT]
 
 @retail.table("silver.customers", kind=Merge(keys=["customer_id"], sequence_by="updated_at",
                                              delete_when="op = 'd'", except_columns=["op"]),
-              quality=contracts.SILVER_CUSTOMERS)
+              quality=contracts.SILVER_CUSTOMERS, incremental=True)
 def customers(bronze_customers: Dataset) -> Dataset:
     """Current customers, CDC deletes applied."""
     return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow")
 
 
 @retail.table("silver.products", kind=Merge(keys=["product_id"], sequence_by="updated_at"),
-              quality=contracts.SILVER_PRODUCTS)
+              quality=contracts.SILVER_PRODUCTS, incremental=True)
 def products(bronze_products: Dataset) -> Dataset:
     """Current products."""
     return bronze_products.map_batches(transforms.clean_products, batch_format="pyarrow")
 
 
 @retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"),
-              quality=contracts.SILVER_ORDERS)
+              quality=contracts.SILVER_ORDERS, incremental=True)
 def orders(bronze_orders: Dataset) -> Dataset:
     """Orders with their latest status."""
     return bronze_orders.map_batches(transforms.clean_orders, batch_format="pyarrow")
 
 
 @retail.table("silver.order_items", kind=Merge(keys=["order_id", "line_number"], sequence_by="updated_at"),
-              quality=contracts.SILVER_ORDER_ITEMS)
+              quality=contracts.SILVER_ORDER_ITEMS, incremental=True)
 def order_items(bronze_order_items: Dataset) -> Dataset:
     """Order lines, latest version of each."""
     return bronze_order_items.map_batches(transforms.clean_order_items, batch_format="pyarrow")
 
 
 @retail.table("silver.events", kind=Merge(keys=["event_id"], sequence_by="event_ts"),
-              quality=contracts.SILVER_EVENTS)
+              quality=contracts.SILVER_EVENTS, incremental=True)
 def events(bronze_events: Dataset) -> Dataset:
     """Clickstream events, deduplicated, payload flattened."""
     return bronze_events.map_batches(transforms.clean_events, batch_format="pyarrow")

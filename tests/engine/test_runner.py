@@ -42,7 +42,7 @@ def build_pipeline(fail_gold: bool = False) -> Pipeline:
     pipeline = Pipeline("shop")
     pipeline.ingest("bronze.orders", FileSource("orders", "jsonl"))
 
-    @pipeline.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"))
+    @pipeline.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"), incremental=True)
     def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
         return bronze_orders.map_batches(parse_orders, batch_format="pyarrow")
 
@@ -114,18 +114,40 @@ def test_run_records_describe_every_table(root: Path) -> None:
     assert gold["pipeline"] == "shop" and gold["error"] is None and gold["finished_at"] >= gold["started_at"]
 
 
-def test_only_new_landing_files_are_ingested(root: Path) -> None:
+def versions(root: Path, *names: str) -> list[int]:
+    return [DeltaTable(Layout.at(str(root)).table(name)).version() for name in names]
+
+
+TABLES = ("bronze.orders", "silver.orders", "gold.status_counts", "gold.after_counts")
+
+
+def test_a_run_with_nothing_new_commits_nothing(root: Path) -> None:
     settings = settings_at(root)
     Runner(build_pipeline(), settings).run()
     second = Runner(build_pipeline(), settings).run()
-    assert {r.table: r.status for r in second.records}["bronze.orders"] == "unchanged"
+    assert second.succeeded
+    assert {r.table: r.status for r in second.records} == dict.fromkeys(TABLES, "unchanged")
+    assert versions(root, *TABLES) == [0, 0, 0, 0]
+    forced = Runner(build_pipeline(), settings).run(select="silver.orders+", force=True)
+    assert [r.status for r in forced.records] == ["succeeded"] * 3
+    assert versions(root, *TABLES[1:]) == [1, 1, 1]
+    assert next(r for r in forced.records if r.table == "silver.orders").rows_in == 5
+
+
+def test_only_new_landing_files_are_ingested_and_only_new_rows_reach_silver(root: Path) -> None:
+    settings = settings_at(root)
+    Runner(build_pipeline(), settings).run()
     write_orders(root, "orders-3.jsonl", [{"order_id": 3, "status": "placed", "updated_at": "2026-01-03T00:00:00Z"}])
     third = Runner(build_pipeline(), settings).run()
+    records = {r.table: r for r in third.records}
     bronze = table(root, "bronze.orders")
     assert bronze.num_rows == 6
     assert sorted(set(bronze.column(SOURCE_FILE).to_pylist())) == ["orders-1.jsonl", "orders-2.jsonl", "orders-3.jsonl"]
-    assert next(r for r in third.records if r.table == "bronze.orders").rows_written == 1
+    assert records["bronze.orders"].rows_written == 1
+    assert (records["silver.orders"].rows_in, records["silver.orders"].rows_quarantined) == (1, 0)
     assert sorted(table(root, "silver.orders").column("order_id").to_pylist()) == [1, 2, 3]
+    quarantine = DeltaTable(Layout.at(str(root)).quarantine("silver.orders")).to_pyarrow_table()
+    assert quarantine.num_rows == 1
 
 
 def test_a_landing_file_changed_after_ingestion_is_reported_not_ingested_again(root: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 import ray.data
 from deltalake import DeltaTable
 
-from engine import FileSource, Overwrite, Pipeline, Runner, RunResult
+from engine import FileSource, Merge, Overwrite, Pipeline, Runner, RunResult
 from engine.columns import REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 from engine.quality.checks import Expect, Quality
 from engine.runlog import RunRecord, read_records
@@ -33,8 +33,8 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 EXTENSIONS = {"customers": "jsonl", "products": "csv", "orders": "jsonl", "order_items": "csv", "events": "jsonl"}
 
 
-def _device(os: str, browser: str) -> dict[str, str]:
-    return {"os": os, "browser": browser}
+def _device(system: str, browser: str) -> dict[str, str]:
+    return {"os": system, "browser": browser}
 
 
 BASELINE: dict[str, list[dict[str, Any]]] = {
@@ -94,7 +94,8 @@ NEW_RECORD: dict[str, dict[str, Any]] = {
     "order_items": {"order_id": 3, "line_number": 2, "product_id": 2, "quantity": 1, "unit_price": 25.0,
                     "updated_at": "2026-01-03T12:00:00Z"},
     "events": {"event_id": "e4", "customer_id": 2, "session_id": "s3", "event_type": "checkout",
-               "event_ts": "2026-01-03T09:29:00Z", "payload": {"page": "/checkout", "device": _device("mac", "chrome")}},
+               "event_ts": "2026-01-03T09:29:00Z",
+               "payload": {"page": "/checkout", "device": _device("mac", "chrome")}},
 }
 """One more valid record per source, with a key the baseline does not use: the carrier of a defect."""
 
@@ -120,11 +121,16 @@ def baseline_lines(source: str) -> list[str]:
     return header + [line(source, record) for record in BASELINE[source]]
 
 
+def file_name(source: str, number: int = 1) -> str:
+    """`<source>-<number>.<ext>`, the landing file naming of docs/retail.md (JSON lines for other sources)."""
+    return f"{source}-{number:04d}.{EXTENSIONS.get(source, 'jsonl')}"
+
+
 def land(root: Path, source: str, content: Sequence[str] | bytes, number: int = 1) -> Path:
-    """Write landing file `<source>-<number>.<ext>`: `content` lines, or exactly `content` bytes."""
+    """Write landing file `number` of `source`: `content` lines, or exactly `content` bytes."""
     folder = root / "landing" / source
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{source}-{number:04d}.{EXTENSIONS.get(source, 'jsonl')}"
+    path = folder / file_name(source, number)
     path.write_bytes(content if isinstance(content, bytes) else "".join(f"{text}\n" for text in content).encode())
     return path
 
@@ -154,10 +160,19 @@ def read(root: Path, table: str) -> pa.Table:
     return DeltaTable(Layout.at(str(root)).table(table)).to_pyarrow_table()
 
 
+def frame(root: Path, table: str) -> pl.DataFrame:
+    """The latest version of `table` as a polars frame."""
+    data = pl.from_arrow(read(root, table))
+    assert isinstance(data, pl.DataFrame)
+    return data
+
+
 def quarantine(root: Path, table: str) -> pa.Table:
     """The quarantined rows of `table`; an empty table when none was ever quarantined."""
     uri = Layout.at(str(root)).quarantine(table)
-    return DeltaTable(uri).to_pyarrow_table() if table_exists(uri) else pa.table({REJECTED_REASON: pa.array([], pa.string())})
+    if not table_exists(uri):
+        return pa.table({REJECTED_REASON: pa.array([], pa.string())})
+    return DeltaTable(uri).to_pyarrow_table()
 
 
 def assert_accounted(
@@ -248,7 +263,7 @@ def test_a_defective_record_is_kept_in_bronze_and_quarantined_in_silver_with_its
     records = len(BASELINE[defect.source]) + 1
     assert_accounted(root, result, table, landed=records, written=records - 1, quarantined=1)
     assert reasons(root, table) == [defect.reason]
-    assert quarantine(root, table).column(SOURCE_FILE).to_pylist() == [f"{defect.source}-0001.{EXTENSIONS[defect.source]}"]
+    assert quarantine(root, table).column(SOURCE_FILE).to_pylist() == [file_name(defect.source)]
     rescued = read(root, f"bronze.{defect.source}").column(RESCUED_DATA).to_pylist()
     assert rescued == [None] * (records - 1) + [defect.line if defect.rescued else None]
 
@@ -294,17 +309,31 @@ def test_a_duplicate_key_keeps_the_latest_change_and_counts_the_other(
     root = landed(tmp_path, orders=[*baseline_lines("orders"), line("orders", duplicate)])
     result = run(root, "silver.orders")
     assert_accounted(root, result, "silver.orders", landed=4, written=3, duplicate=1)
-    statuses = dict(pl.from_arrow(read(root, "silver.orders")).select("order_id", "status").iter_rows())
+    statuses = dict(frame(root, "silver.orders").select("order_id", "status").iter_rows())
     assert statuses == {1: "paid", 2: "placed", 3: "shipped"}
 
 
 # Whole files
 
+NOT_UTF8 = {
+    "invalid-utf8-byte": new_line("customers", last_name="Grxn").encode().replace(b"Grxn", b"Gr\xffn") + b"\n",
+    "latin-1": (new_line("customers", first_name="Jos\u00e9") + "\n").encode("latin-1"),
+}
+"""A second customers file that is not UTF-8, by the defect's name."""
 
-@pytest.mark.parametrize("content", [
-    new_line("customers", last_name="Grxn").encode().replace(b"Grxn", b"Gr\xffn") + b"\n",
-    (new_line("customers", first_name="Jos\u00e9") + "\n").encode("latin-1"),
-], ids=["invalid-utf8-byte", "latin-1"])
+EMPTY_FILES = {
+    "jsonl-zero-bytes": ("orders", b""),
+    "jsonl-blank-lines": ("orders", b"\n  \n\n"),
+    "csv-zero-bytes": ("products", b""),
+    "csv-header-only": ("products", (baseline_lines("products")[0] + "\n").encode()),
+}
+"""A second landing file without records: (source, content), by the defect's name."""
+
+SHAPELESS_FILES = {name: file for name, file in EMPTY_FILES.items() if name != "csv-header-only"}
+"""The empty files that do not even name their columns."""
+
+
+@pytest.mark.parametrize("content", NOT_UTF8.values(), ids=NOT_UTF8.keys())
 def test_a_file_that_is_not_utf8_fails_its_bronze_table_by_name_and_is_ingested_once_re_exported(
     tmp_path: Path, content: bytes
 ) -> None:
@@ -313,7 +342,7 @@ def test_a_file_that_is_not_utf8_fails_its_bronze_table_by_name_and_is_ingested_
     land(root, "customers", content, number=2)
     result = run(root, "silver.customers", "silver.products")
     failed = record(result, "bronze.customers")
-    assert failed.status == "failed"
+    assert failed.status == "failed" and failed.error is not None
     assert "customers-0002.jsonl" in failed.error and "not valid UTF-8" in failed.error
     assert record(result, "silver.customers").status == "skipped"
     assert not table_exists(Layout.at(str(root)).table("bronze.customers"))
@@ -326,12 +355,7 @@ def test_a_file_that_is_not_utf8_fails_its_bronze_table_by_name_and_is_ingested_
     assert_accounted(root, fixed, "silver.customers", landed=4, written=4)
 
 
-@pytest.mark.parametrize(("source", "content"), [
-    ("orders", b""),
-    ("orders", b"\n  \n\n"),
-    ("products", b""),
-    ("products", b"product_id,name,category,price,updated_at\n"),
-], ids=["jsonl-zero-bytes", "jsonl-blank-lines", "csv-zero-bytes", "csv-header-only"])
+@pytest.mark.parametrize(("source", "content"), EMPTY_FILES.values(), ids=EMPTY_FILES.keys())
 def test_an_empty_landing_file_adds_no_rows_and_fails_nothing(tmp_path: Path, source: str, content: bytes) -> None:
     """An empty file next to a baseline file is ingested as zero records."""
     root = landed(tmp_path)
@@ -342,6 +366,43 @@ def test_an_empty_landing_file_adds_no_rows_and_fails_nothing(tmp_path: Path, so
     assert record(result, f"bronze.{source}").details["files_new"] == 2
 
 
+@pytest.mark.xfail(reason="Runner._ingest, unlike _transform, does not pass errors through _guarded: the "
+                          "IngestError raised in the `_read_file` Ray task reaches the run record as "
+                          "str(RayTaskError), a remote traceback with ANSI colour codes, pid and source lines, "
+                          "that never names the table (docs/architecture.md: the error names the table and the "
+                          "original exception even when it was raised inside a Ray task)", strict=True)
+def test_a_file_read_error_names_the_table_and_carries_no_remote_traceback(tmp_path: Path) -> None:
+    """The bronze error reads like every other table error: the table, then the cause."""
+    root = landed(tmp_path)
+    land(root, "customers", NOT_UTF8["latin-1"], number=2)
+    error = record(run(root, "bronze.customers"), "bronze.customers").error or ""
+    assert "`bronze.customers`" in error and "\x1b[" not in error and 'File "' not in error
+
+
+@pytest.mark.xfail(reason="engine/ingest/batch.py compares a file without records with the expected columns: "
+                          "a zero-byte or blank JSON-lines file and a zero-byte CSV file have no columns, so each "
+                          "expected column is reported as `missing column` schema drift (and under "
+                          "on_drift='fail' such a file fails its table)", strict=True)
+@pytest.mark.parametrize(("source", "content"), SHAPELESS_FILES.values(), ids=SHAPELESS_FILES.keys())
+def test_an_empty_landing_file_is_not_schema_drift(tmp_path: Path, source: str, content: bytes) -> None:
+    """A file with no records says nothing about the source's columns."""
+    root = landed(tmp_path)
+    land(root, source, content, number=2)
+    details = record(run(root, f"bronze.{source}"), f"bronze.{source}").details
+    assert "schema_drift" not in details
+
+
+@pytest.mark.xfail(reason="an ingest whose new files hold no records commits nothing (delta.commit_files returns "
+                          "None for an append without files): bronze.orders is `succeeded` with no table, the empty "
+                          "file is never checkpointed (re-read every run) and silver.orders fails with `has no "
+                          "Delta log ... run the pipeline that builds it first`", strict=True)
+def test_a_source_whose_only_file_is_empty_fails_nothing(tmp_path: Path) -> None:
+    """The first delivery of a source is an empty file: nothing to build yet, and nothing fails."""
+    land(tmp_path, "orders", b"")
+    result = run(tmp_path, "silver.orders")
+    assert result.succeeded, [r.error for r in result.failures()]
+
+
 def test_a_one_megabyte_value_is_kept_in_bronze_and_valid_in_silver(tmp_path: Path) -> None:
     """`first_name` has no length rule, so a 1 MiB name is stored as is in both layers."""
     name = "N" * 2**20
@@ -349,8 +410,7 @@ def test_a_one_megabyte_value_is_kept_in_bronze_and_valid_in_silver(tmp_path: Pa
     result = run(root, "silver.customers")
     assert_accounted(root, result, "silver.customers", landed=4, written=4)
     assert read(root, "bronze.customers").column("first_name").to_pylist()[-1] == name
-    silver = pl.from_arrow(read(root, "silver.customers")).filter(pl.col("customer_id") == 4)
-    assert silver["first_name"].item() == name
+    assert frame(root, "silver.customers").filter(pl.col("customer_id") == 4)["first_name"].item() == name
 
 
 # Enumerations
@@ -364,7 +424,7 @@ def test_an_unknown_event_type_is_kept_and_counted_by_its_warn_check(tmp_path: P
     check = next(c for c in silver.checks if c.check.startswith("event_type:isin"))
     assert (check.action, check.rows_checked, check.rows_failed) == ("warn", 4, 1)
     assert check.example is not None and '"event_type": "hover"' in check.example
-    events = dict(pl.from_arrow(read(root, "silver.events")).select("event_id", "event_type").iter_rows())
+    events = dict(frame(root, "silver.events").select("event_id", "event_type").iter_rows())
     assert events["e4"] == "hover"
     runs = read_records(Layout.at(str(root)).runs()).filter(pl.col("table") == "silver.events")
     assert json.loads(runs["details"].item())["checks"][check.check]["rows_failed"] == 1
@@ -392,7 +452,7 @@ def test_a_missing_column_is_recorded_as_drift_and_left_null(tmp_path: Path) -> 
     drift = record(result, "bronze.orders").details["schema_drift"]
     assert drift == ["orders-0002.jsonl: missing column `customer_id`"]
     assert_accounted(root, result, "silver.orders", landed=4, written=4)
-    customers = dict(pl.from_arrow(read(root, "silver.orders")).select("order_id", "customer_id").iter_rows())
+    customers = dict(frame(root, "silver.orders").select("order_id", "customer_id").iter_rows())
     assert customers == {1: 1, 2: 2, 3: 3, 4: None}
 
 
@@ -417,16 +477,20 @@ def test_a_csv_file_with_another_delimiter_lands_as_one_column_and_is_rejected_i
 
 
 def _typed_payments(batch: pa.Table) -> pa.Table:
-    return pl.from_arrow(batch).select(pl.col("payment_id").cast(pl.Int64), pl.col("amount").cast(pl.Float64)).to_arrow()
+    typed = pl.DataFrame(batch).select(pl.col("payment_id").cast(pl.Int64), pl.col("amount").cast(pl.Float64))
+    return typed.to_arrow()
 
 
-def payments_pipeline() -> Pipeline:
-    """bronze.payments -> silver.payments (an `amount >= 0` check that fails the table) -> gold.payments."""
+def payments_pipeline(kind: Overwrite | Merge | None = None) -> Pipeline:
+    """bronze.payments -> silver.payments (an `amount >= 0` check that fails the table) -> gold.payments.
+
+    `silver.payments` is an `Overwrite` table unless another `kind` is given.
+    """
     pipeline = Pipeline("payments")
     pipeline.ingest("bronze.payments", FileSource("payments", "jsonl"))
     guarded = Quality(expectations=(Expect("amount_not_negative", "amount >= 0", action="fail"),))
 
-    @pipeline.table("silver.payments", kind=Overwrite(), quality=guarded)
+    @pipeline.table("silver.payments", kind=kind or Overwrite(), quality=guarded)
     def payments(bronze_payments: ray.data.Dataset) -> ray.data.Dataset:
         return bronze_payments.map_batches(_typed_payments, batch_format="pyarrow")
 
@@ -444,7 +508,7 @@ def parquet_files(folder: str) -> set[str]:
 
 def test_a_fail_check_aborts_the_commit_and_skips_downstream(tmp_path: Path) -> None:
     """The table keeps its version, its staged files are removed, the error shows the check and the row."""
-    land(tmp_path, "payments", [json.dumps({"payment_id": 1, "amount": 10.0}), json.dumps({"payment_id": 2, "amount": 0})])
+    land(tmp_path, "payments", [json.dumps({"payment_id": i, "amount": amount}) for i, amount in ((1, 10.0), (2, 0))])
     settings = settings_at(tmp_path)
     assert Runner(payments_pipeline(), settings).run().succeeded
     land(tmp_path, "payments", [json.dumps({"payment_id": 3, "amount": -5.5})], number=2)
@@ -452,12 +516,12 @@ def test_a_fail_check_aborts_the_commit_and_skips_downstream(tmp_path: Path) -> 
 
     assert record(result, "bronze.payments").status == "succeeded"
     failed = record(result, "silver.payments")
-    assert failed.status == "failed" and failed.output_version is None
+    assert failed.status == "failed" and failed.output_version is None and failed.error is not None
     for part in ("`silver.payments`", "`amount_not_negative`", "1 of 3 rows", '"payment_id": 3', '"amount": -5.5',
                  "stays at version 0"):
         assert part in failed.error
     skipped = record(result, "gold.payments")
-    assert skipped.status == "skipped" and "`silver.payments`" in skipped.error
+    assert skipped.status == "skipped" and "`silver.payments`" in (skipped.error or "")
     layout = Layout.at(str(tmp_path))
     silver = DeltaTable(layout.table("silver.payments"))
     assert silver.version() == 0
@@ -467,3 +531,15 @@ def test_a_fail_check_aborts_the_commit_and_skips_downstream(tmp_path: Path) -> 
     runs = read_records(layout.runs()).filter(pl.col("run_id") == result.run_id)
     assert dict(runs.select("table", "status").iter_rows()) == {
         "bronze.payments": "succeeded", "silver.payments": "failed", "gold.payments": "skipped"}
+
+
+@pytest.mark.xfail(reason="Runner._transform removes a Merge table's staging folder only after the quality gate "
+                          "(the try/finally around the merge); on QualityFailed _discard deletes the staged files "
+                          "but leaves `_staging/<run_id>/silver/payments` behind (docs/architecture.md: removed "
+                          "after)", strict=True)
+def test_a_fail_check_on_a_merge_table_leaves_no_staging_folder(tmp_path: Path) -> None:
+    """The change files of an aborted merge go, with their folder."""
+    land(tmp_path, "payments", [json.dumps({"payment_id": 1, "amount": -5.5})])
+    result = Runner(payments_pipeline(Merge(keys=["payment_id"])), settings_at(tmp_path)).run()
+    assert record(result, "silver.payments").status == "failed"
+    assert not (tmp_path / "_staging").exists()
