@@ -119,7 +119,7 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
         status.update(f"0/{len(tables)} tables done")
         result = Runner(pipeline, settings, on_record=progress).run(selection, force=force)
     changed = sum(1 for r in result.records if r.status == "succeeded")
-    summary = f"{changed} tables committed" if changed else "nothing new: no table committed"
+    summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
     console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
     if not result.succeeded:
         failed = result.failures() or [r for r in result.records if r.status == "skipped"]

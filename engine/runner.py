@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -119,6 +121,7 @@ class Runner:
             self._report_quality(result.run_id, record)
             result.records.append(record)
             self.on_record(record)
+        _remove_empty_folders(self.layout.run_staging(result.run_id))
         return result
 
     def _report_quality(self, run_id: str, record: RunRecord) -> None:
@@ -167,8 +170,9 @@ class Runner:
         if not new:
             return {"status": "unchanged", "details": details}
         known_columns, known_types = _known_shape(uri, definition.name)
-        batch = read_new_files(new, source, table=definition.name, run_id=run_id, ingested_at=run_started,
-                               known_columns=known_columns, known_types=known_types)
+        batch = _guarded(definition, lambda: read_new_files(
+            new, source, table=definition.name, run_id=run_id, ingested_at=run_started,
+            known_columns=known_columns, known_types=known_types))
         if batch.drifts:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
@@ -176,7 +180,8 @@ class Runner:
         staged = self._stage(definition, batch.dataset, run_id, uri)
         metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
                                                                  TYPES_KEY: batch.types})
-        version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata)
+        version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata,
+                                     empty_schema=batch.schema, commit_empty=True)
         return {
             "output_version": version,
             "rows_in": staged.rows,
@@ -206,7 +211,10 @@ class Runner:
         try:
             gate.enforce(definition.name, checks, delta.latest_version(uri))
         except QualityFailed:
-            _discard(folder, staged.data)
+            if isinstance(kind, Merge):
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                _discard(folder, staged.data)
             _discard(self.layout.quarantine(definition.name), staged.quarantine)
             raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
@@ -330,12 +338,13 @@ def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:
 
 
 def _guarded(definition: TableDefinition, action: Callable[[], Any]) -> Any:
-    """Run `action`; any error that is not the engine's own becomes a `TableFailed` naming the table."""
+    """Run `action`; any error that is not the engine's own, or that was raised in a Ray task, becomes a
+    `TableFailed` naming the table."""
     try:
         return action()
-    except EngineError:
-        raise
     except Exception as err:
+        if isinstance(err, EngineError) and not isinstance(err, ray.exceptions.RayTaskError):
+            raise
         where = ""
         if definition.function is not None:
             where = f" in `{definition.function.__module__}.{definition.function.__qualname__}`"
@@ -371,6 +380,17 @@ def _describe(err: BaseException) -> str:
             return raised[-1].group(0)
     lines = [line for line in text.splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"
+
+
+def _remove_empty_folders(folder: str) -> None:
+    """Remove `folder`, the folders below it and its parent when they hold no file (local storage only)."""
+    if "://" in folder or not os.path.isdir(folder):
+        return
+    for current, _, _ in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(current)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(folder))
 
 
 def _discard(folder: str, files: Iterable[DataFile]) -> None:

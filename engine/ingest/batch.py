@@ -10,7 +10,7 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from engine.columns import INGESTED_AT, RUN_ID, SOURCE_FILE
+from engine.columns import INGESTED_AT, RESCUED_DATA, RUN_ID, SOURCE_FILE
 from engine.ingest.drift import SchemaDrift, apply_policy, detect_drift
 from engine.ingest.readers import json_field_types, parse_landing_text, read_text
 from engine.ingest.sources import FileSource, LandingFile
@@ -41,6 +41,15 @@ class IngestBatch:
     columns: tuple[str, ...]
     types: dict[str, str]
 
+    @property
+    def schema(self) -> pa.Schema:
+        """The bronze schema of the known columns: every source column a string, then the engine's."""
+        return pa.schema(
+            [(column, pa.string()) for column in self.columns]
+            + [(RESCUED_DATA, pa.string()), (SOURCE_FILE, pa.string()),
+               (INGESTED_AT, pa.timestamp("us", tz="UTC")), (RUN_ID, pa.string())]
+        )
+
 
 def read_new_files(
     files: Sequence[LandingFile],
@@ -61,11 +70,18 @@ def read_new_files(
         SchemaDriftError: the source's policy is `fail` and a file drifted.
     """
     reads = [_read_file.remote(file, source, run_id, ingested_at) for file in files]
-    shapes: list[FileShape] = ray.get([shape for _, shape in reads])
+    try:
+        shapes: list[FileShape] = ray.get([shape for _, shape in reads])
+    except Exception:
+        _settle([table_ref for table_ref, _ in reads])
+        raise
     expected = list(source.columns or known_columns or (shapes[0].columns if shapes else ()))
     types = dict(known_types)
     drifts, tables = [], []
     for (table_ref, _), shape in zip(reads, shapes):
+        if not shape.columns:
+            tables.append(table_ref)
+            continue
         drift = detect_drift(shape.name, _shape_table(shape), expected, types, shape.types)
         if not drift.is_empty:
             drifts.append(drift)
@@ -78,6 +94,15 @@ def read_new_files(
         types.update({column: kind for column, kind in shape.types.items() if column not in types})
         tables.append(table_ref)
     return IngestBatch(ray.data.from_arrow_refs(tables), tuple(drifts), tuple(expected), types)
+
+
+def _settle(refs: list[ray.ObjectRef]) -> None:
+    """Wait for the outcome of every read after one failed, so that no task's error goes unobserved."""
+    for ref in refs:
+        try:
+            ray.get(ref)
+        except Exception:  # noqa: BLE001 - the first failure is already being raised
+            continue
 
 
 def _shape_table(shape: FileShape) -> pa.Table:

@@ -131,18 +131,20 @@ def commit_files(
     mode: str,
     metadata: dict[str, Any],
     empty_schema: pa.Schema | None = None,
+    commit_empty: bool = False,
 ) -> int | None:
     """Commit already written data files as one transaction; returns the new version.
 
     `mode` is `append` or `overwrite`. Added columns are merged into the table schema. With no files,
-    an append commits nothing (None is returned) and an overwrite empties the table (creating it from
-    `empty_schema` when it does not exist yet).
+    an append commits nothing (None is returned) unless `commit_empty` asks for a commit that carries
+    only its metadata, and an overwrite empties the table; a table that does not exist yet is created
+    from `empty_schema`.
     """
     actions = [
         AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in files
     ]
     exists = table_exists(uri)
-    if not actions and (mode == "append" or (not exists and empty_schema is None)):
+    if not actions and ((mode == "append" and not commit_empty) or (not exists and empty_schema is None)):
         return None
     properties = commit_metadata(metadata)
     if not exists:

@@ -71,7 +71,11 @@ class Layout:
         """`<root>/_meta/quality`, the quality metrics table."""
         return f"{self.root}/_meta/quality"
 
+    def run_staging(self, run_id: str) -> str:
+        """`<root>/_staging/<run_id>`: files written by a run before they are applied."""
+        return f"{self.root}/_staging/{run_id}"
+
     def staging(self, run_id: str, table: str) -> str:
-        """`<root>/_staging/<run_id>/<layer>/<name>`: files written by a run before they are applied."""
+        """`<root>/_staging/<run_id>/<layer>/<name>`: one table's staged files."""
         layer, name = split_table_name(table)
-        return f"{self.root}/_staging/{run_id}/{layer}/{name}"
+        return f"{self.run_staging(run_id)}/{layer}/{name}"

@@ -15,7 +15,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
 from engine.arrow import to_storage, unify
-from engine.columns import REJECTED_REASON, RUN_ID
+from engine.columns import REJECTED_REASON, RESCUED_DATA, RUN_ID
 from engine.config import StorageSettings
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult, combine_results
@@ -65,7 +65,11 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
 
 
 def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
-    """Accepted rows without the reason column, and rejected rows with it and the id of the rejecting run."""
+    """Accepted rows, and rejected rows with their reason and the id of the rejecting run.
+
+    When a table function rejects rows, accepted rows lose the reason and `_rescued_data` columns: raw
+    text of unparseable records belongs with the rejected rows only.
+    """
     if REJECTED_REASON not in table.column_names:
         return table, table.slice(0, 0)
     accepted = pc.is_null(table.column(REJECTED_REASON))
@@ -73,7 +77,8 @@ def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
     if RUN_ID in rejected.column_names:
         rejected = rejected.drop_columns([RUN_ID])
     rejected = rejected.append_column(RUN_ID, pa.array([run_id] * rejected.num_rows, pa.string()))
-    return table.filter(accepted).drop_columns([REJECTED_REASON]), rejected
+    dropped = [c for c in (REJECTED_REASON, RESCUED_DATA) if c in table.column_names]
+    return table.filter(accepted).drop_columns(dropped), rejected
 
 
 @dataclass

@@ -16,11 +16,12 @@ from functools import partial
 import polars as pl
 import pyarrow as pa
 
-from engine.columns import INGESTED_AT, REJECTED_REASON, SOURCE_FILE
+from engine.columns import INGESTED_AT, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
 DATE_FORMAT = "%Y-%m-%d"
+UNPARSEABLE = "record could not be parsed (its raw text is in _rescued_data)"
 CDC_OPS = ("c", "u", "d")
 ORDER_STATUSES = ("placed", "paid", "shipped", "delivered", "cancelled")
 PAYLOAD_PATHS = {
@@ -34,8 +35,9 @@ _INT, _FLOAT, _TEXT, _DATE = pa.int64(), pa.float64(), pa.string(), pa.date32()
 
 
 def _cleaned_schema(**fields: pa.DataType) -> pa.Schema:
-    """Schema of a cleaner's output: ``fields`` in order, the bronze lineage, then the reason."""
-    lineage = {SOURCE_FILE: _TEXT, INGESTED_AT: UTC_MICROS, REJECTED_REASON: _TEXT}
+    """Schema of a cleaner's output: ``fields`` in order, the bronze lineage, the raw text of a record that
+    could not be parsed (null otherwise; the engine keeps it only on quarantined rows), then the reason."""
+    lineage = {SOURCE_FILE: _TEXT, INGESTED_AT: UTC_MICROS, RESCUED_DATA: _TEXT, REJECTED_REASON: _TEXT}
     return pa.schema({**fields, **lineage})
 
 
@@ -91,7 +93,7 @@ def _tidy_text(text: pl.Expr) -> pl.Expr:
 def _raw_frame(bronze: pa.Table, columns: Iterable[str]) -> pl.DataFrame:
     """Bronze rows with ``columns`` tidied (see ``_tidy_text``), absent columns added as null."""
     frame = pl.DataFrame(bronze)
-    absent = [name for name in columns if name not in frame.columns]
+    absent = [name for name in [*columns, RESCUED_DATA] if name not in frame.columns]
     frame = frame.with_columns(pl.lit(None, pl.String).alias(name) for name in absent)
     return frame.with_columns(_tidy_text(pl.col(name)).alias(name) for name in columns)
 
@@ -145,7 +147,7 @@ def _unknown_value(allowed: Sequence[str], name: str, value: pl.Expr) -> pl.Expr
 
 def _source_columns(schema: pa.Schema) -> list[str]:
     """Names of ``schema``'s columns that come straight from a bronze field of the same name."""
-    return [name for name in schema.names if name not in (SOURCE_FILE, INGESTED_AT, REJECTED_REASON)]
+    return [name for name in schema.names if name not in (SOURCE_FILE, INGESTED_AT, RESCUED_DATA, REJECTED_REASON)]
 
 
 def _validated(
@@ -158,7 +160,7 @@ def _validated(
     """
     columns = [schema.field(name) for name in _source_columns(schema)]
     typed = {field.name: _parse(pl.col(field.name), field.type) for field in columns}
-    reasons = []
+    reasons = [pl.when(pl.col(RESCUED_DATA).is_not_null()).then(pl.lit(UNPARSEABLE))]
     for field in columns:
         if field.name in required:
             reasons.append(_missing(field.name))

@@ -49,10 +49,14 @@ def test_history_lists_versions_with_run_and_rows(demo_root: Path) -> None:
     assert f"{rows:,}" in output
 
 
-def test_run_with_a_selection_reports_each_table(demo_root: Path) -> None:
+def test_run_with_a_selection_reports_each_table_and_commits_only_what_changed(demo_root: Path) -> None:
     code, output = invoke(demo_root, "run", "retail", "--select", "gold.customer_daily+")
     assert code == 0, output
     assert "gold.customer_daily" in output and "bronze.orders" not in output
+    assert "unchanged" in output and "nothing new: no table committed" in output
+    assert DeltaTable(str(demo_root / "gold" / "customer_daily")).version() == 0
+    code, output = invoke(demo_root, "run", "retail", "--select", "gold.customer_daily+", "--force")
+    assert code == 0 and "1 table(s) committed" in output
     assert DeltaTable(str(demo_root / "gold" / "customer_daily")).version() == 1
 
 

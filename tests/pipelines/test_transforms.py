@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from engine.columns import INGESTED_AT, REJECTED_REASON, SOURCE_FILE
+from engine.columns import INGESTED_AT, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 from pipelines.retail.transforms import (
     ACTIVITY_SCHEMA,
     CUSTOMER_DAILY_SCHEMA,
@@ -35,7 +35,7 @@ from tests.pipelines.reference import (
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 INGESTED = dt.datetime(2026, 6, 1, 8, 0, tzinfo=dt.UTC)
-LINEAGE = [SOURCE_FILE, INGESTED_AT, REJECTED_REASON]
+LINEAGE = [SOURCE_FILE, INGESTED_AT, RESCUED_DATA, REJECTED_REASON]
 
 
 def utc(*parts: int) -> dt.datetime:
@@ -114,6 +114,7 @@ def test_clean_customers_types_tidies_and_explains() -> None:
         "op": "c",
         SOURCE_FILE: "source-0001.json",
         INGESTED_AT: INGESTED,
+        RESCUED_DATA: None,
         REJECTED_REASON: None,
     }
     assert column(cleaned, "customer_id")[:3] == [42, None, 7]
