@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 FILES_KEY = "files"
 TYPES_KEY = "field_types"
 INPUTS_KEY = "input_versions"
+ATTEMPT_KEY = "attempt"
 
 
 @dataclass
@@ -221,8 +224,7 @@ class Runner:
                                   "rows_quarantined": staged.quarantined_rows}
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if staged.quarantine:
-            delta.commit_files(self.layout.quarantine(definition.name), staged.quarantine,
-                               mode="append", metadata=metadata)
+            self._commit_quarantine(definition, staged, metadata | {ATTEMPT_KEY: _attempt(versions, uri)})
         if isinstance(kind, Merge):
             try:
                 changes = _read_staged(folder, staged)
@@ -237,6 +239,16 @@ class Runner:
         version = delta.commit_files(uri, staged.data, mode=kind.kind, metadata=metadata,
                                      empty_schema=empty_schema)
         return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any]) -> None:
+        """Append the rejected rows, unless an earlier attempt at the same work (same input versions, same
+        table version) already did and then died before committing the table."""
+        uri = self.layout.quarantine(definition.name)
+        if delta.last_commit_value(uri, definition.name, ATTEMPT_KEY) == metadata[ATTEMPT_KEY]:
+            log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
+            _discard(uri, staged.quarantine)
+            return
+        delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata)
 
     def _read_input(
         self, definition: TableDefinition, table: str, version: int | None, built_from: int | None
@@ -380,6 +392,12 @@ def _describe(err: BaseException) -> str:
             return raised[-1].group(0)
     lines = [line for line in text.splitlines() if line.strip()]
     return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"
+
+
+def _attempt(input_versions: dict[str, int | None], uri: str) -> str:
+    """Identifies one piece of work on a table: its input versions and the table version it starts from."""
+    work = {"inputs": input_versions, "table_version": delta.latest_version(uri)}
+    return hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _remove_empty_folders(folder: str) -> None:

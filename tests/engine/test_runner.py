@@ -264,3 +264,26 @@ def test_schema_drift_fail_stops_ingestion_and_names_the_file_and_column(root: P
     assert "orders-3.jsonl" in bronze.error and "new column `coupon`" in bronze.error
     assert "`evolve`" in bronze.error and "`rescue`" in bronze.error
     assert not Path(Layout.at(str(root)).table("bronze.orders"), "_delta_log").exists()
+
+
+def test_a_run_that_died_after_quarantining_does_not_quarantine_twice(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.tables import delta
+
+    settings = settings_at(root)
+    merge = delta.merge_changes
+
+    def die(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("process killed")
+
+    monkeypatch.setattr(delta, "merge_changes", die)
+    crashed = Runner(build_pipeline(), settings).run(select="+silver.orders")
+    assert [r.status for r in crashed.records] == ["succeeded", "failed"]
+    quarantine_uri = Layout.at(str(root)).quarantine("silver.orders")
+    assert DeltaTable(quarantine_uri).to_pyarrow_table().num_rows == 1
+    monkeypatch.setattr(delta, "merge_changes", merge)
+    resumed = Runner(build_pipeline(), settings).run(select="+silver.orders")
+    assert [r.status for r in resumed.records] == ["unchanged", "succeeded"]
+    assert DeltaTable(quarantine_uri).to_pyarrow_table().num_rows == 1
+    assert sorted(table(root, "silver.orders").column("order_id").to_pylist()) == [1, 2]
