@@ -9,6 +9,8 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
+import ray
 import ray.data
 from deltalake import DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -104,8 +106,14 @@ def read_added_files(uri: str, table: str, since: int, until: int) -> tuple[ray.
     schema = pa.schema(now.schema().to_arrow())
     if not added:
         return ray.data.from_arrow(schema.empty_table()), 0
-    paths = [f"{uri}/{a['path']}" for a in added]
-    return ray.data.read_parquet(paths, schema=schema), sum(a["num_records"] or 0 for a in added)
+    blocks = [_read_data_file.remote(f"{uri}/{a['path']}", schema) for a in added]
+    return ray.data.from_arrow_refs(blocks), sum(a["num_records"] or 0 for a in added)
+
+
+@ray.remote
+def _read_data_file(path: str, schema: pa.Schema) -> pa.Table:
+    """One data file of a table, with the columns it lacks filled with nulls."""
+    return pads.dataset(path, schema=schema, format="parquet").to_table()
 
 
 def last_commit_value(uri: str, table: str, key: str) -> Any:
