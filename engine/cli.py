@@ -73,17 +73,19 @@ def main(root: str | None, config: str | None, address: str | None, verbose: boo
 @click.argument("generator", default=DEMO_PIPELINE)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Size of the data (1 = ~12k orders).")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--batch", type=int, default=None, help="Write only the K-th delivery of the feed (1, 2, ...).")
 @click.pass_context
 @_reported
-def generate(ctx: click.Context, generator: str, scale: float, seed: int) -> None:
+def generate(ctx: click.Context, generator: str, scale: float, seed: int, batch: int | None) -> None:
     """Write deterministic landing data under <root>/landing."""
-    _generate(_settings(ctx), generator, scale, seed)
+    _generate(_settings(ctx), generator, scale, seed, batch)
 
 
-def _generate(settings: Settings, generator: str, scale: float, seed: int) -> None:
+def _generate(settings: Settings, generator: str, scale: float, seed: int, batch: int | None = None) -> None:
     landing = Layout.at(settings.storage.root).landing()
+    options = {"scale": scale, "seed": seed} | ({"batch": batch} if batch is not None else {})
     try:
-        written = load_generator(generator)(landing, scale=scale, seed=seed)
+        written = load_generator(generator)(landing, **options)
     except ValueError as err:
         raise EngineError(f"cannot generate `{generator}` data: {err}") from None
     total = sum(source.records for source in written.values())

@@ -99,7 +99,7 @@ class GeneratedSource:
 
 
 def generate(
-    landing_root: str | os.PathLike, *, scale: float = 1.0, seed: int = 42
+    landing_root: str | os.PathLike, *, scale: float = 1.0, seed: int = 42, batch: int | None = None
 ) -> dict[str, GeneratedSource]:
     """Writes the retail landing files for a scale and seed.
 
@@ -110,12 +110,16 @@ def generate(
         landing_root: Folder that receives one sub-folder per source.
         scale: Size factor; scale 1 is 1,000 customers, 200 products and about 12,000 orders.
         seed: Seed of all random draws.
+        batch: Write only the ``batch``-th file (1-based) of each source, as the ``batch``-th delivery
+            of a stream, keeping the files already there; sources with fewer files write nothing.
+            Batches in order amount to the whole generation.
 
     Returns:
         Per source, in the order of ``SOURCES``: the files, record count and bytes written.
 
     Raises:
-        ValueError: If ``scale`` is not a finite number greater than 0.
+        ValueError: If ``scale`` is not a finite number greater than 0, or ``batch`` is not one of the
+            feed's batches.
     """
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number greater than 0, got {scale!r}")
@@ -131,8 +135,11 @@ def generate(
         "order_items": _order_items(rng[5], orders, products),
         "events": _events(rng[6], customers, orders, products, count["browse_sessions"]),
     }
+    batches = max(frame["_file"].n_unique() for frame in frames.values())
+    if batch is not None and not 1 <= batch <= batches:
+        raise ValueError(f"batch must be between 1 and {batches} at scale {scale}, got {batch}")
     root = Path(landing_root)
-    return {source: _write(root / source, source, frame) for source, frame in frames.items()}
+    return {source: _write(root / source, source, frame, batch) for source, frame in frames.items()}
 
 
 def _all(n: int) -> np.ndarray:
@@ -249,22 +256,27 @@ def _arrange(rng: np.random.Generator | None, frame: pl.DataFrame, bounds: np.nd
     return frame.with_columns(_file=file, _seq=pl.int_range(pl.len())).sort("_file", "_arrival", "_seq")
 
 
-def _write(folder: Path, source: str, frame: pl.DataFrame) -> GeneratedSource:
-    """Replaces the source's files in ``folder``: JSON lines from ``_line``, or CSV of the plain columns."""
+def _write(folder: Path, source: str, frame: pl.DataFrame, batch: int | None) -> GeneratedSource:
+    """Writes the source's files in ``folder`` (all of them, replacing a previous generation, or only the
+    ``batch``-th): JSON lines from ``_line``, or CSV of the plain columns."""
     ext = SOURCES[source]
     folder.mkdir(parents=True, exist_ok=True)
-    owned = re.compile(rf"{re.escape(source)}-\d+\.{ext}")
-    for path in sorted(folder.iterdir()):
-        if owned.fullmatch(path.name) and path.is_file():
-            path.unlink()
+    if batch is None:
+        owned = re.compile(rf"{re.escape(source)}-\d+\.{ext}")
+        for path in sorted(folder.iterdir()):
+            if owned.fullmatch(path.name) and path.is_file():
+                path.unlink()
     columns = [column for column in frame.columns if not column.startswith("_")] if ext == "csv" else ["_line"]
-    names = []
+    names, records = [], 0
     for number, part in enumerate(frame.partition_by("_file", maintain_order=True), start=1):
+        if batch is not None and number != batch:
+            continue
         names.append(f"{source}-{number:04d}.{ext}")
+        records += part.height
         part.select(columns).write_csv(folder / names[-1], include_header=ext == "csv",
                                        quote_style="necessary" if ext == "csv" else "never")
     size = sum((folder / name).stat().st_size for name in names)
-    return GeneratedSource(files=names, records=frame.height, bytes=size)
+    return GeneratedSource(files=names, records=records, bytes=size)
 
 
 def _customer_base(rng: np.random.Generator, n: int) -> pl.DataFrame:

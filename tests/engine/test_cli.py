@@ -67,6 +67,7 @@ def test_run_with_a_selection_reports_each_table_and_commits_only_what_changed(d
         (("run", "retail", "--select", "gold.nope"), "selection `gold.nope` matches no table"),
         (("history", "silver.nope"), "table `silver.nope` has no Delta log"),
         (("generate", "retail", "--scale", "0"), "scale must be"),
+        (("generate", "retail", "--batch", "99"), "batch must be between 1 and"),
     ],
 )
 def test_failures_exit_non_zero_with_a_one_line_reason(

@@ -296,3 +296,19 @@ def test_events_sessions_and_payload(landing) -> None:
     checkouts = {(int(r["customer_id"]), r["event_ts"]) for r in events
                  if r["event_type"] == "checkout" and r["customer_id"] is not None}
     assert len(placed & checkouts) >= 100
+
+
+def test_batches_in_order_rebuild_the_whole_generation(tmp_path: Path) -> None:
+    whole = generate(tmp_path / "whole", scale=0.05)
+    batches = max(len(source.files) for source in whole.values())
+    delivered: dict[str, int] = {}
+    for number in range(1, batches + 1):
+        for name, source in generate(tmp_path / "stream", scale=0.05, batch=number).items():
+            assert source.files == whole[name].files[number - 1:number]
+            delivered[name] = delivered.get(name, 0) + source.records
+    assert delivered == {name: source.records for name, source in whole.items()}
+    for name, source in whole.items():
+        for file in source.files:
+            assert (tmp_path / "stream" / name / file).read_bytes() == (tmp_path / "whole" / name / file).read_bytes()
+    with pytest.raises(ValueError, match=f"between 1 and {batches}"):
+        generate(tmp_path / "stream", scale=0.05, batch=batches + 1)
