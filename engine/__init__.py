@@ -4,6 +4,7 @@ from engine.config import Settings as Settings
 from engine.config import load_settings as load_settings
 from engine.errors import EngineError as EngineError
 from engine.ingest.sources import FileSource as FileSource
+from engine.kinds import SCD2 as SCD2
 from engine.kinds import Append as Append
 from engine.kinds import Merge as Merge
 from engine.kinds import Overwrite as Overwrite

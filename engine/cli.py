@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -11,8 +13,10 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.status import Status
 from rich.table import Table
 
+from engine.capacity import reserved_capacity
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
@@ -96,37 +100,91 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
 @click.argument("pipeline")
 @click.option("--select", "selection", default=None, help="Tables to run, e.g. 'silver.orders+' or '+gold.*'.")
 @click.option("--force", is_flag=True, help="Rebuild tables whose inputs did not change, reading inputs in full.")
+@click.option("--full-refresh", is_flag=True,
+              help="Empty the selected derived tables and rebuild them from their inputs (bronze is kept).")
+@click.option("--watch", "watch_interval", type=float, default=None, metavar="SECONDS",
+              help="Keep processing newly landed files every SECONDS until SIGTERM or Ctrl-C.")
 @click.pass_context
 @_reported
-def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool) -> None:
+def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,
+        watch_interval: float | None) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
-    _run(settings, pipeline, selection, force)
+    if watch_interval is not None and watch_interval <= 0:
+        raise EngineError(f"--watch takes a positive number of seconds, not {watch_interval}")
+    _run(settings, pipeline, selection, force, full_refresh, watch_interval)
 
 
-def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False) -> RunResult:
+def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False,
+         full_refresh: bool = False, watch_interval: float | None = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
-    started = time.monotonic()
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
-    with ray_session(settings.ray), console.status("starting Ray") as status:
-        done = 0
+    with ray_session(settings.ray):
+        if watch_interval is None:
+            with reserved_capacity(pipeline, settings, selection) as reservation, \
+                    console.status("starting Ray") as status:
+                if reservation:
+                    console.print(reservation.describe(), soft_wrap=True)
+                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status)),
+                                 selection, force=force, full_refresh=full_refresh)
+        return _watch(Runner(pipeline, settings), len(tables), selection, watch_interval, force=force,
+                      full_refresh=full_refresh)
 
-        def progress(record: RunRecord) -> None:
-            nonlocal done
-            done += 1
-            _print_record(record, done, len(tables))
-            status.update(f"{done}/{len(tables)} tables done")
 
-        status.update(f"0/{len(tables)} tables done")
-        result = Runner(pipeline, settings, on_record=progress).run(selection, force=force)
+def _progress(total: int, status: Status | None = None, quiet: bool = False) -> Callable[[RunRecord], None]:
+    """Prints each table's record as it comes (`quiet`: only those that did something)."""
+    done = 0
+    if status is not None:
+        status.update(f"0/{total} tables done")
+
+    def report(record: RunRecord) -> None:
+        nonlocal done
+        done += 1
+        if not quiet or record.status != "unchanged":
+            _print_record(record, done, total)
+        if status is not None:
+            status.update(f"{done}/{total} tables done")
+
+    return report
+
+
+def _run_once(runner: Runner, selection: str | None, *, force: bool = False, full_refresh: bool = False,
+              stop: Callable[[], bool] | None = None, quiet: bool = False) -> RunResult:
+    started = time.monotonic()
+    result = runner.run(selection, force=force, full_refresh=full_refresh, stop=stop)
     changed = sum(1 for r in result.records if r.status == "succeeded")
     summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
-    console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
+    if changed or not quiet:
+        console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
     if not result.succeeded:
         failed = result.failures() or [r for r in result.records if r.status == "skipped"]
         raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",
                         table=failed[0].table, run_id=result.run_id)
+    return result
+
+
+def _watch(runner: Runner, tables: int, selection: str | None, interval: float, *, force: bool,
+           full_refresh: bool) -> RunResult:
+    """Micro-batches until SIGTERM or SIGINT: a signal lets the running table commit, then stops. Only
+    micro-batches that commit something are reported."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    console.print(f"watching for new landing files every {interval:g}s; stop with SIGTERM or Ctrl-C")
+    batches = 0
+    try:
+        while True:
+            runner.on_record = _progress(tables, quiet=True)
+            result = _run_once(runner, selection, force=force, full_refresh=full_refresh, stop=stop.is_set,
+                               quiet=True)
+            batches += 1
+            force = full_refresh = False
+            if stop.wait(interval):
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    console.print(f"stopped after {batches} micro-batch(es)" + (", the last one cut short" if result.stopped else ""))
     return result
 
 

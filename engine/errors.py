@@ -58,5 +58,10 @@ class SchemaDriftError(IngestError):
     """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 
 
+class CommitConflict(EngineError):
+    """Another writer committed the same batch of a table first; this writer's work was discarded."""
+
+
 class RunFailed(EngineError):
     """A run finished with at least one failed table."""
+

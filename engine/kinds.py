@@ -50,12 +50,57 @@ class Merge(_Kind):
         return self
 
 
-WriteKind = Annotated[Append | Overwrite | Merge, Field(discriminator="kind")]
+class SCD2(_Kind):
+    """Keep the history of each key (slowly changing dimension, type 2) from a feed of changes.
+
+    Each version of a key is a row with `valid_from` (the `sequence_by` value of the change that opened
+    it), `valid_to` (the one that closed it, null while current) and `is_current`. A change to a tracked
+    column opens a version; a change to untracked columns only updates the open version in place; a
+    delete closes the current version; a key that comes back after a delete opens a new one. Every change
+    is kept beside the table, so late changes rewrite the key's history exactly and replayed changes
+    produce nothing new.
+
+    Attributes:
+        keys: columns that identify an entity.
+        sequence_by: column that orders changes of one key; it becomes `valid_from` / `valid_to`.
+        tracked_columns: columns whose changes open a version; None tracks every stored column.
+        delete_when: SQL predicate over the incoming rows that marks a delete (e.g. `op = 'd'`).
+        except_columns: incoming columns used only to steer the changes, not stored (e.g. `op`).
+    """
+
+    kind: Literal["scd2"] = "scd2"
+    keys: list[str] = Field(min_length=1)
+    sequence_by: str
+    tracked_columns: list[str] | None = None
+    delete_when: str | None = None
+    except_columns: list[str] = []
+
+    @model_validator(mode="after")
+    def _columns_are_consistent(self) -> SCD2:
+        if self.sequence_by in self.keys:
+            raise ValueError(f"sequence_by `{self.sequence_by}` cannot also be a key")
+        steering = [c for c in self.except_columns if c in self.keys or c == self.sequence_by]
+        untrackable = [c for c in self.tracked_columns or [] if c in self.keys or c in self.except_columns
+                       or c in SCD2_COLUMNS]
+        if steering:
+            raise ValueError(f"except_columns {steering} name a key or sequence_by column, which must be stored")
+        if untrackable:
+            raise ValueError(f"tracked_columns {untrackable} name a key, an except column or a history column")
+        return self
+
+
+SCD2_COLUMNS = ("valid_from", "valid_to", "is_current")
+"""The history columns an `SCD2` table adds to the stored columns."""
+
+ChangeKind = Merge | SCD2
+"""Kinds applied from a feed of changes, staged first and then applied by key."""
+
+WriteKind = Annotated[Append | Overwrite | Merge | SCD2, Field(discriminator="kind")]
 """Any write kind; parse one from configuration with `parse_kind`."""
 
-_KIND_ADAPTER: TypeAdapter[Append | Overwrite | Merge] = TypeAdapter(WriteKind)
+_KIND_ADAPTER: TypeAdapter[Append | Overwrite | Merge | SCD2] = TypeAdapter(WriteKind)
 
 
-def parse_kind(value: dict[str, object]) -> Append | Overwrite | Merge:
+def parse_kind(value: dict[str, object]) -> Append | Overwrite | Merge | SCD2:
     """A write kind from its dictionary form, e.g. `{"kind": "merge", "keys": ["id"]}`."""
     return _KIND_ADAPTER.validate_python(value)

@@ -52,6 +52,7 @@ def co_partition(
 
     `function` receives one Arrow table per input, as keyword arguments named like `inputs` (plus
     `fn_kwargs`): the rows of every input whose keys hash to that partition. The inputs are executed here.
+    When no input has even a schema (each read a table without data files), `function` is not called.
     """
     partitions = num_partitions or default_partitions()
     pieces: dict[str, list[list[ray.ObjectRef]]] = {}
@@ -95,6 +96,8 @@ def partition_of(table: pa.Table, keys: Sequence[str], partitions: int) -> np.nd
 def _split_block(block: pa.Table, keys: list[str], partitions: int) -> tuple[pa.Table, ...] | pa.Table:
     if partitions == 1:
         return block
+    if block.num_rows == 0:
+        return (block,) * partitions
     numbers = partition_of(block, keys, partitions)
     order = np.argsort(numbers, kind="stable")
     bounds = np.searchsorted(numbers[order], np.arange(partitions + 1))
@@ -115,4 +118,6 @@ def _apply(
         parts = [part for part in pieces[start:start + count] if part.num_columns]
         start += count
         tables[name] = pa.concat_tables(parts, promote_options="permissive") if parts else empties[name]
+    if not any(table.num_columns for table in tables.values()):
+        return pa.table({})
     return function(**tables, **fn_kwargs)

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.ingest.sources import FileSource
-from engine.kinds import Append, Merge, Overwrite
+from engine.kinds import SCD2, Append, Merge, Overwrite
 from engine.quality.checks import Quality
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
-WriteKindType = Append | Overwrite | Merge
+WriteKindType = Append | Overwrite | Merge | SCD2
 
 
 def parameter_name(table: str) -> str:

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,21 +21,22 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray.data
 import ray.exceptions
+from deltalake.transaction import Transaction
 
 from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
 from engine.columns import REJECTED_REASON
 from engine.config import Settings
-from engine.errors import EngineError, QualityFailed, TableFailed
+from engine.errors import CommitConflict, EngineError, QualityFailed, TableFailed
 from engine.ingest.batch import read_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
-from engine.kinds import Merge
+from engine.kinds import SCD2, ChangeKind
 from engine.pipeline import Pipeline, TableDefinition
 from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
-from engine.tables import delta
+from engine.tables import changelog, delta, scd2
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
 from engine.tables.staging import StagedFiles, StagingDatasink
@@ -55,12 +56,14 @@ class RunResult:
     Attributes:
         run_id: the run's id.
         pipeline: the pipeline's name.
-        records: one record per selected table, in execution order.
+        records: one record per table run, in execution order.
+        stopped: the run was asked to stop before every selected table was run.
     """
 
     run_id: str
     pipeline: str
     records: list[RunRecord] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -98,19 +101,34 @@ class Runner:
         self.on_record = on_record or (lambda record: None)
         self.sinks = sinks_from_settings(settings.alerts)
         self.force = False
+        self.full_refresh = False
 
-    def run(self, select: str | None = None, run_id: str | None = None, force: bool = False) -> RunResult:
+    def run(
+        self,
+        select: str | None = None,
+        run_id: str | None = None,
+        force: bool = False,
+        full_refresh: bool = False,
+        stop: Callable[[], bool] | None = None,
+    ) -> RunResult:
         """Build the selected tables (all when None) in dependency order, one commit per table.
 
         A table whose inputs and referenced tables are at the versions it was last built from is left
         `unchanged`, unless `force` is set; `force` also reads incremental tables' inputs in full.
+        `full_refresh` rebuilds the selected derived tables from their inputs alone, emptying them (and
+        their change logs) first; ingested tables keep what they hold. When `stop` returns True before a
+        table starts, the run ends there (`RunResult.stopped`); a table once started is committed whole.
         """
-        self.force = force
+        self.force = force or full_refresh
+        self.full_refresh = full_refresh
         definitions = self.pipeline.resolve()
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         started = datetime.now(UTC)
         not_built: set[str] = set()
         for name in self.pipeline.select(select):
+            if stop is not None and stop():
+                result.stopped = True
+                break
             definition = definitions[name]
             blocked = [t for t in definition.dependencies if t in not_built]
             if blocked:
@@ -159,6 +177,11 @@ class Runner:
     def _commit_metadata(self, definition: TableDefinition, run_id: str, **extra: Any) -> dict[str, Any]:
         return {"run_id": run_id, "pipeline": self.pipeline.name, "table": definition.name} | extra
 
+    def _transaction(self, uri: str, table: str, suffix: str = "") -> Transaction:
+        """The marker of this run's commit to `table` (or to its quarantine, with `suffix`): one
+        application id per pipeline table, its version counting the table's commits."""
+        return delta.next_transaction(uri, f"medallion/{self.pipeline.name}/{table}{suffix}")
+
     def _ingest(
         self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
     ) -> dict[str, Any]:
@@ -180,11 +203,13 @@ class Runner:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
                         "; ".join(details["schema_drift"]))
+        transaction = self._transaction(uri, definition.name)
         staged = self._stage(definition, batch.dataset, run_id, uri)
         metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
                                                                  TYPES_KEY: batch.types})
-        version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata,
-                                     empty_schema=batch.schema, commit_empty=True)
+        with _discarded_on_conflict(uri, staged.data):
+            version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata,
+                                         empty_schema=batch.schema, commit_empty=True, transaction=transaction)
         return {
             "output_version": version,
             "rows_in": staged.rows,
@@ -201,12 +226,15 @@ class Runner:
         if versions and previous == versions:
             return {"status": "unchanged", "input_versions": versions,
                     "details": {"reason": "inputs unchanged since the table was last built"}}
+        if self.full_refresh:
+            self._empty(definition, run_id)
+        transaction = self._transaction(uri, definition.name)
         reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
         inputs = [dataset for dataset, _ in reads]
         rows_in = sum(rows for _, rows in reads)
         output = _call(definition, inputs)
         kind = definition.kind
-        folder = self.layout.staging(run_id, definition.name) if isinstance(kind, Merge) else uri
+        folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri
         keys = _guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
                         if definition.quality else {})
         staged = _guarded(definition, lambda: self._stage(definition, output, run_id, folder, keys))
@@ -214,7 +242,7 @@ class Runner:
         try:
             gate.enforce(definition.name, checks, delta.latest_version(uri))
         except QualityFailed:
-            if isinstance(kind, Merge):
+            if isinstance(kind, ChangeKind):
                 shutil.rmtree(folder, ignore_errors=True)
             else:
                 _discard(folder, staged.data)
@@ -225,20 +253,59 @@ class Runner:
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if staged.quarantine:
             self._commit_quarantine(definition, staged, metadata | {ATTEMPT_KEY: _attempt(versions, uri)})
-        if isinstance(kind, Merge):
+        if isinstance(kind, ChangeKind):
             try:
                 changes = _read_staged(folder, staged)
                 if changes.num_rows == 0:
                     return values | {"status": "unchanged"}
-                outcome = _guarded(definition, lambda: delta.merge_changes(uri, changes, kind, metadata=metadata))
+                return values | _guarded(definition, lambda: self._apply_changes(
+                    definition.name, kind, changes, metadata, transaction))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-            return values | {"output_version": outcome.version, "rows_written": changes.num_rows - outcome.duplicates,
-                             "rows_duplicate": outcome.duplicates, "details": {"merge": outcome.metrics}}
         empty_schema = None if staged.data else _schema_of(output)
-        version = delta.commit_files(uri, staged.data, mode=kind.kind, metadata=metadata,
-                                     empty_schema=empty_schema)
+        mode = "overwrite" if self.full_refresh else kind.kind
+        with _discarded_on_conflict(uri, staged.data):
+            version = delta.commit_files(uri, staged.data, mode=mode, metadata=metadata,
+                                         empty_schema=empty_schema, transaction=transaction)
         return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _empty(self, definition: TableDefinition, run_id: str) -> None:
+        """Before a full refresh, empty a table's quarantine and, for a change-fed table, the table and its
+        change log. The emptying commit records that the table was built from no input, so a run that dies
+        right after still rebuilds it whole."""
+        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: {}, "full_refresh": True})
+        emptied = [self.layout.quarantine(definition.name)]
+        if isinstance(definition.kind, ChangeKind):
+            emptied = [self.layout.table(definition.name), self.layout.changes(definition.name), *emptied]
+        for uri in emptied:
+            if delta.table_exists(uri):
+                delta.commit_files(uri, [], mode="overwrite", metadata=metadata)
+
+    def _apply_changes(
+        self, table: str, kind: ChangeKind, changes: pa.Table, metadata: dict[str, Any], transaction: Transaction
+    ) -> dict[str, Any]:
+        """Apply a batch of changes to a `Merge` or `SCD2` table; the values of its run record."""
+        uri, log_uri = self.layout.table(table), self.layout.changes(table)
+        if isinstance(kind, SCD2):
+            history = scd2.apply_changes(uri, log_uri, table, changes, kind, metadata=metadata,
+                                         transaction=transaction)
+            return {"output_version": history.version, "rows_written": history.rows_upserted,
+                    "rows_duplicate": changes.num_rows - history.changes_logged,
+                    "status": "succeeded" if history.version is not None else "unchanged",
+                    "details": {"history": {"changes_logged": history.changes_logged,
+                                            "rows_removed": history.rows_removed}}}
+        received = changes.num_rows
+        if kind.delete_when and kind.sequence_by:
+            changes = changelog.flag_deletes(changes, kind.delete_when)
+            deletes = changes.filter(changes.column(changelog.DELETED)).select([*kind.keys, kind.sequence_by])
+            changelog.record(log_uri, table, deletes, [*kind.keys, kind.sequence_by], metadata=metadata)
+            tombstones = changelog.read_for_keys(log_uri, table, changes.select(kind.keys))
+            changes = changelog.drop_superseded(changes, tombstones, kind.keys, kind.sequence_by)
+            changes = changes.drop_columns([changelog.DELETED])
+        outcome = delta.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
+        superseded = received - changes.num_rows + outcome.duplicates
+        return {"output_version": outcome.version, "rows_written": received - superseded,
+                "rows_duplicate": superseded, "details": {"merge": outcome.metrics}}
 
     def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any]) -> None:
         """Append the rejected rows, unless an earlier attempt at the same work (same input versions, same
@@ -248,7 +315,8 @@ class Runner:
             log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
             _discard(uri, staged.quarantine)
             return
-        delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata)
+        delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata,
+                           transaction=self._transaction(uri, definition.name, "/quarantine"))
 
     def _read_input(
         self, definition: TableDefinition, table: str, version: int | None, built_from: int | None
@@ -269,7 +337,7 @@ class Runner:
         quality = definition.quality
         if quality is None:
             return list(staged.checks)
-        unique = [] if isinstance(definition.kind, Merge) else gate.unique_check(
+        unique = [] if isinstance(definition.kind, ChangeKind) else gate.unique_check(
             definition.name, quality, folder, staged.data)
         conservation = gate.conservation_check(definition.name, quality, rows_in, staged.rows,
                                                staged.quarantined_rows)
@@ -398,6 +466,16 @@ def _attempt(input_versions: dict[str, int | None], uri: str) -> str:
     """Identifies one piece of work on a table: its input versions and the table version it starts from."""
     work = {"inputs": input_versions, "table_version": delta.latest_version(uri)}
     return hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _discarded_on_conflict(folder: str, files: Iterable[DataFile]) -> Iterator[None]:
+    """Delete the staged `files` when their commit loses to another writer's."""
+    try:
+        yield
+    except CommitConflict:
+        _discard(folder, files)
+        raise
 
 
 def _remove_empty_folders(folder: str) -> None:

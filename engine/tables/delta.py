@@ -13,11 +13,12 @@ import pyarrow.dataset as pads
 import ray
 import ray.data
 from deltalake import DeltaTable, Field, Schema, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
-from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
+from deltalake.table import TableMerger
+from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 
 from engine.arrow import storage_schema, to_storage, unify
-from engine.errors import TableFailed, TableNotFound
+from engine.errors import CommitConflict, TableFailed, TableNotFound
 from engine.kinds import Merge
 from engine.tables.files import DataFile
 
@@ -40,9 +41,40 @@ class MergeOutcome:
     metrics: dict[str, Any]
 
 
-def commit_metadata(values: dict[str, Any]) -> CommitProperties:
-    """Commit properties carrying `values` as `medallion.<key>` entries of the commit info."""
-    return CommitProperties(custom_metadata={METADATA_PREFIX + k: v for k, v in values.items()})
+def commit_metadata(values: dict[str, Any], transaction: Transaction | None = None) -> CommitProperties:
+    """Commit properties carrying `values` as `medallion.<key>` entries of the commit info, and the
+    application transaction marker `transaction` when given (only ever on a table's data commit)."""
+    return CommitProperties(custom_metadata={METADATA_PREFIX + k: v for k, v in values.items()},
+                            app_transactions=[transaction] if transaction else None)
+
+
+def next_transaction(uri: str, app_id: str) -> Transaction:
+    """The application transaction marker for the next commit of `app_id` to the table at `uri`: the
+    last committed version for that app plus one (1 for a new table or app)."""
+    last = DeltaTable(uri).transaction_version(app_id) if table_exists(uri) else None
+    return Transaction(app_id, (last or 0) + 1)
+
+
+def ensure_not_committed(table: DeltaTable, transaction: Transaction | None) -> None:
+    """Raise when the table already holds a commit of `transaction`'s app at its version or later.
+
+    Raises:
+        CommitConflict: another writer committed this batch first.
+    """
+    if transaction is None:
+        return
+    committed = table.transaction_version(transaction.app_id)
+    if committed is not None and committed >= transaction.version:
+        raise _conflict(table.table_uri, transaction, committed)
+
+
+def _conflict(uri: str, transaction: Transaction, committed: int | None = None) -> CommitConflict:
+    seen = f" (it is at {committed})" if committed is not None else ""
+    return CommitConflict(
+        f"batch {transaction.version} of `{transaction.app_id}` was already committed to `{uri}` by another "
+        f"writer{seen}; this writer's work was discarded; run again to process what is still new",
+        path=uri,
+    )
 
 
 def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
@@ -140,13 +172,18 @@ def commit_files(
     metadata: dict[str, Any],
     empty_schema: pa.Schema | None = None,
     commit_empty: bool = False,
+    transaction: Transaction | None = None,
 ) -> int | None:
     """Commit already written data files as one transaction; returns the new version.
 
     `mode` is `append` or `overwrite`. Added columns are merged into the table schema. With no files,
     an append commits nothing (None is returned) unless `commit_empty` asks for a commit that carries
     only its metadata, and an overwrite empties the table; a table that does not exist yet is created
-    from `empty_schema`.
+    from `empty_schema`. The data commit carries `transaction`, and is refused when that batch was
+    already committed.
+
+    Raises:
+        CommitConflict: another writer committed `transaction` first.
     """
     actions = [
         AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in files
@@ -154,22 +191,28 @@ def commit_files(
     exists = table_exists(uri)
     if not actions and ((mode == "append" and not commit_empty) or (not exists and empty_schema is None)):
         return None
-    properties = commit_metadata(metadata)
+    properties = commit_metadata(metadata, transaction)
     if not exists:
         new_schema = unify([f.schema for f in files]) if files else storage_schema(empty_schema)
         create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
                                       commit_properties=properties)
         return 0
     table = DeltaTable(uri)
+    ensure_not_committed(table, transaction)
     current = pa.schema(table.schema().to_arrow())
     if files:
         new_schema = unify([f.schema for f in files])
     else:
         new_schema = storage_schema(empty_schema) if empty_schema is not None else current
     if mode == "append":
-        add_missing_columns(table, new_schema, properties)
+        add_missing_columns(table, new_schema, commit_metadata(metadata))
         new_schema = unify([current, new_schema])
-    table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
+    try:
+        table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
+    except CommitFailedError as err:
+        if transaction is not None and "Concurrent transaction" in str(err):
+            raise _conflict(uri, transaction) from err
+        raise
     return DeltaTable(uri).version()
 
 
@@ -191,32 +234,42 @@ def merge_changes(
     kind: Merge,
     *,
     metadata: dict[str, Any],
+    transaction: Transaction | None = None,
 ) -> MergeOutcome:
     """Apply `changes` to the table by key: the latest change per key wins, deletes remove the key.
 
     A change applies only when its `sequence_by` value is at least the stored one, so out-of-order
-    changes never overwrite newer ones. Columns the table lacks are added.
+    changes never overwrite newer ones. Columns the table lacks are added. The merge commit carries
+    `transaction`.
+
+    Raises:
+        CommitConflict: another writer committed `transaction` first.
     """
     latest = _latest_per_key(changes, kind)
     duplicates = changes.num_rows - latest.num_rows
-    properties = commit_metadata(metadata)
+    properties = commit_metadata(metadata, transaction)
     if not table_exists(uri):
         rows = latest.filter(pl.from_arrow(latest)[DELETE_FLAG].not_().to_arrow()) if kind.delete_when else latest
         write_deltalake(uri, to_storage(rows.drop_columns([c for c in [DELETE_FLAG] if c in rows.column_names])),
                         mode="error", commit_properties=properties)
         return MergeOutcome(0, duplicates, {"num_target_rows_inserted": rows.num_rows})
     table = DeltaTable(uri)
-    source = _align_with_table(table, to_storage(latest), properties)
-    metrics = _merge_into(DeltaTable(uri), source, kind, properties)
+    ensure_not_committed(table, transaction)
+    source = align_with_table(table, to_storage(latest), commit_metadata(metadata), steering=[DELETE_FLAG])
+    table = DeltaTable(uri)
+    ensure_not_committed(table, transaction)
+    metrics = _merge_into(table, source, kind, properties)
     return MergeOutcome(DeltaTable(uri).version(), duplicates, metrics)
 
 
-def _align_with_table(table: DeltaTable, source: pa.Table, properties: CommitProperties) -> pa.Table:
-    """`source` with the table's columns it lacks added as nulls; columns the table lacks are first added
-    to the table (a metadata-only commit), because deltalake's schema-merging merge also fills new columns
-    of rows it does not update."""
+def align_with_table(
+    table: DeltaTable, source: pa.Table, properties: CommitProperties, steering: Sequence[str] = ()
+) -> pa.Table:
+    """`source` with the table's columns it lacks added as nulls; columns the table lacks (but the
+    `steering` ones, which only direct the merge) are first added to the table (a metadata-only commit),
+    because deltalake's schema-merging merge also fills new columns of rows it does not update."""
     target = pa.schema(table.schema().to_arrow())
-    add_missing_columns(table, pa.schema([f for f in source.schema if f.name != DELETE_FLAG]), properties)
+    add_missing_columns(table, pa.schema([f for f in source.schema if f.name not in steering]), properties)
     for target_field in target:
         if target_field.name not in source.column_names:
             source = source.append_column(target_field.name, pa.nulls(source.num_rows, type=target_field.type))
@@ -254,10 +307,25 @@ def _merge_into(table: DeltaTable, latest: pa.Table, kind: Merge, properties: Co
         merger = merger.when_not_matched_insert_all(predicate=f"NOT s.`{DELETE_FLAG}`", except_cols=excluded)
     else:
         merger = merger.when_matched_update_all(predicate=newer).when_not_matched_insert_all()
+    return execute_merge(merger, table.table_uri, properties)
+
+
+def execute_merge(merger: TableMerger, uri: str, properties: CommitProperties) -> dict[str, Any]:
+    """Run a prepared merge; returns its metrics.
+
+    Raises:
+        CommitConflict: another writer committed the merge's application transaction first.
+        TableFailed: the merge failed otherwise.
+    """
     try:
         return merger.execute()
+    except CommitFailedError as err:
+        transaction = (properties.app_transactions or [None])[0]
+        if transaction is not None and "Concurrent transaction" in str(err):
+            raise _conflict(uri, transaction) from err
+        raise TableFailed(f"merge into `{uri}` failed: {err}", path=uri) from err
     except Exception as err:
-        raise TableFailed(f"merge into `{table.table_uri}` failed: {err}", path=table.table_uri) from err
+        raise TableFailed(f"merge into `{uri}` failed: {err}", path=uri) from err
 
 
 def commit_info_value(commit: dict[str, Any], key: str) -> Any:

@@ -63,6 +63,11 @@ class Layout:
         """`<root>/landing[/<directory>]`."""
         return f"{self.root}/landing/{directory}".rstrip("/")
 
+    def changes(self, table: str) -> str:
+        """`<root>/_changes/<layer>/<name>`: the change log kept beside a `Merge` or `SCD2` table."""
+        layer, name = split_table_name(table)
+        return f"{self.root}/_changes/{layer}/{name}"
+
     def runs(self) -> str:
         """`<root>/_meta/runs`, the run records table."""
         return f"{self.root}/_meta/runs"

@@ -153,7 +153,8 @@ SILVER_ORDER_ITEMS = Quality(contract=OrderItemContract, conserves_rows=True,
                              references=(References("order_id", "silver.orders"),))
 SILVER_EVENTS = Quality(contract=EventContract, conserves_rows=True,
                         expectations=(_not_in_future("event_ts"), _not_too_old("event_ts")))
-GOLD_DIM_CUSTOMER = Quality(unique=("customer_id",))
+GOLD_DIM_CUSTOMER = SILVER_CUSTOMERS
+"""The customer history is built from the same feed, so its changes pass the same checks."""
 GOLD_DIM_PRODUCT = Quality(unique=("product_id",))
 GOLD_FCT_ORDER_LINES = Quality(
     contract=OrderLineContract,

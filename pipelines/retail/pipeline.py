@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Dataset
 
-from engine import FileSource, Merge, Overwrite, Pipeline, co_partition, map_partitions
+from engine import SCD2, FileSource, Merge, Overwrite, Pipeline, co_partition, map_partitions
 from engine.columns import INGESTED_AT, SOURCE_FILE
 from pipelines.retail import contracts, transforms
 
@@ -65,11 +65,15 @@ def events(bronze_events: Dataset) -> Dataset:
     return bronze_events.map_batches(transforms.clean_events, batch_format="pyarrow")
 
 
-@retail.table("gold.dim_customer", kind=Overwrite(),
-              quality=contracts.GOLD_DIM_CUSTOMER)
-def dim_customer(silver_customers: Dataset) -> Dataset:
-    """One row per current customer."""
-    return silver_customers.drop_columns(LINEAGE_COLUMNS)
+@retail.table("gold.dim_customer",
+              kind=SCD2(keys=["customer_id"], sequence_by="updated_at",
+                        tracked_columns=["country", "segment", "loyalty_tier"],
+                        delete_when="op = 'd'", except_columns=["op"]),
+              quality=contracts.GOLD_DIM_CUSTOMER, incremental=True)
+def dim_customer(bronze_customers: Dataset) -> Dataset:
+    """Customer history: a version per change of country, segment or loyalty tier."""
+    return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow").drop_columns(
+        LINEAGE_COLUMNS)
 
 
 @retail.table("gold.dim_product", kind=Overwrite(),

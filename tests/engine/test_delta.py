@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 from engine.arrow import storage_type, to_storage, unify
 from engine.columns import REJECTED_REASON, RUN_ID
 from engine.config import StorageSettings
-from engine.errors import TableNotFound
+from engine.errors import CommitConflict, TableNotFound
 from engine.kinds import Merge
 from engine.tables import delta
 from engine.tables.files import DataFile, RollingParquetWriter
@@ -473,3 +473,50 @@ def test_read_dataset_at_version(tmp_path: Path, ray_local: None) -> None:
     assert sorted(r["id"] for r in latest) == [1, 2, 3]
     with pytest.raises(TableNotFound):
         delta.read_dataset(str(tmp_path / "missing"), "silver.missing")
+
+
+# application transaction markers
+
+
+def test_commits_carry_increasing_transaction_markers(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    app = "medallion/p/silver.t"
+    assert delta.next_transaction(uri, app).version == 1
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1)})), mode="append", metadata={},
+                       transaction=delta.next_transaction(uri, app))
+    second = delta.next_transaction(uri, app)
+    assert second.version == 2
+    delta.merge_changes(uri, pa.table({"id": ids(2)}), Merge(keys=["id"]), metadata={}, transaction=second)
+    assert DeltaTable(uri).transaction_version(app) == 2
+    assert delta.next_transaction(uri, "medallion/p/other").version == 1
+
+
+def test_batch_already_committed_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    app = "medallion/p/silver.t"
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1)})), mode="append", metadata={},
+                       transaction=delta.next_transaction(uri, app))
+    planned = delta.next_transaction(uri, app)
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(2)})), mode="append", metadata={}, transaction=planned)
+    with pytest.raises(CommitConflict, match=r"batch 2 of `medallion/p/silver.t` was already committed"):
+        delta.commit_files(uri, staged(uri, pa.table({"id": ids(3)})), mode="append", metadata={},
+                           transaction=planned)
+    with pytest.raises(CommitConflict):
+        delta.merge_changes(uri, pa.table({"id": ids(4)}), Merge(keys=["id"]), metadata={}, transaction=planned)
+    assert [r["id"] for r in rows(uri)] == [1, 2]
+    assert DeltaTable(uri).version() == 1
+
+
+def test_concurrent_writer_of_the_same_batch_loses_in_the_commit(tmp_path: Path) -> None:
+    """Two writers plan batch 1 from the same snapshot: Delta's conflict check refuses the second."""
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(0)})), mode="append", metadata={})
+    planned = delta.next_transaction(uri, "app")
+    snapshot = DeltaTable(uri)
+    delta.commit_files(uri, staged(uri, pa.table({"id": ids(1)})), mode="append", metadata={}, transaction=planned)
+    late = staged(uri, pa.table({"id": ids(2)}))
+    actions = [delta.AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in late]
+    with pytest.raises(delta.CommitFailedError, match="Concurrent transaction"):
+        snapshot.create_write_transaction(actions, "append", snapshot.schema(),
+                                          commit_properties=delta.commit_metadata({}, planned))
+    assert [r["id"] for r in rows(uri)] == [0, 1]

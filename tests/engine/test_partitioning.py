@@ -173,3 +173,11 @@ def test_partition_of_ignores_string_layout() -> None:
     small = pa.table({"k": pa.array(["a", "b", "c"], pa.string())})
     large = pa.table({"k": pa.array(["a", "b", "c"], pa.large_string())})
     assert np.array_equal(partition_of(small, ["k"], 4), partition_of(large, ["k"], 4))
+
+
+def test_inputs_without_any_schema_skip_the_function(ray_local: None) -> None:
+    def fail(table: pa.Table) -> pa.Table:
+        raise AssertionError("called without data")
+
+    empty = ray.data.from_arrow(pa.table({})).filter(lambda row: False)
+    assert map_partitions(empty, ["k"], fail, num_partitions=2).take_all() == []

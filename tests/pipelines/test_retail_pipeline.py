@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 SOURCES = ("customers", "products", "orders", "order_items", "events")
 GOLD_KEYS = {
-    "gold.dim_customer": ["customer_id"],
+    "gold.dim_customer": ["customer_id", "valid_from"],
     "gold.dim_product": ["product_id"],
     "gold.fct_order_lines": ["order_id", "line_number"],
     "gold.customer_daily": ["customer_id", "date"],
@@ -171,10 +171,29 @@ def test_fct_order_lines_is_the_join_of_items_and_orders(retail_build: RetailBui
 
 
 def test_gold_dimensions_are_the_current_silver_rows(retail_build: RetailBuild) -> None:
-    for dimension, source, key in (("gold.dim_customer", "silver.customers", "customer_id"),
-                                   ("gold.dim_product", "silver.products", "product_id")):
-        silver = read(retail_build, source).drop_columns([SOURCE_FILE, INGESTED_AT])
-        assert_tables_equal(read(retail_build, dimension), silver, [key])
+    products = read(retail_build, "silver.products").drop_columns([SOURCE_FILE, INGESTED_AT])
+    assert_tables_equal(read(retail_build, "gold.dim_product"), products, ["product_id"])
+    history = pl.from_arrow(read(retail_build, "gold.dim_customer"))
+    current = history.filter(pl.col("is_current")).drop(["valid_from", "valid_to", "is_current"])
+    customers = read(retail_build, "silver.customers").drop_columns([SOURCE_FILE, INGESTED_AT])
+    assert_tables_equal(current.to_arrow(), customers, ["customer_id"])
+
+
+def test_customer_history_versions_follow_tracked_changes(retail_build: RetailBuild) -> None:
+    """Versions of a customer tile time without gaps until a delete, and consecutive versions differ in a
+    tracked column unless a delete separates them."""
+    history = pl.from_arrow(read(retail_build, "gold.dim_customer")).sort(["customer_id", "valid_from"])
+    assert history.group_by("customer_id").agg(pl.col("is_current").sum()).get_column("is_current").max() == 1
+    assert history.filter(pl.col("valid_to").is_null() != pl.col("is_current")).height == 0
+    tracked = ["country", "segment", "loyalty_tier"]
+    pairs = history.with_columns(
+        [pl.col(c).shift(-1).over("customer_id").alias(f"next_{c}") for c in [*tracked, "valid_from"]]
+    ).filter(pl.col("next_valid_from").is_not_null())
+    assert pairs.height > 0
+    assert pairs.filter(pl.col("valid_to") > pl.col("next_valid_from")).height == 0
+    contiguous = pairs.filter(pl.col("valid_to") == pl.col("next_valid_from"))
+    unchanged = contiguous.filter(pl.all_horizontal([pl.col(c).eq_missing(pl.col(f"next_{c}")) for c in tracked]))
+    assert contiguous.height > 0 and unchanged.height == 0
 
 
 def test_every_commit_and_run_record_names_the_run(retail_build: RetailBuild) -> None:

@@ -1,0 +1,87 @@
+"""The change log a table keeps beside it: every change it was fed (SCD2) or the deletes it applied
+(tombstones of a merge), so that late and replayed changes are applied exactly.
+
+A change log is a Delta table under `<root>/_changes/<layer>/<name>`, appended once per run before the
+table's own commit. Recording is idempotent (a change already logged, by key and sequence value, is not
+logged again), so a run that died between the two commits is completed by the next run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.transaction import Transaction
+
+from engine.arrow import to_storage
+from engine.tables import delta
+
+DELETED = "_deleted"
+"""Column of the change log that flags a delete."""
+
+
+def flag_deletes(changes: pa.Table, delete_when: str | None) -> pa.Table:
+    """`changes` with the boolean column `_deleted` computed from the SQL predicate `delete_when`."""
+    frame = pl.from_arrow(changes)
+    assert isinstance(frame, pl.DataFrame)
+    flag = pl.sql_expr(delete_when).fill_null(False) if delete_when else pl.lit(False)
+    return frame.with_columns(flag.alias(DELETED)).to_arrow()
+
+
+def read_for_keys(uri: str, table: str, keys: pa.Table) -> pa.Table | None:
+    """The logged changes of the entities in `keys` (a table of key columns); None when nothing was
+    ever logged."""
+    if not delta.table_exists(uri):
+        return None
+    logged = pl.from_arrow(delta.open_table(uri, table).to_pyarrow_table())
+    wanted = pl.from_arrow(keys).unique()
+    assert isinstance(logged, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
+    return logged.join(wanted, on=keys.column_names, how="semi", nulls_equal=True).to_arrow()
+
+
+def record(
+    uri: str,
+    table: str,
+    changes: pa.Table,
+    identity: Sequence[str],
+    *,
+    metadata: dict[str, Any],
+    transaction: Transaction | None = None,
+) -> int:
+    """Append the changes not logged yet (by the `identity` columns: keys and sequence) in one commit;
+    returns how many were appended."""
+    if changes.num_rows == 0:
+        return 0
+    incoming = pl.from_arrow(to_storage(changes))
+    assert isinstance(incoming, pl.DataFrame)
+    incoming = incoming.unique(subset=list(identity), keep="last", maintain_order=True)
+    logged = read_for_keys(uri, table, changes.select([c for c in identity if c in changes.column_names]))
+    if logged is not None and logged.num_rows:
+        done = pl.from_arrow(logged.select(list(identity)))
+        assert isinstance(done, pl.DataFrame)
+        incoming = incoming.join(done.cast(dict(incoming.select(identity).schema)), on=list(identity),
+                                 how="anti", nulls_equal=True)
+    if incoming.height == 0:
+        return 0
+    target: str | DeltaTable = DeltaTable(uri) if delta.table_exists(uri) else uri
+    write_deltalake(target, to_storage(incoming.to_arrow()), mode="append", schema_mode="merge",
+                    commit_properties=delta.commit_metadata(metadata, transaction))
+    return incoming.height
+
+
+def drop_superseded(changes: pa.Table, tombstones: pa.Table | None, keys: Sequence[str], sequence_by: str) -> pa.Table:
+    """`changes` without the non-delete changes older than a logged delete of the same key, which would
+    otherwise bring a deleted entity back."""
+    if tombstones is None or tombstones.num_rows == 0:
+        return changes
+    frame = pl.from_arrow(changes)
+    latest_delete = pl.from_arrow(tombstones).group_by(list(keys)).agg(pl.col(sequence_by).max().alias("_deleted_at"))
+    assert isinstance(frame, pl.DataFrame)
+    types = dict(frame.select([*keys, sequence_by]).schema) | {sequence_by: frame.schema[sequence_by]}
+    latest_delete = latest_delete.rename({"_deleted_at": sequence_by}).cast(types).rename({sequence_by: "_deleted_at"})
+    joined = frame.join(latest_delete, on=list(keys), how="left", nulls_equal=True)
+    keep = pl.col(DELETED) | pl.col("_deleted_at").is_null() | (pl.col(sequence_by) >= pl.col("_deleted_at"))
+    return joined.filter(keep).drop("_deleted_at").to_arrow()

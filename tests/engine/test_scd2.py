@@ -1,0 +1,105 @@
+"""Tests of SCD2 history: a hand-checked CDC sequence, late and replayed changes, and batch invariance."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from engine.errors import CommitConflict
+from engine.kinds import SCD2
+from engine.tables import delta, scd2
+
+KIND = SCD2(keys=["id"], sequence_by="seq", tracked_columns=["country"], delete_when="op = 'd'",
+            except_columns=["op"])
+SCHEMA = pa.schema([("id", pa.int64()), ("country", pa.string()), ("email", pa.string()), ("seq", pa.int64()),
+                    ("op", pa.string())])
+
+
+def changes(*rows: tuple[int, str | None, str | None, int, str]) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, row)) for row in rows], schema=SCHEMA)
+
+
+def history(uri: str) -> list[tuple[Any, ...]]:
+    rows = DeltaTable(uri).to_pyarrow_table().to_pylist()
+    return sorted(((r["id"], r["country"], r["email"], r["valid_from"], r["valid_to"], r["is_current"]) for r in rows),
+                  key=lambda row: (row[0], row[3]))
+
+
+def apply(root: Path, batch: pa.Table, transaction: Any = None) -> scd2.HistoryOutcome:
+    return scd2.apply_changes(str(root / "dim"), str(root / "log"), "gold.dim", batch, KIND, metadata={},
+                              transaction=transaction)
+
+
+def test_hand_checked_history(tmp_path: Path) -> None:
+    first = apply(tmp_path, changes(
+        (1, "US", "a", 1, "c"),
+        (1, "US", "b", 2, "u"),   # untracked change: the open version is updated in place
+        (1, "FR", "b", 3, "u"),   # tracked change: a new version
+        (2, None, None, 1, "d"),  # a delete of a key never seen: nothing
+        (3, "US", "x", 1, "c"),
+        (3, "US", "y", 2, "u"),
+    ))
+    assert first.version == 0 and first.changes_logged == 6
+    assert history(str(tmp_path / "dim")) == [
+        (1, "US", "b", 1, 3, False),
+        (1, "FR", "b", 3, None, True),
+        (3, "US", "y", 1, None, True),
+    ]
+    second = apply(tmp_path, changes(
+        (1, None, None, 5, "d"),  # closes the current version
+        (1, "FR", "c", 7, "c"),   # the key comes back: a new version
+        (1, "DE", "b", 4, "u"),   # late: splits the FR version that was open from 3 to 5
+    ))
+    assert second.version == 1
+    assert history(str(tmp_path / "dim")) == [
+        (1, "US", "b", 1, 3, False),
+        (1, "FR", "b", 3, 4, False),
+        (1, "DE", "b", 4, 5, False),
+        (1, "FR", "c", 7, None, True),
+        (3, "US", "y", 1, None, True),
+    ]
+
+
+def test_replayed_changes_make_no_version_and_no_commit(tmp_path: Path) -> None:
+    batch = changes((1, "US", "a", 1, "c"), (1, "FR", "a", 2, "u"))
+    apply(tmp_path, batch)
+    replay = apply(tmp_path, batch)
+    assert replay == scd2.HistoryOutcome(None, 0, 0, 0)
+    assert DeltaTable(str(tmp_path / "dim")).version() == 0
+
+
+def test_untracked_change_updates_in_place(tmp_path: Path) -> None:
+    apply(tmp_path, changes((1, "US", "a", 1, "c")))
+    outcome = apply(tmp_path, changes((1, "US", "new@mail", 2, "u")))
+    assert (outcome.rows_upserted, outcome.rows_removed) == (1, 0)
+    assert history(str(tmp_path / "dim")) == [(1, "US", "new@mail", 1, None, True)]
+
+
+def test_incremental_batches_equal_one_batch(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    events = [(rng.randrange(20), rng.choice(["US", "FR", None]), rng.choice("abc"), seq,
+               rng.choice(["c", "u", "u", "d"])) for seq in range(400)]
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    apply(tmp_path / "full", changes(*events))
+    for start in range(0, len(shuffled), 60):
+        apply(tmp_path / "incremental", changes(*shuffled[start:start + 60]))
+    full, incremental = history(str(tmp_path / "full" / "dim")), history(str(tmp_path / "incremental" / "dim"))
+    assert full == incremental
+    current = [row for row in full if row[5]]
+    assert len({row[0] for row in current}) == len(current)
+
+
+def test_history_commit_carries_the_marker_and_refuses_a_committed_batch(tmp_path: Path) -> None:
+    uri = str(tmp_path / "dim")
+    apply(tmp_path, changes((1, "US", "a", 1, "c")), delta.next_transaction(uri, "app"))
+    planned = delta.next_transaction(uri, "app")
+    apply(tmp_path, changes((1, "FR", "a", 2, "u")), planned)
+    assert DeltaTable(uri).transaction_version("app") == 2
+    with pytest.raises(CommitConflict):
+        apply(tmp_path, changes((1, "DE", "a", 3, "u")), planned)
