@@ -8,6 +8,7 @@ from engine.kinds import SCD2 as SCD2
 from engine.kinds import Append as Append
 from engine.kinds import Merge as Merge
 from engine.kinds import Overwrite as Overwrite
+from engine.kinds import RecomputeKeys as RecomputeKeys
 from engine.partitioning import co_partition as co_partition
 from engine.partitioning import default_partitions as default_partitions
 from engine.partitioning import map_partitions as map_partitions
@@ -15,3 +16,4 @@ from engine.pipeline import Pipeline as Pipeline
 from engine.runner import Runner as Runner
 from engine.runner import RunResult as RunResult
 from engine.runtime import ray_session as ray_session
+from engine.schema import SchemaEvolution as SchemaEvolution

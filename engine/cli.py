@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
@@ -26,6 +27,7 @@ from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
 from engine.status import table_history, table_statuses
+from engine.tables.delta import last_commit_value
 from engine.tables.layout import Layout
 
 WIDE = 160
@@ -186,6 +188,31 @@ def _watch(runner: Runner, tables: int, selection: str | None, interval: float, 
             signal.signal(sig, handler)
     console.print(f"stopped after {batches} micro-batch(es)" + (", the last one cut short" if result.stopped else ""))
     return result
+
+
+@main.command()
+@click.argument("table")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day (YYYY-MM-DD).")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), required=True, help="Last day, included.")
+@click.option("--pipeline", "pipeline_name", default=None,
+              help="Pipeline that builds TABLE (default: the one named in the table's last commit).")
+@click.pass_context
+@_reported
+def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pipeline_name: str | None) -> None:
+    """Recompute TABLE's rows dated --from to --to from its inputs, and replace those rows alone."""
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
+    name = pipeline_name or last_commit_value(layout.table(table), table, "pipeline")
+    if name is None:
+        raise EngineError(f"table `{table}` has no commit naming its pipeline under {layout.root}; "
+                          "pass --pipeline")
+    pipeline = load_pipeline(name)
+    console.print(f"backfill of `{table}` from {start:%Y-%m-%d} to {end:%Y-%m-%d}, pipeline `{pipeline.name}`")
+    with ray_session(settings.ray):
+        result = Runner(pipeline, settings, on_record=_progress(1)).backfill(table, start.date(), end.date())
+    if not result.succeeded:
+        record = result.records[0]
+        raise RunFailed(f"backfill of `{table}` failed: {record.error}", table=table, run_id=result.run_id)
 
 
 def _print_record(record: RunRecord, done: int, total: int) -> None:

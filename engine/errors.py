@@ -58,10 +58,13 @@ class SchemaDriftError(IngestError):
     """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 
 
+class SchemaEvolutionError(TableFailed):
+    """A table's new output drops, renames or narrows a column without a declared migration."""
+
+
 class CommitConflict(EngineError):
     """Another writer committed the same batch of a table first; this writer's work was discarded."""
 
 
 class RunFailed(EngineError):
     """A run finished with at least one failed table."""
-

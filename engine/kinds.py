@@ -89,18 +89,38 @@ class SCD2(_Kind):
         return self
 
 
+class RecomputeKeys(_Kind):
+    """Recompute only the entities whose input rows changed since the table was last built, and replace
+    their rows in one commit; the first build, `--force` and `--full-refresh` compute everything.
+
+    The function must compute an entity's rows from that entity's input rows alone (a per-customer daily
+    aggregate, a per-order join), since it is given only the input rows of the affected entities.
+
+    Attributes:
+        keys: entity columns, present in every input and in the output (e.g. `customer_id`).
+        time_column: the output's time partition column (e.g. `date`), which `medallion backfill` ranges over.
+    """
+
+    kind: Literal["recompute_keys"] = "recompute_keys"
+    keys: list[str] = Field(min_length=1)
+    time_column: str | None = None
+
+
 SCD2_COLUMNS = ("valid_from", "valid_to", "is_current")
 """The history columns an `SCD2` table adds to the stored columns."""
 
 ChangeKind = Merge | SCD2
 """Kinds applied from a feed of changes, staged first and then applied by key."""
 
-WriteKind = Annotated[Append | Overwrite | Merge | SCD2, Field(discriminator="kind")]
+AnyKind = Append | Overwrite | Merge | SCD2 | RecomputeKeys
+"""The type of a write kind."""
+
+WriteKind = Annotated[AnyKind, Field(discriminator="kind")]
 """Any write kind; parse one from configuration with `parse_kind`."""
 
-_KIND_ADAPTER: TypeAdapter[Append | Overwrite | Merge | SCD2] = TypeAdapter(WriteKind)
+_KIND_ADAPTER: TypeAdapter[AnyKind] = TypeAdapter(WriteKind)
 
 
-def parse_kind(value: dict[str, object]) -> Append | Overwrite | Merge | SCD2:
+def parse_kind(value: dict[str, object]) -> AnyKind:
     """A write kind from its dictionary form, e.g. `{"kind": "merge", "keys": ["id"]}`."""
     return _KIND_ADAPTER.validate_python(value)

@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.ingest.sources import FileSource
-from engine.kinds import SCD2, Append, Merge, Overwrite
+from engine.kinds import AnyKind, Append, Overwrite
 from engine.quality.checks import Quality
+from engine.schema import SchemaEvolution
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
-WriteKindType = Append | Overwrite | Merge | SCD2
+WriteKindType = AnyKind
 
 
 def parameter_name(table: str) -> str:
@@ -40,6 +41,7 @@ class TableDefinition:
         quality: the table's checks, run on every row it writes.
         incremental: the function maps input rows independently (a cleaner, not an aggregate), so a run
             passes it only the rows its inputs gained since the table was last built, when they only grew.
+        evolution: the schema changes the table accepts (added columns always; see `SchemaEvolution`).
         description: what the table holds.
     """
 
@@ -51,6 +53,7 @@ class TableDefinition:
     ray_options: Mapping[str, Any] = field(default_factory=dict)
     quality: Quality | None = None
     incremental: bool = False
+    evolution: SchemaEvolution = SchemaEvolution()
     description: str = ""
 
     @property
@@ -95,6 +98,7 @@ class Pipeline:
         ray_options: Mapping[str, Any] | None = None,
         quality: Quality | None = None,
         incremental: bool = False,
+        evolution: SchemaEvolution | None = None,
         description: str | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
@@ -105,6 +109,7 @@ class Pipeline:
             ray_options: Ray resource options for the table's tasks.
             quality: contract, expectations, references and unique keys checked on every write.
             incremental: pass only new input rows (see `TableDefinition.incremental`).
+            evolution: the schema changes the table accepts; by default added columns and widened types.
             description: defaults to the function's docstring.
         """
 
@@ -118,6 +123,7 @@ class Pipeline:
                 ray_options=dict(ray_options or {}),
                 quality=quality,
                 incremental=incremental,
+                evolution=evolution or SchemaEvolution(),
                 description=description if description is not None else inspect.getdoc(function) or "",
             ))
             return function

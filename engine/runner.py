@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -17,20 +18,29 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray.data
 import ray.exceptions
 from deltalake.transaction import Transaction
 
+from engine import schema
 from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
 from engine.columns import REJECTED_REASON
 from engine.config import Settings
-from engine.errors import CommitConflict, EngineError, QualityFailed, TableFailed
+from engine.errors import (
+    CommitConflict,
+    EngineError,
+    PipelineDefinitionError,
+    QualityFailed,
+    SchemaEvolutionError,
+    TableFailed,
+)
 from engine.ingest.batch import read_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
-from engine.kinds import SCD2, ChangeKind
+from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
 from engine.pipeline import Pipeline, TableDefinition
 from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
@@ -39,6 +49,7 @@ from engine.runlog import RunRecord, append_records
 from engine.tables import changelog, delta, scd2
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
+from engine.tables.replace import Slice, replace_slice
 from engine.tables.staging import StagedFiles, StagingDatasink
 
 log = logging.getLogger(__name__)
@@ -46,6 +57,7 @@ log = logging.getLogger(__name__)
 FILES_KEY = "files"
 TYPES_KEY = "field_types"
 INPUTS_KEY = "input_versions"
+SCHEMA_KEY = "schema_version"
 ATTEMPT_KEY = "attempt"
 
 
@@ -102,6 +114,7 @@ class Runner:
         self.sinks = sinks_from_settings(settings.alerts)
         self.force = False
         self.full_refresh = False
+        self.window: tuple[dt.date, dt.date] | None = None
 
     def run(
         self,
@@ -143,6 +156,32 @@ class Runner:
             result.records.append(record)
             self.on_record(record)
         _remove_empty_folders(self.layout.run_staging(result.run_id))
+        return result
+
+    def backfill(self, table: str, start: dt.date, end: dt.date, run_id: str | None = None) -> RunResult:
+        """Recompute the rows of `table` whose time partition lies in [`start`, `end`] from its inputs'
+        latest versions, and replace those rows alone in one commit. The table must be `RecomputeKeys`
+        with a `time_column`.
+
+        Raises:
+            PipelineDefinitionError: the table is unknown, ingested, or has no time partition.
+        """
+        definition = self.pipeline.resolve().get(table)
+        if definition is None or definition.function is None:
+            raise PipelineDefinitionError(f"pipeline `{self.pipeline.name}` has no derived table `{table}`",
+                                          table=table)
+        self._time_column(definition)
+        if start > end:
+            raise PipelineDefinitionError(f"backfill of `{table}`: --from {start} is after --to {end}", table=table)
+        self.force, self.full_refresh, self.window = True, False, (start, end)
+        result = RunResult(run_id or new_run_id(), self.pipeline.name)
+        try:
+            record = self._run_table(definition, result.run_id, datetime.now(UTC))
+        finally:
+            self.window = None
+        append_records(self.layout.runs(), [record])
+        result.records.append(record)
+        self.on_record(record)
         return result
 
     def _report_quality(self, run_id: str, record: RunRecord) -> None:
@@ -205,8 +244,11 @@ class Runner:
                         "; ".join(details["schema_drift"]))
         transaction = self._transaction(uri, definition.name)
         staged = self._stage(definition, batch.dataset, run_id, uri)
+        added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
+        schema_version = (delta.last_commit_value(uri, definition.name, SCHEMA_KEY) or 0) + (
+            1 if added or not delta.table_exists(uri) else 0)
         metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
-                                                                 TYPES_KEY: batch.types})
+                                                                 TYPES_KEY: batch.types, SCHEMA_KEY: schema_version})
         with _discarded_on_conflict(uri, staged.data):
             version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata,
                                          empty_schema=batch.schema, commit_empty=True, transaction=transaction)
@@ -223,17 +265,31 @@ class Runner:
         uri = self.layout.table(definition.name)
         versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.dependencies}
         previous = None if self.force else delta.last_commit_value(uri, definition.name, INPUTS_KEY)
-        if versions and previous == versions:
+        if versions and previous == versions and self.window is None:
             return {"status": "unchanged", "input_versions": versions,
                     "details": {"reason": "inputs unchanged since the table was last built"}}
         if self.full_refresh:
             self._empty(definition, run_id)
         transaction = self._transaction(uri, definition.name)
-        reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
+        kind = definition.kind
+        affected = None if self.window else _guarded(definition, lambda: self._affected_keys(definition, versions,
+                                                                                              previous))
+        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
+        if affected is not None and affected.num_rows == 0:
+            version = delta.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
+                                         transaction=transaction)
+            return {"status": "unchanged", "input_versions": versions, "output_version": version,
+                    "details": {"reason": "no entity's input rows changed"}}
+        if affected is not None:
+            reads = [_only_keys(delta.read_dataset(self.layout.table(t), t, versions[t]), affected)
+                     for t in definition.inputs]
+        else:
+            reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
         inputs = [dataset for dataset, _ in reads]
         rows_in = sum(rows for _, rows in reads)
         output = _call(definition, inputs)
-        kind = definition.kind
+        if self.window is not None:
+            output = _within(output, self._time_column(definition), *self.window)
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri
         keys = _guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
                         if definition.quality else {})
@@ -241,7 +297,8 @@ class Runner:
         checks.extend(self._table_checks(definition, staged, folder, rows_in))
         try:
             gate.enforce(definition.name, checks, delta.latest_version(uri))
-        except QualityFailed:
+            schema_version = self._evolve_schema(definition, staged, run_id)
+        except (QualityFailed, SchemaEvolutionError):
             if isinstance(kind, ChangeKind):
                 shutil.rmtree(folder, ignore_errors=True)
             else:
@@ -250,7 +307,10 @@ class Runner:
             raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
                                   "rows_quarantined": staged.quarantined_rows}
-        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
+        metadata |= {SCHEMA_KEY: schema_version}
+        if self.window is not None:
+            metadata = {k: v for k, v in metadata.items() if k != INPUTS_KEY} | {
+                "backfill": [str(day) for day in self.window]}
         if staged.quarantine:
             self._commit_quarantine(definition, staged, metadata | {ATTEMPT_KEY: _attempt(versions, uri)})
         if isinstance(kind, ChangeKind):
@@ -263,11 +323,82 @@ class Runner:
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
         empty_schema = None if staged.data else _schema_of(output)
-        mode = "overwrite" if self.full_refresh else kind.kind
+        if isinstance(kind, RecomputeKeys) and (affected is not None or self.window is not None):
+            where = (Slice.of_range(self._time_column(definition), *self.window) if self.window is not None
+                     else Slice.of_keys(affected))
+            with _discarded_on_conflict(uri, staged.data):
+                replaced = replace_slice(uri, definition.name, where, staged.data, storage=self.settings.storage,
+                                         prefix=run_id, metadata=metadata, transaction=transaction)
+            return values | {"output_version": replaced.version, "rows_written": staged.rows, "details": {
+                "keys_recomputed": None if affected is None else affected.num_rows,
+                "rows_replaced": replaced.rows_removed, "files_rewritten": replaced.files_rewritten,
+                "files_skipped": replaced.files_skipped}}
+        mode = "append" if isinstance(kind, Append) and not self.full_refresh else "overwrite"
         with _discarded_on_conflict(uri, staged.data):
             version = delta.commit_files(uri, staged.data, mode=mode, metadata=metadata,
                                          empty_schema=empty_schema, transaction=transaction)
         return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _affected_keys(
+        self, definition: TableDefinition, versions: dict[str, int | None], previous: dict[str, int] | None
+    ) -> pa.Table | None:
+        """For a `RecomputeKeys` table already built, the keys whose input rows changed since; None when
+        the whole table must be computed (first build, or a table its checks reference changed, which
+        may change which rows pass)."""
+        kind = definition.kind
+        if not isinstance(kind, RecomputeKeys) or not previous or not delta.table_exists(
+                self.layout.table(definition.name)):
+            return None
+        references = [t for t in definition.dependencies if t not in definition.inputs]
+        if any(previous.get(t) != versions[t] for t in references):
+            return None
+        changed = []
+        for table in definition.inputs:
+            since, until = previous.get(table), versions[table]
+            if until is None or since == until:
+                continue
+            if since is None:
+                return None
+            changed.append(delta.changed_keys(self.layout.table(table), table, since, until, kind.keys))
+        if not changed:
+            return pa.table({k: pa.array([], pa.int64()) for k in kind.keys})
+        frame = pl.concat([pl.from_arrow(keys) for keys in changed], how="vertical_relaxed").unique()
+        assert isinstance(frame, pl.DataFrame)
+        return frame.to_arrow()
+
+    def _time_column(self, definition: TableDefinition) -> str:
+        kind = definition.kind
+        if not isinstance(kind, RecomputeKeys) or kind.time_column is None:
+            raise PipelineDefinitionError(
+                f"table `{definition.name}` has no time partition to backfill; declare it with "
+                "`kind=RecomputeKeys(keys=[...], time_column=...)`", table=definition.name)
+        return kind.time_column
+
+    def _evolve_schema(self, definition: TableDefinition, staged: StagedFiles, run_id: str) -> int:
+        """Check the staged output's schema against the table's under the table's evolution policy; rewrite
+        the existing rows first when a declared migration changes them (appended and change-fed tables).
+        Returns the schema version of the coming commit: one more than the last when the schema changes.
+
+        Raises:
+            SchemaEvolutionError: a change the table does not declare.
+        """
+        uri, table = self.layout.table(definition.name), definition.name
+        version = delta.last_commit_value(uri, table, SCHEMA_KEY) or 0
+        if not delta.table_exists(uri):
+            return version + 1
+        if not staged.data:
+            return version
+        current = pa.schema(delta.open_table(uri, table).schema().to_arrow())
+        incoming = delta.as_stored(_stored_schema(definition.kind, unify([f.schema for f in staged.data])))
+        changes = schema.changes_between(table, current, incoming, definition.evolution)
+        if not changes:
+            return version
+        log.warning("table `%s`: schema changes: %s", table, "; ".join(c.describe() for c in changes))
+        if schema.needs_rewrite(changes) and not isinstance(definition.kind, Overwrite):
+            delta.rewrite(uri, table, lambda rows: schema.migrate(rows, changes, incoming),
+                          metadata=self._commit_metadata(definition, run_id, **{
+                              SCHEMA_KEY: version + 1, "migration": [c.describe() for c in changes]}))
+        return version + 1
 
     def _empty(self, definition: TableDefinition, run_id: str) -> None:
         """Before a full refresh, empty a table's quarantine and, for a change-fed table, the table and its
@@ -355,6 +486,45 @@ class Runner:
                                definition.name, definition.quality, reference_keys or {})
         dataset.write_datasink(sink, ray_remote_args=dict(definition.ray_options))
         return sink.result
+
+
+def _only_keys(dataset: ray.data.Dataset, keys: pa.Table) -> tuple[ray.data.Dataset, int]:
+    """The rows of `dataset` whose key columns match a row of `keys`, materialized, and their count."""
+    selected = dataset.map_batches(_semi_join, fn_kwargs={"keys": keys}, batch_format="pyarrow").materialize()
+    return selected, selected.count()
+
+
+def _semi_join(batch: pa.Table, keys: pa.Table) -> pa.Table:
+    frame, wanted = pl.from_arrow(batch), pl.from_arrow(keys)
+    assert isinstance(frame, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
+    wanted = wanted.cast(dict(frame.select(keys.column_names).schema))
+    return frame.join(wanted, on=keys.column_names, how="semi", nulls_equal=True).to_arrow()
+
+
+def _within(dataset: ray.data.Dataset, column: str, start: dt.date, end: dt.date) -> ray.data.Dataset:
+    """The rows of `dataset` whose `column` lies in [`start`, `end`]."""
+    return dataset.map_batches(_in_range, fn_kwargs={"column": column, "start": start, "end": end},
+                               batch_format="pyarrow")
+
+
+def _in_range(batch: pa.Table, column: str, start: dt.date, end: dt.date) -> pa.Table:
+    values = batch.column(column)
+    if pa.types.is_timestamp(values.type):
+        values = pc.cast(values, pa.date32())
+    return batch.filter(pc.and_(pc.greater_equal(values, pa.scalar(start)), pc.less_equal(values, pa.scalar(end))))
+
+
+def _stored_schema(kind: Append | Overwrite | ChangeKind, output: pa.Schema) -> pa.Schema:
+    """The table schema a function output makes: steering columns of a change feed are not stored, and an
+    SCD2 table adds its history columns."""
+    if not isinstance(kind, ChangeKind):
+        return output
+    stored = pa.schema([f for f in output if f.name not in kind.except_columns])
+    if isinstance(kind, SCD2):
+        sequence = stored.field(kind.sequence_by).type
+        stored = pa.schema([*stored, pa.field("valid_from", sequence), pa.field("valid_to", sequence),
+                            pa.field("is_current", pa.bool_())])
+    return stored
 
 
 def _known_shape(uri: str, table: str) -> tuple[list[str], dict[str, str]]:

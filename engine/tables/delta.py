@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,16 +65,22 @@ def ensure_not_committed(table: DeltaTable, transaction: Transaction | None) -> 
         return
     committed = table.transaction_version(transaction.app_id)
     if committed is not None and committed >= transaction.version:
-        raise _conflict(table.table_uri, transaction, committed)
+        raise conflict(table.table_uri, transaction, committed)
 
 
-def _conflict(uri: str, transaction: Transaction, committed: int | None = None) -> CommitConflict:
+def conflict(uri: str, transaction: Transaction, committed: int | None = None) -> CommitConflict:
+    """The error of a writer whose batch `transaction` another writer committed first."""
     seen = f" (it is at {committed})" if committed is not None else ""
     return CommitConflict(
         f"batch {transaction.version} of `{transaction.app_id}` was already committed to `{uri}` by another "
         f"writer{seen}; this writer's work was discarded; run again to process what is still new",
         path=uri,
     )
+
+
+def as_stored(schema: pa.Schema) -> pa.Schema:
+    """`schema` as a Delta table stores it (Delta has no unsigned integers, for example)."""
+    return pa.schema(Schema.from_arrow(schema).to_arrow())
 
 
 def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
@@ -140,6 +146,24 @@ def read_added_files(uri: str, table: str, since: int, until: int) -> tuple[ray.
         return ray.data.from_arrow(schema.empty_table()), 0
     blocks = [_read_data_file.remote(f"{uri}/{a['path']}", schema) for a in added]
     return ray.data.from_arrow_refs(blocks), sum(a["num_records"] or 0 for a in added)
+
+
+def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
+    """The distinct `keys` values of rows that differ between versions `since` and `until`: rows added,
+    removed, changed or repeated a different number of times. Only the files one version has and the
+    other lacks are read."""
+    before = set(open_table(uri, table, since).file_uris())
+    now = open_table(uri, table, until)
+    after = set(now.file_uris())
+    schema = pa.schema(now.schema().to_arrow())
+    old = pl.from_arrow(pads.dataset(sorted(before - after), schema=schema, format="parquet").to_table())
+    new = pl.from_arrow(pads.dataset(sorted(after - before), schema=schema, format="parquet").to_table())
+    assert isinstance(old, pl.DataFrame) and isinstance(new, pl.DataFrame)
+    columns = [c for c in schema.names if not isinstance(new.schema[c], pl.List | pl.Struct | pl.Array)]
+    counted = [frame.group_by(columns).agg(pl.len().alias("__copies")) for frame in (old, new)]
+    changed = counted[0].join(counted[1], on=columns, how="full", nulls_equal=True, coalesce=True).filter(
+        pl.col("__copies").ne_missing(pl.col("__copies_right")))
+    return changed.select(list(keys)).unique().to_arrow()
 
 
 @ray.remote
@@ -211,8 +235,18 @@ def commit_files(
         table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
     except CommitFailedError as err:
         if transaction is not None and "Concurrent transaction" in str(err):
-            raise _conflict(uri, transaction) from err
+            raise conflict(uri, transaction) from err
         raise
+    return DeltaTable(uri).version()
+
+
+def rewrite(uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *, metadata: dict[str, Any]) -> int:
+    """Rewrite every row of the table through `transform` in one overwrite commit that also replaces the
+    schema (a declared rename, drop or type change); returns the new version. The rows pass through this
+    process's memory."""
+    rows = transform(open_table(uri, table).to_pyarrow_table())
+    write_deltalake(uri, to_storage(rows), mode="overwrite", schema_mode="overwrite",
+                    commit_properties=commit_metadata(metadata))
     return DeltaTable(uri).version()
 
 
@@ -322,7 +356,7 @@ def execute_merge(merger: TableMerger, uri: str, properties: CommitProperties) -
     except CommitFailedError as err:
         transaction = (properties.app_transactions or [None])[0]
         if transaction is not None and "Concurrent transaction" in str(err):
-            raise _conflict(uri, transaction) from err
+            raise conflict(uri, transaction) from err
         raise TableFailed(f"merge into `{uri}` failed: {err}", path=uri) from err
     except Exception as err:
         raise TableFailed(f"merge into `{uri}` failed: {err}", path=uri) from err

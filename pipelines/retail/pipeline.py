@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Dataset
 
-from engine import SCD2, FileSource, Merge, Overwrite, Pipeline, co_partition, map_partitions
+from engine import SCD2, FileSource, Merge, Overwrite, Pipeline, RecomputeKeys, co_partition, map_partitions
 from engine.columns import INGESTED_AT, SOURCE_FILE
 from pipelines.retail import contracts, transforms
 
@@ -83,7 +83,7 @@ def dim_product(silver_products: Dataset) -> Dataset:
     return silver_products.drop_columns(LINEAGE_COLUMNS)
 
 
-@retail.table("gold.fct_order_lines", kind=Overwrite(),
+@retail.table("gold.fct_order_lines", kind=RecomputeKeys(keys=["order_id"]),
               quality=contracts.GOLD_FCT_ORDER_LINES)
 def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Dataset:
     """One row per order line, with its order's customer, status and time, and its revenue."""
@@ -92,7 +92,7 @@ def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Data
     return co_partition({"lines": lines, "headers": headers}, ["order_id"], _order_lines)
 
 
-@retail.table("gold.customer_daily", kind=Overwrite(),
+@retail.table("gold.customer_daily", kind=RecomputeKeys(keys=["customer_id"], time_column="date"),
               quality=contracts.GOLD_CUSTOMER_DAILY)
 def customer_daily(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
     """Orders, revenue, items and sessions per customer per day."""

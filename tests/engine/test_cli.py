@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
@@ -98,3 +99,17 @@ def test_the_installed_command_runs_the_pipeline_on_its_own_ray(tmp_path: Path) 
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert "[15/15]" in ran.stdout
     assert DeltaTable(str(tmp_path / "gold" / "customer_features")).to_pyarrow_table().num_rows > 0
+
+
+def test_backfill_replaces_a_date_range_of_a_time_partitioned_table(demo_root: Path) -> None:
+    uri = str(demo_root / "gold" / "customer_daily")
+    before = pl.from_arrow(DeltaTable(uri).to_pyarrow_table()).sort(["customer_id", "date"])
+    code, output = invoke(demo_root, "backfill", "gold.customer_daily", "--from", "2026-01-05", "--to", "2026-01-06")
+    assert code == 0, output
+    assert "backfill of `gold.customer_daily` from 2026-01-05 to 2026-01-06, pipeline `retail`" in output
+    last = DeltaTable(uri).history(1)[0]
+    assert last["medallion.backfill"] == ["2026-01-05", "2026-01-06"]
+    after = pl.from_arrow(DeltaTable(uri).to_pyarrow_table()).sort(["customer_id", "date"])
+    assert after.equals(before)
+    code, output = invoke(demo_root, "backfill", "gold.customer_features", "--from", "2026-01-05", "--to", "2026-01-06")
+    assert code == 1 and "table `gold.customer_features` has no time partition to backfill" in output

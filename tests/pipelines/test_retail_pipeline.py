@@ -240,6 +240,10 @@ def test_landing_files_arriving_one_by_one_give_the_same_gold_as_one_run(
                 shutil.copy2(path, tmp_path / "landing" / source / path.name)
         result = Runner(retail, settings_at(tmp_path)).run()
         assert result.succeeded, [r.error for r in result.records if r.error]
+    daily = next(r for r in result.records if r.table == "gold.customer_daily")
+    customers = pl.from_arrow(read(retail_build, "gold.customer_daily"))["customer_id"].n_unique()
+    assert daily.status == "succeeded" and 0 < daily.details["keys_recomputed"] < customers
+    assert daily.details["rows_replaced"] < daily.rows_in
     silver = {r.table: r for r in result.records if r.table.startswith("silver.")}
     assert all(r.rows_in < DeltaTable(Layout.at(str(tmp_path)).table(t.replace("silver", "bronze"))).to_pyarrow_table().num_rows
                for t, r in silver.items() if r.status == "succeeded")

@@ -1,0 +1,108 @@
+"""Replacing a slice of a table in one commit, and the runner's keyed recompute and backfill."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+import ray.data
+from deltalake import DeltaTable
+
+from engine import Pipeline, RecomputeKeys, Runner, map_partitions
+from engine.config import StorageSettings
+from engine.errors import PipelineDefinitionError
+from engine.tables import delta
+from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.replace import Slice, replace_slice
+from tests.conftest import settings_at
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+STORAGE = StorageSettings()
+DAY = dt.date(2026, 1, 1)
+
+
+def write_files(uri: str, *tables: pa.Table) -> list[DataFile]:
+    files = []
+    for table in tables:
+        writer = RollingParquetWriter(uri, STORAGE, "t")
+        writer.write(table)
+        files.extend(writer.close())
+    return files
+
+
+def daily(customers: list[int | None], days: list[int], value: int) -> pa.Table:
+    return pa.table({"customer_id": pa.array(customers, pa.int64()),
+                     "date": pa.array([DAY + dt.timedelta(days=d) for d in days], pa.date32()),
+                     "value": pa.array([value] * len(days), pa.int64())})
+
+
+def rows(uri: str) -> list[tuple[object, ...]]:
+    return sorted(pl.from_arrow(DeltaTable(uri).to_pyarrow_table()).rows(), key=lambda r: (r[0] or -1, r[1]))
+
+
+def test_replace_keys_rewrites_only_files_holding_them_in_one_commit(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    first = write_files(uri, daily([1, 1, 2], [0, 1, 0], 1))
+    second = write_files(uri, daily([7, 8, None], [0, 0, 0], 1))
+    delta.commit_files(uri, [*first, *second], mode="append", metadata={})
+    new = write_files(uri, daily([1], [5], 9))
+    outcome = replace_slice(uri, "gold.t", Slice.of_keys(pa.table({"customer_id": pa.array([1, 3], pa.int64())})),
+                            new, storage=STORAGE, prefix="r", metadata={"run_id": "r"})
+    assert (outcome.version, outcome.rows_removed, outcome.files_rewritten, outcome.files_skipped) == (1, 2, 1, 1)
+    assert rows(uri) == [(None, DAY, 1), (1, DAY + dt.timedelta(days=5), 9), (2, DAY, 1), (7, DAY, 1), (8, DAY, 1)]
+    assert second[0].path in {p.rsplit("/", 1)[-1] for p in DeltaTable(uri).file_uris()}
+
+
+def test_replace_a_date_range(tmp_path: Path) -> None:
+    uri = str(tmp_path / "t")
+    delta.commit_files(uri, write_files(uri, daily([1, 1, 1], [0, 1, 2], 1)), mode="append", metadata={})
+    new = write_files(uri, daily([1, 2], [1, 1], 5))
+    replace_slice(uri, "gold.t", Slice.of_range("date", DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1)),
+                  new, storage=STORAGE, prefix="r", metadata={})
+    assert [r[2] for r in rows(uri)] == [1, 5, 1, 5]
+
+
+def counting_pipeline(calls: list[int]) -> Pipeline:
+    pipeline = Pipeline("keyed")
+
+    @pipeline.table("silver.visits")
+    def visits() -> ray.data.Dataset:
+        return ray.data.from_arrow(pa.table({"customer_id": pa.array(VISITS["customer_id"], pa.int64()),
+                                             "day": pa.array(VISITS["day"], pa.date32())}))
+
+    @pipeline.table("gold.visits_per_day", kind=RecomputeKeys(keys=["customer_id"], time_column="day"))
+    def visits_per_day(silver_visits: ray.data.Dataset) -> ray.data.Dataset:
+        calls.append(silver_visits.count())
+        return map_partitions(silver_visits, ["customer_id"], lambda t: pl.from_arrow(t).group_by(
+            ["customer_id", "day"]).agg(pl.len().cast(pl.Int64).alias("count()")).to_arrow())
+
+    return pipeline
+
+
+VISITS: dict[str, list] = {}
+
+
+def test_keyed_recompute_reads_only_affected_keys_and_backfill_replaces_a_range(tmp_path: Path) -> None:
+    calls: list[int] = []
+    VISITS.update(customer_id=[1, 1, 2, 3], day=[DAY, DAY, DAY, DAY + dt.timedelta(days=1)])
+    runner = Runner(counting_pipeline(calls), settings_at(tmp_path))
+    assert runner.run().succeeded and calls == [4]
+    VISITS.update(customer_id=[1, 1, 2, 3, 3], day=[DAY, DAY, DAY, DAY + dt.timedelta(days=1), DAY])
+    second = runner.run()
+    assert second.succeeded and calls == [4, 2]
+    assert second.records[-1].details["keys_recomputed"] == 1
+    uri = str(tmp_path / "gold" / "visits_per_day")
+    assert rows(uri) == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    VISITS.update(customer_id=[1, 2, 3, 3], day=[DAY, DAY, DAY + dt.timedelta(days=1), DAY])
+    runner.run(select="silver.visits")
+    backfilled = runner.backfill("gold.visits_per_day", DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1))
+    assert backfilled.succeeded and backfilled.records[0].details["rows_replaced"] == 1
+    assert rows(uri) == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    assert runner.run().succeeded
+    assert rows(uri) == [(1, DAY, 1), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    with pytest.raises(PipelineDefinitionError, match="no time partition"):
+        runner.backfill("silver.visits", DAY, DAY)
