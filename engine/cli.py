@@ -311,5 +311,10 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
     console.print(f"{len(summaries)} checks, {failed} with failing rows")
 
 
+from engine.features.cli import features  # noqa: E402
+
+main.add_command(features)
+
+
 if __name__ == "__main__":
     main()

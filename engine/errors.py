@@ -68,3 +68,17 @@ class CommitConflict(EngineError):
 
 class RunFailed(EngineError):
     """A run finished with at least one failed table."""
+
+
+class FeatureStoreError(EngineError):
+    """The feature store was misconfigured or misused: unknown feature, view or entity, unreadable source
+    table, or materialization that did not leave the online store as intended.
+
+    Attributes:
+        feature: the feature view or feature reference concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, feature: str | None = None, table: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message, table=table, path=path)
+        self.feature = feature

@@ -1,0 +1,135 @@
+"""`medallion features ...`: apply the feature repository, materialize, serve and look up online features."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.table import Table
+
+from engine.cli import _reported, _settings, console
+from engine.errors import FeatureStoreError
+from engine.runtime import ray_session
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+
+@click.group("features")
+@click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
+              type=click.Path(file_okay=False), help="Feature repository (definitions, feature_store.yaml).")
+@click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", default=None, type=click.Path(dir_okay=False),
+              help="YAML merged over the defaults, e.g. features/production.yaml (Redis, SQL registry).")
+@click.pass_context
+def features(ctx: click.Context, repo: str, feast_config: str | None) -> None:
+    """The Feast feature store over the gold tables under --root."""
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    ctx.obj = {"repo": repo, "overlay": feast_config}
+
+
+def _store(ctx: click.Context) -> FeatureStore:
+    from engine.features.repo import open_store
+
+    options = ctx.find_object(dict)
+    return open_store(_settings(ctx).storage.root, options["repo"], overlay=options["overlay"])
+
+
+@features.command()
+@click.pass_context
+@_reported
+def apply(ctx: click.Context) -> None:
+    """Register the repository's entities, views and services (and drop the ones it no longer defines)."""
+    from engine.features.repo import apply_repo, load_definitions
+
+    store = _store(ctx)
+    report = apply_repo(store, load_definitions(ctx.find_object(dict)["repo"]))
+    for change, kinds in report.changes.items():
+        for kind, names in kinds.items():
+            console.print(f"{change} {kind}: {', '.join(names)}")
+    if not report.changes:
+        console.print(f"registry of project `{store.project}` is up to date")
+
+
+@features.command()
+@click.option("--incremental", is_flag=True, help="Apply only what changed since the last materialization.")
+@click.option("--end", "end", default=None, help="Point in time the online rows represent (ISO 8601; default now).")
+@click.option("--view", "views", multiple=True, help="Feature view to materialize (repeatable; default all).")
+@click.pass_context
+@_reported
+def materialize(ctx: click.Context, incremental: bool, end: str | None, views: tuple[str, ...]) -> None:
+    """Bring the online store to the features at END of the tables' current versions."""
+    from engine.features.materialize import materialize as run
+
+    settings = _settings(ctx)
+    moment = _timestamp(end) if end else None
+    with ray_session(settings.ray):
+        reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None)
+    view = Table(title="materialization" + (" (incremental)" if incremental else ""))
+    for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
+        view.add_column(column, justify="right" if column not in ("view", "table", "end (UTC)") else "left")
+    for r in reports:
+        view.add_row(r.view, r.table, str(r.version), r.end.strftime("%Y-%m-%d %H:%M:%S"), f"{r.written:,}",
+                     f"{r.deleted:,}", f"{r.unchanged:,}", f"{r.online_rows:,}")
+    console.print(view)
+    for r in reports:
+        if not r.online_rows:
+            console.print(f"`{r.view}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; pass --end "
+                          f"to materialize as of a time the table covers", style="yellow")
+
+
+@features.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=6566, show_default=True)
+@click.option("--max-body", type=int, default=1 << 20, show_default=True, help="Largest request body in bytes.")
+@click.pass_context
+@_reported
+def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
+    """Serve online features over HTTP (POST /get-online-features, GET /health)."""
+    from engine.features.server import serve as run
+
+    console.print(f"serving online features on http://{host}:{port}/get-online-features")
+    run(_store(ctx), host, port, max_body=max_body)
+
+
+@features.command()
+@click.option("--entity", "entities", multiple=True, required=True, help="KEY=VALUE, e.g. customer_id=42.")
+@click.option("--feature", "refs", multiple=True, help="view:feature (repeatable).")
+@click.option("--service", default=None, help="A feature service instead of --feature.")
+@click.pass_context
+@_reported
+def get(ctx: click.Context, entities: tuple[str, ...], refs: tuple[str, ...], service: str | None) -> None:
+    """Look up online features of one entity row and print them as JSON."""
+    from feast.errors import FeastError
+
+    store = _store(ctx)
+    if bool(refs) == bool(service):
+        raise FeatureStoreError("give either --feature (one or more) or --service")
+    row = dict(_pair(item) for item in entities)
+    wanted: Any = store.get_feature_service(service) if service else list(refs)
+    try:
+        values = store.get_online_features(features=wanted, entity_rows=[row]).to_dict()
+    except FeastError as err:
+        raise FeatureStoreError(f"online lookup failed: {err}") from None
+    console.print_json(json.dumps({k: v[0] for k, v in values.items()}, default=str))
+
+
+def _pair(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise FeatureStoreError(f"--entity `{item}` is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _timestamp(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise FeatureStoreError(f"--end `{text}` is not an ISO 8601 time such as 2026-06-01T00:00:00Z") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

@@ -1,0 +1,431 @@
+"""`DeltaOfflineStore`: Feast's offline store over Delta tables, reading through the Delta log on Ray.
+
+Point-in-time joins hash the entity rows and the feature rows of each feature view into the same
+partitions (one plain-Ray-task shuffle per set of join keys) and run a polars as-of join per partition.
+Every retrieval reads one snapshot per table, resolved when the retrieval is created, and records the
+versions it used (`DeltaRetrievalJob.table_versions`, and the lineage table under the root).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+import ray.exceptions
+from feast.feature_view import DUMMY_ENTITY_ID, FeatureView
+from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
+from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.utils import _get_column_names
+from pydantic import StrictStr
+
+from engine.errors import FeatureStoreError
+from engine.features import lineage
+from engine.features.pit import CREATED_TS, ENTITY_TS, FEATURE_TS, ROW, ViewJoin, as_of_join, latest_per_key
+from engine.features.snapshot import Snapshot, read_snapshot
+from engine.features.source import DeltaSource
+from engine.partitioning import co_partition, map_partitions
+
+log = logging.getLogger(__name__)
+
+STORE_TYPE = "engine.features.offline.DeltaOfflineStore"
+
+
+class DeltaOfflineStoreConfig(FeastConfigBaseModel):
+    """Settings of the Delta offline store (`offline_store:` in the Feast configuration)."""
+
+    type: Literal["engine.features.offline.DeltaOfflineStore"] = STORE_TYPE
+    root: StrictStr
+    """The storage root: `DeltaSource` tables resolve to `<root>/<layer>/<name>`."""
+    ray_address: StrictStr | None = None
+    """The Ray cluster to use when Ray is not initialised yet (default `$RAY_ADDRESS`, else a private one)."""
+    partitions: int | None = None
+    """Hash partitions of a point-in-time join (default: twice the cluster's CPUs)."""
+    record_lineage: bool = True
+    """Append the table versions every retrieval used to `<root>/_meta/features/lineage`."""
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Use the Ray already initialised, else join `address` / `$RAY_ADDRESS`, else start a private instance."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+             logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def delta_source(view: FeatureView) -> DeltaSource:
+    """The view's batch source, which must be a `DeltaSource`.
+
+    Raises:
+        FeatureStoreError: it is another kind of source.
+    """
+    source = view.batch_source
+    if not isinstance(source, DeltaSource):
+        raise FeatureStoreError(f"feature view `{view.name}` reads a {type(source).__name__}; the Delta offline "
+                                "store serves only `DeltaSource` views (engine.features.DeltaSource)",
+                                feature=view.name)
+    return source
+
+
+def store_config(config: RepoConfig) -> DeltaOfflineStoreConfig:
+    """The offline store settings, checked to be this store's."""
+    offline = config.offline_store
+    if not isinstance(offline, DeltaOfflineStoreConfig):
+        raise FeatureStoreError(f"the Feast configuration uses the offline store `{offline.type}`; set "
+                                f"`offline_store.type: {STORE_TYPE}` with a `root`")
+    return offline
+
+
+class DeltaRetrievalJob(RetrievalJob):
+    """A retrieval whose table snapshots were fixed when it was created; runs on Ray when converted."""
+
+    def __init__(
+        self,
+        compute: Callable[[], pa.Table],
+        snapshots: Sequence[Snapshot],
+        *,
+        full_feature_names: bool = False,
+        on_demand_feature_views: Sequence[OnDemandFeatureView] = (),
+        metadata: RetrievalMetadata | None = None,
+        on_done: Callable[[pa.Table], None] | None = None,
+    ) -> None:
+        self._compute = compute
+        self._snapshots = tuple(snapshots)
+        self._full_feature_names = full_feature_names
+        self._odfvs = list(on_demand_feature_views)
+        self._metadata = metadata
+        self._on_done = on_done
+
+    @property
+    def table_versions(self) -> dict[str, int]:
+        """The Delta version of every table this retrieval reads."""
+        return {s.table: s.version for s in self._snapshots}
+
+    @property
+    def full_feature_names(self) -> bool:
+        """Whether feature columns are named `view__feature`."""
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        """On-demand views Feast computes on the result."""
+        return self._odfvs
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        """Requested features, entity keys and the entity time range."""
+        return self._metadata
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        table = self._compute()
+        if self._on_done is not None:
+            self._on_done(table)
+        return table
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    def persist(self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None) -> None:
+        """Not supported: write `to_arrow()` to a Delta table of the pipeline instead."""
+        raise FeatureStoreError("saved datasets are not supported by the Delta offline store; write "
+                                "`job.to_arrow()` to a table (it records its table versions in `table_versions`)")
+
+
+@dataclass(frozen=True)
+class _ViewPlan:
+    """What one feature view contributes to a point-in-time join."""
+
+    name: str
+    snapshot: Snapshot
+    columns: tuple[str, ...]
+    rename: dict[str, str]
+    join: ViewJoin
+
+
+class DeltaOfflineStore(OfflineStore):
+    """Feast offline store over `DeltaSource` tables; every read goes through the Delta log, on Ray."""
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: pd.DataFrame | str | None,
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> RetrievalJob:
+        """Point-in-time join of `feature_refs` onto `entity_df` (see `engine.features.pit.as_of_join`)."""
+        settings = store_config(config)
+        if not isinstance(entity_df, pd.DataFrame):
+            raise FeatureStoreError("historical retrieval needs an entity DataFrame (entity columns and an "
+                                    "event timestamp column); SQL entity queries and time-range retrievals "
+                                    "are not supported by the Delta offline store")
+        time_column = _entity_time_column(entity_df)
+        plans = [_plan_view(settings.root, view, feature_refs, registry, project, full_feature_names)
+                 for view in feature_views]
+        plans = [plan for plan in plans if plan.join.features]
+        entities = _prepare_entities(entity_df, time_column, plans)
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        times = entities.column(ENTITY_TS)
+        metadata = RetrievalMetadata(
+            features=feature_refs,
+            keys=[c for c in entity_df.columns if c != time_column],
+            min_event_timestamp=pc.min(times).as_py(),
+            max_event_timestamp=pc.max(times).as_py(),
+        )
+        snapshots = [plan.snapshot for plan in plans]
+
+        def compute() -> pa.Table:
+            ensure_ray(settings.ray_address)
+            with task_errors(snapshots):
+                return _run_join(entities, plans, settings.partitions)
+
+        def record(result: pa.Table) -> None:
+            if settings.record_lineage:
+                lineage.record(settings.root, "historical", snapshots, result.num_rows,
+                               views=[p.name for p in plans])
+
+        return DeltaRetrievalJob(compute, snapshots, full_feature_names=full_feature_names,
+                                 on_demand_feature_views=odfvs, metadata=metadata, on_done=record)
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: Any,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: dt.datetime,
+        end_date: dt.datetime,
+    ) -> RetrievalJob:
+        """The latest row per key with its event time in `[start_date, end_date]`."""
+        settings = store_config(config)
+        snapshot = _source(data_source).snapshot(settings.root)
+
+        def compute() -> pa.Table:
+            ensure_ray(settings.ray_address)
+            with task_errors([snapshot]):
+                return collect(latest_rows(snapshot, join_key_columns, feature_name_columns, timestamp_field,
+                                           created_timestamp_column, start_date, end_date))
+
+        return DeltaRetrievalJob(compute, [snapshot])
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: Any,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: dt.datetime | None = None,
+        end_date: dt.datetime | None = None,
+    ) -> RetrievalJob:
+        """Every row with its event time in `[start_date, end_date]`."""
+        settings = store_config(config)
+        snapshot = _source(data_source).snapshot(settings.root)
+        columns = _unique([*join_key_columns, *feature_name_columns, timestamp_field, created_timestamp_column])
+
+        def compute() -> pa.Table:
+            ensure_ray(settings.ray_address)
+            with task_errors([snapshot]):
+                return collect(read_snapshot(snapshot, columns, time_column=timestamp_field, start=utc(start_date),
+                                             end=utc(end_date)))
+
+        return DeltaRetrievalJob(compute, [snapshot])
+
+    @staticmethod
+    def validate_data_source(config: RepoConfig, data_source: Any) -> None:
+        """Check the source's table exists under the root with its timestamp columns."""
+        _source(data_source).validate(config)
+
+
+def latest_rows(
+    snapshot: Snapshot,
+    keys: Sequence[str],
+    features: Sequence[str],
+    time_column: str,
+    created_column: str | None,
+    start: dt.datetime | None,
+    end: dt.datetime | None,
+    *,
+    rename: dict[str, str] | None = None,
+    hash_columns: Sequence[str] = (),
+    partitions: int | None = None,
+) -> ray.data.Dataset:
+    """The latest row per key of `snapshot` with its event time in `[start, end]`, hash-partitioned by key.
+
+    `rename` maps source columns to output names (the time columns keep theirs); `hash_columns` (output
+    names) adds a `__row_hash` column.
+    """
+    columns = _unique([*keys, *features, time_column, created_column])
+    rows = read_snapshot(snapshot, columns, rename=rename, time_column=time_column, start=utc(start),
+                         end=utc(end))
+    out_keys = [(rename or {}).get(k, k) for k in keys]
+    return map_partitions(rows, out_keys, latest_per_key, num_partitions=partitions,
+                          fn_kwargs={"keys": out_keys, "time_column": time_column,
+                                     "created_column": created_column, "hash_columns": list(hash_columns)})
+
+
+def utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """`moment` as an aware UTC datetime (a naive one is taken as UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def collect(rows: ray.data.Dataset) -> pa.Table:
+    """All blocks of `rows` on the driver."""
+    return pa.concat_tables(ray.get(rows.to_arrow_refs()), promote_options="permissive")
+
+
+@contextmanager
+def task_errors(snapshots: Sequence[Snapshot]) -> Iterator[None]:
+    """Turn a failed Ray task into a `FeatureStoreError` naming the table versions being read.
+
+    Raises:
+        FeatureStoreError: a Ray task failed in the block.
+    """
+    try:
+        yield
+    except ray.exceptions.RayTaskError as err:
+        cause = _root_cause(err)
+        if isinstance(cause, FeatureStoreError):
+            raise cause from None
+        read = ", ".join(f"`{s.table}` version {s.version}" for s in snapshots)
+        raise FeatureStoreError(f"reading {read} failed in a Ray task: {cause!r}; a version whose files were "
+                                "vacuumed cannot be read any more", table=snapshots[0].table if snapshots else None,
+                                ) from err
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
+        err = err.cause
+    return err
+
+
+def _source(data_source: Any) -> DeltaSource:
+    if not isinstance(data_source, DeltaSource):
+        raise FeatureStoreError(f"data source `{getattr(data_source, 'name', data_source)}` is a "
+                                f"{type(data_source).__name__}; the Delta offline store reads only `DeltaSource`")
+    return data_source
+
+
+def _unique(names: Sequence[str | None]) -> list[str]:
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _entity_time_column(entity_df: pd.DataFrame) -> str:
+    try:
+        return infer_event_timestamp_from_entity_df(entity_df.dtypes.to_dict())
+    except Exception as err:
+        raise FeatureStoreError(f"the entity DataFrame needs an `event_timestamp` column (or exactly one "
+                                f"datetime column); it has {list(entity_df.columns)} ({err})") from None
+
+
+def _plan_view(root: str, view: FeatureView, feature_refs: Sequence[str], registry: BaseRegistry, project: str,
+               full_feature_names: bool) -> _ViewPlan:
+    source = delta_source(view)
+    name = view.projection.name_to_use()
+    wanted = [ref.split(":", 1)[1] for ref in feature_refs if ref.split(":", 1)[0] == name]
+    known = {f.name for f in view.features}
+    unknown = [f for f in wanted if f not in known]
+    if unknown:
+        raise FeatureStoreError(f"feature view `{name}` has no feature(s) {unknown}; it has {sorted(known)}",
+                                feature=name)
+    entities = [registry.get_entity(e, project) for e in view.entities]
+    source_keys, _, source_time, source_created = _get_column_names(view, entities)
+    if not source_keys:
+        raise FeatureStoreError(f"feature view `{name}` has no entity; the Delta offline store joins on entity keys",
+                                feature=name)
+    reverse = {v: k for k, v in source.field_mapping.items()}
+    entity_keys = [view.projection.join_key_map.get(e.join_key, e.join_key) for e in entities
+                   if e.join_key != DUMMY_ENTITY_ID]
+    rename = dict(zip(source_keys, entity_keys)) | {source_time: FEATURE_TS}
+    if source_created:
+        rename[source_created] = CREATED_TS
+    outputs = []
+    for feature in wanted:
+        out = f"{name}__{feature}" if full_feature_names else feature
+        rename[reverse.get(feature, feature)] = out
+        outputs.append(out)
+    columns = _unique([*source_keys, source_time, source_created, *[reverse.get(f, f) for f in wanted]])
+    ttl = int(view.ttl.total_seconds() * 1_000_000) if view.ttl else None
+    join = ViewJoin(f"view__{name}", tuple(entity_keys), tuple(outputs), ttl, bool(source_created))
+    return _ViewPlan(name, source.snapshot(root), tuple(columns), rename, join)
+
+
+def _prepare_entities(entity_df: pd.DataFrame, time_column: str, plans: Sequence[_ViewPlan]) -> pa.Table:
+    """The entity rows as Arrow with a row number, the event time in UTC microseconds, and each join key
+    cast to the type of the feature table's key column."""
+    try:
+        table = pa.Table.from_pandas(entity_df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise FeatureStoreError(f"the entity DataFrame does not convert to Arrow ({err}); give every column one "
+                                "type") from None
+    outputs = {f for plan in plans for f in plan.join.features}
+    clashes = sorted(outputs & set(table.column_names))
+    if clashes:
+        raise FeatureStoreError(f"the entity DataFrame already has column(s) {clashes}, which the requested "
+                                "features would produce; rename them or use full_feature_names=True")
+    times = table.column(time_column)
+    if not pa.types.is_timestamp(times.type):
+        raise FeatureStoreError(f"entity column `{time_column}` must hold timestamps, not {times.type}")
+    if times.null_count:
+        raise FeatureStoreError(f"{times.null_count} entity row(s) have no `{time_column}`; every row needs the "
+                                "time its features are wanted for")
+    if times.type.tz is None:
+        times = pc.assume_timezone(times, "UTC")
+    table = table.append_column(ENTITY_TS, times.cast(pa.timestamp("us", tz="UTC"), safe=False))
+    table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
+    for plan in plans:
+        source_of = {out: src for src, out in plan.rename.items()}
+        for key in plan.join.keys:
+            if key not in table.column_names:
+                raise FeatureStoreError(f"the entity DataFrame has no column `{key}`, the join key of feature view "
+                                        f"`{plan.name}`; add it (columns: {list(entity_df.columns)})",
+                                        feature=plan.name)
+            target = plan.snapshot.schema.field(source_of[key]).type
+            if table.column(key).type != target:
+                try:
+                    cast = table.column(key).cast(target)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    raise FeatureStoreError(f"entity column `{key}` holds {table.column(key).type} values that do "
+                                            f"not convert to {target}, the type of `{plan.snapshot.table}`: {err}",
+                                            feature=plan.name) from None
+                table = table.set_column(table.column_names.index(key), key, cast)
+    return table
+
+
+def _run_join(entities: pa.Table, plans: Sequence[_ViewPlan], partitions: int | None) -> pa.Table:
+    """Join every plan onto the entity rows: one co-partitioned as-of join per set of join keys."""
+    groups: dict[tuple[str, ...], list[_ViewPlan]] = {}
+    for plan in plans:
+        groups.setdefault(plan.join.keys, []).append(plan)
+    current = ray.data.from_arrow(entities)
+    for keys, group in groups.items():
+        inputs = {"entities": current} | {
+            plan.join.input: read_snapshot(plan.snapshot, plan.columns, rename=plan.rename) for plan in group}
+        current = co_partition(inputs, list(keys), as_of_join, num_partitions=partitions,
+                               fn_kwargs={"views": [plan.join for plan in group]})
+    result = collect(current).sort_by(ROW)
+    ordered = [c for c in entities.column_names if c not in (ROW, ENTITY_TS)]
+    ordered += [f for plan in plans for f in plan.join.features]
+    return result.select(ordered)

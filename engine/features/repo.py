@@ -1,0 +1,250 @@
+"""The Feast configuration of a storage root, the feature repository's definitions, and `apply`.
+
+Defaults (local provider, file registry and SQLite online store under `<root>/_meta/features/`, the Delta
+offline store and the Delta-aware Ray compute engine) are embedded here; a `feature_store.yaml` in the
+feature repository and an optional overlay file (e.g. `production.yaml` with Redis and a SQL registry)
+are merged over them. `${MEDALLION_ROOT}` in those files stands for the storage root, other `${VAR}`s are
+read from the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from feast import Entity, FeatureService, FeatureStore, FeatureView, OnDemandFeatureView, RepoConfig
+from feast.data_source import DataSource
+from feast.diff.property_diff import TransitionType
+from feast.errors import FeastError
+from feast.feature_view import DUMMY_ENTITY
+from feast.project import Project
+from feast.repo_config import FeastConfigError
+from feast.repo_contents import RepoContents
+from pydantic import ValidationError
+
+from engine.errors import FeatureStoreError
+from engine.features.offline import STORE_TYPE
+from engine.features.source import DeltaSource
+from engine.tables.layout import Layout
+
+ENGINE_TYPE = "engine.features.compute.DeltaRayComputeEngine"
+CONFIG_FILE = "feature_store.yaml"
+ROOT_VARIABLE = "MEDALLION_ROOT"
+DEFAULT_PROJECT = "medallion"
+_UNSET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+FeastObject = Entity | FeatureView | OnDemandFeatureView | FeatureService | DataSource
+
+
+def features_dir(root: str) -> str:
+    """`<root>/_meta/features`: registry, SQLite online store, materialization state and lineage."""
+    return f"{Layout.at(root).root}/_meta/features"
+
+
+def default_config(root: str) -> dict[str, Any]:
+    """The embedded defaults for a storage root."""
+    base = features_dir(root)
+    return {
+        "project": DEFAULT_PROJECT,
+        "provider": "local",
+        "registry": {"registry_type": "file", "path": f"{base}/registry.db", "cache_ttl_seconds": 60},
+        "online_store": {"type": "sqlite", "path": f"{base}/online.db"},
+        "offline_store": {"type": STORE_TYPE, "root": Layout.at(root).root},
+        "batch_engine": {"type": ENGINE_TYPE},
+        "entity_key_serialization_version": 3,
+    }
+
+
+def render_config(
+    root: str,
+    repo: str | os.PathLike[str] | None = None,
+    *,
+    overlay: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> RepoConfig:
+    """The Feast configuration for `root`: defaults < `<repo>/feature_store.yaml` < `overlay` < `overrides`.
+
+    Relative registry and SQLite paths resolve under `<root>/_meta/features`; the offline store always reads
+    `root`.
+
+    Raises:
+        FeatureStoreError: a file is missing or invalid, or names an unset environment variable.
+    """
+    merged = default_config(root)
+    files = [Path(repo) / CONFIG_FILE] if repo is not None and (Path(repo) / CONFIG_FILE).is_file() else []
+    if overlay is not None:
+        if not Path(overlay).is_file():
+            raise FeatureStoreError(f"Feast configuration overlay `{overlay}` does not exist; fix the path "
+                                    "(--feast-config or MEDALLION_FEAST_CONFIG)", path=str(overlay))
+        files.append(Path(overlay))
+    for file in files:
+        merged = _merge(merged, _read_yaml(file, root))
+    merged = _merge(merged, dict(overrides or {}))
+    merged["offline_store"]["root"] = Layout.at(root).root
+    _resolve_local_paths(merged, features_dir(root))
+    try:
+        config = RepoConfig(**merged)
+    except (ValidationError, FeastConfigError) as err:
+        raise FeatureStoreError(f"invalid Feast configuration (from {[str(f) for f in files] or 'defaults'}): "
+                                f"{err}") from None
+    config.repo_path = Path(repo) if repo is not None else Path(features_dir(root))
+    return config
+
+
+def open_store(
+    root: str,
+    repo: str | os.PathLike[str] | None = None,
+    *,
+    overlay: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FeatureStore:
+    """A Feast `FeatureStore` over the tables under `root` (see `render_config`)."""
+    config = render_config(root, repo, overlay=overlay, overrides=overrides)
+    if "://" not in Layout.at(root).root:
+        Path(features_dir(root)).mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=config)
+
+
+def load_definitions(repo: str | os.PathLike[str]) -> list[FeastObject]:
+    """The Feast objects defined in the repository's Python files (files starting with `_` are skipped).
+
+    Raises:
+        FeatureStoreError: the folder does not exist or holds no definitions.
+    """
+    folder = Path(repo)
+    files = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_")) if folder.is_dir() else []
+    if not files:
+        raise FeatureStoreError(f"feature repository `{folder}` has no Python definitions; point --repo (or "
+                                "MEDALLION_FEATURE_REPO) at the folder with your entities and feature views",
+                                path=str(folder))
+    package = "medallion_feature_repo_" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
+    found: list[FeastObject] = []
+    for file in files:
+        name = f"{package}_{file.stem}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            raise FeatureStoreError(f"loading feature definitions `{file}` failed: {err!r}", path=str(file)) from err
+        for value in vars(module).values():
+            if isinstance(value, FeastObject) and not any(value is seen for seen in found):
+                found.append(value)
+    return found
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    """What `apply_repo` changed in the registry: object names by kind and change (`created`, `updated`,
+    `deleted`); empty when the registry already matched the definitions."""
+
+    changes: dict[str, dict[str, list[str]]]
+
+
+def apply_repo(store: FeatureStore, objects: Sequence[FeastObject]) -> ApplyReport:
+    """Register `objects` (and delete the project's registered objects they no longer include), like
+    `feast apply`, and update the online store's tables.
+
+    Every `DeltaSource` is checked first: its table must exist under the root.
+
+    Raises:
+        FeatureStoreError: a source table is missing or lacks its timestamp column.
+    """
+    views = [o for o in objects if isinstance(o, FeatureView)]
+    on_demand = [o for o in objects if isinstance(o, OnDemandFeatureView)]
+    sources: dict[str, DataSource] = {}
+    for source in [o for o in objects if isinstance(o, DataSource)] + [v.batch_source for v in views] + [
+            r for odfv in on_demand for r in odfv.source_request_sources.values()]:
+        if source is not None:
+            sources.setdefault(source.name, source)
+    for source in sources.values():
+        if isinstance(source, DeltaSource):
+            source.validate(store.config)
+    contents = RepoContents(
+        projects=[Project(name=store.project)],
+        data_sources=list(sources.values()),
+        feature_views=views,
+        on_demand_feature_views=on_demand,
+        stream_feature_views=[],
+        label_views=[],
+        entities=[o for o in objects if isinstance(o, Entity)] + [DUMMY_ENTITY],
+        feature_services=[o for o in objects if isinstance(o, FeatureService)],
+        permissions=[],
+    )
+    try:
+        registry_diff, infra_diff, new_infra = store.plan(contents)
+        store._apply_diffs(registry_diff, infra_diff, new_infra)
+    except (FeastError, ValueError) as err:
+        raise FeatureStoreError(f"Feast refused the definitions of project `{store.project}`: {err}") from err
+    changes: dict[str, dict[str, list[str]]] = {}
+    for diff in registry_diff.feast_object_diffs:
+        change = {TransitionType.CREATE: "created", TransitionType.UPDATE: "updated",
+                  TransitionType.DELETE: "deleted"}.get(diff.transition_type)
+        if change and diff.name != DUMMY_ENTITY.name and (change != "updated" or _changed(diff)):
+            kind = diff.feast_object_type.name.replace("_", " ").lower()
+            changes.setdefault(change, {}).setdefault(kind, []).append(diff.name)
+    return ApplyReport({c: {k: sorted(v) for k, v in sorted(kinds.items())} for c, kinds in sorted(changes.items())})
+
+
+def _changed(diff: Any) -> bool:
+    """Whether an update changes more than the creation times Feast stamps on embedded data sources."""
+    return any(_without_meta(p.val_existing) != _without_meta(p.val_declared)
+               for p in diff.feast_object_property_diffs)
+
+
+def _without_meta(value: Any) -> Any:
+    if hasattr(value, "DESCRIPTOR") and "meta" in value.DESCRIPTOR.fields_by_name:
+        value = type(value).FromString(value.SerializeToString())
+        value.ClearField("meta")
+    return value
+
+
+def _read_yaml(path: Path, root: str) -> dict[str, Any]:
+    text = path.read_text().replace("${" + ROOT_VARIABLE + "}", Layout.at(root).root)
+    text = os.path.expandvars(text)
+    unset = sorted(set(_UNSET.findall(text)))
+    if unset:
+        raise FeatureStoreError(f"Feast configuration `{path}` uses unset environment variable(s) {unset}; set "
+                                "them before running", path=str(path))
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise FeatureStoreError(f"Feast configuration `{path}` is not valid YAML: {err}", path=str(path)) from None
+    if not isinstance(loaded, dict):
+        raise FeatureStoreError(f"Feast configuration `{path}` must be a mapping", path=str(path))
+    return loaded
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by `extra`; nested mappings merge, except that a changed store `type` replaces it."""
+    merged = dict(base)
+    for key, value in extra.items():
+        current = merged.get(key)
+        same_kind = isinstance(current, dict) and isinstance(value, Mapping) and (
+            value.get("type", current.get("type")) == current.get("type")
+            and value.get("registry_type", current.get("registry_type")) == current.get("registry_type"))
+        merged[key] = _merge(current, value) if same_kind else (dict(value) if isinstance(value, Mapping) else value)
+    return merged
+
+
+def _resolve_local_paths(config: dict[str, Any], base: str) -> None:
+    registry = config.get("registry")
+    if isinstance(registry, dict) and registry.get("registry_type", "file") == "file":
+        registry["path"] = _under(registry["path"], base)
+    online = config.get("online_store")
+    if isinstance(online, dict) and online.get("type") == "sqlite" and "path" in online:
+        online["path"] = _under(online["path"], base)
+
+
+def _under(path: str, base: str) -> str:
+    return path if "://" in path or os.path.isabs(path) else f"{base}/{path}"

@@ -1,0 +1,284 @@
+"""Online serving over HTTP: Feast's feature server behind a guard that turns bad requests into 4xx answers.
+
+The guard reads at most `max_body` bytes, parses the JSON of `POST /get-online-features`, and checks it
+against the registry (known feature views, features and services; every needed entity key and request
+field present, of the right type, in equal-length lists) before Feast sees it. Errors come back as
+`{"error": {"code": ..., "message": ..., "details": ...}}`. Only reads are served (`/get-online-features`,
+`/health`): Feast's write and materialize endpoints have no authentication, so they are not exposed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from feast import FeatureStore
+from feast.value_type import ValueType
+from starlette.concurrency import run_in_threadpool
+
+ONLINE_PATH = "/get-online-features"
+HEALTH_PATH = "/health"
+MAX_BODY = 1 << 20
+MAX_ROWS = 1000
+REQUEST_FIELDS = {"features", "feature_service", "entities", "full_feature_names"}
+INT_RANGES = {ValueType.INT32: (-(2**31), 2**31 - 1), ValueType.INT64: (-(2**63), 2**63 - 1)}
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class RequestProblem(Exception):
+    """A request the server refuses: HTTP status, a stable code, a message and details."""
+
+    def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details
+
+    def body(self) -> bytes:
+        """The JSON error document."""
+        return json.dumps({"error": {"code": self.code, "message": str(self), "details": self.details}}).encode()
+
+
+@dataclass
+class Catalog:
+    """What the registry says a request may ask for.
+
+    Attributes:
+        views: feature view name -> (feature names, join key -> value type).
+        on_demand: on-demand view name -> (feature names, source view names, request field -> value type).
+        services: feature service name -> feature references (`view:feature`).
+    """
+
+    views: dict[str, tuple[set[str], dict[str, ValueType]]] = field(default_factory=dict)
+    on_demand: dict[str, tuple[set[str], list[str], dict[str, ValueType]]] = field(default_factory=dict)
+    services: dict[str, list[str]] = field(default_factory=dict)
+
+
+def catalog_of(store: FeatureStore) -> Catalog:
+    """The registry's views, on-demand views and services (from the registry cache)."""
+    registry, project = store.registry, store.project
+    entities = {e.name: e for e in registry.list_entities(project, allow_cache=True)}
+    catalog = Catalog()
+    for view in registry.list_feature_views(project, allow_cache=True):
+        types = {c.name: c.dtype.to_value_type() for c in view.entity_columns}
+        keys = {entities[e].join_key: types.get(entities[e].join_key, entities[e].value_type)
+                for e in view.entities if e in entities and entities[e].join_key in types}
+        catalog.views[view.name] = ({f.name for f in view.features}, keys)
+    for odfv in registry.list_on_demand_feature_views(project, allow_cache=True):
+        sources = [p.name for p in odfv.source_feature_view_projections.values()]
+        catalog.on_demand[odfv.name] = ({f.name for f in odfv.features}, sources, odfv.get_request_data_schema())
+    for service in registry.list_feature_services(project, allow_cache=True):
+        catalog.services[service.name] = [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections
+                                          for f in p.features]
+    return catalog
+
+
+def check_request(payload: Any, catalog: Catalog, max_rows: int = MAX_ROWS) -> None:
+    """Check an online-features request against the catalog.
+
+    Raises:
+        RequestProblem: the first thing wrong with it.
+    """
+    if not isinstance(payload, dict):
+        raise RequestProblem(400, "invalid_request", "the body must be a JSON object")
+    unknown = sorted(set(payload) - REQUEST_FIELDS)
+    if unknown:
+        raise RequestProblem(400, "unknown_field", f"unknown request field(s) {unknown}", allowed=sorted(REQUEST_FIELDS))
+    if not isinstance(payload.get("full_feature_names", False), bool):
+        raise RequestProblem(422, "wrong_type", "`full_feature_names` must be true or false")
+    refs = _requested_refs(payload, catalog)
+    needed = _needed_inputs(refs, catalog)
+    entities = payload.get("entities")
+    if not isinstance(entities, dict) or not entities:
+        raise RequestProblem(400, "missing_entities", "`entities` must be an object of entity key -> list of values",
+                             expected=sorted(needed))
+    missing = sorted(set(needed) - set(entities))
+    if missing:
+        raise RequestProblem(400, "missing_entity", f"the requested features need value(s) for {missing}",
+                             missing=missing, expected=sorted(needed))
+    extra = sorted(set(entities) - set(needed))
+    if extra:
+        raise RequestProblem(400, "unknown_entity", f"{extra} are neither entity keys nor request fields of the "
+                             "requested features", unknown=extra, expected=sorted(needed))
+    lengths = set()
+    for name, values in entities.items():
+        if not isinstance(values, list) or not values:
+            raise RequestProblem(422, "wrong_type", f"`entities.{name}` must be a non-empty list", entity=name)
+        lengths.add(len(values))
+        _check_values(name, values, needed[name])
+    if len(lengths) > 1:
+        raise RequestProblem(400, "length_mismatch", "every list in `entities` must have the same length",
+                             lengths={n: len(v) for n, v in entities.items()})
+    if lengths.pop() > max_rows:
+        raise RequestProblem(413, "too_many_rows", f"at most {max_rows} entity rows per request", limit=max_rows)
+
+
+def _requested_refs(payload: Mapping[str, Any], catalog: Catalog) -> list[str]:
+    service, features = payload.get("feature_service"), payload.get("features")
+    if (service is None) == (features is None):
+        raise RequestProblem(400, "invalid_request", "give exactly one of `features` (a list of `view:feature`) "
+                             "and `feature_service`")
+    if service is not None:
+        if not isinstance(service, str):
+            raise RequestProblem(422, "wrong_type", "`feature_service` must be a string")
+        if service not in catalog.services:
+            raise RequestProblem(404, "unknown_feature_service", f"no feature service `{service}`",
+                                 known=sorted(catalog.services))
+        return catalog.services[service]
+    if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
+        raise RequestProblem(422, "wrong_type", "`features` must be a non-empty list of `view:feature` strings")
+    for ref in features:
+        view, _, name = ref.partition(":")
+        known = catalog.views.get(view, catalog.on_demand.get(view, (None,)))[0]
+        if known is None:
+            raise RequestProblem(404, "unknown_feature_view", f"no feature view `{view}` (in `{ref}`)",
+                                 known=sorted([*catalog.views, *catalog.on_demand]))
+        if name not in known:
+            raise RequestProblem(404, "unknown_feature", f"feature view `{view}` has no feature `{name}`",
+                                 known=sorted(known))
+    return features
+
+
+def _needed_inputs(refs: list[str], catalog: Catalog) -> dict[str, ValueType]:
+    """Entity keys and request fields the references need, with their value types."""
+    needed: dict[str, ValueType] = {}
+    views = {ref.partition(":")[0] for ref in refs}
+    for view in sorted(views):
+        if view in catalog.on_demand:
+            _, sources, request = catalog.on_demand[view]
+            needed.update(request)
+            for source in sources:
+                needed.update(catalog.views.get(source, (set(), {}))[1])
+        else:
+            needed.update(catalog.views[view][1])
+    return needed
+
+
+def _check_values(name: str, values: list[Any], kind: ValueType) -> None:
+    for position, value in enumerate(values):
+        if not _fits(value, kind):
+            raise RequestProblem(422, "wrong_type", f"`entities.{name}[{position}]` is {json.dumps(value)}, not a "
+                                 f"{kind.name.lower()} value", entity=name, index=position, expected=kind.name)
+
+
+def _fits(value: Any, kind: ValueType) -> bool:
+    if kind in INT_RANGES:
+        low, high = INT_RANGES[kind]
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    if kind in (ValueType.FLOAT, ValueType.DOUBLE):
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == ValueType.STRING:
+        return isinstance(value, str)
+    if kind == ValueType.BOOL:
+        return isinstance(value, bool)
+    return value is not None
+
+
+class RequestGuard:
+    """ASGI middleware: lets through valid online-feature requests and health checks, answers the rest."""
+
+    def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS
+                 ) -> None:
+        self.app = app
+        self.store = store
+        self.max_body = max_body
+        self.max_rows = max_rows
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == HEALTH_PATH and method == "GET":
+                await self.app(scope, receive, send)
+                return
+            if path != ONLINE_PATH:
+                raise RequestProblem(404, "not_found", f"no endpoint `{path}`; use POST {ONLINE_PATH}")
+            if method != "POST":
+                raise RequestProblem(405, "method_not_allowed", f"use POST {ONLINE_PATH}")
+            body = await self._body(scope, receive)
+            payload = _parse(body, scope)
+            catalog = await run_in_threadpool(catalog_of, self.store)
+            check_request(payload, catalog, self.max_rows)
+        except RequestProblem as problem:
+            await _answer(send, problem)
+            return
+        await self.app(scope, _replay(body), send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            raise RequestProblem(413, "body_too_large", f"the body may have at most {self.max_body} bytes",
+                                 limit=self.max_body)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestProblem(400, "incomplete_body", "the client disconnected before sending the body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise RequestProblem(413, "body_too_large", f"the body may have at most {self.max_body} bytes",
+                                     limit=self.max_body)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _parse(body: bytes, scope: Scope) -> Any:
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json").decode("latin-1")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise RequestProblem(415, "unsupported_media_type", "send the body as application/json",
+                             content_type=content_type)
+    if not body.strip():
+        raise RequestProblem(400, "empty_body", f"POST {ONLINE_PATH} needs a JSON body with `features` or "
+                             "`feature_service`, and `entities`")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestProblem(400, "invalid_json", f"the body is not valid JSON: {err}") from None
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _answer(send: Send, problem: RequestProblem) -> None:
+    body = problem.body()
+    await send({"type": "http.response.start", "status": problem.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
+              registry_ttl_s: int = 5) -> ASGIApp:
+    """Feast's feature server app for `store`, wrapped in a `RequestGuard`."""
+    from feast.feature_server import get_app
+
+    return RequestGuard(get_app(store, registry_ttl_sec=registry_ttl_s), store, max_body=max_body,
+                        max_rows=max_rows)
+
+
+def serve(store: FeatureStore, host: str, port: int, **options: Any) -> None:
+    """Serve `build_app(store)` with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(build_app(store, **options), host=host, port=port, log_level="warning")

@@ -1,0 +1,123 @@
+"""Fixtures of the feature-store tests: Delta tables under a temporary root, Feast stores over them, the
+retail features over a copy of the retail gold tables, and the Redis / PostgreSQL services."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable, write_deltalake
+
+from engine.tables.layout import Layout
+from tests.conftest import RetailBuild
+
+REPO = Path(__file__).resolve().parents[2] / "features"
+RETAIL_END = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+GOLD_TABLES = ("customer_features", "dim_customer", "dim_product")
+
+
+
+def table_path(root: Path, table: str) -> str:
+    """Where `table` lives under `root`."""
+    return Layout.at(str(root)).table(table)
+
+
+def write_table(root: Path, table: str, data: pa.Table, mode: str = "append") -> int:
+    """Write `data` to the Delta table `table` under `root`; returns the new version."""
+    write_deltalake(table_path(root, table), data, mode=mode)
+    return DeltaTable(table_path(root, table)).version()
+
+
+def store_over(root: Path, objects: Sequence[Any], **overrides: Any) -> Any:
+    """A Feast store over `root` with `objects` applied (overrides as in `render_config`)."""
+    from engine.features.repo import apply_repo, open_store
+
+    store = open_store(str(root), overrides={"project": overrides.pop("project", "test"), **overrides})
+    apply_repo(store, objects)
+    return store
+
+
+@dataclass(frozen=True)
+class RetailFeatures:
+    """A storage root holding copies of the retail gold tables the feature repository reads, with the
+    repository applied and materialized as of `RETAIL_END` (read-only for the tests that share it)."""
+
+    root: Path
+    store: Any
+
+
+def copy_gold(build: RetailBuild, destination: Path) -> Path:
+    """Copy the gold tables the feature repository reads from the retail build to `destination`."""
+    for name in GOLD_TABLES:
+        shutil.copytree(build.root / "gold" / name, destination / "gold" / name)
+    return destination
+
+
+@pytest.fixture(scope="session")
+def retail_features(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> RetailFeatures:
+    """The `features/` repository applied over copied retail gold tables and materialized."""
+    from engine.features.materialize import materialize
+    from engine.features.repo import apply_repo, load_definitions, open_store
+
+    root = copy_gold(retail_build, tmp_path_factory.mktemp("retail-features"))
+    store = open_store(str(root), REPO)
+    apply_repo(store, load_definitions(REPO))
+    materialize(store, end=RETAIL_END)
+    return RetailFeatures(root, store)
+
+
+def _require(host: str, port: int, service: str) -> None:
+    """Skip (or, with `CI` set, fail) when nothing listens on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        reason = f"{service} is not reachable on {host}:{port}; start it with scripts/services"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so service tests must run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_online() -> Iterator[dict[str, Any]]:
+    """Feast overrides for a Redis online store under a project name of its own; its keys are removed after."""
+    import redis
+
+    host, port = os.environ.get("MEDALLION_TEST_REDIS", "127.0.0.1:6379").split(":")
+    _require(host, int(port), "Redis")
+    project = f"t{uuid.uuid4().hex[:12]}"
+    yield {"project": project, "online_store": {"type": "redis", "connection_string": f"{host}:{port}"}}
+    client = redis.Redis(host=host, port=int(port))
+    for key in client.scan_iter(match=b"*" + project.encode()):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def postgres_registry() -> Iterator[dict[str, Any]]:
+    """Feast overrides for a SQL registry in a PostgreSQL database of its own, dropped after."""
+    import psycopg
+
+    server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
+    host, port = server.split("@")[-1].split(":")
+    _require(host, int(port), "PostgreSQL")
+    database = f"feast_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://{server}/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    yield {"registry": {"registry_type": "sql", "path": f"postgresql+psycopg://{server}/{database}",
+                        "cache_ttl_seconds": 60, "sqlalchemy_config_kwargs": {"pool_pre_ping": True}}}
+    with psycopg.connect(f"postgresql://{server}/test", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Feast warns about on-demand views on every apply; the tests know."""
+    config.addinivalue_line("filterwarnings", "ignore:On demand feature view is an experimental feature")

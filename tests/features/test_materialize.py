@@ -1,0 +1,138 @@
+"""Materialization leaves the online store (SQLite here, Redis in test_services.py) holding exactly the
+point-in-time state of the table's current Delta version: changed rows rewritten, deleted entities removed,
+only changes written when incremental, and skipped rows reported as a failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from deltalake import DeltaTable
+from polars.testing import assert_frame_equal
+
+from engine.errors import FeatureStoreError
+from engine.features.materialize import materialize
+from engine.features.repo import features_dir
+from tests.features.conftest import store_over, table_path, write_table
+from tests.features.synthetic import BASE, SLOT, customer, customer_rows, customer_view, latest_online
+
+IDS = list(range(1, 47)) + [99]
+END = BASE + 40 * SLOT
+TABLE = "gold.customer_stats"
+
+
+def online_values(store: Any) -> pl.DataFrame:
+    """Spend and visits the online store returns for every id of `IDS` (nulls where it has none)."""
+    values = store.get_online_features(features=["customer_stats:spend", "customer_stats:visits"],
+                                       entity_rows=[{"customer_id": i} for i in IDS]).to_dict()
+    return pl.DataFrame(values).select("customer_id", "spend", "visits")
+
+
+def expected_values(root: Path, end: dt.datetime) -> pl.DataFrame:
+    latest = latest_online(DeltaTable(table_path(root, TABLE)).to_pyarrow_table(), end)
+    return pl.DataFrame({"customer_id": IDS}).join(latest.select("customer_id", "spend", "visits"),
+                                                   on="customer_id", how="left")
+
+
+def expected_changes(before: pl.DataFrame, after: pl.DataFrame) -> tuple[int, int]:
+    """(rows to write, entities to delete) between two online states."""
+    joined = after.join(before, on="customer_id", how="left", suffix="_old")
+    differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_old")) for c in ("ts", "created", "spend", "visits")])
+    written = joined.filter(pl.col("ts_old").is_null() | differs).height
+    return written, before.join(after, on="customer_id", how="anti").height
+
+
+def current(root: Path) -> Any:
+    return DeltaTable(table_path(root, TABLE)).to_pyarrow_table()
+
+
+def test_incremental_materialization_writes_changes_and_removes_deleted_entities(ray_local: None,
+                                                                                 tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    write_table(tmp_path, TABLE, customer_rows(rng))
+    store = store_over(tmp_path, [customer, customer_view()], project="mat")
+
+    [first] = materialize(store, end=END)
+    before = latest_online(current(tmp_path), END)
+    assert (first.written, first.deleted, first.online_rows, first.incremental) == (before.height, 0, before.height,
+                                                                                     False)
+    assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
+
+    table = DeltaTable(table_path(tmp_path, TABLE))
+    in_window = before["customer_id"].to_list()
+    changed, gone = in_window[:3], in_window[3:5]
+    table.update(predicate=f"customer_id IN ({', '.join(map(str, changed))})", updates={"visits": "visits + 1"})
+    table.delete(f"customer_id IN ({', '.join(map(str, gone))})")
+    revert = in_window[5]
+    table.delete(f"customer_id = {revert} AND ts = '{before.filter(pl.col('customer_id') == revert)['ts'][0]}'")
+    write_table(tmp_path, TABLE, pl.DataFrame({
+        "customer_id": [99], "ts": [END - SLOT], "created": [END - SLOT], "spend": [1.0], "visits": [1]},
+        schema=pl.from_arrow(current(tmp_path)).schema).to_arrow())
+    after = latest_online(current(tmp_path), END)
+    written, deleted = expected_changes(before, after)
+
+    [report] = materialize(store, end=END, incremental=True)
+
+    assert report.incremental and report.version == DeltaTable(table_path(tmp_path, TABLE)).version()
+    assert (report.written, report.deleted, report.online_rows) == (written, deleted, after.height)
+    assert report.unchanged == after.height - written
+    assert deleted >= len(gone) and written >= len(changed) + 1
+    online = online_values(store)
+    assert_frame_equal(online, expected_values(tmp_path, END), check_dtypes=False)
+    assert online.filter(pl.col("customer_id").is_in(gone))["visits"].null_count() == len(gone)
+
+    write_table(tmp_path, TABLE, current(tmp_path), mode="overwrite")
+    [rewritten] = materialize(store, end=END, incremental=True)
+    assert (rewritten.written, rewritten.deleted, rewritten.unchanged) == (0, 0, after.height)
+
+    later = END + 4 * SLOT
+    [moved] = materialize(store, end=later, incremental=True)
+    assert (moved.written, moved.deleted) == expected_changes(after, latest_online(current(tmp_path), later))
+    assert moved.deleted > 0
+    assert_frame_equal(online_values(store), expected_values(tmp_path, later), check_dtypes=False)
+
+    historical = store.get_historical_features(
+        entity_df=pd.DataFrame({"customer_id": IDS, "event_timestamp": [later] * len(IDS)}),
+        features=["customer_stats:spend", "customer_stats:visits"]).to_df()
+    assert_frame_equal(pl.from_pandas(historical).select("customer_id", "spend", "visits"),
+                       online_values(store), check_dtypes=False)
+
+
+def test_rows_missing_from_the_online_store_fail_the_materialization(ray_local: None, tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    write_table(tmp_path, TABLE, customer_rows(rng))
+    store = store_over(tmp_path, [customer, customer_view()], project="tamper")
+    [done] = materialize(store, end=END)
+    with sqlite3.connect(f"{features_dir(str(tmp_path))}/online.db") as connection:
+        connection.execute("DELETE FROM tamper_customer_stats WHERE entity_key = "
+                           "(SELECT entity_key FROM tamper_customer_stats LIMIT 1)")
+
+    with pytest.raises(FeatureStoreError, match=rf"`customer_stats` has {done.online_rows - 1} rows .* "
+                                                rf"{done.online_rows} were expected"):
+        materialize(store, end=END, incremental=True)
+
+    [rebuilt] = materialize(store, end=END)
+    assert rebuilt.online_rows == done.online_rows
+    assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
+
+
+def test_feast_materialize_api_runs_the_delta_engine_against_the_end_time_not_the_wall_clock(
+        ray_local: None, tmp_path: Path) -> None:
+    rng = np.random.default_rng(13)
+    write_table(tmp_path, TABLE, customer_rows(rng))
+    store = store_over(tmp_path, [customer, customer_view()], project="api")
+    assert type(store._get_provider().batch_engine).__name__ == "DeltaRayComputeEngine"
+
+    store.materialize(start_date=BASE - dt.timedelta(days=1), end_date=END)
+    assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
+
+    DeltaTable(table_path(tmp_path, TABLE)).delete("customer_id < 20")
+    store.materialize_incremental(end_date=END + SLOT)
+    assert_frame_equal(online_values(store), expected_values(tmp_path, END + SLOT), check_dtypes=False)
+    assert online_values(store).filter(pl.col("customer_id") < 20)["spend"].null_count() == 19

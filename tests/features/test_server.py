@@ -1,0 +1,191 @@
+"""Online features over real HTTP from Feast's feature server behind the request guard: good requests
+return what the Delta tables say, bad ones a structured 4xx, never a 500."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+import uvicorn
+
+from engine.features.server import build_app
+from tests.features.conftest import REPO, RETAIL_END, RetailFeatures
+
+MAX_BODY = 4096
+MAX_ROWS = 50
+REVENUE = ["customer_features:revenue_30d", "customer_features:avg_order_value_30d", "customer_profile:country"]
+
+
+@pytest.fixture(scope="module")
+def server(retail_features: RetailFeatures) -> Iterator[int]:
+    """The guarded feature server on a free local port, in a thread of the test process."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    app = build_app(retail_features.store, max_body=MAX_BODY, max_rows=MAX_ROWS)
+    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started, "the feature server did not start"
+    yield listener.getsockname()[1]
+    instance.should_exit = True
+    thread.join(timeout=30)
+
+
+def call(port: int, method: str, path: str, body: bytes | dict[str, Any] | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One HTTP request; the status and the decoded JSON answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    payload = json.dumps(body).encode() if isinstance(body, dict | list) else body
+    connection.request(method, path, body=payload, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    return response.status, json.loads(raw) if raw else None
+
+
+def as_columns(answer: dict[str, Any]) -> dict[str, list[Any]]:
+    """Feast's response as feature name -> values."""
+    names = answer["metadata"]["feature_names"]
+    return {name: result["values"] for name, result in zip(names, answer["results"])}
+
+
+def expected_online(root: Any, customers: list[int]) -> pl.DataFrame:
+    """From the gold table: each customer's latest row at RETAIL_END within the two-day TTL."""
+    features = pl.read_delta(str(root / "gold" / "customer_features"))
+    latest = (features.filter(pl.col("event_timestamp").is_between(RETAIL_END - pl.duration(days=2), RETAIL_END))
+              .sort("event_timestamp").group_by("customer_id").last())
+    return pl.DataFrame({"customer_id": customers}).join(latest, on="customer_id", how="left")
+
+
+def test_online_features_over_http_match_python_and_the_delta_table(server: int,
+                                                                    retail_features: RetailFeatures) -> None:
+    customers = [1, 2, 3, 10_000]
+    status, answer = call(server, "POST", "/get-online-features",
+                          {"features": REVENUE, "entities": {"customer_id": customers}})
+
+    assert status == 200
+    served = as_columns(answer)
+    local = retail_features.store.get_online_features(
+        features=REVENUE, entity_rows=[{"customer_id": c} for c in customers]).to_dict()
+    assert served["revenue_30d"] == local["revenue_30d"]
+    assert served["country"] == local["country"]
+    expected = expected_online(retail_features.root, customers)
+    assert served["revenue_30d"] == expected["revenue_30d"].to_list()
+    assert served["avg_order_value_30d"] == expected["avg_order_value_30d"].to_list()
+    assert served["revenue_30d"][-1] is None
+
+
+def test_feature_service_computes_on_demand_features_from_request_data(server: int,
+                                                                       retail_features: RetailFeatures) -> None:
+    status, answer = call(server, "POST", "/get-online-features", {
+        "feature_service": "customer_training",
+        "entities": {"customer_id": [1, 2, 3], "cart_value": [50.0, 10, 0.0]}})
+
+    assert status == 200
+    served = as_columns(answer)
+    for cart, average, ratio in zip([50.0, 10.0, 0.0], served["avg_order_value_30d"],
+                                    served["cart_to_avg_order_value"]):
+        assert ratio == (pytest.approx(cart / average) if average else None)
+    assert {"country", "segment", "sessions_7d", "revenue_share_7d"} <= set(served)
+
+
+FEATURES = {"features": ["customer_features:revenue_30d"]}
+BAD_REQUESTS = [
+    ("empty body", b"", 400, "empty_body"),
+    ("not json", b"{features: [", 400, "invalid_json"),
+    ("not an object", b"[1, 2]", 400, "invalid_request"),
+    ("misspelled field", {**FEATURES, "entity": {"customer_id": [1]}}, 400, "unknown_field"),
+    ("neither features nor service", {"entities": {"customer_id": [1]}}, 400, "invalid_request"),
+    ("features not a list", {"features": "customer_features:revenue_30d", "entities": {"customer_id": [1]}},
+     422, "wrong_type"),
+    ("unknown feature", {"features": ["customer_features:revenue_1y"], "entities": {"customer_id": [1]}},
+     404, "unknown_feature"),
+    ("unknown feature view", {"features": ["orders:total"], "entities": {"customer_id": [1]}},
+     404, "unknown_feature_view"),
+    ("unknown feature service", {"feature_service": "fraud", "entities": {"customer_id": [1]}},
+     404, "unknown_feature_service"),
+    ("unknown entity", {**FEATURES, "entities": {"customer_id": [1], "store_id": [4]}}, 400, "unknown_entity"),
+    ("missing entity", {**FEATURES, "entities": {"product_id": [1]}}, 400, "missing_entity"),
+    ("missing request data", {"feature_service": "customer_training", "entities": {"customer_id": [1]}},
+     400, "missing_entity"),
+    ("string key", {**FEATURES, "entities": {"customer_id": ["one"]}}, 422, "wrong_type"),
+    ("boolean key", {**FEATURES, "entities": {"customer_id": [True]}}, 422, "wrong_type"),
+    ("fractional key", {**FEATURES, "entities": {"customer_id": [1.5]}}, 422, "wrong_type"),
+    ("key out of int64 range", {**FEATURES, "entities": {"customer_id": [2**70]}}, 422, "wrong_type"),
+    ("null key", {**FEATURES, "entities": {"customer_id": [None]}}, 422, "wrong_type"),
+    ("empty key list", {**FEATURES, "entities": {"customer_id": []}}, 422, "wrong_type"),
+    ("text request data", {"feature_service": "customer_training",
+                           "entities": {"customer_id": [1], "cart_value": ["ten"]}}, 422, "wrong_type"),
+    ("lists of different lengths", {"feature_service": "customer_training",
+                                    "entities": {"customer_id": [1, 2], "cart_value": [1.0]}}, 400,
+     "length_mismatch"),
+    ("too many rows", {**FEATURES, "entities": {"customer_id": list(range(MAX_ROWS + 1))}}, 413, "too_many_rows"),
+    ("oversized body", {**FEATURES, "entities": {"customer_id": [1] * 2000}}, 413, "body_too_large"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [case[1:] for case in BAD_REQUESTS],
+                         ids=[case[0] for case in BAD_REQUESTS])
+def test_bad_requests_get_a_structured_4xx(server: int, body: Any, status: int, code: str) -> None:
+    answered, answer = call(server, "POST", "/get-online-features", body)
+
+    assert (answered, answer["error"]["code"]) == (status, code)
+    assert answer["error"]["message"]
+
+
+def test_wrong_media_type_method_path_and_streamed_oversized_body_are_refused(server: int) -> None:
+    assert call(server, "POST", "/get-online-features", b"customer_id=1",
+                {"Content-Type": "text/plain"})[0] == 415
+    assert call(server, "GET", "/get-online-features")[0] == 405
+    assert call(server, "POST", "/push", {"df": {}})[1]["error"]["code"] == "not_found"
+    assert call(server, "POST", "/materialize", {})[0] == 404
+    assert call(server, "GET", "/health")[0] == 200
+
+    connection = http.client.HTTPConnection("127.0.0.1", server, timeout=60)
+    connection.request("POST", "/get-online-features", body=iter([b"{" + b" " * MAX_BODY, b"}"]),
+                       headers={"Content-Type": "application/json"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert (response.status, json.loads(response.read())["error"]["code"]) == (413, "body_too_large")
+    connection.close()
+
+
+def test_medallion_features_serve_answers_over_http(retail_features: RetailFeatures) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "medallion"), "--root", str(retail_features.root), "features",
+               "--repo", str(REPO), "serve", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if call(port, "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+
+        status, answer = call(port, "POST", "/get-online-features",
+                              {"features": REVENUE, "entities": {"customer_id": [1, 2]}})
+        assert status == 200
+        expected = expected_online(retail_features.root, [1, 2])
+        assert as_columns(answer)["revenue_30d"] == expected["revenue_30d"].to_list()
+        assert call(port, "POST", "/get-online-features", {"features": ["customer_features:nope"],
+                                                           "entities": {"customer_id": [1]}})[0] == 404
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
