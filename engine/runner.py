@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -36,8 +35,8 @@ from engine.errors import (
     PipelineDefinitionError,
     QualityFailed,
     SchemaEvolutionError,
-    TableFailed,
 )
+from engine.guard import call_table_function, guarded
 from engine.ingest.batch import read_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
@@ -235,7 +234,7 @@ class Runner:
         if not new:
             return {"status": "unchanged", "details": details}
         known_columns, known_types = _known_shape(uri, definition.name)
-        batch = _guarded(definition, lambda: read_new_files(
+        batch = guarded(definition, lambda: read_new_files(
             new, source, table=definition.name, run_id=run_id, ingested_at=run_started,
             known_columns=known_columns, known_types=known_types))
         if batch.drifts:
@@ -272,7 +271,7 @@ class Runner:
             self._empty(definition, run_id)
         transaction = self._transaction(uri, definition.name)
         kind = definition.kind
-        affected = None if self.window else _guarded(definition, lambda: self._affected_keys(definition, versions,
+        affected = None if self.window else guarded(definition, lambda: self._affected_keys(definition, versions,
                                                                                               previous))
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if affected is not None and affected.num_rows == 0:
@@ -287,13 +286,13 @@ class Runner:
             reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
         inputs = [dataset for dataset, _ in reads]
         rows_in = sum(rows for _, rows in reads)
-        output = _call(definition, inputs)
+        output = call_table_function(definition, inputs)
         if self.window is not None:
             output = _within(output, self._time_column(definition), *self.window)
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri
-        keys = _guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
+        keys = guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
                         if definition.quality else {})
-        staged = _guarded(definition, lambda: self._stage(definition, output, run_id, folder, keys))
+        staged = guarded(definition, lambda: self._stage(definition, output, run_id, folder, keys))
         checks.extend(self._table_checks(definition, staged, folder, rows_in))
         try:
             gate.enforce(definition.name, checks, delta.latest_version(uri))
@@ -318,7 +317,7 @@ class Runner:
                 changes = _read_staged(folder, staged)
                 if changes.num_rows == 0:
                     return values | {"status": "unchanged"}
-                return values | _guarded(definition, lambda: self._apply_changes(
+                return values | guarded(definition, lambda: self._apply_changes(
                     definition.name, kind, changes, metadata, transaction))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -565,19 +564,6 @@ def _new_files(
     return new, changed
 
 
-def _call(definition: TableDefinition, inputs: list[ray.data.Dataset]) -> ray.data.Dataset:
-    assert definition.function is not None
-    function = definition.function
-    output = _guarded(definition, lambda: function(*inputs))
-    if not isinstance(output, ray.data.Dataset):
-        raise TableFailed(
-            f"table `{definition.name}`: `{function.__module__}.{function.__qualname__}` returned "
-            f"{type(output).__name__}; a table function must return a ray.data.Dataset",
-            table=definition.name,
-        )
-    return output
-
-
 def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:
     """The Arrow schema of a dataset's accepted rows, None when it cannot be known."""
     schema = dataset.schema()
@@ -585,51 +571,6 @@ def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:
     if not isinstance(base, pa.Schema):
         return None
     return base.remove(base.get_field_index(REJECTED_REASON)) if REJECTED_REASON in base.names else base
-
-
-def _guarded(definition: TableDefinition, action: Callable[[], Any]) -> Any:
-    """Run `action`; any error that is not the engine's own, or that was raised in a Ray task, becomes a
-    `TableFailed` naming the table."""
-    try:
-        return action()
-    except Exception as err:
-        if isinstance(err, EngineError) and not isinstance(err, ray.exceptions.RayTaskError):
-            raise
-        where = ""
-        if definition.function is not None:
-            where = f" in `{definition.function.__module__}.{definition.function.__qualname__}`"
-        raise TableFailed(
-            f"table `{definition.name}` failed{where}: {_describe(_root_cause(err))}; "
-            "the table keeps its previous version; fix the cause and run again",
-            table=definition.name,
-        ) from err
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    """The exception that started it all; a Ray task error is kept whole, as it carries the remote trace."""
-    seen = {id(err)}
-    while not isinstance(err, ray.exceptions.RayTaskError):
-        cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-        if cause is None or id(cause) in seen:
-            return err
-        seen.add(id(cause))
-        err = cause
-    return err
-
-
-_RAISED_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.+)$")
-
-
-def _describe(err: BaseException) -> str:
-    """`Type: message` of an exception; for one raised in a Ray task, of the user's original exception."""
-    text = str(err).strip()
-    if isinstance(err, ray.exceptions.RayTaskError):
-        original = text.split("The above exception was the direct cause", 1)[0]
-        raised = [m for m in map(_RAISED_LINE.match, original.splitlines()) if m]
-        if raised:
-            return raised[-1].group(0)
-    lines = [line for line in text.splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"
 
 
 def _attempt(input_versions: dict[str, int | None], uri: str) -> str:
