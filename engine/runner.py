@@ -46,6 +46,7 @@ from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.tables import changelog, delta, scd2
+from engine.tables.distributed_merge import merge_distributed
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
@@ -432,7 +433,8 @@ class Runner:
             tombstones = changelog.read_for_keys(log_uri, table, changes.select(kind.keys))
             changes = changelog.drop_superseded(changes, tombstones, kind.keys, kind.sequence_by)
             changes = changes.drop_columns([changelog.DELETED])
-        outcome = delta.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
+        outcome = merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
+                                    storage=self.settings.storage)
         superseded = received - changes.num_rows + outcome.duplicates
         return {"output_version": outcome.version, "rows_written": received - superseded,
                 "rows_duplicate": superseded, "details": {"merge": outcome.metrics}}

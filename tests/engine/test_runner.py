@@ -269,20 +269,19 @@ def test_schema_drift_fail_stops_ingestion_and_names_the_file_and_column(root: P
 def test_a_run_that_died_after_quarantining_does_not_quarantine_twice(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine.tables import delta
+    import engine.runner
 
     settings = settings_at(root)
-    merge = delta.merge_changes
 
     def die(*args: object, **kwargs: object) -> None:
         raise RuntimeError("process killed")
 
-    monkeypatch.setattr(delta, "merge_changes", die)
+    monkeypatch.setattr(engine.runner, "merge_distributed", die)
     crashed = Runner(build_pipeline(), settings).run(select="+silver.orders")
     assert [r.status for r in crashed.records] == ["succeeded", "failed"]
     quarantine_uri = Layout.at(str(root)).quarantine("silver.orders")
     assert DeltaTable(quarantine_uri).to_pyarrow_table().num_rows == 1
-    monkeypatch.setattr(delta, "merge_changes", merge)
+    monkeypatch.undo()
     resumed = Runner(build_pipeline(), settings).run(select="+silver.orders")
     assert [r.status for r in resumed.records] == ["unchanged", "succeeded"]
     assert DeltaTable(quarantine_uri).to_pyarrow_table().num_rows == 1

@@ -1,0 +1,245 @@
+"""Merge cost: deltalake's single-process `merge` against the bucketed merge in Ray tasks, same data.
+
+Usage: python benchmarks/merge.py [--rows N] [--changes M] [--nodes 1|2] [--buckets B] [--compression C]
+
+Builds an N-row Delta table with `write_deltalake` and M changes (updates, inserts, deletes, duplicate
+keys), then times, each in a fresh process so the peak RSS is the merge's own:
+  deltalake      `delta.merge_changes` (deltalake's merge) on the table as written;
+  bucketing      the first `merge_distributed` on that table, which also buckets it (a full rewrite, once);
+  distributed    `merge_distributed` of the same M changes on the bucketed table.
+`--nodes 1` runs Ray as one local node with 2 CPUs; `--nodes 2` as a `ray.cluster_utils.Cluster` of two
+nodes with 1 CPU each (the driver on the head). Prints wall time, CPU time of the driver and of the Ray
+processes it started, driver RSS before and at peak during the merge, the row counts, the time spent in
+bucket tasks (summed over tasks) and the machine's 1-minute load average after the merge (other work on
+the machine skews wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from engine.config import StorageSettings  # noqa: E402
+from engine.kinds import Merge  # noqa: E402
+
+KIND = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
+STATUSES = pa.array(["new", "paid", "shipped", "returned", "cancelled"])
+START = np.datetime64("2026-01-01T00:00:00", "us")
+GENERATED_AT = 1_000
+
+
+def rows_table(ids: np.ndarray, seq: int, rng: np.random.Generator) -> pa.Table:
+    """Order-like rows for `ids`: amounts, a status, a customer name and a timestamp, built vectorised."""
+    size = len(ids)
+    customer = pc.binary_join_element_wise("customer-", pc.cast(pa.array(rng.integers(0, 2_000_000, size)),
+                                                                  pa.string()), "")
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "seq": pa.array(np.full(size, seq, np.int64)),
+        "amount": pa.array(rng.random(size) * 1000),
+        "status": STATUSES.take(pa.array(rng.integers(0, len(STATUSES), size))),
+        "customer": customer,
+        "updated_at": pa.array(START + rng.integers(0, 10**12, size).astype("timedelta64[us]"),
+                               pa.timestamp("us", tz="UTC")),
+    })
+
+
+def prepare(folder: Path, rows: int, changes: int) -> dict[str, Any]:
+    """Write the base table with `write_deltalake` and the changes as a Parquet file."""
+    from deltalake import write_deltalake
+
+    rng = np.random.default_rng(42)
+    started = time.perf_counter()
+    base = rows_table(np.arange(rows), 1, rng).append_column("op", pa.array(np.full(rows, "c")))
+    write_deltalake(str(folder / "plain"), base.drop_columns(["op"]), mode="error")
+    del base
+    updates, inserts = int(changes * 0.7), int(changes * 0.2)
+    deletes = changes - updates - inserts
+    ids = np.concatenate([rng.integers(0, rows, updates), np.arange(rows, rows + inserts),
+                          rng.integers(0, rows, deletes)])
+    ops = np.concatenate([np.full(updates, "u"), np.full(inserts, "c"), np.full(deletes, "d")])
+    batch = rows_table(ids, 2, rng)
+    batch = batch.set_column(1, "seq", pa.array(rng.integers(1, 4, changes), pa.int64()))
+    order = rng.permutation(changes)
+    pq.write_table(batch.append_column("op", pa.array(ops)).take(pa.array(order)), folder / "changes.parquet")
+    return {"prepare_s": round(time.perf_counter() - started, 1)}
+
+
+def start_ray(nodes: int, scratch: Path) -> Any:
+    """A private Ray: one local node with 2 CPUs, or a two-node `Cluster` with 1 CPU per node."""
+    import ray
+
+    store = 1536 * 2**20
+    if nodes == 1:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=store,
+                 logging_level="ERROR", _temp_dir=str(scratch))
+        return None
+    from ray.cluster_utils import Cluster
+
+    ports = iter(free_ports(8))
+    common = {"num_cpus": 1, "object_store_memory": store, "temp_dir": str(scratch), "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args=common | {
+        "gcs_server_port": next(ports), "dashboard_agent_listen_port": next(ports), "metrics_export_port": next(ports),
+        "runtime_env_agent_port": next(ports), "ray_client_server_port": next(ports)})
+    cluster.add_node(**common, metrics_export_port=next(ports), runtime_env_agent_port=next(ports),
+                     dashboard_agent_listen_port=next(ports))
+    ray.init(address=cluster.address, logging_level="ERROR")
+    return cluster
+
+
+def warm_up() -> None:
+    """Start one worker per CPU, with the merge's modules imported, as a long-running engine has them."""
+    import ray
+
+    @ray.remote(scheduling_strategy="SPREAD")
+    def load() -> str:
+        import engine.tables.distributed_merge
+
+        return engine.tables.distributed_merge.__name__
+
+    ray.get([load.remote() for _ in range(int(ray.cluster_resources()["CPU"]))])
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free right now, outside Ray's worker port range."""
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return [p if not 10002 <= p <= 19999 else p + 10000 for p in ports]
+
+
+def memory_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status: `VmRSS` now, or `VmHWM`, the peak since the
+    last reset (writing 5 to /proc/self/clear_refs resets it, Linux only)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
+def cpu_seconds() -> float:
+    """CPU time used so far by this process and every process it started (Ray's node and worker
+    processes when Ray was started here)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageSettings) -> dict[str, Any]:
+    """One merge in this process: wall time, RSS before it and peak RSS during it."""
+    from engine.tables import delta
+    from engine.tables.distributed_merge import merge_distributed
+
+    changes = pq.read_table(folder / "changes.parquet")
+    source = {"deltalake": "plain", "bucketing": "plain", "distributed": "bucketed"}[role]
+    uri = str(folder / f"work-{role}")
+    shutil.copytree(folder / source, uri)
+    cluster = None
+    ray_dir = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
+    if role != "deltalake":
+        cluster = start_ray(nodes, ray_dir)
+        warm_up()
+    rss_before = memory_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    if role == "deltalake":
+        outcome = delta.merge_changes(uri, changes, KIND, metadata={})
+    else:
+        outcome = merge_distributed(uri, "bench.orders", changes, KIND, metadata={}, buckets=buckets,
+                                    storage=storage)
+    seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_before
+    peak = memory_kib("VmHWM")
+    if role == "bucketing":
+        shutil.copytree(folder / "plain", folder / "bucketed")
+        merge_distributed(str(folder / "bucketed"), "bench.orders", changes.slice(0, 0), KIND, metadata={},
+                          buckets=buckets, storage=storage)
+    if role != "deltalake":
+        import ray
+
+        ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
+    shutil.rmtree(ray_dir, ignore_errors=True)
+    metrics = outcome.metrics
+    return {
+        "role": role,
+        "load": round(os.getloadavg()[0], 1),
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 1),
+        "rss_before_mib": rss_before // 2**10,
+        "peak_rss_mib": peak // 2**10,
+        "rows_after": delta.row_count(uri, "bench.orders"),
+        "inserted": metrics["num_target_rows_inserted"],
+        "updated": metrics["num_target_rows_updated"],
+        "deleted": metrics["num_target_rows_deleted"],
+        "files_added": metrics.get("num_target_files_added"),
+        "task_seconds": "-" if role == "deltalake" else round((metrics["scan_time_ms"] + metrics["rewrite_time_ms"])
+                                                              / 1000, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--changes", type=int, default=1_000_000)
+    parser.add_argument("--nodes", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--buckets", type=int, default=16)
+    parser.add_argument("--compression", choices=["zstd", "snappy", "lz4", "none"], default="zstd",
+                        help="of the files the bucketed merge writes (deltalake's merge writes snappy)")
+    parser.add_argument("--role", choices=["deltalake", "bucketing", "distributed"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        storage = StorageSettings(compression=args.compression)
+        print(json.dumps(measure(args.role, args.folder, args.nodes, args.buckets, storage)))
+        return
+    with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
+        folder = Path(scratch)
+        print(f"{args.rows:,} rows, {args.changes:,} changes, {args.nodes} Ray node(s), {args.buckets} buckets, "
+              f"{args.compression} files, "
+              f"{os.cpu_count()} CPUs; {prepare(folder, args.rows, args.changes)}", flush=True)
+        print(f"{'merge':<13}{'wall s':>8}{'CPU s':>7}{'RSS before MiB':>16}{'peak RSS MiB':>14}{'rows after':>12}"
+              f"{'inserted':>10}{'updated':>10}{'deleted':>9}{'files+':>8}{'task s':>8}{'load':>6}", flush=True)
+        for role in ("deltalake", "bucketing", "distributed"):
+            done = subprocess.run([sys.executable, __file__, "--role", role, "--folder", str(folder),
+                                   "--nodes", str(args.nodes), "--buckets", str(args.buckets),
+                                   "--compression", args.compression],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"{role} failed:\n{done.stderr[-4000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{role:<13}{result['seconds']:>8.2f}{result['cpu_seconds']:>7.1f}{result['rss_before_mib']:>16}{result['peak_rss_mib']:>14}"
+                  f"{result['rows_after']:>12,}{result['inserted']:>10,}{result['updated']:>10,}"
+                  f"{result['deleted']:>9,}{result['files_added'] or 0:>8}{result['task_seconds']:>8}"
+                  f"{result['load']:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

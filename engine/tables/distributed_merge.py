@@ -1,0 +1,556 @@
+"""Merges by key that scale past one process: hash buckets of a Delta table rewritten in parallel Ray tasks.
+
+A merged table is a plain Delta table whose data files each hold the rows of one hash bucket of the key.
+The bucket, the bucket count and a tag of the key columns and hash scheme are part of every file name
+(`part-b00007of00016-k1a2b3c4d-<uuid>.zstd.parquet`), so any Delta reader reads the table as usual and the
+layout is committed atomically with the data it describes. The driver only hashes the changes' keys and
+splits the changes by bucket; one Ray task per touched bucket (spread over the nodes) reduces its changes
+to the latest per key, streams the bucket's files through them and writes the bucket's new files; the
+driver then commits the removed and added files of every bucket as one transaction.
+Files outside the layout (from another writer, `deltalake`'s merge or a compaction) are split by bucket in
+Ray tasks and folded in by the next merge, which then rewrites every bucket once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+from deltalake import DeltaTable, Schema
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    RemoveAction,
+    Transaction,
+    create_table_with_add_actions,
+)
+
+from engine.arrow import storage_schema, to_storage
+from engine.config import StorageSettings
+from engine.errors import TableFailed
+from engine.kinds import Merge
+from engine.tables.delta import (
+    DELETE_FLAG,
+    MergeOutcome,
+    _latest_per_key,
+    align_with_table,
+    commit_metadata,
+    ensure_not_committed,
+    table_exists,
+)
+from engine.tables.files import DataFile, RollingParquetWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = 16
+DEFAULT_ATTEMPTS = 5
+HASH_SCHEME = 1
+"""Version of `key_hash`. It is part of the layout tag in file names, so a new scheme re-buckets a table
+instead of misreading it."""
+
+_BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
+_SOURCE_ROW = "__medallion_source_row"
+_SOURCE_SEQUENCE = "__medallion_source_sequence"
+_STORED_ROW = "__medallion_stored_row"
+_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
+_BASE = np.uint64(0x100000001B3)
+_SLICE_ROWS = 1 << 16
+_SPLIT_ROWS = 1 << 20
+
+
+def key_hash(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of every row's key columns, stable across processes, machines and library versions
+    (polars' and DuckDB's hashes are not), so a bucket assignment stays valid for the table's life.
+
+    Integers, booleans and temporal values hash by their integer value (an int32 and an int64 key agree),
+    floats by their bits, strings and binaries by their bytes, other types by their text form.
+    """
+    combined = np.zeros(table.num_rows, np.uint64)
+    for name in keys:
+        chunks = [_array_hash(chunk) for chunk in table.column(name).chunks]
+        with np.errstate(over="ignore"):
+            combined = _mix(combined * _BASE + (np.concatenate(chunks) if chunks else combined))
+    return combined
+
+
+def bucket_of(table: pa.Table, keys: Sequence[str], buckets: int) -> np.ndarray:
+    """The bucket (0 to `buckets` - 1) of every row of `table`, from `key_hash` of its key columns."""
+    return (key_hash(table, keys) % np.uint64(buckets)).astype(np.int64)
+
+
+def merge_distributed(
+    uri: str,
+    table: str,
+    changes: pa.Table,
+    kind: Merge,
+    *,
+    metadata: dict[str, Any],
+    transaction: Transaction | None = None,
+    buckets: int = DEFAULT_BUCKETS,
+    storage: StorageSettings | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> MergeOutcome:
+    """Apply `changes` to the table by key, as `delta.merge_changes` does, rewriting buckets in Ray tasks.
+
+    The latest change per key wins; a change applies to a stored row only when its `sequence_by` value is
+    at least the stored one; deletes remove the key; columns the table lacks are added first (a
+    metadata-only commit). The data is committed once, with `metadata` and the `transaction` marker. A
+    commit that loses a race with a concurrent writer is redone on the new table version, keeping the
+    rewritten buckets whose files that writer left alone, up to `attempts` commits in all.
+
+    Args:
+        uri: the table folder.
+        table: the table's name, for error messages.
+        changes: the incoming rows, possibly several per key.
+        kind: keys, sequence column, delete predicate and steering columns.
+        metadata: `medallion.<key>` values for the commit infos.
+        transaction: application transaction marker, put on the data commit only.
+        buckets: bucket count of a table this merge creates or first buckets; afterwards the count
+            recorded in the table's file names is kept.
+        storage: compression and target size of the written files (engine defaults when None).
+        attempts: commits tried before giving up on a table that keeps changing underneath.
+
+    Raises:
+        CommitConflict: another writer committed `transaction` first.
+        TableFailed: the changes do not fit the table, a bucket rewrite failed, or every commit lost its race.
+    """
+    if not 1 <= buckets <= 99999:
+        raise TableFailed(f"merge into `{table}`: buckets must be between 1 and 99999, not {buckets}",
+                          table=table, path=uri)
+    started = time.monotonic()
+    job = _MergeJob(uri, table, kind, storage or StorageSettings(), buckets, metadata, transaction)
+    lost: Exception | None = None
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                version, metrics = job.merge(changes) if table_exists(uri) else job.create(changes)
+            except (CommitFailedError, _TableCreatedMeanwhile) as err:
+                log.info("merge into `%s`: commit %d of %d lost a race with another writer (%s)",
+                         table, attempt, attempts, err)
+                lost = err
+                continue
+            except DeltaError as err:
+                raise TableFailed(f"merge into `{table}` failed: {err}", table=table, path=uri) from err
+            job.pending = {}
+            metrics |= {"attempts": attempt, "execution_time_ms": int((time.monotonic() - started) * 1000)}
+            return MergeOutcome(version, changes.num_rows - metrics["num_source_rows"], metrics)
+    finally:
+        job.discard()
+    raise TableFailed(
+        f"merge into `{table}` lost its commit to concurrent writers {attempts} times in a row ({lost}); run it "
+        "again, or merge into the table from one run at a time",
+        table=table,
+        path=uri,
+    ) from lost
+
+
+class _TableCreatedMeanwhile(Exception):
+    """Another writer created the table between the existence check and this merge's create commit."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a table's rows are spread over files: the bucket count and a tag of the keys and hash scheme."""
+
+    buckets: int
+    tag: str
+
+    @classmethod
+    def recorded(cls, keys: Sequence[str], paths: Sequence[str], default: int) -> _Layout:
+        """The layout for `keys` that the file names at `paths` record (the most used bucket count), with
+        `default` buckets when none does."""
+        tag = hashlib.sha256(json.dumps({"scheme": HASH_SCHEME, "keys": list(keys)}).encode()).hexdigest()[:8]
+        names = (_BUCKET_FILE.match(path.rsplit("/", 1)[-1]) for path in paths)
+        counts = Counter(int(name[2]) for name in names if name is not None and name[3] == tag)
+        return cls(max(counts, key=lambda count: (counts[count], count)) if counts else default, tag)
+
+    def prefix(self, bucket: int) -> str:
+        """The `RollingParquetWriter` prefix of the files of `bucket`."""
+        return f"b{bucket:05d}of{self.buckets:05d}-k{self.tag}"
+
+    def bucket(self, path: str) -> int | None:
+        """The bucket of the data file at `path`, None when the file is not laid out this way."""
+        name = _BUCKET_FILE.match(path.rsplit("/", 1)[-1])
+        if name is None or int(name[2]) != self.buckets or name[3] != self.tag:
+            return None
+        return int(name[1])
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """The new files of one bucket, and what they were computed from."""
+
+    layout: _Layout
+    inputs: frozenset[str]
+    schema: pa.Schema
+    files: list[DataFile]
+    metrics: dict[str, int]
+
+
+@dataclass
+class _MergeJob:
+    """One merge across its attempts; `pending` holds the bucket rewrites not committed yet, `reused` how
+    many of them the latest attempt kept from the one before."""
+
+    uri: str
+    table: str
+    kind: Merge
+    storage: StorageSettings
+    buckets: int
+    metadata: dict[str, Any]
+    transaction: Transaction | None
+    pending: dict[int, _Rewrite] = field(default_factory=dict)
+    reused: int = 0
+
+    @property
+    def properties(self) -> CommitProperties:
+        """The data commit's properties: metadata and transaction marker, and no silent rebase onto a newer
+        version (deltalake would not notice a concurrent writer adding rows to a bucket this merge rewrote)."""
+        properties = commit_metadata(self.metadata, self.transaction)
+        properties.max_commit_retries = 0
+        return properties
+
+    def create(self, changes: pa.Table) -> tuple[int, dict[str, int]]:
+        """Create the table, already bucketed, from the changes that are not deletes: version 0."""
+        layout = _Layout.recorded(self.kind.keys, [], self.buckets)
+        schema = pa.schema([f for f in self._source_schema(changes) if f.name != DELETE_FLAG])
+        parts = self._split_changes(changes, layout)
+        self._rewrite(layout, schema, {b: frozenset() for b, part in enumerate(parts) if part.num_rows}, parts, {}, [])
+        try:
+            create_table_with_add_actions(self.uri, Schema.from_arrow(schema), [_add(f) for f in self._files()],
+                                          mode="error", commit_properties=self.properties)
+        except DeltaError as err:
+            if table_exists(self.uri):
+                raise _TableCreatedMeanwhile(str(err)) from err
+            raise
+        return 0, self._metrics(layout, scanned=0, skipped=0)
+
+    def merge(self, changes: pa.Table) -> tuple[int, dict[str, int]]:
+        """Rewrite the buckets the changes touch (all of them while files outside the layout remain) and
+        commit once; returns the new version."""
+        delta_table = DeltaTable(self.uri)
+        if delta_table.metadata().partition_columns:
+            raise TableFailed(f"merge into `{self.table}`: partitioned tables cannot be merged by bucket; "
+                              "rewrite the table without partition columns", table=self.table, path=self.uri)
+        ensure_not_committed(delta_table, self.transaction)
+        align_with_table(delta_table, self._source_schema(changes).empty_table(), commit_metadata(self.metadata),
+                         steering=[DELETE_FLAG])
+        delta_table = DeltaTable(self.uri)
+        ensure_not_committed(delta_table, self.transaction)
+        schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
+        actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+        paths, sizes = actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
+        layout = _Layout.recorded(self.kind.keys, paths, self.buckets)
+        by_bucket: dict[int, list[str]] = {}
+        loose: list[str] = []
+        for path in paths:
+            bucket = layout.bucket(path)
+            (loose if bucket is None else by_bucket.setdefault(bucket, [])).append(path)
+        parts = self._split_changes(changes, layout)
+        touched = range(layout.buckets) if loose else [b for b in range(layout.buckets) if parts[b].num_rows]
+        inputs = {b: frozenset([*by_bucket.get(b, []), *loose]) for b in touched}
+        self._rewrite(layout, schema, inputs, parts, by_bucket, loose)
+        removed = sorted(set().union(*inputs.values()))
+        now = int(time.time() * 1000)
+        size_of = dict(zip(paths, sizes))
+        delta_table.create_write_transaction(
+            [*(_add(f) for f in self._files()), *(RemoveAction(p, True, now, size_of[p]) for p in removed)],
+            "append", delta_table.schema(), commit_properties=self.properties)
+        return delta_table.version() + 1, self._metrics(layout, scanned=len(removed), skipped=len(paths) - len(removed))
+
+    def discard(self) -> None:
+        """Delete the files of rewrites that were never committed."""
+        _delete(self.uri, [f.path for f in self._files()])
+        self.pending = {}
+
+    def _source_schema(self, changes: pa.Table) -> pa.Schema:
+        """The columns the changes bring once reduced to the latest per key: stored ones and the delete flag."""
+        return to_storage(_latest_per_key(changes.slice(0, 0), self.kind)).schema
+
+    def _split_changes(self, changes: pa.Table, layout: _Layout) -> list[pa.Table]:
+        """The changes of every bucket, hashed on their keys in storage types (as the stored keys are); view
+        columns become large strings and binaries, which Arrow can take rows of."""
+        keys = to_storage(changes.select(self.kind.keys))
+        views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
+        changes = changes.cast(pa.schema([f.with_type(views.get(f.type, f.type)) for f in changes.schema]))
+        return _split(changes, bucket_of(keys, self.kind.keys, layout.buckets), layout.buckets)
+
+    def _rewrite(
+        self,
+        layout: _Layout,
+        schema: pa.Schema,
+        inputs: dict[int, frozenset[str]],
+        parts: list[pa.Table],
+        by_bucket: dict[int, list[str]],
+        loose: list[str],
+    ) -> None:
+        """Make `pending` hold a rewrite of every bucket of `inputs`: an earlier attempt's when its layout,
+        input files and schema are unchanged, else a new one computed by a Ray task."""
+        kept = {b: r for b, r in self.pending.items()
+                if r.layout == layout and r.inputs == inputs.get(b) and r.schema.equals(schema)}
+        _delete(self.uri, [f.path for b, r in self.pending.items() if b not in kept for f in r.files])
+        self.pending, self.reused = kept, len(kept)
+        todo = [b for b in inputs if b not in kept]
+        pieces = self._split_loose(layout, schema, loose) if todo and loose else {}
+        refs = [_rewrite_bucket.remote(self.uri, layout.prefix(b), self.storage, schema, self.kind,
+                                       by_bucket.get(b, []), parts[b], *pieces.get(b, [])) for b in todo]
+        failure: ray.exceptions.RayError | None = None
+        for bucket, ref in zip(todo, refs):
+            try:
+                files, metrics = ray.get(ref)
+            except ray.exceptions.RayError as err:
+                failure = failure or err
+                continue
+            self.pending[bucket] = _Rewrite(layout, inputs[bucket], schema, files, metrics)
+        if failure is not None:
+            raise TableFailed(f"merge into `{self.table}` failed while rewriting a bucket: {failure}",
+                              table=self.table, path=self.uri) from failure
+
+    def _split_loose(self, layout: _Layout, schema: pa.Schema, loose: list[str]) -> dict[int, list[ray.ObjectRef]]:
+        """The rows of the files outside the layout, split by bucket in Ray tasks of about a million rows
+        (whole row groups) each."""
+        splits = [_split_file.options(num_returns=layout.buckets).remote(self.uri, path, row_groups, schema,
+                                                                          self.kind.keys, layout.buckets)
+                  for path in loose for row_groups in _row_group_chunks(self.uri, path)]
+        if layout.buckets == 1:
+            return {0: splits}
+        return {b: [split[b] for split in splits] for b in range(layout.buckets)}
+
+    def _files(self) -> list[DataFile]:
+        return [f for rewrite in self.pending.values() for f in rewrite.files]
+
+    def _metrics(self, layout: _Layout, *, scanned: int, skipped: int) -> dict[str, int]:
+        """deltalake's merge metrics summed over the bucket rewrites, and the bucket counts."""
+        totals = Counter[str]()
+        for rewrite in self.pending.values():
+            totals.update(rewrite.metrics)
+        return {
+            "num_source_rows": totals["source_rows"],
+            "num_target_rows_inserted": totals["inserted"],
+            "num_target_rows_updated": totals["updated"],
+            "num_target_rows_deleted": totals["deleted"],
+            "num_target_rows_copied": totals["copied"],
+            "num_output_rows": totals["inserted"] + totals["updated"] + totals["copied"],
+            "num_target_files_scanned": scanned,
+            "num_target_files_skipped_during_scan": skipped,
+            "num_target_files_added": len(self._files()),
+            "num_target_files_removed": scanned,
+            "scan_time_ms": totals["scan_time_ms"],
+            "rewrite_time_ms": totals["rewrite_time_ms"],
+            "num_buckets": layout.buckets,
+            "num_buckets_rewritten": len(self.pending),
+            "num_buckets_reused": self.reused,
+        }
+
+
+@ray.remote(scheduling_strategy="SPREAD")
+def _rewrite_bucket(
+    uri: str,
+    prefix: str,
+    storage: StorageSettings,
+    schema: pa.Schema,
+    kind: Merge,
+    paths: list[str],
+    changes: pa.Table,
+    *pieces: pa.Table,
+) -> tuple[list[DataFile], dict[str, int]]:
+    """Reduce one bucket's changes to the latest per key, apply them to the bucket's stored rows (its files
+    at `paths` plus `pieces` of files outside the layout), streaming those batch by batch, and write the
+    bucket's new files."""
+    started = time.monotonic()
+    writer = RollingParquetWriter(uri, storage, prefix)
+    matcher = _Matcher(_conform(to_storage(_latest_per_key(changes, kind)), schema), schema, kind)
+    scan_s = 0.0
+    try:
+        for batch in _stored_batches(uri, paths, pieces, schema):
+            batch_started = time.monotonic()
+            kept = matcher.apply(batch)
+            scan_s += time.monotonic() - batch_started
+            writer.write(kept)
+        writer.write(matcher.replacements_and_inserts())
+        files = writer.close()
+    except BaseException:
+        _delete(uri, [f.path for f in writer.close()])
+        raise
+    rewrite_s = time.monotonic() - started - scan_s
+    return files, matcher.counts | {"scan_time_ms": int(scan_s * 1000), "rewrite_time_ms": int(rewrite_s * 1000)}
+
+
+def _conform(latest: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`latest` in the table's columns and types (nulls for the columns it lacks), the delete flag last."""
+    columns = [latest.column(f.name).cast(f.type) if f.name in latest.column_names else pa.nulls(latest.num_rows, f.type)
+               for f in schema]
+    flag = [pa.field(DELETE_FLAG, pa.bool_())] if DELETE_FLAG in latest.column_names else []
+    return pa.Table.from_arrays([*columns, *(latest.column(DELETE_FLAG) for _ in flag)], schema=pa.schema([*schema, *flag]))
+
+
+class _Matcher:
+    """Joins stored batches with one bucket's changes (one row per key) and tallies what each change did."""
+
+    def __init__(self, changes: pa.Table, schema: pa.Schema, kind: Merge) -> None:
+        self.keys = list(kind.keys)
+        self.sequence = kind.sequence_by
+        self.rows = changes.select(schema.names)
+        self.deletes = (changes.column(DELETE_FLAG).to_numpy(zero_copy_only=False).astype(bool)
+                        if DELETE_FLAG in changes.column_names else np.zeros(changes.num_rows, bool))
+        index = changes.select(self.keys).append_column(_SOURCE_ROW, pa.array(np.arange(changes.num_rows)))
+        if self.sequence:
+            index = index.append_column(_SOURCE_SEQUENCE, changes.column(self.sequence))
+        self.index = pl.DataFrame(pl.from_arrow(index))
+        self.matched = np.zeros(changes.num_rows, bool)
+        self.replacing: list[np.ndarray] = []
+        self.counts = {"source_rows": changes.num_rows, "inserted": 0, "updated": 0, "deleted": 0, "copied": 0}
+
+    def apply(self, batch: pa.Table) -> pa.Table:
+        """The stored rows of `batch` that stay as they are; the changes that replace the others are noted."""
+        stored = pl.DataFrame(pl.from_arrow(batch.select([*self.keys, *([self.sequence] if self.sequence else [])])))
+        pairs = stored.with_row_index(_STORED_ROW).join(self.index, on=self.keys, how="inner")
+        sources = pairs[_SOURCE_ROW].to_numpy()
+        self.matched[sources] = True
+        changed = pairs[_STORED_ROW].to_numpy()
+        if self.sequence:
+            newer = pairs.select((pl.col(_SOURCE_SEQUENCE) >= pl.col(self.sequence)).fill_null(False))
+            applies = newer.to_series().to_numpy()
+            sources, changed = sources[applies], changed[applies]
+        deleted = self.deletes[sources]
+        self.replacing.append(sources[~deleted])
+        keep = np.ones(batch.num_rows, bool)
+        keep[changed] = False
+        self.counts["updated"] += int((~deleted).sum())
+        self.counts["deleted"] += int(deleted.sum())
+        self.counts["copied"] += int(keep.sum())
+        return batch.filter(pa.array(keep))
+
+    def replacements_and_inserts(self) -> pa.Table:
+        """The changes that replace stored rows, then the changes of new keys that are not deletes."""
+        inserts = np.flatnonzero(~self.matched & ~self.deletes)
+        self.counts["inserted"] += len(inserts)
+        return self.rows.take(pa.array(np.concatenate([*self.replacing, inserts]).astype(np.int64)))
+
+
+def _stored_batches(uri: str, paths: list[str], pieces: Sequence[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
+    """A bucket's stored rows in the table's schema (columns a file lacks as nulls), batch by batch."""
+    if paths:
+        filesystem, root = pafs.FileSystem.from_uri(uri)
+        dataset = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet", filesystem=filesystem)
+        for batch in dataset.to_batches():
+            if batch.num_rows:
+                yield pa.Table.from_batches([batch])
+    for piece in pieces:
+        if piece.num_rows:
+            yield piece
+
+
+def _row_group_chunks(uri: str, path: str) -> list[list[int]]:
+    """The row groups of a data file, in consecutive runs of at least `_SPLIT_ROWS` rows (but the last)."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    metadata = pq.read_metadata(f"{root}/{path}", filesystem=filesystem)
+    chunks: list[list[int]] = [[]]
+    rows = 0
+    for group in range(metadata.num_row_groups):
+        if rows >= _SPLIT_ROWS:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(group)
+        rows += metadata.row_group(group).num_rows
+    return chunks
+
+
+@ray.remote(scheduling_strategy="SPREAD")
+def _split_file(
+    uri: str, path: str, row_groups: list[int], schema: pa.Schema, keys: list[str], buckets: int
+) -> tuple[pa.Table, ...] | pa.Table:
+    """The rows of some row groups of one data file, in the table's schema, split by bucket."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    [fragment] = pads.dataset(f"{root}/{path}", schema=schema, format="parquet", filesystem=filesystem).get_fragments()
+    table = fragment.subset(row_group_ids=row_groups).to_table(schema=schema)
+    parts = _split(table, bucket_of(table, keys, buckets), buckets)
+    return tuple(parts) if buckets > 1 else parts[0]
+
+
+def _split(table: pa.Table, numbers: np.ndarray, buckets: int) -> list[pa.Table]:
+    """`table`'s rows grouped by bucket `numbers`, one compact table per bucket, row order kept."""
+    order = np.argsort(numbers, kind="stable")
+    bounds = np.searchsorted(numbers[order], np.arange(buckets + 1))
+    return [table.take(pa.array(order[bounds[b]:bounds[b + 1]])) for b in range(buckets)]
+
+
+def _add(file: DataFile) -> AddAction:
+    return AddAction(file.path, file.size, {}, file.modification_time, True, file.stats)
+
+
+def _delete(uri: str, paths: Sequence[str]) -> None:
+    """Remove data files that were never committed; a file already gone is fine."""
+    if not paths:
+        return
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    for path in paths:
+        try:
+            filesystem.delete_file(f"{root}/{path}")
+        except FileNotFoundError:
+            pass
+
+
+def _array_hash(array: pa.Array) -> np.ndarray:
+    """The hash of every value of one key column chunk; nulls share one value."""
+    data_type = array.type
+    if pa.types.is_dictionary(data_type):
+        return _array_hash(array.dictionary_decode())
+    if any(is_type(data_type) for is_type in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                                pa.types.is_binary, pa.types.is_large_binary,
+                                                pa.types.is_binary_view)):
+        slices = [_bytes_hash(array.slice(start, _SLICE_ROWS).cast(pa.large_binary()))
+                  for start in range(0, len(array), _SLICE_ROWS)]
+        hashed = np.concatenate(slices) if slices else np.zeros(0, np.uint64)
+    elif pa.types.is_floating(data_type):
+        values = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False) + 0.0
+        values[np.isnan(values)] = np.nan
+        hashed = _mix(values.view(np.uint64))
+    elif pa.types.is_temporal(data_type) or pa.types.is_integer(data_type) or pa.types.is_boolean(data_type):
+        if pa.types.is_temporal(data_type):
+            array = array.view(pa.int32() if data_type.bit_width == 32 else pa.int64())
+        values = array.cast(pa.int64(), safe=False).fill_null(0).to_numpy(zero_copy_only=False)
+        hashed = _mix(values.view(np.uint64))
+    else:
+        return _array_hash(array.cast(pa.string()))
+    if array.null_count:
+        hashed[array.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
+    return hashed
+
+
+def _bytes_hash(array: pa.Array) -> np.ndarray:
+    """A polynomial hash of the bytes of every value of a large_binary array, mixed with its length."""
+    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + len(array) + 1]
+    buffer = array.buffers()[2]
+    data = np.frombuffer(buffer, np.uint8)[offsets[0]:offsets[-1]] if buffer is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
+    with np.errstate(over="ignore"):
+        powers = np.cumprod(np.full(int(lengths.max(initial=0)), _BASE, np.uint64), dtype=np.uint64)
+        terms = (data.astype(np.uint64) + np.uint64(1)) * powers[np.arange(len(data)) - np.repeat(starts, lengths)]
+        sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
+        return _mix((sums[starts + lengths] - sums[starts]) ^ _mix(lengths.astype(np.uint64)))
+
+
+def _mix(values: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: every input bit affects the whole 64-bit result."""
+    with np.errstate(over="ignore"):
+        values = values ^ (values >> np.uint64(30))
+        values = values * np.uint64(0xBF58476D1CE4E5B9)
+        values = values ^ (values >> np.uint64(27))
+        values = values * np.uint64(0x94D049BB133111EB)
+        return values ^ (values >> np.uint64(31))
