@@ -108,14 +108,16 @@ def run_to_completion(root: Path, built: Pipeline = pipeline, **options: bool) -
 
 
 def contents(root: Path) -> dict[str, pl.DataFrame]:
-    """Every Delta table under `root` but the run log, without run-dependent columns, sorted."""
+    """Every Delta table under `root` but the run log, without run-dependent columns, sorted; floats are
+    rounded, since a sum's last bits depend on the order rows are added in."""
     tables = {}
     for log in sorted(root.rglob("_delta_log")):
         folder = log.parent.relative_to(root)
         if "_meta" in folder.parts:
             continue
         frame = pl.from_arrow(DeltaTable(str(root / folder)).to_pyarrow_table())
-        frame = frame.drop([c for c in (RUN_ID, INGESTED_AT) if c in frame.columns])
+        frame = frame.drop([c for c in (RUN_ID, INGESTED_AT) if c in frame.columns]).with_columns(
+            pl.col(pl.Float64).round(6))
         tables[str(folder)] = frame.sort(frame.columns, nulls_last=True)
     return tables
 
