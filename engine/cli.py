@@ -311,8 +311,10 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
     console.print(f"{len(summaries)} checks, {failed} with failing rows")
 
 
+from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
 
+main.add_command(cluster)
 main.add_command(features)
 
 

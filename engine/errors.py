@@ -82,3 +82,8 @@ class FeatureStoreError(EngineError):
                  path: str | None = None) -> None:
         super().__init__(message, table=table, path=path)
         self.feature = feature
+
+
+class ClusterConfigError(EngineError):
+    """A cluster configuration (launcher YAML or KubeRay manifest) is invalid, unsafe, or out of step with the lock
+    file; or a cluster operation was asked of no cluster."""

@@ -281,7 +281,8 @@ class Runner:
             return {"status": "unchanged", "input_versions": versions, "output_version": version,
                     "details": {"reason": "no entity's input rows changed"}}
         if affected is not None:
-            reads = [_only_keys(delta.read_dataset(self.layout.table(t), t, versions[t]), affected)
+            reads = [_only_keys(delta.read_dataset(self.layout.table(t), t, versions[t], definition.ray_options),
+                                affected)
                      for t in definition.inputs]
         else:
             reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
@@ -457,10 +458,10 @@ class Runner:
         is incremental and the input only grew since, else all of it."""
         uri = self.layout.table(table)
         if definition.incremental and built_from is not None and version is not None:
-            added = delta.read_added_files(uri, table, built_from, version)
+            added = delta.read_added_files(uri, table, built_from, version, definition.ray_options)
             if added is not None:
                 return added
-        return delta.read_dataset(uri, table, version), delta.row_count(uri, table, version)
+        return delta.read_dataset(uri, table, version, definition.ray_options), delta.row_count(uri, table, version)
 
     def _table_checks(
         self, definition: TableDefinition, staged: StagedFiles, folder: str, rows_in: int

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,13 +123,18 @@ def row_count(uri: str, table: str, version: int | None = None) -> int:
     return sum(value or 0 for value in counts.to_pylist())
 
 
-def read_dataset(uri: str, table: str, version: int | None = None) -> ray.data.Dataset:
-    """A Ray Dataset over the table's files at `version`, read through the Delta log."""
+def read_dataset(
+    uri: str, table: str, version: int | None = None, ray_options: Mapping[str, Any] | None = None
+) -> ray.data.Dataset:
+    """A Ray Dataset over the table's files at `version`, read through the Delta log by tasks with the
+    resources `ray_options`."""
     open_table(uri, table, version)
-    return ray.data.read_delta(uri, version=version)
+    return ray.data.read_delta(uri, version=version, ray_remote_args=dict(ray_options or {}))
 
 
-def read_added_files(uri: str, table: str, since: int, until: int) -> tuple[ray.data.Dataset, int] | None:
+def read_added_files(
+    uri: str, table: str, since: int, until: int, ray_options: Mapping[str, Any] | None = None
+) -> tuple[ray.data.Dataset, int] | None:
     """The rows added to the table after version `since` up to `until`, and their count.
 
     Returns None when those versions did more than add files (an overwrite, merge or delete rewrote
@@ -144,7 +149,8 @@ def read_added_files(uri: str, table: str, since: int, until: int) -> tuple[ray.
     schema = pa.schema(now.schema().to_arrow())
     if not added:
         return ray.data.from_arrow(schema.empty_table()), 0
-    blocks = [_read_data_file.remote(f"{uri}/{a['path']}", schema) for a in added]
+    reader = _read_data_file.options(**dict(ray_options or {}))
+    blocks = [reader.remote(f"{uri}/{a['path']}", schema) for a in added]
     return ray.data.from_arrow_refs(blocks), sum(a["num_records"] or 0 for a in added)
 
 

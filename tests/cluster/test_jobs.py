@@ -1,0 +1,83 @@
+"""`medallion` as a Ray job: `ray job submit --working-dir . -- medallion run retail` against a private
+`ray start --head`, the orchestrator recipe of docs/operations.md, and `medallion --address` as a driver."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from pipelines.retail.generate import generate
+from pipelines.retail.pipeline import retail
+from tests.cluster.helpers import BIN, GOLD_TABLES, REPO, RayHead, assert_same_tables, ray_environment, ray_head
+from tests.conftest import RETAIL_TEST_SCALE, RetailBuild
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def jobs_head() -> Iterator[RayHead]:
+    """A single-node cluster with the Jobs API, as `ray start --head` leaves it."""
+    with ray_head(num_cpus=2) as head:
+        yield head
+
+
+def recipe() -> Callable[..., str]:
+    """`submit_medallion` exactly as docs/operations.md shows it."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def submit_medallion" in b)
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "docs/operations.md", "exec"), namespace)
+    return namespace["submit_medallion"]
+
+
+def submit(head: RayHead, *arguments: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    submission = f"medallion-{uuid.uuid4().hex[:8]}"
+    command = [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--submission-id", submission,
+               "--working-dir", ".", "--", "medallion", *arguments]
+    return submission, subprocess.run(command, cwd=REPO, env=ray_environment(), capture_output=True, text=True,
+                                      timeout=600)
+
+
+def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
+    jobs_head: RayHead, retail_build: RetailBuild, tmp_path: Path
+) -> None:
+    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    submission, job = submit(jobs_head, "--root", str(tmp_path), "run", "retail")
+
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    client = JobSubmissionClient(jobs_head.dashboard_url)
+    info = client.get_job_info(submission)
+    assert info.status == JobStatus.SUCCEEDED
+    assert info.runtime_env["working_dir"].startswith("gcs://_ray_pkg_"), "the checkout was uploaded and used"
+    tables = len(retail.order())
+    logs = client.get_job_logs(submission)
+    assert f"[{tables}/{tables}]" in logs and f"{tables} table(s) committed" in logs
+    assert_same_tables(tmp_path, retail_build.root, GOLD_TABLES)
+
+    again = recipe()(jobs_head.dashboard_url, "--root", str(tmp_path), "run", "retail", poll_s=0.5)
+    assert "nothing new: no table committed" in again
+
+    direct = subprocess.run([str(BIN / "medallion"), "--address", jobs_head.gcs_address, "--root", str(tmp_path),
+                             "run", "retail"], env=ray_environment(), capture_output=True, text=True, timeout=300)
+    assert direct.returncode == 0, direct.stdout + direct.stderr
+    assert "nothing new: no table committed" in direct.stdout
+    drivers = [j for j in client.list_jobs() if j.type == "DRIVER" and "--address" in (j.entrypoint or "")]
+    assert len(drivers) == 1, "`medallion --address` ran its driver on the cluster, not on a private instance"
+
+
+def test_a_failing_job_fails_with_the_reason(jobs_head: RayHead, tmp_path: Path) -> None:
+    submission, job = submit(jobs_head, "--root", str(tmp_path), "run", "no_such_pipeline")
+    assert job.returncode == 1
+    client = JobSubmissionClient(jobs_head.dashboard_url)
+    assert client.get_job_status(submission) == JobStatus.FAILED
+    assert "error: no pipeline named `no_such_pipeline`" in client.get_job_logs(submission)
+
+    with pytest.raises(RuntimeError, match=r"FAILED(.|\n)*no pipeline named `no_such_pipeline`"):
+        recipe()(jobs_head.dashboard_url, "--root", str(tmp_path), "run", "no_such_pipeline", poll_s=0.5)
