@@ -23,6 +23,7 @@ from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
+from engine.recovery import restore_before_run, restore_table
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
@@ -213,6 +214,28 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
     if not result.succeeded:
         record = result.records[0]
         raise RunFailed(f"backfill of `{table}` failed: {record.error}", table=table, run_id=result.run_id)
+
+
+@main.command()
+@click.argument("table", required=False)
+@click.option("--version", "version", type=int, default=None, help="Version of TABLE to return to.")
+@click.option("--before-run", "run_id", default=None, help="Undo this run and every later one, on every table.")
+@click.option("--reason", default="manual restore", show_default=True, help="Recorded in each restore commit.")
+@click.pass_context
+@_reported
+def restore(ctx: click.Context, table: str | None, version: int | None, run_id: str | None, reason: str) -> None:
+    """Return TABLE to --version, or every table to its state before --before-run, as new commits."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    if (table is None) == (run_id is None) or (table is not None and version is None):
+        raise EngineError("give either TABLE --version N, or --before-run RUN_ID")
+    if run_id is not None:
+        restored = restore_before_run(layout, run_id, reason=reason)
+    else:
+        restored = [restore_table(layout.table(table), version, reason=reason)]
+    for item in restored:
+        state = "emptied" if item.restored_to == -1 else f"back to version {item.restored_to}"
+        console.print(f"{item.path.removeprefix(layout.root + '/')}: {state} (v{item.version})")
+    console.print("run the pipeline again to rebuild from the restored state")
 
 
 def _print_record(record: RunRecord, done: int, total: int) -> None:

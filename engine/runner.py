@@ -535,7 +535,7 @@ def _known_shape(uri: str, table: str) -> tuple[list[str], dict[str, str]]:
         return [], {}
     schema = pa.schema(delta.open_table(uri, table).schema().to_arrow())
     columns = [c for c in schema.names if not c.startswith("_")]
-    for commit in delta.history(uri, table):
+    for commit in delta.effective_history(uri, table):
         types = delta.commit_info_value(commit, TYPES_KEY)
         if types is not None:
             return columns, dict(types)
@@ -543,11 +543,12 @@ def _known_shape(uri: str, table: str) -> tuple[list[str], dict[str, str]]:
 
 
 def ingested_files(uri: str, table: str) -> dict[str, list[Any]]:
-    """The ingestion checkpoint of a table: fingerprint of every file committed so far, by name."""
+    """The ingestion checkpoint of a table: fingerprint of every file its commits hold, by name (a file
+    whose commit a restore undid counts as not ingested)."""
     if not delta.table_exists(uri):
         return {}
     seen: dict[str, list[Any]] = {}
-    for commit in delta.history(uri, table):
+    for commit in delta.effective_history(uri, table):
         for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []:
             seen.setdefault(fingerprint[0], fingerprint)
     return seen

@@ -178,11 +178,31 @@ def _read_data_file(path: str, schema: pa.Schema) -> pa.Table:
     return pads.dataset(path, schema=schema, format="parquet").to_table()
 
 
+RESTORED_TO_KEY = "restored_to"
+
+
+def effective_history(uri: str, table: str) -> list[dict[str, Any]]:
+    """Commit infos, newest first, without the commits a restore undid: after a commit recording
+    `medallion.restored_to` = k, the commits between k and it are left out."""
+    kept: list[dict[str, Any]] = []
+    undone_above: int | None = None
+    for commit in history(uri, table):
+        if undone_above is not None and commit["version"] > undone_above:
+            continue
+        undone_above = None
+        kept.append(commit)
+        restored_to = commit_info_value(commit, RESTORED_TO_KEY)
+        if restored_to is not None:
+            undone_above = int(restored_to)
+    return kept
+
+
 def last_commit_value(uri: str, table: str, key: str) -> Any:
-    """The `medallion.<key>` value of the newest commit that has one, None when none has."""
+    """The `medallion.<key>` value of the newest commit that has one and that no restore undid, None when
+    none has."""
     if not table_exists(uri):
         return None
-    for commit in history(uri, table):
+    for commit in effective_history(uri, table):
         value = commit_info_value(commit, key)
         if value is not None:
             return value

@@ -1,0 +1,80 @@
+"""Undoing writes: a table, or every table a run wrote, restored to an earlier version as a new commit."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from deltalake import DeltaTable
+
+from engine.errors import EngineError
+from engine.tables import delta
+from engine.tables.layout import Layout
+
+
+@dataclass(frozen=True)
+class Restored:
+    """One table put back.
+
+    Attributes:
+        path: the table's folder.
+        restored_to: the version whose state the table has again (-1: emptied, it did not exist before).
+        version: the commit that did it.
+    """
+
+    path: str
+    restored_to: int
+    version: int
+
+
+def restore_table(uri: str, version: int, *, reason: str, run_id: str | None = None) -> Restored:
+    """Give the table at `uri` the state of `version` again, in a new commit that records it
+    (`medallion.restored_to`), so checkpoints and consumed versions of the undone commits stop counting;
+    version -1 empties the table.
+
+    Raises:
+        EngineError: there is no such table or version.
+    """
+    if not delta.table_exists(uri):
+        raise EngineError(f"no Delta table at `{uri}` to restore", path=uri)
+    table = DeltaTable(uri)
+    if not -1 <= version < table.version():
+        raise EngineError(f"`{uri}` is at version {table.version()}; restore to a version from -1 to "
+                          f"{table.version() - 1}", path=uri)
+    metadata = {"run_id": run_id, "reason": reason, delta.RESTORED_TO_KEY: version}
+    if version == -1:
+        delta.commit_files(uri, [], mode="overwrite", metadata=metadata)
+    else:
+        table.restore(version, commit_properties=delta.commit_metadata(metadata))
+    return Restored(uri, version, DeltaTable(uri).version())
+
+
+def tables_under(layout: Layout) -> list[str]:
+    """Every Delta table of a local root: layer tables, quarantines and change logs, not `_meta`."""
+    if "://" in layout.root:
+        raise EngineError(f"listing the tables of `{layout.root}` needs a local root; restore one table at a time")
+    found = []
+    for folder, subfolders, _ in os.walk(layout.root):
+        if "_delta_log" in subfolders:
+            found.append(folder)
+            subfolders.clear()
+        subfolders[:] = [d for d in subfolders if d not in ("_meta", "_staging", "landing")]
+    return sorted(found)
+
+
+def restore_before_run(layout: Layout, run_id: str, *, reason: str) -> list[Restored]:
+    """Restore every table the run `run_id` committed to to its version before the run's first commit.
+
+    Raises:
+        EngineError: no table holds a commit of that run.
+    """
+    restored = []
+    for uri in tables_under(layout):
+        versions = [c["version"] for c in delta.effective_history(uri, uri)
+                    if delta.commit_info_value(c, "run_id") == run_id]
+        if versions:
+            restored.append(restore_table(uri, min(versions) - 1, reason=reason))
+    if not restored:
+        raise EngineError(f"no table under {layout.root} holds a commit of run `{run_id}`; "
+                          "`medallion history TABLE` lists the runs of a table")
+    return restored
