@@ -336,9 +336,12 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
 
 from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
+from engine.training.cli import score, train  # noqa: E402
 
 main.add_command(cluster)
 main.add_command(features)
+main.add_command(train)
+main.add_command(score)
 
 
 if __name__ == "__main__":

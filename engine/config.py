@@ -52,6 +52,13 @@ class AlertSettings(_Section):
     rising_runs: int = Field(default=3, ge=2)
 
 
+class TrainingSettings(_Section):
+    """Where training runs are tracked: an MLflow tracking URI (default: `$MLFLOW_TRACKING_URI`, else SQLite
+    under `<root>/_meta/mlflow`)."""
+
+    tracking_uri: str | None = None
+
+
 class Settings(BaseSettings):
     """The whole configuration tree. Build it with `load_settings`."""
 
@@ -65,6 +72,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
     alerts: AlertSettings = AlertSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @classmethod
     def settings_customise_sources(

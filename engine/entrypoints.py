@@ -12,6 +12,7 @@ from engine.pipeline import Pipeline
 
 PIPELINES_GROUP = "medallion.pipelines"
 GENERATORS_GROUP = "medallion.generators"
+TRAINING_GROUP = "medallion.training"
 
 
 def _load(reference: str, group: str, what: str) -> Any:
@@ -41,3 +42,11 @@ def load_pipeline(reference: str) -> Pipeline:
 def load_generator(reference: str) -> Callable[..., Any]:
     """The landing-data generator registered as `reference`, or at `package.module:attribute`."""
     return _load(reference, GENERATORS_GROUP, "generator")
+
+
+def load_training_jobs(reference: str) -> dict[str, Any]:
+    """The training jobs (by name) registered for pipeline `reference`, or at `package.module:attribute`."""
+    jobs = _load(reference, TRAINING_GROUP, "training module")
+    if not isinstance(jobs, dict):
+        raise PipelineDefinitionError(f"`{reference}` is a {type(jobs).__name__}, not a dict of training jobs")
+    return jobs

@@ -87,3 +87,21 @@ class FeatureStoreError(EngineError):
 class ClusterConfigError(EngineError):
     """A cluster configuration (launcher YAML or KubeRay manifest) is invalid, unsafe, or out of step with the lock
     file; or a cluster operation was asked of no cluster."""
+
+
+class TrainingError(EngineError):
+    """A training, scoring or reproduction job failed: unknown job or run, unusable training set, a model that
+    cannot be loaded, or a training set that no longer matches its recorded run.
+
+    Attributes:
+        job: the training job concerned (`pipeline/job`), when there is one.
+        model: the registered model concerned, when there is one.
+        mlflow_run: the MLflow run concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, job: str | None = None, model: str | None = None,
+                 mlflow_run: str | None = None, table: str | None = None) -> None:
+        super().__init__(message, table=table)
+        self.job = job
+        self.model = model
+        self.mlflow_run = mlflow_run

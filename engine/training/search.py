@@ -1,0 +1,68 @@
+"""Hyper-parameter search with Ray Tune: each trial fits on the older part of the training rows and is
+scored on the newer part (never on the holdout), within the job's declared resources."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from engine.errors import TrainingError
+from engine.training.dataset import time_split
+from engine.training.fit import fit
+from engine.training.job import TrainingJob
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial's parameters and validation metrics."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def _trial(config: Mapping[str, Any], job: TrainingJob, base: Mapping[str, Any], train: pa.Table,
+           validation: pa.Table, numeric: Sequence[str], categorical: Sequence[str]) -> None:
+    from ray import tune
+
+    fitted = fit(job, {**base, **config}, train, validation, numeric, categorical)
+    tune.report(fitted.metrics)
+
+
+def search(job: TrainingJob, params: Mapping[str, Any], rows: pa.Table, numeric: Sequence[str],
+           categorical: Sequence[str], *, trials: int, storage: str, name: str, seed: int = 0) -> list[Trial]:
+    """Run `trials` samples of `job.search_space` (each a Ray Tune trial reserving `job.resources`), ranked
+    by validation AUC, best first.
+
+    Raises:
+        TrainingError: the job declares no search space, or every trial failed.
+    """
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if not job.search_space:
+        raise TrainingError(f"training job `{job.name}` declares no `search_space`; add one or train without "
+                            "--trials", job=job.name)
+    split = time_split(rows, job)
+    resources = {"cpu": job.resources.get("num_cpus", 1), "memory": job.resources.get("memory", 0)}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, job=job, base=dict(params), train=split.train, validation=split.holdout,
+                             numeric=list(numeric), categorical=list(categorical)),
+        {k: v for k, v in resources.items() if v})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: tune.choice(list(values)) for key, values in job.search_space.items()},
+        tune_config=tune.TuneConfig(num_samples=trials, metric="auc", mode="max",
+                                    search_alg=BasicVariantGenerator(random_state=seed)),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+    )
+    results = tuner.fit()
+    done = [Trial(dict(r.config), {k: float(v) for k, v in r.metrics.items() if k in ("auc", "log_loss", "brier",
+                                                                                       "ece")})
+            for r in results if r.error is None and r.metrics and "auc" in r.metrics]
+    if not done:
+        errors = [str(r.error) for r in results if r.error is not None]
+        raise TrainingError(f"every trial of the search for `{job.name}` failed: {errors[:1]}", job=job.name)
+    return sorted(done, key=lambda t: -t.metrics["auc"])

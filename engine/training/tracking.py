@@ -1,0 +1,107 @@
+"""Where MLflow tracks runs (an embedded SQLite store under the root by default), and the lineage and code
+version a run records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import TrainingError
+from engine.tables.layout import Layout
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TAG = "medallion."
+
+
+def mlflow_dir(root: str) -> str:
+    """`<root>/_meta/mlflow`: the embedded tracking database and artifacts."""
+    return f"{Layout.at(root).root}/_meta/mlflow"
+
+
+def resolve_tracking_uri(root: str, configured: str | None = None) -> str:
+    """The tracking URI: `configured`, else `$MLFLOW_TRACKING_URI`, else SQLite at `<root>/_meta/mlflow/mlflow.db`.
+
+    Raises:
+        TrainingError: the root is remote and no tracking URI is configured.
+    """
+    uri = configured or os.environ.get(TRACKING_ENV)
+    if uri:
+        return uri
+    base = mlflow_dir(root)
+    if "://" in base:
+        raise TrainingError(f"storage root `{root}` is remote, so the embedded SQLite tracking store cannot live "
+                            f"there; set {TRACKING_ENV} (or `training.tracking_uri`) to an MLflow server")
+    Path(base).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base}/mlflow.db"
+
+
+def use_tracking(uri: str) -> None:
+    """Point MLflow's tracking and model registry at `uri`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def experiment_id(name: str, uri: str) -> str:
+    """The id of experiment `name`, created if missing; with a SQLite store its artifacts go to
+    `artifacts/<name>` beside the database file (a server decides its own artifact root)."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name.replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def code_version() -> str:
+    """The git commit of the engine's checkout (`+dirty` with uncommitted changes), else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"medallion-engine=={version('medallion-engine')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def feast_lineage(store: FeatureStore, service_name: str) -> dict[str, str]:
+    """The feature service, the Feast project, and a hash of the registered definitions the service reads
+    (service, feature views and on-demand views), with the registry's last update time."""
+    service = store.get_feature_service(service_name)
+    on_demand = {view.name for view in store.list_on_demand_feature_views()}
+    specs = [service.to_proto().spec.SerializeToString(deterministic=True)]
+    for projection in service.feature_view_projections:
+        view = (store.get_on_demand_feature_view(projection.name) if projection.name in on_demand
+                else store.get_feature_view(projection.name))
+        specs.append(view.to_proto().spec.SerializeToString(deterministic=True))
+    registry = store.registry.proto()
+    updated = registry.last_updated.ToDatetime().isoformat() if registry.HasField("last_updated") else ""
+    return {"feature_service": service_name, "feast_project": store.project,
+            "feast_registry_hash": hashlib.sha256(b"".join(specs)).hexdigest(),
+            "feast_registry_updated": updated}
+
+
+def lineage_tags(values: Mapping[str, Any]) -> dict[str, str]:
+    """`values` as MLflow tags under the `medallion.` prefix (non-strings as JSON)."""
+    return {TAG + key: value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+            for key, value in values.items()}

@@ -1,0 +1,169 @@
+"""`train` and `reproduce`: a job's training set from Feast, a model fitted on Ray, tracked in MLflow with
+its lineage, registered, and promoted to `champion` only when it beats the current one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from engine.config import Settings
+from engine.errors import TrainingError
+from engine.tables.layout import Layout
+from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, time_split
+from engine.training.job import TrainingJob, load_job
+from engine.training.tracking import TAG, experiment_id, lineage_tags, resolve_tracking_uri, use_tracking
+
+PIP_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "pyarrow")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What one training run produced.
+
+    Attributes:
+        run_id: the MLflow run.
+        model_version: the registered version (None for a reproduction, which registers nothing).
+        metrics: holdout metrics.
+        params: the parameters the model was fitted with.
+        promoted: whether the version became `champion`.
+        decision: why it did or did not.
+        training_set: the rows it was trained and evaluated on.
+    """
+
+    run_id: str
+    model_version: str | None
+    metrics: dict[str, float]
+    params: dict[str, Any]
+    promoted: bool
+    decision: str
+    training_set: TrainingSet
+
+
+def train(reference: str, settings: Settings, *, repo: str, overlay: str | None = None,
+          tracking_uri: str | None = None, trials: int = 0, params: Mapping[str, Any] | None = None,
+          pins: Mapping[str, int] | None = None, reproduces: str | None = None,
+          expected_fingerprint: str | None = None) -> TrainingResult:
+    """Train job `reference` (`pipeline/job`) on the tables under the settings' root, with Ray already up.
+
+    Args:
+        repo: the feature repository (already applied to the registry).
+        overlay: a Feast configuration overlay.
+        tracking_uri: overrides `training.tracking_uri` and `$MLFLOW_TRACKING_URI`.
+        trials: Ray Tune trials over the job's search space before the final fit (0: none).
+        params: overrides of the job's parameters.
+        pins: table versions to read (default: the latest).
+        reproduces: the run being reproduced; the new run is tagged with it and registers no model.
+        expected_fingerprint: the training set must have this fingerprint.
+
+    Raises:
+        TrainingError: the job, its tables or its training set are unusable.
+    """
+    import mlflow
+
+    from engine.features.repo import open_store
+    from engine.training.fit import fit_remote
+    from engine.training.registry import decide_champion
+    from engine.training.search import search
+    from engine.training.tracking import code_version, feast_lineage
+
+    name, job = load_job(reference)
+    root = Layout.at(settings.storage.root).root
+    store = open_store(root, repo, overlay=overlay)
+    uri = resolve_tracking_uri(root, tracking_uri or settings.training.tracking_uri)
+    use_tracking(uri)
+    chosen = {**job.params, **(params or {})}
+    training = build_training_set(store, job, TableReader(root, pins), chosen)
+    if expected_fingerprint is not None and training.fingerprint != expected_fingerprint:
+        raise TrainingError(f"the training set rebuilt for run `{reproduces}` differs from the recorded one "
+                            f"(fingerprint {training.fingerprint[:12]} != {expected_fingerprint[:12]}) at versions "
+                            f"{training.versions}; a pinned version may have been vacuumed or rewritten",
+                            job=name, mlflow_run=reproduces)
+    split = time_split(training.rows, job)
+    first, last = training.time_range()
+    experiment = experiment_id(name, uri)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        if trials:
+            found = search(job, chosen, split.train, training.numeric, training.categorical, trials=trials,
+                           storage=f"{root}/_meta/tune", name=run.info.run_id)
+            for number, trial in enumerate(found):
+                with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{number}", nested=True):
+                    mlflow.log_params(trial.params)
+                    mlflow.log_metrics({f"validation_{k}": v for k, v in trial.metrics.items()})
+            chosen = {**chosen, **found[0].params}
+        fitted = fit_remote(job, chosen, split.train, split.holdout, training.numeric, training.categorical)
+        mlflow.log_params({**chosen, "holdout_fraction": job.holdout_fraction, "gap_days": job.gap.days,
+                           "trials": trials, "ray_resources": json.dumps(dict(job.resources), sort_keys=True)})
+        mlflow.log_metrics({**fitted.metrics, "rows": training.rows.num_rows, "rows_train": split.train.num_rows,
+                            "rows_holdout": split.holdout.num_rows})
+        lineage = {"job": name, "root": root, "code_version": code_version(), "params": chosen,
+                   "table_versions": training.versions, "training_rows": str(training.rows.num_rows),
+                   "training_start": first.isoformat(), "training_end": last.isoformat(),
+                   "holdout_start": split.holdout_start.isoformat(), "training_fingerprint": training.fingerprint,
+                   **feast_lineage(store, job.feature_service)}
+        lineage |= {f"table_version.{table}": str(v) for table, v in training.versions.items()}
+        if reproduces:
+            lineage["reproduces"] = reproduces
+        mlflow.set_tags(lineage_tags(lineage))
+        version = _log_model(job, fitted.model, training, split.holdout, register=reproduces is None)
+        if version is None:
+            return TrainingResult(run.info.run_id, None, fitted.metrics, chosen, False,
+                                  f"reproduction of run {reproduces}: nothing registered", training)
+        decision = decide_champion(job.model_name, version, fitted.metrics["auc"], split.holdout, job.label)
+        mlflow.set_tags(lineage_tags({"model_name": job.model_name, "model_version": version,
+                                      "champion.decision": "promoted" if decision.promoted else "kept",
+                                      "champion.reason": decision.reason, "champion.version": decision.champion}))
+        mlflow.log_param("champion_decision", "promoted" if decision.promoted else "kept")
+        if decision.previous_auc is not None:
+            mlflow.log_metric("champion_previous_auc", decision.previous_auc)
+        mlflow.MlflowClient().set_model_version_tag(job.model_name, version, "champion_decision", decision.reason)
+    return TrainingResult(run.info.run_id, version, fitted.metrics, chosen, decision.promoted, decision.reason,
+                          training)
+
+
+def _log_model(job: TrainingJob, model: Any, training: TrainingSet, holdout: pa.Table, *,
+               register: bool) -> str | None:
+    """Log `model` with its signature and an input example; register it under `job.model_name` if asked."""
+    from importlib.metadata import version
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = model_frame(holdout.slice(0, 5), training.numeric, training.categorical)
+    signature = infer_signature(example, model.predict_proba(example)[:, 1])
+    info = mlflow.sklearn.log_model(
+        model, name="model", signature=signature, input_example=example,
+        skops_trusted_types=list(job.trusted_types) or None,
+        pip_requirements=[f"{package}=={version(package)}" for package in PIP_REQUIREMENTS],
+        registered_model_name=job.model_name if register else None)
+    return str(info.registered_model_version) if register else None
+
+
+def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None = None,
+              tracking_uri: str | None = None) -> TrainingResult:
+    """Rebuild run `run_id`'s training set from its recorded table versions and parameters, check it is
+    identical, and retrain on it in a new run tagged `medallion.reproduces`.
+
+    Raises:
+        TrainingError: the run is unknown or not a training run, or the rebuilt set differs.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or settings.training.tracking_uri))
+    try:
+        recorded = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise TrainingError(f"no MLflow run `{run_id}` at {mlflow.get_tracking_uri()}; check the run id and "
+                            "--tracking-uri", mlflow_run=run_id) from None
+    tags = recorded.data.tags
+    needed = [TAG + key for key in ("job", "table_versions", "params", "training_fingerprint")]
+    if any(key not in tags for key in needed):
+        raise TrainingError(f"MLflow run `{run_id}` lacks the lineage tags {needed}; it was not made by "
+                            "`medallion train`", mlflow_run=run_id)
+    return train(tags[TAG + "job"], settings, repo=repo, overlay=overlay, tracking_uri=tracking_uri,
+                 params=json.loads(tags[TAG + "params"]), pins=json.loads(tags[TAG + "table_versions"]),
+                 reproduces=run_id, expected_fingerprint=tags[TAG + "training_fingerprint"])

@@ -1,0 +1,37 @@
+"""`medallion train`, `medallion train --reproduce` and `medallion score` on the retail churn job."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+
+from engine.cli import main
+from tests.features.conftest import REPO, RETAIL_END
+from tests.training.conftest import ChurnRoot
+
+
+def medallion(churn: ChurnRoot, *args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(main, ["--root", str(churn.root), *args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_train_reproduce_and_score_from_the_command_line(ray_local: None, churn: ChurnRoot,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    trained = medallion(churn, "train", "retail/churn", "--repo", str(REPO))
+    assert "registered version 1: no champion yet" in trained
+    run_id = re.search(r"run ([0-9a-f]{32}):", trained).group(1)  # type: ignore[union-attr]
+
+    again = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
+    assert f"training set identical to run {run_id}'s" in again
+
+    scored = medallion(churn, "score", "retail", "--repo", str(REPO), "--at", RETAIL_END.isoformat())
+    assert "scores by model version 1" in scored and "`gold.churn_scores` v0" in scored
+    assert DeltaTable(str(churn.root / "gold" / "churn_scores")).version() == 0
+
+    failed = medallion(churn, "train", "retail/upsell", "--repo", str(REPO), code=1)
+    assert "error: pipeline `retail` has no training job `upsell`" in failed
