@@ -1,5 +1,6 @@
-"""`medallion` as a Ray job: `ray job submit --working-dir . -- medallion run retail` against a private
-`ray start --head`, the orchestrator recipe of docs/operations.md, and `medallion --address` as a driver."""
+"""`medallion` as a Ray job: `ray job submit --working-dir . -- medallion run retail` (then `features apply`
+and `train`) against a private `ray start --head`, the orchestrator recipe of docs/operations.md, and
+`medallion --address` as a driver."""
 
 from __future__ import annotations
 
@@ -70,6 +71,12 @@ def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     assert "nothing new: no table committed" in direct.stdout
     drivers = [j for j in client.list_jobs() if j.type == "DRIVER" and "--address" in (j.entrypoint or "")]
     assert len(drivers) == 1, "`medallion --address` ran its driver on the cluster, not on a private instance"
+
+    for arguments, expected in ((("features", "apply"), "created feature view"),
+                                (("train", "retail/churn"), "registered version 1: no champion yet")):
+        submission, job = submit(jobs_head, "--root", str(tmp_path), *arguments)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert expected in client.get_job_logs(submission)
 
 
 def test_a_failing_job_fails_with_the_reason(jobs_head: RayHead, tmp_path: Path) -> None:
