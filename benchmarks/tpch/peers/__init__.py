@@ -1,0 +1,1 @@
+"""Peer implementations of the TPC-H medallion workload."""

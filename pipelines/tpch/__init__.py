@@ -1,0 +1,1 @@
+"""The TPC-H medallion benchmark workload as a pipeline (`benchmarks/tpch/`)."""

@@ -1,0 +1,109 @@
+"""Partition functions of the TPC-H workload: Arrow tables in and out, the work done in polars.
+
+Each function sees whole keys (the engine hash-partitions its inputs), so deduplication, group-bys and joins
+are local. Every output is cast to a fixed schema, so empty partitions agree with full ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pyarrow as pa
+
+from engine.columns import INGESTED_AT, REJECTED_REASON, SOURCE_FILE
+
+LINEAGE = [SOURCE_FILE, INGESTED_AT]
+Q1_CUTOFF = dt.date(1998, 9, 2)
+
+_INT, _FLOAT, _DATE = pl.Int64, pl.Float64, pl.Date
+COLUMNS: dict[str, dict[str, type[pl.DataType]]] = {
+    "lineitem": {
+        "l_orderkey": _INT, "l_partkey": _INT, "l_suppkey": _INT, "l_linenumber": _INT, "l_quantity": _FLOAT,
+        "l_extendedprice": _FLOAT, "l_discount": _FLOAT, "l_tax": _FLOAT, "l_returnflag": pl.String,
+        "l_linestatus": pl.String, "l_shipdate": _DATE, "l_commitdate": _DATE, "l_receiptdate": _DATE,
+        "l_shipinstruct": pl.String, "l_shipmode": pl.String, "l_comment": pl.String,
+    },
+    "orders": {
+        "o_orderkey": _INT, "o_custkey": _INT, "o_orderstatus": pl.String, "o_totalprice": _FLOAT,
+        "o_orderdate": _DATE, "o_orderpriority": pl.String, "o_clerk": pl.String, "o_shippriority": _INT,
+        "o_comment": pl.String,
+    },
+    "customer": {
+        "c_custkey": _INT, "c_name": pl.String, "c_address": pl.String, "c_nationkey": _INT, "c_phone": pl.String,
+        "c_acctbal": _FLOAT, "c_mktsegment": pl.String, "c_comment": pl.String,
+    },
+    "nation": {"n_nationkey": _INT, "n_name": pl.String, "n_regionkey": _INT, "n_comment": pl.String},
+}
+"""Canonical silver types of every source column, in header order (`benchmarks/tpch/WORKLOAD.md` section 4)."""
+KEYS = {"lineitem": ["l_orderkey", "l_linenumber"], "orders": ["o_orderkey"], "customer": ["c_custkey"],
+        "nation": ["n_nationkey"]}
+
+Q1_SCHEMA = {
+    "l_returnflag": pl.String, "l_linestatus": pl.String, "sum_qty": _FLOAT, "sum_base_price": _FLOAT,
+    "sum_disc_price": _FLOAT, "sum_charge": _FLOAT, "avg_qty": _FLOAT, "avg_price": _FLOAT, "avg_disc": _FLOAT,
+    "count_order": _INT,
+}
+REVENUE_SCHEMA = {
+    "c_custkey": _INT, "n_name": pl.String, "order_month": _DATE, "revenue": _FLOAT, "order_count": _INT,
+    "line_count": _INT,
+}
+
+
+def _typed(name: str, dtype: type[pl.DataType]) -> pl.Expr:
+    """Bronze string column `name` as `dtype`; an empty or missing value is null, anything unparseable fails."""
+    text = pl.col(name).cast(pl.String)
+    if dtype is _DATE:
+        return text.str.to_date("%Y-%m-%d").alias(name)
+    return text.cast(dtype).alias(name)
+
+
+def clean(batch: pa.Table, table: str) -> pa.Table:
+    """Bronze rows of `table` cast to the canonical types, one row per key; lineitem rows explain rejects.
+
+    A lineitem row's `_rejected_reason` is the first failing rule of `negative_quantity`,
+    `discount_out_of_range`, `null_shipdate`, else null; the engine routes such rows to quarantine.
+    """
+    columns = COLUMNS[table]
+    frame = (pl.from_arrow(batch).select([_typed(c, t) for c, t in columns.items()]
+                                         + [pl.col(SOURCE_FILE), pl.col(INGESTED_AT)])
+             .unique(subset=KEYS[table], keep="any", maintain_order=False))
+    if table == "lineitem":
+        frame = frame.with_columns(
+            pl.when(pl.col("l_quantity") < 0).then(pl.lit("negative_quantity"))
+            .when((pl.col("l_discount") < 0) | (pl.col("l_discount") > 0.10)).then(pl.lit("discount_out_of_range"))
+            .when(pl.col("l_shipdate").is_null()).then(pl.lit("null_shipdate"))
+            .otherwise(pl.lit(None, pl.String)).alias(REJECTED_REASON)
+        )
+    return frame.to_arrow()
+
+
+def pricing_summary(lines: pa.Table) -> pa.Table:
+    """TPC-H Q1 over the lines of whole (return flag, line status) groups."""
+    price = pl.col("l_extendedprice")
+    discounted = price * (1 - pl.col("l_discount"))
+    frame = (pl.from_arrow(lines).filter(pl.col("l_shipdate") <= Q1_CUTOFF)
+             .group_by("l_returnflag", "l_linestatus")
+             .agg(sum_qty=pl.col("l_quantity").sum(), sum_base_price=price.sum(), sum_disc_price=discounted.sum(),
+                  sum_charge=(discounted * (1 + pl.col("l_tax"))).sum(), avg_qty=pl.col("l_quantity").mean(),
+                  avg_price=price.mean(), avg_disc=pl.col("l_discount").mean(), count_order=pl.len()))
+    return frame.cast(Q1_SCHEMA).select(list(Q1_SCHEMA)).to_arrow()  # type: ignore[arg-type]
+
+
+def order_lines(lines: pa.Table, orders: pa.Table) -> pa.Table:
+    """Lines joined to their orders (partitions of `orderkey`): customer, month, order key and line revenue."""
+    return (pl.from_arrow(lines).join(pl.from_arrow(orders), on="orderkey", how="inner")
+            .select(c_custkey=pl.col("o_custkey"), order_month=pl.col("o_orderdate").dt.month_start(),
+                    orderkey=pl.col("orderkey"),
+                    revenue=pl.col("l_extendedprice") * (1 - pl.col("l_discount")))
+            .to_arrow())
+
+
+def customer_monthly_revenue(lines: pa.Table, customers: pa.Table, nations: pa.Table) -> pa.Table:
+    """Revenue, distinct orders and lines per customer, nation name and month (partitions of `c_custkey`)."""
+    frame = (pl.from_arrow(lines)
+             .join(pl.from_arrow(customers), on="c_custkey", how="inner")
+             .join(pl.from_arrow(nations), left_on="c_nationkey", right_on="n_nationkey", how="inner")
+             .group_by("c_custkey", "n_name", "order_month")
+             .agg(revenue=pl.col("revenue").sum(), order_count=pl.col("orderkey").n_unique(), line_count=pl.len()))
+    return frame.cast(REVENUE_SCHEMA).select(list(REVENUE_SCHEMA)).to_arrow()  # type: ignore[arg-type]
