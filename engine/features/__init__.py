@@ -6,19 +6,12 @@ below are loaded on first use, so `from engine.features import DeltaSource` work
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from engine.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__ = lazy_exports(__name__, {
     "DeltaSource": "engine.features.source",
     "at_versions": "engine.features.snapshot",
     "open_store": "engine.features.repo",
     "load_definitions": "engine.features.repo",
     "apply_repo": "engine.features.repo",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module `engine.features` has no attribute `{name}`")
-    return getattr(import_module(_EXPORTS[name]), name)
+})

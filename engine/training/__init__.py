@@ -6,20 +6,13 @@ that need them. The names below are loaded on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from engine.lazy import lazy_exports
 
-_EXPORTS = {
+__getattr__ = lazy_exports(__name__, {
     "TrainingJob": "engine.training.job",
     "TableReader": "engine.training.dataset",
     "train": "engine.training.train",
     "reproduce": "engine.training.train",
     "score_batch": "engine.training.scoring",
     "score_online": "engine.training.scoring",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module `engine.training` has no attribute `{name}`")
-    return getattr(import_module(_EXPORTS[name]), name)
+})
