@@ -48,6 +48,8 @@ def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
 
 
 def start_cluster(temp_dir: str) -> tuple[Cluster, str, dict[str, str]]:
+    os.environ["RAY_TMPDIR"] = temp_dir  # `Cluster` records the head's address under it, not under `temp_dir`
+    Path(temp_dir, "ray").mkdir(exist_ok=True)
     port, dashboard, agent, runtime_env, metrics, client = free_ports(6)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "gcs_server_port": port, "include_dashboard": True,
@@ -74,8 +76,16 @@ def resources_scenario(root: Path, dashboard: str, nodes: dict[str, str]) -> dic
     lines = [json.dumps({"order_id": str(i), "amount": str(i * 10)}) for i in range(40)]
     (root / "landing" / "orders" / "orders-0001.jsonl").write_text("\n".join(lines) + "\n")
     result = Runner(shop, load_settings(overrides={"storage": {"root": str(root)}})).run()
-    tasks = job_tasks(dashboard)
-    carrying = [t for t in tasks if (t.required_resources or {}).get("highmem")]
+
+    def carrying_read_and_write() -> list[Any]:
+        """The tasks that asked for `highmem`, once the read and the write have both reported as finished
+        (task events reach the state API a little after the tasks end)."""
+        tasks = [t for t in job_tasks(dashboard) if (t.required_resources or {}).get("highmem")]
+        names = [t.name for t in tasks]
+        seen = any("Write" in n for n in names) and any("read" in n.lower() for n in names)
+        return tasks if seen and all(t.state == "FINISHED" for t in tasks) else []
+
+    carrying = wait_for(carrying_read_and_write, 60, "the tasks of `silver.orders` in the state API")
     return {
         "succeeded": result.succeeded,
         "highmem_node": nodes["highmem"],
