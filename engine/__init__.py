@@ -9,6 +9,7 @@ from engine.kinds import Append as Append
 from engine.kinds import Merge as Merge
 from engine.kinds import Overwrite as Overwrite
 from engine.kinds import RecomputeKeys as RecomputeKeys
+from engine.maintenance.policy import Maintenance as Maintenance
 from engine.partitioning import co_partition as co_partition
 from engine.partitioning import default_partitions as default_partitions
 from engine.partitioning import map_partitions as map_partitions

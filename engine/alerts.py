@@ -320,5 +320,5 @@ def sinks_from_settings(settings: AlertSettings) -> list[AlertSink]:
     """The log sink, plus a webhook sink when `settings.webhook_url` is set."""
     sinks: list[AlertSink] = [LogSink()]
     if settings.webhook_url:
-        sinks.append(WebhookSink(settings.webhook_url, timeout_s=settings.webhook_timeout_s))
+        sinks.append(WebhookSink(settings.webhook_url.get_secret_value(), timeout_s=settings.webhook_timeout_s))
     return sinks

@@ -21,6 +21,7 @@ from engine.capacity import reserved_capacity
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
+from engine.maintenance.due import Done, run_due_maintenance
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
@@ -28,8 +29,9 @@ from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
 from engine.status import table_history, table_statuses
-from engine.tables.delta import last_commit_value
+from engine.tables.delta import last_commit_value, open_table
 from engine.tables.layout import Layout
+from engine.tables.timetravel import parse_as_of, version_as_of
 
 WIDE = 160
 console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
@@ -107,19 +109,20 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
               help="Empty the selected derived tables and rebuild them from their inputs (bronze is kept).")
 @click.option("--watch", "watch_interval", type=float, default=None, metavar="SECONDS",
               help="Keep processing newly landed files every SECONDS until SIGTERM or Ctrl-C.")
+@click.option("--reason", default=None, help="Why, recorded in every commit and run record (default: pipeline run).")
 @click.pass_context
 @_reported
 def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,
-        watch_interval: float | None) -> None:
+        watch_interval: float | None, reason: str | None) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
     if watch_interval is not None and watch_interval <= 0:
         raise EngineError(f"--watch takes a positive number of seconds, not {watch_interval}")
-    _run(settings, pipeline, selection, force, full_refresh, watch_interval)
+    _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason)
 
 
 def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False,
-         full_refresh: bool = False, watch_interval: float | None = None) -> RunResult:
+         full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
@@ -129,9 +132,9 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
                     console.status("starting Ray") as status:
                 if reservation:
                     console.print(reservation.describe(), soft_wrap=True)
-                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status)),
+                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status), reason=reason),
                                  selection, force=force, full_refresh=full_refresh)
-        return _watch(Runner(pipeline, settings), len(tables), selection, watch_interval, force=force,
+        return _watch(Runner(pipeline, settings, reason=reason), len(tables), selection, watch_interval, force=force,
                       full_refresh=full_refresh)
 
 
@@ -164,7 +167,19 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
         failed = result.failures() or [r for r in result.records if r.status == "skipped"]
         raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",
                         table=failed[0].table, run_id=result.run_id)
+    if runner.settings.maintenance.after_runs:
+        committed = [r.table for r in result.records if r.status == "succeeded"]
+        for done in run_due_maintenance(runner.pipeline, runner.settings, committed):
+            _print_maintenance(done)
     return result
+
+
+def _print_maintenance(done: Done) -> None:
+    if done.error is not None:
+        console.print(f"maintenance: {done.operation} of {done.table} failed: {done.error}", style="yellow",
+                      soft_wrap=True)
+    elif done.result is not None and done.result.version is not None:
+        console.print(f"maintenance: {done.operation} of {done.table} ({done.reason}): v{done.result.version}")
 
 
 def _watch(runner: Runner, tables: int, selection: str | None, interval: float, *, force: bool,
@@ -219,19 +234,31 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
 @main.command()
 @click.argument("table", required=False)
 @click.option("--version", "version", type=int, default=None, help="Version of TABLE to return to.")
+@click.option("--timestamp", "timestamp", default=None,
+              help="ISO-8601 time (UTC without a zone) whose state TABLE returns to.")
 @click.option("--before-run", "run_id", default=None, help="Undo this run and every later one, on every table.")
 @click.option("--reason", default="manual restore", show_default=True, help="Recorded in each restore commit.")
 @click.pass_context
 @_reported
-def restore(ctx: click.Context, table: str | None, version: int | None, run_id: str | None, reason: str) -> None:
-    """Return TABLE to --version, or every table to its state before --before-run, as new commits."""
+def restore(ctx: click.Context, table: str | None, version: int | None, timestamp: str | None, run_id: str | None,
+            reason: str) -> None:
+    """Return TABLE to --version or --timestamp, or every table to its state before --before-run, as new commits."""
     layout = Layout.at(_settings(ctx).storage.root)
-    if (table is None) == (run_id is None) or (table is not None and version is None):
-        raise EngineError("give either TABLE --version N, or --before-run RUN_ID")
+    if (table is None) == (run_id is None) or (table is not None and (version is None) == (timestamp is None)):
+        raise EngineError("give either TABLE --version N, or --before-run RUN_ID, or TABLE --timestamp ISO-TIME")
     if run_id is not None:
         restored = restore_before_run(layout, run_id, reason=reason)
     else:
-        restored = [restore_table(layout.table(table), version, reason=reason)]
+        uri = layout.table(table)
+        if timestamp is not None:
+            moment = parse_as_of(timestamp)
+            if isinstance(moment, int):
+                raise EngineError(f"--timestamp takes an ISO-8601 time, not `{timestamp}`; use --version N")
+            version = version_as_of(uri, table, moment)
+            if version == open_table(uri, table).version():
+                raise EngineError(f"table `{table}` has not changed since {moment.isoformat()} (it is at version "
+                                  f"{version}); nothing to restore", table=table)
+        restored = [restore_table(uri, version, reason=reason)]
     for item in restored:
         state = "emptied" if item.restored_to == -1 else f"back to version {item.restored_to}"
         console.print(f"{item.path.removeprefix(layout.root + '/')}: {state} (v{item.version})")
@@ -266,20 +293,24 @@ def demo(ctx: click.Context, scale: float, seed: int) -> None:
 
 
 @main.command()
+@click.option("--as-of", "as_of", default=None, help="ISO-8601 time: every table's state and last run then.")
 @click.pass_context
 @_reported
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_of: str | None) -> None:
     """Tables, latest versions, row counts and the last run of each."""
-    _print_status(_settings(ctx))
+    moment = parse_as_of(as_of) if as_of is not None else None
+    if isinstance(moment, int):
+        raise EngineError(f"status --as-of takes an ISO-8601 time, not `{as_of}` (versions differ per table)")
+    _print_status(_settings(ctx), moment)
 
 
-def _print_status(settings: Settings) -> None:
+def _print_status(settings: Settings, as_of: datetime | None = None) -> None:
     layout = Layout.at(settings.storage.root)
-    statuses = table_statuses(layout)
+    statuses = table_statuses(layout, as_of)
     if not statuses:
         console.print(f"no tables under {layout.root}; run `medallion demo` or `medallion run PIPELINE`")
         return
-    view = Table(title=f"tables under {layout.root}")
+    view = Table(title=f"tables under {layout.root}" + (f" as of {as_of.isoformat()}" if as_of else ""))
     for column in ("table", "version", "rows", "last run", "status", "finished (UTC)"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
     for item in statuses:
@@ -292,17 +323,42 @@ def _print_status(settings: Settings) -> None:
 @main.command()
 @click.argument("table")
 @click.option("--limit", type=int, default=20, show_default=True, help="Newest versions to show.")
+@click.option("--as-of", "as_of", default=None, help="Show only versions up to this version or ISO time.")
 @click.pass_context
 @_reported
-def history(ctx: click.Context, table: str, limit: int) -> None:
+def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> None:
     """Versions of TABLE with the run that wrote each, the operation and the row count."""
     layout = Layout.at(_settings(ctx).storage.root)
-    view = Table(title=f"history of {table}")
+    uri = layout.location(table)
+    newest = version_as_of(uri, table, as_of)
+    view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
     for column in ("version", "committed (UTC)", "operation", "run", "rows"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
-    for item in table_history(layout, table, limit):
+    skipped = open_table(uri, table).version() - newest
+    for item in [i for i in table_history(layout, table, skipped + limit) if i.version <= newest][:limit]:
         view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
                      item.run_id or "", f"{item.rows:,}")
+    console.print(view)
+
+
+@main.command()
+@click.argument("table")
+@click.option("--as-of", "as_of", default=None, help="Version number or ISO-8601 time to read TABLE as of.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to print.")
+@click.pass_context
+@_reported
+def show(ctx: click.Context, table: str, as_of: str | None, limit: int) -> None:
+    """Print rows of TABLE (a layer table or `quarantine.<layer>.<name>`), as of a version or time."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    uri = layout.location(table)
+    version = version_as_of(uri, table, as_of)
+    rows = open_table(uri, table, version).to_pyarrow_dataset().head(limit)
+    view = Table()
+    for name in rows.column_names:
+        view.add_column(name)
+    for row in rows.to_pylist():
+        view.add_row(*("" if value is None else str(value) for value in row.values()))
+    console.print(f"{table} v{version}, first {rows.num_rows} rows")
     console.print(view)
 
 
@@ -336,12 +392,18 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
 
 from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
+from engine.governance.cli import audit, erase  # noqa: E402
+from engine.maintenance.cli import backup, maintain  # noqa: E402
 from engine.training.cli import score, train  # noqa: E402
 
 main.add_command(cluster)
 main.add_command(features)
 main.add_command(train)
 main.add_command(score)
+main.add_command(maintain)
+main.add_command(backup)
+main.add_command(erase)
+main.add_command(audit)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,7 +47,7 @@ class RaySettings(_Section):
 class AlertSettings(_Section):
     """Where quality alerts go and when a failure rate counts as rising."""
 
-    webhook_url: str | None = None
+    webhook_url: SecretStr | None = None
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     rising_runs: int = Field(default=3, ge=2)
 
@@ -56,7 +56,31 @@ class TrainingSettings(_Section):
     """Where training runs are tracked: an MLflow tracking URI (default: `$MLFLOW_TRACKING_URI`, else SQLite
     under `<root>/_meta/mlflow`)."""
 
-    tracking_uri: str | None = None
+    tracking_uri: SecretStr | None = None
+
+
+class PiiSettings(_Section):
+    """The key that tokenizes personal data (`docs/governance.md`): `key` (env `MEDALLION__PII__KEY`, or
+    `MEDALLION_PII_KEY`) or a secret file `key_file`; `key_version` is written into every token. With none of them
+    and `local_key` on (development), a key generated once under `<root>/_meta/secrets/` is used."""
+
+    key: SecretStr | None = None
+    key_file: str | None = None
+    key_version: str = Field(default="v1", pattern=r"^[a-z0-9]{1,8}$")
+    local_key: bool = True
+
+
+class MaintenanceSettings(_Section):
+    """When tables are compacted and vacuumed after runs, and how long files a table no longer references are
+    kept, by layer (`quarantine` for quarantine tables; `default_retention_hours` for any other)."""
+
+    retention_hours: dict[str, int] = {"bronze": 720, "silver": 168, "gold": 168, "quarantine": 720}
+    default_retention_hours: int = Field(default=168, gt=0)
+    min_retention_hours: int = Field(default=168, ge=0)
+    optimize_after_commits: int = Field(default=20, gt=0)
+    max_small_files: int = Field(default=32, gt=1)
+    vacuum_every_hours: float = Field(default=24.0, gt=0)
+    after_runs: bool = True
 
 
 class Settings(BaseSettings):
@@ -73,6 +97,8 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     alerts: AlertSettings = AlertSettings()
     training: TrainingSettings = TrainingSettings()
+    pii: PiiSettings = PiiSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -70,6 +70,15 @@ class RunFailed(EngineError):
     """A run finished with at least one failed table."""
 
 
+class MaintenanceError(EngineError):
+    """A maintenance operation (optimize, vacuum, pin, backup) was refused or failed, or a backup did not verify."""
+
+
+class GovernanceError(EngineError):
+    """Personal data could not be protected or erased as declared: no tokenization key, a declared subject or
+    personal-data column missing from a table, a landing file that cannot be rewritten."""
+
+
 class FeatureStoreError(EngineError):
     """The feature store was misconfigured or misused: unknown feature, view or entity, unreadable source
     table, or materialization that did not leave the online store as intended.

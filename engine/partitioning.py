@@ -8,7 +8,9 @@ work need no further shuffle.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,9 @@ import polars as pl
 import pyarrow as pa
 import ray
 import ray.data
+
+SPLIT_TASK_BYTES = 256 * 2**20
+"""Input bytes one split task hashes and splits."""
 
 
 def default_partitions() -> int:
@@ -51,25 +56,24 @@ def co_partition(
     """Hash every input on `keys` into the same partitions and call `function` once per partition.
 
     `function` receives one Arrow table per input, as keyword arguments named like `inputs` (plus
-    `fn_kwargs`): the rows of every input whose keys hash to that partition. The inputs are executed here.
+    `fn_kwargs`): the rows of every input whose keys hash to that partition. The inputs are executed and split
+    here; the calls run when the returned dataset is consumed, so a write of it runs in the same tasks.
     When no input has even a schema (each read a table without data files), `function` is not called.
     """
     partitions = num_partitions or default_partitions()
     pieces: dict[str, list[list[ray.ObjectRef]]] = {}
     empties: dict[str, pa.Table] = {}
     for name, dataset in inputs.items():
-        blocks = dataset.to_arrow_refs()
-        empties[name] = _empty_like(dataset)
-        pieces[name] = [_split_block.options(num_returns=partitions).remote(block, list(keys), partitions)
-                        if partitions > 1 else [_split_block.remote(block, list(keys), 1)]
-                        for block in blocks]
+        materialized = dataset.materialize()
+        empties[name] = _empty_like(materialized)
+        pieces[name] = [_split_blocks.options(num_returns=partitions).remote(list(keys), partitions, *group)
+                        if partitions > 1 else [_split_blocks.remote(list(keys), 1, *group)]
+                        for group in _groups(materialized)]
     counts = [(name, len(pieces[name])) for name in inputs]
-    outputs = [
-        _apply.remote(function, dict(fn_kwargs or {}), empties, counts,
-                      *[split[p] for name in inputs for split in pieces[name]])
-        for p in range(partitions)
-    ]
-    return ray.data.from_arrow_refs(outputs)
+    work = _PartitionWork(function, dict(fn_kwargs or {}), empties, counts,
+                          [[split[p] for name in inputs for split in pieces[name]] for p in range(partitions)])
+    return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
+        _apply_partitions, fn_kwargs={"work": work}, batch_format="pyarrow", batch_size=None)
 
 
 def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
@@ -92,8 +96,18 @@ def partition_of(table: pa.Table, keys: Sequence[str], partitions: int) -> np.nd
     return frame.select(pl.struct(list(keys)).hash(seed=0) % partitions).to_series().to_numpy()
 
 
+def _groups(dataset: ray.data.MaterializedDataset) -> list[list[ray.ObjectRef]]:
+    """The blocks of `dataset` in consecutive groups of about `SPLIT_TASK_BYTES`, one split task each: readers
+    emit many small blocks, and a task per block would cost more than the split itself."""
+    blocks = dataset.to_arrow_refs()
+    count = min(len(blocks), max(1, math.ceil(dataset.size_bytes() / SPLIT_TASK_BYTES)))
+    return [list(group) for group in np.array_split(np.array(blocks, dtype=object), count)] if blocks else []
+
+
 @ray.remote
-def _split_block(block: pa.Table, keys: list[str], partitions: int) -> tuple[pa.Table, ...] | pa.Table:
+def _split_blocks(keys: list[str], partitions: int, *blocks: pa.Table) -> tuple[pa.Table, ...] | pa.Table:
+    with_columns = [block for block in blocks if block.num_columns]
+    block = pa.concat_tables(with_columns, promote_options="permissive") if with_columns else blocks[0]
     if partitions == 1:
         return block
     if block.num_rows == 0:
@@ -105,19 +119,30 @@ def _split_block(block: pa.Table, keys: list[str], partitions: int) -> tuple[pa.
     return tuple(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(partitions))
 
 
-@ray.remote
-def _apply(
-    function: Callable[..., pa.Table],
-    fn_kwargs: dict[str, Any],
-    empties: dict[str, pa.Table],
-    counts: list[tuple[str, int]],
-    *pieces: pa.Table,
-) -> pa.Table:
+@dataclass(frozen=True)
+class _PartitionWork:
+    """What the task of a partition needs: the function, and the pieces of every input per partition."""
+
+    function: Callable[..., pa.Table]
+    fn_kwargs: dict[str, Any]
+    empties: dict[str, pa.Table]
+    counts: list[tuple[str, int]]
+    pieces: list[list[ray.ObjectRef]]
+
+
+def _apply_partitions(batch: pa.Table, work: _PartitionWork) -> pa.Table:
+    """The function's output for the partitions numbered in `batch` (one, unless Ray merged blocks)."""
+    outputs = [_apply(work, ray.get(work.pieces[p])) for p in batch.column("id").to_pylist()]
+    outputs = [table for table in outputs if table.num_columns]
+    return pa.concat_tables(outputs, promote_options="permissive") if outputs else pa.table({})
+
+
+def _apply(work: _PartitionWork, pieces: list[pa.Table]) -> pa.Table:
     tables, start = {}, 0
-    for name, count in counts:
+    for name, count in work.counts:
         parts = [part for part in pieces[start:start + count] if part.num_columns]
         start += count
-        tables[name] = pa.concat_tables(parts, promote_options="permissive") if parts else empties[name]
+        tables[name] = pa.concat_tables(parts, promote_options="permissive") if parts else work.empties[name]
     if not any(table.num_columns for table in tables.values()):
         return pa.table({})
-    return function(**tables, **fn_kwargs)
+    return work.function(**tables, **work.fn_kwargs)

@@ -12,8 +12,10 @@ from graphlib import CycleError, TopologicalSorter
 from typing import Any, TypeVar
 
 from engine.errors import PipelineDefinitionError, SelectionError
+from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
 from engine.kinds import AnyKind, Append, Overwrite
+from engine.maintenance.policy import Maintenance
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
 from engine.tables.layout import split_table_name
@@ -43,6 +45,11 @@ class TableDefinition:
             passes it only the rows its inputs gained since the table was last built, when they only grew.
         evolution: the schema changes the table accepts (added columns always; see `SchemaEvolution`).
         description: what the table holds.
+        maintenance: how the table is compacted (z-order columns, file size, how often).
+        subject: the column holding the data subject's id (e.g. `customer_id`); `medallion erase` removes a
+            subject's rows from the table, its quarantine and change log through it.
+        pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
+            HMAC-SHA256) or `mask`; they are also kept out of the Delta file statistics.
     """
 
     name: str
@@ -55,6 +62,9 @@ class TableDefinition:
     incremental: bool = False
     evolution: SchemaEvolution = SchemaEvolution()
     description: str = ""
+    maintenance: Maintenance = Maintenance()
+    subject: str | None = None
+    pii: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -100,6 +110,9 @@ class Pipeline:
         incremental: bool = False,
         evolution: SchemaEvolution | None = None,
         description: str | None = None,
+        maintenance: Maintenance | None = None,
+        subject: str | None = None,
+        pii: Mapping[str, str] | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
 
@@ -111,7 +124,11 @@ class Pipeline:
             incremental: pass only new input rows (see `TableDefinition.incremental`).
             evolution: the schema changes the table accepts; by default added columns and widened types.
             description: defaults to the function's docstring.
+            maintenance: z-order columns, compacted file size and compaction interval.
+            subject: the column holding the data subject's id, for erasure.
+            pii: personal-data columns, `{"email": "tokenize", "first_name": "mask"}`.
         """
+        check_declaration(name, pii or {})
 
         def register(function: TableFunction) -> TableFunction:
             inputs = self._inputs_of(name, function)
@@ -125,14 +142,20 @@ class Pipeline:
                 incremental=incremental,
                 evolution=evolution or SchemaEvolution(),
                 description=description if description is not None else inspect.getdoc(function) or "",
+                maintenance=maintenance or Maintenance(),
+                subject=subject,
+                pii=dict(pii or {}),
             ))
             return function
 
         return register
 
-    def ingest(self, name: str, source: FileSource, *, description: str = "") -> TableDefinition:
-        """Declare `name` as an append-only table of the landing files of `source`, as they arrive."""
-        definition = TableDefinition(name=name, kind=Append(), source=source, description=description)
+    def ingest(self, name: str, source: FileSource, *, description: str = "",
+               maintenance: Maintenance | None = None, subject: str | None = None) -> TableDefinition:
+        """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `subject`
+        names the field holding the data subject's id (erasure also rewrites the landing files)."""
+        definition = TableDefinition(name=name, kind=Append(), source=source, description=description,
+                                     maintenance=maintenance or Maintenance(), subject=subject)
         self._add(definition)
         return definition
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from deltalake import DeltaTable
 
 from engine.errors import EngineError
+from engine.governance.actor import audit_fields
 from engine.tables import delta
 from engine.tables.layout import Layout
 
@@ -41,7 +42,7 @@ def restore_table(uri: str, version: int, *, reason: str, run_id: str | None = N
     if not -1 <= version < table.version():
         raise EngineError(f"`{uri}` is at version {table.version()}; restore to a version from -1 to "
                           f"{table.version() - 1}", path=uri)
-    metadata = {"run_id": run_id, "reason": reason, delta.RESTORED_TO_KEY: version}
+    metadata = {"run_id": run_id, delta.RESTORED_TO_KEY: version} | audit_fields("restore", reason)
     if version == -1:
         delta.commit_files(uri, [], mode="overwrite", metadata=metadata)
     else:

@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
+from engine.governance.actor import audit_fields
 from engine.quality.results import CheckResult
 from engine.tables.delta import table_exists
 
@@ -30,6 +31,9 @@ RUN_RECORD_SCHEMA = pa.schema([
     ("rows_duplicate", pa.int64()),
     ("error", pa.string()),
     ("details", pa.string()),
+    ("operation", pa.string()),
+    ("actor", pa.string()),
+    ("reason", pa.string()),
 ])
 
 
@@ -47,6 +51,9 @@ class RunRecord:
         rows_duplicate: incoming rows dropped as older changes of a key seen in the same run.
         details: anything else worth keeping (merge metrics, files ingested, ...).
         checks: quality check results (also kept in the quality metrics table).
+        operation: `run`, `backfill`, `erase`, ... (audit).
+        actor: who ran it; `$MEDALLION_ACTOR` or the OS user when None.
+        reason: why; the operation's default reason when None.
     """
 
     run_id: str
@@ -64,6 +71,9 @@ class RunRecord:
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
     checks: list[CheckResult] = field(default_factory=list)
+    operation: str = "run"
+    actor: str | None = None
+    reason: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -79,6 +89,7 @@ def append_records(uri: str, records: list[RunRecord]) -> None:
     for record in records:
         row = asdict(record)
         row.pop("checks")
+        row |= audit_fields(record.operation, record.reason) | ({"actor": record.actor} if record.actor else {})
         row["duration_s"] = record.duration_s
         row["input_versions"] = json.dumps(record.input_versions, sort_keys=True)
         checks = {c.check: {"action": c.action, "rows_checked": c.rows_checked, "rows_failed": c.rows_failed}
@@ -87,7 +98,7 @@ def append_records(uri: str, records: list[RunRecord]) -> None:
                                     sort_keys=True, default=str)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=RUN_RECORD_SCHEMA)
-    write_deltalake(uri, table, mode="append")
+    write_deltalake(uri, table, mode="append", schema_mode="merge")
 
 
 def read_records(uri: str) -> pl.DataFrame:

@@ -19,7 +19,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import ray.data
 import ray.exceptions
 from deltalake.transaction import Transaction
@@ -36,8 +35,11 @@ from engine.errors import (
     QualityFailed,
     SchemaEvolutionError,
 )
+from engine.governance import pii
+from engine.governance.actor import audit_fields
+from engine.governance.secrets import pii_key
 from engine.guard import call_table_function, guarded
-from engine.ingest.batch import read_new_files
+from engine.ingest.batch import ingest_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
 from engine.pipeline import Pipeline, TableDefinition
@@ -50,7 +52,7 @@ from engine.tables.distributed_merge import merge_distributed
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
-from engine.tables.staging import StagedFiles, StagingDatasink
+from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class Runner:
         pipeline: the tables.
         settings: storage and run settings.
         on_record: called with each table's record as soon as it is known (progress reporting).
+        reason: why the tables are written, recorded in every commit and run record (audit).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Runner:
         pipeline: Pipeline,
         settings: Settings,
         on_record: Callable[[RunRecord], None] | None = None,
+        reason: str | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.settings = settings
@@ -115,6 +119,7 @@ class Runner:
         self.force = False
         self.full_refresh = False
         self.window: tuple[dt.date, dt.date] | None = None
+        self.reason = reason
 
     def run(
         self,
@@ -197,7 +202,8 @@ class Runner:
 
     def _record(self, run_id: str, table: str, status: str, started_at: datetime, **values: Any) -> RunRecord:
         return RunRecord(run_id=run_id, pipeline=self.pipeline.name, table=table, status=status,
-                         started_at=started_at, finished_at=datetime.now(UTC), **values)
+                         started_at=started_at, finished_at=datetime.now(UTC), operation=self._operation,
+                         reason=self.reason, **values)
 
     def _run_table(self, definition: TableDefinition, run_id: str, run_started: datetime) -> RunRecord:
         started = datetime.now(UTC)
@@ -207,14 +213,36 @@ class Runner:
                 values = self._ingest(definition, definition.source, run_id, run_started)
             else:
                 values = self._transform(definition, run_id, checks)
+            self._keep_pii_out_of_stats(definition, run_id)
         except EngineError as err:
             log.error("%s", err)
             return self._record(run_id, definition.name, "failed", started, error=str(err), checks=checks)
         return self._record(run_id, definition.name, values.pop("status", "succeeded"), started,
                             checks=checks, **values)
 
+    @property
+    def _operation(self) -> str:
+        return "run" if self.window is None else "backfill"
+
     def _commit_metadata(self, definition: TableDefinition, run_id: str, **extra: Any) -> dict[str, Any]:
-        return {"run_id": run_id, "pipeline": self.pipeline.name, "table": definition.name} | extra
+        return ({"run_id": run_id, "pipeline": self.pipeline.name, "table": definition.name}
+                | audit_fields(self._operation, self.reason) | extra)
+
+    def _protected(self, definition: TableDefinition, output: ray.data.Dataset) -> ray.data.Dataset:
+        """The table's rows with its personal-data columns tokenized or masked as declared."""
+        if not definition.pii:
+            return output
+        key = pii_key(self.settings.pii, f"table `{definition.name}` (personal-data columns "
+                                         f"{', '.join(f'`{c}`' for c in definition.pii)})", self.layout.root)
+        return output.map_batches(pii.protect, fn_kwargs={"columns": dict(definition.pii), "key": key,
+                                                          "table": definition.name}, batch_format="pyarrow")
+
+    def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> None:
+        """Keep the personal-data columns of the table and its change log out of Delta file statistics."""
+        if definition.pii:
+            metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
+            for uri in (self.layout.table(definition.name), self.layout.changes(definition.name)):
+                pii.keep_out_of_stats(uri, definition.pii, metadata)
 
     def _transaction(self, uri: str, table: str, suffix: str = "") -> Transaction:
         """The marker of this run's commit to `table` (or to its quarantine, with `suffix`): one
@@ -235,15 +263,15 @@ class Runner:
         if not new:
             return {"status": "unchanged", "details": details}
         known_columns, known_types = _known_shape(uri, definition.name)
-        batch = guarded(definition, lambda: read_new_files(
-            new, source, table=definition.name, run_id=run_id, ingested_at=run_started,
-            known_columns=known_columns, known_types=known_types))
+        batch = guarded(definition, lambda: ingest_new_files(
+            new, source, self._stager(definition, run_id, uri), ingested_at=run_started,
+            known_columns=known_columns, known_types=known_types, ray_options=definition.ray_options))
         if batch.drifts:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
                         "; ".join(details["schema_drift"]))
         transaction = self._transaction(uri, definition.name)
-        staged = self._stage(definition, batch.dataset, run_id, uri)
+        staged = batch.staged
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
         schema_version = (delta.last_commit_value(uri, definition.name, SCHEMA_KEY) or 0) + (
             1 if added or not delta.table_exists(uri) else 0)
@@ -288,7 +316,7 @@ class Runner:
             reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
         inputs = [dataset for dataset, _ in reads]
         rows_in = sum(rows for _, rows in reads)
-        output = call_table_function(definition, inputs)
+        output = self._protected(definition, call_table_function(definition, inputs))
         if self.window is not None:
             output = _within(output, self._time_column(definition), *self.window)
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri
@@ -303,8 +331,8 @@ class Runner:
             if isinstance(kind, ChangeKind):
                 shutil.rmtree(folder, ignore_errors=True)
             else:
-                _discard(folder, staged.data)
-            _discard(self.layout.quarantine(definition.name), staged.quarantine)
+                discard_files(folder, staged.data)
+            discard_files(self.layout.quarantine(definition.name), staged.quarantine)
             raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
                                   "rows_quarantined": staged.quarantined_rows}
@@ -446,7 +474,7 @@ class Runner:
         uri = self.layout.quarantine(definition.name)
         if delta.last_commit_value(uri, definition.name, ATTEMPT_KEY) == metadata[ATTEMPT_KEY]:
             log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
-            _discard(uri, staged.quarantine)
+            discard_files(uri, staged.quarantine)
             return
         delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata,
                            transaction=self._transaction(uri, definition.name, "/quarantine"))
@@ -484,10 +512,14 @@ class Runner:
         folder: str,
         reference_keys: dict[str, pa.Array] | None = None,
     ) -> StagedFiles:
-        sink = StagingDatasink(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id,
-                               definition.name, definition.quality, reference_keys or {})
+        sink = StagingDatasink(self._stager(definition, run_id, folder, reference_keys))
         dataset.write_datasink(sink, ray_remote_args=dict(definition.ray_options))
         return sink.result
+
+    def _stager(self, definition: TableDefinition, run_id: str, folder: str,
+                reference_keys: dict[str, pa.Array] | None = None) -> Stager:
+        return Stager(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id,
+                      definition.name, definition.quality, reference_keys or {})
 
 
 def _only_keys(dataset: ray.data.Dataset, keys: pa.Table) -> tuple[ray.data.Dataset, int]:
@@ -589,7 +621,7 @@ def _discarded_on_conflict(folder: str, files: Iterable[DataFile]) -> Iterator[N
     try:
         yield
     except CommitConflict:
-        _discard(folder, files)
+        discard_files(folder, files)
         raise
 
 
@@ -602,13 +634,6 @@ def _remove_empty_folders(folder: str) -> None:
             os.rmdir(current)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(folder))
-
-
-def _discard(folder: str, files: Iterable[DataFile]) -> None:
-    """Delete staged files that will never be committed."""
-    for file in files:
-        filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{file.path}")
-        filesystem.delete_file(path)
 
 
 def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import polars as pl
 import pyarrow.fs as pafs
 
 from engine.runlog import read_records
 from engine.tables import delta
 from engine.tables.layout import Layout
+from engine.tables.timetravel import version_at
 
 DATA_LAYERS = ("bronze", "silver", "gold", "quarantine")
 
@@ -82,17 +84,23 @@ def _children(layout: Layout, layer: str) -> dict[str, str]:
     }
 
 
-def table_statuses(layout: Layout) -> list[TableStatus]:
-    """The status of every table under the root, in layer order."""
+def table_statuses(layout: Layout, as_of: datetime | None = None) -> list[TableStatus]:
+    """The status of every table under the root, in layer order; as of `as_of` when given (each table at its
+    version then, runs finished by then, tables created later left out)."""
     records = read_records(layout.runs())
+    if as_of is not None:
+        records = records.filter(pl.col("finished_at") <= as_of)
     latest = {row["table"]: row for row in records.iter_rows(named=True)}
     statuses = []
     for table, uri in list_tables(layout).items():
+        version = (delta.latest_version(uri) or 0) if as_of is None else version_at(uri, table, as_of)
+        if version is None:
+            continue
         record = latest.get(table, {})
         statuses.append(TableStatus(
             table=table,
-            version=delta.latest_version(uri) or 0,
-            rows=delta.row_count(uri, table),
+            version=version,
+            rows=delta.row_count(uri, table, version),
             last_run_id=record.get("run_id"),
             last_status=record.get("status"),
             last_finished_at=record.get("finished_at"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("MEDALLION_PII_KEY", "test-pii-key")
 
 import ray  # noqa: E402
 

@@ -1,19 +1,21 @@
-"""Reading a batch of new landing files in parallel Ray tasks, with schema drift detected in file order."""
+"""Ingesting a batch of new landing files in parallel Ray tasks, with schema drift detected in file order."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 import ray
-import ray.data
 
 from engine.columns import INGESTED_AT, RESCUED_DATA, RUN_ID, SOURCE_FILE
 from engine.ingest.drift import SchemaDrift, apply_policy, detect_drift
-from engine.ingest.readers import json_field_types, parse_landing_text, read_text
+from engine.ingest.readers import json_field_types, parse_json_lines, read_landing_file, read_text
 from engine.ingest.sources import FileSource, LandingFile
+from engine.tables.staging import StagedFiles, Stager
 
 
 @dataclass(frozen=True)
@@ -27,16 +29,16 @@ class FileShape:
 
 @dataclass(frozen=True)
 class IngestBatch:
-    """New landing files read for one bronze table.
+    """New landing files read and staged for one bronze table.
 
     Attributes:
-        dataset: the files' records with the ingestion columns, drift policy applied.
+        staged: the files' records with the ingestion columns, drift policy applied, as staged Parquet files.
         drifts: every file whose shape differed from what was expected before it, in file order.
         columns: the source columns known after this batch.
         types: the JSON value shape (`object`, `array` or `scalar`) per column known after this batch.
     """
 
-    dataset: ray.data.Dataset
+    staged: StagedFiles
     drifts: tuple[SchemaDrift, ...]
     columns: tuple[str, ...]
     types: dict[str, str]
@@ -51,74 +53,90 @@ class IngestBatch:
         )
 
 
-def read_new_files(
+def ingest_new_files(
     files: Sequence[LandingFile],
     source: FileSource,
+    stager: Stager,
     *,
-    table: str,
-    run_id: str,
     ingested_at: datetime,
     known_columns: Sequence[str],
     known_types: Mapping[str, str],
+    ray_options: Mapping[str, Any] | None = None,
 ) -> IngestBatch:
-    """Read `files` (one Ray task each), compare each with the columns expected so far, apply the policy.
+    """Read and stage `files`, one Ray task each, then compare each with the columns expected so far and
+    apply the source's drift policy. Each file's records go straight from its landing file to a staged
+    Parquet file in the task that parsed them; only a file the `rescue` policy must change is staged again.
 
     The expected columns are the source's declared ones, else the table's, else the first file's; under
     `evolve` without declared columns, what a file adds is expected from the next file on.
 
     Raises:
-        SchemaDriftError: the source's policy is `fail` and a file drifted.
+        SchemaDriftError: the source's policy is `fail` and a file drifted; nothing stays staged.
     """
-    reads = [_read_file.remote(file, source, run_id, ingested_at) for file in files]
-    try:
-        shapes: list[FileShape] = ray.get([shape for _, shape in reads])
-    except Exception:
-        _settle([table_ref for table_ref, _ in reads])
-        raise
-    expected = list(source.columns or known_columns or (shapes[0].columns if shapes else ()))
+    table = stager.table
+    tasks = [_ingest_file.options(**dict(ray_options or {})).remote(file, index, source, ingested_at, stager)
+             for index, file in enumerate(files)]
+    results: list[tuple[StagedFiles, FileShape]] = _all_or_nothing(tasks, stager)
+    expected = list(source.columns or known_columns or (results[0][1].columns if results else ()))
     types = dict(known_types)
-    drifts, tables = [], []
-    for (table_ref, _), shape in zip(reads, shapes):
-        if not shape.columns:
-            tables.append(table_ref)
-            continue
-        drift = detect_drift(shape.name, _shape_table(shape), expected, types, shape.types)
-        if not drift.is_empty:
-            drifts.append(drift)
-            if source.on_drift == "fail":
-                apply_policy(_shape_table(shape), drift, "fail", source=table)
-            if source.on_drift == "rescue":
-                table_ref = _rescue.remote(table_ref, drift, table)
-            elif source.columns is None:
-                expected += [c for c in shape.columns if c not in expected]
-        types.update({column: kind for column, kind in shape.types.items() if column not in types})
-        tables.append(table_ref)
-    return IngestBatch(ray.data.from_arrow_refs(tables), tuple(drifts), tuple(expected), types)
+    drifts: list[SchemaDrift] = []
+    staged: list[StagedFiles | ray.ObjectRef] = []
+    for index, (files_staged, shape) in enumerate(results):
+        if shape.columns:
+            drift = detect_drift(shape.name, _shape_table(shape), expected, types, shape.types)
+            if not drift.is_empty:
+                drifts.append(drift)
+                if source.on_drift == "fail":
+                    for done, _ in results:
+                        stager.discard(done)
+                    apply_policy(_shape_table(shape), drift, "fail", source=table)
+                if source.on_drift == "rescue":
+                    files_staged = _restage.options(**dict(ray_options or {})).remote(
+                        files_staged, drift, stager, len(files) + index)
+                elif source.columns is None:
+                    expected += [c for c in shape.columns if c not in expected]
+            types.update({column: kind for column, kind in shape.types.items() if column not in types})
+        staged.append(files_staged)
+    restaged = iter(_all_or_nothing([s for s in staged if isinstance(s, ray.ObjectRef)], stager))
+    in_file_order = [s if isinstance(s, StagedFiles) else next(restaged) for s in staged]
+    return IngestBatch(StagedFiles.combine(in_file_order), tuple(drifts), tuple(expected), types)
 
 
-def _settle(refs: list[ray.ObjectRef]) -> None:
-    """Wait for the outcome of every read after one failed, so that no task's error goes unobserved."""
-    for ref in refs:
-        try:
-            ray.get(ref)
-        except Exception:  # noqa: BLE001 - the first failure is already being raised
-            continue
+def _all_or_nothing(refs: list[ray.ObjectRef], stager: Stager) -> list[Any]:
+    """The results of `refs`; when one task failed, wait for every other, discard what they staged, and
+    raise the failure, so that no task's error goes unobserved and no staged file is left behind."""
+    try:
+        return ray.get(refs)
+    except Exception:
+        for ref in refs:
+            try:
+                done = ray.get(ref)
+            except Exception:  # noqa: BLE001 - the first failure is already being raised
+                continue
+            stager.discard(done[0] if isinstance(done, tuple) else done)
+        raise
 
 
 def _shape_table(shape: FileShape) -> pa.Table:
     return pa.schema([(column, pa.string()) for column in shape.columns]).empty_table()
 
 
-@ray.remote(num_returns=2)
-def _read_file(file: LandingFile, source: FileSource, run_id: str, ingested_at: datetime) -> tuple[pa.Table, FileShape]:
-    text = read_text(file)
-    table = parse_landing_text(text, source, file)
-    types = {field: _shape_of(kind) for field, kind in json_field_types(text).items()} if source.format == "jsonl" else {}
+@ray.remote
+def _ingest_file(
+    file: LandingFile, index: int, source: FileSource, ingested_at: datetime, stager: Stager
+) -> tuple[StagedFiles, FileShape]:
+    if source.format == "jsonl":
+        text = read_text(file)
+        table = parse_json_lines(text)
+        types = {field: _shape_of(kind) for field, kind in json_field_types(text).items()}
+    else:
+        table, types = read_landing_file(file, source), {}
     shape = FileShape(file.name, tuple(c for c in table.column_names if not c.startswith("_")), types)
     count = table.num_rows
-    table = table.append_column(SOURCE_FILE, pa.array([file.name] * count, pa.string()))
-    table = table.append_column(INGESTED_AT, pa.array([ingested_at] * count, pa.timestamp("us", tz="UTC")))
-    return table.append_column(RUN_ID, pa.array([run_id] * count, pa.string())), shape
+    table = table.append_column(SOURCE_FILE, pa.repeat(pa.scalar(file.name, pa.string()), count))
+    table = table.append_column(INGESTED_AT, pa.repeat(pa.scalar(ingested_at, pa.timestamp("us", tz="UTC")), count))
+    table = table.append_column(RUN_ID, pa.repeat(pa.scalar(stager.run_id, pa.string()), count))
+    return stager.write([table], index), shape
 
 
 def _shape_of(json_type: str) -> str:
@@ -128,5 +146,8 @@ def _shape_of(json_type: str) -> str:
 
 
 @ray.remote
-def _rescue(table: pa.Table, drift: SchemaDrift, source: str) -> pa.Table:
-    return apply_policy(table, drift, "rescue", source=source)
+def _restage(staged: StagedFiles, drift: SchemaDrift, stager: Stager, task: int) -> StagedFiles:
+    """Stage again, with the `rescue` policy applied, the rows of one file staged as it arrived."""
+    rows = pads.dataset([f"{stager.data_folder}/{f.path}" for f in staged.data], format="parquet").to_table()
+    stager.discard(staged)
+    return stager.write([apply_policy(rows, drift, "rescue", source=stager.table)], task)

@@ -27,14 +27,9 @@ def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
     Raises:
         IngestError: the file cannot be opened or is not valid UTF-8.
     """
-    return parse_landing_text(read_text(file), source, file)
-
-
-def parse_landing_text(text: str, source: FileSource, file: LandingFile) -> pa.Table:
-    """The records of a landing file's `text` as string columns plus `_rescued_data`."""
     if source.format == "jsonl":
-        return _parse_json_lines(text)
-    return _parse_csv(text, source.delimiter, file)
+        return parse_json_lines(read_text(file))
+    return _parse_csv(_read_bytes(file), source.delimiter, file)
 
 
 def read_text(file: LandingFile) -> str:
@@ -43,19 +38,25 @@ def read_text(file: LandingFile) -> str:
     Raises:
         IngestError: the file cannot be opened or is not valid UTF-8.
     """
-    filesystem, path = pafs.FileSystem.from_uri(file.uri)
-    try:
-        with filesystem.open_input_stream(path) as stream:
-            raw = stream.read()
-    except OSError as err:
-        raise IngestError(f"cannot read landing file `{file.uri}`: {err}", path=file.uri) from err
+    raw = _read_bytes(file)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise IngestError(
-            f"landing file `{file.uri}` is not valid UTF-8 (byte {err.start}); re-export it as UTF-8",
-            path=file.uri,
-        ) from None
+        raise _not_utf8(file, err) from None
+
+
+def _read_bytes(file: LandingFile) -> bytes:
+    filesystem, path = pafs.FileSystem.from_uri(file.uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError as err:
+        raise IngestError(f"cannot read landing file `{file.uri}`: {err}", path=file.uri) from err
+
+
+def _not_utf8(file: LandingFile, err: UnicodeDecodeError) -> IngestError:
+    return IngestError(f"landing file `{file.uri}` is not valid UTF-8 (byte {err.start}); re-export it as UTF-8",
+                       path=file.uri)
 
 
 def _lines(text: str) -> pa.Array:
@@ -65,7 +66,8 @@ def _lines(text: str) -> pa.Array:
     return lines.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(lines), "")))
 
 
-def _parse_json_lines(text: str) -> pa.Table:
+def parse_json_lines(text: str) -> pa.Table:
+    """The records of JSON-lines `text` as string columns plus `_rescued_data`."""
     lines = pa.table({"line": _lines(text).cast(pa.string())})
     with duckdb.connect() as db:
         db.register("lines", lines)
@@ -115,9 +117,10 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
-    first_line = next((line for line in text.splitlines() if line.strip()), "")
-    header = next(csv.reader(io.StringIO(first_line), delimiter=delimiter), None)
+def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
+    """Parsed by Arrow straight from the file's bytes (Arrow checks that they are UTF-8); the header, the first
+    non-blank line, is read with Python's csv module so that quoted names are understood the same way."""
+    header = next(csv.reader(io.StringIO(_first_line(raw, file)), delimiter=delimiter), None)
     if not header:
         return pa.table({RESCUED_DATA: pa.array([], pa.string())})
     rescued: list[str] = []
@@ -128,7 +131,7 @@ def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
 
     try:
         table = pacsv.read_csv(
-            io.BytesIO(text.encode("utf-8")),
+            io.BytesIO(raw),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_raw),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header},
@@ -138,6 +141,10 @@ def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
             ),
         )
     except pa.ArrowInvalid as err:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as decoding:
+            raise _not_utf8(file, decoding) from None
         raise IngestError(f"cannot parse CSV file `{file.uri}`: {err}", path=file.uri) from err
     table = table.append_column(RESCUED_DATA, pa.nulls(table.num_rows, pa.string()))
     if not rescued:
@@ -145,3 +152,19 @@ def _parse_csv(text: str, delimiter: str, file: LandingFile) -> pa.Table:
     bad = pa.table({name: pa.nulls(len(rescued), pa.string()) for name in table.column_names[:-1]}
                    | {RESCUED_DATA: pa.array(rescued, pa.string())})
     return pa.concat_tables([table, bad])
+
+
+def _first_line(raw: bytes, file: LandingFile) -> str:
+    """The first line of `raw` that is not blank, decoded, or "" when there is none."""
+    start = 0
+    while start < len(raw):
+        end = raw.find(b"\n", start)
+        end = len(raw) if end < 0 else end
+        line = raw[start:end]
+        if line.strip():
+            try:
+                return line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise _not_utf8(file, err) from None
+        start = end + 1
+    return ""

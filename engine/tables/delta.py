@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import ray
 import ray.data
 from deltalake import DeltaTable, Field, Schema, write_deltalake
@@ -137,15 +138,22 @@ def read_added_files(
 ) -> tuple[ray.data.Dataset, int] | None:
     """The rows added to the table after version `since` up to `until`, and their count.
 
-    Returns None when those versions did more than add files (an overwrite, merge or delete rewrote
-    or removed data), so the caller must read the table in full.
+    Compactions in between (`medallion.operation` = `optimize` or deltalake's OPTIMIZE: files rewritten,
+    rows unchanged) are seen through: the files appended before them are read where they still lie, until
+    a vacuum deletes them. Returns None when those versions did more than add files (an overwrite, merge
+    or delete rewrote or removed data), or an appended file was vacuumed, so the caller must read the
+    table in full.
     """
     before = set(open_table(uri, table, since).file_uris())
     now = open_table(uri, table, until)
-    if not before <= set(now.file_uris()):
-        return None
-    actions = pa.table(now.get_add_actions(flatten=True)).select(["path", "num_records"]).to_pylist()
-    added = [a for a in actions if f"{uri}/{a['path']}" not in before]
+    if before <= set(now.file_uris()):
+        actions = pa.table(now.get_add_actions(flatten=True)).select(["path", "num_records"]).to_pylist()
+        added = [a for a in actions if f"{uri}/{a['path']}" not in before]
+    else:
+        appended = _appended_through_compactions(uri, table, since, until)
+        if appended is None:
+            return None
+        added = appended
     schema = pa.schema(now.schema().to_arrow())
     if not added:
         return ray.data.from_arrow(schema.empty_table()), 0
@@ -170,6 +178,28 @@ def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[st
     changed = counted[0].join(counted[1], on=columns, how="full", nulls_equal=True, coalesce=True).filter(
         pl.col("__copies").ne_missing(pl.col("__copies_right")))
     return changed.select(list(keys)).unique().to_arrow()
+
+
+def _appended_through_compactions(uri: str, table: str, since: int, until: int) -> list[dict[str, Any]] | None:
+    """The add actions (`path`, `num_records`) of the files appended after `since` up to `until`, when every
+    commit in between only appended files or only compacted them and those files are still on disk; else
+    None."""
+    compactions = {c["version"] for c in history(uri, table) if since < c["version"] <= until
+                   and (c.get("operation") == "OPTIMIZE" or commit_info_value(c, "operation") == "optimize")}
+    previous = pa.table(open_table(uri, table, since).get_add_actions(flatten=True)).select(["path", "num_records"])
+    added: list[dict[str, Any]] = []
+    for version in range(since + 1, until + 1):
+        current = pa.table(open_table(uri, table, version).get_add_actions(flatten=True)).select(
+            ["path", "num_records"])
+        known = set(previous.column("path").to_pylist())
+        if version not in compactions:
+            if not known <= set(current.column("path").to_pylist()):
+                return None
+            added.extend(a for a in current.to_pylist() if a["path"] not in known)
+        previous = current
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    infos = filesystem.get_file_info([f"{root}/{a['path']}" for a in added])
+    return None if any(info.type == pafs.FileType.NotFound for info in infos) else added
 
 
 @ray.remote

@@ -54,6 +54,12 @@ class Layout:
         layer, name = split_table_name(table)
         return f"{self.root}/{layer}/{name}"
 
+    def location(self, table: str) -> str:
+        """The folder of `table`, a layer table (`silver.orders`) or a quarantine (`quarantine.silver.orders`)."""
+        if table.startswith("quarantine."):
+            return self.quarantine(table.removeprefix("quarantine."))
+        return self.table(table)
+
     def quarantine(self, table: str) -> str:
         """`<root>/quarantine/<layer>/<name>`."""
         layer, name = split_table_name(table)

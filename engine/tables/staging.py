@@ -1,4 +1,4 @@
-"""A Ray Data sink that writes a table's new rows as Parquet files in parallel, without committing them.
+"""Writing a table's new rows as Parquet files in parallel tasks, without committing them.
 
 Rows carrying a `_rejected_reason` go to the quarantine folder instead. The driver then commits all
 files of a table in one Delta transaction (see `engine.tables.delta`).
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
@@ -64,6 +65,13 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
     return unify(schemas) if schemas else None
 
 
+def discard_files(folder: str, files: Iterable[DataFile]) -> None:
+    """Delete staged files under `folder` that will never be committed."""
+    for file in files:
+        filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{file.path}")
+        filesystem.delete_file(path)
+
+
 def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
     """Accepted rows, and rejected rows with their reason and the id of the rejecting run.
 
@@ -76,20 +84,23 @@ def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:
     rejected = table.filter(pc.invert(accepted))
     if RUN_ID in rejected.column_names:
         rejected = rejected.drop_columns([RUN_ID])
-    rejected = rejected.append_column(RUN_ID, pa.array([run_id] * rejected.num_rows, pa.string()))
+    rejected = rejected.append_column(RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), rejected.num_rows))
     dropped = [c for c in (REJECTED_REASON, RESCUED_DATA) if c in table.column_names]
     return table.filter(accepted).drop_columns(dropped), rejected
 
 
-@dataclass
-class StagingDatasink(Datasink[StagedFiles]):
-    """Writes each task's blocks to rolling Parquet files; `result` holds every file once the write ends.
+@dataclass(frozen=True)
+class Stager:
+    """Writes a table's new rows to rolling Parquet files, routing rejected rows to quarantine.
 
     Attributes:
         data_folder: where accepted rows go.
         quarantine_folder: where rejected rows go.
         storage: file size and compression.
         run_id: the run writing; it prefixes file names and tags quarantined rows.
+        table: the table's name, for check results.
+        quality: row-level checks applied to every batch.
+        reference_keys: key values of referenced tables, for reference checks.
     """
 
     data_folder: str
@@ -99,15 +110,17 @@ class StagingDatasink(Datasink[StagedFiles]):
     table: str = ""
     quality: Quality | None = None
     reference_keys: dict[str, pa.Array] = field(default_factory=dict)
-    result: StagedFiles = field(default_factory=StagedFiles)
 
-    def write(self, blocks: Iterable[Block], ctx: object) -> StagedFiles:
-        prefix = f"{self.run_id}-{getattr(ctx, 'task_idx', 0):05d}"
+    def write(self, tables: Iterable[pa.Table], task: int) -> StagedFiles:
+        """Stage `tables`, the batches of one task numbered `task` (which names its files). An empty batch has
+        nothing to check or write, and may lack columns: Ray Data hands functions of empty inputs such batches."""
+        prefix = f"{self.run_id}-{task:05d}"
         data = RollingParquetWriter(self.data_folder, self.storage, prefix)
         quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix)
         checks: list[CheckResult] = []
-        for block in blocks:
-            table = BlockAccessor.for_block(block).to_arrow()
+        for table in tables:
+            if table.num_rows == 0:
+                continue
             if self.quality is not None:
                 table, results = validate_batch(table, self.quality, self.table, self.reference_keys)
                 checks.extend(results)
@@ -115,6 +128,23 @@ class StagingDatasink(Datasink[StagedFiles]):
             data.write(accepted)
             quarantine.write(rejected)
         return StagedFiles(tuple(data.close()), tuple(quarantine.close()), tuple(combine_results(checks)))
+
+    def discard(self, staged: StagedFiles) -> None:
+        """Delete files this stager wrote that will never be committed."""
+        discard_files(self.data_folder, staged.data)
+        discard_files(self.quarantine_folder, staged.quarantine)
+
+
+@dataclass
+class StagingDatasink(Datasink[StagedFiles]):
+    """A Ray Data sink staging each write task's blocks; `result` holds every file once the write ends."""
+
+    stager: Stager
+    result: StagedFiles = field(default_factory=StagedFiles)
+
+    def write(self, blocks: Iterable[Block], ctx: object) -> StagedFiles:
+        return self.stager.write((BlockAccessor.for_block(block).to_arrow() for block in blocks),
+                                 getattr(ctx, "task_idx", 0))
 
     def on_write_complete(self, write_result: WriteResult[StagedFiles]) -> None:
         self.result = StagedFiles.combine(r for r in write_result.write_returns if r is not None)

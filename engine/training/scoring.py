@@ -19,7 +19,7 @@ from engine.training.dataset import TableReader, feature_service
 from engine.training.fit import predict
 from engine.training.job import ENTITY_TIME, TrainingJob, load_job
 from engine.training.registry import CHAMPION, LoadedModel, load_model, require_columns
-from engine.training.tracking import resolve_tracking_uri, use_tracking
+from engine.training.tracking import configured_uri, resolve_tracking_uri, use_tracking
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -54,7 +54,7 @@ def score_batch(reference: str, settings: Settings, *, repo: str, overlay: str |
         raise TrainingError(f"training job `{name}` declares no `scores_table` and `population`; add them to "
                             "score in batch", job=name)
     root = Layout.at(settings.storage.root).root
-    use_tracking(resolve_tracking_uri(root, tracking_uri or settings.training.tracking_uri))
+    use_tracking(resolve_tracking_uri(root, tracking_uri or configured_uri(settings)))
     model = load_model(job.model_name, model_version)
     store = open_store(root, repo, overlay=overlay)
     scored_at = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.config import Settings
 from engine.errors import TrainingError
 from engine.tables.layout import Layout
 
@@ -25,6 +26,12 @@ TAG = "medallion."
 def mlflow_dir(root: str) -> str:
     """`<root>/_meta/mlflow`: the embedded tracking database and artifacts."""
     return f"{Layout.at(root).root}/_meta/mlflow"
+
+
+def configured_uri(settings: Settings) -> str | None:
+    """The tracking URI of the settings (`training.tracking_uri`, a secret: it may hold a password)."""
+    secret = settings.training.tracking_uri
+    return secret.get_secret_value() if secret is not None else None
 
 
 def resolve_tracking_uri(root: str, configured: str | None = None) -> str:

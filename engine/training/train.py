@@ -12,10 +12,18 @@ import pyarrow as pa
 
 from engine.config import Settings
 from engine.errors import TrainingError
+from engine.maintenance.pins import pin_versions
 from engine.tables.layout import Layout
 from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, time_split
 from engine.training.job import TrainingJob, load_job
-from engine.training.tracking import TAG, experiment_id, lineage_tags, resolve_tracking_uri, use_tracking
+from engine.training.tracking import (
+    TAG,
+    configured_uri,
+    experiment_id,
+    lineage_tags,
+    resolve_tracking_uri,
+    use_tracking,
+)
 
 PIP_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "pyarrow")
 
@@ -73,7 +81,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     name, job = load_job(reference)
     root = Layout.at(settings.storage.root).root
     store = open_store(root, repo, overlay=overlay)
-    uri = resolve_tracking_uri(root, tracking_uri or settings.training.tracking_uri)
+    uri = resolve_tracking_uri(root, tracking_uri or configured_uri(settings))
     use_tracking(uri)
     chosen = {**job.params, **(params or {})}
     training = build_training_set(store, job, TableReader(root, pins), chosen)
@@ -112,6 +120,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
         if version is None:
             return TrainingResult(run.info.run_id, None, fitted.metrics, chosen, False,
                                   f"reproduction of run {reproduces}: nothing registered", training)
+        pin_versions(Layout(root), training.versions, who=f"model {job.model_name} v{version}")
         decision = decide_champion(job.model_name, version, fitted.metrics["auc"], split.holdout, job.label)
         mlflow.set_tags(lineage_tags({"model_name": job.model_name, "model_version": version,
                                       "champion.decision": "promoted" if decision.promoted else "kept",
@@ -153,7 +162,7 @@ def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or settings.training.tracking_uri))
+    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)))
     try:
         recorded = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:

@@ -15,15 +15,20 @@ from pipelines.retail import contracts, transforms
 
 retail = Pipeline("retail", description="Online retail: customers, products, orders and clickstream.")
 
-retail.ingest("bronze.customers", FileSource("customers", "jsonl", pattern="*.jsonl"),
+SUBJECT = "customer_id"
+"""The data subject's id: `medallion erase --customer-id ID` removes a customer's rows through it."""
+CUSTOMER_PII = {"email": "tokenize", "first_name": "mask", "last_name": "mask"}
+"""Personal data of a customer, protected from silver on (`docs/governance.md`)."""
+
+retail.ingest("bronze.customers", FileSource("customers", "jsonl", pattern="*.jsonl"), subject=SUBJECT,
               description="Customer CDC feed as received.")
 retail.ingest("bronze.products", FileSource("products", "csv", pattern="*.csv"),
               description="Product catalogue snapshots as received.")
-retail.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"),
+retail.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"), subject=SUBJECT,
               description="Order status changes as received.")
 retail.ingest("bronze.order_items", FileSource("order_items", "csv", pattern="*.csv"),
               description="Order lines as received.")
-retail.ingest("bronze.events", FileSource("events", "jsonl", pattern="*.jsonl"),
+retail.ingest("bronze.events", FileSource("events", "jsonl", pattern="*.jsonl"), subject=SUBJECT,
               description="Clickstream events as received.")
 
 LINEAGE_COLUMNS = [SOURCE_FILE, INGESTED_AT]
@@ -31,7 +36,7 @@ LINEAGE_COLUMNS = [SOURCE_FILE, INGESTED_AT]
 
 @retail.table("silver.customers", kind=Merge(keys=["customer_id"], sequence_by="updated_at",
                                              delete_when="op = 'd'", except_columns=["op"]),
-              quality=contracts.SILVER_CUSTOMERS, incremental=True)
+              quality=contracts.SILVER_CUSTOMERS, incremental=True, subject=SUBJECT, pii=CUSTOMER_PII)
 def customers(bronze_customers: Dataset) -> Dataset:
     """Current customers, CDC deletes applied."""
     return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow")
@@ -45,7 +50,7 @@ def products(bronze_products: Dataset) -> Dataset:
 
 
 @retail.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"),
-              quality=contracts.SILVER_ORDERS, incremental=True)
+              quality=contracts.SILVER_ORDERS, incremental=True, subject=SUBJECT)
 def orders(bronze_orders: Dataset) -> Dataset:
     """Orders with their latest status."""
     return bronze_orders.map_batches(transforms.clean_orders, batch_format="pyarrow")
@@ -59,7 +64,7 @@ def order_items(bronze_order_items: Dataset) -> Dataset:
 
 
 @retail.table("silver.events", kind=Merge(keys=["event_id"], sequence_by="event_ts"),
-              quality=contracts.SILVER_EVENTS, incremental=True)
+              quality=contracts.SILVER_EVENTS, incremental=True, subject=SUBJECT)
 def events(bronze_events: Dataset) -> Dataset:
     """Clickstream events, deduplicated, payload flattened."""
     return bronze_events.map_batches(transforms.clean_events, batch_format="pyarrow")
@@ -69,7 +74,7 @@ def events(bronze_events: Dataset) -> Dataset:
               kind=SCD2(keys=["customer_id"], sequence_by="updated_at",
                         tracked_columns=["country", "segment", "loyalty_tier"],
                         delete_when="op = 'd'", except_columns=["op"]),
-              quality=contracts.GOLD_DIM_CUSTOMER, incremental=True)
+              quality=contracts.GOLD_DIM_CUSTOMER, incremental=True, subject=SUBJECT, pii=CUSTOMER_PII)
 def dim_customer(bronze_customers: Dataset) -> Dataset:
     """Customer history: a version per change of country, segment or loyalty tier."""
     return bronze_customers.map_batches(transforms.clean_customers, batch_format="pyarrow").drop_columns(
@@ -84,7 +89,7 @@ def dim_product(silver_products: Dataset) -> Dataset:
 
 
 @retail.table("gold.fct_order_lines", kind=RecomputeKeys(keys=["order_id"]),
-              quality=contracts.GOLD_FCT_ORDER_LINES)
+              quality=contracts.GOLD_FCT_ORDER_LINES, subject=SUBJECT)
 def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Dataset:
     """One row per order line, with its order's customer, status and time, and its revenue."""
     lines = silver_order_items.select_columns(["order_id", "line_number", "product_id", "quantity", "unit_price"])
@@ -93,7 +98,7 @@ def fct_order_lines(silver_order_items: Dataset, silver_orders: Dataset) -> Data
 
 
 @retail.table("gold.customer_daily", kind=RecomputeKeys(keys=["customer_id"], time_column="date"),
-              quality=contracts.GOLD_CUSTOMER_DAILY)
+              quality=contracts.GOLD_CUSTOMER_DAILY, subject=SUBJECT)
 def customer_daily(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
     """Orders, revenue, items and sessions per customer per day."""
     activity = _activity(gold_fct_order_lines, silver_events)
@@ -101,7 +106,7 @@ def customer_daily(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dat
 
 
 @retail.table("gold.customer_features", kind=Overwrite(),
-              quality=contracts.GOLD_CUSTOMER_FEATURES)
+              quality=contracts.GOLD_CUSTOMER_FEATURES, subject=SUBJECT)
 def customer_features(gold_fct_order_lines: Dataset, silver_events: Dataset) -> Dataset:
     """Point-in-time customer features, one row per customer per day."""
     last_date = _last_date(gold_fct_order_lines, silver_events)

@@ -13,7 +13,7 @@ import ray.data
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-from engine import Overwrite, Pipeline, Runner
+from engine import FileSource, Merge, Overwrite, Pipeline, Runner
 from engine.cli import main
 from engine.columns import REJECTED_REASON
 from engine.config import load_settings
@@ -208,3 +208,40 @@ def test_a_failing_check_is_alerted_to_the_webhook(tmp_path: Path, receiver: Rec
     assert (alert["severity"], alert["table"], alert["check"], alert["run_id"]) == (
         "critical", "silver.amounts", "not_huge", result.run_id)
     assert (alert["rows_checked"], alert["rows_failed"]) == (2, 1)
+
+
+def _orders_and_items(root: Path) -> Pipeline:
+    """Two landed feeds; `silver.items` reads its bronze table incrementally and references `silver.orders`."""
+    shop = Pipeline("shop")
+    shop.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"))
+    shop.ingest("bronze.items", FileSource("items", "jsonl", pattern="*.jsonl"))
+
+    @shop.table("silver.orders", kind=Overwrite())
+    def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_orders.select_columns(["order_id"])
+
+    @shop.table("silver.items", kind=Merge(keys=["order_id", "sku"]), incremental=True,
+                quality=Quality(references=(References("order_id", "silver.orders", action="quarantine"),)))
+    def items(bronze_items: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_items.map_batches(lambda batch: batch.select(["order_id", "sku"]), batch_format="pyarrow")
+
+    return shop
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_referenced_table_that_changed_alone_rebuilds_its_dependant_from_no_new_rows(tmp_path: Path) -> None:
+    landing = tmp_path / "landing"
+    (landing / "orders").mkdir(parents=True)
+    (landing / "items").mkdir()
+    (landing / "orders" / "1.jsonl").write_text('{"order_id": "o1"}\n')
+    (landing / "items" / "1.jsonl").write_text('{"order_id": "o1", "sku": "a"}\n{"order_id": "o9", "sku": "b"}\n')
+    settings = settings_at(tmp_path)
+    assert Runner(_orders_and_items(tmp_path), settings).run().succeeded
+    (landing / "orders" / "2.jsonl").write_text('{"order_id": "o2"}\n')
+    second = Runner(_orders_and_items(tmp_path), settings).run()
+    records = {r.table: r for r in second.records}
+    assert second.succeeded, [(r.table, r.error) for r in second.records]
+    assert records["silver.items"].rows_written == 0
+    layout = Layout.at(str(tmp_path))
+    assert DeltaTable(layout.table("silver.items")).to_pyarrow_table().column("sku").to_pylist() == ["a"]
+    assert DeltaTable(layout.quarantine("silver.items")).to_pyarrow_table().column("sku").to_pylist() == ["b"]

@@ -1,0 +1,1 @@
+"""Data governance: personal-data tokenization, GDPR erasure, the audit trail and secret handling."""

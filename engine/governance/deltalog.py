@@ -1,0 +1,128 @@
+"""Scrubbing a Delta log: file statistics of data files that held erased or personal values.
+
+Delta commit files keep the `stats` (min/max per column) of every file ever added, also after the file is
+removed, and checkpoints copy them. Statistics are optional in the Delta protocol (readers only lose data
+skipping), so they are removed from the add actions concerned, each commit file rewritten through a
+temporary file and a rename. Checkpoints are not edited: a new checkpoint of the latest version is written
+(its add actions are the live files only, its remove actions carry no statistics) and older ones deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Collection
+from urllib.parse import unquote
+
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+
+LOG = "_delta_log"
+COMMIT = re.compile(r"^\d{20}\.json$")
+CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?(\.[0-9a-f-]+)?\.parquet$")
+
+
+def _log_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
+    filesystem, base = pafs.FileSystem.from_uri(f"{uri}/{LOG}")
+    infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    return filesystem, sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def _commits(uri: str) -> tuple[pafs.FileSystem, list[str]]:
+    filesystem, files = _log_files(uri)
+    return filesystem, [f for f in files if COMMIT.match(f.rsplit("/", 1)[-1])]
+
+
+def logged_paths(uri: str) -> set[str]:
+    """Every data file path an add action of a commit file names, live or removed since."""
+    filesystem, commits = _commits(uri)
+    paths = set()
+    for commit in commits:
+        with filesystem.open_input_stream(commit) as stream:
+            for line in stream.read().decode().splitlines():
+                if line.strip():
+                    action = json.loads(line)
+                    if "add" in action:
+                        paths.add(action["add"]["path"])
+    return paths
+
+
+def strip_stats(uri: str, paths: Collection[str] | None = None, columns: Collection[str] | None = None) -> int:
+    """Remove statistics from the add actions of `paths` (every add action when None) in every commit file:
+    all of them, or only the min/max of `columns`. Returns how many commit files were rewritten."""
+    filesystem, commits = _commits(uri)
+    rewritten = 0
+    for commit in commits:
+        with filesystem.open_input_stream(commit) as stream:
+            lines = stream.read().decode().splitlines()
+        changed = False
+        for index, line in enumerate(lines):
+            if '"add"' not in line:
+                continue
+            action = json.loads(line)
+            add = action.get("add")
+            if not add or add.get("stats") is None or (paths is not None and add["path"] not in paths):
+                continue
+            add["stats"] = _without(add["stats"], columns)
+            if add["stats"] is None:
+                del add["stats"]
+            lines[index] = json.dumps(action, separators=(",", ":"))
+            changed = True
+        if changed:
+            _replace(filesystem, commit, ("\n".join(lines) + "\n").encode())
+            rewritten += 1
+    return rewritten
+
+
+def _without(stats: str, columns: Collection[str] | None) -> str | None:
+    if columns is None:
+        return None
+    parsed = json.loads(stats)
+    for bound in ("minValues", "maxValues"):
+        for column in columns:
+            parsed.get(bound, {}).pop(column, None)
+    return json.dumps(parsed, separators=(",", ":"))
+
+
+def _replace(filesystem: pafs.FileSystem, path: str, content: bytes) -> None:
+    temporary = f"{path.rsplit('/', 1)[0]}/.{uuid.uuid4().hex}.scrub.tmp"
+    with filesystem.open_output_stream(temporary) as stream:
+        stream.write(content)
+    filesystem.move(temporary, path)
+
+
+def refresh_checkpoints(uri: str) -> bool:
+    """When the table has checkpoints, write one of the latest version and delete the older ones; True
+    when it had any."""
+    filesystem, files = _log_files(uri)
+    older = [f for f in files if CHECKPOINT.match(f.rsplit("/", 1)[-1])]
+    if not older:
+        return False
+    table = DeltaTable(uri)
+    table.create_checkpoint()
+    latest = f"{table.version():020d}"
+    for path in older:
+        if not path.rsplit("/", 1)[-1].startswith(latest):
+            filesystem.delete_file(path)
+    return True
+
+
+def delete_data_files(uri: str, paths: Collection[str]) -> int:
+    """Delete data files of the table (relative paths) that exist; returns how many were deleted."""
+    deleted = 0
+    for path in paths:
+        filesystem, location = pafs.FileSystem.from_uri(f"{uri}/{unquote(path)}")
+        if filesystem.get_file_info(location).type == pafs.FileType.File:
+            filesystem.delete_file(location)
+            deleted += 1
+    return deleted
+
+
+def delta_tables(folder: str) -> list[str]:
+    """Delta tables at or below `folder` (a folder holding `_delta_log`)."""
+    filesystem, base = pafs.FileSystem.from_uri(folder)
+    infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    prefix = folder[: len(folder) - len(base)]
+    return sorted(prefix + i.path.rsplit("/", 1)[0] for i in infos
+                  if i.type == pafs.FileType.Directory and i.path.endswith(f"/{LOG}"))

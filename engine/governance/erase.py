@@ -1,0 +1,238 @@
+"""GDPR erasure: a data subject's rows out of every table, change log, quarantine, landing file and the
+online store, physically.
+
+For each Delta table holding a declared subject column, the live files with the subject's rows are
+rewritten without them in one commit (`replace_slice`); then the files that held the subject, live before or
+removed by earlier commits but not vacuumed yet, are deleted at once whatever the retention; statistics of
+every file the table no longer references are stripped from its commit files, and checkpoints are rewritten
+(`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray
+
+from engine.config import Settings
+from engine.governance import deltalog, pii
+from engine.governance.actor import audit_fields
+from engine.governance.landing import erase_from_landing
+from engine.governance.secrets import pii_key
+from engine.pipeline import Pipeline
+from engine.runlog import RunRecord, append_records
+from engine.runner import FILES_KEY, ingested_files, new_run_id
+from engine.tables import delta
+from engine.tables.layout import Layout
+from engine.tables.replace import Slice, replace_slice
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+FEATURE_STATE = "_meta/features/state"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Delta table that may hold a subject's rows.
+
+    Attributes:
+        name: the table (`silver.customers`, `quarantine.silver.customers`, `changes.gold.dim_customer`, ...).
+        uri: where it lives.
+        column: the column holding the subject's id.
+        pipeline: the pipeline that declares it.
+    """
+
+    name: str
+    uri: str
+    column: str
+    pipeline: str
+
+
+@dataclass(frozen=True)
+class TableErasure:
+    """What an erasure did to one table.
+
+    Attributes:
+        table: the target's name.
+        version: the version committed, None when the table held none of the subject's rows.
+        rows_removed: the subject's rows in the live table.
+        files_deleted: data files physically deleted (live ones rewritten, and older unreferenced ones).
+    """
+
+    table: str
+    version: int | None
+    rows_removed: int
+    files_deleted: int
+
+
+@dataclass
+class ErasureReport:
+    """The outcome of one erasure.
+
+    Attributes:
+        run_id: the erasure's run id (in commits and run records).
+        subject: the keyed hash of the subject's id, as audited.
+        tables: one entry per table that held the subject's rows.
+        landing_files: landing files rewritten without the subject's records.
+        online_views: feature views whose online rows of the subject were deleted.
+    """
+
+    run_id: str
+    subject: str
+    tables: list[TableErasure] = field(default_factory=list)
+    landing_files: list[str] = field(default_factory=list)
+    online_views: list[str] = field(default_factory=list)
+
+
+def subject_hash(settings: Settings, subject_id: str) -> str:
+    """The keyed hash of a subject id that the audit keeps instead of the id (a PII token)."""
+    key = pii_key(settings.pii, "erasure (its audit keeps a keyed hash of the subject id)", settings.storage.root)
+    return str(pii.tokenize(pa.array([subject_id]), key)[0].as_py())
+
+
+def targets(layout: Layout, pipelines: Iterable[Pipeline]) -> list[Target]:
+    """Every table declaring a subject column, with its quarantine and change log, and the Feast
+    materialization state tables keyed by such a column."""
+    found, columns = [], {}
+    for pipeline in pipelines:
+        for definition in pipeline.tables.values():
+            if definition.subject is None:
+                continue
+            columns[definition.subject] = pipeline.name
+            name, column = definition.name, definition.subject
+            found += [Target(name, layout.table(name), column, pipeline.name),
+                      Target(f"quarantine.{name}", layout.quarantine(name), column, pipeline.name),
+                      Target(f"changes.{name}", layout.changes(name), column, pipeline.name)]
+    for uri in deltalog.delta_tables(f"{layout.root}/{FEATURE_STATE}"):
+        schema = delta.open_table(uri, uri).schema().to_arrow()
+        for column, pipeline_name in columns.items():
+            if column in pa.schema(schema).names:
+                found.append(Target(f"features.{uri.rsplit('/', 1)[-1]}", uri, column, pipeline_name))
+    return [t for t in found if delta.table_exists(t.uri)]
+
+
+def erase_subject(
+    settings: Settings,
+    pipelines: Sequence[Pipeline],
+    subject_id: str,
+    *,
+    reason: str | None = None,
+    store: FeatureStore | None = None,
+) -> ErasureReport:
+    """Erase every row of the data subject `subject_id` under the storage root (see the module doc), and
+    its records from the landing files and from `store`'s online store; audited in commits and run records.
+
+    Raises:
+        GovernanceError: no personal-data key is configured (the audit needs it), or a landing file cannot be
+            rewritten.
+    """
+    layout = Layout.at(settings.storage.root)
+    report = ErasureReport(new_run_id(), subject_hash(settings, subject_id))
+    audit = audit_fields("erase", reason)
+    started = datetime.now(UTC)
+    fingerprints = _erase_landing(layout, pipelines, subject_id, report)
+    records = []
+    found = targets(layout, pipelines)
+    for target in found:
+        metadata = {"run_id": report.run_id, "pipeline": target.pipeline, "table": target.name,
+                    "subject": report.subject} | audit
+        ingested = ingested_files(target.uri, target.name) if target.name in fingerprints else {}
+        rewritten = [f for f in fingerprints.get(target.name, []) if f[0] in ingested]
+        if rewritten:
+            metadata[FILES_KEY] = rewritten
+        erased = erase_table(target, subject_id, settings, report.run_id, metadata)
+        if erased is None:
+            continue
+        report.tables.append(erased)
+        records.append(RunRecord(
+            run_id=report.run_id, pipeline=target.pipeline, table=target.name, status="succeeded",
+            started_at=started, finished_at=datetime.now(UTC), output_version=erased.version,
+            details={"subject": report.subject, "rows_removed": erased.rows_removed,
+                     "files_deleted": erased.files_deleted}, operation="erase", reason=audit["reason"]))
+    if store is not None:
+        from engine.governance.online import erase_entity
+
+        for column in {t.column for t in found}:
+            report.online_views += erase_entity(store, column, subject_id)
+    append_records(layout.runs(), records)
+    return report
+
+
+def erase_table(target: Target, subject_id: str, settings: Settings, run_id: str,
+                metadata: dict[str, Any]) -> TableErasure | None:
+    """Remove the subject's rows from one table and physically delete every file that held them; strip the
+    statistics of every file the table no longer references from its log (files vacuumed earlier may have
+    held the subject too). None when the table has no such column or held none of the subject's rows (a
+    landing checkpoint update in `metadata` is still committed)."""
+    table = delta.open_table(target.uri, target.name)
+    schema = pa.schema(table.schema().to_arrow())
+    if target.column not in schema.names:
+        return None
+    live = set(_live_paths(target.uri, target.name))
+    unreferenced = [p for p in deltalog.logged_paths(target.uri) - live if _exists(target.uri, p)]
+    selector = _selector(target.column, subject_id)
+    holding = ray.get([_rows_of.remote(target.uri, path, schema, selector) for path in [*live, *unreferenced]])
+    counts = dict(zip([*live, *unreferenced], holding))
+    rows = sum(counts[p] for p in live)
+    version = None
+    if rows:
+        where = Slice(selector, target.column, int(subject_id), int(subject_id)) \
+            if pa.types.is_integer(schema.field(target.column).type) and subject_id.isdigit() else Slice(selector)
+        version = replace_slice(target.uri, target.name, where, [], storage=settings.storage, prefix=run_id,
+                                metadata=metadata).version
+    elif FILES_KEY in metadata:
+        version = delta.commit_files(target.uri, [], mode="append", metadata=metadata, commit_empty=True)
+    held = {p for p, n in counts.items() if n}
+    remaining = set(_live_paths(target.uri, target.name))
+    deleted = deltalog.delete_data_files(target.uri, held - remaining)
+    deltalog.strip_stats(target.uri, paths=deltalog.logged_paths(target.uri) - remaining)
+    deltalog.refresh_checkpoints(target.uri)
+    if version is None and not held:
+        return None
+    return TableErasure(target.name, version, rows, deleted)
+
+
+def _erase_landing(layout: Layout, pipelines: Sequence[Pipeline], subject_id: str,
+                   report: ErasureReport) -> dict[str, list[list[Any]]]:
+    """Rewrite the landing files of ingested tables with a subject; the new fingerprints of each table's
+    rewritten files, recorded in its erase commit so that the ingestion checkpoint does not take them for
+    changed files."""
+    fingerprints = {}
+    for pipeline in pipelines:
+        for definition in pipeline.tables.values():
+            if definition.source is None or definition.subject is None:
+                continue
+            folder = layout.landing(definition.source.directory)
+            rewritten = erase_from_landing(folder, definition.source, definition.subject, subject_id)
+            report.landing_files += [f"{definition.source.directory}/{r.file.name}" for r in rewritten]
+            if rewritten:
+                fingerprints[definition.name] = [r.file.fingerprint() for r in rewritten]
+    return fingerprints
+
+
+def _selector(column: str, subject_id: str) -> pc.Expression:
+    """True for rows whose `column`, as trimmed text, is the subject id."""
+    return pc.equal(pc.utf8_trim_whitespace(pc.field(column).cast(pa.string())), subject_id)
+
+
+@ray.remote
+def _rows_of(uri: str, path: str, schema: pa.Schema, selector: pc.Expression) -> int:
+    """Rows of one data file that the selector picks."""
+    return pads.dataset(f"{uri}/{path}", schema=schema, format="parquet").count_rows(filter=selector)
+
+
+def _live_paths(uri: str, table: str) -> list[str]:
+    return delta.open_table(uri, table).get_add_actions(flatten=True).column("path").to_pylist()
+
+
+def _exists(uri: str, path: str) -> bool:
+    filesystem, location = pafs.FileSystem.from_uri(f"{uri}/{path}")
+    return filesystem.get_file_info(location).type == pafs.FileType.File

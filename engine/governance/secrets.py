@@ -1,0 +1,81 @@
+"""Secrets from the environment or secret files only, kept out of reprs, logs and messages."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.config import PiiSettings
+from engine.errors import GovernanceError
+
+PII_KEY_ENV = "MEDALLION_PII_KEY"
+LOCAL_KEY_FILE = "_meta/secrets/pii.key"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PiiKey:
+    """The active tokenization key.
+
+    Attributes:
+        version: written into every token (`v1:...`), so tokens of a rotated key are told apart.
+        secret: the key bytes; never shown by `repr`.
+    """
+
+    version: str
+    secret: bytes = field(repr=False)
+
+
+def read_secret_file(path: str) -> str:
+    """The content of a secret file, stripped of surrounding whitespace.
+
+    Raises:
+        GovernanceError: the file cannot be read or is empty.
+    """
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise GovernanceError(f"cannot read secret file `{path}` ({err.strerror}); fix `pii.key_file`",
+                              path=path) from None
+    if not value:
+        raise GovernanceError(f"secret file `{path}` is empty; write the key into it", path=path)
+    return value
+
+
+def pii_key(settings: PiiSettings, needed_by: str, root: str | None = None) -> PiiKey:
+    """The tokenization key: `pii.key` (env `MEDALLION__PII__KEY`), else `$MEDALLION_PII_KEY`, else the
+    secret file `pii.key_file`, else (with `pii.local_key`, for development) the local key of the storage
+    `root`, generated on first use.
+
+    Raises:
+        GovernanceError: no key is configured; the message names `needed_by` (the table or operation).
+    """
+    if settings.key is not None:
+        value = settings.key.get_secret_value()
+    elif os.environ.get(PII_KEY_ENV):
+        value = os.environ[PII_KEY_ENV]
+    elif settings.key_file:
+        value = read_secret_file(settings.key_file)
+    elif settings.local_key and root is not None and "://" not in root:
+        value = read_secret_file(str(_local_key_file(root)))
+    else:
+        raise GovernanceError(
+            f"{needed_by} needs the personal-data key, and none is set; set {PII_KEY_ENV} (or "
+            "MEDALLION__PII__KEY), or point `pii.key_file` at a secret file")
+    return PiiKey(settings.key_version, value.encode())
+
+
+def _local_key_file(root: str) -> Path:
+    """`<root>/_meta/secrets/pii.key`, created with a random key readable by its owner only when missing."""
+    path = Path(root) / LOCAL_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_hex(32))
+        log.warning("generated a development personal-data key in `%s`; in production set %s or `pii.key_file` "
+                    "and `pii.local_key: false`", path, PII_KEY_ENV)
+    return path

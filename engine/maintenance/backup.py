@@ -1,0 +1,246 @@
+"""Backups of a storage root: every table's current version and its pinned ones (their data files and the
+log up to the current version) and the metadata under `_meta` (run records, quality metrics, pins, feature
+store, MLflow), with a `manifest.json` of the versions, row counts and content hashes; restored and verified
+against it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from engine.errors import EngineError, MaintenanceError
+from engine.maintenance.pins import list_pins
+from engine.recovery import tables_under
+from engine.tables.delta import open_table
+from engine.tables.distributed_merge import key_hash
+from engine.tables.layout import Layout, absolute_root
+
+MANIFEST = "manifest.json"
+LOG = "_delta_log"
+META = "_meta"
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """One table in a backup.
+
+    Attributes:
+        path: the table's folder relative to the root (`silver/orders`, `_meta/runs`).
+        version: the version backed up.
+        rows: its rows.
+        content_hash: a hash of its rows that ignores their order (see `content_hash`).
+        files: its data files.
+        pinned: older versions whose data files the backup also holds, because a pin needs them.
+    """
+
+    path: str
+    version: int
+    rows: int
+    content_hash: str
+    files: int
+    pinned: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a backup holds.
+
+    Attributes:
+        created_at: when the backup was taken (ISO-8601, UTC).
+        root: the storage root it was taken from.
+        tables: every table, with its version.
+        files: the other files under `_meta`, relative to the root, with their SHA-256.
+    """
+
+    created_at: str
+    root: str
+    tables: list[TableSnapshot]
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        record = json.loads(text)
+        return cls(record["created_at"], record["root"], [TableSnapshot(**t) for t in record["tables"]],
+                   record["files"])
+
+
+def backup(layout: Layout, destination: str) -> Manifest:
+    """Copy the current version of every table under the root (data files plus the log up to it), the data
+    files of its pinned older versions, and the other files under `_meta` to `destination` (a local folder
+    or a URI), then write its manifest last: a backup without a manifest is incomplete. Runs may go on
+    meanwhile; each table is copied at the version it had when its turn came.
+
+    Raises:
+        MaintenanceError: `destination` already holds a backup.
+    """
+    destination = absolute_root(destination)
+    target_fs, target = pafs.FileSystem.from_uri(destination)
+    if target_fs.get_file_info(f"{target}/{MANIFEST}").type != pafs.FileType.NotFound:
+        raise MaintenanceError(f"`{destination}` already holds a backup; back up to a new folder",
+                               path=destination)
+    tables, meta_files = _contents(layout)
+    now = datetime.now(UTC)
+    snapshots = []
+    for uri in tables:
+        relative = os.path.relpath(uri, layout.root)
+        version = open_table(uri, relative).version()
+        pinned = sorted({p.version for p in list_pins(layout, relative.replace("/", "."), active_at=now)
+                         if p.version < version})
+        data = sorted({path.removeprefix(uri + "/") for v in [*pinned, version]
+                       for path in open_table(uri, relative, v).file_uris()})
+        for name in [*data, *_log_entries(uri, version)]:
+            _copy(f"{uri}/{name}", target_fs, f"{target}/{relative}/{name}")
+        rows, digest = content_hash(uri, relative, version)
+        snapshots.append(TableSnapshot(relative, version, rows, digest, len(data), pinned))
+    hashes = {}
+    for relative in meta_files:
+        _copy(f"{layout.root}/{relative}", target_fs, f"{target}/{relative}")
+        hashes[relative] = _file_hash(target_fs, f"{target}/{relative}")
+    manifest = Manifest(datetime.now(UTC).isoformat(), layout.root, snapshots, hashes)
+    with target_fs.open_output_stream(f"{target}/{MANIFEST}") as sink:
+        sink.write(manifest.to_json().encode())
+    return manifest
+
+
+def read_manifest(source: str) -> Manifest:
+    """The manifest of the backup at `source`.
+
+    Raises:
+        MaintenanceError: there is none (not a backup, or an incomplete one).
+    """
+    filesystem, folder = pafs.FileSystem.from_uri(absolute_root(source))
+    try:
+        with filesystem.open_input_stream(f"{folder}/{MANIFEST}") as stream:
+            return Manifest.from_json(stream.read().decode())
+    except FileNotFoundError:
+        raise MaintenanceError(f"`{source}` holds no {MANIFEST}: it is no backup, or the backup did not finish",
+                               path=source) from None
+
+
+def restore_backup(source: str, root: str) -> Manifest:
+    """Copy the backup at `source` into the storage root `root`, which must hold no table yet.
+
+    Raises:
+        MaintenanceError: `source` is no complete backup, or `root` already holds tables.
+    """
+    manifest = read_manifest(source)
+    layout = Layout.at(root)
+    present = tables_under(layout) if os.path.isdir(layout.root) else []
+    if present:
+        raise MaintenanceError(f"`{layout.root}` already holds {len(present)} table(s); restore a backup into an "
+                               "empty root, then point the engine at it", path=layout.root)
+    filesystem, folder = pafs.FileSystem.from_uri(absolute_root(source))
+    selector = pafs.FileSelector(folder, recursive=True)
+    for info in filesystem.get_file_info(selector):
+        relative = info.path.removeprefix(folder).lstrip("/")
+        if info.type == pafs.FileType.File and relative != MANIFEST:
+            target_fs, target = pafs.FileSystem.from_uri(f"{layout.root}/{relative}")
+            target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(info.path, target, source_filesystem=filesystem, destination_filesystem=target_fs)
+    return manifest
+
+
+def verify_backup(source: str, scratch: str | None = None) -> list[str]:
+    """Restore the backup at `source` into `scratch` (a new temporary folder when None, removed after) and
+    compare every table's rows and content hash, and every metadata file's hash, with the manifest; returns
+    the differences found (none: the backup is sound).
+
+    Raises:
+        MaintenanceError: `source` is no complete backup.
+    """
+    if scratch is None:
+        with tempfile.TemporaryDirectory(prefix="medallion-verify-") as folder:
+            return verify_backup(source, folder)
+    manifest = restore_backup(source, scratch)
+    root = Layout.at(scratch).root
+    problems = []
+    for expected in manifest.tables:
+        try:
+            rows, digest = content_hash(f"{root}/{expected.path}", expected.path, expected.version)
+        except (EngineError, OSError, pa.ArrowException) as err:
+            problems.append(f"`{expected.path}` v{expected.version} cannot be read: {err}")
+            continue
+        if rows != expected.rows:
+            problems.append(f"`{expected.path}` v{expected.version} has {rows} rows, the manifest says {expected.rows}")
+        elif digest != expected.content_hash:
+            problems.append(f"`{expected.path}` v{expected.version}: its rows differ from the backed-up ones "
+                            f"(content hash {digest} != {expected.content_hash})")
+    local = pafs.LocalFileSystem()
+    for relative, expected_hash in manifest.files.items():
+        if local.get_file_info(f"{root}/{relative}").type == pafs.FileType.NotFound:
+            problems.append(f"`{relative}` is missing")
+        elif _file_hash(local, f"{root}/{relative}") != expected_hash:
+            problems.append(f"`{relative}` differs from the backed-up file")
+    return problems
+
+
+def content_hash(uri: str, table: str, version: int) -> tuple[int, str]:
+    """The rows of the table at `version` and a hash of them that ignores row order: the sum (modulo 2**64)
+    of a stable 64-bit hash of every row's columns, in column-name order. Columns of nested types are left
+    out of the hash."""
+    dataset = open_table(uri, table, version).to_pyarrow_dataset()
+    columns = sorted(f.name for f in dataset.schema if not pa.types.is_nested(f.type))
+    rows, total = 0, np.uint64(0)
+    for batch in dataset.to_batches(columns=columns):
+        rows += batch.num_rows
+        if batch.num_rows:
+            with np.errstate(over="ignore"):
+                total += key_hash(pa.Table.from_batches([batch]), columns).sum(dtype=np.uint64)
+    return rows, f"{int(total):016x}"
+
+
+def _contents(layout: Layout) -> tuple[list[str], list[str]]:
+    """The Delta tables under the root (data, quarantine, change logs, and `_meta` tables such as the run
+    records), and the other files under `_meta`, relative to the root."""
+    tables = tables_under(layout)
+    files = []
+    for folder, subfolders, names in os.walk(f"{layout.root}/{META}"):
+        if LOG in subfolders:
+            tables.append(folder)
+            subfolders.clear()
+            continue
+        files.extend(os.path.relpath(f"{folder}/{name}", layout.root) for name in names)
+    return sorted(tables), sorted(files)
+
+
+def _log_entries(uri: str, version: int) -> list[str]:
+    """The log files a reader needs for versions up to `version`: commits and checkpoints, not later ones."""
+    filesystem, folder = pafs.FileSystem.from_uri(f"{uri}/{LOG}")
+    entries = []
+    for info in filesystem.get_file_info(pafs.FileSelector(folder)):
+        number = info.base_name.split(".", 1)[0]
+        if info.type == pafs.FileType.File and number.isdigit() and int(number) <= version:
+            entries.append(f"{LOG}/{info.base_name}")
+    return entries
+
+
+def _copy(source: str, target_fs: pafs.FileSystem, target: str) -> None:
+    """Copy one file; a SQLite database through SQLite's backup API, so that it is consistent."""
+    target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    if source.endswith(".db") and "://" not in source and isinstance(target_fs, pafs.LocalFileSystem):
+        with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(target)) as copy:
+            origin.backup(copy)
+        return
+    source_fs, path = pafs.FileSystem.from_uri(source)
+    pafs.copy_files(path, target, source_filesystem=source_fs, destination_filesystem=target_fs)
+
+
+def _file_hash(filesystem: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

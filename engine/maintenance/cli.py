@@ -1,0 +1,193 @@
+"""`medallion maintain ...` (optimize, vacuum, pins) and `medallion backup ...` (take, verify, restore)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import click
+from rich.table import Table
+
+from engine.cli import _reported, _settings, console
+from engine.entrypoints import load_pipeline
+from engine.errors import EngineError, MaintenanceError
+from engine.maintenance.backup import backup as take_backup
+from engine.maintenance.backup import restore_backup, verify_backup
+from engine.maintenance.optimize import optimize_table
+from engine.maintenance.pins import list_pins, pin, unpin
+from engine.maintenance.policy import Maintenance
+from engine.maintenance.vacuum import vacuum_table
+from engine.runtime import ray_session
+from engine.status import list_tables
+from engine.tables.delta import last_commit_value
+from engine.tables.layout import Layout
+from engine.tables.timetravel import version_as_of
+
+
+@click.group()
+def maintain() -> None:
+    """Compact, z-order and vacuum tables; pin versions that readers need."""
+
+
+def _tables(layout: Layout, table: str | None) -> list[str]:
+    tables = [table] if table else list(list_tables(layout))
+    if not tables:
+        raise MaintenanceError(f"no tables under {layout.root}; run a pipeline first")
+    return tables
+
+
+def _declared(layout: Layout, table: str, pipeline_name: str | None) -> Maintenance:
+    """The table's maintenance declaration in `pipeline_name`, else in the pipeline its last commit names;
+    the defaults when neither is known or loadable."""
+    name = pipeline_name or last_commit_value(layout.location(table), table, "pipeline")
+    if name is None:
+        return Maintenance()
+    try:
+        definition = load_pipeline(name).tables.get(table)
+    except EngineError as err:
+        if pipeline_name is not None:
+            raise
+        console.print(f"{table}: pipeline `{name}` cannot be loaded ({err}); using the default maintenance")
+        return Maintenance()
+    return definition.maintenance if definition is not None else Maintenance()
+
+
+@maintain.command()
+@click.argument("table", required=False)
+@click.option("--pipeline", "pipeline_name", default=None,
+              help="Pipeline declaring the tables' maintenance (default: the one named in each table's last commit).")
+@click.option("--z-order", "z_order", default=None, help="Comma-separated columns to cluster by (overrides the declaration).")
+@click.option("--target-file-mb", type=click.IntRange(min=1), default=None,
+              help="Size of compacted files (default: the declaration, else storage.target_file_mb).")
+@click.option("--reason", default="manual optimize", show_default=True, help="Recorded in each optimize commit.")
+@click.pass_context
+@_reported
+def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z_order: str | None,
+             target_file_mb: int | None, reason: str) -> None:
+    """Compact TABLE's (default: every table's) small files and z-order them by the declared columns."""
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
+    tables = _tables(layout, table)
+    with ray_session(settings.ray):
+        for name in tables:
+            policy = _declared(layout, name, pipeline_name)
+            if z_order is not None:
+                policy = dataclasses.replace(policy, z_order=tuple(c.strip() for c in z_order.split(",") if c.strip()))
+            if target_file_mb is not None:
+                policy = dataclasses.replace(policy, target_file_mb=target_file_mb)
+            done = optimize_table(layout.location(name), name, storage=settings.storage, policy=policy, reason=reason)
+            how = (" within buckets" if done.bucketed else "") + (f", z-ordered by {', '.join(done.z_order)}"
+                                                                   if done.z_order else "")
+            if done.version is None:
+                console.print(f"{name}: nothing to compact ({done.files_before} files)")
+            else:
+                console.print(f"{name}: {done.files_before} files -> {done.files_after}{how} (v{done.version})")
+
+
+@maintain.command()
+@click.argument("table", required=False)
+@click.option("--retention-hours", "hours", type=click.IntRange(min=0), default=None,
+              help="Delete files removed longer ago than this (default: the layer's maintenance.retention_hours).")
+@click.option("--force", is_flag=True, help="Accept a retention below maintenance.min_retention_hours.")
+@click.option("--dry-run", is_flag=True, help="List the files that would be deleted; delete nothing.")
+@click.option("--reason", default="manual vacuum", show_default=True, help="Recorded in each vacuum commit.")
+@click.pass_context
+@_reported
+def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool, dry_run: bool, reason: str) -> None:
+    """Delete data files TABLE (default: every table) no longer references, older than the retention; the
+    files of pinned versions are kept."""
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
+    for name in _tables(layout, table):
+        done = vacuum_table(layout, name, settings=settings.maintenance, hours=hours, force=force, dry_run=dry_run,
+                            reason=reason)
+        kept = f"; kept pinned version(s) {', '.join(map(str, done.kept_versions))}" if done.kept_versions else ""
+        verb = "would delete" if dry_run else "deleted"
+        console.print(f"{name}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h ago{kept}")
+        for path in done.files if dry_run else []:
+            console.print(f"  {path}")
+
+
+@maintain.command("pin")
+@click.argument("table")
+@click.option("--as-of", "as_of", default=None, help="Version or ISO time to pin (default: the latest version).")
+@click.option("--who", required=True, help="The reader that needs the version (e.g. 'model churn v3').")
+@click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Lapse after this many hours (default: until unpinned).")
+@click.pass_context
+@_reported
+def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hours: float | None) -> None:
+    """Keep a version of TABLE readable through vacuums."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    version = version_as_of(layout.location(table), table, as_of)
+    until = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
+    made = pin(layout, table, version, who=who, until=until)
+    console.print(f"pinned {table} v{version} for {who} as `{made.id}`" + (f" until {until:%Y-%m-%d %H:%M} UTC"
+                                                                             if until else ""))
+
+
+@maintain.command("unpin")
+@click.argument("pin_id")
+@click.pass_context
+@_reported
+def unpin_command(ctx: click.Context, pin_id: str) -> None:
+    """Remove pin PIN_ID."""
+    removed = unpin(Layout.at(_settings(ctx).storage.root), pin_id)
+    console.print(f"unpinned {removed.table} v{removed.version} ({removed.who})")
+
+
+@maintain.command("pins")
+@click.argument("table", required=False)
+@click.pass_context
+@_reported
+def pins_command(ctx: click.Context, table: str | None) -> None:
+    """Pinned versions (of TABLE, or of every table)."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    now = datetime.now(UTC)
+    view = Table(title=f"pins under {layout.root}")
+    for column in ("pin", "table", "version", "who", "until (UTC)", "active"):
+        view.add_column(column)
+    for item in list_pins(layout, table):
+        view.add_row(item.id, item.table, str(item.version), item.who,
+                     item.until.strftime("%Y-%m-%d %H:%M") if item.until else "", "yes" if item.active(now) else "no")
+    console.print(view)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--to", "destination", default=None, help="Folder or URI to write the backup to (new or empty).")
+@click.pass_context
+@_reported
+def backup(ctx: click.Context, destination: str | None) -> None:
+    """Back up every table's current version and the metadata under --root to --to DEST."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if destination is None:
+        raise MaintenanceError("give --to DEST (a new folder or URI), or a subcommand: verify, restore")
+    layout = Layout.at(_settings(ctx).storage.root)
+    manifest = take_backup(layout, destination)
+    console.print(f"backed up {len(manifest.tables)} tables and {len(manifest.files)} metadata files of {layout.root} "
+                  f"to {destination}")
+
+
+@backup.command("verify")
+@click.argument("source")
+@click.pass_context
+@_reported
+def verify_command(ctx: click.Context, source: str) -> None:
+    """Restore the backup at SOURCE into a scratch root and compare it with its manifest."""
+    problems = verify_backup(source)
+    if problems:
+        raise MaintenanceError(f"backup `{source}` failed verification ({len(problems)} problem(s)): "
+                               + "; ".join(problems), path=source)
+    console.print(f"backup {source} verified: every table's rows and content hash match its manifest")
+
+
+@backup.command("restore")
+@click.argument("source")
+@click.pass_context
+@_reported
+def restore_command(ctx: click.Context, source: str) -> None:
+    """Copy the backup at SOURCE into --root, which must hold no table yet."""
+    root = Layout.at(_settings(ctx).storage.root).root
+    manifest = restore_backup(source, root)
+    console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into {root}")

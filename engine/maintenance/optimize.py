@@ -1,0 +1,231 @@
+"""Compaction and Z-order: small data files rewritten into files of a target size, clustered by columns.
+
+A plain table is compacted by deltalake's optimize. A hash-bucketed `Merge` table (see
+`engine.tables.distributed_merge`) is compacted within each bucket: the small files of one bucket are
+rewritten, in a Ray task per bucket, into files that keep the bucket's name prefix, so the table stays
+bucketed and the next merge still rewrites only the buckets it touches. Files outside the bucket layout are
+left for the next merge to fold in. Either way the rewrite is one commit that changes no data
+(`dataChange: false`) and carries `medallion.operation` = `optimize` and `medallion.reason`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray
+from deltalake import DeltaTable, WriterProperties
+from deltalake.exceptions import DeltaError
+from deltalake.transaction import AddAction, RemoveAction
+
+from engine.arrow import storage_schema
+from engine.config import StorageSettings
+from engine.errors import MaintenanceError
+from engine.governance.actor import audit_fields
+from engine.maintenance.policy import Maintenance
+from engine.tables.delta import commit_metadata, open_table
+from engine.tables.distributed_merge import _BUCKET_FILE, _delete
+from engine.tables.files import DataFile, RollingParquetWriter
+
+OPERATION = "optimize"
+_SLICE_ROWS = 1 << 16
+_LOOSE = ""
+_COMPRESSION = {"zstd": "ZSTD", "snappy": "SNAPPY", "lz4": "LZ4", "gzip": "GZIP", "none": "UNCOMPRESSED"}
+
+
+@dataclass(frozen=True)
+class Optimized:
+    """What one optimize did to one table.
+
+    Attributes:
+        table: the table's name.
+        version: the commit it made, None when there was nothing to rewrite.
+        files_before: data files of the table before.
+        files_after: data files after.
+        files_rewritten: files replaced by the rewrite.
+        bucketed: the table is hash-bucketed and was compacted within its buckets.
+        z_order: the columns the rewritten files were clustered by.
+    """
+
+    table: str
+    version: int | None
+    files_before: int
+    files_after: int
+    files_rewritten: int
+    bucketed: bool
+    z_order: tuple[str, ...]
+
+
+def target_bytes(storage: StorageSettings, policy: Maintenance) -> int:
+    """The size of compacted files: the table's declared one, else `storage.target_file_mb`."""
+    return (policy.target_file_mb or storage.target_file_mb) * 2**20
+
+
+def compactable_files(uri: str, table: str, target: int) -> int:
+    """How many files compaction would merge: files under half the target size, counted only in groups
+    (the table, or each bucket of a bucketed table) that hold at least two of them."""
+    paths, sizes = _files(open_table(uri, table))
+    groups = _groups(paths)
+    small = {p for p, s in zip(paths, sizes) if s < target // 2}
+    counts = [sum(1 for p in members if p in small) for key, members in groups.items() if key != _LOOSE]
+    return sum(c for c in counts if c >= 2)
+
+
+def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Maintenance | None = None,
+                   reason: str) -> Optimized:
+    """Compact the table's small files to the target size, and cluster its files by `policy.z_order` (which
+    rewrites every file), in one commit.
+
+    Raises:
+        TableNotFound: there is no table at `uri`.
+        MaintenanceError: a z-order column is not in the table, or the rewrite or its commit failed (for
+            example because another writer committed meanwhile).
+    """
+    policy = policy or Maintenance()
+    delta_table = open_table(uri, table)
+    schema = pa.schema(delta_table.schema().to_arrow())
+    missing = [c for c in policy.z_order if c not in schema.names]
+    if missing:
+        raise MaintenanceError(f"table `{table}` has no column(s) {missing} to z-order by; its columns are "
+                               f"{schema.names}", table=table, path=uri)
+    paths, _ = _files(delta_table)
+    metadata = audit_fields(OPERATION, reason) | {"table": table} | (
+        {"z_order": ",".join(policy.z_order)} if policy.z_order else {})
+    target = target_bytes(storage, policy)
+    bucketed = any(_BUCKET_FILE.match(_name(p)) for p in paths)
+    try:
+        if bucketed:
+            version, rewritten = _optimize_buckets(delta_table, table, storage, policy, target, metadata)
+        else:
+            version, rewritten = _optimize_plain(delta_table, storage, policy, target, metadata)
+    except DeltaError as err:
+        raise MaintenanceError(f"optimize of `{table}` failed, nothing was changed: {err}; run it again",
+                               table=table, path=uri) from err
+    after = len(DeltaTable(uri).file_uris()) if version is not None else len(paths)
+    return Optimized(table, version, len(paths), after, rewritten, bucketed, policy.z_order)
+
+
+def _optimize_plain(delta_table: DeltaTable, storage: StorageSettings, policy: Maintenance, target: int,
+                    metadata: dict[str, str]) -> tuple[int | None, int]:
+    """deltalake's compaction or z-order; the new version (None: nothing rewritten) and files rewritten."""
+    compression = _COMPRESSION[storage.compression]
+    writer = WriterProperties(compression=compression,  # type: ignore[arg-type]
+                              compression_level=storage.compression_level if compression in ("ZSTD", "GZIP")
+                              else None)
+    properties = commit_metadata(metadata)
+    if policy.z_order:
+        metrics = delta_table.optimize.z_order(policy.z_order, target_size=target, writer_properties=writer,
+                                               commit_properties=properties)
+    else:
+        metrics = delta_table.optimize.compact(target_size=target, writer_properties=writer,
+                                               commit_properties=properties)
+    removed = int(metrics.get("numFilesRemoved", 0))
+    return (DeltaTable(delta_table.table_uri).version() if removed else None), removed
+
+
+def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
+                      target: int, metadata: dict[str, str]) -> tuple[int | None, int]:
+    """Rewrite, bucket by bucket, the small files of each bucket with two or more (every file of every bucket
+    when z-ordering), keeping the bucket prefix; one commit for all."""
+    uri = delta_table.table_uri.rstrip("/")
+    paths, sizes = _files(delta_table)
+    size_of = dict(zip(paths, sizes))
+    work = {}
+    for prefix, members in _groups(paths).items():
+        if prefix == _LOOSE:
+            continue
+        chosen = members if policy.z_order else [p for p in members if size_of[p] < target // 2]
+        if len(chosen) >= 2 or (policy.z_order and chosen):
+            work[prefix] = chosen
+    if not work:
+        return None, 0
+    schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
+    sized = storage.model_copy(update={"target_file_mb": max(1, target // 2**20)})
+    refs = [_rewrite_bucket.remote(uri, prefix, sized, schema, members, list(policy.z_order))
+            for prefix, members in work.items()]
+    written: list[DataFile] = []
+    failure: Exception | None = None
+    for ref in refs:
+        try:
+            written.extend(ray.get(ref))
+        except ray.exceptions.RayError as err:
+            failure = failure or err
+    if failure is not None:
+        _delete(uri, [f.path for f in written])
+        raise MaintenanceError(f"compacting table `{table}` failed: {failure}", table=table, path=uri) from failure
+    removed = sorted(p for members in work.values() for p in members)
+    now = int(time.time() * 1000)
+    properties = commit_metadata(metadata)
+    properties.max_commit_retries = 0
+    actions = [*(AddAction(f.path, f.size, {}, f.modification_time, False, f.stats) for f in written),
+               *(RemoveAction(p, False, now, size_of[p]) for p in removed)]
+    try:
+        delta_table.create_write_transaction(actions, "append", delta_table.schema(), commit_properties=properties)
+    except DeltaError as err:
+        _delete(uri, [f.path for f in written])
+        raise MaintenanceError(f"the compaction of `{table}` could not commit ({err}), for example because another "
+                               "writer committed meanwhile; nothing was changed; run the optimize again",
+                               table=table, path=uri) from err
+    return delta_table.version() + 1, len(removed)
+
+
+@ray.remote
+def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, schema: pa.Schema, paths: list[str],
+                    z_order: list[str]) -> list[DataFile]:
+    """One bucket's files `paths` rewritten into files of the target size named with the bucket's `prefix`,
+    rows in Z-order of `z_order` when given."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    rows = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet",
+                        filesystem=filesystem).to_table()
+    if z_order:
+        rows = rows.take(pa.array(zorder_indices(rows, z_order)))
+    writer = RollingParquetWriter(uri, storage, prefix)
+    try:
+        for batch in rows.to_batches(max_chunksize=_SLICE_ROWS):
+            writer.write(pa.Table.from_batches([batch], schema=schema))
+        return writer.close()
+    except BaseException:
+        _delete(uri, [f.path for f in writer.close()])
+        raise
+
+
+def zorder_indices(rows: pa.Table, columns: Sequence[str]) -> np.ndarray:
+    """The row order of `rows` along a Z-order (Morton) curve over the dense ranks of `columns` (nulls
+    first), so rows close in every column end up close together."""
+    bits = min(21, 63 // len(columns))
+    code = np.zeros(rows.num_rows, np.uint64)
+    for position, name in enumerate(columns):
+        series = pl.Series(rows.column(name).combine_chunks())
+        rank = series.rank("dense").fill_null(0).to_numpy().astype(np.float64)
+        scaled = np.floor(rank / max(rank.max(initial=0.0), 1.0) * ((1 << bits) - 1)).astype(np.uint64)
+        for bit in range(bits):
+            code |= ((scaled >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * len(columns) + position)
+    return np.argsort(code, kind="stable")
+
+
+def _groups(paths: Sequence[str]) -> dict[str, list[str]]:
+    """Data files by bucket prefix (`b00003of00016-k1a2b3c4d`); in a table without buckets, every file in one
+    group; files outside the layout of a bucketed table under `_LOOSE`."""
+    matches = [_BUCKET_FILE.match(_name(p)) for p in paths]
+    if not any(matches):
+        return {"table": list(paths)}
+    groups: dict[str, list[str]] = {}
+    for path, match in zip(paths, matches):
+        groups.setdefault(match[0][len("part-"):-1] if match else _LOOSE, []).append(path)
+    return groups
+
+
+def _files(delta_table: DeltaTable) -> tuple[list[str], list[int]]:
+    """The relative paths and sizes of the table's data files."""
+    actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+    return actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]

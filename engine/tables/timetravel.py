@@ -1,0 +1,56 @@
+"""Time travel: "as of" a version number or a point in time, resolved to a table version."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from engine.errors import EngineError
+from engine.tables import delta
+
+AsOf = int | datetime
+
+
+def parse_as_of(text: str) -> AsOf:
+    """A version number (`12`) or an ISO-8601 time (`2026-11-26T10:00:00Z`; without a zone: UTC).
+
+    Raises:
+        EngineError: the text is neither.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise EngineError(f"as of `{text}`: give a version number or an ISO-8601 time such as "
+                          "`2026-11-26T10:00:00Z`") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def version_as_of(uri: str, table: str, as_of: AsOf | str | None) -> int:
+    """The version of the table at `uri` that was current as of `as_of`: that version when it is a number,
+    the newest version committed at or before it when it is a time, the latest when None.
+
+    Raises:
+        TableNotFound: there is no table, or no such version.
+        EngineError: the table had no commit yet at that time.
+    """
+    if isinstance(as_of, str):
+        as_of = parse_as_of(as_of)
+    if as_of is None or isinstance(as_of, int):
+        return delta.open_table(uri, table, as_of).version()
+    version = version_at(uri, table, as_of)
+    if version is None:
+        first = min(delta.history(uri, table), key=lambda c: c["version"])
+        created = datetime.fromtimestamp(first.get("timestamp", 0) / 1000, UTC)
+        raise EngineError(f"table `{table}` did not exist yet at {as_of.isoformat()}; its oldest version "
+                          f"{first['version']} was committed at {created.isoformat()}", table=table, path=uri)
+    return version
+
+
+def version_at(uri: str, table: str, moment: datetime) -> int | None:
+    """The newest version of the table at `uri` committed at or before `moment` (a time without a zone is
+    UTC), None when the table had no commit yet then."""
+    limit = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp() * 1000
+    before = [c["version"] for c in delta.history(uri, table) if c.get("timestamp", 0) <= limit]
+    return max(before) if before else None

@@ -1,0 +1,96 @@
+"""Backups: a snapshot of every table's current version and of `_meta`, verified by restoring it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable, WriterProperties, write_deltalake
+
+from engine.cli import main
+from engine.errors import MaintenanceError
+from engine.kinds import Merge
+from engine.maintenance.backup import backup, read_manifest, restore_backup, verify_backup
+from engine.maintenance.pins import list_pins, pin
+from engine.tables.distributed_merge import merge_distributed
+from engine.tables.layout import Layout
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def lakehouse(root: Path) -> Layout:
+    """A root with an overwritten bronze table, a bucketed merge table, an uncompressed gold table, a
+    run-records table and a pin."""
+    layout = Layout.at(str(root))
+    events = layout.table("bronze.events")
+    write_deltalake(events, pa.table({"id": [1, 2], "name": ["a", "b"]}))
+    write_deltalake(events, pa.table({"id": [3, 4], "name": ["c", "d"]}), mode="overwrite")
+    write_deltalake(events, pa.table({"id": [5], "name": ["e"]}), mode="append")
+    changes = pa.table({"id": np.arange(100), "seq": np.zeros(100, np.int64), "tier": ["gold", "silver"] * 50})
+    merge_distributed(layout.table("silver.accounts"), "silver.accounts", changes, Merge(keys=["id"], sequence_by="seq"),
+                      metadata={}, buckets=4)
+    write_deltalake(layout.table("gold.totals"), pa.table({"amount": [111_111_111_111, 222_222_222_222, 333_333_333_333]}),
+                    writer_properties=WriterProperties(compression="UNCOMPRESSED"))
+    write_deltalake(layout.runs(), pa.table({"run_id": ["r1"], "status": ["succeeded"]}))
+    pin(layout, "bronze.events", 1, who="model churn v1")
+    return layout
+
+
+def rows(uri: str) -> list[dict]:
+    table = DeltaTable(uri).to_pyarrow_table()
+    return table.sort_by([(name, "ascending") for name in table.column_names]).to_pylist()
+
+
+def test_backup_holds_current_versions_and_restores_to_the_same_tables(tmp_path: Path) -> None:
+    layout = lakehouse(tmp_path / "root")
+    destination = tmp_path / "backup"
+    result = CliRunner().invoke(main, ["--root", layout.root, "backup", "--to", str(destination)])
+    assert result.exit_code == 0, result.output
+    assert "backed up 4 tables and 1 metadata files" in result.output
+    manifest = read_manifest(str(destination))
+    assert {t.path: (t.version, t.rows) for t in manifest.tables} == {
+        "bronze/events": (2, 3), "silver/accounts": (0, 100), "gold/totals": (0, 3), "_meta/runs": (0, 1)}
+    copied = {p.name for p in (destination / "bronze" / "events").glob("*.parquet")}
+    needed = [*DeltaTable(layout.table("bronze.events")).file_uris(),
+              *DeltaTable(layout.table("bronze.events"), version=1).file_uris()]
+    assert copied == {Path(p).name for p in needed}
+    assert {t.path: t.pinned for t in manifest.tables}["bronze/events"] == [1]
+    verified = CliRunner().invoke(main, ["backup", "verify", str(destination)])
+    assert verified.exit_code == 0, verified.output
+    assert "every table's rows and content hash match" in verified.output
+    restored = Layout.at(str(tmp_path / "restored"))
+    result = CliRunner().invoke(main, ["--root", restored.root, "backup", "restore", str(destination)])
+    assert result.exit_code == 0, result.output
+    for table in ("bronze.events", "silver.accounts"):
+        assert rows(restored.table(table)) == rows(layout.table(table))
+    assert [p.who for p in list_pins(restored)] == ["model churn v1"]
+    assert DeltaTable(restored.table("bronze.events"), version=1).to_pyarrow_table().num_rows == 2
+    with pytest.raises(MaintenanceError, match="already holds 3 table"):
+        restore_backup(str(destination), restored.root)
+    with pytest.raises(MaintenanceError, match="already holds a backup"):
+        backup(layout, str(destination))
+
+
+def test_verify_detects_a_tampered_or_incomplete_backup(tmp_path: Path) -> None:
+    layout = lakehouse(tmp_path / "root")
+    destination = tmp_path / "backup"
+    backup(layout, str(destination))
+    assert verify_backup(str(destination)) == []
+    [victim] = (destination / "gold" / "totals").glob("*.parquet")
+    original, changed = (np.array([value], np.int64).tobytes() for value in (222_222_222_222, 222_222_222_223))
+    victim.write_bytes(victim.read_bytes().replace(original, changed, 1))
+    assert sorted(pq.read_table(victim).column("amount").to_pylist())[1] == 222_222_222_223
+    problems = verify_backup(str(destination))
+    assert len(problems) == 1 and "`gold/totals` v0: its rows differ from the backed-up ones" in problems[0]
+    next((destination / "bronze" / "events").glob("*.parquet")).unlink()
+    (destination / "_meta" / "pins").iterdir().__next__().write_text("{}")
+    result = CliRunner().invoke(main, ["backup", "verify", str(destination)])
+    assert result.exit_code == 1 and "failed verification (3 problem(s))" in result.output
+    assert "`bronze/events` v2 cannot be read" in result.output and "differs from the backed-up file" in result.output
+    (destination / "manifest.json").unlink()
+    with pytest.raises(MaintenanceError, match="holds no manifest.json"):
+        verify_backup(str(destination))

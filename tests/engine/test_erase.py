@@ -1,0 +1,137 @@
+"""GDPR erasure over a private retail build: nothing of the subject is left anywhere under the root."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+
+from engine.cli import main
+from engine.governance.erase import subject_hash
+from engine.runlog import read_records
+from engine.runner import Runner
+from engine.tables.layout import Layout
+from tests.conftest import RETAIL_TEST_SCALE, settings_at
+from tests.engine.scan import findings
+from tests.features.conftest import REPO, RETAIL_END
+
+REASON = "ticket GDPR-1234"
+
+
+def _landing_customers(root: Path) -> pl.DataFrame:
+    lines = [json.loads(line) for file in sorted((root / "landing" / "customers").glob("*.jsonl"))
+             for line in file.read_text().splitlines() if line.strip().startswith("{")]
+    frame = pl.DataFrame(lines, infer_schema_length=None).with_columns(
+        pl.col("customer_id").cast(pl.Utf8).str.strip_chars().alias("customer_id"),
+        pl.col("email").str.strip_chars().str.to_lowercase())
+    return frame
+
+
+def _pick_subject(root: Path) -> tuple[str, list[str], tuple[str, str]]:
+    """A customer with orders, sessions and online features, whose name is no other customer's."""
+    customers = _landing_customers(root).filter(pl.col("first_name").is_not_null())
+    pairs = customers.select("customer_id", "first_name", "last_name").unique()
+    unique = pairs.group_by("first_name", "last_name").agg(pl.col("customer_id").n_unique().alias("n")) \
+        .filter(pl.col("n") == 1).join(pairs, on=["first_name", "last_name"])
+    active = set(pl.from_arrow(DeltaTable(Layout.at(str(root)).table("gold.customer_features")).to_pyarrow_table(
+        columns=["customer_id"]))["customer_id"].unique().to_list())
+    current = set(pl.from_arrow(DeltaTable(Layout.at(str(root)).table("silver.customers")).to_pyarrow_table(
+        columns=["customer_id"]))["customer_id"].to_list())
+    for row in unique.sort("customer_id").iter_rows(named=True):
+        if int(row["customer_id"]) in active & current:
+            emails = customers.filter(pl.col("customer_id") == row["customer_id"])["email"].drop_nulls().unique()
+            return row["customer_id"], emails.to_list(), (row["first_name"], row["last_name"])
+    raise AssertionError("no customer fits")
+
+
+def _rows(root: Path, table: str, customer: int) -> pl.DataFrame:
+    frame = pl.from_arrow(DeltaTable(Layout.at(str(root)).table(table)).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame.filter(pl.col("customer_id") == customer).sort(pl.all())
+
+
+@pytest.fixture(scope="module")
+def built(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private retail root, run once, with the feature repository applied and materialized."""
+    from engine.features.materialize import materialize
+    from engine.features.repo import apply_repo, load_definitions, open_store
+    from pipelines.retail.generate import generate
+    from pipelines.retail.pipeline import retail
+
+    root = tmp_path_factory.mktemp("erase")
+    generate(root / "landing", scale=RETAIL_TEST_SCALE)
+    assert Runner(retail, settings_at(root)).run().succeeded
+    store = open_store(str(root), REPO)
+    apply_repo(store, load_definitions(REPO))
+    materialize(store, end=RETAIL_END)
+    return root
+
+
+def test_erasure_leaves_nothing_of_the_subject_and_keeps_everyone_else(built: Path) -> None:
+    from engine.features.repo import open_store
+    from pipelines.retail.pipeline import retail
+
+    root = built
+    subject, emails, person = _pick_subject(root)
+    assert emails and findings(root, emails, ("customer_id", subject), person), "the subject is there before"
+    other = next(c for c in _landing_customers(root)["customer_id"].unique().sort().to_list()
+                 if c != subject and _rows(root, "gold.customer_features", int(c)).height)
+    kept = {t: _rows(root, t, int(other)) for t in ("silver.customers", "gold.customer_features", "silver.orders")}
+
+    result = CliRunner().invoke(main, ["--root", str(root), "erase", "--customer-id", subject, "--reason", REASON])
+    assert result.exit_code == 0, result.output
+
+    assert findings(root, emails, ("customer_id", subject), person) == []
+    online = open_store(str(root), REPO).get_online_features(
+        features=["customer_features:order_count_30d"], entity_rows=[{"customer_id": int(subject)},
+                                                                     {"customer_id": int(other)}]).to_dict()
+    assert online["order_count_30d"][0] is None and online["order_count_30d"][1] is not None
+    for table, rows in kept.items():
+        assert _rows(root, table, int(other)).equals(rows), table
+
+    erasures = read_records(Layout.at(str(root)).runs()).filter(pl.col("operation") == "erase")
+    assert erasures.height > 0 and set(erasures["reason"]) == {REASON}
+    token = subject_hash(settings_at(root), subject)
+    assert token.startswith("v1:") and len(token) == 35
+    assert all(json.loads(d) == {"subject": token, "rows_removed": json.loads(d)["rows_removed"],
+                                 "files_deleted": json.loads(d)["files_deleted"]} for d in erasures["details"])
+    commit = DeltaTable(Layout.at(str(root)).table("silver.customers")).history(1)[0]
+    assert (commit["medallion.operation"], commit["medallion.reason"], commit["medallion.subject"]) == (
+        "erase", REASON, token)
+
+    rerun = Runner(retail, settings_at(root)).run(select="bronze.* silver.customers silver.orders silver.events "
+                                                        "gold.dim_customer")
+    assert rerun.succeeded
+    assert not any(r.details.get("files_changed_after_ingestion") for r in rerun.records)
+    assert findings(root, emails, ("customer_id", subject), person) == []
+
+
+def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    from engine.governance.erase import Target, erase_table
+
+    uri = str(tmp_path / "silver" / "people")
+    for start in (1, 4, 7):
+        ids = list(range(start, start + 3))
+        write_deltalake(uri, pa.table({"customer_id": ids, "email": [f"person{i}@x.test" for i in ids]}),
+                        mode="append")
+    DeltaTable(uri).create_checkpoint()
+    write_deltalake(uri, pa.table({"customer_id": [10], "email": ["person10@x.test"]}), mode="append")
+    before = DeltaTable(uri).history()
+
+    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), "4", settings_at(tmp_path),
+                         "erase-run", {"operation": "erase"})
+
+    assert erased is not None and (erased.rows_removed, erased.files_deleted) == (1, 1)
+    assert findings(tmp_path, ["person4@x.test"], ("customer_id", "4")) == []
+    table = DeltaTable(uri)
+    assert sorted(table.to_pyarrow_table().column("customer_id").to_pylist()) == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert len(table.history()) == len(before) + 1
+    assert [p.name for p in (Path(uri) / "_delta_log").glob("*.checkpoint.parquet")] == [
+        f"{table.version():020d}.checkpoint.parquet"]
