@@ -36,6 +36,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from engine.config import StorageSettings  # noqa: E402
+from engine.errors import EngineError  # noqa: E402
 from engine.kinds import Merge  # noqa: E402
 
 KIND = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
@@ -220,26 +221,31 @@ def main() -> None:
         storage = StorageSettings(compression=args.compression)
         print(json.dumps(measure(args.role, args.folder, args.nodes, args.buckets, storage)))
         return
+    print(f"{args.rows:,} rows, {args.changes:,} changes, {args.nodes} Ray node(s), {args.buckets} buckets, "
+          f"{args.compression} files, {os.cpu_count()} CPUs", flush=True)
+    print(f"{'merge':<13}{'wall s':>8}{'CPU s':>7}{'RSS before MiB':>16}{'peak RSS MiB':>14}{'rows after':>12}"
+          f"{'inserted':>10}{'updated':>10}{'deleted':>9}{'files+':>8}{'task s':>8}{'load':>6}", flush=True)
+    for result in compare(args.rows, args.changes, args.nodes, args.buckets, args.compression):
+        print(f"{result['role']:<13}{result['seconds']:>8.2f}{result['cpu_seconds']:>7.1f}"
+              f"{result['rss_before_mib']:>16}{result['peak_rss_mib']:>14}{result['rows_after']:>12,}"
+              f"{result['inserted']:>10,}{result['updated']:>10,}{result['deleted']:>9,}"
+              f"{result['files_added'] or 0:>8}{result['task_seconds']:>8}{result['load']:>6}", flush=True)
+
+
+def compare(rows: int, changes: int, nodes: int = 1, buckets: int = 16, compression: str = "zstd") -> list[dict[str, Any]]:
+    """The three merges of the same changes on the same table, each measured in a fresh process."""
+    results = []
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
         folder = Path(scratch)
-        print(f"{args.rows:,} rows, {args.changes:,} changes, {args.nodes} Ray node(s), {args.buckets} buckets, "
-              f"{args.compression} files, "
-              f"{os.cpu_count()} CPUs; {prepare(folder, args.rows, args.changes)}", flush=True)
-        print(f"{'merge':<13}{'wall s':>8}{'CPU s':>7}{'RSS before MiB':>16}{'peak RSS MiB':>14}{'rows after':>12}"
-              f"{'inserted':>10}{'updated':>10}{'deleted':>9}{'files+':>8}{'task s':>8}{'load':>6}", flush=True)
+        prepare(folder, rows, changes)
         for role in ("deltalake", "bucketing", "distributed"):
             done = subprocess.run([sys.executable, __file__, "--role", role, "--folder", str(folder),
-                                   "--nodes", str(args.nodes), "--buckets", str(args.buckets),
-                                   "--compression", args.compression],
+                                   "--nodes", str(nodes), "--buckets", str(buckets), "--compression", compression],
                                   capture_output=True, text=True)
             if done.returncode:
-                sys.exit(f"{role} failed:\n{done.stderr[-4000:]}")
-            result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{role:<13}{result['seconds']:>8.2f}{result['cpu_seconds']:>7.1f}{result['rss_before_mib']:>16}{result['peak_rss_mib']:>14}"
-                  f"{result['rows_after']:>12,}{result['inserted']:>10,}{result['updated']:>10,}"
-                  f"{result['deleted']:>9,}{result['files_added'] or 0:>8}{result['task_seconds']:>8}"
-                  f"{result['load']:>6}", flush=True)
-
+                raise EngineError(f"the {role} merge failed:\n{done.stderr[-4000:]}")
+            results.append({"role": role} | json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
 
 if __name__ == "__main__":
     main()

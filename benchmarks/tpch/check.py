@@ -5,7 +5,8 @@ Usage: python -m benchmarks.tpch.check --data DATA/sf0.01 --out OUT [--layout en
 Compares bronze and silver against the manifest, the quarantine against the manifest's corruptions, and both
 gold tables against the DuckDB peer's output. `--layout workload` reads `WORKLOAD.md`'s layout (the peers);
 `--layout engine` reads a medallion root, whose quarantine lives in `quarantine/silver/lineitem` with the
-reason in `_rejected_reason`.
+reason in `_rejected_reason`. A table is read as Delta when it has a `_delta_log`, else as a Parquet directory
+(the Spark peer's output).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pyarrow.types as pt
 from deltalake import DeltaTable
 
@@ -65,7 +67,7 @@ class Output:
         path = self.root / name
         if self.layout == "engine" and name == "silver/lineitem_quarantine":
             path = self.root / "quarantine" / "silver" / "lineitem"
-        table = DeltaTable(str(path)).to_pyarrow_table()
+        table = DeltaTable(str(path)).to_pyarrow_table() if (path / "_delta_log").is_dir() else pq.read_table(path)
         table = table.cast(pa.schema([pa.field(f.name, pa.string()) if pt.is_string_view(f.type) else f
                                       for f in table.schema]))
         if self.reason_column in table.column_names and self.reason_column != "_reason":

@@ -1,17 +1,21 @@
 """Run the TPC-H medallion workload on the engine and its peers, check every output, report wall time and memory.
 
 Usage: python -m benchmarks.tpch.run [--sf 0.01] [--runs 3] [--data bench-data] [--work bench-work]
-                                     [--results results.json]
+                                     [--engines engine,duckdb,polars,spark,daft,daft-ray] [--results results.json]
 
-Prepares the data at `--sf` (cached under `--data`), then runs, alternating, N times each:
-  engine   `medallion --root WORK/engine run tpch` in its own process, with the raw files linked as the
-           pipeline's landing folders; the previous tables are deleted inside the timed process;
-  duckdb   `python -m benchmarks.tpch.peers.duckdb_run` (deletes its output itself).
-Every run's output is checked (`check.py`; the engine against the DuckDB run before it) before any time is
-reported. Wall time is measured around the process; peak RSS is the largest sum of the resident memory of the
-process and all its descendants (Ray's workers included), sampled every 50 ms; for the engine, the runner's
-own time (its CLI's "finished in", Ray start-up and shut-down excluded) is recorded too. Prints a Markdown table
-and the machine, and writes the raw numbers to `--results`.
+Prepares the data at `--sf` (cached under `--data`), then runs every engine of `--engines` once per round, N
+rounds, the order rotated each round so that no engine always goes first:
+  engine    `medallion --root WORK/engine run tpch` in its own process, with the raw files linked as the
+            pipeline's landing folders; the previous tables are deleted inside the timed process;
+  duckdb    `python -m benchmarks.tpch.peers.duckdb_run`; likewise `polars_run`, `spark_run` (PySpark local
+            mode, Parquet output), `daft_run --runner native` (daft) and `daft_run --runner ray` (daft-ray);
+            each peer deletes its output `WORK/<name>` itself.
+Every output is checked (`check.py`; each against the DuckDB output of the same round, so `duckdb` must be one
+of the engines) before any time is reported. Wall time is measured around the process; peak RSS is the largest
+sum of the resident memory of the process and all its descendants (Ray's workers included), sampled every 50 ms;
+for the engine, the runner's own time (its CLI's "finished in", Ray start-up and shut-down excluded) is recorded
+too. Prints a Markdown table (with each wall median's ratio to the engine's) and the machine, and writes the raw
+numbers to `--results`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +41,7 @@ from benchmarks.tpch.check import Output, assert_correct
 from benchmarks.tpch.prepare import TABLES, prepare
 from engine.errors import EngineError
 
+PEERS = Path(__file__).with_name("peers")
 SAMPLE_SECONDS = 0.05
 ENGINE_OUTPUTS = ("bronze", "silver", "gold", "quarantine", "_meta", "_staging", "_changes")
 PIPELINE_TIME = re.compile(r"finished in ([0-9.]+)s")
@@ -69,17 +76,19 @@ def _tree_rss(process: psutil.Process) -> int:
 
 def measure(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
     """Run `command`; return its wall time in seconds, the peak RSS of its process tree in bytes, its output."""
-    started = time.perf_counter()
-    process = psutil.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = 0
-    while process.poll() is None:
-        try:
-            peak = max(peak, _tree_rss(process))
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(SAMPLE_SECONDS)
-    wall = time.perf_counter() - started
-    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        process = psutil.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, _tree_rss(process))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(SAMPLE_SECONDS)
+        wall = time.perf_counter() - started
+        log.seek(0)
+        output = log.read().decode(errors="replace")
     if process.returncode != 0:
         raise RunError(f"`{shlex.join(command)}` exited with {process.returncode}:\n{output[-4000:]}")
     return wall, peak, output
@@ -93,9 +102,37 @@ def engine_command(root: Path) -> list[str]:
                         f"--root {shlex.quote(str(root))} run tpch"]
 
 
-def duckdb_command(data: Path, out: Path) -> list[str]:
-    """The DuckDB peer on `data`, writing `out`."""
-    return [sys.executable, "-m", "benchmarks.tpch.peers.duckdb_run", "--data", str(data), "--out", str(out)]
+def peer_command(module: str, *options: str, python: Callable[[], str] = lambda: sys.executable
+                 ) -> Callable[[Path, Path], list[str]]:
+    """Command builder of the peer `benchmarks/tpch/peers/<module>.py`, run by `python()`: on `data`, writing
+    `out`."""
+    def command(data: Path, out: Path) -> list[str]:
+        return [python(), str(PEERS / f"{module}.py"), "--data", str(data), "--out", str(out), *options]
+    return command
+
+
+def spark_python() -> str:
+    """The Python of PySpark's own environment, `benchmarks/spark-env` (set up by `scripts/dev sync`): pandera
+    imports `pyspark.pandas` whenever PySpark is importable, which would slow every engine process.
+
+    Raises:
+        RunError: the environment is not set up.
+    """
+    python = PEERS.parents[1] / "spark-env" / ".venv" / "bin" / "python"
+    if not python.exists():
+        raise RunError(f"no PySpark environment at `{python.parents[2]}`; run `scripts/dev sync`")
+    return str(python)
+
+
+COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "engine": lambda data, root: engine_command(root),
+    "duckdb": peer_command("duckdb_run"),
+    "polars": peer_command("polars_run"),
+    "spark": peer_command("spark_run", python=spark_python),
+    "daft": peer_command("daft_run", "--runner", "native"),
+    "daft-ray": peer_command("daft_run", "--runner", "ray"),
+}
+"""Command of every benchmarked engine: (prepared data folder, output folder) -> argv."""
 
 
 def link_landing(data: Path, root: Path) -> None:
@@ -116,37 +153,52 @@ def machine() -> dict[str, object]:
             "python": platform.python_version(), "system": platform.platform(), "load_1m": os.getloadavg()[0]}
 
 
-def benchmark(sf: float, runs: int, data_root: Path, work: Path) -> list[Measurement]:
-    """Alternate engine and DuckDB runs `runs` times at scale `sf`, checking every output."""
+def environment() -> dict[str, str]:
+    """This process's environment for a benchmarked process: no Ray address to attach to, no Ray auth token."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+
+
+def output(engine: str, folder: Path) -> Output:
+    """Where `engine` wrote its tables, `folder` being its output folder."""
+    return Output(folder, "engine" if engine == "engine" else "workload")
+
+
+def benchmark(sf: float, runs: int, data_root: Path, work: Path,
+              engines: tuple[str, ...] = tuple(COMMANDS)) -> list[Measurement]:
+    """Run every one of `engines` `runs` times at scale `sf`, in a rotating order, checking every output."""
+    if "duckdb" not in engines:
+        raise RunError("the DuckDB peer is the reference of every check: include `duckdb` in the engines")
     data = prepare(sf, data_root)
-    root, peer_out = work / "engine", work / "duckdb"
-    link_landing(data, root)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    if "engine" in engines:
+        link_landing(data, work / "engine")
+    env = environment()
     measurements = []
     for run in range(1, runs + 1):
-        order = ["engine", "duckdb"] if run % 2 else ["duckdb", "engine"]
-        for engine in order:
-            command = engine_command(root) if engine == "engine" else duckdb_command(data, peer_out)
-            wall, peak, output = measure(command, env)
-            reported = PIPELINE_TIME.search(output)
+        shift = (run - 1) % len(engines)
+        for engine in engines[shift:] + engines[:shift]:
+            wall, peak, log = measure(COMMANDS[engine](data, work / engine), env)
+            reported = PIPELINE_TIME.search(log) if engine == "engine" else None
             measurements.append(Measurement(engine, run, round(wall, 2), round(peak / 2**20, 1),
                                             float(reported.group(1)) if reported else None))
-        assert_correct(data, Output(peer_out), Output(peer_out))
-        assert_correct(data, Output(root, "engine"), Output(peer_out))
+        reference = Output(work / "duckdb")
+        for engine in engines:
+            assert_correct(data, output(engine, work / engine), reference)
     return measurements
 
 
 def table(sf: float, measurements: list[Measurement]) -> str:
-    """Markdown summary: median and best wall time, largest peak RSS per engine."""
-    lines = ["| SF | engine | runs | wall median (s) | wall best (s) | peak RSS max (MB) | runner median (s) |",
-             "|---|---|---|---|---|---|---|"]
-    for engine in dict.fromkeys(m.engine for m in measurements):
+    """Markdown summary: median and best wall time, ratio to the engine, largest peak RSS per engine."""
+    lines = ["| SF | engine | runs | wall median (s) | wall best (s) | ratio to engine | peak RSS max (MB) | "
+             "runner median (s) |", "|---|---|---|---|---|---|---|---|"]
+    medians = {engine: statistics.median(m.wall_s for m in measurements if m.engine == engine)
+               for engine in dict.fromkeys(m.engine for m in measurements)}
+    for engine, median in medians.items():
         mine = [m for m in measurements if m.engine == engine]
-        walls = [m.wall_s for m in mine]
         inner = [m.pipeline_s for m in mine if m.pipeline_s is not None]
         runner = f"{statistics.median(inner):.1f}" if inner else "-"
-        lines.append(f"| {sf:g} | {engine} | {len(mine)} | {statistics.median(walls):.2f} | {min(walls):.2f} | "
-                     f"{max(m.peak_rss_mb for m in mine):.0f} | {runner} |")
+        ratio = f"{median / medians['engine']:.2f}" if "engine" in medians else "-"
+        lines.append(f"| {sf:g} | {engine} | {len(mine)} | {median:.2f} | {min(m.wall_s for m in mine):.2f} | "
+                     f"{ratio} | {max(m.peak_rss_mb for m in mine):.0f} | {runner} |")
     return "\n".join(lines)
 
 
@@ -157,10 +209,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=Path("bench-data"), help="cache of prepared data")
     parser.add_argument("--work", type=Path, default=Path("bench-work"), help="scratch folder for the outputs")
+    parser.add_argument("--engines", type=lambda text: tuple(text.split(",")), default=tuple(COMMANDS),
+                        help=f"comma-separated, among {','.join(COMMANDS)} (default: all); must include duckdb")
     parser.add_argument("--results", type=Path, help="write the raw measurements here (JSON)")
     args = parser.parse_args()
+    unknown = set(args.engines) - set(COMMANDS)
+    if unknown:
+        parser.error(f"--engines: unknown {sorted(unknown)}")
     before = machine()
-    measurements = benchmark(args.sf, args.runs, args.data, args.work)
+    measurements = benchmark(args.sf, args.runs, args.data, args.work, args.engines)
     after = machine()
     print(table(args.sf, measurements))
     print(json.dumps({"machine_before": before, "load_1m_after": after["load_1m"]}, indent=2))

@@ -1,0 +1,282 @@
+"""Measure everything `docs/performance.md` reports, then write it: one command.
+
+Usage: python -m benchmarks.report [--sf 0.1,1,3] [--runs 3] [--nodes-sf 1] [--merge-rows 10000000]
+                                   [--feature-scale 1] [--data bench-data] [--work bench-work]
+       python -m benchmarks.report --render-only      # rewrite the page from docs/performance.json
+
+Measures, in this order: the TPC-H medallion workload at every scale factor with the engine and every peer
+(`benchmarks/tpch/run.py`: alternating runs, every output checked against DuckDB's before any time counts);
+the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the engine on 1, 2 and 3
+local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
+Feast materialization throughput and online latency (`benchmarks/features.py`). Raw numbers go to
+`docs/performance.json`, the time-against-scale plot to `docs/performance-scaling.png`, and the page to
+`docs/performance.md`, whose analysis section is `benchmarks/analysis.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import features, ingest, merge
+from benchmarks.tpch.run import (
+    COMMANDS,
+    Measurement,
+    benchmark,
+    engine_command,
+    environment,
+    link_landing,
+    machine,
+    measure,
+)
+from engine.runlog import read_records
+from engine.tables.layout import Layout
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGE, RAW, PLOT = DOCS / "performance.md", DOCS / "performance.json", DOCS / "performance-scaling.png"
+ANALYSIS = Path(__file__).with_name("analysis.md")
+NODE_CPUS = {1: [2], 2: [1, 1], 3: [0, 1, 1]}
+"""CPUs of each node per node count: the machine's 2 cores, spread (a 3-node cluster has a head without CPUs)."""
+
+
+def tpch(scale_factors: list[float], runs: int, data: Path, work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every engine at every scale factor, as measurements by scale factor."""
+    return {f"{sf:g}": [vars(m) for m in benchmark(sf, runs, data, work / f"sf{sf:g}")] for sf in scale_factors}
+
+
+def startup(work: Path) -> dict[str, float]:
+    """The engine's fixed cost: importing its CLI, and a whole run of a pipeline with nothing new to ingest
+    (Ray start-up, change detection on every table, shut-down)."""
+    env = environment()
+    imported, _, _ = measure([sys.executable, "-c", "import engine.cli"], env)
+    noop, _, _ = measure([str(Path(sys.executable).with_name("medallion")), "--root", str(work / "engine"),
+                          "run", "tpch"], env)
+    return {"import_s": round(imported, 2), "noop_run_s": round(noop, 2)}
+
+
+@contextmanager
+def local_cluster(nodes: int, scratch: Path) -> Iterator[str]:
+    """A `ray.cluster_utils.Cluster` of `nodes` nodes on this machine; yields its address."""
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_TMPDIR"] = str(scratch)
+    (scratch / "ray").mkdir(parents=True, exist_ok=True)
+    ports = iter(merge.free_ports(5 * len(NODE_CPUS[nodes])))
+    cluster = Cluster()
+    for cpus in NODE_CPUS[nodes]:
+        cluster.add_node(num_cpus=cpus, include_dashboard=False, temp_dir=str(scratch),
+                         dashboard_agent_listen_port=next(ports), metrics_export_port=next(ports),
+                         runtime_env_agent_port=next(ports),
+                         **({"gcs_server_port": next(ports), "ray_client_server_port": next(ports)}
+                            if cluster.head_node is None else {}))
+    cluster.wait_for_nodes()
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+def on_nodes(sf: float, runs: int, data: Path, work: Path) -> list[dict[str, Any]]:
+    """The engine on 1, 2 and 3 local nodes sharing the machine's CPUs, each joined with `--address`, so Ray's
+    start-up is outside the time of all three."""
+    from benchmarks.tpch.check import Output, assert_correct
+    from benchmarks.tpch.prepare import prepare
+
+    prepared = prepare(sf, data)
+    root = work / f"sf{sf:g}" / "engine"
+    link_landing(prepared, root)
+    results = []
+    for nodes in NODE_CPUS:
+        with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as scratch, \
+                local_cluster(nodes, Path(scratch)) as address:
+            for run in range(1, runs + 1):
+                command = engine_command(root)
+                command[-1] = command[-1].replace(" run tpch", f" --address {address} run tpch")
+                wall, _, _ = measure(command, environment())
+                assert_correct(prepared, Output(root, "engine"), Output(work / f"sf{sf:g}" / "duckdb"))
+                results.append({"nodes": nodes, "cpus": NODE_CPUS[nodes], "run": run, "wall_s": round(wall, 2)})
+    return results
+
+
+def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
+    """Bronze throughput of the engine's last run at `sf`."""
+    layout = Layout.at(str(work / f"sf{sf:g}" / "engine"))
+    return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
+
+
+def measure_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Every measurement of the page."""
+    results: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(), "machine": machine()}
+    results["tpch"] = tpch(args.sf, args.runs, args.data, args.work)
+    results["startup"] = startup(args.work / f"sf{args.nodes_sf:g}")
+    results["ingest"] = ingestion(max(args.sf), args.work)
+    results["nodes"] = on_nodes(args.nodes_sf, args.runs, args.data, args.work)
+    results["merge"] = merge.compare(args.merge_rows, args.merge_rows // 10)
+    with tempfile.TemporaryDirectory(prefix="features-bench-") as scratch:
+        results["features"] = features.run(args.feature_scale, Path(scratch), args.lookups)
+    results["load_1m_after"] = os.getloadavg()[0]
+    return results
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _walls(measurements: list[dict[str, Any]], engine: str) -> list[float]:
+    return [m["wall_s"] for m in measurements if m["engine"] == engine]
+
+
+def plot(results: dict[str, Any]) -> None:
+    """Median wall time against scale factor, one line per engine, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.5))
+    scales = sorted(results["tpch"], key=float)
+    for engine in COMMANDS:
+        points = [(float(sf), _median(_walls(results["tpch"][sf], engine))) for sf in scales
+                  if _walls(results["tpch"][sf], engine)]
+        if points:
+            axes.plot(*zip(*points), marker="o", label=engine)
+    axes.set(xscale="log", yscale="log", xlabel="TPC-H scale factor", ylabel="wall time, median (s)",
+             title="TPC-H medallion workload, whole process, 2 cores")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=110)
+
+
+def _tpch_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| SF | engine | runs | wall median (s) | wall best (s) | peak RSS max (MiB) | ratio to engine "
+             "| runner median (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for sf in sorted(results["tpch"], key=float):
+        measurements = results["tpch"][sf]
+        engine_median = _median(_walls(measurements, "engine"))
+        for engine in COMMANDS:
+            mine = [Measurement(**m) for m in measurements if m["engine"] == engine]
+            if not mine:
+                continue
+            walls = [m.wall_s for m in mine]
+            runner = [m.pipeline_s for m in mine if m.pipeline_s is not None]
+            lines.append(f"| {sf} | {engine} | {len(mine)} | {_median(walls):.1f} | {min(walls):.1f} | "
+                         f"{max(m.peak_rss_mb for m in mine):,.0f} | {_median(walls) / engine_median:.2f} | "
+                         f"{f'{_median(runner):.1f}' if runner else '–'} |")
+    return lines
+
+
+def _growth_table(results: dict[str, Any]) -> list[str]:
+    scales = sorted(results["tpch"], key=float)
+    lines = ["| engine | " + " | ".join(f"SF {sf} (s)" for sf in scales) + " | growth per 10× data |",
+             "|---|" + "---:|" * (len(scales) + 1)]
+    for engine in COMMANDS:
+        medians = [_median(_walls(results["tpch"][sf], engine)) for sf in scales]
+        if all(m != m for m in medians):
+            continue
+        first, last = float(scales[0]), float(scales[-1])
+        growth = (medians[-1] / medians[0]) ** (1 / math.log10(last / first)) if last > first else 1.0
+        lines.append(f"| {engine} | " + " | ".join(f"{m:.1f}" for m in medians) + f" | {growth:.1f}× |")
+    return lines
+
+
+def render(results: dict[str, Any]) -> str:
+    """The page."""
+    m = results["machine"]
+    nodes = results["nodes"]
+    lines = [
+        "# Performance",
+        "",
+        "Generated by `python -m benchmarks.report` (raw numbers in `docs/performance.json`); the analysis at the",
+        "end is `benchmarks/analysis.md`. Measured on "
+        f"{results['date']}: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GiB, Python {m['python']}, "
+        f"{m['system']}; 1-minute load {m['load_1m']:.1f} before and {results['load_1m_after']:.1f} after.",
+        "",
+        "## TPC-H medallion workload",
+        "",
+        "The workload of `benchmarks/tpch/WORKLOAD.md`, one process per run, start-up and shut-down included. Runs",
+        "alternate between engines in a rotating order. Every output passed the correctness check against DuckDB's",
+        "before its time was kept. `peak RSS` sums the resident memory of the process and all its descendants",
+        "(for the engine: the CLI, Ray's GCS, raylet and workers). `runner` is the engine's own pipeline time,",
+        "without Ray start-up, imports and shut-down.",
+        "",
+        *_tpch_table(results),
+        "",
+        "![time against scale factor](performance-scaling.png)",
+        "",
+        "## How cost grows",
+        "",
+        *_growth_table(results),
+        "",
+        "## Fixed start-up cost",
+        "",
+        f"- importing the engine's CLI: {results['startup']['import_s']:.1f} s",
+        f"- a whole `medallion run tpch` with nothing new to ingest (Ray start-up, change detection on every table, "
+        f"shut-down): {results['startup']['noop_run_s']:.1f} s",
+        "",
+        "## The engine on 1, 2 and 3 local Ray nodes",
+        "",
+        "The machine's 2 CPUs spread over the nodes (3 nodes: a head without CPUs and two 1-CPU workers); the run",
+        "joins the running cluster with `--address`, so Ray's start-up is not in these times.",
+        "",
+        "| nodes | CPUs per node | runs | wall median (s) |",
+        "|---:|---|---:|---:|",
+        *[f"| {n} | {NODE_CPUS[n]} | {len([r for r in nodes if r['nodes'] == n])} | "
+          f"{_median([r['wall_s'] for r in nodes if r['nodes'] == n]):.1f} |" for n in NODE_CPUS],
+        "",
+        "## Bronze ingestion throughput",
+        "",
+        *ingest.markdown(results["ingest"]),
+        "",
+        "## Distributed merge against deltalake's merge",
+        "",
+        "See `docs/merge.md` for how the bucketed merge works.",
+        "",
+        "| merge | wall (s) | CPU (s) | driver RSS before → peak (MiB) | rows after |",
+        "|---|---:|---:|---:|---:|",
+        *[f"| {r['role']} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {r['rss_before_mib']} → "
+          f"{r['peak_rss_mib']} | {r['rows_after']:,} |" for r in results["merge"]],
+        "",
+        "## Feature store",
+        "",
+        *features.markdown(results["features"]),
+        "",
+        ANALYSIS.read_text().strip(),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sf", type=lambda text: [float(x) for x in text.split(",")], default=[0.1, 1.0, 3.0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--nodes-sf", type=float, default=1.0)
+    parser.add_argument("--merge-rows", type=int, default=10_000_000)
+    parser.add_argument("--feature-scale", type=float, default=1.0)
+    parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument("--data", type=Path, default=Path("bench-data"))
+    parser.add_argument("--work", type=Path, default=Path("bench-work"))
+    parser.add_argument("--render-only", action="store_true", help="rewrite the page from docs/performance.json")
+    args = parser.parse_args()
+    if not args.render_only:
+        RAW.write_text(json.dumps(measure_all(args), indent=1) + "\n")
+    results = json.loads(RAW.read_text())
+    plot(results)
+    PAGE.write_text(render(results))
+    print(f"wrote {PAGE}, {PLOT} and {RAW}")
+
+
+if __name__ == "__main__":
+    main()
