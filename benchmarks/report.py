@@ -115,17 +115,27 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
 
 
 def measure_all(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement of the page."""
+    """Every measurement of the page; what is measured so far is saved to `docs/performance.json` after each
+    step, so a failure late in a long run keeps the rest."""
     results: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(), "machine": machine()}
-    results["tpch"] = tpch(args.sf, args.runs, args.data, args.work)
-    results["startup"] = startup(args.work / f"sf{args.nodes_sf:g}")
-    results["ingest"] = ingestion(max(args.sf), args.work)
-    results["nodes"] = on_nodes(args.nodes_sf, args.runs, args.data, args.work)
-    results["merge"] = merge.compare(args.merge_rows, args.merge_rows // 10)
-    with tempfile.TemporaryDirectory(prefix="features-bench-") as scratch:
-        results["features"] = features.run(args.feature_scale, Path(scratch), args.lookups)
-    results["load_1m_after"] = os.getloadavg()[0]
+    steps = {
+        "tpch": lambda: tpch(args.sf, args.runs, args.data, args.work),
+        "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
+        "ingest": lambda: ingestion(max(args.sf), args.work),
+        "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
+        "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10),
+        "features": lambda: _features(args.feature_scale, args.lookups),
+    }
+    for name, step in steps.items():
+        results[name] = step()
+        results["load_1m_after"] = os.getloadavg()[0]
+        RAW.write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def _features(scale: float, lookups: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="features-bench-") as scratch:
+        return features.run(scale, Path(scratch), lookups)
 
 
 def _median(values: list[float]) -> float:
@@ -270,9 +280,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from docs/performance.json")
     args = parser.parse_args()
-    if not args.render_only:
-        RAW.write_text(json.dumps(measure_all(args), indent=1) + "\n")
-    results = json.loads(RAW.read_text())
+    results = json.loads(RAW.read_text()) if args.render_only else measure_all(args)
     plot(results)
     PAGE.write_text(render(results))
     print(f"wrote {PAGE}, {PLOT} and {RAW}")

@@ -30,8 +30,9 @@ from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
 from engine.tables.delta import commit_metadata, open_table
-from engine.tables.distributed_merge import _BUCKET_FILE, _delete
+from engine.tables.distributed_merge import BUCKET_FILE
 from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.staging import discard_files
 
 OPERATION = "optimize"
 _SLICE_ROWS = 1 << 16
@@ -98,7 +99,7 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
     metadata = audit_fields(OPERATION, reason) | {"table": table} | (
         {"z_order": ",".join(policy.z_order)} if policy.z_order else {})
     target = target_bytes(storage, policy)
-    bucketed = any(_BUCKET_FILE.match(_name(p)) for p in paths)
+    bucketed = any(BUCKET_FILE.match(_name(p)) for p in paths)
     try:
         if bucketed:
             version, rewritten = _optimize_buckets(delta_table, table, storage, policy, target, metadata)
@@ -157,7 +158,7 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
         except ray.exceptions.RayError as err:
             failure = failure or err
     if failure is not None:
-        _delete(uri, [f.path for f in written])
+        discard_files(uri, written)
         raise MaintenanceError(f"compacting table `{table}` failed: {failure}", table=table, path=uri) from failure
     removed = sorted(p for members in work.values() for p in members)
     now = int(time.time() * 1000)
@@ -168,7 +169,7 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
     try:
         delta_table.create_write_transaction(actions, "append", delta_table.schema(), commit_properties=properties)
     except DeltaError as err:
-        _delete(uri, [f.path for f in written])
+        discard_files(uri, written)
         raise MaintenanceError(f"the compaction of `{table}` could not commit ({err}), for example because another "
                                "writer committed meanwhile; nothing was changed; run the optimize again",
                                table=table, path=uri) from err
@@ -191,7 +192,7 @@ def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, schema: pa.
             writer.write(pa.Table.from_batches([batch], schema=schema))
         return writer.close()
     except BaseException:
-        _delete(uri, [f.path for f in writer.close()])
+        discard_files(uri, writer.close())
         raise
 
 
@@ -212,7 +213,7 @@ def zorder_indices(rows: pa.Table, columns: Sequence[str]) -> np.ndarray:
 def _groups(paths: Sequence[str]) -> dict[str, list[str]]:
     """Data files by bucket prefix (`b00003of00016-k1a2b3c4d`); in a table without buckets, every file in one
     group; files outside the layout of a bucketed table under `_LOOSE`."""
-    matches = [_BUCKET_FILE.match(_name(p)) for p in paths]
+    matches = [BUCKET_FILE.match(_name(p)) for p in paths]
     if not any(matches):
         return {"table": list(paths)}
     groups: dict[str, list[str]] = {}

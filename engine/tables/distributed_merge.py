@@ -54,6 +54,7 @@ from engine.tables.delta import (
     table_exists,
 )
 from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.staging import discard_files
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ HASH_SCHEME = 1
 """Version of `key_hash`. It is part of the layout tag in file names, so a new scheme re-buckets a table
 instead of misreading it."""
 
-_BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
+BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
 _SOURCE_ROW = "__medallion_source_row"
 _SOURCE_SEQUENCE = "__medallion_source_sequence"
 _STORED_ROW = "__medallion_stored_row"
@@ -175,7 +176,7 @@ class _Layout:
         """The layout for `keys` that the file names at `paths` record (the most used bucket count), with
         `default` buckets when none does."""
         tag = hashlib.sha256(json.dumps({"scheme": HASH_SCHEME, "keys": list(keys)}).encode()).hexdigest()[:8]
-        names = (_BUCKET_FILE.match(path.rsplit("/", 1)[-1]) for path in paths)
+        names = (BUCKET_FILE.match(path.rsplit("/", 1)[-1]) for path in paths)
         counts = Counter(int(name[2]) for name in names if name is not None and name[3] == tag)
         return cls(max(counts, key=lambda count: (counts[count], count)) if counts else default, tag)
 
@@ -185,7 +186,7 @@ class _Layout:
 
     def bucket(self, path: str) -> int | None:
         """The bucket of the data file at `path`, None when the file is not laid out this way."""
-        name = _BUCKET_FILE.match(path.rsplit("/", 1)[-1])
+        name = BUCKET_FILE.match(path.rsplit("/", 1)[-1])
         if name is None or int(name[2]) != self.buckets or name[3] != self.tag:
             return None
         return int(name[1])
@@ -275,7 +276,7 @@ class _MergeJob:
 
     def discard(self) -> None:
         """Delete the files of rewrites that were never committed."""
-        _delete(self.uri, [f.path for f in self._files()])
+        discard_files(self.uri, self._files())
         self.pending = {}
 
     def _source_schema(self, changes: pa.Table) -> pa.Schema:
@@ -303,7 +304,7 @@ class _MergeJob:
         input files and schema are unchanged, else a new one computed by a Ray task."""
         kept = {b: r for b, r in self.pending.items()
                 if r.layout == layout and r.inputs == inputs.get(b) and r.schema.equals(schema)}
-        _delete(self.uri, [f.path for b, r in self.pending.items() if b not in kept for f in r.files])
+        discard_files(self.uri, [f for b, r in self.pending.items() if b not in kept for f in r.files])
         self.pending, self.reused = kept, len(kept)
         todo = [b for b in inputs if b not in kept]
         pieces = self._split_loose(layout, schema, loose) if todo and loose else {}
@@ -385,7 +386,7 @@ def _rewrite_bucket(
         writer.write(matcher.replacements_and_inserts())
         files = writer.close()
     except BaseException:
-        _delete(uri, [f.path for f in writer.close()])
+        discard_files(uri, writer.close())
         raise
     rewrite_s = time.monotonic() - started - scan_s
     return files, matcher.counts | {"scan_time_ms": int(scan_s * 1000), "rewrite_time_ms": int(rewrite_s * 1000)}
@@ -492,18 +493,6 @@ def _split(table: pa.Table, numbers: np.ndarray, buckets: int) -> list[pa.Table]
 
 def _add(file: DataFile) -> AddAction:
     return AddAction(file.path, file.size, {}, file.modification_time, True, file.stats)
-
-
-def _delete(uri: str, paths: Sequence[str]) -> None:
-    """Remove data files that were never committed; a file already gone is fine."""
-    if not paths:
-        return
-    filesystem, root = pafs.FileSystem.from_uri(uri)
-    for path in paths:
-        try:
-            filesystem.delete_file(f"{root}/{path}")
-        except FileNotFoundError:
-            pass
 
 
 def _array_hash(array: pa.Array) -> np.ndarray:

@@ -6,6 +6,7 @@ files of a table in one Delta transaction (see `engine.tables.delta`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -66,10 +67,11 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
 
 
 def discard_files(folder: str, files: Iterable[DataFile]) -> None:
-    """Delete staged files under `folder` that will never be committed."""
+    """Delete files written under `folder` that will never be committed; a file already gone is fine."""
     for file in files:
         filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{file.path}")
-        filesystem.delete_file(path)
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)
 
 
 def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:

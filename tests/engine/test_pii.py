@@ -19,7 +19,7 @@ from engine.pipeline import Pipeline
 from engine.tables.layout import Layout
 from tests.conftest import RetailBuild
 from tests.engine.scan import findings
-from tests.features.conftest import REPO, RETAIL_END, copy_gold
+from tests.features.conftest import materialized_features
 
 KEY = PiiKey("v1", b"key-one")
 
@@ -103,14 +103,7 @@ def _landing_pii(root: Path) -> tuple[set[str], set[tuple[str, str]]]:
 @pytest.fixture(scope="module")
 def features_root(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The feature repository applied and materialized over a copy of the retail gold tables."""
-    from engine.features.materialize import materialize
-    from engine.features.repo import apply_repo, load_definitions, open_store
-
-    root = copy_gold(retail_build, tmp_path_factory.mktemp("pii-features"))
-    store = open_store(str(root), REPO)
-    apply_repo(store, load_definitions(REPO))
-    materialize(store, end=RETAIL_END)
-    return root
+    return materialized_features(retail_build, tmp_path_factory.mktemp("pii-features")).root
 
 
 def test_no_plaintext_personal_data_in_silver_gold_or_the_feature_store(

@@ -62,17 +62,22 @@ def copy_gold(build: RetailBuild, destination: Path) -> Path:
     return destination
 
 
-@pytest.fixture(scope="session")
-def retail_features(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> RetailFeatures:
-    """The `features/` repository applied over copied retail gold tables and materialized."""
+def materialized_features(build: RetailBuild, destination: Path) -> RetailFeatures:
+    """The `features/` repository applied over the retail gold tables copied to `destination`, materialized."""
     from engine.features.materialize import materialize
     from engine.features.repo import apply_repo, load_definitions, open_store
 
-    root = copy_gold(retail_build, tmp_path_factory.mktemp("retail-features"))
+    root = copy_gold(build, destination)
     store = open_store(str(root), REPO)
     apply_repo(store, load_definitions(REPO))
     materialize(store, end=RETAIL_END)
     return RetailFeatures(root, store)
+
+
+@pytest.fixture(scope="session")
+def retail_features(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> RetailFeatures:
+    """The `features/` repository applied over copied retail gold tables and materialized."""
+    return materialized_features(retail_build, tmp_path_factory.mktemp("retail-features"))
 
 
 def _require(host: str, port: int, service: str) -> None:
