@@ -213,7 +213,8 @@ class Runner:
                 values = self._ingest(definition, definition.source, run_id, run_started)
             else:
                 values = self._transform(definition, run_id, checks)
-            self._keep_pii_out_of_stats(definition, run_id)
+            if self._keep_pii_out_of_stats(definition, run_id) and values.get("output_version") is not None:
+                values["output_version"] = delta.latest_version(self.layout.table(definition.name))
         except EngineError as err:
             log.error("%s", err)
             return self._record(run_id, definition.name, "failed", started, error=str(err), checks=checks)
@@ -237,12 +238,15 @@ class Runner:
         return output.map_batches(pii.protect, fn_kwargs={"columns": dict(definition.pii), "key": key,
                                                           "table": definition.name}, batch_format="pyarrow")
 
-    def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> None:
-        """Keep the personal-data columns of the table and its change log out of Delta file statistics."""
-        if definition.pii:
-            metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
-            for uri in (self.layout.table(definition.name), self.layout.changes(definition.name)):
-                pii.keep_out_of_stats(uri, definition.pii, metadata)
+    def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> bool:
+        """Keep the personal-data columns of the table and its change log out of Delta file statistics; True
+        when that committed to the table (its run record then names that commit)."""
+        if not definition.pii:
+            return False
+        metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
+        altered = pii.keep_out_of_stats(self.layout.table(definition.name), definition.pii, metadata)
+        pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata)
+        return altered
 
     def _transaction(self, uri: str, table: str, suffix: str = "") -> Transaction:
         """The marker of this run's commit to `table` (or to its quarantine, with `suffix`): one
