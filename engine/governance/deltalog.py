@@ -18,6 +18,8 @@ from urllib.parse import unquote
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
+from engine.tables.files import OPEN_MAX
+
 LOG = "_delta_log"
 COMMIT = re.compile(r"^\d{20}\.json$")
 CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?(\.[0-9a-f-]+)?\.parquet$")
@@ -50,7 +52,9 @@ def logged_paths(uri: str) -> set[str]:
 
 def strip_stats(uri: str, paths: Collection[str] | None = None, columns: Collection[str] | None = None) -> int:
     """Remove statistics from the add actions of `paths` (every add action when None) in every commit file:
-    all of them, or only the min/max of `columns`. Returns how many commit files were rewritten."""
+    all of them, or only the min/max of `columns` (text bounds become ones that say nothing, since readers
+    that prune by statistics drop a file whose column has no bounds). Returns how many commit files were
+    rewritten."""
     filesystem, commits = _commits(uri)
     rewritten = 0
     for commit in commits:
@@ -79,9 +83,11 @@ def _without(stats: str, columns: Collection[str] | None) -> str | None:
     if columns is None:
         return None
     parsed = json.loads(stats)
-    for bound in ("minValues", "maxValues"):
+    for bound, blank in (("minValues", ""), ("maxValues", OPEN_MAX)):
         for column in columns:
-            parsed.get(bound, {}).pop(column, None)
+            value = parsed.get(bound, {}).pop(column, None)
+            if isinstance(value, str):
+                parsed[bound][column] = blank
     return json.dumps(parsed, separators=(",", ":"))
 
 

@@ -31,7 +31,7 @@ from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.distributed_merge import BUCKET_FILE
-from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
 from engine.tables.staging import discard_files
 
 OPERATION = "optimize"
@@ -148,7 +148,8 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
         return None, 0
     schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
     sized = storage.model_copy(update={"target_file_mb": max(1, target // 2**20)})
-    refs = [_rewrite_bucket.remote(uri, prefix, sized, schema, members, list(policy.z_order))
+    opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
+    refs = [_rewrite_bucket.remote(uri, prefix, sized, opaque, schema, members, list(policy.z_order))
             for prefix, members in work.items()]
     written: list[DataFile] = []
     failure: Exception | None = None
@@ -177,8 +178,8 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
 
 
 @ray.remote
-def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, schema: pa.Schema, paths: list[str],
-                    z_order: list[str]) -> list[DataFile]:
+def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, opaque: frozenset[str], schema: pa.Schema,
+                    paths: list[str], z_order: list[str]) -> list[DataFile]:
     """One bucket's files `paths` rewritten into files of the target size named with the bucket's `prefix`,
     rows in Z-order of `z_order` when given."""
     filesystem, root = pafs.FileSystem.from_uri(uri)
@@ -186,7 +187,7 @@ def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, schema: pa.
                         filesystem=filesystem).to_table()
     if z_order:
         rows = rows.take(pa.array(zorder_indices(rows, z_order)))
-    writer = RollingParquetWriter(uri, storage, prefix)
+    writer = RollingParquetWriter(uri, storage, prefix, opaque)
     try:
         for batch in rows.to_batches(max_chunksize=_SLICE_ROWS):
             writer.write(pa.Table.from_batches([batch], schema=schema))

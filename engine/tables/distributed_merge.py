@@ -53,7 +53,7 @@ from engine.tables.delta import (
     ensure_not_committed,
     table_exists,
 )
-from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
 from engine.tables.staging import discard_files
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,7 @@ class _MergeJob:
     transaction: Transaction | None
     pending: dict[int, _Rewrite] = field(default_factory=dict)
     reused: int = 0
+    opaque: frozenset[str] = frozenset()
 
     @property
     def properties(self) -> CommitProperties:
@@ -254,6 +255,7 @@ class _MergeJob:
         delta_table = DeltaTable(self.uri)
         ensure_not_committed(delta_table, self.transaction)
         schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
+        self.opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
         actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
         paths, sizes = actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
         layout = _Layout.recorded(self.kind.keys, paths, self.buckets)
@@ -308,7 +310,7 @@ class _MergeJob:
         self.pending, self.reused = kept, len(kept)
         todo = [b for b in inputs if b not in kept]
         pieces = self._split_loose(layout, schema, loose) if todo and loose else {}
-        refs = [_rewrite_bucket.remote(self.uri, layout.prefix(b), self.storage, schema, self.kind,
+        refs = [_rewrite_bucket.remote(self.uri, layout.prefix(b), self.storage, self.opaque, schema, self.kind,
                                        by_bucket.get(b, []), parts[b], *pieces.get(b, [])) for b in todo]
         failure: ray.exceptions.RayError | None = None
         for bucket, ref in zip(todo, refs):
@@ -364,6 +366,7 @@ def _rewrite_bucket(
     uri: str,
     prefix: str,
     storage: StorageSettings,
+    opaque: frozenset[str],
     schema: pa.Schema,
     kind: Merge,
     paths: list[str],
@@ -374,7 +377,7 @@ def _rewrite_bucket(
     at `paths` plus `pieces` of files outside the layout), streaming those batch by batch, and write the
     bucket's new files."""
     started = time.monotonic()
-    writer = RollingParquetWriter(uri, storage, prefix)
+    writer = RollingParquetWriter(uri, storage, prefix, opaque)
     matcher = _Matcher(_conform(to_storage(_latest_per_key(changes, kind)), schema), schema, kind)
     scan_s = 0.0
     try:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -14,7 +17,23 @@ import pyarrow.parquet as pq
 
 from engine.config import StorageSettings
 
-_STATS_TYPES = (pa.types.is_integer, pa.types.is_date)
+STATS_PROPERTY = "delta.dataSkippingStatsColumns"
+STRING_BOUND_CHARS = 32
+OPEN_MAX = "\U0010ffff"
+"""The greatest code point: a string upper bound no text exceeds."""
+_BOUNDED = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_date,
+            pa.types.is_timestamp, pa.types.is_string, pa.types.is_large_string, pa.types.is_boolean)
+_TEXT = (pa.types.is_string, pa.types.is_large_string)
+
+
+def opaque_columns(configuration: Mapping[str, str], names: Iterable[str]) -> frozenset[str]:
+    """The columns a table keeps out of its statistics: those its `delta.dataSkippingStatsColumns` property
+    does not list (none when the property is not set)."""
+    listed = configuration.get(STATS_PROPERTY)
+    if listed is None:
+        return frozenset()
+    kept = set(listed.split(","))
+    return frozenset(name for name in names if name not in kept)
 
 
 @dataclass(frozen=True)
@@ -40,8 +59,15 @@ class DataFile:
 
 @dataclass
 class _FileStats:
-    """Delta statistics accumulated over the tables written to one file."""
+    """Delta statistics accumulated over the tables written to one file.
 
+    Every column of a type Delta bounds gets a minimum and a maximum: a reader that prunes files by
+    statistics (deltalake's `to_pyarrow_dataset`) treats a missing bound as null and drops the file from any
+    filter on that column. Text is bounded by its first 32 characters (the maximum then followed by the
+    greatest code point); `opaque` columns (kept out of statistics) get bounds that say nothing.
+    """
+
+    opaque: frozenset[str] = frozenset()
     num_rows: int = 0
     null_count: dict[str, int] = field(default_factory=dict)
     min_values: dict[str, object] = field(default_factory=dict)
@@ -51,15 +77,27 @@ class _FileStats:
         self.num_rows += table.num_rows
         for name, column in zip(table.column_names, table.columns):
             self.null_count[name] = self.null_count.get(name, 0) + column.null_count
-            if column.null_count == len(column) or not any(is_type(column.type) for is_type in _STATS_TYPES):
+            if column.null_count == len(column) or not any(is_type(column.type) for is_type in _BOUNDED):
+                continue
+            text = any(is_type(column.type) for is_type in _TEXT)
+            if name in self.opaque:
+                if text:
+                    self.min_values[name], self.max_values[name] = "", OPEN_MAX
                 continue
             extremes = pc.min_max(column)
             low, high = extremes["min"].as_py(), extremes["max"].as_py()
+            if isinstance(low, float) and (math.isnan(low) or math.isnan(high)):
+                continue
+            if text and len(high) > STRING_BOUND_CHARS:
+                high = high[:STRING_BOUND_CHARS] + OPEN_MAX
+            low = low[:STRING_BOUND_CHARS] if text else low
             self.min_values[name] = min(self.min_values.get(name, low), low)
             self.max_values[name] = max(self.max_values.get(name, high), high)
 
     def to_json(self) -> str:
         def plain(value: object) -> object:
+            if isinstance(value, Decimal):
+                return float(value)
             return value.isoformat() if hasattr(value, "isoformat") else value
 
         return json.dumps({
@@ -79,16 +117,21 @@ class RollingParquetWriter:
         folder: absolute path or URI of the table folder.
         storage: compression and target file size.
         prefix: start of every file name (e.g. a run id).
+        opaque: columns kept out of the statistics (see `opaque_columns`).
     """
 
     folder: str
     storage: StorageSettings
     prefix: str
+    opaque: frozenset[str] = frozenset()
     written: list[DataFile] = field(default_factory=list)
     _writer: pq.ParquetWriter | None = None
     _sink: pa.NativeFile | None = None
     _name: str = ""
-    _stats: _FileStats = field(default_factory=_FileStats)
+    _stats: _FileStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._stats = _FileStats(self.opaque)
 
     def write(self, table: pa.Table) -> None:
         """Append `table` (already in storage types) to the current file."""
@@ -125,7 +168,7 @@ class RollingParquetWriter:
                 schema=schema,
             )
         )
-        self._stats = _FileStats()
+        self._stats = _FileStats(self.opaque)
         return self.written
 
     def _open(self, schema: pa.Schema) -> None:

@@ -20,7 +20,7 @@ from deltalake.transaction import AddAction, RemoveAction, Transaction
 from engine.arrow import unify
 from engine.config import StorageSettings
 from engine.tables import delta
-from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ def replace_slice(
     delta.ensure_not_committed(snapshot, transaction)
     candidates, skipped = _candidates(snapshot, where)
     schema = pa.schema(snapshot.schema().to_arrow())
-    rewrites = ray.get([_without_slice.remote(uri, path, schema, where.selector, storage, prefix)
+    opaque = opaque_columns(snapshot.metadata().configuration, schema.names)
+    rewrites = ray.get([_without_slice.remote(uri, path, schema, where.selector, storage, prefix, opaque)
                         for path in candidates])
     touched = [(path, result) for path, result in zip(candidates, rewrites) if result is not None]
     actions = pa.table(snapshot.get_add_actions(flatten=True))
@@ -128,7 +129,8 @@ def _candidates(snapshot: DeltaTable, where: Slice) -> tuple[list[str], int]:
 
 @ray.remote
 def _without_slice(
-    uri: str, path: str, schema: pa.Schema, selector: pc.Expression, storage: StorageSettings, prefix: str
+    uri: str, path: str, schema: pa.Schema, selector: pc.Expression, storage: StorageSettings, prefix: str,
+    opaque: frozenset[str],
 ) -> tuple[list[DataFile], int] | None:
     """The file rewritten without the slice's rows, and how many it held; None when it held none."""
     file = pads.dataset(f"{uri}/{path}", schema=schema, format="parquet")
@@ -137,6 +139,6 @@ def _without_slice(
     selected = pc.sum(mask).as_py() or 0
     if selected == 0:
         return None
-    writer = RollingParquetWriter(uri, storage, prefix)
+    writer = RollingParquetWriter(uri, storage, prefix, opaque)
     writer.write(rows.filter(pc.invert(mask)))
     return writer.close(), selected

@@ -103,6 +103,7 @@ class Stager:
         table: the table's name, for check results.
         quality: row-level checks applied to every batch.
         reference_keys: key values of referenced tables, for reference checks.
+        opaque: columns kept out of file statistics (personal data).
     """
 
     data_folder: str
@@ -112,13 +113,14 @@ class Stager:
     table: str = ""
     quality: Quality | None = None
     reference_keys: dict[str, pa.Array] = field(default_factory=dict)
+    opaque: frozenset[str] = frozenset()
 
     def write(self, tables: Iterable[pa.Table], task: int) -> StagedFiles:
         """Stage `tables`, the batches of one task numbered `task` (which names its files). An empty batch has
         nothing to check or write, and may lack columns: Ray Data hands functions of empty inputs such batches."""
         prefix = f"{self.run_id}-{task:05d}"
-        data = RollingParquetWriter(self.data_folder, self.storage, prefix)
-        quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix)
+        data = RollingParquetWriter(self.data_folder, self.storage, prefix, self.opaque)
+        quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix, self.opaque)
         checks: list[CheckResult] = []
         for table in tables:
             if table.num_rows == 0:

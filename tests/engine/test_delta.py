@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
@@ -48,7 +49,7 @@ def ids(*values: int | None) -> pa.Array:
 # Parquet files and their statistics
 
 
-def test_writer_stats_for_int_and_date_columns(tmp_path: Path) -> None:
+def test_writer_stats_bound_every_column_delta_bounds(tmp_path: Path) -> None:
     first = pa.table({"id": ids(5, 2), "day": pa.array([dt.date(2026, 1, 3), None]),
                       "name": pa.array(["b", None])})
     second = pa.table({"id": ids(9, 1), "day": pa.array([dt.date(2026, 1, 1), dt.date(2026, 2, 1)]),
@@ -57,14 +58,38 @@ def test_writer_stats_for_int_and_date_columns(tmp_path: Path) -> None:
     stats = json.loads(file.stats)
     assert stats["numRecords"] == 4
     assert stats["nullCount"] == {"id": 0, "day": 1, "name": 2}
-    assert stats["minValues"] == {"id": 1, "day": "2026-01-01"}
-    assert stats["maxValues"] == {"id": 9, "day": "2026-02-01"}
+    assert stats["minValues"] == {"id": 1, "day": "2026-01-01", "name": "a"}
+    assert stats["maxValues"] == {"id": 9, "day": "2026-02-01", "name": "b"}
     assert file.num_rows == 4
     assert file.path.startswith("part-run-") and file.path.endswith(".zstd.parquet")
     on_disk = tmp_path / file.path
     assert file.size == on_disk.stat().st_size
     assert pq.read_table(on_disk).column("id").to_pylist() == [5, 2, 9, 1]
     assert file.schema.equals(pq.read_schema(on_disk).remove_metadata())
+
+
+def test_filters_through_deltalake_see_every_matching_row(tmp_path: Path) -> None:
+    """deltalake's dataset turns a missing bound into a null one and prunes the file from any filter on that
+    column, so every column must be bounded; long text by its prefix, opaque columns by bounds that say
+    nothing."""
+    long = "x" * 40
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    table = pa.table({"id": ids(1, 2, 3), "name": ["a", long + "z", None], "price": [1.5, float("nan"), 2.5],
+                      "at": pa.array([when, None, when], UTC_US), "ok": [True, False, None],
+                      "amount": pa.array([1, 2, 3], pa.decimal128(10, 2)), "email": ["ann@x", "bob@y", None]})
+    writer = RollingParquetWriter(str(tmp_path), STORAGE, "run", opaque=frozenset({"email"}))
+    writer.write(to_storage(table))
+    [file] = writer.close()
+    delta.commit_files(str(tmp_path), [file], mode="append", metadata={})
+    stats = json.loads(file.stats)
+    assert stats["maxValues"]["name"] == "x" * 32 + "\U0010ffff"
+    assert (stats["minValues"]["email"], stats["maxValues"]["email"]) == ("", "\U0010ffff")
+    dataset = DeltaTable(str(tmp_path)).to_pyarrow_dataset()
+    for condition, expected in ((pc.field("name") == long + "z", [2]), (pc.field("price") == 2.5, [3]),
+                                (pc.field("at") == pa.scalar(when, UTC_US), [1, 3]), (pc.field("ok") == False, [2]),
+                                (pc.field("amount") > pa.scalar(1, pa.decimal128(10, 2)), [2, 3]),
+                                (pc.field("email") == "bob@y", [2])):
+        assert sorted(dataset.to_table(filter=condition).column("id").to_pylist()) == expected, condition
 
 
 def test_writer_all_null_column_has_no_min_max(tmp_path: Path) -> None:
@@ -78,7 +103,7 @@ def test_writer_rolls_over_on_schema_change(tmp_path: Path) -> None:
     files = staged(str(tmp_path), pa.table({"id": ids(1, 2)}), pa.table({"id": ids(3)}),
                    pa.table({"id": ids(4), "extra": pa.array(["x"])}))
     assert [f.num_rows for f in files] == [3, 1]
-    assert [json.loads(f.stats)["maxValues"] for f in files] == [{"id": 3}, {"id": 4}]
+    assert [json.loads(f.stats)["maxValues"] for f in files] == [{"id": 3}, {"id": 4, "extra": "x"}]
     assert files[0].schema.names == ["id"] and files[1].schema.names == ["id", "extra"]
     assert len({f.path for f in files}) == 2
     schema = data_schema(files)
