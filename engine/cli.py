@@ -21,6 +21,9 @@ from engine.capacity import reserved_capacity
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
+from engine.governance.access import authorize
+from engine.governance.encryption import decrypt_columns, encrypted_columns
+from engine.governance.secrets import column_key
 from engine.maintenance.due import Done, run_due_maintenance
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
@@ -28,7 +31,7 @@ from engine.recovery import restore_before_run, restore_table
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
-from engine.status import table_history, table_statuses
+from engine.status import list_tables, table_history, table_statuses
 from engine.tables.delta import last_commit_value, open_table
 from engine.tables.layout import Layout
 from engine.tables.timetravel import parse_as_of, version_as_of
@@ -243,9 +246,11 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
 def restore(ctx: click.Context, table: str | None, version: int | None, timestamp: str | None, run_id: str | None,
             reason: str) -> None:
     """Return TABLE to --version or --timestamp, or every table to its state before --before-run, as new commits."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
     if (table is None) == (run_id is None) or (table is not None and (version is None) == (timestamp is None)):
         raise EngineError("give either TABLE --version N, or --before-run RUN_ID, or TABLE --timestamp ISO-TIME")
+    authorize(settings.access, "manage", [table] if table else list_tables(layout), "a restore")
     if run_id is not None:
         restored = restore_before_run(layout, run_id, reason=reason)
     else:
@@ -328,7 +333,9 @@ def _print_status(settings: Settings, as_of: datetime | None = None) -> None:
 @_reported
 def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> None:
     """Versions of TABLE with the run that wrote each, the operation and the row count."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    settings = _settings(ctx)
+    authorize(settings.access, "read", [table], "`medallion history`")
+    layout = Layout.at(settings.storage.root)
     uri = layout.location(table)
     newest = version_as_of(uri, table, as_of)
     view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
@@ -345,14 +352,23 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
 @click.argument("table")
 @click.option("--as-of", "as_of", default=None, help="Version number or ISO-8601 time to read TABLE as of.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to print.")
+@click.option("--decrypt", is_flag=True, help="Decrypt encrypted columns with the column-encryption key.")
 @click.pass_context
 @_reported
-def show(ctx: click.Context, table: str, as_of: str | None, limit: int) -> None:
-    """Print rows of TABLE (a layer table or `quarantine.<layer>.<name>`), as of a version or time."""
-    layout = Layout.at(_settings(ctx).storage.root)
+def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt: bool) -> None:
+    """Print rows of TABLE (a layer table or `quarantine.<layer>.<name>`), as of a version or time; encrypted
+    columns show as bytes, or as text with --decrypt."""
+    settings = _settings(ctx)
+    authorize(settings.access, "read", [table], "`medallion show`")
+    layout = Layout.at(settings.storage.root)
     uri = layout.location(table)
     version = version_as_of(uri, table, as_of)
-    rows = open_table(uri, table, version).to_pyarrow_dataset().head(limit)
+    stored = open_table(uri, table, version)
+    rows = stored.to_pyarrow_dataset().head(limit)
+    encrypted = encrypted_columns(stored.metadata().configuration) if decrypt else {}
+    if encrypted:
+        key = column_key(settings.encryption, f"`medallion show {table} --decrypt`")
+        rows = decrypt_columns(rows, encrypted, key, table)
     view = Table()
     for name in rows.column_names:
         view.add_column(name)
@@ -392,7 +408,9 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
 
 from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
+from engine.governance.access_cli import access  # noqa: E402
 from engine.governance.cli import audit, erase  # noqa: E402
+from engine.lineage.cli import lineage  # noqa: E402
 from engine.maintenance.cli import backup, maintain  # noqa: E402
 from engine.training.cli import score, train  # noqa: E402
 
@@ -404,6 +422,8 @@ main.add_command(maintain)
 main.add_command(backup)
 main.add_command(erase)
 main.add_command(audit)
+main.add_command(access)
+main.add_command(lineage)
 
 
 if __name__ == "__main__":

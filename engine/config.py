@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,15 @@ class PiiSettings(_Section):
     local_key: bool = True
 
 
+class EncryptionSettings(_Section):
+    """The key that encrypts columns declared `encrypt` (`docs/governance.md`): `key` (env
+    `MEDALLION__ENCRYPTION__KEY`, or `MEDALLION_ENCRYPTION_KEY`) or a secret file `key_file`; there is no
+    development fallback."""
+
+    key: SecretStr | None = None
+    key_file: str | None = None
+
+
 class MaintenanceSettings(_Section):
     """When tables are compacted and vacuumed after runs, and how long files a table no longer references are
     kept, by layer (`quarantine` for quarantine tables; `default_retention_hours` for any other)."""
@@ -81,6 +90,47 @@ class MaintenanceSettings(_Section):
     max_small_files: int = Field(default=32, gt=1)
     vacuum_every_hours: float = Field(default=24.0, gt=0)
     after_runs: bool = True
+
+
+class LineageSettings(_Section):
+    """Where OpenLineage events of table runs go: `file` (JSON lines, default
+    `<root>/_meta/lineage/events.jsonl`), `http` (an OpenLineage endpoint such as Marquez at `url`, with an
+    optional `api_key`), `console` (the log) or `none`."""
+
+    transport: Literal["file", "http", "console", "none"] = "file"
+    path: str | None = None
+    url: SecretStr | None = None
+    api_key: SecretStr | None = None
+    namespace: str = "medallion"
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class RoleGrant(_Section):
+    """What one role may do: resource patterns (`silver.*`, `gold.daily_revenue`, `landing.*`,
+    `quarantine.*`, `features.*`, `*`) it may read, write and manage (maintain, restore, erase)."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    manage: tuple[str, ...] = ()
+
+
+class AccessSettings(_Section):
+    """Roles and who has them (`docs/governance.md`). Off (`enforce: false`) everyone may do everything;
+    on, an actor (`$MEDALLION_ACTOR`, else the OS user) has the roles `members` lists for it, else
+    `default_roles`, and every read, write and maintenance operation is checked against them."""
+
+    enforce: bool = False
+    roles: dict[str, RoleGrant] = {}
+    members: dict[str, tuple[str, ...]] = {}
+    default_roles: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> AccessSettings:
+        given = {role for roles in [*self.members.values(), self.default_roles] for role in roles}
+        unknown = sorted(given - set(self.roles))
+        if unknown:
+            raise ValueError(f"roles {unknown} are given to actors but not declared under `access.roles`")
+        return self
 
 
 class Settings(BaseSettings):
@@ -98,7 +148,10 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     training: TrainingSettings = TrainingSettings()
     pii: PiiSettings = PiiSettings()
+    encryption: EncryptionSettings = EncryptionSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    access: AccessSettings = AccessSettings()
+    lineage: LineageSettings = LineageSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -79,6 +79,11 @@ class GovernanceError(EngineError):
     personal-data column missing from a table, a landing file that cannot be rewritten."""
 
 
+class AccessDenied(GovernanceError):
+    """The acting principal's roles do not allow an operation on a table, quarantine, landing folder or feature
+    view (`access` settings)."""
+
+
 class FeatureStoreError(EngineError):
     """The feature store was misconfigured or misused: unknown feature, view or entity, unreadable source
     table, or materialization that did not leave the online store as intended.

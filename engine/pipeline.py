@@ -49,7 +49,8 @@ class TableDefinition:
         subject: the column holding the data subject's id (e.g. `customer_id`); `medallion erase` removes a
             subject's rows from the table, its quarantine and change log through it.
         pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
-            HMAC-SHA256) or `mask`; they are also kept out of the Delta file statistics.
+            HMAC-SHA256), `mask` or `encrypt` (AES-256-CTR + HMAC, readable with the key); they are also kept
+            out of the Delta file statistics.
     """
 
     name: str
@@ -126,7 +127,7 @@ class Pipeline:
             description: defaults to the function's docstring.
             maintenance: z-order columns, compacted file size and compaction interval.
             subject: the column holding the data subject's id, for erasure.
-            pii: personal-data columns, `{"email": "tokenize", "first_name": "mask"}`.
+            pii: personal-data columns, `{"email": "tokenize", "first_name": "mask", "phone": "encrypt"}`.
         """
         check_declaration(name, pii or {})
 

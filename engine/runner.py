@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,9 +35,10 @@ from engine.errors import (
     QualityFailed,
     SchemaEvolutionError,
 )
-from engine.governance import pii
+from engine.governance import access, pii
 from engine.governance.actor import audit_fields
-from engine.governance.secrets import pii_key
+from engine.governance.encryption import ColumnKey
+from engine.governance.secrets import column_key, pii_key
 from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
@@ -140,10 +141,12 @@ class Runner:
         self.force = force or full_refresh
         self.full_refresh = full_refresh
         definitions = self.pipeline.resolve()
+        selected = self.pipeline.select(select)
+        self._authorize([definitions[name] for name in selected])
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         started = datetime.now(UTC)
         not_built: set[str] = set()
-        for name in self.pipeline.select(select):
+        for name in selected:
             if stop is not None and stop():
                 result.stopped = True
                 break
@@ -161,6 +164,7 @@ class Runner:
             result.records.append(record)
             self.on_record(record)
         _remove_empty_folders(self.layout.run_staging(result.run_id))
+        self._send_lineage(definitions, result.records)
         return result
 
     def backfill(self, table: str, start: dt.date, end: dt.date, run_id: str | None = None) -> RunResult:
@@ -176,6 +180,7 @@ class Runner:
             raise PipelineDefinitionError(f"pipeline `{self.pipeline.name}` has no derived table `{table}`",
                                           table=table)
         self._time_column(definition)
+        self._authorize([definition])
         if start > end:
             raise PipelineDefinitionError(f"backfill of `{table}`: --from {start} is after --to {end}", table=table)
         self.force, self.full_refresh, self.window = True, False, (start, end)
@@ -187,7 +192,28 @@ class Runner:
         append_records(self.layout.runs(), [record])
         result.records.append(record)
         self.on_record(record)
+        self._send_lineage({table: definition}, result.records)
         return result
+
+    def _authorize(self, definitions: list[TableDefinition]) -> None:
+        """Refuse the run before anything is read unless the actor may write every table it builds and read
+        every table and landing folder those read."""
+        purpose = f"a run of pipeline `{self.pipeline.name}`"
+        reads = [name for d in definitions for name in d.dependencies]
+        reads += [access.landing_of(d.source.directory) for d in definitions if d.source is not None]
+        access.authorize(self.settings.access, "write", [d.name for d in definitions], purpose)
+        access.authorize(self.settings.access, "read", reads, purpose)
+
+    def _send_lineage(self, definitions: Mapping[str, TableDefinition], records: list[RunRecord]) -> None:
+        """OpenLineage events of the tables built, with the landing files each ingested table took in."""
+        if self.settings.lineage.transport == "none":
+            return
+        from engine.lineage import events as lineage_events  # the OpenLineage client takes a second to import
+
+        landing = {r.table: [f"landing/{definitions[r.table].source.directory}/{name}"
+                             for name in files_ingested_by(self.layout.table(r.table), r.table, r.run_id)]
+                   for r in records if definitions[r.table].source is not None and r.output_version is not None}
+        lineage_events.emit(self.settings.lineage, self.layout, records, landing)
 
     def _report_quality(self, run_id: str, record: RunRecord) -> None:
         """Keep the table's check results and alert on degradations against earlier runs."""
@@ -230,13 +256,23 @@ class Runner:
                 | audit_fields(self._operation, self.reason) | extra)
 
     def _protected(self, definition: TableDefinition, output: ray.data.Dataset) -> ray.data.Dataset:
-        """The table's rows with its personal-data columns tokenized or masked as declared."""
+        """The table's rows with its personal-data columns tokenized, masked or encrypted as declared."""
         if not definition.pii:
             return output
         key = pii_key(self.settings.pii, f"table `{definition.name}` (personal-data columns "
                                          f"{', '.join(f'`{c}`' for c in definition.pii)})", self.layout.root)
         return output.map_batches(pii.protect, fn_kwargs={"columns": dict(definition.pii), "key": key,
-                                                          "table": definition.name}, batch_format="pyarrow")
+                                                          "table": definition.name,
+                                                          "column_key": self._column_key(definition)},
+                                  batch_format="pyarrow")
+
+    def _column_key(self, definition: TableDefinition) -> ColumnKey | None:
+        """The column-encryption key, when the table declares a column `encrypt`."""
+        encrypted = [column for column, action in definition.pii.items() if action == "encrypt"]
+        if not encrypted:
+            return None
+        return column_key(self.settings.encryption, f"table `{definition.name}` (encrypted columns "
+                                                    f"{', '.join(f'`{c}`' for c in encrypted)})")
 
     def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> bool:
         """Keep the personal-data columns of the table and its change log out of Delta file statistics; True
@@ -244,8 +280,10 @@ class Runner:
         if not definition.pii:
             return False
         metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
-        altered = pii.keep_out_of_stats(self.layout.table(definition.name), definition.pii, metadata)
-        pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata)
+        key = self._column_key(definition)
+        encrypted = {c: key.key_id for c, action in definition.pii.items() if action == "encrypt"} if key else {}
+        altered = pii.keep_out_of_stats(self.layout.table(definition.name), definition.pii, metadata, encrypted)
+        pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata, encrypted)
         return altered
 
     def _transaction(self, uri: str, table: str, suffix: str = "") -> Transaction:
@@ -523,7 +561,7 @@ class Runner:
     def _stager(self, definition: TableDefinition, run_id: str, folder: str,
                 reference_keys: dict[str, pa.Array] | None = None) -> Stager:
         return Stager(folder, self.layout.quarantine(definition.name), self.settings.storage, run_id,
-                      definition.name, definition.quality, reference_keys or {})
+                      definition.name, definition.quality, reference_keys or {}, frozenset(definition.pii))
 
 
 def _only_keys(dataset: ray.data.Dataset, keys: pa.Table) -> tuple[ray.data.Dataset, int]:
@@ -588,6 +626,13 @@ def ingested_files(uri: str, table: str) -> dict[str, list[Any]]:
         for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []:
             seen.setdefault(fingerprint[0], fingerprint)
     return seen
+
+
+def files_ingested_by(uri: str, table: str, run_id: str) -> list[str]:
+    """Names of the landing files the commits of run `run_id` ingested into the table."""
+    return [fingerprint[0] for commit in delta.history(uri, table)
+            if delta.commit_info_value(commit, "run_id") == run_id
+            for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []]
 
 
 def _new_files(

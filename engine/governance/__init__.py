@@ -1,1 +1,2 @@
-"""Data governance: personal-data tokenization, GDPR erasure, the audit trail and secret handling."""
+"""Data governance: personal-data tokenization and column encryption, GDPR erasure, the audit trail and
+secret handling."""

@@ -23,6 +23,7 @@ import ray
 
 from engine.config import Settings
 from engine.governance import deltalog, pii
+from engine.governance.access import authorize
 from engine.governance.actor import audit_fields
 from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
@@ -133,14 +134,16 @@ def erase_subject(
     Raises:
         GovernanceError: no personal-data key is configured (the audit needs it), or a landing file cannot be
             rewritten.
+        AccessDenied: the actor may not manage every table the subject's rows are in.
     """
     layout = Layout.at(settings.storage.root)
     report = ErasureReport(new_run_id(), subject_hash(settings, subject_id))
     audit = audit_fields("erase", reason)
     started = datetime.now(UTC)
+    found = targets(layout, pipelines)
+    authorize(settings.access, "manage", [t.name for t in found], "an erasure")
     fingerprints = _erase_landing(layout, pipelines, subject_id, report)
     records = []
-    found = targets(layout, pipelines)
     for target in found:
         metadata = {"run_id": report.run_id, "pipeline": target.pipeline, "table": target.name,
                     "subject": report.subject} | audit

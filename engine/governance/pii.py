@@ -1,4 +1,5 @@
-"""Personal data columns: tokenized with a keyed HMAC-SHA256 or masked, whole batches at a time.
+"""Personal data columns: tokenized with a keyed HMAC-SHA256, masked or encrypted (`encryption.py`), whole
+batches at a time.
 
 A token is `<key version>:<first 32 hex digits of HMAC-SHA256(key, value)>`: deterministic for one key
 version (joins and distinct counts still work), different for another. The HMAC runs inside DuckDB over
@@ -19,15 +20,16 @@ from deltalake import DeltaTable
 
 from engine.columns import RESCUED_DATA
 from engine.errors import GovernanceError, PipelineDefinitionError
-from engine.governance import deltalog
+from engine.governance import deltalog, encryption
+from engine.governance.encryption import ColumnKey
 from engine.governance.secrets import PiiKey
 from engine.tables import delta
+from engine.tables.files import STATS_PROPERTY
 
-PiiAction = Literal["tokenize", "mask"]
-ACTIONS: tuple[str, ...] = ("tokenize", "mask")
+PiiAction = Literal["tokenize", "mask", "encrypt"]
+ACTIONS: tuple[str, ...] = ("tokenize", "mask", "encrypt")
 TOKEN_DIGITS = 32
 MASK = "***"
-STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 _BLOCK = 64
 
 
@@ -35,7 +37,7 @@ def check_declaration(table: str, pii: Mapping[str, str]) -> None:
     """Raise when a table declares an unknown action for a personal-data column.
 
     Raises:
-        PipelineDefinitionError: an action other than `tokenize` or `mask`.
+        PipelineDefinitionError: an action other than `tokenize`, `mask` or `encrypt`.
     """
     for column, action in pii.items():
         if action not in ACTIONS:
@@ -66,13 +68,20 @@ def mask(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.binary_join_element_wise(pc.utf8_slice_codeunits(text, 0, 1), pa.scalar(MASK), "")
 
 
-def protect(batch: pa.Table, columns: Mapping[str, str], key: PiiKey, table: str = "") -> pa.Table:
-    """`batch` with each personal-data column tokenized or masked as declared, and the raw text of
-    unparseable records (`_rescued_data`, bound for quarantine) tokenized, since it may hold any of them.
+def protect(batch: pa.Table, columns: Mapping[str, str], key: PiiKey, table: str = "",
+            column_key: ColumnKey | None = None) -> pa.Table:
+    """`batch` with each personal-data column tokenized, masked or encrypted (with `column_key`, as binary) as
+    declared, and the raw text of unparseable records (`_rescued_data`, bound for quarantine) tokenized, since
+    it may hold any of them.
 
     Raises:
-        GovernanceError: a declared column is not in a batch that has rows.
+        GovernanceError: a declared column is not in a batch that has rows, or one is declared `encrypt` and
+            no `column_key` is given.
     """
+    encrypted = [column for column, action in columns.items() if action == "encrypt"]
+    if encrypted and column_key is None:
+        raise GovernanceError(f"table `{table}` declares {', '.join(f'`{c}`' for c in encrypted)} `encrypt`, and "
+                              "no column-encryption key was given", table=table)
     for column, action in columns.items():
         if column not in batch.column_names:
             if batch.num_rows == 0:
@@ -80,14 +89,23 @@ def protect(batch: pa.Table, columns: Mapping[str, str], key: PiiKey, table: str
             raise GovernanceError(f"table `{table}` declares personal-data column `{column}`, which its rows "
                                   f"lack (columns: {', '.join(batch.column_names)}); fix the `pii` declaration",
                                   table=table)
-        values = batch.column(column)
-        protected = tokenize(values, key) if action == "tokenize" else mask(values)
         index = batch.column_names.index(column)
-        batch = batch.set_column(index, pa.field(column, pa.string()), protected)
+        batch = batch.set_column(index, *_protected(batch.column(index), column, action, key, column_key))
     if columns and RESCUED_DATA in batch.column_names:
         index = batch.column_names.index(RESCUED_DATA)
         batch = batch.set_column(index, pa.field(RESCUED_DATA, pa.string()), tokenize(batch.column(index), key))
     return batch
+
+
+def _protected(values: pa.ChunkedArray, column: str, action: str, key: PiiKey,
+               column_key: ColumnKey | None) -> tuple[pa.Field, pa.Array]:
+    """The field and values of a personal-data column protected by `action`."""
+    if action == "tokenize":
+        return pa.field(column, pa.string()), tokenize(values, key)
+    if action == "mask":
+        return pa.field(column, pa.string()), mask(values)
+    assert column_key is not None
+    return pa.field(column, pa.binary()), encryption.encrypt(values, column_key)
 
 
 def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
@@ -96,19 +114,29 @@ def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
     return ",".join(name for name in schema.names if name not in excluded)
 
 
-def keep_out_of_stats(uri: str, personal: Collection[str], metadata: dict[str, Any]) -> bool:
+def keep_out_of_stats(uri: str, personal: Collection[str], metadata: dict[str, Any],
+                      encrypted: Mapping[str, str] | None = None) -> bool:
     """Make the table at `uri` leave `personal` columns out of the statistics of the files it gets from now
-    on (`delta.dataSkippingStatsColumns`, a commit carrying `metadata`), and strip their min/max from the
-    files already logged. Does nothing when the table is missing or already set; True when it set it."""
+    on (`delta.dataSkippingStatsColumns`), and strip their min/max from the files already logged; record the
+    `encrypted` columns (column: key id) in `medallion.encryptedColumns`, both in one commit carrying
+    `metadata`. Does nothing when the table is missing or already set; True when it set it."""
     if not delta.table_exists(uri):
         return False
     table = DeltaTable(uri)
     schema = pa.schema(table.schema().to_arrow())
     present = [c for c in personal if c in schema.names]
-    wanted = stats_columns(schema, present)
-    if not present or table.metadata().configuration.get(STATS_PROPERTY) == wanted:
+    current = table.metadata().configuration
+    wanted = {STATS_PROPERTY: stats_columns(schema, present),
+              encryption.ENCRYPTED_PROPERTY: encryption.describe(
+                  {c: key_id for c, key_id in (encrypted or {}).items() if c in schema.names})}
+    if not wanted[encryption.ENCRYPTED_PROPERTY] and encryption.ENCRYPTED_PROPERTY not in current:
+        del wanted[encryption.ENCRYPTED_PROPERTY]
+    changed = {name: value for name, value in wanted.items() if current.get(name) != value}
+    if not present or not changed:
         return False
-    table.alter.set_table_properties({STATS_PROPERTY: wanted}, commit_properties=delta.commit_metadata(metadata))
-    deltalog.strip_stats(uri, columns=present)
-    deltalog.refresh_checkpoints(uri)
+    table.alter.set_table_properties(changed, raise_if_not_exists=False,
+                                     commit_properties=delta.commit_metadata(metadata))
+    if STATS_PROPERTY in changed:
+        deltalog.strip_stats(uri, columns=present)
+        deltalog.refresh_checkpoints(uri)
     return True

@@ -8,10 +8,12 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.config import PiiSettings
+from engine.config import EncryptionSettings, PiiSettings
 from engine.errors import GovernanceError
+from engine.governance.encryption import ColumnKey
 
 PII_KEY_ENV = "MEDALLION_PII_KEY"
+ENCRYPTION_KEY_ENV = "MEDALLION_ENCRYPTION_KEY"
 LOCAL_KEY_FILE = "_meta/secrets/pii.key"
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ class PiiKey:
     secret: bytes = field(repr=False)
 
 
-def read_secret_file(path: str) -> str:
+def read_secret_file(path: str, setting: str = "pii.key_file") -> str:
     """The content of a secret file, stripped of surrounding whitespace.
 
     Raises:
@@ -38,7 +40,7 @@ def read_secret_file(path: str) -> str:
     try:
         value = Path(path).read_text(encoding="utf-8").strip()
     except OSError as err:
-        raise GovernanceError(f"cannot read secret file `{path}` ({err.strerror}); fix `pii.key_file`",
+        raise GovernanceError(f"cannot read secret file `{path}` ({err.strerror}); fix `{setting}`",
                               path=path) from None
     if not value:
         raise GovernanceError(f"secret file `{path}` is empty; write the key into it", path=path)
@@ -66,6 +68,24 @@ def pii_key(settings: PiiSettings, needed_by: str, root: str | None = None) -> P
             f"{needed_by} needs the personal-data key, and none is set; set {PII_KEY_ENV} (or "
             "MEDALLION__PII__KEY), or point `pii.key_file` at a secret file")
     return PiiKey(settings.key_version, value.encode())
+
+
+def column_key(settings: EncryptionSettings, needed_by: str) -> ColumnKey:
+    """The column-encryption key: `encryption.key` (env `MEDALLION__ENCRYPTION__KEY`), else
+    `$MEDALLION_ENCRYPTION_KEY`, else the secret file `encryption.key_file`. There is no development key:
+    data encrypted with a key nobody keeps could never be read back.
+
+    Raises:
+        GovernanceError: no key is configured; the message names `needed_by` (the table or operation).
+    """
+    value = settings.key.get_secret_value() if settings.key is not None else os.environ.get(ENCRYPTION_KEY_ENV, "")
+    if not value and settings.key_file:
+        value = read_secret_file(settings.key_file, "encryption.key_file")
+    if not value:
+        raise GovernanceError(
+            f"{needed_by} needs the column-encryption key, and none is set; set {ENCRYPTION_KEY_ENV} (or "
+            "MEDALLION__ENCRYPTION__KEY), or point `encryption.key_file` at a secret file")
+    return ColumnKey.from_secret(value)
 
 
 def _local_key_file(root: str) -> Path:

@@ -11,6 +11,7 @@ from rich.table import Table
 from engine.cli import _reported, _settings, console
 from engine.entrypoints import load_pipeline
 from engine.errors import EngineError, MaintenanceError
+from engine.governance.access import authorize
 from engine.maintenance.backup import backup as take_backup
 from engine.maintenance.backup import restore_backup, verify_backup
 from engine.maintenance.optimize import optimize_table
@@ -68,6 +69,7 @@ def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z
     settings = _settings(ctx)
     layout = Layout.at(settings.storage.root)
     tables = _tables(layout, table)
+    authorize(settings.access, "manage", tables, "`medallion maintain optimize`")
     with ray_session(settings.ray):
         for name in tables:
             policy = _declared(layout, name, pipeline_name)
@@ -98,7 +100,9 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
     files of pinned versions are kept."""
     settings = _settings(ctx)
     layout = Layout.at(settings.storage.root)
-    for name in _tables(layout, table):
+    tables = _tables(layout, table)
+    authorize(settings.access, "manage", tables, "`medallion maintain vacuum`")
+    for name in tables:
         done = vacuum_table(layout, name, settings=settings.maintenance, hours=hours, force=force, dry_run=dry_run,
                             reason=reason)
         kept = f"; kept pinned version(s) {', '.join(map(str, done.kept_versions))}" if done.kept_versions else ""
@@ -118,7 +122,9 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
 @_reported
 def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hours: float | None) -> None:
     """Keep a version of TABLE readable through vacuums."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    settings = _settings(ctx)
+    authorize(settings.access, "read", [table], "pinning a version")
+    layout = Layout.at(settings.storage.root)
     version = version_as_of(layout.location(table), table, as_of)
     until = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
     made = pin(layout, table, version, who=who, until=until)
@@ -163,7 +169,9 @@ def backup(ctx: click.Context, destination: str | None) -> None:
         return
     if destination is None:
         raise MaintenanceError("give --to DEST (a new folder or URI), or a subcommand: verify, restore")
-    layout = Layout.at(_settings(ctx).storage.root)
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
+    authorize(settings.access, "read", list_tables(layout), "a backup")
     manifest = take_backup(layout, destination)
     console.print(f"backed up {len(manifest.tables)} tables and {len(manifest.files)} metadata files of {layout.root} "
                   f"to {destination}")
@@ -188,6 +196,8 @@ def verify_command(ctx: click.Context, source: str) -> None:
 @_reported
 def restore_command(ctx: click.Context, source: str) -> None:
     """Copy the backup at SOURCE into --root, which must hold no table yet."""
-    root = Layout.at(_settings(ctx).storage.root).root
+    settings = _settings(ctx)
+    authorize(settings.access, "manage", ["*"], "restoring a backup")
+    root = Layout.at(settings.storage.root).root
     manifest = restore_backup(source, root)
     console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into {root}")

@@ -13,7 +13,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.config import AccessSettings
 from engine.errors import TrainingError
+from engine.governance.access import authorize
 from engine.tables.layout import Layout
 from engine.training.job import ENTITY_TIME, TrainingJob
 
@@ -26,9 +28,10 @@ class TableReader:
     """Reads tables under a storage root through the Delta log, each at one version: the pinned one, else
     the latest at its first read. `versions` records what was read."""
 
-    def __init__(self, root: str, pins: Mapping[str, int] | None = None) -> None:
+    def __init__(self, root: str, pins: Mapping[str, int] | None = None, access: AccessSettings | None = None) -> None:
         self.root = root
         self.pins = dict(pins or {})
+        self.access = access or AccessSettings()
         self.versions: dict[str, int] = {}
 
     def read(self, table: str, columns: Sequence[str]) -> pa.Table:
@@ -36,7 +39,9 @@ class TableReader:
 
         Raises:
             TrainingError: the table or the version does not exist.
+            AccessDenied: the actor may not read the table.
         """
+        authorize(self.access, "read", [table], "building a training set")
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError, TableNotFoundError
 

@@ -58,7 +58,7 @@ def score_batch(reference: str, settings: Settings, *, repo: str, overlay: str |
     model = load_model(job.model_name, model_version)
     store = open_store(root, repo, overlay=overlay)
     scored_at = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    keys = job.population(TableReader(root)).select([job.entity_key]).sort_by(job.entity_key)
+    keys = job.population(TableReader(root, access=settings.access)).select([job.entity_key]).sort_by(job.entity_key)
     entities = keys.append_column(ENTITY_TIME, pa.array([scored_at] * keys.num_rows, pa.timestamp("us", "UTC")))
     for field, value in job.request_values.items():
         entities = entities.append_column(field, pa.array([value] * keys.num_rows))

@@ -84,7 +84,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     uri = resolve_tracking_uri(root, tracking_uri or configured_uri(settings))
     use_tracking(uri)
     chosen = {**job.params, **(params or {})}
-    training = build_training_set(store, job, TableReader(root, pins), chosen)
+    training = build_training_set(store, job, TableReader(root, pins, settings.access), chosen)
     if expected_fingerprint is not None and training.fingerprint != expected_fingerprint:
         raise TrainingError(f"the training set rebuilt for run `{reproduces}` differs from the recorded one "
                             f"(fingerprint {training.fingerprint[:12]} != {expected_fingerprint[:12]}) at versions "

@@ -1,0 +1,67 @@
+"""`medallion lineage`: where a table version, a run or a feature view came from, and what used it."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.tree import Tree
+
+from engine.cli import _reported, _settings, console
+from engine.errors import EngineError
+from engine.governance.access import authorize
+from engine.lineage.graph import FEATURES_PREFIX, Lineage, Node, mlflow_search
+from engine.training.tracking import configured_uri, resolve_tracking_uri
+
+
+@click.command()
+@click.argument("target")
+@click.option("--version", type=int, default=None, help="Version of the table (default: the latest built).")
+@click.option("--upstream/--no-upstream", default=True, show_default=True, help="Show what it was built from.")
+@click.option("--downstream/--no-downstream", default=True, show_default=True,
+              help="Show the tables, feature views and MLflow runs that read it.")
+@click.option("--key", default=None, metavar="COLUMN=VALUE",
+              help="Narrow landing files to those holding rows with this value (e.g. customer_id=42).")
+@click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
+@click.pass_context
+@_reported
+def lineage(ctx: click.Context, target: str, version: int | None, upstream: bool, downstream: bool,
+            key: str | None, as_json: bool) -> None:
+    """Lineage of TARGET: a table (`silver.orders`), a feature view (`features.customer_stats`) or a run id."""
+    settings = _settings(ctx)
+    root = settings.storage.root
+    narrow = _key(key)
+    graph = Lineage(root, mlflow_search(resolve_tracking_uri(root, configured_uri(settings))))
+    trees: list[tuple[str, Node]] = []
+    if target.startswith(FEATURES_PREFIX):
+        authorize(settings.access, "read", [target], "`medallion lineage`")
+        trees.append(("upstream", graph.feature_view(target.removeprefix(FEATURES_PREFIX), narrow)))
+    elif "." in target:
+        authorize(settings.access, "read", [target], "`medallion lineage`")
+        version = graph.latest_version(target) if version is None else version
+        if upstream:
+            trees.append(("upstream", graph.upstream(target, version, narrow)))
+        if downstream:
+            trees.append(("downstream", graph.downstream(target, version)))
+    else:
+        trees += [("upstream", node) for node in graph.run(target)]
+    if as_json:
+        console.print_json(json.dumps([{"direction": d, **n.as_dict()} for d, n in trees]))
+        return
+    for direction, node in trees:
+        console.print(_tree(Tree(f"[bold]{direction}[/bold] of {node.label()}"), node))
+
+
+def _tree(tree: Tree, node: Node) -> Tree:
+    for child in node.children:
+        _tree(tree.add(child.label()), child)
+    return tree
+
+
+def _key(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    column, sep, value = text.partition("=")
+    if not sep or not column.strip():
+        raise EngineError(f"--key `{text}` is not COLUMN=VALUE")
+    return column.strip(), value.strip()
