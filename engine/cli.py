@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
 from engine.status import list_tables, table_history, table_statuses
+from engine.storage import check_root, is_local, upload
 from engine.tables.delta import last_commit_value, open_table
 from engine.tables.layout import Layout
 from engine.tables.timetravel import parse_as_of, version_as_of
@@ -45,13 +47,15 @@ DEMO_PIPELINE = "retail"
 
 def _settings(ctx: click.Context) -> Settings:
     options = ctx.find_root().params
-    return load_settings(
+    settings = load_settings(
         options.get("config"),
         overrides={
             "storage": {"root": options.get("root")},
             "ray": {"address": options.get("address"), "verbose": options.get("verbose") or None},
         },
     )
+    check_root(settings.storage.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
+    return settings
 
 
 def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +101,12 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
     landing = Layout.at(settings.storage.root).landing()
     options = {"scale": scale, "seed": seed} | ({"batch": batch} if batch is not None else {})
     try:
-        written = load_generator(generator)(landing, **options)
+        if is_local(landing):
+            written = load_generator(generator)(landing, **options)
+        else:  # generators write local files: generate into a scratch folder, then upload it
+            with tempfile.TemporaryDirectory(prefix="medallion-landing-") as scratch:
+                written = load_generator(generator)(scratch, **options)
+                upload(scratch, landing)
     except ValueError as err:
         raise EngineError(f"cannot generate `{generator}` data: {err}") from None
     total = sum(source.records for source in written.values())

@@ -32,6 +32,7 @@ class StorageSettings(_Section):
     target_file_mb: int = Field(default=128, gt=0)
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     compression_level: int | None = 3
+    allow_unsafe_writes: bool = False
 
 
 class RaySettings(_Section):

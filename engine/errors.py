@@ -70,6 +70,11 @@ class RunFailed(EngineError):
     """A run finished with at least one failed table."""
 
 
+class StorageError(EngineError):
+    """A storage root cannot be used: no credentials, an unreachable endpoint, a missing bucket, or a
+    configuration that would let concurrent writers lose commits."""
+
+
 class MaintenanceError(EngineError):
     """A maintenance operation (optimize, vacuum, pin, backup) was refused or failed, or a backup did not verify."""
 

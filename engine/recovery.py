@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from deltalake import DeltaTable
 
 from engine.errors import EngineError
 from engine.governance.actor import audit_fields
+from engine.storage import delta_tables_under
 from engine.tables import delta
 from engine.tables.layout import Layout
 
@@ -51,16 +51,8 @@ def restore_table(uri: str, version: int, *, reason: str, run_id: str | None = N
 
 
 def tables_under(layout: Layout) -> list[str]:
-    """Every Delta table of a local root: layer tables, quarantines and change logs, not `_meta`."""
-    if "://" in layout.root:
-        raise EngineError(f"listing the tables of `{layout.root}` needs a local root; restore one table at a time")
-    found = []
-    for folder, subfolders, _ in os.walk(layout.root):
-        if "_delta_log" in subfolders:
-            found.append(folder)
-            subfolders.clear()
-        subfolders[:] = [d for d in subfolders if d not in ("_meta", "_staging", "landing")]
-    return sorted(found)
+    """Every Delta table of a root: layer tables, quarantines and change logs, not `_meta`."""
+    return delta_tables_under(layout.root, skip=("_meta", "_staging", "landing"))
 
 
 def restore_before_run(layout: Layout, run_id: str, *, reason: str) -> list[Restored]:

@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
+from engine.storage import check_root, delete_tree
 from engine.tables import changelog, delta, scd2
 from engine.tables.distributed_merge import merge_distributed
 from engine.tables.files import DataFile
@@ -115,6 +115,7 @@ class Runner:
         self.pipeline = pipeline
         self.settings = settings
         self.layout = Layout.at(settings.storage.root)
+        check_root(self.layout.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
         self.on_record = on_record or (lambda record: None)
         self.sinks = sinks_from_settings(settings.alerts)
         self.force = False
@@ -371,7 +372,7 @@ class Runner:
             schema_version = self._evolve_schema(definition, staged, run_id)
         except (QualityFailed, SchemaEvolutionError):
             if isinstance(kind, ChangeKind):
-                shutil.rmtree(folder, ignore_errors=True)
+                delete_tree(folder)
             else:
                 discard_files(folder, staged.data)
             discard_files(self.layout.quarantine(definition.name), staged.quarantine)
@@ -392,7 +393,7 @@ class Runner:
                 return values | guarded(definition, lambda: self._apply_changes(
                     definition.name, kind, changes, metadata, transaction))
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                delete_tree(folder)
         empty_schema = None if staged.data else _schema_of(output)
         if isinstance(kind, RecomputeKeys) and (affected is not None or self.window is not None):
             where = (Slice.of_range(self._time_column(definition), *self.window) if self.window is not None

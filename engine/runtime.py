@@ -10,11 +10,13 @@ from contextlib import contextmanager
 import ray
 
 from engine.config import RaySettings
+from engine.storage import worker_env
 
 log = logging.getLogger(__name__)
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 ADDRESS_ENV = "RAY_ADDRESS"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 
 
 def resolve_address(settings: RaySettings, address: str | None = None) -> str | None:
@@ -38,12 +40,17 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         return
     os.environ.setdefault(AUTH_MODE_ENV, settings.auth_mode)
     target = resolve_address(settings, address)
+    # Workers on other nodes do not inherit this environment: the storage variables go with the job (a Ray
+    # job's driver leaves that to the job's own runtime env, which Ray would refuse to merge on a conflict).
+    env = {} if JOB_CONFIG_ENV in os.environ else worker_env()
+    runtime_env = {"env_vars": env} if env else None
     if target:
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, logging_level=_log_level(settings))
+        ray.init(address=target, logging_level=_log_level(settings), runtime_env=runtime_env)
     else:
         ray.init(
             address="local",
+            runtime_env=runtime_env,
             num_cpus=settings.num_cpus,
             object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
             include_dashboard=False,

@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow.fs as pafs
 
 from engine.runlog import read_records
+from engine.storage import filesystem_of
 from engine.tables import delta
 from engine.tables.layout import Layout
 from engine.tables.timetravel import version_at
@@ -59,7 +60,7 @@ class TableVersion:
 def list_tables(layout: Layout) -> dict[str, str]:
     """Every Delta table under the root's data layers, by name, with its location."""
     found: dict[str, str] = {}
-    filesystem, base = pafs.FileSystem.from_uri(layout.root)
+    filesystem, base = filesystem_of(layout.root)
     for layer in DATA_LAYERS:
         infos = filesystem.get_file_info(pafs.FileSelector(f"{base}/{layer}", allow_not_found=True))
         for info in sorted(infos, key=lambda i: i.base_name):
@@ -74,7 +75,7 @@ def list_tables(layout: Layout) -> dict[str, str]:
 
 
 def _children(layout: Layout, layer: str) -> dict[str, str]:
-    filesystem, base = pafs.FileSystem.from_uri(layout.root)
+    filesystem, base = filesystem_of(layout.root)
     selector = pafs.FileSelector(f"{base}/quarantine/{layer}", allow_not_found=True)
     return {
         info.base_name: f"{layout.root}/quarantine/{layer}/{info.base_name}"

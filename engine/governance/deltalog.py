@@ -18,6 +18,7 @@ from urllib.parse import unquote
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
+from engine.storage import filesystem_of
 from engine.tables.files import OPEN_MAX
 
 LOG = "_delta_log"
@@ -26,7 +27,7 @@ CHECKPOINT = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?(\.[0-9a-f-]+)?\.par
 
 
 def _log_files(uri: str) -> tuple[pafs.FileSystem, list[str]]:
-    filesystem, base = pafs.FileSystem.from_uri(f"{uri}/{LOG}")
+    filesystem, base = filesystem_of(f"{uri}/{LOG}")
     infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     return filesystem, sorted(i.path for i in infos if i.type == pafs.FileType.File)
 
@@ -118,7 +119,7 @@ def delete_data_files(uri: str, paths: Collection[str]) -> int:
     """Delete data files of the table (relative paths) that exist; returns how many were deleted."""
     deleted = 0
     for path in paths:
-        filesystem, location = pafs.FileSystem.from_uri(f"{uri}/{unquote(path)}")
+        filesystem, location = filesystem_of(f"{uri}/{unquote(path)}")
         if filesystem.get_file_info(location).type == pafs.FileType.File:
             filesystem.delete_file(location)
             deleted += 1
@@ -127,7 +128,7 @@ def delete_data_files(uri: str, paths: Collection[str]) -> int:
 
 def delta_tables(folder: str) -> list[str]:
     """Delta tables at or below `folder` (a folder holding `_delta_log`)."""
-    filesystem, base = pafs.FileSystem.from_uri(folder)
+    filesystem, base = filesystem_of(folder)
     infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     prefix = folder[: len(folder) - len(base)]
     return sorted(prefix + i.path.rsplit("/", 1)[0] for i in infos

@@ -30,6 +30,7 @@ from engine.governance.secrets import pii_key
 from engine.pipeline import Pipeline
 from engine.runlog import RunRecord, append_records
 from engine.runner import FILES_KEY, ingested_files, new_run_id
+from engine.storage import filesystem_of
 from engine.tables import delta
 from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
@@ -237,5 +238,5 @@ def _live_paths(uri: str, table: str) -> list[str]:
 
 
 def _exists(uri: str, path: str) -> bool:
-    filesystem, location = pafs.FileSystem.from_uri(f"{uri}/{path}")
+    filesystem, location = filesystem_of(f"{uri}/{path}")
     return filesystem.get_file_info(location).type == pafs.FileType.File

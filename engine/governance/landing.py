@@ -15,11 +15,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 
 from engine.errors import GovernanceError
 from engine.ingest.readers import read_text
 from engine.ingest.sources import FileSource, LandingFile, discover
+from engine.storage import filesystem_of
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _matching_lines(lines: list[str], source: FileSource, column: str, subject_i
 
 def _replace(uri: str, content: bytes) -> None:
     """Write `content` to a temporary file beside `uri`, then move it over `uri`."""
-    filesystem, path = pafs.FileSystem.from_uri(uri)
+    filesystem, path = filesystem_of(uri)
     temporary = f"{path.rsplit('/', 1)[0]}/.{uuid.uuid4().hex}.erase.tmp"
     with filesystem.open_output_stream(temporary) as stream:
         stream.write(content)

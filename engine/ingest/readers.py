@@ -14,11 +14,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.fs as pafs
 
 from engine.columns import RESCUED_DATA
 from engine.errors import IngestError
 from engine.ingest.sources import FileSource, LandingFile
+from engine.storage import filesystem_of
 
 
 def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
@@ -46,7 +46,7 @@ def read_text(file: LandingFile) -> str:
 
 
 def _read_bytes(file: LandingFile) -> bytes:
-    filesystem, path = pafs.FileSystem.from_uri(file.uri)
+    filesystem, path = filesystem_of(file.uri)
     try:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()

@@ -9,6 +9,7 @@ from typing import Literal
 import pyarrow.fs as pafs
 
 from engine.errors import IngestError
+from engine.storage import filesystem_of
 
 FileFormat = Literal["jsonl", "csv"]
 DriftPolicy = Literal["evolve", "rescue", "fail"]
@@ -65,7 +66,7 @@ def discover(folder: str, source: FileSource) -> list[LandingFile]:
     Files and folders whose name starts with `.` or `_` (markers, temporary uploads) are left out.
     """
     folder = folder.rstrip("/")
-    filesystem, base = pafs.FileSystem.from_uri(folder)
+    filesystem, base = filesystem_of(folder)
     try:
         infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     except OSError as err:

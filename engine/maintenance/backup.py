@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import tempfile
 from contextlib import closing
@@ -21,6 +20,7 @@ import pyarrow.fs as pafs
 from engine.errors import EngineError, MaintenanceError
 from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
+from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table
 from engine.tables.distributed_merge import key_hash
 from engine.tables.layout import Layout, absolute_root
@@ -87,7 +87,7 @@ def backup(layout: Layout, destination: str) -> Manifest:
         MaintenanceError: `destination` already holds a backup.
     """
     destination = absolute_root(destination)
-    target_fs, target = pafs.FileSystem.from_uri(destination)
+    target_fs, target = filesystem_of(destination)
     if target_fs.get_file_info(f"{target}/{MANIFEST}").type != pafs.FileType.NotFound:
         raise MaintenanceError(f"`{destination}` already holds a backup; back up to a new folder",
                                path=destination)
@@ -95,7 +95,7 @@ def backup(layout: Layout, destination: str) -> Manifest:
     now = datetime.now(UTC)
     snapshots = []
     for uri in tables:
-        relative = os.path.relpath(uri, layout.root)
+        relative = uri.removeprefix(layout.root + "/")
         version = open_table(uri, relative).version()
         pinned = sorted({p.version for p in list_pins(layout, relative.replace("/", "."), active_at=now)
                          if p.version < version})
@@ -121,7 +121,7 @@ def read_manifest(source: str) -> Manifest:
     Raises:
         MaintenanceError: there is none (not a backup, or an incomplete one).
     """
-    filesystem, folder = pafs.FileSystem.from_uri(absolute_root(source))
+    filesystem, folder = filesystem_of(absolute_root(source))
     try:
         with filesystem.open_input_stream(f"{folder}/{MANIFEST}") as stream:
             return Manifest.from_json(stream.read().decode())
@@ -138,16 +138,16 @@ def restore_backup(source: str, root: str) -> Manifest:
     """
     manifest = read_manifest(source)
     layout = Layout.at(root)
-    present = tables_under(layout) if os.path.isdir(layout.root) else []
+    present = tables_under(layout) if exists(layout.root) else []
     if present:
         raise MaintenanceError(f"`{layout.root}` already holds {len(present)} table(s); restore a backup into an "
                                "empty root, then point the engine at it", path=layout.root)
-    filesystem, folder = pafs.FileSystem.from_uri(absolute_root(source))
+    filesystem, folder = filesystem_of(absolute_root(source))
     selector = pafs.FileSelector(folder, recursive=True)
     for info in filesystem.get_file_info(selector):
         relative = info.path.removeprefix(folder).lstrip("/")
         if info.type == pafs.FileType.File and relative != MANIFEST:
-            target_fs, target = pafs.FileSystem.from_uri(f"{layout.root}/{relative}")
+            target_fs, target = filesystem_of(f"{layout.root}/{relative}")
             target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(info.path, target, source_filesystem=filesystem, destination_filesystem=target_fs)
     return manifest
@@ -205,20 +205,16 @@ def content_hash(uri: str, table: str, version: int) -> tuple[int, str]:
 def _contents(layout: Layout) -> tuple[list[str], list[str]]:
     """The Delta tables under the root (data, quarantine, change logs, and `_meta` tables such as the run
     records), and the other files under `_meta`, relative to the root."""
-    tables = tables_under(layout)
-    files = []
-    for folder, subfolders, names in os.walk(f"{layout.root}/{META}"):
-        if LOG in subfolders:
-            tables.append(folder)
-            subfolders.clear()
-            continue
-        files.extend(os.path.relpath(f"{folder}/{name}", layout.root) for name in names)
-    return sorted(tables), sorted(files)
+    meta = f"{layout.root}/{META}"
+    meta_tables = delta_tables_under(meta)
+    inside = tuple(t.removeprefix(meta + "/") + "/" for t in meta_tables)
+    files = [f"{META}/{name}" for name in files_under(meta) if not name.startswith(inside)]
+    return sorted(tables_under(layout) + meta_tables), sorted(files)
 
 
 def _log_entries(uri: str, version: int) -> list[str]:
     """The log files a reader needs for versions up to `version`: commits and checkpoints, not later ones."""
-    filesystem, folder = pafs.FileSystem.from_uri(f"{uri}/{LOG}")
+    filesystem, folder = filesystem_of(f"{uri}/{LOG}")
     entries = []
     for info in filesystem.get_file_info(pafs.FileSelector(folder)):
         number = info.base_name.split(".", 1)[0]
@@ -234,7 +230,7 @@ def _copy(source: str, target_fs: pafs.FileSystem, target: str) -> None:
         with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(target)) as copy:
             origin.backup(copy)
         return
-    source_fs, path = pafs.FileSystem.from_uri(source)
+    source_fs, path = filesystem_of(source)
     pafs.copy_files(path, target, source_filesystem=source_fs, destination_filesystem=target_fs)
 
 

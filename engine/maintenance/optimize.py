@@ -18,7 +18,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import ray
 from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import DeltaError
@@ -29,6 +28,7 @@ from engine.config import StorageSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
+from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.distributed_merge import BUCKET_FILE
 from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
@@ -182,7 +182,7 @@ def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, opaque: fro
                     paths: list[str], z_order: list[str]) -> list[DataFile]:
     """One bucket's files `paths` rewritten into files of the target size named with the bucket's `prefix`,
     rows in Z-order of `z_order` when given."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = filesystem_of(uri)
     rows = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet",
                         filesystem=filesystem).to_table()
     if z_order:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 import pyarrow.fs as pafs
 
 from engine.errors import MaintenanceError
+from engine.storage import filesystem_of
 from engine.tables.layout import Layout
 
 
@@ -54,7 +55,7 @@ def pin_versions(layout: Layout, versions: Mapping[str, int], *, who: str, until
     """Pin every table's version of `versions` for the reader `who`."""
     created = datetime.now(UTC)
     made = [Pin(uuid.uuid4().hex[:12], table, int(version), who, until, created) for table, version in versions.items()]
-    filesystem, folder = pafs.FileSystem.from_uri(pins_folder(layout))
+    filesystem, folder = filesystem_of(pins_folder(layout))
     filesystem.create_dir(folder, recursive=True)
     for item in made:
         record = asdict(item) | {"until": item.until.isoformat() if item.until else None,
@@ -74,14 +75,14 @@ def unpin(layout: Layout, pin_id: str) -> Pin:
     if not found:
         raise MaintenanceError(f"no pin `{pin_id}` under {pins_folder(layout)}; `medallion maintain pins` lists them",
                                path=pins_folder(layout))
-    filesystem, folder = pafs.FileSystem.from_uri(pins_folder(layout))
+    filesystem, folder = filesystem_of(pins_folder(layout))
     filesystem.delete_file(f"{folder}/{pin_id}.json")
     return found[0]
 
 
 def list_pins(layout: Layout, table: str | None = None, *, active_at: datetime | None = None) -> list[Pin]:
     """The pins (of `table` only, when given; only those holding at `active_at`, when given), oldest first."""
-    filesystem, folder = pafs.FileSystem.from_uri(pins_folder(layout))
+    filesystem, folder = filesystem_of(pins_folder(layout))
     infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     found = []
     for info in infos:

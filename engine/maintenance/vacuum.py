@@ -13,6 +13,7 @@ from engine.config import MaintenanceSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
 from engine.maintenance.pins import list_pins
+from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.layout import Layout
 
@@ -67,7 +68,7 @@ def vacuum_table(layout: Layout, table: str, *, settings: MaintenanceSettings, h
                    if p.version <= delta_table.version()})
     try:
         candidates = delta_table.vacuum(hours, dry_run=True, enforce_retention_duration=False, keep_versions=kept)
-        filesystem, root = pafs.FileSystem.from_uri(uri)
+        filesystem, root = filesystem_of(uri)
         infos = filesystem.get_file_info([f"{root}/{path}" for path in candidates])
         present = [path for path, info in zip(candidates, infos) if info.type != pafs.FileType.NotFound]
         if dry_run or not present:

@@ -21,6 +21,7 @@ from deltalake.transaction import AddAction, CommitProperties, Transaction, crea
 from engine.arrow import storage_schema, to_storage, unify
 from engine.errors import CommitConflict, TableFailed, TableNotFound
 from engine.kinds import Merge
+from engine.storage import filesystem_of
 from engine.tables.files import DataFile
 
 METADATA_PREFIX = "medallion."
@@ -197,7 +198,7 @@ def _appended_through_compactions(uri: str, table: str, since: int, until: int) 
                 return None
             added.extend(a for a in current.to_pylist() if a["path"] not in known)
         previous = current
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = filesystem_of(uri)
     infos = filesystem.get_file_info([f"{root}/{a['path']}" for a in added])
     return None if any(info.type == pafs.FileType.NotFound for info in infos) else added
 

@@ -27,7 +27,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from deltalake import DeltaTable, Schema
@@ -44,6 +43,7 @@ from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import TableFailed
 from engine.kinds import Merge
+from engine.storage import filesystem_of
 from engine.tables.delta import (
     DELETE_FLAG,
     MergeOutcome,
@@ -450,7 +450,7 @@ class _Matcher:
 def _stored_batches(uri: str, paths: list[str], pieces: Sequence[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
     """A bucket's stored rows in the table's schema (columns a file lacks as nulls), batch by batch."""
     if paths:
-        filesystem, root = pafs.FileSystem.from_uri(uri)
+        filesystem, root = filesystem_of(uri)
         dataset = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet", filesystem=filesystem)
         for batch in dataset.to_batches():
             if batch.num_rows:
@@ -462,7 +462,7 @@ def _stored_batches(uri: str, paths: list[str], pieces: Sequence[pa.Table], sche
 
 def _row_group_chunks(uri: str, path: str) -> list[list[int]]:
     """The row groups of a data file, in consecutive runs of at least `_SPLIT_ROWS` rows (but the last)."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = filesystem_of(uri)
     metadata = pq.read_metadata(f"{root}/{path}", filesystem=filesystem)
     chunks: list[list[int]] = [[]]
     rows = 0
@@ -480,7 +480,7 @@ def _split_file(
     uri: str, path: str, row_groups: list[int], schema: pa.Schema, keys: list[str], buckets: int
 ) -> tuple[pa.Table, ...] | pa.Table:
     """The rows of some row groups of one data file, in the table's schema, split by bucket."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = filesystem_of(uri)
     [fragment] = pads.dataset(f"{root}/{path}", schema=schema, format="parquet", filesystem=filesystem).get_fragments()
     table = fragment.subset(row_group_ids=row_groups).to_table(schema=schema)
     parts = _split(table, bucket_of(table, keys, buckets), buckets)

@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.config import StorageSettings
+from engine.storage import filesystem_of
 
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 STRING_BOUND_CHARS = 32
@@ -174,7 +174,7 @@ class RollingParquetWriter:
     def _open(self, schema: pa.Schema) -> None:
         compression = None if self.storage.compression == "none" else self.storage.compression
         self._name = f"part-{self.prefix}-{uuid.uuid4().hex}.{self.storage.compression}.parquet"
-        filesystem, path = pafs.FileSystem.from_uri(f"{self.folder}/{self._name}")
+        filesystem, path = filesystem_of(f"{self.folder}/{self._name}")
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
         self._sink = filesystem.open_output_stream(path)
         self._writer = pq.ParquetWriter(

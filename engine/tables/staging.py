@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
@@ -22,6 +21,7 @@ from engine.config import StorageSettings
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult, combine_results
 from engine.quality.validate import validate_batch
+from engine.storage import filesystem_of
 from engine.tables.files import DataFile, RollingParquetWriter
 
 
@@ -69,7 +69,7 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
 def discard_files(folder: str, files: Iterable[DataFile]) -> None:
     """Delete files written under `folder` that will never be committed; a file already gone is fine."""
     for file in files:
-        filesystem, path = pafs.FileSystem.from_uri(f"{folder}/{file.path}")
+        filesystem, path = filesystem_of(f"{folder}/{file.path}")
         with contextlib.suppress(FileNotFoundError):
             filesystem.delete_file(path)
 

@@ -1,0 +1,230 @@
+"""The engine on S3 object storage, against a real S3 HTTP endpoint (moto's server) on 127.0.0.1.
+
+Credentials, endpoint and region come only from the standard AWS variables of the environment; delta-rs,
+pyarrow and Ray workers read them there (`engine/storage.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from deltalake import DeltaTable
+
+from engine.cli import main
+from engine.errors import StorageError
+from engine.runlog import RunRecord, append_records, read_records
+from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of
+
+pytestmark = pytest.mark.services
+
+BUCKET = "lake"
+SCALE = "0.02"
+UNSAFE = ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_CONDITIONAL_PUT", "AWS_S3_LOCKING_PROVIDER", "AWS_PROFILE",
+          "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """A moto S3 server on a free local port with the bucket `lake`, and the process environment pointing at it
+    (the variables are also returned, for subprocesses). The server runs in its own process: some delta-rs calls
+    (`DeltaTable.is_deltatable`) keep the GIL while they wait for the endpoint, so an in-process server
+    (`ThreadedMotoServer`) could not answer them."""
+    port = _free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None, "moto_server did not start"
+            time.sleep(0.1)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ALLOW_HTTP": "true",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in UNSAFE:
+                patch.delenv(name, raising=False)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            import boto3
+
+            boto3.client("s3").create_bucket(Bucket=BUCKET)
+            yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _subprocess_env(s3: dict[str, str]) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return keep | s3 | {"RAY_AUTH_MODE": "disabled", "MEDALLION__RAY__NUM_CPUS": "2",
+                        "MEDALLION_PII_KEY": "test-pii-key"}
+
+
+def _record(run_id: str, table: str = "bronze.orders") -> RunRecord:
+    now = datetime.now(UTC)
+    return RunRecord(run_id=run_id, pipeline="test", table=table, status="succeeded", started_at=now,
+                     finished_at=now)
+
+
+def test_delta_and_pyarrow_reach_the_endpoint_from_the_environment_alone(s3: dict[str, str]) -> None:
+    root = f"s3://{BUCKET}/basics"
+    check_root(root)
+    append_records(f"{root}/_meta/runs", [_record("r1")])
+    append_records(f"{root}/_meta/runs", [_record("r2")])
+    assert read_records(f"{root}/_meta/runs")["run_id"].to_list() == ["r1", "r2"]
+    assert DeltaTable(f"{root}/_meta/runs").version() == 1
+    assert delta_tables_under(root) == [f"{root}/_meta/runs"]
+    assert delta_tables_under(root, skip=("_meta",)) == []
+    assert any(name.startswith("_meta/runs/_delta_log/") for name in files_under(root))
+
+    fs, path = filesystem_of(f"{root}/_staging/run-1/silver/orders")
+    with fs.open_output_stream(f"{path}/part-0.parquet") as out:
+        out.write(b"staged")
+    assert exists(f"{root}/_staging/run-1")
+    delete_tree(f"{root}/_staging/run-1")
+    delete_tree(f"{root}/_staging/never-written")
+    assert not exists(f"{root}/_staging/run-1")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from datetime import UTC, datetime
+    from engine.runlog import RunRecord, append_records
+    from engine.storage import check_root
+
+    root, writer, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    check_root(root)
+    for i in range(count):
+        now = datetime.now(UTC)
+        append_records(f"{root}/_meta/runs", [RunRecord(run_id=f"{writer}-{i}", pipeline="race",
+                       table="bronze.orders", status="succeeded", started_at=now, finished_at=now)])
+""")
+
+
+def test_concurrent_writers_in_two_processes_lose_no_commit(s3: dict[str, str], tmp_path: Path) -> None:
+    root, commits = f"s3://{BUCKET}/race", 12
+    uri = f"{root}/_meta/runs"
+    append_records(uri, [_record("seed")])
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    env = _subprocess_env(s3) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    writers = [subprocess.Popen([sys.executable, str(script), root, name, str(commits)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+    for writer in writers:
+        _, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+    table = DeltaTable(uri)
+    assert table.version() == 2 * commits  # version 0 (seed) plus one commit per append
+    assert len(table.history()) == 2 * commits + 1
+    run_ids = sorted(read_records(uri)["run_id"].to_list())
+    assert run_ids == sorted(["seed", *[f"{w}-{i}" for w in "ab" for i in range(commits)]])
+
+
+@pytest.mark.parametrize("variable, value", [("AWS_S3_ALLOW_UNSAFE_RENAME", "true"),
+                                             ("AWS_CONDITIONAL_PUT", "disabled"),
+                                             ("AWS_S3_LOCKING_PROVIDER", "dynamodb")])
+def test_a_configuration_unsafe_for_concurrent_writers_is_refused_unless_allowed(
+        s3: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(StorageError, match=rf"unsafe for concurrent writers.*`{BUCKET}`.*{variable}.*"
+                                           r"MEDALLION__STORAGE__ALLOW_UNSAFE_WRITES"):
+        check_root(f"s3://{BUCKET}/unsafe")
+    check_root(f"s3://{BUCKET}/unsafe", allow_unsafe_writes=True)
+
+    monkeypatch.setenv("MEDALLION__STORAGE__ALLOW_UNSAFE_WRITES", "true")
+    result = CliRunner().invoke(main, ["--root", f"s3://{BUCKET}/unsafe", "status"])
+    assert result.exit_code == 0, result.output
+
+
+def test_missing_credentials_name_the_root_and_what_to_set(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(StorageError, match=rf"no credentials for storage root `s3://{BUCKET}/x` .*AWS_ACCESS_KEY_ID"):
+        check_root(f"s3://{BUCKET}/x")
+    result = CliRunner().invoke(main, ["--root", f"s3://{BUCKET}/x", "status"])
+    assert result.exit_code == 1 and "AWS_SECRET_ACCESS_KEY" in result.output
+
+
+def test_an_unknown_bucket_is_named(s3: dict[str, str]) -> None:
+    with pytest.raises(StorageError, match=r"bucket `no-such-bucket` .* does not exist: create it"):
+        check_root("s3://no-such-bucket/lakehouse")
+    result = CliRunner().invoke(main, ["--root", "s3://no-such-bucket/lakehouse", "status"])
+    assert result.exit_code == 1 and "no-such-bucket" in result.output
+
+
+def test_an_unreachable_endpoint_is_named(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    with pytest.raises(StorageError, match=rf"cannot reach the endpoint of .*`{BUCKET}`.*{endpoint}.*AWS_ENDPOINT_URL"):
+        check_root(f"s3://{BUCKET}/x")
+
+
+def test_plain_http_needs_allow_http(s3: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ALLOW_HTTP")
+    with pytest.raises(StorageError, match="AWS_ALLOW_HTTP=true"):
+        check_root(f"s3://{BUCKET}/x")
+
+
+def _medallion(root: str, env: dict[str, str], *args: str) -> str:
+    command = [str(Path(sys.executable).with_name("medallion")), "--root", root, *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _gold(uri: str) -> pl.DataFrame:
+    frame = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    columns = [c for c in frame.columns if not c.startswith("_")]
+    return frame.select(columns).sort(columns)
+
+
+@pytest.mark.slow
+def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], tmp_path: Path) -> None:
+    root, env = f"s3://{BUCKET}/retail", _subprocess_env(s3)
+    _medallion(root, env, "demo", "--scale", SCALE)
+    _medallion(str(tmp_path), env, "demo", "--scale", SCALE)
+
+    on_s3 = delta_tables_under(root, skip=("_meta", "landing"))
+    local = delta_tables_under(str(tmp_path), skip=("_meta", "landing"))
+    assert [t.removeprefix(root) for t in on_s3] == [t.removeprefix(str(tmp_path)) for t in local]
+    assert any(t.endswith("/gold/customer_features") for t in on_s3)
+    for table in ("gold/customer_features", "gold/fct_order_lines", "gold/dim_customer"):
+        assert _gold(f"{root}/{table}").equals(_gold(f"{tmp_path}/{table}")), table
+    assert not [f for f in files_under(f"{root}/_staging")], "staged files were left behind"
+    assert not read_records(f"{root}/_meta/runs").filter(pl.col("status") == "failed").height
+    assert DeltaTable(f"{root}/_meta/quality").version() >= 0
+
+    again = _medallion(root, env, "run", "retail")
+    assert "unchanged" in again
+    assert "gold.customer_features" in _medallion(root, env, "status")
+    _medallion(root, env, "history", "silver.orders")
+    _medallion(root, env, "maintain", "optimize", "silver.orders")
+    _medallion(root, env, "maintain", "vacuum", "--dry-run")
+    backup = f"s3://{BUCKET}/backups/one"
+    _medallion(root, env, "backup", "--to", backup)
+    _medallion(root, env, "backup", "verify", backup)  # exits non-zero when anything differs
