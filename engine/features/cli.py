@@ -46,7 +46,7 @@ def apply(ctx: click.Context) -> None:
     from engine.features.repo import apply_repo, load_definitions
 
     store = _store(ctx)
-    report = apply_repo(store, load_definitions(ctx.find_object(dict)["repo"]))
+    report = apply_repo(store, load_definitions(ctx.find_object(dict)["repo"]), access=_settings(ctx).access)
     for change, kinds in report.changes.items():
         for kind, names in kinds.items():
             console.print(f"{change} {kind}: {', '.join(names)}")
@@ -88,11 +88,17 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
 @click.pass_context
 @_reported
 def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
-    """Serve online features over HTTP (POST /get-online-features, GET /health)."""
+    """Serve online features over HTTP (POST /get-online-features, GET /health).
+
+    With access control on (`access.enforce`), the Feast configuration needs `auth` (OIDC) and the registry
+    the roles' permissions (`medallion features apply`); the server refuses to start otherwise."""
+    from engine.features.server import check_access
     from engine.features.server import serve as run
 
+    store, access = _store(ctx), _settings(ctx).access
+    check_access(store, access)
     console.print(f"serving online features on http://{host}:{port}/get-online-features")
-    run(_store(ctx), host, port, max_body=max_body)
+    run(store, host, port, max_body=max_body, access=access)
 
 
 @features.command()

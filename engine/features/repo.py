@@ -25,13 +25,16 @@ from feast.data_source import DataSource
 from feast.diff.property_diff import TransitionType
 from feast.errors import FeastError
 from feast.feature_view import DUMMY_ENTITY
+from feast.permissions.permission import Permission
 from feast.project import Project
 from feast.repo_config import FeastConfigError
 from feast.repo_contents import RepoContents
 from pydantic import ValidationError
 
+from engine.config import AccessSettings
 from engine.errors import FeatureStoreError
 from engine.features.offline import STORE_TYPE
+from engine.features.permissions import feast_permissions, is_managed, served_views
 from engine.features.source import DeltaSource
 from engine.tables.layout import Layout
 
@@ -151,11 +154,15 @@ class ApplyReport:
     changes: dict[str, dict[str, list[str]]]
 
 
-def apply_repo(store: FeatureStore, objects: Sequence[FeastObject]) -> ApplyReport:
+def apply_repo(store: FeatureStore, objects: Sequence[FeastObject], access: AccessSettings | None = None
+               ) -> ApplyReport:
     """Register `objects` (and delete the project's registered objects they no longer include), like
     `feast apply`, and update the online store's tables.
 
-    Every `DeltaSource` is checked first: its table must exist under the root.
+    Every `DeltaSource` is checked first: its table must exist under the root. With `access` given, the
+    `medallion-*` permissions are replaced by its roles' (`engine.features.permissions`, for the feature
+    server to enforce) when access control is on, and removed when it is off; with `access` None they are
+    left as registered. Other permissions are always kept.
 
     Raises:
         FeatureStoreError: a source table is missing or lacks its timestamp column.
@@ -179,7 +186,7 @@ def apply_repo(store: FeatureStore, objects: Sequence[FeastObject]) -> ApplyRepo
         label_views=[],
         entities=[o for o in objects if isinstance(o, Entity)] + [DUMMY_ENTITY],
         feature_services=[o for o in objects if isinstance(o, FeatureService)],
-        permissions=[],
+        permissions=_permissions(store, objects, access),
     )
     try:
         registry_diff, infra_diff, new_infra = store.plan(contents)
@@ -194,6 +201,21 @@ def apply_repo(store: FeatureStore, objects: Sequence[FeastObject]) -> ApplyRepo
             kind = diff.feast_object_type.name.replace("_", " ").lower()
             changes.setdefault(change, {}).setdefault(kind, []).append(diff.name)
     return ApplyReport({c: {k: sorted(v) for k, v in sorted(kinds.items())} for c, kinds in sorted(changes.items())})
+
+
+def _permissions(store: FeatureStore, objects: Sequence[FeastObject], access: AccessSettings | None
+                 ) -> list[Permission]:
+    """The permissions the project should have: the registered ones not made by the engine, and the roles'
+    when access control is on (the registered ones when `access` is None)."""
+    registered = store.registry.list_permissions(store.project)
+    kept = [p for p in registered if not is_managed(p)]
+    if access is None:
+        return registered
+    if not access.enforce:
+        return kept
+    services = served_views([o for o in objects if isinstance(o, FeatureService)],
+                            [o for o in objects if isinstance(o, OnDemandFeatureView)])
+    return kept + feast_permissions(access, services)
 
 
 def _changed(diff: Any) -> bool:

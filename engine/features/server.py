@@ -5,19 +5,31 @@ against the registry (known feature views, features and services; every needed e
 field present, of the right type, in equal-length lists) before Feast sees it. Errors come back as
 `{"error": {"code": ..., "message": ..., "details": ...}}`. Only reads are served (`/get-online-features`,
 `/health`): Feast's write and materialize endpoints have no authentication, so they are not exposed.
+
+With `auth` in the Feast configuration (OIDC), the guard first checks the bearer token (401 without a valid
+one, before the body is read or the catalog described), passes the `Authorization` header on, and Feast
+enforces the `medallion-*` permissions (`engine.features.permissions`) with the token's roles; Feast's 401
+and 403 answers are rewritten into the error document above.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from feast import FeatureStore
+from feast.permissions.auth.token_parser import TokenParser
+from feast.permissions.user import User
 from feast.value_type import ValueType
 from starlette.concurrency import run_in_threadpool
+
+from engine.config import AccessSettings
+from engine.errors import FeatureStoreError
 
 ONLINE_PATH = "/get-online-features"
 HEALTH_PATH = "/health"
@@ -25,6 +37,11 @@ MAX_BODY = 1 << 20
 MAX_ROWS = 1000
 REQUEST_FIELDS = {"features", "feature_service", "entities", "full_feature_names"}
 INT_RANGES = {ValueType.INT32: (-(2**31), 2**31 - 1), ValueType.INT64: (-(2**63), 2**63 - 1)}
+CHALLENGE = [(b"www-authenticate", b"Bearer")]
+KINDS = {"FeatureView": "feature view", "OnDemandFeatureView": "on-demand feature view",
+         "FeatureService": "feature service"}
+REFUSED = (re.compile(r"to (\w+):([^\s:,]+)"), re.compile(r"on <class '[\w.]*?(\w+)'>/([^\s,]+?)\.?(?:\s|$)"))
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -185,12 +202,13 @@ def _fits(value: Any, kind: ValueType) -> bool:
 class RequestGuard:
     """ASGI middleware: lets through valid online-feature requests and health checks, answers the rest."""
 
-    def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS
-                 ) -> None:
+    def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
+                 token_parser: TokenParser | None = None) -> None:
         self.app = app
         self.store = store
         self.max_body = max_body
         self.max_rows = max_rows
+        self.token_parser = token_parser
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,6 +223,7 @@ class RequestGuard:
                 raise RequestProblem(404, "not_found", f"no endpoint `{path}`; use POST {ONLINE_PATH}")
             if method != "POST":
                 raise RequestProblem(405, "method_not_allowed", f"use POST {ONLINE_PATH}")
+            user = await self._authenticate(scope)
             body = await self._body(scope, receive)
             payload = _parse(body, scope)
             catalog = await run_in_threadpool(catalog_of, self.store)
@@ -212,7 +231,23 @@ class RequestGuard:
         except RequestProblem as problem:
             await _answer(send, problem)
             return
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, _replay(body), _refusals(send, user))
+
+    async def _authenticate(self, scope: Scope) -> User | None:
+        """The caller of a request with a valid bearer token; None when the server has no authentication."""
+        if self.token_parser is None:
+            return None
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1").strip()
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestProblem(401, "unauthenticated", "send an access token: `Authorization: Bearer <token>` "
+                                 "from the identity provider", reason="missing" if not header else "not a bearer token")
+        try:
+            return await self.token_parser.user_details_from_access_token(access_token=token.strip())
+        except Exception as err:  # noqa: BLE001 - any failure to verify the token is a refusal
+            log.info("feature server: token refused: %s", err)
+            raise RequestProblem(401, "unauthenticated", "the access token is invalid or expired; get a new one "
+                                 "from the identity provider", reason=str(err)) from None
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -264,17 +299,122 @@ def _replay(body: bytes) -> Receive:
 async def _answer(send: Send, problem: RequestProblem) -> None:
     body = problem.body()
     await send({"type": "http.response.start", "status": problem.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(CHALLENGE if problem.status == 401 else [])]})
     await send({"type": "http.response.body", "body": body})
 
 
-def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
-              registry_ttl_s: int = 5) -> ASGIApp:
-    """Feast's feature server app for `store`, wrapped in a `RequestGuard`."""
-    from feast.feature_server import get_app
+def _refusals(send: Send, user: User | None) -> Send:
+    """`send` with Feast's 401 and 403 answers replaced by the error document."""
+    refused: dict[str, Any] = {}
 
+    async def translate(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] in (401, 403):
+            refused.update(status=message["status"], body=b"")
+            return
+        if not refused or message["type"] != "http.response.body":
+            await send(message)
+            return
+        refused["body"] += message.get("body", b"")
+        if not message.get("more_body", False):
+            await _answer(send, refusal(refused["status"], refused["body"], user))
+
+    return translate
+
+
+def refusal(status: int, body: bytes, user: User | None = None) -> RequestProblem:
+    """Feast's 401 or 403 answer (`body`) as a `RequestProblem` naming what was refused to whom."""
+    reason = _feast_message(body)
+    if status == 401:
+        return RequestProblem(401, "unauthenticated", "the access token is missing, invalid or expired; get a new "
+                              "one from the identity provider", reason=reason)
+    who = f"`{user.username}` (roles: {', '.join(user.roles) or 'none'})" if user else "the caller"
+    found = next((m for m in (p.search(reason) for p in REFUSED) if m), None)
+    if found is None:
+        return RequestProblem(403, "forbidden", f"{who} may not read these features: {reason}", reason=reason)
+    kind, name = KINDS.get(found.group(1), found.group(1)), found.group(2)
+    grant = ("read on every view it serves" if kind == "feature service"
+             else f"a role whose `read` patterns match `features.{name}`")
+    return RequestProblem(403, "forbidden", f"{who} may not read {kind} `{name}`; it needs {grant} (`access.roles`, "
+                          "then `medallion features apply`)", kind=kind, name=name, reason=reason)
+
+
+def _feast_message(body: bytes) -> str:
+    """The message in Feast's error body (`{"detail": ...}`, or its error detail encoded as a JSON string)."""
+    value: Any = body.decode("utf-8", "replace")
+    for _ in range(3):
+        if isinstance(value, dict):
+            value = value.get("message", value.get("detail", value))
+            if isinstance(value, dict | list):
+                return json.dumps(value)
+        if not isinstance(value, str):
+            return str(value)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            break
+    return str(value).strip()
+
+
+def check_access(store: FeatureStore, access: AccessSettings) -> None:
+    """With access control on, check that the server can enforce it: the Feast configuration has `auth`, and
+    the registry holds the permissions of the current `access.roles`.
+
+    Raises:
+        FeatureStoreError: either is missing.
+    """
+    from engine.features.permissions import feast_permissions, is_managed, served_views
+
+    if not access.enforce:
+        return
+    if store.config.auth_config.type == "no_auth":
+        raise FeatureStoreError(
+            "access control is on (`access.enforce`) but the feature server has no authentication, so every caller "
+            "could read every feature view; add `auth: {type: oidc, auth_discovery_url: "
+            "https://<idp>/.well-known/openid-configuration, client_id: <client>}` to the Feast configuration "
+            "(feature_store.yaml or --feast-config) and give callers tokens with their roles")
+    registry, project = store.registry, store.project
+    expected = feast_permissions(access, served_views(registry.list_feature_services(project),
+                                                      registry.list_on_demand_feature_views(project)))
+    registered = [p for p in registry.list_permissions(project) if is_managed(p)]
+    if sorted(expected, key=lambda p: p.name) != sorted(registered, key=lambda p: p.name):
+        raise FeatureStoreError(
+            f"the registry's feature permissions of project `{project}` do not match `access.roles` "
+            f"(registered: {sorted(p.name for p in registered) or 'none'}, expected: "
+            f"{sorted(p.name for p in expected) or 'none'}); run `medallion features apply` first")
+
+
+def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
+              registry_ttl_s: int = 5, access: AccessSettings | None = None) -> ASGIApp:
+    """Feast's feature server app for `store`, wrapped in a `RequestGuard`.
+
+    With `auth` in the store's configuration, Feast's (process-wide) security and auth managers are set up
+    for it, as `feast serve` does; without, they are cleared. With `access` given, `check_access` first.
+    """
+    from feast.feature_server import get_app
+    from feast.permissions.auth.auth_manager import AllowAll, get_auth_manager, set_auth_manager
+    from feast.permissions.security_manager import no_security_manager
+    from feast.permissions.server.utils import (
+        AuthManagerType,
+        ServerType,
+        init_auth_manager,
+        init_security_manager,
+        str_to_auth_manager_type,
+    )
+
+    if access is not None:
+        check_access(store, access)
+    auth_type = str_to_auth_manager_type(store.config.auth_config.type)
+    parser = None
+    if auth_type == AuthManagerType.NONE:
+        no_security_manager()
+        set_auth_manager(AllowAll())
+    else:
+        init_security_manager(auth_type=auth_type, fs=store)
+        init_auth_manager(server_type=ServerType.REST, auth_type=auth_type, auth_config=store.config.auth_config)
+        parser = get_auth_manager().token_parser
     return RequestGuard(get_app(store, registry_ttl_sec=registry_ttl_s), store, max_body=max_body,
-                        max_rows=max_rows)
+                        max_rows=max_rows, token_parser=parser)
 
 
 def serve(store: FeatureStore, host: str, port: int, **options: Any) -> None:
