@@ -17,7 +17,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray.data
 import ray.exceptions
 from deltalake.transaction import Transaction
@@ -47,7 +46,7 @@ from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
-from engine.storage import check_root, delete_tree
+from engine.storage import check_root, delete_tree, parquet_dataset
 from engine.tables import changelog, delta, scd2
 from engine.tables.distributed_merge import merge_distributed
 from engine.tables.files import DataFile
@@ -690,5 +689,5 @@ def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:
     if not staged.data:
         return pa.table({})
     schema = unify([f.schema for f in staged.data])
-    return pads.dataset([f"{folder}/{f.path}" for f in staged.data], schema=schema, format="parquet").to_table()
+    return parquet_dataset([f"{folder}/{f.path}" for f in staged.data], schema=schema, format="parquet").to_table()
 

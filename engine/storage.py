@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from engine.errors import StorageError
@@ -48,6 +50,15 @@ def filesystem_of(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of `uri` and the path inside it. On S3 the AWS SDK reads `S3_ENV` (pyarrow 25
     honours `AWS_ENDPOINT_URL`); credentials never appear in the URI."""
     return pafs.FileSystem.from_uri(uri)
+
+
+def parquet_dataset(files: Sequence[str], **options: Any) -> pads.Dataset:
+    """A dataset over Parquet `files` given as local paths or URIs of one filesystem (pyarrow accepts a list
+    of paths only, not of URIs)."""
+    if not files:
+        return pads.dataset([], **options)
+    filesystem, _ = filesystem_of(files[0])
+    return pads.dataset([filesystem_of(f)[1] for f in files], filesystem=filesystem, **options)
 
 
 def delete_tree(uri: str) -> None:

@@ -8,13 +8,13 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import ray
 
 from engine.columns import INGESTED_AT, RESCUED_DATA, RUN_ID, SOURCE_FILE
 from engine.ingest.drift import SchemaDrift, apply_policy, detect_drift
 from engine.ingest.readers import json_field_types, parse_json_lines, read_landing_file, read_text
 from engine.ingest.sources import FileSource, LandingFile
+from engine.storage import parquet_dataset
 from engine.tables.staging import StagedFiles, Stager
 
 
@@ -148,6 +148,6 @@ def _shape_of(json_type: str) -> str:
 @ray.remote
 def _restage(staged: StagedFiles, drift: SchemaDrift, stager: Stager, task: int) -> StagedFiles:
     """Stage again, with the `rescue` policy applied, the rows of one file staged as it arrived."""
-    rows = pads.dataset([f"{stager.data_folder}/{f.path}" for f in staged.data], format="parquet").to_table()
+    rows = parquet_dataset([f"{stager.data_folder}/{f.path}" for f in staged.data], format="parquet").to_table()
     stager.discard(staged)
     return stager.write([apply_policy(rows, drift, "rescue", source=stager.table)], task)

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from engine.errors import QualityFailed
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult
+from engine.storage import parquet_dataset
 from engine.tables import delta
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
@@ -38,7 +38,7 @@ def unique_check(table: str, quality: Quality, folder: str, files: Sequence[Data
         return []
     columns = list(quality.unique)
     if files:
-        keys = pads.dataset([f"{folder}/{f.path}" for f in files], format="parquet").to_table(columns=columns)
+        keys = parquet_dataset([f"{folder}/{f.path}" for f in files], format="parquet").to_table(columns=columns)
     else:
         keys = pa.table({c: [] for c in columns})
     frame = pl.from_arrow(keys)

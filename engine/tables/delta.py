@@ -21,7 +21,7 @@ from deltalake.transaction import AddAction, CommitProperties, Transaction, crea
 from engine.arrow import storage_schema, to_storage, unify
 from engine.errors import CommitConflict, TableFailed, TableNotFound
 from engine.kinds import Merge
-from engine.storage import filesystem_of
+from engine.storage import filesystem_of, parquet_dataset
 from engine.tables.files import DataFile
 
 METADATA_PREFIX = "medallion."
@@ -171,8 +171,8 @@ def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[st
     now = open_table(uri, table, until)
     after = set(now.file_uris())
     schema = pa.schema(now.schema().to_arrow())
-    old = pl.from_arrow(pads.dataset(sorted(before - after), schema=schema, format="parquet").to_table())
-    new = pl.from_arrow(pads.dataset(sorted(after - before), schema=schema, format="parquet").to_table())
+    old = pl.from_arrow(parquet_dataset(sorted(before - after), schema=schema, format="parquet").to_table())
+    new = pl.from_arrow(parquet_dataset(sorted(after - before), schema=schema, format="parquet").to_table())
     assert isinstance(old, pl.DataFrame) and isinstance(new, pl.DataFrame)
     columns = [c for c in schema.names if not isinstance(new.schema[c], pl.List | pl.Struct | pl.Array)]
     counted = [frame.group_by(columns).agg(pl.len().alias("__copies")) for frame in (old, new)]
