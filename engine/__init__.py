@@ -3,6 +3,7 @@
 from engine.config import Settings as Settings
 from engine.config import load_settings as load_settings
 from engine.errors import EngineError as EngineError
+from engine.freshness import Freshness as Freshness
 from engine.ingest.sources import FileSource as FileSource
 from engine.kinds import SCD2 as SCD2
 from engine.kinds import Append as Append

@@ -8,8 +8,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
@@ -22,10 +22,12 @@ from engine.capacity import reserved_capacity
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
+from engine.freshness import FRESH, LATE, UNKNOWN, TableFreshness, definitions_under, table_freshness
 from engine.governance.access import authorize
 from engine.governance.encryption import decrypt_columns, encrypted_columns
 from engine.governance.secrets import column_key
 from engine.maintenance.due import Done, run_due_maintenance
+from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
@@ -308,30 +310,68 @@ def demo(ctx: click.Context, scale: float, seed: int) -> None:
 
 @main.command()
 @click.option("--as-of", "as_of", default=None, help="ISO-8601 time: every table's state and last run then.")
+@click.option("--pipeline", "pipeline_names", multiple=True,
+              help="Take freshness targets (and tables not built yet) from this pipeline (repeatable); by "
+                   "default from the pipeline named in each table's last commit.")
+@click.option("--late", is_flag=True, help="Exit with status 1 when a table is late (for cron and alerting).")
 @click.pass_context
 @_reported
-def status(ctx: click.Context, as_of: str | None) -> None:
-    """Tables, latest versions, row counts and the last run of each."""
+def status(ctx: click.Context, as_of: str | None, pipeline_names: tuple[str, ...], late: bool) -> None:
+    """Tables, latest versions, row counts, freshness and the last run of each."""
     moment = parse_as_of(as_of) if as_of is not None else None
     if isinstance(moment, int):
         raise EngineError(f"status --as-of takes an ISO-8601 time, not `{as_of}` (versions differ per table)")
-    _print_status(_settings(ctx), moment)
+    pipelines = [load_pipeline(name) for name in pipeline_names]
+    overdue = _print_status(_settings(ctx), moment, pipelines)
+    if late and overdue:
+        sys.exit(1)
 
 
-def _print_status(settings: Settings, as_of: datetime | None = None) -> None:
+def _print_status(settings: Settings, as_of: datetime | None = None,
+                  pipelines: Sequence[Pipeline] = ()) -> list[TableFreshness]:
+    """Print every table's state and freshness; returns the late tables."""
     layout = Layout.at(settings.storage.root)
     statuses = table_statuses(layout, as_of)
-    if not statuses:
+    definitions = definitions_under(list_tables(layout), pipelines)
+    targets = {name: definition.freshness for name, (_, definition) in definitions.items()}
+    shown = {s.table for s in statuses}
+    never_built = [name for name, target in targets.items() if target is not None and name not in shown]
+    if not statuses and not never_built:
         console.print(f"no tables under {layout.root}; run `medallion demo` or `medallion run PIPELINE`")
-        return
+        return []
+    now = as_of or datetime.now(UTC)
     view = Table(title=f"tables under {layout.root}" + (f" as of {as_of.isoformat()}" if as_of else ""))
-    for column in ("table", "version", "rows", "last run", "status", "finished (UTC)"):
+    for column in ("table", "version", "rows", "last run", "status", "finished (UTC)", "freshness"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
+    freshness: list[TableFreshness] = []
     for item in statuses:
         finished = item.last_finished_at.strftime("%Y-%m-%d %H:%M:%S") if item.last_finished_at else ""
+        fresh = None
+        if not item.table.startswith("quarantine."):
+            fresh = table_freshness(layout.table(item.table), item.table, targets.get(item.table), now=now,
+                                    version=item.version)
+            freshness.append(fresh)
         view.add_row(item.table, str(item.version), f"{item.rows:,}", item.last_run_id or "",
-                     item.last_status or "", finished)
+                     item.last_status or "", finished, _freshness_cell(fresh))
+    for name in never_built:
+        fresh = table_freshness(layout.table(name), name, targets[name], now=now)
+        freshness.append(fresh)
+        view.add_row(name, "-", "-", "", "", "", _freshness_cell(fresh))
     console.print(view)
+    late = [f for f in freshness if f.state == LATE]
+    for overdue in late:
+        console.print(f"late: {overdue.table}: {overdue.reason}", style="red", soft_wrap=True)
+    for measured in freshness:
+        if measured.state == UNKNOWN:
+            console.print(f"freshness unknown: {measured.table}: {measured.reason}", style="yellow", soft_wrap=True)
+    return late
+
+
+def _freshness_cell(fresh: TableFreshness | None) -> str:
+    if fresh is None:
+        return ""
+    colour = {LATE: "red", UNKNOWN: "yellow", FRESH: "green"}.get(fresh.state)
+    return f"[{colour}]{fresh.summary()}[/{colour}]" if colour else fresh.summary()
 
 
 @main.command()
@@ -415,6 +455,7 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
     console.print(f"{len(summaries)} checks, {failed} with failing rows")
 
 
+from engine.catalog_cli import catalog  # noqa: E402
 from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
 from engine.governance.access_cli import access  # noqa: E402
@@ -423,6 +464,7 @@ from engine.lineage.cli import lineage  # noqa: E402
 from engine.maintenance.cli import backup, maintain  # noqa: E402
 from engine.training.cli import score, train  # noqa: E402
 
+main.add_command(catalog)
 main.add_command(cluster)
 main.add_command(features)
 main.add_command(train)

@@ -6,12 +6,13 @@ import dataclasses
 import fnmatch
 import inspect
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, TypeVar
 
 from engine.errors import PipelineDefinitionError, SelectionError
+from engine.freshness import Freshness
 from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
 from engine.kinds import AnyKind, Append, Overwrite
@@ -51,6 +52,11 @@ class TableDefinition:
         pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
             HMAC-SHA256), `mask` or `encrypt` (AES-256-CTR + HMAC, readable with the key); they are also kept
             out of the Delta file statistics.
+        owner: who answers for the table (a team or a person), for the catalog.
+        tags: free-form labels for the catalog (`pii`, `finance`, ...).
+        columns: documentation of columns by name, `{"customer_id": "the customer's id"}`; a documented
+            column the built table lacks is reported (run record, catalog).
+        freshness: how fresh the table's data must be (`engine.freshness`); `medallion status` reports it.
     """
 
     name: str
@@ -66,6 +72,14 @@ class TableDefinition:
     maintenance: Maintenance = Maintenance()
     subject: str | None = None
     pii: Mapping[str, str] = field(default_factory=dict)
+    owner: str = ""
+    tags: tuple[str, ...] = ()
+    columns: Mapping[str, str] = field(default_factory=dict)
+    freshness: Freshness | None = None
+
+    def unknown_documented_columns(self, names: Collection[str]) -> list[str]:
+        """The documented columns (`columns`) that are not among `names`, the table's actual columns."""
+        return [c for c in self.columns if c not in names]
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -114,6 +128,10 @@ class Pipeline:
         maintenance: Maintenance | None = None,
         subject: str | None = None,
         pii: Mapping[str, str] | None = None,
+        owner: str = "",
+        tags: Collection[str] = (),
+        columns: Mapping[str, str] | None = None,
+        freshness: Freshness | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
 
@@ -128,8 +146,13 @@ class Pipeline:
             maintenance: z-order columns, compacted file size and compaction interval.
             subject: the column holding the data subject's id, for erasure.
             pii: personal-data columns, `{"email": "tokenize", "first_name": "mask", "phone": "encrypt"}`.
+            owner: who answers for the table.
+            tags: labels for the catalog.
+            columns: column documentation, `{"customer_id": "the customer's id"}`.
+            freshness: the freshness target, e.g. `Freshness(max_age="6h")`.
         """
         check_declaration(name, pii or {})
+        catalog = _catalog_fields(name, owner, tags, columns, freshness)
 
         def register(function: TableFunction) -> TableFunction:
             inputs = self._inputs_of(name, function)
@@ -146,17 +169,22 @@ class Pipeline:
                 maintenance=maintenance or Maintenance(),
                 subject=subject,
                 pii=dict(pii or {}),
+                **catalog,
             ))
             return function
 
         return register
 
     def ingest(self, name: str, source: FileSource, *, description: str = "",
-               maintenance: Maintenance | None = None, subject: str | None = None) -> TableDefinition:
+               maintenance: Maintenance | None = None, subject: str | None = None, owner: str = "",
+               tags: Collection[str] = (), columns: Mapping[str, str] | None = None,
+               freshness: Freshness | None = None) -> TableDefinition:
         """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `subject`
-        names the field holding the data subject's id (erasure also rewrites the landing files)."""
+        names the field holding the data subject's id (erasure also rewrites the landing files); `owner`,
+        `tags`, `columns` and `freshness` as for `table`."""
         definition = TableDefinition(name=name, kind=Append(), source=source, description=description,
-                                     maintenance=maintenance or Maintenance(), subject=subject)
+                                     maintenance=maintenance or Maintenance(), subject=subject,
+                                     **_catalog_fields(name, owner, tags, columns, freshness))
         self._add(definition)
         return definition
 
@@ -245,6 +273,32 @@ class Pipeline:
         for term in filter(None, re.split(r"[\s,]+", expression.strip())):
             chosen |= _select_term(term, resolved)
         return [t for t in order if t in chosen]
+
+
+def _catalog_fields(name: str, owner: str, tags: Collection[str], columns: Mapping[str, str] | None,
+                    freshness: Freshness | None) -> dict[str, Any]:
+    """`owner`, `tags`, `columns` and `freshness` of table `name`, checked.
+
+    Raises:
+        PipelineDefinitionError: one of them has the wrong type or an empty name.
+    """
+    if not isinstance(owner, str):
+        raise PipelineDefinitionError(f"table `{name}`: owner must be a string, not {owner!r}", table=name)
+    if isinstance(tags, str) or not all(isinstance(t, str) and t.strip() for t in tags):
+        raise PipelineDefinitionError(
+            f"table `{name}`: tags must be a tuple of non-empty strings, e.g. (\"finance\", \"daily\"), not {tags!r}",
+            table=name)
+    columns = dict(columns or {})
+    bad = [c for c, doc in columns.items() if not isinstance(c, str) or not c or not isinstance(doc, str)]
+    if bad:
+        raise PipelineDefinitionError(
+            f"table `{name}`: columns maps column names to their documentation (strings); check {bad[0]!r}",
+            table=name)
+    if freshness is not None and not isinstance(freshness, Freshness):
+        raise PipelineDefinitionError(
+            f"table `{name}`: freshness must be a Freshness(max_age=...), not {freshness!r}", table=name)
+    return {"owner": owner.strip(), "tags": tuple(dict.fromkeys(t.strip() for t in tags)), "columns": columns,
+            "freshness": freshness}
 
 
 def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:

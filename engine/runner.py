@@ -241,11 +241,23 @@ class Runner:
                 values = self._transform(definition, run_id, checks)
             if self._keep_pii_out_of_stats(definition, run_id) and values.get("output_version") is not None:
                 values["output_version"] = delta.latest_version(self.layout.table(definition.name))
+            self._check_column_docs(definition, values)
         except EngineError as err:
             log.error("%s", err)
             return self._record(run_id, definition.name, "failed", started, error=str(err), checks=checks)
         return self._record(run_id, definition.name, values.pop("status", "succeeded"), started,
                             checks=checks, **values)
+
+    def _check_column_docs(self, definition: TableDefinition, values: dict[str, Any]) -> None:
+        """Report documented columns the table does not have, in the log and the run record's details."""
+        uri = self.layout.table(definition.name)
+        if not definition.columns or values.get("output_version") is None or not delta.table_exists(uri):
+            return
+        names = pa.schema(delta.open_table(uri, definition.name).schema().to_arrow()).names
+        unknown = definition.unknown_documented_columns(names)
+        if unknown:
+            log.warning("table `%s` documents columns it does not have: %s", definition.name, ", ".join(unknown))
+            values["details"] = dict(values.get("details") or {}) | {"unknown_documented_columns": unknown}
 
     @property
     def _operation(self) -> str:

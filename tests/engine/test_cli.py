@@ -115,3 +115,20 @@ def test_backfill_replaces_a_date_range_of_a_time_partitioned_table(demo_root: P
     assert after.equals(before)
     code, output = invoke(demo_root, "backfill", "gold.customer_features", "--from", "2026-01-05", "--to", "2026-01-06")
     assert code == 1 and "table `gold.customer_features` has no time partition to backfill" in output
+
+
+def test_retail_catalog_declarations_are_true_of_the_built_tables(demo_root: Path) -> None:
+    """Every documented retail column exists; status and catalog show the gold tables' freshness."""
+    import json
+
+    code, output = invoke(demo_root, "catalog", "--json")
+    assert code == 0, output
+    entries = {e["table"]: e for e in json.loads(output)}
+    assert [e["problems"] for e in entries.values() if e["problems"]] == []
+    assert entries["silver.orders"]["owner"] and entries["silver.orders"]["downstream"] == ["gold.fct_order_lines"]
+    for table in ("gold.dim_customer", "gold.dim_product", "gold.fct_order_lines", "gold.customer_daily",
+                  "gold.customer_features"):
+        assert entries[table]["freshness"]["state"] in ("fresh", "late"), entries[table]["freshness"]
+    assert entries["gold.customer_daily"]["freshness"]["newest_partition"] is not None
+    code, output = invoke(demo_root, "status")
+    assert code == 0 and "freshness" in output

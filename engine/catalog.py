@@ -1,0 +1,172 @@
+"""The catalog: every table of a root's pipelines with its description, owner, tags, schema (from the Delta
+log) with column docs, freshness, size and lineage neighbours, and a search over them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from engine.freshness import TableFreshness, definitions_under, table_freshness
+from engine.pipeline import Pipeline, TableDefinition
+from engine.status import list_tables
+from engine.tables import delta
+from engine.tables.layout import Layout
+
+
+@dataclass(frozen=True)
+class ColumnEntry:
+    """One column: its name, Delta type (None when the table was never built) and documentation."""
+
+    name: str
+    type: str | None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One table in the catalog.
+
+    Attributes:
+        table: `<layer>.<name>`.
+        pipeline: the pipeline that declares it, None for a table under the root that no loadable pipeline
+            declares.
+        description, owner, tags: as declared.
+        columns: the columns of the latest version (documented ones the table lacks are left out and
+            reported in `problems`); the documented columns when the table was never built.
+        version: latest version, None when never built.
+        rows: rows at that version (from the log's statistics).
+        freshness: against the declared target (`engine.freshness`).
+        upstream: tables it reads (and, for an ingested table, `landing/<folder>`).
+        downstream: tables that read it.
+        problems: declaration errors found against the built table (documented columns it lacks).
+        matches: what a search matched (`table name`, `column customer_id`, ...).
+    """
+
+    table: str
+    pipeline: str | None
+    description: str
+    owner: str
+    tags: tuple[str, ...]
+    columns: tuple[ColumnEntry, ...]
+    version: int | None
+    rows: int | None
+    freshness: TableFreshness | None
+    upstream: tuple[str, ...]
+    downstream: tuple[str, ...]
+    problems: tuple[str, ...] = ()
+    matches: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {
+            "table": self.table, "pipeline": self.pipeline, "description": self.description, "owner": self.owner,
+            "tags": list(self.tags),
+            "columns": [{"name": c.name, "type": c.type, "doc": c.doc} for c in self.columns],
+            "version": self.version, "rows": self.rows,
+            "freshness": self.freshness.to_json() if self.freshness is not None else None,
+            "upstream": list(self.upstream), "downstream": list(self.downstream),
+            "problems": list(self.problems), "matches": list(self.matches),
+        }
+
+
+def _type_name(delta_type: Any) -> str:
+    """`long`, `string`, `timestamp`, `array<string>`, `struct<a: long, ...>`."""
+    if hasattr(delta_type, "element_type"):
+        return f"array<{_type_name(delta_type.element_type)}>"
+    if hasattr(delta_type, "key_type"):
+        return f"map<{_type_name(delta_type.key_type)}, {_type_name(delta_type.value_type)}>"
+    if hasattr(delta_type, "fields"):
+        return "struct<" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in delta_type.fields) + ">"
+    return str(getattr(delta_type, "type", delta_type))
+
+
+def unknown_column_problems(table: str, documented: Iterable[str], names: Sequence[str]) -> list[str]:
+    """One line per documented column that table `table` (with columns `names`) does not have."""
+    return [f"table `{table}` documents column `{c}`, which it does not have (columns: {', '.join(names)})"
+            for c in documented if c not in names]
+
+
+def build_catalog(layout: Layout, pipelines: Sequence[Pipeline] = (), *, now: dt.datetime | None = None,
+                  only_pipelines: bool = False) -> list[CatalogEntry]:
+    """The catalog of the root: the tables of `pipelines`, then of the pipelines named by the last commit of
+    the root's tables, then (unless `only_pipelines`) the root's other tables, upstream before downstream
+    within each pipeline."""
+    now = now or dt.datetime.now(dt.UTC)
+    present = {name: uri for name, uri in list_tables(layout).items() if not name.startswith("quarantine.")}
+    definitions = definitions_under({} if only_pipelines else present, pipelines)
+    downstream: dict[str, list[str]] = {name: [] for name in definitions}
+    for name, (_, definition) in definitions.items():
+        for parent in definition.inputs:
+            downstream.setdefault(parent, []).append(name)
+    ordered: list[str] = []
+    for pipeline in dict.fromkeys(p for p, _ in definitions.values()):
+        ordered.extend(t for t in pipeline.order() if definitions.get(t, (None,))[0] is pipeline)
+    entries = [_entry(layout, name, definitions[name][0], definitions[name][1], downstream.get(name, []), now)
+               for name in ordered]
+    if not only_pipelines:
+        entries.extend(_entry(layout, name, None, None, downstream.get(name, []), now)
+                       for name in present if name not in definitions)
+    return entries
+
+
+def _entry(layout: Layout, name: str, pipeline: Pipeline | None, definition: TableDefinition | None,
+           children: Sequence[str], now: dt.datetime) -> CatalogEntry:
+    uri = layout.table(name)
+    docs = dict(definition.columns) if definition is not None else {}
+    version = rows = None
+    problems: list[str] = []
+    if delta.table_exists(uri):
+        table = delta.open_table(uri, name)
+        version = table.version()
+        rows = delta.row_count(uri, name, version)
+        fields = table.schema().fields
+        columns = tuple(ColumnEntry(f.name, _type_name(f.type), docs.get(f.name, "")) for f in fields)
+        problems = unknown_column_problems(name, docs, [f.name for f in fields])
+    else:
+        columns = tuple(ColumnEntry(c, None, doc) for c, doc in docs.items())
+    upstream: tuple[str, ...] = ()
+    if definition is not None:
+        upstream = definition.inputs
+        if definition.source is not None:
+            upstream = (f"landing/{definition.source.directory}", *upstream)
+    target = definition.freshness if definition is not None else None
+    return CatalogEntry(
+        table=name,
+        pipeline=pipeline.name if pipeline is not None else None,
+        description=definition.description if definition is not None else "",
+        owner=definition.owner if definition is not None else "",
+        tags=definition.tags if definition is not None else (),
+        columns=columns,
+        version=version,
+        rows=rows,
+        freshness=table_freshness(uri, name, target, now=now, version=version),
+        upstream=tuple(upstream),
+        downstream=tuple(children),
+        problems=tuple(problems),
+    )
+
+
+def search(entries: Iterable[CatalogEntry], text: str) -> list[CatalogEntry]:
+    """The entries where `text` occurs, case-insensitively, in the table name, description, a tag, the
+    owner, a column name or a column's documentation; each with what matched in `matches`."""
+    needle = text.casefold().strip()
+    found = []
+    for entry in entries:
+        matches = []
+        if needle in entry.table.casefold():
+            matches.append("table name")
+        if needle in entry.description.casefold():
+            matches.append("description")
+        matches += [f"tag {t}" for t in entry.tags if needle in t.casefold()]
+        if needle in entry.owner.casefold():
+            matches.append("owner")
+        for column in entry.columns:
+            if needle in column.name.casefold():
+                matches.append(f"column {column.name}")
+            if needle in column.doc.casefold():
+                matches.append(f"doc of column {column.name}")
+        if matches:
+            found.append(replace(entry, matches=tuple(matches)))
+    return found

@@ -1,0 +1,76 @@
+"""`medallion catalog [--search TEXT] [--pipeline NAME] [--json]`: what tables there are and what they hold."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from engine.catalog import CatalogEntry, build_catalog, search
+from engine.cli import _reported, _settings, console
+from engine.entrypoints import load_pipeline
+from engine.freshness import LATE, UNKNOWN
+from engine.tables.layout import Layout
+
+
+@click.command()
+@click.option("--search", "text", default=None,
+              help="Only tables where TEXT occurs (any case) in the name, description, tags, owner, column "
+                   "names or column docs.")
+@click.option("--pipeline", "pipeline_names", multiple=True,
+              help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
+                   "the root, with the declarations of the pipeline named in its last commit.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
+@click.pass_context
+@_reported
+def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...], as_json: bool) -> None:
+    """Tables with description, owner, tags, schema and column docs, freshness, size and lineage."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    pipelines = [load_pipeline(name) for name in pipeline_names]
+    entries = build_catalog(layout, pipelines, only_pipelines=bool(pipelines))
+    if text is not None:
+        entries = search(entries, text)
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in entries], indent=2, default=str))
+        return
+    if not entries:
+        console.print(f"no table under {layout.root}" + (f" matches `{escape(text)}`" if text else ""))
+        return
+    for entry in entries:
+        _print_entry(entry)
+    problems = sum(len(e.problems) for e in entries)
+    console.print(f"{len(entries)} table(s)" + (f", {problems} declaration problem(s)" if problems else ""))
+
+
+def _print_entry(entry: CatalogEntry) -> None:
+    size = "not built" if entry.version is None else f"v{entry.version}, {entry.rows:,} rows"
+    console.print(f"[bold]{entry.table}[/bold]  ({size}" + (f", pipeline {entry.pipeline})" if entry.pipeline
+                                                             else ")"))
+    if entry.description:
+        console.print(f"  {escape(entry.description)}", soft_wrap=True)
+    lines = [("owner", entry.owner), ("tags", ", ".join(entry.tags)),
+             ("upstream", ", ".join(entry.upstream)), ("downstream", ", ".join(entry.downstream))]
+    if entry.freshness is not None and entry.freshness.state != "untracked":
+        colour = {LATE: "red", UNKNOWN: "yellow"}.get(entry.freshness.state, "green")
+        target = entry.freshness.target.describe() if entry.freshness.target else ""
+        detail = f" ({escape(entry.freshness.reason)})" if entry.freshness.reason else ""
+        lines.append(("freshness", f"[{colour}]{entry.freshness.summary()}[/{colour}], target {target}{detail}"))
+    elif entry.freshness is not None and entry.freshness.age is not None:
+        lines.append(("freshness", f"{entry.freshness.summary()}, no target"))
+    if entry.matches:
+        lines.append(("matched", ", ".join(entry.matches)))
+    for label, value in lines:
+        if value:
+            console.print(f"  {label:<10} {value}", soft_wrap=True)
+    for problem in entry.problems:
+        console.print(f"  problem    {escape(problem)}", style="yellow", soft_wrap=True)
+    if entry.columns:
+        view = Table(show_edge=False, pad_edge=False, box=None, padding=(0, 2, 0, 4))
+        for heading in ("column", "type", "doc"):
+            view.add_column(heading)
+        for column in entry.columns:
+            view.add_row(column.name, column.type or "?", escape(column.doc))
+        console.print(view)
+    console.print()

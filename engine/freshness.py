@@ -1,0 +1,387 @@
+"""Freshness: how old the data of a table is, against the target the table declares.
+
+Two ages, both read from the Delta log alone (no data file is scanned):
+
+- **table age**: `now` minus the newest value of the table's event-time column (`Freshness.time_column`)
+  when it declares one, else `now` minus the time of the newest commit that brought new data: a commit of a
+  pipeline run (`medallion.operation` = `run`, or a commit of another writer without that key) that added
+  data files. Backfills, restores, compactions, vacuums, erasures and the commits that keep personal data
+  out of statistics do not count, nor do commits a restore undid.
+- **partition age**: `now` minus the newest value of `Freshness.partition_column` present in the table (a
+  date counts as midnight UTC at its start). A backfill of an old partition commits recently but leaves the
+  newest partition as it is, so it cannot hide a stale recent partition.
+
+Column values come from the `max.<column>` statistics of the live files (`partition.<column>` for a
+Delta-partitioned column); files without that statistic (the engine's writer keeps min/max of integer and
+date columns only) are read for the Parquet footer's row-group statistics instead, still no data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
+
+from engine.errors import PipelineDefinitionError
+from engine.tables import delta
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+FRESH, LATE, UNKNOWN, UNTRACKED = "fresh", "late", "unknown", "untracked"
+DATA_OPERATIONS = frozenset({"run"})
+"""`medallion.operation` values of commits that bring new data; commits without the key (other writers)
+count too, unless Delta calls them a restore."""
+
+
+def parse_duration(value: str | dt.timedelta, what: str = "duration") -> dt.timedelta:
+    """A positive duration from `30m`, `6h`, `1d`, `2w`, `90s` (a number and one unit) or a timedelta.
+
+    Raises:
+        PipelineDefinitionError: anything else, or a duration that is not positive.
+    """
+    if isinstance(value, dt.timedelta):
+        duration = value
+    elif isinstance(value, str) and (match := DURATION.match(value.lower())):
+        duration = dt.timedelta(**{UNITS[match.group(2)]: float(match.group(1))})
+    else:
+        raise PipelineDefinitionError(
+            f"{what} `{value!r}` is not a duration; write a number and a unit, s, m, h, d or w "
+            "(`30m`, `6h`, `1d`), or pass a datetime.timedelta")
+    if duration <= dt.timedelta(0):
+        raise PipelineDefinitionError(f"{what} `{value!r}` must be longer than zero")
+    return duration
+
+
+def format_duration(duration: dt.timedelta) -> str:
+    """`2d 3h`, `5h 12m`, `40m`, `12s`: the two largest units."""
+    seconds = int(duration.total_seconds())
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")) if n]
+    return sign + (" ".join(parts[:2]) or "0s")
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How fresh a table's data must be.
+
+    Attributes:
+        max_age: the table age allowed (see the module docstring): `30m`, `6h`, `1d` or a timedelta.
+        time_column: an event-time column (timestamp or date) whose newest value measures the table age
+            instead of the last data commit, so that a run re-committing old data does not count as fresh.
+        partition_column: the time partition column (e.g. `order_date`) whose newest value present is
+            measured against `partition_max_age`.
+        partition_max_age: the age the newest partition may have (a date is midnight UTC at its start, so
+            daily partitions need more than `1d`: `36h` means yesterday's partition by noon today).
+
+    Raises:
+        PipelineDefinitionError: a duration does not parse, no target is given, or only one of
+            `partition_column` and `partition_max_age` is.
+    """
+
+    max_age: dt.timedelta | str | None = None
+    time_column: str | None = None
+    partition_column: str | None = None
+    partition_max_age: dt.timedelta | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_age is not None:
+            object.__setattr__(self, "max_age", parse_duration(self.max_age, "freshness max_age"))
+        if self.partition_max_age is not None:
+            object.__setattr__(self, "partition_max_age",
+                               parse_duration(self.partition_max_age, "freshness partition_max_age"))
+        if (self.partition_column is None) != (self.partition_max_age is None):
+            raise PipelineDefinitionError(
+                "freshness: give partition_column and partition_max_age together "
+                f"(got partition_column={self.partition_column!r}, partition_max_age={self.partition_max_age!r})")
+        if self.max_age is None and self.partition_max_age is None:
+            raise PipelineDefinitionError("freshness: give max_age, or partition_column and partition_max_age")
+        if self.time_column is not None and self.max_age is None:
+            raise PipelineDefinitionError("freshness: time_column measures max_age; give max_age too")
+
+    def describe(self) -> str:
+        """`6h`, `6h of order_ts`, `6h, newest order_date 36h`."""
+        parts = []
+        if self.max_age is not None:
+            parts.append(format_duration(self.max_age)  # type: ignore[arg-type]
+                         + (f" of {self.time_column}" if self.time_column else ""))
+        if self.partition_column is not None:
+            parts.append(f"newest {self.partition_column} {format_duration(self.partition_max_age)}")  # type: ignore[arg-type]
+        return ", ".join(parts)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The table columns the target reads."""
+        return tuple(c for c in (self.time_column, self.partition_column) if c is not None)
+
+
+@dataclass(frozen=True)
+class TableFreshness:
+    """The freshness of one table at `now`.
+
+    Attributes:
+        table: `<layer>.<name>`.
+        target: the declared target, None when the table declares none.
+        state: `fresh`, `late`, `unknown` (never built, or nothing to measure the age from) or `untracked`
+            (no target; the age is still given).
+        age: the table age (module docstring), None when unknown.
+        age_source: what the age was measured from: `commit vN` or the event-time column.
+        partition_age: the age of the newest partition, None without a partition target or when unknown.
+        newest_partition: the newest partition value present.
+        reasons: why the table is late or unknown, one line each; empty when fresh.
+        now: the time the ages were measured at.
+    """
+
+    table: str
+    target: Freshness | None
+    state: str
+    age: dt.timedelta | None = None
+    age_source: str | None = None
+    partition_age: dt.timedelta | None = None
+    newest_partition: Any = None
+    reasons: tuple[str, ...] = ()
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def reason(self) -> str:
+        """The reasons joined in one line."""
+        return "; ".join(self.reasons)
+
+    def summary(self) -> str:
+        """One short cell: `fresh 2h/6h`, `late 8h/6h`, `unknown`, `age 3h`."""
+        if self.state == UNKNOWN:
+            return UNKNOWN
+        if self.state == UNTRACKED:
+            return f"age {format_duration(self.age)}" if self.age is not None else ""
+        ages = []
+        if self.target is not None and self.target.max_age is not None and self.age is not None:
+            ages.append(f"{format_duration(self.age)}/{format_duration(self.target.max_age)}")  # type: ignore[arg-type]
+        if self.target is not None and self.target.partition_max_age is not None and self.partition_age is not None:
+            ages.append(f"{self.target.partition_column} {format_duration(self.partition_age)}/"
+                        f"{format_duration(self.target.partition_max_age)}")  # type: ignore[arg-type]
+        return f"{self.state} " + ", ".join(ages)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (ages in seconds)."""
+        target = self.target
+        return {
+            "state": self.state,
+            "target": None if target is None else {
+                "max_age_s": target.max_age.total_seconds() if target.max_age is not None else None,  # type: ignore[union-attr]
+                "time_column": target.time_column,
+                "partition_column": target.partition_column,
+                "partition_max_age_s": (target.partition_max_age.total_seconds()  # type: ignore[union-attr]
+                                        if target.partition_max_age is not None else None),
+            },
+            "age_s": self.age.total_seconds() if self.age is not None else None,
+            "age_source": self.age_source,
+            "partition_age_s": self.partition_age.total_seconds() if self.partition_age is not None else None,
+            "newest_partition": None if self.newest_partition is None else str(self.newest_partition),
+            "reasons": list(self.reasons),
+            "now": self.now.isoformat(),
+        }
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def as_instant(value: Any) -> dt.datetime | None:
+    """A column value as a UTC time: a date is midnight UTC at its start, naive times are UTC, ISO strings
+    are parsed; None when it is none of these."""
+    if isinstance(value, dt.datetime):
+        return _utc(value)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time(), dt.UTC)
+    if isinstance(value, str):
+        try:
+            return as_instant(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None
+
+
+def _commit_adds_data(uri: str, version: int) -> bool:
+    """Whether the commit file of `version` adds a data file (`dataChange`); True when the file is gone
+    (log cleaned up), since the commit's operation already qualified it."""
+    filesystem, base = pafs.FileSystem.from_uri(f"{uri}/_delta_log/{version:020d}.json")
+    try:
+        with filesystem.open_input_stream(base) as stream:
+            lines = stream.read().decode().splitlines()
+    except (FileNotFoundError, OSError):
+        return True
+    for line in lines:
+        if '"add"' not in line:
+            continue
+        action = json.loads(line).get("add")
+        if action is not None and action.get("dataChange", True):
+            return True
+    return False
+
+
+def last_data_commit(uri: str, table: str, version: int | None = None) -> dict[str, Any] | None:
+    """The newest commit (at or before `version`) that brought new data and that no restore undid, None
+    when there is none (module docstring)."""
+    undone_above: int | None = None
+    for commit in delta.history(uri, table):
+        if (version is not None and commit["version"] > version) or \
+                (undone_above is not None and commit["version"] > undone_above):
+            continue
+        undone_above = None
+        restored_to = delta.commit_info_value(commit, delta.RESTORED_TO_KEY)
+        if restored_to is not None:
+            undone_above = int(restored_to)
+        operation = delta.commit_info_value(commit, "operation")
+        if operation is None and str(commit.get("operation", "")).upper() == "RESTORE":
+            continue
+        if operation is not None and operation not in DATA_OPERATIONS:
+            continue
+        if _commit_adds_data(uri, commit["version"]):
+            return commit
+    return None
+
+
+def newest_value(table: DeltaTable, column: str) -> Any:
+    """The newest value of `column` in the live files of `table`, from the Delta log's statistics, or the
+    Parquet footers of files whose log entry has none; None when the table has no non-null value.
+
+    Raises:
+        KeyError: the table has no such column.
+    """
+    if column not in table.schema().to_arrow().names:  # type: ignore[union-attr]
+        raise KeyError(column)
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if f"partition.{column}" in actions.column_names:
+        values = [v for v in actions.column(f"partition.{column}").to_pylist() if v is not None]
+        return max(values, default=None)
+    rows = actions.to_pylist()
+    values, unknown = [], []
+    for row in rows:
+        if row.get("num_records") == 0:
+            continue
+        value = row.get(f"max.{column}")
+        nulls, records = row.get(f"null_count.{column}"), row.get("num_records")
+        if value is not None:
+            values.append(value)
+        elif not (nulls is not None and records is not None and nulls >= records):
+            unknown.append(row["path"])
+    values.extend(v for v in (_footer_max(table.table_uri, path, column) for path in unknown) if v is not None)
+    return max(values, key=lambda v: as_instant(v) or dt.datetime.min.replace(tzinfo=dt.UTC), default=None)
+
+
+def _footer_max(uri: str, path: str, column: str) -> Any:
+    """The max of `column` over the row-group statistics of one data file's Parquet footer."""
+    filesystem, base = pafs.FileSystem.from_uri(uri)
+    with filesystem.open_input_file(f"{base}/{path}") as source:
+        metadata = pq.ParquetFile(source).metadata
+    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    if column not in names:
+        return None
+    index = names.index(column)
+    highest = None
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max:
+            continue
+        value = stats.max
+        if highest is None or (as_instant(value) or value) > (as_instant(highest) or highest):
+            highest = value
+    return highest
+
+
+def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.datetime | None = None,
+                    version: int | None = None) -> TableFreshness:
+    """The freshness of the table at `uri` (at `version`, latest when None) at `now` (the current time when
+    None) against `target`."""
+    now = _utc(now or dt.datetime.now(dt.UTC))
+    if not delta.table_exists(uri):
+        return TableFreshness(table, target, UNKNOWN if target else UNTRACKED,
+                              reasons=("never built",) if target else (), now=now)
+    opened = delta.open_table(uri, table, version)
+    reasons: list[str] = []
+    age = source = partition_age = newest_partition = None
+    time_column = target.time_column if target is not None else None
+    if time_column is not None:
+        try:
+            newest = as_instant(newest_value(opened, time_column))
+        except KeyError:
+            newest = None
+            reasons.append(f"event-time column `{time_column}` is not a column of the table")
+        else:
+            if newest is None:
+                reasons.append(f"no value of event-time column `{time_column}` to measure the age from")
+        if newest is not None:
+            age, source = now - newest, f"newest {time_column} {newest.isoformat()}"
+    else:
+        commit = last_data_commit(uri, table, opened.version())
+        if commit is None:
+            if target is not None and target.max_age is not None:
+                reasons.append("no commit brought data (only maintenance, restores or backfills)")
+        else:
+            committed = dt.datetime.fromtimestamp(commit.get("timestamp", 0) / 1000, dt.UTC)
+            age, source = now - committed, f"data commit v{commit['version']} at {committed.isoformat()}"
+    if target is not None and target.partition_column is not None:
+        column = target.partition_column
+        try:
+            newest_partition = newest_value(opened, column)
+        except KeyError:
+            reasons.append(f"partition column `{column}` is not a column of the table")
+        else:
+            instant = as_instant(newest_partition)
+            if instant is None:
+                reasons.append(f"no value of partition column `{column}` to measure the age from")
+            else:
+                partition_age = now - instant
+    if target is None:
+        return TableFreshness(table, None, UNTRACKED, age, source, now=now)
+    late: list[str] = []
+    if target.max_age is not None and age is not None and age > target.max_age:  # type: ignore[operator]
+        late.append(f"{source} is {format_duration(age)} old, target {format_duration(target.max_age)}")  # type: ignore[arg-type]
+    if target.partition_max_age is not None and partition_age is not None \
+            and partition_age > target.partition_max_age:  # type: ignore[operator]
+        late.append(f"newest partition {target.partition_column}={newest_partition} is "
+                    f"{format_duration(partition_age)} old, target {format_duration(target.partition_max_age)}")  # type: ignore[arg-type]
+    state = LATE if late else UNKNOWN if reasons else FRESH
+    return TableFreshness(table, target, state, age, source, partition_age, newest_partition,
+                          tuple(late + reasons), now)
+
+
+def definitions_under(root_tables: Mapping[str, str], pipelines: Iterable[Any] = ()) -> dict[str, Any]:
+    """Table definitions by name: those of `pipelines`, then of the pipeline named by the last commit of
+    each table in `root_tables` (name -> location) that is not defined yet; pipelines that cannot be
+    loaded are skipped."""
+    from engine.entrypoints import load_pipeline
+    from engine.errors import EngineError
+
+    definitions: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    for pipeline in pipelines:
+        loaded[pipeline.name] = pipeline
+        for name, definition in pipeline.resolve().items():
+            definitions.setdefault(name, (pipeline, definition))
+    for name, uri in root_tables.items():
+        if name in definitions or name.startswith("quarantine."):
+            continue
+        pipeline_name = delta.last_commit_value(uri, name, "pipeline")
+        if not pipeline_name:
+            continue
+        if pipeline_name not in loaded:
+            try:
+                loaded[pipeline_name] = load_pipeline(pipeline_name)
+            except EngineError:
+                loaded[pipeline_name] = None
+            if loaded[pipeline_name] is not None:
+                for other, definition in loaded[pipeline_name].resolve().items():
+                    definitions.setdefault(other, (loaded[pipeline_name], definition))
+    return definitions
