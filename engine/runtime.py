@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import ray
 
 from engine.config import RaySettings
+from engine.logs import json_logs
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     target = resolve_address(settings, address)
     if target:
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, logging_level=_log_level(settings))
+        ray.init(address=target, logging_level=_log_level(settings), log_to_driver=not json_logs())
     else:
         ray.init(
             address="local",
@@ -48,6 +49,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
             object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
             include_dashboard=False,
             logging_level=_log_level(settings),
+            log_to_driver=not json_logs(),
         )
     try:
         _configure_data_context(settings)

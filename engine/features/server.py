@@ -5,12 +5,14 @@ against the registry (known feature views, features and services; every needed e
 field present, of the right type, in equal-length lists) before Feast sees it. Errors come back as
 `{"error": {"code": ..., "message": ..., "details": ...}}`. Only reads are served (`/get-online-features`,
 `/health`): Feast's write and materialize endpoints have no authentication, so they are not exposed.
+`GET /metrics` answers the server's Prometheus metrics: requests by path and status, and their latency.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +21,11 @@ from feast import FeatureStore
 from feast.value_type import ValueType
 from starlette.concurrency import run_in_threadpool
 
+from engine.metrics import HttpMetrics
+
 ONLINE_PATH = "/get-online-features"
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 MAX_BODY = 1 << 20
 MAX_ROWS = 1000
 REQUEST_FIELDS = {"features", "feature_service", "entities", "full_feature_names"}
@@ -183,23 +188,43 @@ def _fits(value: Any, kind: ValueType) -> bool:
 
 
 class RequestGuard:
-    """ASGI middleware: lets through valid online-feature requests and health checks, answers the rest."""
+    """ASGI middleware: lets through valid online-feature requests and health checks, answers metrics and
+    the rest; counts every HTTP request by path and status and times it."""
 
-    def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS
-                 ) -> None:
+    def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
+                 metrics: HttpMetrics | None = None) -> None:
         self.app = app
         self.store = store
         self.max_body = max_body
         self.max_rows = max_rows
+        self.metrics = metrics or HttpMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started, status = time.perf_counter(), 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, counted)
+        finally:
+            path = scope["path"] if scope["path"] in (ONLINE_PATH, HEALTH_PATH, METRICS_PATH) else "other"
+            self.metrics.observe(path, status, time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         try:
             if path == HEALTH_PATH and method == "GET":
                 await self.app(scope, receive, send)
+                return
+            if path == METRICS_PATH and method == "GET":
+                await _metrics(send, self.metrics)
                 return
             if path != ONLINE_PATH:
                 raise RequestProblem(404, "not_found", f"no endpoint `{path}`; use POST {ONLINE_PATH}")
@@ -268,13 +293,20 @@ async def _answer(send: Send, problem: RequestProblem) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _metrics(send: Send, metrics: HttpMetrics) -> None:
+    body, content_type = metrics.exposition()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
               registry_ttl_s: int = 5) -> ASGIApp:
-    """Feast's feature server app for `store`, wrapped in a `RequestGuard`."""
+    """Feast's feature server app for `store`, wrapped in a `RequestGuard` with metrics of its own."""
     from feast.feature_server import get_app
 
     return RequestGuard(get_app(store, registry_ttl_sec=registry_ttl_s), store, max_body=max_body,
-                        max_rows=max_rows)
+                        max_rows=max_rows, metrics=HttpMetrics())
 
 
 def serve(store: FeatureStore, host: str, port: int, **options: Any) -> None:
