@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.status import Status
 from rich.table import Table
 
+from engine import logs, metrics
 from engine.capacity import reserved_capacity
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
@@ -45,6 +48,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
 errors = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else WIDE)
 
 DEMO_PIPELINE = "retail"
+log = logging.getLogger(__name__)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -56,6 +60,7 @@ def _settings(ctx: click.Context) -> Settings:
             "ray": {"address": options.get("address"), "verbose": options.get("verbose") or None},
         },
     )
+    log.debug("settings: %s", settings.model_dump_json())
     check_root(settings.storage.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
     return settings
 
@@ -81,10 +86,14 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
               help="YAML settings file (default ./medallion.yaml when present).")
 @click.option("--address", default=None, help="Ray cluster address (default: a private local instance).")
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress bars.")
-def main(root: str | None, config: str | None, address: str | None, verbose: bool) -> None:
+@click.option("--log-format", type=click.Choice(logs.FORMATS), envvar="MEDALLION_LOG_FORMAT", default=logs.HUMAN,
+              show_default=True, help="Log records on stderr as text, or one JSON object per line.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              envvar="MEDALLION_LOG_LEVEL", default=None, help="Lowest level logged (default WARNING, INFO with -v).")
+def main(root: str | None, config: str | None, address: str | None, verbose: bool, log_format: str,
+         log_level: str | None) -> None:
     """Medallion lakehouse pipelines on Ray."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING)
 
 
 @main.command()
@@ -124,35 +133,101 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
 @click.option("--watch", "watch_interval", type=float, default=None, metavar="SECONDS",
               help="Keep processing newly landed files every SECONDS until SIGTERM or Ctrl-C.")
 @click.option("--reason", default=None, help="Why, recorded in every commit and run record (default: pipeline run).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress display; print only tables that did something.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Serve Prometheus metrics on http://HOST:PORT/metrics while running (for --watch).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint binds.")
+@click.option("--metrics-file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write Prometheus metrics to this file when the run ends (node-exporter textfile collector).")
 @click.pass_context
 @_reported
 def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,
-        watch_interval: float | None, reason: str | None) -> None:
+        watch_interval: float | None, reason: str | None, quiet: bool, metrics_port: int | None,
+        metrics_host: str, metrics_file: str | None) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
     if watch_interval is not None and watch_interval <= 0:
         raise EngineError(f"--watch takes a positive number of seconds, not {watch_interval}")
-    _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason)
+    server = None
+    if metrics_port is not None:
+        try:
+            server = metrics.serve(metrics_port, metrics_host)
+        except OSError as err:
+            raise EngineError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {err.strerror or err}") from None
+        console.print(f"metrics on http://{metrics_host}:{server.server_port}/metrics")
+    try:
+        _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason, quiet=quiet,
+             metrics_file=metrics_file)
+    except BaseException:
+        if metrics_file is not None:
+            try:
+                _write_metrics(metrics_file)
+            except EngineError as err:
+                log.warning("%s", err)
+        raise
+    else:
+        if metrics_file is not None:
+            _write_metrics(metrics_file)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def _write_metrics(path: str) -> None:
+    try:
+        metrics.write_textfile(path)
+    except OSError as err:
+        raise EngineError(f"cannot write metrics to `{path}`: {err.strerror or err}") from None
 
 
 def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False,
-         full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None) -> RunResult:
+         full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None, *,
+         quiet: bool = False, metrics_file: str | None = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
     with ray_session(settings.ray):
         if watch_interval is None:
             with reserved_capacity(pipeline, settings, selection) as reservation, \
-                    console.status("starting Ray") as status:
+                    _display(len(tables), quiet) as status:
                 if reservation:
                     console.print(reservation.describe(), soft_wrap=True)
-                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status), reason=reason),
-                                 selection, force=force, full_refresh=full_refresh)
+                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status, quiet),
+                                        reason=reason),
+                                 selection, force=force, full_refresh=full_refresh, quiet=quiet)
         return _watch(Runner(pipeline, settings, reason=reason), len(tables), selection, watch_interval, force=force,
-                      full_refresh=full_refresh)
+                      full_refresh=full_refresh, metrics_file=metrics_file)
 
 
-def _progress(total: int, status: Status | None = None, quiet: bool = False) -> Callable[[RunRecord], None]:
+class _Bar:
+    """A rich progress bar of tables (or views) done out of a total, on stderr."""
+
+    def __init__(self, progress: Progress, total: int, description: str) -> None:
+        self.progress = progress
+        self.task = progress.add_task(description, total=total)
+
+    def update(self, text: str, done: int | None = None) -> None:
+        self.progress.update(self.task, description=text, **({"completed": done} if done is not None else {}))
+
+
+@contextlib.contextmanager
+def _display(total: int, quiet: bool = False, description: str = "starting Ray") -> Iterator[Status | _Bar | None]:
+    """What shows a run's progress: a progress bar on stderr when it is a terminal, else the status line
+    (shown only on a terminal); nothing when `quiet`."""
+    if quiet:
+        yield None
+    elif errors.is_terminal:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=errors, transient=True,
+                      redirect_stdout=console.is_terminal, redirect_stderr=True) as progress:
+            yield _Bar(progress, total, description)
+    else:
+        with console.status(description) as status:
+            yield status
+
+
+def _progress(total: int, status: Status | _Bar | None = None, quiet: bool = False) -> Callable[[RunRecord], None]:
     """Prints each table's record as it comes (`quiet`: only those that did something)."""
     done = 0
     if status is not None:
@@ -163,7 +238,9 @@ def _progress(total: int, status: Status | None = None, quiet: bool = False) -> 
         done += 1
         if not quiet or record.status != "unchanged":
             _print_record(record, done, total)
-        if status is not None:
+        if isinstance(status, _Bar):
+            status.update(f"{record.table} {record.status}", done)
+        elif status is not None:
             status.update(f"{done}/{total} tables done")
 
     return report
@@ -197,9 +274,9 @@ def _print_maintenance(done: Done) -> None:
 
 
 def _watch(runner: Runner, tables: int, selection: str | None, interval: float, *, force: bool,
-           full_refresh: bool) -> RunResult:
+           full_refresh: bool, metrics_file: str | None = None) -> RunResult:
     """Micro-batches until SIGTERM or SIGINT: a signal lets the running table commit, then stops. Only
-    micro-batches that commit something are reported."""
+    micro-batches that commit something are reported; `metrics_file` is rewritten after each."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     console.print(f"watching for new landing files every {interval:g}s; stop with SIGTERM or Ctrl-C")
@@ -207,8 +284,12 @@ def _watch(runner: Runner, tables: int, selection: str | None, interval: float, 
     try:
         while True:
             runner.on_record = _progress(tables, quiet=True)
-            result = _run_once(runner, selection, force=force, full_refresh=full_refresh, stop=stop.is_set,
-                               quiet=True)
+            try:
+                result = _run_once(runner, selection, force=force, full_refresh=full_refresh, stop=stop.is_set,
+                                   quiet=True)
+            finally:
+                if metrics_file is not None:
+                    _write_metrics(metrics_file)
             batches += 1
             force = full_refresh = False
             if stop.wait(interval):

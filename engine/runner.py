@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import ray.data
 import ray.exceptions
 from deltalake.transaction import Transaction
 
-from engine import schema
+from engine import metrics, schema
 from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
 from engine.columns import REJECTED_REASON
@@ -41,6 +42,7 @@ from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
+from engine.logs import log_context
 from engine.pipeline import Pipeline, TableDefinition
 from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
@@ -144,28 +146,46 @@ class Runner:
         selected = self.pipeline.select(select)
         self._authorize([definitions[name] for name in selected])
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
-        started = datetime.now(UTC)
+        started, clock = datetime.now(UTC), time.monotonic()
         not_built: set[str] = set()
-        for name in selected:
-            if stop is not None and stop():
-                result.stopped = True
-                break
-            definition = definitions[name]
-            blocked = [t for t in definition.dependencies if t in not_built]
-            if blocked:
-                record = self._record(result.run_id, name, "skipped", datetime.now(UTC),
-                                      error=f"upstream table `{blocked[0]}` failed or was skipped")
-            else:
-                record = self._run_table(definition, result.run_id, started)
-            if record.status in ("failed", "skipped"):
-                not_built.add(name)
-            append_records(self.layout.runs(), [record])
-            self._report_quality(result.run_id, record)
-            result.records.append(record)
-            self.on_record(record)
-        _remove_empty_folders(self.layout.run_staging(result.run_id))
-        self._send_lineage(definitions, result.records)
+        with log_context(run_id=result.run_id, pipeline=self.pipeline.name):
+            log.info("run of `%s` started", self.pipeline.name)
+            for name in selected:
+                if stop is not None and stop():
+                    result.stopped = True
+                    break
+                with log_context(table=name):
+                    definition = definitions[name]
+                    blocked = [t for t in definition.dependencies if t in not_built]
+                    if blocked:
+                        record = self._record(result.run_id, name, "skipped", datetime.now(UTC),
+                                              error=f"upstream table `{blocked[0]}` failed or was skipped")
+                    else:
+                        record = self._run_table(definition, result.run_id, started)
+                    if record.status in ("failed", "skipped"):
+                        not_built.add(name)
+                    append_records(self.layout.runs(), [record])
+                    self._report_quality(result.run_id, record)
+                    result.records.append(record)
+                    self._observe(record)
+            _remove_empty_folders(self.layout.run_staging(result.run_id))
+            self._send_lineage(definitions, result.records)
+            metrics.observe_run(result, time.monotonic() - clock)
+            log.info("run of `%s` %s: %d table(s)", self.pipeline.name,
+                     "stopped" if result.stopped else "succeeded" if result.succeeded else "failed",
+                     len(result.records), extra={"status": "succeeded" if result.succeeded else "failed",
+                                                 "seconds": round(time.monotonic() - clock, 3)})
         return result
+
+    def _observe(self, record: RunRecord) -> None:
+        """Log a table's record, count it in the metrics, and hand it to `on_record`."""
+        log.info("table `%s` %s: %d in, %d written, %d quarantined (%.1fs)", record.table, record.status,
+                 record.rows_in, record.rows_written, record.rows_quarantined, record.duration_s,
+                 extra={"status": record.status, "output_version": record.output_version,
+                        "rows_in": record.rows_in, "rows_written": record.rows_written,
+                        "rows_quarantined": record.rows_quarantined, "duration_s": round(record.duration_s, 3)})
+        metrics.observe(record)
+        self.on_record(record)
 
     def backfill(self, table: str, start: dt.date, end: dt.date, run_id: str | None = None) -> RunResult:
         """Recompute the rows of `table` whose time partition lies in [`start`, `end`] from its inputs'
@@ -185,14 +205,17 @@ class Runner:
             raise PipelineDefinitionError(f"backfill of `{table}`: --from {start} is after --to {end}", table=table)
         self.force, self.full_refresh, self.window = True, False, (start, end)
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
-        try:
-            record = self._run_table(definition, result.run_id, datetime.now(UTC))
-        finally:
-            self.window = None
-        append_records(self.layout.runs(), [record])
-        result.records.append(record)
-        self.on_record(record)
-        self._send_lineage({table: definition}, result.records)
+        clock = time.monotonic()
+        with log_context(run_id=result.run_id, pipeline=self.pipeline.name, table=table):
+            try:
+                record = self._run_table(definition, result.run_id, datetime.now(UTC))
+            finally:
+                self.window = None
+            append_records(self.layout.runs(), [record])
+            result.records.append(record)
+            self._observe(record)
+            self._send_lineage({table: definition}, result.records)
+            metrics.observe_run(result, time.monotonic() - clock)
         return result
 
     def _authorize(self, definitions: list[TableDefinition]) -> None:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import ray
 
 from engine.config import RaySettings
+from engine.logs import json_logs
 from engine.storage import worker_env
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     runtime_env = {"env_vars": env} if env else None
     if target:
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, logging_level=_log_level(settings), runtime_env=runtime_env)
+        ray.init(address=target, logging_level=_log_level(settings), runtime_env=runtime_env,
+                 log_to_driver=not json_logs())
     else:
         ray.init(
             address="local",
@@ -55,6 +57,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
             object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
             include_dashboard=False,
             logging_level=_log_level(settings),
+            log_to_driver=not json_logs(),
         )
     try:
         _configure_data_context(settings)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import warnings
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine.cli import _reported, _settings, console
+from engine.cli import _Bar, _reported, _settings, console, errors
 from engine.errors import FeatureStoreError
 from engine.runtime import ray_session
 
@@ -66,8 +69,8 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
 
     settings = _settings(ctx)
     moment = _timestamp(end) if end else None
-    with ray_session(settings.ray):
-        reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None)
+    with ray_session(settings.ray), _view_progress() as on_view:
+        reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None, on_view=on_view)
     view = Table(title="materialization" + (" (incremental)" if incremental else ""))
     for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
         view.add_column(column, justify="right" if column not in ("view", "table", "end (UTC)") else "left")
@@ -81,6 +84,26 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
                           f"to materialize as of a time the table covers", style="yellow")
 
 
+@contextlib.contextmanager
+def _view_progress() -> Iterator[Callable[[str | None, int, int], None] | None]:
+    """A progress bar of feature views materialized, on stderr when it is a terminal."""
+    if not errors.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=errors, transient=True, redirect_stdout=console.is_terminal,
+                  redirect_stderr=True) as progress:
+        bar: _Bar | None = None
+
+        def on_view(view: str | None, done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = _Bar(progress, total, "materializing")
+            bar.update(f"materializing `{view}`" if view else "materialized", done)
+
+        yield on_view
+
+
 @features.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=6566, show_default=True)
@@ -88,7 +111,7 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
 @click.pass_context
 @_reported
 def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
-    """Serve online features over HTTP (POST /get-online-features, GET /health).
+    """Serve online features over HTTP (POST /get-online-features, GET /health, GET /metrics).
 
     With access control on (`access.enforce`), the Feast configuration needs `auth` (OIDC) and the registry
     the roles' permissions (`medallion features apply`); the server refuses to start otherwise."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +81,12 @@ class MaterializationReport:
 
 
 def materialize(store: FeatureStore, *, end: dt.datetime | None = None, incremental: bool = False,
-                views: Sequence[str] | None = None) -> list[MaterializationReport]:
+                views: Sequence[str] | None = None,
+                on_view: Callable[[str | None, int, int], None] | None = None) -> list[MaterializationReport]:
     """Materialize the online feature views (`views`, default all) of `store` as of `end` (default now).
+
+    `on_view(view, done, total)` is called before each view (with the views done so far) and once at the end
+    with None (progress reporting).
 
     Raises:
         FeatureStoreError: a view is unknown, its table unreadable, or the online store did not end up
@@ -97,12 +101,17 @@ def materialize(store: FeatureStore, *, end: dt.datetime | None = None, incremen
                                 feature=unknown[0])
     provider = store._get_provider()
     reports = []
-    for name in views or sorted(known):
+    names = list(views or sorted(known))
+    for done, name in enumerate(names):
+        if on_view is not None:
+            on_view(name, done, len(names))
         view = known[name]
         report = sync_view(store.config, provider.online_store, store.registry, view, end, reset=not incremental)
         start = end - view.ttl if view.ttl else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         store.registry.apply_materialization(view, store.project, start, end)
         reports.append(report)
+    if on_view is not None:
+        on_view(None, len(names), len(names))
     return reports
 
 

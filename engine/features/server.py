@@ -9,7 +9,8 @@ field present, of the right type, in equal-length lists) before Feast sees it. E
 With `auth` in the Feast configuration (OIDC), the guard first checks the bearer token (401 without a valid
 one, before the body is read or the catalog described), passes the `Authorization` header on, and Feast
 enforces the `medallion-*` permissions (`engine.features.permissions`) with the token's roles; Feast's 401
-and 403 answers are rewritten into the error document above.
+and 403 answers are rewritten into the error document above. `GET /metrics` answers the server's
+Prometheus metrics: requests by path and status, and their latency.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +32,11 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.config import AccessSettings
 from engine.errors import FeatureStoreError
+from engine.metrics import HttpMetrics
 
 ONLINE_PATH = "/get-online-features"
 HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
 MAX_BODY = 1 << 20
 MAX_ROWS = 1000
 REQUEST_FIELDS = {"features", "feature_service", "entities", "full_feature_names"}
@@ -200,24 +204,44 @@ def _fits(value: Any, kind: ValueType) -> bool:
 
 
 class RequestGuard:
-    """ASGI middleware: lets through valid online-feature requests and health checks, answers the rest."""
+    """ASGI middleware: lets through valid online-feature requests and health checks, answers metrics and
+    the rest; counts every HTTP request by path and status and times it."""
 
     def __init__(self, app: ASGIApp, store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = MAX_ROWS,
-                 token_parser: TokenParser | None = None) -> None:
+                 token_parser: TokenParser | None = None, metrics: HttpMetrics | None = None) -> None:
         self.app = app
         self.store = store
         self.max_body = max_body
         self.max_rows = max_rows
         self.token_parser = token_parser
+        self.metrics = metrics or HttpMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started, status = time.perf_counter(), 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, counted)
+        finally:
+            path = scope["path"] if scope["path"] in (ONLINE_PATH, HEALTH_PATH, METRICS_PATH) else "other"
+            self.metrics.observe(path, status, time.perf_counter() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         try:
             if path == HEALTH_PATH and method == "GET":
                 await self.app(scope, receive, send)
+                return
+            if path == METRICS_PATH and method == "GET":
+                await _metrics(send, self.metrics)
                 return
             if path != ONLINE_PATH:
                 raise RequestProblem(404, "not_found", f"no endpoint `{path}`; use POST {ONLINE_PATH}")
@@ -301,6 +325,13 @@ async def _answer(send: Send, problem: RequestProblem) -> None:
     await send({"type": "http.response.start", "status": problem.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             *(CHALLENGE if problem.status == 401 else [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _metrics(send: Send, metrics: HttpMetrics) -> None:
+    body, content_type = metrics.exposition()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -414,7 +445,7 @@ def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = 
         init_auth_manager(server_type=ServerType.REST, auth_type=auth_type, auth_config=store.config.auth_config)
         parser = get_auth_manager().token_parser
     return RequestGuard(get_app(store, registry_ttl_sec=registry_ttl_s), store, max_body=max_body,
-                        max_rows=max_rows, token_parser=parser)
+                        max_rows=max_rows, token_parser=parser, metrics=HttpMetrics())
 
 
 def serve(store: FeatureStore, host: str, port: int, **options: Any) -> None:

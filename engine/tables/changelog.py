@@ -17,6 +17,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
+from engine.metrics import commit_timer
 from engine.tables import delta
 
 DELETED = "_deleted"
@@ -67,8 +68,9 @@ def record(
     if incoming.height == 0:
         return 0
     target: str | DeltaTable = DeltaTable(uri) if delta.table_exists(uri) else uri
-    write_deltalake(target, to_storage(incoming.to_arrow()), mode="append", schema_mode="merge",
-                    commit_properties=delta.commit_metadata(metadata, transaction))
+    with commit_timer("changelog"):
+        write_deltalake(target, to_storage(incoming.to_arrow()), mode="append", schema_mode="merge",
+                        commit_properties=delta.commit_metadata(metadata, transaction))
     return incoming.height
 
 

@@ -21,6 +21,7 @@ from deltalake.transaction import AddAction, CommitProperties, Transaction, crea
 from engine.arrow import storage_schema, to_storage, unify
 from engine.errors import CommitConflict, TableFailed, TableNotFound
 from engine.kinds import Merge
+from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
 from engine.tables.files import DataFile
 
@@ -275,8 +276,9 @@ def commit_files(
     properties = commit_metadata(metadata, transaction)
     if not exists:
         new_schema = unify([f.schema for f in files]) if files else storage_schema(empty_schema)
-        create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
-                                      commit_properties=properties)
+        with commit_timer("create"):
+            create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
+                                          commit_properties=properties)
         return 0
     table = DeltaTable(uri)
     ensure_not_committed(table, transaction)
@@ -289,7 +291,8 @@ def commit_files(
         add_missing_columns(table, new_schema, commit_metadata(metadata))
         new_schema = unify([current, new_schema])
     try:
-        table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
+        with commit_timer(mode):
+            table.create_write_transaction(actions, mode, new_schema, commit_properties=properties)
     except CommitFailedError as err:
         if transaction is not None and "Concurrent transaction" in str(err):
             raise conflict(uri, transaction) from err
@@ -302,8 +305,9 @@ def rewrite(uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *, 
     schema (a declared rename, drop or type change); returns the new version. The rows pass through this
     process's memory."""
     rows = transform(open_table(uri, table).to_pyarrow_table())
-    write_deltalake(uri, to_storage(rows), mode="overwrite", schema_mode="overwrite",
-                    commit_properties=commit_metadata(metadata))
+    with commit_timer("rewrite"):
+        write_deltalake(uri, to_storage(rows), mode="overwrite", schema_mode="overwrite",
+                        commit_properties=commit_metadata(metadata))
     return DeltaTable(uri).version()
 
 
@@ -315,8 +319,9 @@ def add_missing_columns(table: DeltaTable, schema: pa.Schema, properties: Commit
     present = set(pa.schema(table.schema().to_arrow()).names)
     missing = [f for f in schema if f.name not in present]
     if missing:
-        table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing],
-                                commit_properties=properties)
+        with commit_timer("add_columns"):
+            table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing],
+                                    commit_properties=properties)
 
 
 def merge_changes(
@@ -341,8 +346,9 @@ def merge_changes(
     properties = commit_metadata(metadata, transaction)
     if not table_exists(uri):
         rows = latest.filter(pl.from_arrow(latest)[DELETE_FLAG].not_().to_arrow()) if kind.delete_when else latest
-        write_deltalake(uri, to_storage(rows.drop_columns([c for c in [DELETE_FLAG] if c in rows.column_names])),
-                        mode="error", commit_properties=properties)
+        with commit_timer("create"):
+            write_deltalake(uri, to_storage(rows.drop_columns([c for c in [DELETE_FLAG] if c in rows.column_names])),
+                            mode="error", commit_properties=properties)
         return MergeOutcome(0, duplicates, {"num_target_rows_inserted": rows.num_rows})
     table = DeltaTable(uri)
     ensure_not_committed(table, transaction)
@@ -409,7 +415,8 @@ def execute_merge(merger: TableMerger, uri: str, properties: CommitProperties) -
         TableFailed: the merge failed otherwise.
     """
     try:
-        return merger.execute()
+        with commit_timer("merge"):
+            return merger.execute()
     except CommitFailedError as err:
         transaction = (properties.app_transactions or [None])[0]
         if transaction is not None and "Concurrent transaction" in str(err):

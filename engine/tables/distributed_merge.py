@@ -43,6 +43,7 @@ from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import TableFailed
 from engine.kinds import Merge
+from engine.metrics import commit_timer
 from engine.storage import filesystem_of
 from engine.tables.delta import (
     DELETE_FLAG,
@@ -234,8 +235,9 @@ class _MergeJob:
         parts = self._split_changes(changes, layout)
         self._rewrite(layout, schema, {b: frozenset() for b, part in enumerate(parts) if part.num_rows}, parts, {}, [])
         try:
-            create_table_with_add_actions(self.uri, Schema.from_arrow(schema), [_add(f) for f in self._files()],
-                                          mode="error", commit_properties=self.properties)
+            with commit_timer("create"):
+                create_table_with_add_actions(self.uri, Schema.from_arrow(schema), [_add(f) for f in self._files()],
+                                              mode="error", commit_properties=self.properties)
         except DeltaError as err:
             if table_exists(self.uri):
                 raise _TableCreatedMeanwhile(str(err)) from err
@@ -271,9 +273,10 @@ class _MergeJob:
         removed = sorted(set().union(*inputs.values()))
         now = int(time.time() * 1000)
         size_of = dict(zip(paths, sizes))
-        delta_table.create_write_transaction(
-            [*(_add(f) for f in self._files()), *(RemoveAction(p, True, now, size_of[p]) for p in removed)],
-            "append", delta_table.schema(), commit_properties=self.properties)
+        with commit_timer("bucket_merge"):
+            delta_table.create_write_transaction(
+                [*(_add(f) for f in self._files()), *(RemoveAction(p, True, now, size_of[p]) for p in removed)],
+                "append", delta_table.schema(), commit_properties=self.properties)
         return delta_table.version() + 1, self._metrics(layout, scanned=len(removed), skipped=len(paths) - len(removed))
 
     def discard(self) -> None:

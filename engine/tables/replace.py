@@ -19,6 +19,7 @@ from deltalake.transaction import AddAction, RemoveAction, Transaction
 
 from engine.arrow import unify
 from engine.config import StorageSettings
+from engine.metrics import commit_timer
 from engine.tables import delta
 from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
 
@@ -106,8 +107,9 @@ def replace_slice(
     new_schema = unify([schema, *[f.schema for f in new_files]])
     delta.add_missing_columns(snapshot, new_schema, delta.commit_metadata(metadata))
     try:
-        snapshot.create_write_transaction([*adds, *removes], "append", new_schema,
-                                          commit_properties=delta.commit_metadata(metadata, transaction))
+        with commit_timer("replace"):
+            snapshot.create_write_transaction([*adds, *removes], "append", new_schema,
+                                              commit_properties=delta.commit_metadata(metadata, transaction))
     except CommitFailedError as err:
         if transaction is not None and "Concurrent transaction" in str(err):
             raise delta.conflict(uri, transaction) from err

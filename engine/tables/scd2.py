@@ -12,6 +12,7 @@ from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
 from engine.kinds import SCD2
+from engine.metrics import commit_timer
 from engine.tables import changelog, delta
 
 _ACTION = "__medallion_scd2_action"
@@ -96,8 +97,9 @@ def apply_changes(
     if old is None:
         if new.height == 0:
             return HistoryOutcome(None, logged, 0, 0)
-        write_deltalake(uri, new.to_arrow(), mode="error",
-                        commit_properties=delta.commit_metadata(metadata, transaction))
+        with commit_timer("create"):
+            write_deltalake(uri, new.to_arrow(), mode="error",
+                            commit_properties=delta.commit_metadata(metadata, transaction))
         return HistoryOutcome(0, logged, new.height, 0)
     old = old.with_columns([pl.lit(None).cast(new.schema[c]).alias(c) for c in new.columns if c not in old.columns])
     old = old.select(new.columns).cast(dict(new.schema))
