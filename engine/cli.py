@@ -30,6 +30,7 @@ from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
 from engine.status import table_history, table_statuses
 from engine.tables.delta import last_commit_value, open_table
+from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import parse_as_of, version_as_of
 
@@ -306,7 +307,7 @@ def status(ctx: click.Context, as_of: str | None) -> None:
 
 def _print_status(settings: Settings, as_of: datetime | None = None) -> None:
     layout = Layout.at(settings.storage.root)
-    statuses = table_statuses(layout, as_of)
+    statuses = table_statuses(layout, as_of, TableFormats(settings))
     if not statuses:
         console.print(f"no tables under {layout.root}; run `medallion demo` or `medallion run PIPELINE`")
         return
@@ -328,14 +329,16 @@ def _print_status(settings: Settings, as_of: datetime | None = None) -> None:
 @_reported
 def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> None:
     """Versions of TABLE with the run that wrote each, the operation and the row count."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    settings = _settings(ctx)
+    layout, formats = Layout.at(settings.storage.root), TableFormats(settings)
     uri = layout.location(table)
-    newest = version_as_of(uri, table, as_of)
+    store = formats.at(uri)
+    newest = version_as_of(uri, table, as_of, store)
     view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
     for column in ("version", "committed (UTC)", "operation", "run", "rows"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
-    skipped = open_table(uri, table).version() - newest
-    for item in [i for i in table_history(layout, table, skipped + limit) if i.version <= newest][:limit]:
+    skipped = store.version(uri, table) - newest
+    for item in [i for i in table_history(layout, table, skipped + limit, formats) if i.version <= newest][:limit]:
         view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
                      item.run_id or "", f"{item.rows:,}")
     console.print(view)
@@ -349,10 +352,11 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
 @_reported
 def show(ctx: click.Context, table: str, as_of: str | None, limit: int) -> None:
     """Print rows of TABLE (a layer table or `quarantine.<layer>.<name>`), as of a version or time."""
-    layout = Layout.at(_settings(ctx).storage.root)
-    uri = layout.location(table)
-    version = version_as_of(uri, table, as_of)
-    rows = open_table(uri, table, version).to_pyarrow_dataset().head(limit)
+    settings = _settings(ctx)
+    uri = Layout.at(settings.storage.root).location(table)
+    store = TableFormats(settings).at(uri)
+    version = version_as_of(uri, table, as_of, store)
+    rows = store.head(uri, table, version, limit)
     view = Table()
     for name in rows.column_names:
         view.add_column(name)

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
-from engine.kinds import AnyKind, Append, Overwrite
+from engine.kinds import SCD2, AnyKind, Append, Overwrite, RecomputeKeys
 from engine.maintenance.policy import Maintenance
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
+from engine.tables.formats import DELTA, ICEBERG, check_format
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
@@ -50,6 +51,7 @@ class TableDefinition:
             subject's rows from the table, its quarantine and change log through it.
         pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
             HMAC-SHA256) or `mask`; they are also kept out of the Delta file statistics.
+        table_format: `delta` or `iceberg`: the format the table is stored in (see `engine.tables.formats`).
     """
 
     name: str
@@ -65,6 +67,7 @@ class TableDefinition:
     maintenance: Maintenance = Maintenance()
     subject: str | None = None
     pii: Mapping[str, str] = field(default_factory=dict)
+    table_format: str = DELTA
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -88,11 +91,12 @@ class Pipeline:
         ...     return bronze_orders
     """
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "", table_format: str = DELTA) -> None:
         if not re.match(r"^[a-z][a-z0-9_]*$", name):
             raise PipelineDefinitionError(f"pipeline name `{name}` must be lower-case snake_case")
         self.name = name
         self.description = description
+        self.table_format = check_format(table_format, f"pipeline `{name}`")
         self._tables: dict[str, TableDefinition] = {}
 
     @property
@@ -113,6 +117,7 @@ class Pipeline:
         maintenance: Maintenance | None = None,
         subject: str | None = None,
         pii: Mapping[str, str] | None = None,
+        table_format: str | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
 
@@ -127,6 +132,7 @@ class Pipeline:
             maintenance: z-order columns, compacted file size and compaction interval.
             subject: the column holding the data subject's id, for erasure.
             pii: personal-data columns, `{"email": "tokenize", "first_name": "mask"}`.
+            table_format: `delta` or `iceberg`; the pipeline's `table_format` when omitted.
         """
         check_declaration(name, pii or {})
 
@@ -145,22 +151,27 @@ class Pipeline:
                 maintenance=maintenance or Maintenance(),
                 subject=subject,
                 pii=dict(pii or {}),
+                table_format=table_format or self.table_format,
             ))
             return function
 
         return register
 
     def ingest(self, name: str, source: FileSource, *, description: str = "",
-               maintenance: Maintenance | None = None, subject: str | None = None) -> TableDefinition:
+               maintenance: Maintenance | None = None, subject: str | None = None,
+               table_format: str | None = None) -> TableDefinition:
         """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `subject`
-        names the field holding the data subject's id (erasure also rewrites the landing files)."""
+        names the field holding the data subject's id (erasure also rewrites the landing files); `table_format`
+        is the pipeline's when omitted."""
         definition = TableDefinition(name=name, kind=Append(), source=source, description=description,
-                                     maintenance=maintenance or Maintenance(), subject=subject)
+                                     maintenance=maintenance or Maintenance(), subject=subject,
+                                     table_format=table_format or self.table_format)
         self._add(definition)
         return definition
 
     def _add(self, definition: TableDefinition) -> None:
         split_table_name(definition.name)
+        _check_table_format(definition)
         if definition.name in self._tables:
             raise PipelineDefinitionError(
                 f"table `{definition.name}` is declared twice in pipeline `{self.name}`; rename one",
@@ -244,6 +255,26 @@ class Pipeline:
         for term in filter(None, re.split(r"[\s,]+", expression.strip())):
             chosen |= _select_term(term, resolved)
         return [t for t in order if t in chosen]
+
+
+def _check_table_format(definition: TableDefinition) -> None:
+    """The table's format exists and can store what the table declares.
+
+    Raises:
+        PipelineDefinitionError: an unknown format, or what Iceberg tables cannot do yet.
+    """
+    check_format(definition.table_format, f"table `{definition.name}`")
+    if definition.table_format != ICEBERG:
+        return
+    unsupported = []
+    if isinstance(definition.kind, SCD2 | RecomputeKeys):
+        unsupported.append(f"the write kind `{type(definition.kind).__name__}`")
+    if definition.pii:
+        unsupported.append("personal-data columns (`pii`)")
+    if unsupported:
+        raise PipelineDefinitionError(
+            f"table `{definition.name}` is declared `iceberg`, which does not support {' or '.join(unsupported)} "
+            "yet; declare it with `table_format=\"delta\"`", table=definition.name)
 
 
 def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:
