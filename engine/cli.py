@@ -40,6 +40,7 @@ from engine.runtime import ray_session
 from engine.status import list_tables, table_history, table_statuses
 from engine.storage import check_root, is_local, upload
 from engine.tables.delta import last_commit_value, open_table
+from engine.tables.formats import DELTA, TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import parse_as_of, version_as_of
 
@@ -412,7 +413,7 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
                   pipelines: Sequence[Pipeline] = ()) -> list[TableFreshness]:
     """Print every table's state and freshness; returns the late tables."""
     layout = Layout.at(settings.storage.root)
-    statuses = table_statuses(layout, as_of)
+    statuses = table_statuses(layout, as_of, TableFormats(settings))
     definitions = definitions_under(list_tables(layout), pipelines)
     targets = {name: definition.freshness for name, (_, definition) in definitions.items()}
     shown = {s.table for s in statuses}
@@ -465,14 +466,15 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
     """Versions of TABLE with the run that wrote each, the operation and the row count."""
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion history`")
-    layout = Layout.at(settings.storage.root)
+    layout, formats = Layout.at(settings.storage.root), TableFormats(settings)
     uri = layout.location(table)
-    newest = version_as_of(uri, table, as_of)
+    store = formats.at(uri)
+    newest = version_as_of(uri, table, as_of, store)
     view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
     for column in ("version", "committed (UTC)", "operation", "run", "rows"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
-    skipped = open_table(uri, table).version() - newest
-    for item in [i for i in table_history(layout, table, skipped + limit) if i.version <= newest][:limit]:
+    skipped = store.version(uri, table) - newest
+    for item in [i for i in table_history(layout, table, skipped + limit, formats) if i.version <= newest][:limit]:
         view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
                      item.run_id or "", f"{item.rows:,}")
     console.print(view)
@@ -490,12 +492,12 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     columns show as bytes, or as text with --decrypt."""
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion show`")
-    layout = Layout.at(settings.storage.root)
-    uri = layout.location(table)
-    version = version_as_of(uri, table, as_of)
-    stored = open_table(uri, table, version)
-    rows = stored.to_pyarrow_dataset().head(limit)
-    encrypted = encrypted_columns(stored.metadata().configuration) if decrypt else {}
+    uri = Layout.at(settings.storage.root).location(table)
+    store = TableFormats(settings).at(uri)
+    version = version_as_of(uri, table, as_of, store)
+    rows = store.head(uri, table, version, limit)
+    encrypted = (encrypted_columns(open_table(uri, table, version).metadata().configuration)
+                 if decrypt and store.name == DELTA else {})
     if encrypted:
         key = column_key(settings.encryption, f"`medallion show {table} --decrypt`")
         rows = decrypt_columns(rows, encrypted, key, table)

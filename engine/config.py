@@ -26,13 +26,15 @@ class _Section(BaseModel):
 
 
 class StorageSettings(_Section):
-    """Where tables live and how their data files are written."""
+    """Where tables live and how their data files are written; `iceberg_catalog_uri` is the SQLAlchemy URI of the
+    catalog of Iceberg tables (a secret: it may hold a password; default SQLite under `<root>/_meta/iceberg`)."""
 
     root: str = "./lakehouse"
     target_file_mb: int = Field(default=128, gt=0)
     compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
     compression_level: int | None = 3
     allow_unsafe_writes: bool = False
+    iceberg_catalog_uri: SecretStr | None = None
 
 
 class RaySettings(_Section):

@@ -62,6 +62,11 @@ class SchemaEvolutionError(TableFailed):
     """A table's new output drops, renames or narrows a column without a declared migration."""
 
 
+class TableFormatError(EngineError):
+    """A table's location holds a table of another format than the one declared, or a format cannot do what the
+    table declares."""
+
+
 class CommitConflict(EngineError):
     """Another writer committed the same batch of a table first; this writer's work was discarded."""
 

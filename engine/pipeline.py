@@ -15,10 +15,11 @@ from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
 from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
-from engine.kinds import AnyKind, Append, Overwrite
+from engine.kinds import SCD2, AnyKind, Append, Overwrite, RecomputeKeys
 from engine.maintenance.policy import Maintenance
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
+from engine.tables.formats import DELTA, ICEBERG, check_format
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
@@ -57,6 +58,7 @@ class TableDefinition:
         columns: documentation of columns by name, `{"customer_id": "the customer's id"}`; a documented
             column the built table lacks is reported (run record, catalog).
         freshness: how fresh the table's data must be (`engine.freshness`); `medallion status` reports it.
+        table_format: `delta` or `iceberg`: the format the table is stored in (see `engine.tables.formats`).
     """
 
     name: str
@@ -76,6 +78,7 @@ class TableDefinition:
     tags: tuple[str, ...] = ()
     columns: Mapping[str, str] = field(default_factory=dict)
     freshness: Freshness | None = None
+    table_format: str = DELTA
 
     def unknown_documented_columns(self, names: Collection[str]) -> list[str]:
         """The documented columns (`columns`) that are not among `names`, the table's actual columns."""
@@ -103,11 +106,12 @@ class Pipeline:
         ...     return bronze_orders
     """
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(self, name: str, description: str = "", table_format: str = DELTA) -> None:
         if not re.match(r"^[a-z][a-z0-9_]*$", name):
             raise PipelineDefinitionError(f"pipeline name `{name}` must be lower-case snake_case")
         self.name = name
         self.description = description
+        self.table_format = check_format(table_format, f"pipeline `{name}`")
         self._tables: dict[str, TableDefinition] = {}
 
     @property
@@ -132,6 +136,7 @@ class Pipeline:
         tags: Collection[str] = (),
         columns: Mapping[str, str] | None = None,
         freshness: Freshness | None = None,
+        table_format: str | None = None,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
 
@@ -150,6 +155,7 @@ class Pipeline:
             tags: labels for the catalog.
             columns: column documentation, `{"customer_id": "the customer's id"}`.
             freshness: the freshness target, e.g. `Freshness(max_age="6h")`.
+            table_format: `delta` or `iceberg`; the pipeline's `table_format` when omitted.
         """
         check_declaration(name, pii or {})
         catalog = _catalog_fields(name, owner, tags, columns, freshness)
@@ -170,6 +176,7 @@ class Pipeline:
                 subject=subject,
                 pii=dict(pii or {}),
                 **catalog,
+                table_format=table_format or self.table_format,
             ))
             return function
 
@@ -178,18 +185,20 @@ class Pipeline:
     def ingest(self, name: str, source: FileSource, *, description: str = "",
                maintenance: Maintenance | None = None, subject: str | None = None, owner: str = "",
                tags: Collection[str] = (), columns: Mapping[str, str] | None = None,
-               freshness: Freshness | None = None) -> TableDefinition:
+               freshness: Freshness | None = None, table_format: str | None = None) -> TableDefinition:
         """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `subject`
         names the field holding the data subject's id (erasure also rewrites the landing files); `owner`,
-        `tags`, `columns` and `freshness` as for `table`."""
+        `tags`, `columns` and `freshness` as for `table`; `table_format` is the pipeline's when omitted."""
         definition = TableDefinition(name=name, kind=Append(), source=source, description=description,
                                      maintenance=maintenance or Maintenance(), subject=subject,
-                                     **_catalog_fields(name, owner, tags, columns, freshness))
+                                     **_catalog_fields(name, owner, tags, columns, freshness),
+                                     table_format=table_format or self.table_format)
         self._add(definition)
         return definition
 
     def _add(self, definition: TableDefinition) -> None:
         split_table_name(definition.name)
+        _check_table_format(definition)
         if definition.name in self._tables:
             raise PipelineDefinitionError(
                 f"table `{definition.name}` is declared twice in pipeline `{self.name}`; rename one",
@@ -299,6 +308,26 @@ def _catalog_fields(name: str, owner: str, tags: Collection[str], columns: Mappi
             f"table `{name}`: freshness must be a Freshness(max_age=...), not {freshness!r}", table=name)
     return {"owner": owner.strip(), "tags": tuple(dict.fromkeys(t.strip() for t in tags)), "columns": columns,
             "freshness": freshness}
+
+
+def _check_table_format(definition: TableDefinition) -> None:
+    """The table's format exists and can store what the table declares.
+
+    Raises:
+        PipelineDefinitionError: an unknown format, or what Iceberg tables cannot do yet.
+    """
+    check_format(definition.table_format, f"table `{definition.name}`")
+    if definition.table_format != ICEBERG:
+        return
+    unsupported = []
+    if isinstance(definition.kind, SCD2 | RecomputeKeys):
+        unsupported.append(f"the write kind `{type(definition.kind).__name__}`")
+    if definition.pii:
+        unsupported.append("personal-data columns (`pii`)")
+    if unsupported:
+        raise PipelineDefinitionError(
+            f"table `{definition.name}` is declared `iceberg`, which does not support {' or '.join(unsupported)} "
+            "yet; declare it with `table_format=\"delta\"`", table=definition.name)
 
 
 def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:

@@ -50,8 +50,8 @@ from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.storage import check_root, delete_tree, parquet_dataset
 from engine.tables import changelog, delta, scd2
-from engine.tables.distributed_merge import merge_distributed
 from engine.tables.files import DataFile
+from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
 from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
@@ -117,6 +117,7 @@ class Runner:
         self.settings = settings
         self.layout = Layout.at(settings.storage.root)
         check_root(self.layout.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
+        self.formats = TableFormats(settings, {n: d.table_format for n, d in pipeline.tables.items()})
         self.on_record = on_record or (lambda record: None)
         self.sinks = sinks_from_settings(settings.alerts)
         self.force = False
@@ -234,7 +235,8 @@ class Runner:
         from engine.lineage import events as lineage_events  # the OpenLineage client takes a second to import
 
         landing = {r.table: [f"landing/{definitions[r.table].source.directory}/{name}"
-                             for name in files_ingested_by(self.layout.table(r.table), r.table, r.run_id)]
+                             for name in files_ingested_by(self.layout.table(r.table), r.table, r.run_id,
+                                                           self._store(r.table))]
                    for r in records if definitions[r.table].source is not None and r.output_version is not None}
         lineage_events.emit(self.settings.lineage, self.layout, records, landing)
 
@@ -263,7 +265,8 @@ class Runner:
             else:
                 values = self._transform(definition, run_id, checks)
             if self._keep_pii_out_of_stats(definition, run_id) and values.get("output_version") is not None:
-                values["output_version"] = delta.latest_version(self.layout.table(definition.name))
+                values["output_version"] = self._store(definition.name).latest_version(
+                    self.layout.table(definition.name))
             self._check_column_docs(definition, values)
         except EngineError as err:
             log.error("%s", err)
@@ -273,10 +276,10 @@ class Runner:
 
     def _check_column_docs(self, definition: TableDefinition, values: dict[str, Any]) -> None:
         """Report documented columns the table does not have, in the log and the run record's details."""
-        uri = self.layout.table(definition.name)
-        if not definition.columns or values.get("output_version") is None or not delta.table_exists(uri):
+        uri, store = self.layout.table(definition.name), self._store(definition.name)
+        if not definition.columns or values.get("output_version") is None or not store.table_exists(uri):
             return
-        names = pa.schema(delta.open_table(uri, definition.name).schema().to_arrow()).names
+        names = store.schema(uri, definition.name).names
         unknown = definition.unknown_documented_columns(names)
         if unknown:
             log.warning("table `%s` documents columns it does not have: %s", definition.name, ", ".join(unknown))
@@ -321,17 +324,21 @@ class Runner:
         pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata, encrypted)
         return altered
 
-    def _transaction(self, uri: str, table: str, suffix: str = "") -> Transaction:
-        """The marker of this run's commit to `table` (or to its quarantine, with `suffix`): one
+    def _store(self, table: str) -> TableStore:
+        """The store of a layer table in its declared format (quarantines and change logs are always Delta)."""
+        return self.formats.for_table(table)
+
+    def _transaction(self, store: TableStore, uri: str, table: str, suffix: str = "") -> Transaction:
+        """The marker of this run's commit to `table` (or to its quarantine, with `suffix`) in `store`: one
         application id per pipeline table, its version counting the table's commits."""
-        return delta.next_transaction(uri, f"medallion/{self.pipeline.name}/{table}{suffix}")
+        return store.next_transaction(uri, f"medallion/{self.pipeline.name}/{table}{suffix}")
 
     def _ingest(
         self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
     ) -> dict[str, Any]:
-        uri = self.layout.table(definition.name)
+        uri, store = self.layout.table(definition.name), self._store(definition.name)
         landed = discover(self.layout.landing(source.directory), source)
-        new, changed = _new_files(landed, ingested_files(uri, definition.name))
+        new, changed = _new_files(landed, ingested_files(uri, definition.name, store))
         details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
         if changed:
             details["files_changed_after_ingestion"] = [f.name for f in changed]
@@ -339,7 +346,7 @@ class Runner:
                         "ingested again: %s", definition.name, len(changed), ", ".join(f.name for f in changed))
         if not new:
             return {"status": "unchanged", "details": details}
-        known_columns, known_types = _known_shape(uri, definition.name)
+        known_columns, known_types = _known_shape(uri, definition.name, store)
         batch = guarded(definition, lambda: ingest_new_files(
             new, source, self._stager(definition, run_id, uri), ingested_at=run_started,
             known_columns=known_columns, known_types=known_types, ray_options=definition.ray_options))
@@ -347,15 +354,15 @@ class Runner:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
                         "; ".join(details["schema_drift"]))
-        transaction = self._transaction(uri, definition.name)
+        transaction = self._transaction(store, uri, definition.name)
         staged = batch.staged
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
-        schema_version = (delta.last_commit_value(uri, definition.name, SCHEMA_KEY) or 0) + (
-            1 if added or not delta.table_exists(uri) else 0)
+        schema_version = (store.last_commit_value(uri, definition.name, SCHEMA_KEY) or 0) + (
+            1 if added or not store.table_exists(uri) else 0)
         metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
                                                                  TYPES_KEY: batch.types, SCHEMA_KEY: schema_version})
         with _discarded_on_conflict(uri, staged.data):
-            version = delta.commit_files(uri, staged.data, mode="append", metadata=metadata,
+            version = store.commit_files(uri, staged.data, mode="append", metadata=metadata,
                                          empty_schema=batch.schema, commit_empty=True, transaction=transaction)
         return {
             "output_version": version,
@@ -367,27 +374,27 @@ class Runner:
     def _transform(self, definition: TableDefinition, run_id: str, checks: list[CheckResult]) -> dict[str, Any]:
         """Build one table; `checks` receives its quality results, also when the table fails."""
         assert definition.function is not None
-        uri = self.layout.table(definition.name)
-        versions = {t: delta.latest_version(self.layout.table(t)) for t in definition.dependencies}
-        previous = None if self.force else delta.last_commit_value(uri, definition.name, INPUTS_KEY)
+        uri, store = self.layout.table(definition.name), self._store(definition.name)
+        versions = {t: self._store(t).latest_version(self.layout.table(t)) for t in definition.dependencies}
+        previous = None if self.force else store.last_commit_value(uri, definition.name, INPUTS_KEY)
         if versions and previous == versions and self.window is None:
             return {"status": "unchanged", "input_versions": versions,
                     "details": {"reason": "inputs unchanged since the table was last built"}}
         if self.full_refresh:
             self._empty(definition, run_id)
-        transaction = self._transaction(uri, definition.name)
+        transaction = self._transaction(store, uri, definition.name)
         kind = definition.kind
         affected = None if self.window else guarded(definition, lambda: self._affected_keys(definition, versions,
                                                                                               previous))
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if affected is not None and affected.num_rows == 0:
-            version = delta.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
+            version = store.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
                                          transaction=transaction)
             return {"status": "unchanged", "input_versions": versions, "output_version": version,
                     "details": {"reason": "no entity's input rows changed"}}
         if affected is not None:
-            reads = [_only_keys(delta.read_dataset(self.layout.table(t), t, versions[t], definition.ray_options),
-                                affected)
+            reads = [_only_keys(self._store(t).read_dataset(self.layout.table(t), t, versions[t],
+                                                            definition.ray_options), affected)
                      for t in definition.inputs]
         else:
             reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
@@ -397,12 +404,12 @@ class Runner:
         if self.window is not None:
             output = _within(output, self._time_column(definition), *self.window)
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri
-        keys = guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout)
+        keys = guarded(definition, lambda: gate.reference_keys(definition.quality, self.layout, self.formats)
                         if definition.quality else {})
         staged = guarded(definition, lambda: self._stage(definition, output, run_id, folder, keys))
         checks.extend(self._table_checks(definition, staged, folder, rows_in))
         try:
-            gate.enforce(definition.name, checks, delta.latest_version(uri))
+            gate.enforce(definition.name, checks, store.latest_version(uri))
             schema_version = self._evolve_schema(definition, staged, run_id)
         except (QualityFailed, SchemaEvolutionError):
             if isinstance(kind, ChangeKind):
@@ -418,7 +425,8 @@ class Runner:
             metadata = {k: v for k, v in metadata.items() if k != INPUTS_KEY} | {
                 "backfill": [str(day) for day in self.window]}
         if staged.quarantine:
-            self._commit_quarantine(definition, staged, metadata | {ATTEMPT_KEY: _attempt(versions, uri)})
+            self._commit_quarantine(definition, staged, metadata | {
+                ATTEMPT_KEY: _attempt(versions, store.latest_version(uri))})
         if isinstance(kind, ChangeKind):
             try:
                 changes = _read_staged(folder, staged)
@@ -441,7 +449,7 @@ class Runner:
                 "files_skipped": replaced.files_skipped}}
         mode = "append" if isinstance(kind, Append) and not self.full_refresh else "overwrite"
         with _discarded_on_conflict(uri, staged.data):
-            version = delta.commit_files(uri, staged.data, mode=mode, metadata=metadata,
+            version = store.commit_files(uri, staged.data, mode=mode, metadata=metadata,
                                          empty_schema=empty_schema, transaction=transaction)
         return values | {"output_version": version, "rows_written": staged.rows}
 
@@ -452,7 +460,7 @@ class Runner:
         the whole table must be computed (first build, or a table its checks reference changed, which
         may change which rows pass)."""
         kind = definition.kind
-        if not isinstance(kind, RecomputeKeys) or not previous or not delta.table_exists(
+        if not isinstance(kind, RecomputeKeys) or not previous or not self._store(definition.name).table_exists(
                 self.layout.table(definition.name)):
             return None
         references = [t for t in definition.dependencies if t not in definition.inputs]
@@ -465,7 +473,7 @@ class Runner:
                 continue
             if since is None:
                 return None
-            changed.append(delta.changed_keys(self.layout.table(table), table, since, until, kind.keys))
+            changed.append(self._store(table).changed_keys(self.layout.table(table), table, since, until, kind.keys))
         if not changed:
             return pa.table({k: pa.array([], pa.int64()) for k in kind.keys})
         frame = pl.concat([pl.from_arrow(keys) for keys in changed], how="vertical_relaxed").unique()
@@ -488,20 +496,20 @@ class Runner:
         Raises:
             SchemaEvolutionError: a change the table does not declare.
         """
-        uri, table = self.layout.table(definition.name), definition.name
-        version = delta.last_commit_value(uri, table, SCHEMA_KEY) or 0
-        if not delta.table_exists(uri):
+        uri, table, store = self.layout.table(definition.name), definition.name, self._store(definition.name)
+        version = store.last_commit_value(uri, table, SCHEMA_KEY) or 0
+        if not store.table_exists(uri):
             return version + 1
         if not staged.data:
             return version
-        current = pa.schema(delta.open_table(uri, table).schema().to_arrow())
-        incoming = delta.as_stored(_stored_schema(definition.kind, unify([f.schema for f in staged.data])))
+        current = store.schema(uri, table)
+        incoming = store.as_stored(_stored_schema(definition.kind, unify([f.schema for f in staged.data])))
         changes = schema.changes_between(table, current, incoming, definition.evolution)
         if not changes:
             return version
         log.warning("table `%s`: schema changes: %s", table, "; ".join(c.describe() for c in changes))
         if schema.needs_rewrite(changes) and not isinstance(definition.kind, Overwrite):
-            delta.rewrite(uri, table, lambda rows: schema.migrate(rows, changes, incoming),
+            store.rewrite(uri, table, lambda rows: schema.migrate(rows, changes, incoming),
                           metadata=self._commit_metadata(definition, run_id, **{
                               SCHEMA_KEY: version + 1, "migration": [c.describe() for c in changes]}))
         return version + 1
@@ -511,12 +519,14 @@ class Runner:
         change log. The emptying commit records that the table was built from no input, so a run that dies
         right after still rebuilds it whole."""
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: {}, "full_refresh": True})
-        emptied = [self.layout.quarantine(definition.name)]
+        delta_store: TableStore = DeltaStore()
+        emptied = [(delta_store, self.layout.quarantine(definition.name))]
         if isinstance(definition.kind, ChangeKind):
-            emptied = [self.layout.table(definition.name), self.layout.changes(definition.name), *emptied]
-        for uri in emptied:
-            if delta.table_exists(uri):
-                delta.commit_files(uri, [], mode="overwrite", metadata=metadata)
+            emptied = [(self._store(definition.name), self.layout.table(definition.name)),
+                       (delta_store, self.layout.changes(definition.name)), *emptied]
+        for store, uri in emptied:
+            if store.table_exists(uri):
+                store.commit_files(uri, [], mode="overwrite", metadata=metadata)
 
     def _apply_changes(
         self, table: str, kind: ChangeKind, changes: pa.Table, metadata: dict[str, Any], transaction: Transaction
@@ -539,8 +549,8 @@ class Runner:
             tombstones = changelog.read_for_keys(log_uri, table, changes.select(kind.keys))
             changes = changelog.drop_superseded(changes, tombstones, kind.keys, kind.sequence_by)
             changes = changes.drop_columns([changelog.DELETED])
-        outcome = merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
-                                    storage=self.settings.storage)
+        outcome = self._store(table).merge(uri, table, changes, kind, metadata=metadata, transaction=transaction,
+                                           storage=self.settings.storage)
         superseded = received - changes.num_rows + outcome.duplicates
         return {"output_version": outcome.version, "rows_written": received - superseded,
                 "rows_duplicate": superseded, "details": {"merge": outcome.metrics}}
@@ -554,19 +564,19 @@ class Runner:
             discard_files(uri, staged.quarantine)
             return
         delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata,
-                           transaction=self._transaction(uri, definition.name, "/quarantine"))
+                           transaction=self._transaction(DeltaStore(), uri, definition.name, "/quarantine"))
 
     def _read_input(
         self, definition: TableDefinition, table: str, version: int | None, built_from: int | None
     ) -> tuple[ray.data.Dataset, int]:
         """An input at `version` and its row count: only the rows added since `built_from` when the table
         is incremental and the input only grew since, else all of it."""
-        uri = self.layout.table(table)
+        uri, store = self.layout.table(table), self._store(table)
         if definition.incremental and built_from is not None and version is not None:
-            added = delta.read_added_files(uri, table, built_from, version, definition.ray_options)
+            added = store.read_added_files(uri, table, built_from, version, definition.ray_options)
             if added is not None:
                 return added
-        return delta.read_dataset(uri, table, version, definition.ray_options), delta.row_count(uri, table, version)
+        return store.read_dataset(uri, table, version, definition.ray_options), store.row_count(uri, table, version)
 
     def _table_checks(
         self, definition: TableDefinition, staged: StagedFiles, folder: str, rows_in: int
@@ -638,36 +648,37 @@ def _stored_schema(kind: Append | Overwrite | ChangeKind, output: pa.Schema) -> 
     return stored
 
 
-def _known_shape(uri: str, table: str) -> tuple[list[str], dict[str, str]]:
+def _known_shape(uri: str, table: str, store: TableStore) -> tuple[list[str], dict[str, str]]:
     """Source columns of an ingested table and the JSON value types recorded by its latest commit."""
-    if not delta.table_exists(uri):
+    if not store.table_exists(uri):
         return [], {}
-    schema = pa.schema(delta.open_table(uri, table).schema().to_arrow())
+    schema = store.schema(uri, table)
     columns = [c for c in schema.names if not c.startswith("_")]
-    for commit in delta.effective_history(uri, table):
-        types = delta.commit_info_value(commit, TYPES_KEY)
+    for commit in store.effective_history(uri, table):
+        types = store.commit_info_value(commit, TYPES_KEY)
         if types is not None:
             return columns, dict(types)
     return columns, {}
 
 
-def ingested_files(uri: str, table: str) -> dict[str, list[Any]]:
-    """The ingestion checkpoint of a table: fingerprint of every file its commits hold, by name (a file
-    whose commit a restore undid counts as not ingested)."""
-    if not delta.table_exists(uri):
+def ingested_files(uri: str, table: str, store: TableStore | None = None) -> dict[str, list[Any]]:
+    """The ingestion checkpoint of a table (a Delta table unless `store` says otherwise): fingerprint of every
+    file its commits hold, by name (a file whose commit a restore undid counts as not ingested)."""
+    store = store or DeltaStore()
+    if not store.table_exists(uri):
         return {}
     seen: dict[str, list[Any]] = {}
-    for commit in delta.effective_history(uri, table):
-        for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []:
+    for commit in store.effective_history(uri, table):
+        for fingerprint in store.commit_info_value(commit, FILES_KEY) or []:
             seen.setdefault(fingerprint[0], fingerprint)
     return seen
 
 
-def files_ingested_by(uri: str, table: str, run_id: str) -> list[str]:
+def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> list[str]:
     """Names of the landing files the commits of run `run_id` ingested into the table."""
-    return [fingerprint[0] for commit in delta.history(uri, table)
-            if delta.commit_info_value(commit, "run_id") == run_id
-            for fingerprint in delta.commit_info_value(commit, FILES_KEY) or []]
+    return [fingerprint[0] for commit in store.history(uri, table)
+            if store.commit_info_value(commit, "run_id") == run_id
+            for fingerprint in store.commit_info_value(commit, FILES_KEY) or []]
 
 
 def _new_files(
@@ -693,9 +704,9 @@ def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:
     return base.remove(base.get_field_index(REJECTED_REASON)) if REJECTED_REASON in base.names else base
 
 
-def _attempt(input_versions: dict[str, int | None], uri: str) -> str:
+def _attempt(input_versions: dict[str, int | None], table_version: int | None) -> str:
     """Identifies one piece of work on a table: its input versions and the table version it starts from."""
-    work = {"inputs": input_versions, "table_version": delta.latest_version(uri)}
+    work = {"inputs": input_versions, "table_version": table_version}
     return hashlib.sha256(json.dumps(work, sort_keys=True).encode()).hexdigest()[:16]
 
 

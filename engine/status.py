@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow.fs as pafs
 
+from engine.config import StorageSettings
 from engine.runlog import read_records
 from engine.storage import filesystem_of
-from engine.tables import delta
+from engine.tables.formats import TableFormats, found_format
 from engine.tables.layout import Layout
 from engine.tables.timetravel import version_at
 
@@ -58,7 +59,7 @@ class TableVersion:
 
 
 def list_tables(layout: Layout) -> dict[str, str]:
-    """Every Delta table under the root's data layers, by name, with its location."""
+    """Every table (Delta or Iceberg) under the root's data layers, by name, with its location."""
     found: dict[str, str] = {}
     filesystem, base = filesystem_of(layout.root)
     for layer in DATA_LAYERS:
@@ -69,7 +70,7 @@ def list_tables(layout: Layout) -> dict[str, str]:
             name = info.base_name
             if layer == "quarantine":
                 found.update({f"quarantine.{name}.{child}": uri for child, uri in _children(layout, name).items()})
-            elif delta.table_exists(f"{layout.root}/{layer}/{name}"):
+            elif found_format(f"{layout.root}/{layer}/{name}") is not None:
                 found[f"{layer}.{name}"] = f"{layout.root}/{layer}/{name}"
     return found
 
@@ -81,27 +82,31 @@ def _children(layout: Layout, layer: str) -> dict[str, str]:
         info.base_name: f"{layout.root}/quarantine/{layer}/{info.base_name}"
         for info in sorted(filesystem.get_file_info(selector), key=lambda i: i.base_name)
         if info.type == pafs.FileType.Directory
-        and delta.table_exists(f"{layout.root}/quarantine/{layer}/{info.base_name}")
+        and found_format(f"{layout.root}/quarantine/{layer}/{info.base_name}") is not None
     }
 
 
-def table_statuses(layout: Layout, as_of: datetime | None = None) -> list[TableStatus]:
+def table_statuses(layout: Layout, as_of: datetime | None = None,
+                   formats: TableFormats | None = None) -> list[TableStatus]:
     """The status of every table under the root, in layer order; as of `as_of` when given (each table at its
-    version then, runs finished by then, tables created later left out)."""
+    version then, runs finished by then, tables created later left out). `formats` reaches Iceberg tables in
+    their catalog (the default SQLite catalog of the root when None)."""
+    formats = formats or TableFormats(StorageSettings(root=layout.root))
     records = read_records(layout.runs())
     if as_of is not None:
         records = records.filter(pl.col("finished_at") <= as_of)
     latest = {row["table"]: row for row in records.iter_rows(named=True)}
     statuses = []
     for table, uri in list_tables(layout).items():
-        version = (delta.latest_version(uri) or 0) if as_of is None else version_at(uri, table, as_of)
+        store = formats.at(uri)
+        version = (store.latest_version(uri) or 0) if as_of is None else version_at(uri, table, as_of, store)
         if version is None:
             continue
         record = latest.get(table, {})
         statuses.append(TableStatus(
             table=table,
             version=version,
-            rows=delta.row_count(uri, table, version),
+            rows=store.row_count(uri, table, version),
             last_run_id=record.get("run_id"),
             last_status=record.get("status"),
             last_finished_at=record.get("finished_at"),
@@ -109,16 +114,18 @@ def table_statuses(layout: Layout, as_of: datetime | None = None) -> list[TableS
     return statuses
 
 
-def table_history(layout: Layout, table: str, limit: int | None = None) -> list[TableVersion]:
+def table_history(layout: Layout, table: str, limit: int | None = None,
+                  formats: TableFormats | None = None) -> list[TableVersion]:
     """Commits of `table`, newest first, at most `limit`."""
     uri = layout.quarantine(table.removeprefix("quarantine.")) if table.startswith("quarantine.") else layout.table(table)
+    store = (formats or TableFormats(StorageSettings(root=layout.root))).at(uri)
     versions = []
-    for commit in delta.history(uri, table)[:limit]:
+    for commit in store.history(uri, table)[:limit]:
         versions.append(TableVersion(
             version=commit["version"],
             timestamp=datetime.fromtimestamp(commit.get("timestamp", 0) / 1000, UTC),
             operation=commit.get("operation", ""),
-            run_id=delta.commit_info_value(commit, "run_id"),
-            rows=delta.row_count(uri, table, commit["version"]),
+            run_id=store.commit_info_value(commit, "run_id"),
+            rows=store.row_count(uri, table, commit["version"]),
         ))
     return versions

@@ -161,6 +161,8 @@ class Lineage:
     def _landing_files(self, table: str, version: int, key: tuple[str, str] | None) -> list[Node]:
         """The landing files the table held at `version`, narrowed by `key` when the table has its column."""
         uri = self.layout.table(table)
+        if not delta.table_exists(uri):  # landing files are traced through Delta bronze tables
+            return []
         rows = delta.open_table(uri, table, version).to_pyarrow_dataset()
         if SOURCE_FILE not in rows.schema.names:
             return []

@@ -14,20 +14,21 @@ from engine.errors import QualityFailed
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult
 from engine.storage import parquet_dataset
-from engine.tables import delta
 from engine.tables.files import DataFile
+from engine.tables.formats import DeltaStore, TableFormats
 from engine.tables.layout import Layout
 
 CONSERVATION_CHECK = "rows_conserved"
 
 
-def reference_keys(quality: Quality, layout: Layout) -> dict[str, pa.Array]:
-    """The distinct keys of every referenced table, at its latest version, by reference name."""
+def reference_keys(quality: Quality, layout: Layout, formats: TableFormats | None = None) -> dict[str, pa.Array]:
+    """The distinct keys of every referenced table, at its latest version, by reference name; `formats` gives
+    each table's store (Delta when None)."""
     keys = {}
     for reference in quality.references:
         key = reference.key or reference.column
-        table = delta.open_table(layout.table(reference.table), reference.table)
-        values = table.to_pyarrow_dataset().to_table(columns=[key]).column(key)
+        store = formats.for_table(reference.table) if formats is not None else DeltaStore()
+        values = store.read_columns(layout.table(reference.table), reference.table, [key]).column(key)
         keys[reference.name] = pc.unique(values.combine_chunks())
     return keys
 

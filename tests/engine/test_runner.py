@@ -269,14 +269,14 @@ def test_schema_drift_fail_stops_ingestion_and_names_the_file_and_column(root: P
 def test_a_run_that_died_after_quarantining_does_not_quarantine_twice(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import engine.runner
+    from engine.tables.formats import DeltaStore
 
     settings = settings_at(root)
 
     def die(*args: object, **kwargs: object) -> None:
         raise RuntimeError("process killed")
 
-    monkeypatch.setattr(engine.runner, "merge_distributed", die)
+    monkeypatch.setattr(DeltaStore, "merge", staticmethod(die))
     crashed = Runner(build_pipeline(), settings).run(select="+silver.orders")
     assert [r.status for r in crashed.records] == ["succeeded", "failed"]
     quarantine_uri = Layout.at(str(root)).quarantine("silver.orders")

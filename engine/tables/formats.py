@@ -1,0 +1,216 @@
+"""Table formats: which module stores a table (Delta Lake by default, or Apache Iceberg), chosen per table.
+
+The runner asks `TableFormats.for_table(name)` for a `TableStore` and calls the same operations whatever the
+format; a table whose location already holds a table of the other format is refused with `TableFormatError`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray.data
+from deltalake.transaction import Transaction
+
+from engine.config import StorageSettings
+from engine.errors import PipelineDefinitionError, TableFormatError
+from engine.tables import delta
+from engine.tables.files import DataFile
+from engine.tables.layout import Layout
+
+if TYPE_CHECKING:
+    from engine.config import Settings
+    from engine.kinds import Merge
+    from engine.tables.delta import MergeOutcome
+    from engine.tables.iceberg import IcebergTables
+
+DELTA = "delta"
+ICEBERG = "iceberg"
+FORMATS = (DELTA, ICEBERG)
+
+
+def check_format(value: str, where: str) -> str:
+    """`value` when it names a table format.
+
+    Raises:
+        PipelineDefinitionError: it names none.
+    """
+    if value not in FORMATS:
+        raise PipelineDefinitionError(
+            f"{where}: table format `{value}` is unknown; use one of {', '.join(f'`{f}`' for f in FORMATS)}")
+    return value
+
+
+class TableStore(Protocol):
+    """The operations the engine needs from a table format, on the table at `uri` named `table`."""
+
+    name: str
+
+    def table_exists(self, uri: str) -> bool: ...
+    def latest_version(self, uri: str) -> int | None: ...
+    def version(self, uri: str, table: str, version: int | None = None) -> int: ...
+    def head(self, uri: str, table: str, version: int | None, limit: int) -> pa.Table: ...
+    def read_columns(self, uri: str, table: str, columns: Sequence[str]) -> pa.Table: ...
+    def row_count(self, uri: str, table: str, version: int | None = None) -> int: ...
+    def schema(self, uri: str, table: str) -> pa.Schema: ...
+    def as_stored(self, schema: pa.Schema) -> pa.Schema: ...
+    def read_dataset(self, uri: str, table: str, version: int | None = None,
+                     ray_options: Mapping[str, Any] | None = None) -> ray.data.Dataset: ...
+    def read_added_files(self, uri: str, table: str, since: int, until: int,
+                         ray_options: Mapping[str, Any] | None = None) -> tuple[ray.data.Dataset, int] | None: ...
+    def history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
+    def effective_history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
+    def last_commit_value(self, uri: str, table: str, key: str) -> Any: ...
+    def commit_info_value(self, commit: dict[str, Any], key: str) -> Any: ...
+    def next_transaction(self, uri: str, app_id: str) -> Transaction: ...
+    def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
+                     empty_schema: pa.Schema | None = None, commit_empty: bool = False,
+                     transaction: Transaction | None = None) -> int | None: ...
+    def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome: ...
+    def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
+                metadata: dict[str, Any]) -> int: ...
+    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table: ...
+
+
+class DeltaStore:
+    """`engine.tables.delta` as a `TableStore`; merges go through the distributed merge."""
+
+    name = DELTA
+    table_exists = staticmethod(delta.table_exists)
+    latest_version = staticmethod(delta.latest_version)
+    row_count = staticmethod(delta.row_count)
+    as_stored = staticmethod(delta.as_stored)
+    read_dataset = staticmethod(delta.read_dataset)
+    read_added_files = staticmethod(delta.read_added_files)
+    history = staticmethod(delta.history)
+    effective_history = staticmethod(delta.effective_history)
+    last_commit_value = staticmethod(delta.last_commit_value)
+    commit_info_value = staticmethod(delta.commit_info_value)
+    next_transaction = staticmethod(delta.next_transaction)
+    commit_files = staticmethod(delta.commit_files)
+    rewrite = staticmethod(delta.rewrite)
+    changed_keys = staticmethod(delta.changed_keys)
+
+    @staticmethod
+    def schema(uri: str, table: str) -> pa.Schema:
+        return pa.schema(delta.open_table(uri, table).schema().to_arrow())
+
+    @staticmethod
+    def version(uri: str, table: str, version: int | None = None) -> int:
+        """`version` (the latest when None), checked to exist; raises `TableNotFound` otherwise."""
+        return delta.open_table(uri, table, version).version()
+
+    @staticmethod
+    def read_columns(uri: str, table: str, columns: Sequence[str]) -> pa.Table:
+        """`columns` of every row at the latest version, in this process."""
+        return delta.open_table(uri, table).to_pyarrow_dataset().to_table(columns=list(columns))
+
+    @staticmethod
+    def head(uri: str, table: str, version: int | None, limit: int) -> pa.Table:
+        """The first `limit` rows of the table at `version`."""
+        return delta.open_table(uri, table, version).to_pyarrow_dataset().head(limit)
+
+    @staticmethod
+    def merge(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:
+        from engine.tables.distributed_merge import merge_distributed
+
+        return merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
+                                 storage=storage)
+
+
+class IcebergStore:
+    """`IcebergTables` as a `TableStore`; what Iceberg cannot do yet raises `TableFormatError`."""
+
+    name = ICEBERG
+
+    def __init__(self, tables: IcebergTables) -> None:
+        self.tables = tables
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.tables, attribute)
+
+    def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:
+        return self.tables.merge_changes(uri, table, changes, kind, metadata=metadata, transaction=transaction)
+
+    def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
+                metadata: dict[str, Any]) -> int:
+        raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is not "
+                               "supported on Iceberg tables yet; declare the table with `table_format=\"delta\"`",
+                               table=table, path=uri)
+
+    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
+        raise TableFormatError(f"table `{table}`: changed keys between versions (`RecomputeKeys` inputs) are not "
+                               "supported on Iceberg tables yet", table=table, path=uri)
+
+
+@functools.lru_cache(maxsize=16)
+def _iceberg_tables(root: str, catalog_uri: str | None) -> IcebergTables:
+    from engine.tables.iceberg import IcebergTables
+
+    return IcebergTables(root, catalog_uri)
+
+
+def iceberg_store(storage: StorageSettings) -> IcebergStore:
+    """The Iceberg tables of the storage root, in its catalog (one catalog connection per root and URI)."""
+    uri = storage.iceberg_catalog_uri.get_secret_value() if storage.iceberg_catalog_uri else None
+    return IcebergStore(_iceberg_tables(Layout.at(storage.root).root, uri))
+
+
+def found_format(uri: str) -> str | None:
+    """The format of the table stored at `uri` (a Delta log, or Iceberg metadata files), None when neither."""
+    if delta.table_exists(uri):
+        return DELTA
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    infos = filesystem.get_file_info(pafs.FileSelector(f"{path}/metadata", allow_not_found=True))
+    if any(info.base_name.endswith(".metadata.json") for info in infos):
+        return ICEBERG
+    return None
+
+
+class TableFormats:
+    """The store of every table of a root: the declared format of a pipeline's tables, the one found on disk for
+    any other.
+
+    Args:
+        settings: the storage root and the Iceberg catalog (the settings or their `storage` section).
+        declared: table name -> declared format.
+    """
+
+    def __init__(self, settings: Settings | StorageSettings, declared: Mapping[str, str] | None = None) -> None:
+        self.storage = settings if isinstance(settings, StorageSettings) else settings.storage
+        self.layout = Layout.at(self.storage.root)
+        self.declared = dict(declared or {})
+        self._checked: dict[str, TableStore] = {}
+
+    def store(self, table_format: str) -> TableStore:
+        """The store of a format."""
+        return iceberg_store(self.storage) if table_format == ICEBERG else DeltaStore()
+
+    def for_table(self, table: str) -> TableStore:
+        """The store of `table` (`<layer>.<name>`): its declared format, else the one found at its location.
+
+        Raises:
+            TableFormatError: the location holds a table of another format than the declared one.
+        """
+        if table in self._checked:
+            return self._checked[table]
+        uri = self.layout.table(table)
+        found = found_format(uri)
+        declared = self.declared.get(table, found or DELTA)
+        if found is not None and found != declared:
+            raise TableFormatError(
+                f"table `{table}` is declared `{declared}` but `{uri}` holds a {found} table; declare it with "
+                f"`table_format=\"{found}\"`, or move the existing table away to rebuild it as {declared}",
+                table=table, path=uri)
+        self._checked[table] = self.store(declared)
+        return self._checked[table]
+
+    def at(self, uri: str) -> TableStore:
+        """The store of whatever table lies at `uri` (Delta when nothing does)."""
+        return self.store(found_format(uri) or DELTA)

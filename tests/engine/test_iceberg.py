@@ -1,0 +1,393 @@
+"""Iceberg as a second table format: the shop pipeline gives the same tables as on Delta, incremental reads,
+exactly-once commits, racing writers, merges by key, format mismatches and a PostgreSQL catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pytest
+import ray.data
+from click.testing import CliRunner
+from deltalake import DeltaTable
+from deltalake.transaction import Transaction
+from polars.testing import assert_frame_equal
+
+from engine import SCD2, Append, FileSource, Merge, Overwrite, Pipeline, Runner, load_settings
+from engine.arrow import to_storage
+from engine.cli import main
+from engine.config import Settings
+from engine.errors import CommitConflict, PipelineDefinitionError, TableFormatError
+from engine.quality.checks import Quality, References
+from engine.quality.gate import reference_keys
+from engine.runlog import read_records
+from engine.tables import delta
+from engine.tables.files import RollingParquetWriter
+from engine.tables.formats import TableFormats
+from engine.tables.iceberg import IcebergTables
+from engine.tables.layout import Layout
+from tests.conftest import settings_at
+from tests.engine.test_runner import parse_orders, write_orders
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+VOLATILE = ["_ingested_at", "_run_id", "_source_file"]
+
+
+def shop(table_format: str) -> Pipeline:
+    """The shop pipeline of test_runner: bronze ingest (Append) -> silver Merge -> gold Overwrite."""
+    pipeline = Pipeline("shop", table_format=table_format)
+    pipeline.ingest("bronze.orders", FileSource("orders", "jsonl"))
+
+    @pipeline.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"), incremental=True)
+    def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_orders.map_batches(parse_orders, batch_format="pyarrow")
+
+    @pipeline.table("gold.status_counts", kind=Overwrite())
+    def status_counts(silver_orders: ray.data.Dataset) -> ray.data.Dataset:
+        return silver_orders.map_batches(
+            lambda t: pl.from_arrow(t).group_by("status").len().to_arrow(), batch_format="pyarrow", batch_size=None)
+
+    return pipeline
+
+
+def landing(root: Path) -> None:
+    write_orders(root, "orders-1.jsonl", [
+        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
+        {"order_id": "2", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
+        {"order_id": "x", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
+    ])
+    write_orders(root, "orders-2.jsonl", [
+        {"order_id": 1, "status": "paid", "updated_at": "2026-01-02T00:00:00Z"},
+        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
+    ])
+
+
+def more_landing(root: Path) -> None:
+    write_orders(root, "orders-3.jsonl", [
+        {"order_id": 2, "status": "shipped", "updated_at": "2026-01-03T00:00:00Z"},
+        {"order_id": 3, "status": "placed", "updated_at": "2026-01-03T00:00:00Z"},
+        {"order_id": 1, "status": "placed", "updated_at": "2025-12-31T00:00:00Z"},
+    ])
+
+
+def rows(settings: Settings, table: str, table_format: str) -> pl.DataFrame:
+    uri = Layout.at(settings.storage.root).table(table)
+    store = TableFormats(settings).store(table_format)
+    blocks = ray.get(store.read_dataset(uri, table).to_arrow_refs())
+    frame = pl.from_arrow(pa.concat_tables([to_storage(b) for b in blocks], promote_options="permissive"))
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.drop([c for c in VOLATILE if c in frame.columns])
+    return frame.select(sorted(frame.columns)).sort(sorted(frame.columns), nulls_last=True)
+
+
+def record(result: Any, table: str) -> Any:
+    return next(r for r in result.records if r.table == table)
+
+
+def test_shop_pipeline_on_iceberg_matches_delta_and_reads_incrementally(tmp_path: Path) -> None:
+    roots = {f: tmp_path / f for f in ("delta", "iceberg")}
+    settings = {f: settings_at(root) for f, root in roots.items()}
+    for root in roots.values():
+        landing(root)
+    first = {f: Runner(shop(f), settings[f]).run() for f in roots}
+    assert all(r.succeeded for r in first.values()), {f: [x.error for x in r.records] for f, r in first.items()}
+    assert (roots["iceberg"] / "_meta" / "iceberg" / "catalog.db").is_file()
+    assert not (roots["iceberg"] / "silver" / "orders" / "_delta_log").exists()
+    for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
+        assert_frame_equal(rows(settings["iceberg"], table, "iceberg"), rows(settings["delta"], table, "delta"),
+                           check_dtypes=False)
+        assert record(first["iceberg"], table).output_version == record(first["delta"], table).output_version == 0
+    assert (record(first["iceberg"], "silver.orders").rows_in, record(first["iceberg"], "silver.orders").rows_written,
+            record(first["iceberg"], "silver.orders").rows_quarantined) == (5, 2, 1)
+
+    for root in roots.values():
+        more_landing(root)
+    second = {f: Runner(shop(f), settings[f]).run() for f in roots}
+    for table_format, result in second.items():
+        assert result.succeeded, [r.error for r in result.records]
+        silver = record(result, "silver.orders")
+        assert silver.rows_in == 3, table_format
+        assert silver.input_versions == {"bronze.orders": 1}
+        records = read_records(Layout.at(str(roots[table_format])).runs())
+        assert records.filter(pl.col("table") == "bronze.orders")["output_version"].to_list() == [0, 1]
+    for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
+        assert_frame_equal(rows(settings["iceberg"], table, "iceberg"), rows(settings["delta"], table, "delta"),
+                           check_dtypes=False)
+    silver = rows(settings["iceberg"], "silver.orders", "iceberg")
+    assert silver.sort("order_id")["status"].to_list() == ["paid", "shipped", "placed"]
+    merge = json.loads(read_records(Layout.at(str(roots["iceberg"])).runs()).filter(
+        pl.col("table") == "silver.orders")["details"][-1])["merge"]
+    assert (merge["num_target_rows_inserted"], merge["num_target_rows_updated"]) == (1, 1)
+
+    third = Runner(shop("iceberg"), settings["iceberg"]).run()
+    assert [r.status for r in third.records] == ["unchanged"] * 3
+    iceberg = IcebergTables(str(roots["iceberg"]))
+    history = iceberg.history(str(roots["iceberg"] / "silver" / "orders"), "silver.orders")
+    assert [h["version"] for h in history] == [1, 0]
+    assert history[0]["medallion.run_id"] == second["iceberg"].run_id
+    assert history[0]["medallion.input_versions"] == {"bronze.orders": 1}
+
+    root = str(roots["iceberg"])
+    status = CliRunner().invoke(main, ["--root", root, "status"])
+    assert status.exit_code == 0, status.output
+    lines = {line.split()[1]: line.split() for line in status.output.splitlines() if "." in line and "│" in line}
+    assert lines["silver.orders"][3:5] == ["1", "│"] and lines["silver.orders"][5] == "3"
+    assert "quarantine.silver.orders" in lines
+    shown = CliRunner().invoke(main, ["--root", root, "history", "silver.orders"])
+    assert shown.exit_code == 0, shown.output
+    assert "OVERWRITE" in shown.output and "APPEND" in shown.output and second["iceberg"].run_id in shown.output
+    old = CliRunner().invoke(main, ["--root", root, "show", "silver.orders", "--as-of", "0"])
+    assert old.exit_code == 0, old.output
+    assert "silver.orders v0, first 2 rows" in old.output and "shipped" not in old.output
+
+
+def staged(folder: Path, table: pa.Table, prefix: str) -> list[Any]:
+    writer = RollingParquetWriter(str(folder), settings_at(folder).storage, prefix)
+    writer.write(table)
+    return writer.close()
+
+
+def orders_batch(ids: list[int]) -> pa.Table:
+    return pa.table({"id": pa.array(ids, pa.int64()), "status": pa.array(["new"] * len(ids))})
+
+
+def test_a_repeated_commit_of_the_same_batch_is_refused(tmp_path: Path) -> None:
+    tables = IcebergTables(str(tmp_path))
+    uri = f"{tmp_path}/silver/orders"
+    batch = Transaction("medallion/shop/silver.orders", 1)
+    files = staged(Path(uri), orders_batch([1, 2]), "a")
+    assert tables.commit_files(uri, files, mode="append", metadata={"run_id": "r1"}, transaction=batch) == 0
+    again = staged(Path(uri), orders_batch([1, 2]), "b")
+    with pytest.raises(CommitConflict, match="batch 1 of `medallion/shop/silver.orders` was already committed"):
+        tables.commit_files(uri, again, mode="append", metadata={"run_id": "r2"}, transaction=batch)
+    assert tables.row_count(uri, "silver.orders") == 2
+    assert tables.next_transaction(uri, batch.app_id).version == 2
+    assert tables.latest_version(uri) == 0
+
+
+@pytest.fixture
+def racing_commits(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Makes the first commit of each of two threads wait for the other, so both build on the same table."""
+    from pyiceberg.table import Transaction as IcebergTransaction
+
+    barrier, seen, calls = threading.Barrier(2, timeout=30), threading.local(), []
+    original = IcebergTransaction.commit_transaction
+
+    def commit(self: IcebergTransaction) -> Any:
+        calls.append(threading.current_thread().name)
+        if not getattr(seen, "waited", False):
+            seen.waited = True
+            barrier.wait()
+        return original(self)
+
+    monkeypatch.setattr(IcebergTransaction, "commit_transaction", commit)
+    yield calls
+
+
+def test_two_racing_appends_both_land(tmp_path: Path, racing_commits: list[str]) -> None:
+    uri = f"{tmp_path}/bronze/events"
+    IcebergTables(str(tmp_path)).commit_files(uri, staged(Path(uri), orders_batch([0]), "base"), mode="append",
+                                              metadata={})
+    batches = {name: staged(Path(uri), orders_batch(ids), name) for name, ids in (("a", [1, 2]), ("b", [3]))}
+    errors: list[BaseException] = []
+
+    def append(name: str) -> None:
+        try:
+            IcebergTables(str(tmp_path)).commit_files(uri, batches[name], mode="append", metadata={"writer": name},
+                                                      transaction=Transaction(f"app/{name}", 1))
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=append, args=(name,), name=name) for name in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(racing_commits) == 3, "one writer lost the race and committed again"
+    tables = IcebergTables(str(tmp_path))
+    assert sorted(tables.read_table(uri, "bronze.events")["id"].to_pylist()) == [0, 1, 2, 3]
+    assert [h["version"] for h in tables.history(uri, "bronze.events")] == [2, 1, 0]
+
+
+def test_two_writers_racing_with_the_same_batch_commit_it_once(tmp_path: Path, racing_commits: list[str]) -> None:
+    uri = f"{tmp_path}/bronze/events"
+    batches = {name: staged(Path(uri), orders_batch([1]), name) for name in ("a", "b")}
+    IcebergTables(str(tmp_path)).commit_files(uri, staged(Path(uri), orders_batch([0]), "base"), mode="append",
+                                              metadata={})
+    outcomes: dict[str, Any] = {}
+
+    def append(name: str) -> None:
+        try:
+            outcomes[name] = IcebergTables(str(tmp_path)).commit_files(
+                uri, batches[name], mode="append", metadata={}, transaction=Transaction("app", 1))
+        except CommitConflict as err:
+            outcomes[name] = err
+
+    threads = [threading.Thread(target=append, args=(name,), name=name) for name in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(type(o).__name__ for o in outcomes.values()) == ["CommitConflict", "int"]
+    assert sorted(IcebergTables(str(tmp_path)).read_table(uri, "bronze.events")["id"].to_pylist()) == [0, 1]
+
+
+def changes_batch(rows: list[tuple[int | None, str, int | None, str]]) -> pa.Table:
+    ids, status, seq, op = zip(*rows)
+    return pa.table({"id": pa.array(ids, pa.int64()), "status": pa.array(status), "seq": pa.array(seq, pa.int64()),
+                     "op": pa.array(op)})
+
+
+def test_merge_keeps_the_latest_change_per_key_like_delta(tmp_path: Path) -> None:
+    kind = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
+    batches = [
+        changes_batch([(1, "a", 1, "u"), (2, "a", 1, "u"), (3, "a", 1, "u"), (None, "n", 1, "u")]),
+        changes_batch([(1, "b", 2, "u"), (1, "c", 3, "u"), (2, "old", 0, "u"), (3, "gone", 2, "d"),
+                       (4, "new", 1, "u"), (5, "never", 1, "d"), (2, "nul", None, "u")]),
+        changes_batch([(1, "late", 2, "u"), (6, "x", 1, "u")]),
+    ]
+    tables = IcebergTables(str(tmp_path / "ice"))
+    ice, dl = f"{tmp_path}/ice/silver/t", f"{tmp_path}/dl/silver/t"
+    outcomes = []
+    for number, batch in enumerate(batches, start=1):
+        outcomes.append(tables.merge_changes(ice, "silver.t", batch, kind, metadata={"batch": number},
+                                             transaction=Transaction("app", number)))
+        delta.merge_changes(dl, batch, kind, metadata={"batch": number})
+    expected = pl.from_arrow(DeltaTable(dl).to_pyarrow_table()).sort("id", nulls_last=True)
+    assert_frame_equal(pl.from_arrow(tables.read_table(ice, "silver.t")).sort("id", nulls_last=True), expected)
+    assert [o.version for o in outcomes] == [0, 1, 2]
+    assert outcomes[1].duplicates == 2
+    assert (outcomes[1].metrics["num_target_rows_updated"], outcomes[1].metrics["num_target_rows_deleted"],
+            outcomes[1].metrics["num_target_rows_inserted"]) == (1, 1, 1)
+    assert outcomes[2].metrics["num_target_files_removed"] == 0, "inserts only and a stale update: an append"
+    assert [h["operation"] for h in tables.history(ice, "silver.t")] == ["APPEND", "OVERWRITE", "APPEND"]
+    with pytest.raises(CommitConflict):
+        tables.merge_changes(ice, "silver.t", batches[2], kind, metadata={}, transaction=Transaction("app", 3))
+
+
+def test_a_delta_table_where_iceberg_is_declared_fails_clearly(tmp_path: Path) -> None:
+    landing(tmp_path)
+    assert Runner(shop("delta"), settings_at(tmp_path)).run().succeeded
+    write_orders(tmp_path, "orders-9.jsonl", [{"order_id": 9, "status": "x", "updated_at": "2026-01-09T00:00:00Z"}])
+    result = Runner(shop("iceberg"), settings_at(tmp_path)).run()
+    bronze = record(result, "bronze.orders")
+    assert bronze.status == "failed"
+    assert "table `bronze.orders` is declared `iceberg` but" in bronze.error
+    assert "holds a delta table" in bronze.error
+    assert [r.status for r in result.records[1:]] == ["skipped", "skipped"]
+    assert delta.latest_version(Layout.at(str(tmp_path)).table("bronze.orders")) == 0
+
+
+def test_table_format_is_declared_per_pipeline_or_per_table() -> None:
+    with pytest.raises(PipelineDefinitionError, match="table format `hudi` is unknown; use one of `delta`, `iceberg`"):
+        Pipeline("p", table_format="hudi")
+    pipeline = Pipeline("p", table_format="iceberg")
+    pipeline.ingest("bronze.a", FileSource("a", "csv"), table_format="delta")
+
+    @pipeline.table("silver.a", kind=Append())
+    def a(bronze_a: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_a
+
+    assert {n: d.table_format for n, d in pipeline.tables.items()} == {"bronze.a": "delta", "silver.a": "iceberg"}
+    with pytest.raises(PipelineDefinitionError, match="table `silver.h`: table format `ICEBERG` is unknown"):
+        pipeline.table("silver.h", table_format="ICEBERG")(a)
+    with pytest.raises(PipelineDefinitionError, match="does not support the write kind `SCD2` yet"):
+        pipeline.table("silver.s", kind=SCD2(keys=["k"], sequence_by="t"))(a)
+
+
+def test_the_catalog_uri_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDALLION__STORAGE__ICEBERG_CATALOG_URI", "postgresql+psycopg://u:pw@db/cat")
+    settings = load_settings()
+    assert settings.storage.iceberg_catalog_uri is not None
+    assert "pw" not in repr(settings) and "pw" not in str(settings.model_dump())
+    assert settings.storage.iceberg_catalog_uri.get_secret_value().endswith("@db/cat")
+
+
+def _require_postgres(host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        reason = f"PostgreSQL is not reachable on {host}:{port}; start it with scripts/services"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so service tests must run)")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_catalog() -> Iterator[str]:
+    """The SQLAlchemy URI of a scratch PostgreSQL database, dropped after."""
+    import psycopg
+
+    server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
+    host, port = server.split("@")[-1].split(":")
+    _require_postgres(host, int(port))
+    database = f"iceberg_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    yield f"postgresql+psycopg://{server}/{database}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.mark.services
+def test_shop_pipeline_on_a_postgresql_catalog(tmp_path: Path, postgres_catalog: str) -> None:
+    landing(tmp_path)
+    settings = load_settings(overrides={"storage": {"root": str(tmp_path), "iceberg_catalog_uri": postgres_catalog}})
+    result = Runner(shop("iceberg"), settings).run()
+    assert result.succeeded, [r.error for r in result.records]
+    assert not (tmp_path / "_meta" / "iceberg").exists()
+    silver = rows(settings, "silver.orders", "iceberg")
+    assert silver.sort("order_id")["status"].to_list() == ["paid", "placed"]
+    more_landing(tmp_path)
+    again = Runner(shop("iceberg"), settings).run()
+    assert record(again, "silver.orders").rows_in == 3
+    import psycopg
+
+    with psycopg.connect(postgres_catalog.replace("postgresql+psycopg", "postgresql")) as connection:
+        stored = connection.execute("SELECT table_namespace, table_name FROM iceberg_tables ORDER BY 1, 2").fetchall()
+    assert stored == [("bronze", "orders"), ("gold", "status_counts"), ("silver", "orders")]
+
+
+def test_an_iceberg_table_where_delta_is_declared_fails_clearly(tmp_path: Path) -> None:
+    uri = f"{tmp_path}/silver/orders"
+    IcebergTables(str(tmp_path)).commit_files(uri, staged(Path(uri), orders_batch([1]), "a"), mode="append",
+                                              metadata={})
+    formats = TableFormats(settings_at(tmp_path), {"silver.orders": "delta"})
+    with pytest.raises(TableFormatError, match="table `silver.orders` is declared `delta` but .* holds a iceberg"):
+        formats.for_table("silver.orders")
+    assert TableFormats(settings_at(tmp_path)).for_table("silver.orders").name == "iceberg"
+
+
+def test_references_to_an_iceberg_table_are_checked(tmp_path: Path) -> None:
+    uri = f"{tmp_path}/silver/customers"
+    IcebergTables(str(tmp_path)).commit_files(uri, staged(Path(uri), orders_batch([1, 2, 2]), "a"), mode="append",
+                                              metadata={})
+    quality = Quality(references=[References("customer_id", "silver.customers", key="id")])
+    formats = TableFormats(settings_at(tmp_path), {"silver.customers": "iceberg"})
+    keys = reference_keys(quality, Layout.at(str(tmp_path)), formats)
+    assert sorted(keys["customer_id->silver.customers.id"].to_pylist()) == [1, 2]
+
+
+def test_an_absent_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"PostgreSQL is not reachable on 127.0.0.1:{port}"):
+        _require_postgres("127.0.0.1", port)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        _require_postgres("127.0.0.1", port)
