@@ -86,7 +86,7 @@ def test_filters_through_deltalake_see_every_matching_row(tmp_path: Path) -> Non
     assert (stats["minValues"]["email"], stats["maxValues"]["email"]) == ("", "\U0010ffff")
     dataset = DeltaTable(str(tmp_path)).to_pyarrow_dataset()
     for condition, expected in ((pc.field("name") == long + "z", [2]), (pc.field("price") == 2.5, [3]),
-                                (pc.field("at") == pa.scalar(when, UTC_US), [1, 3]), (pc.field("ok") == False, [2]),
+                                (pc.field("at") == pa.scalar(when, UTC_US), [1, 3]), (pc.field("ok") == pa.scalar(False), [2]),
                                 (pc.field("amount") > pa.scalar(1, pa.decimal128(10, 2)), [2, 3]),
                                 (pc.field("email") == "bob@y", [2])):
         assert sorted(dataset.to_table(filter=condition).column("id").to_pylist()) == expected, condition

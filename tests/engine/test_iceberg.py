@@ -34,7 +34,7 @@ from engine.tables.formats import TableFormats
 from engine.tables.iceberg import IcebergTables
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
-from tests.engine.test_runner import parse_orders, write_orders
+from tests.engine.test_runner import land_orders, parse_orders, write_orders
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -56,18 +56,6 @@ def shop(table_format: str) -> Pipeline:
             lambda t: pl.from_arrow(t).group_by("status").len().to_arrow(), batch_format="pyarrow", batch_size=None)
 
     return pipeline
-
-
-def landing(root: Path) -> None:
-    write_orders(root, "orders-1.jsonl", [
-        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-        {"order_id": "2", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-        {"order_id": "x", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-    ])
-    write_orders(root, "orders-2.jsonl", [
-        {"order_id": 1, "status": "paid", "updated_at": "2026-01-02T00:00:00Z"},
-        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-    ])
 
 
 def more_landing(root: Path) -> None:
@@ -96,7 +84,7 @@ def test_shop_pipeline_on_iceberg_matches_delta_and_reads_incrementally(tmp_path
     roots = {f: tmp_path / f for f in ("delta", "iceberg")}
     settings = {f: settings_at(root) for f, root in roots.items()}
     for root in roots.values():
-        landing(root)
+        land_orders(root)
     first = {f: Runner(shop(f), settings[f]).run() for f in roots}
     assert all(r.succeeded for r in first.values()), {f: [x.error for x in r.records] for f, r in first.items()}
     assert (roots["iceberg"] / "_meta" / "iceberg" / "catalog.db").is_file()
@@ -275,7 +263,7 @@ def test_merge_keeps_the_latest_change_per_key_like_delta(tmp_path: Path) -> Non
 
 
 def test_a_delta_table_where_iceberg_is_declared_fails_clearly(tmp_path: Path) -> None:
-    landing(tmp_path)
+    land_orders(tmp_path)
     assert Runner(shop("delta"), settings_at(tmp_path)).run().succeeded
     write_orders(tmp_path, "orders-9.jsonl", [{"order_id": 9, "status": "x", "updated_at": "2026-01-09T00:00:00Z"}])
     result = Runner(shop("iceberg"), settings_at(tmp_path)).run()
@@ -342,7 +330,7 @@ def postgres_catalog() -> Iterator[str]:
 
 @pytest.mark.services
 def test_shop_pipeline_on_a_postgresql_catalog(tmp_path: Path, postgres_catalog: str) -> None:
-    landing(tmp_path)
+    land_orders(tmp_path)
     settings = load_settings(overrides={"storage": {"root": str(tmp_path), "iceberg_catalog_uri": postgres_catalog}})
     result = Runner(shop("iceberg"), settings).run()
     assert result.succeeded, [r.error for r in result.records]

@@ -32,7 +32,7 @@ from engine.cli import main
 from engine.config import load_settings
 from engine.runlog import read_records
 from engine.tables.layout import Layout
-from tests.engine.test_runner import build_pipeline, write_orders
+from tests.engine.test_runner import build_pipeline, land_orders
 
 REPO = Path(__file__).resolve().parents[2]
 SHOP = build_pipeline()
@@ -40,18 +40,6 @@ SHOP = build_pipeline()
 PIPELINE = f"{__name__}:SHOP"
 TABLES = [name for name in SHOP.select(None)]
 CANARY = "CANARY-OBS-314"
-
-
-def land_orders(root: Path) -> None:
-    write_orders(root, "orders-1.jsonl", [
-        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-        {"order_id": "2", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-        {"order_id": "x", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-    ])
-    write_orders(root, "orders-2.jsonl", [
-        {"order_id": 1, "status": "paid", "updated_at": "2026-01-02T00:00:00Z"},
-        {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
-    ])
 
 
 def medallion(root: Path, *args: str, log_options: tuple[str, ...] = ()) -> list[str]:

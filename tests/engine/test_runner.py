@@ -61,17 +61,22 @@ def build_pipeline(fail_gold: bool = False) -> Pipeline:
     return pipeline
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    write_orders(tmp_path, "orders-1.jsonl", [
+def land_orders(root: Path) -> None:
+    """Two landing files of orders: a bad id, a key changed twice and a late older change."""
+    write_orders(root, "orders-1.jsonl", [
         {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
         {"order_id": "2", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
         {"order_id": "x", "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
     ])
-    write_orders(tmp_path, "orders-2.jsonl", [
+    write_orders(root, "orders-2.jsonl", [
         {"order_id": 1, "status": "paid", "updated_at": "2026-01-02T00:00:00Z"},
         {"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"},
     ])
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    land_orders(tmp_path)
     return tmp_path
 
 

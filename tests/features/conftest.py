@@ -7,14 +7,18 @@ import datetime as dt
 import os
 import shutil
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+import uvicorn
 from deltalake import DeltaTable, write_deltalake
 
 from engine.tables.layout import Layout
@@ -126,3 +130,22 @@ def postgres_registry() -> Iterator[dict[str, Any]]:
 def pytest_configure(config: pytest.Config) -> None:
     """Feast warns about on-demand views on every apply; the tests know."""
     config.addinivalue_line("filterwarnings", "ignore:On demand feature view is an experimental feature")
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[int]:
+    """`app` on a free local port, in a thread of the test process."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started, "the feature server did not start"
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=30)

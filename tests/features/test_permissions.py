@@ -8,11 +8,9 @@ import fnmatch
 import json
 import re
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +18,6 @@ from typing import Any
 
 import jwt
 import pytest
-import uvicorn
 import yaml
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -39,7 +36,7 @@ from engine.errors import FeatureStoreError
 from engine.features.permissions import feast_permissions, served_views, view_patterns
 from engine.features.repo import apply_repo, load_definitions, open_store
 from engine.features.server import RequestGuard, build_app
-from tests.features.conftest import REPO, RetailFeatures
+from tests.features.conftest import REPO, RetailFeatures, serving
 from tests.features.test_server import as_columns, call, expected_online
 
 CLIENT_ID = "feature-server"
@@ -193,25 +190,6 @@ def secured(retail_features: RetailFeatures, provider: Provider, tmp_path_factor
         "medallion-analyst-read", "medallion-loader-write", "medallion-scientist-read",
         "medallion-scientist-read-services"]}}
     return store
-
-
-@contextmanager
-def serving(app: Any) -> Iterator[int]:
-    """`app` on a free local port, in a thread of the test process."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert instance.started, "the feature server did not start"
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ from typing import Any
 
 import polars as pl
 import pytest
-import uvicorn
 
 from engine.features.server import build_app
-from tests.features.conftest import REPO, RETAIL_END, RetailFeatures
+from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, serving
 
 MAX_BODY = 4096
 MAX_ROWS = 50
@@ -29,19 +27,8 @@ REVENUE = ["customer_features:revenue_30d", "customer_features:avg_order_value_3
 @pytest.fixture(scope="module")
 def server(retail_features: RetailFeatures) -> Iterator[int]:
     """The guarded feature server on a free local port, in a thread of the test process."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    app = build_app(retail_features.store, max_body=MAX_BODY, max_rows=MAX_ROWS)
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert instance.started, "the feature server did not start"
-    yield listener.getsockname()[1]
-    instance.should_exit = True
-    thread.join(timeout=30)
+    with serving(build_app(retail_features.store, max_body=MAX_BODY, max_rows=MAX_ROWS)) as port:
+        yield port
 
 
 def call(port: int, method: str, path: str, body: bytes | dict[str, Any] | None = None,
