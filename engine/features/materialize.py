@@ -8,7 +8,8 @@ materialization (entity keys, event time and a hash of the values, kept as a Del
 deleted first (Redis skips writes that are not newer than what it holds); entities that left the table,
 or whose latest row fell out of the TTL, are deleted. Every written row is read back and the online row
 count checked before the run is reported as done. Without a state (first run, or a full rebuild) the
-view's online rows are dropped and all desired rows written.
+view's online rows are dropped and all desired rows written. The table version read is pinned while the
+materialization runs, so a vacuum meanwhile keeps its files.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from engine.features import lineage, online
 from engine.features.offline import delta_source, ensure_ray, latest_rows, store_config, task_errors, utc
 from engine.features.pit import ROW_HASH
 from engine.features.repo import features_dir
+from engine.maintenance.pins import pinned
 from engine.partitioning import co_partition
+from engine.tables.layout import Layout
 
 ACTION = "__action"
 WRITE, REWRITE, KEEP, DELETE = "write", "rewrite", "keep", "delete"
@@ -145,7 +148,8 @@ def sync_view(config: RepoConfig, online_store: OnlineStore, registry: BaseRegis
     features = [mapping[f] for f in source_features]
     hashed = [*features, time_column] + ([created_column] if created_column else [])
     start = end - view.ttl if view.ttl else None
-    with task_errors([snapshot]):
+    with task_errors([snapshot]), pinned(Layout.at(settings.root), snapshot.table, snapshot.version,
+                                         who=f"materialization of feature view {view.name}"):
         desired = latest_rows(snapshot, source_keys, source_features, time_column, created_column, start, end,
                               rename=mapping, hash_columns=hashed, partitions=settings.partitions)
         if previous is None:

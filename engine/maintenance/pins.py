@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow.fs as pafs
 
@@ -63,6 +64,17 @@ def pin_versions(layout: Layout, versions: Mapping[str, int], *, who: str, until
         with filesystem.open_output_stream(f"{folder}/{item.id}.json") as sink:
             sink.write(json.dumps(record, sort_keys=True).encode())
     return made
+
+
+@contextmanager
+def pinned(layout: Layout, table: str, version: int, *, who: str, hours: float = 24.0) -> Iterator[Pin]:
+    """Pin `version` of `table` while the block reads it; the pin lapses after `hours` should the reader die
+    before removing it."""
+    made = pin(layout, table, version, who=who, until=datetime.now(UTC) + timedelta(hours=hours))
+    try:
+        yield made
+    finally:
+        unpin(layout, made.id)
 
 
 def unpin(layout: Layout, pin_id: str) -> Pin:

@@ -19,6 +19,8 @@ from polars.testing import assert_frame_equal
 from engine.errors import FeatureStoreError
 from engine.features.materialize import materialize
 from engine.features.repo import features_dir
+from engine.maintenance.pins import list_pins
+from engine.tables.layout import Layout
 from tests.features.conftest import store_over, table_path, write_table
 from tests.features.synthetic import BASE, SLOT, customer, customer_rows, customer_view, latest_online
 
@@ -120,6 +122,27 @@ def test_rows_missing_from_the_online_store_fail_the_materialization(ray_local: 
     [rebuilt] = materialize(store, end=END)
     assert rebuilt.online_rows == done.online_rows
     assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
+
+
+def test_the_version_read_is_pinned_while_the_materialization_runs(ray_local: None, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vacuum during a materialization keeps the files of the version it reads (vacuum honours pins)."""
+    from engine.features import materialize as module
+
+    write_table(tmp_path, TABLE, customer_rows(np.random.default_rng(13)))
+    store = store_over(tmp_path, [customer, customer_view()], project="pinned")
+    layout = Layout.at(str(tmp_path))
+    seen: list[list[Any]] = []
+    reading = module.latest_rows
+
+    def observed(*args: Any, **kwargs: Any) -> Any:
+        seen.append([(p.table, p.version, p.who, p.until is not None) for p in list_pins(layout)])
+        return reading(*args, **kwargs)
+
+    monkeypatch.setattr(module, "latest_rows", observed)
+    [done] = materialize(store, end=END)
+    assert seen == [[(TABLE, done.version, "materialization of feature view customer_stats", True)]]
+    assert list_pins(layout) == []
 
 
 def test_feast_materialize_api_runs_the_delta_engine_against_the_end_time_not_the_wall_clock(
