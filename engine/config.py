@@ -29,37 +29,44 @@ class StorageSettings(_Section):
     """Where tables live and how their data files are written; `iceberg_catalog_uri` is the SQLAlchemy URI of the
     catalog of Iceberg tables (a secret: it may hold a password; default SQLite under `<root>/_meta/iceberg`)."""
 
-    root: str = "./lakehouse"
-    target_file_mb: int = Field(default=128, gt=0)
-    compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = "zstd"
-    compression_level: int | None = 3
-    allow_unsafe_writes: bool = False
-    iceberg_catalog_uri: SecretStr | None = None
+    root: str = Field(default="./lakehouse", description="Local folder or `s3://bucket/prefix` holding every table, landing files and `_meta`.")
+    target_file_mb: int = Field(default=128, gt=0, description="Target size of written Parquet files, MB.")
+    compression: Literal["zstd", "snappy", "lz4", "gzip", "none"] = Field(
+        default="zstd", description="Parquet compression codec.")
+    compression_level: int | None = Field(default=3, description="Codec level (null: the codec's default).")
+    allow_unsafe_writes: bool = Field(
+        default=False, description="Accept an S3 root without a safe concurrent-writer setup (single writer only).")
+    iceberg_catalog_uri: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URI of the Iceberg SQL catalog (PostgreSQL in production); default "
+                                  "SQLite at `<root>/_meta/iceberg/catalog.db`.")
 
 
 class RaySettings(_Section):
     """How the engine reaches Ray."""
 
-    address: str | None = None
-    num_cpus: int | None = Field(default=None, gt=0)
-    object_store_memory_mb: int | None = Field(default=None, gt=0)
-    auth_mode: Literal["disabled", "token"] = "disabled"
-    verbose: bool = False
+    address: str | None = Field(
+        default=None, description="Ray cluster (`ray://...`, `host:port`, `auto`); null: `RAY_ADDRESS`, else a private local instance.")
+    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of the private local instance.")
+    object_store_memory_mb: int | None = Field(default=None, gt=0,
+                                               description="Object store size of the private local instance, MB.")
+    auth_mode: Literal["disabled", "token"] = Field(
+        default="disabled", description="`RAY_AUTH_MODE` of instances started here; use `token` in production.")
+    verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
 
 
 class AlertSettings(_Section):
     """Where quality alerts go and when a failure rate counts as rising."""
 
-    webhook_url: SecretStr | None = None
-    webhook_timeout_s: float = Field(default=5.0, gt=0)
-    rising_runs: int = Field(default=3, ge=2)
+    webhook_url: SecretStr | None = Field(default=None, description="Quality alerts are POSTed here as JSON.")
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Timeout of one webhook call, seconds.")
+    rising_runs: int = Field(default=3, ge=2, description="Alert when a failure rate rose over this many runs.")
 
 
 class TrainingSettings(_Section):
     """Where training runs are tracked: an MLflow tracking URI (default: `$MLFLOW_TRACKING_URI`, else SQLite
     under `<root>/_meta/mlflow`)."""
 
-    tracking_uri: SecretStr | None = None
+    tracking_uri: SecretStr | None = Field(default=None, description="MLflow tracking URI (may hold credentials).")
 
 
 class PiiSettings(_Section):
@@ -67,10 +74,12 @@ class PiiSettings(_Section):
     `MEDALLION_PII_KEY`) or a secret file `key_file`; `key_version` is written into every token. With none of them
     and `local_key` on (development), a key generated once under `<root>/_meta/secrets/` is used."""
 
-    key: SecretStr | None = None
-    key_file: str | None = None
-    key_version: str = Field(default="v1", pattern=r"^[a-z0-9]{1,8}$")
-    local_key: bool = True
+    key: SecretStr | None = Field(default=None, description="The tokenization key itself.")
+    key_file: str | None = Field(default=None, description="A file holding the key (e.g. a mounted secret).")
+    key_version: str = Field(default="v1", pattern=r"^[a-z0-9]{1,8}$",
+                             description="Written into every token; change it when the key rotates.")
+    local_key: bool = Field(default=True,
+                            description="Without a key, generate one under `<root>/_meta/secrets/` (development).")
 
 
 class EncryptionSettings(_Section):
@@ -78,21 +87,24 @@ class EncryptionSettings(_Section):
     `MEDALLION__ENCRYPTION__KEY`, or `MEDALLION_ENCRYPTION_KEY`) or a secret file `key_file`; there is no
     development fallback."""
 
-    key: SecretStr | None = None
-    key_file: str | None = None
+    key: SecretStr | None = Field(default=None, description="The column-encryption key itself.")
+    key_file: str | None = Field(default=None, description="A file holding the key (e.g. a mounted secret).")
 
 
 class MaintenanceSettings(_Section):
     """When tables are compacted and vacuumed after runs, and how long files a table no longer references are
     kept, by layer (`quarantine` for quarantine tables; `default_retention_hours` for any other)."""
 
-    retention_hours: dict[str, int] = {"bronze": 720, "silver": 168, "gold": 168, "quarantine": 720}
-    default_retention_hours: int = Field(default=168, gt=0)
-    min_retention_hours: int = Field(default=168, ge=0)
-    optimize_after_commits: int = Field(default=20, gt=0)
-    max_small_files: int = Field(default=32, gt=1)
-    vacuum_every_hours: float = Field(default=24.0, gt=0)
-    after_runs: bool = True
+    retention_hours: dict[str, int] = Field(
+        default={"bronze": 720, "silver": 168, "gold": 168, "quarantine": 720},
+        description="Hours unreferenced files are kept, by layer.")
+    default_retention_hours: int = Field(default=168, gt=0, description="Retention of any layer not listed.")
+    min_retention_hours: int = Field(default=168, ge=0, description="Below this, vacuum needs `--force`.")
+    optimize_after_commits: int = Field(default=20, gt=0,
+                                        description="Compact a table after this many commits since the last.")
+    max_small_files: int = Field(default=32, gt=1, description="Compact a table holding more small files than this.")
+    vacuum_every_hours: float = Field(default=24.0, gt=0, description="Vacuum a table at most this often.")
+    after_runs: bool = Field(default=True, description="Run due maintenance after each successful `medallion run`.")
 
 
 class LineageSettings(_Section):
@@ -100,21 +112,22 @@ class LineageSettings(_Section):
     `<root>/_meta/lineage/events.jsonl`), `http` (an OpenLineage endpoint such as Marquez at `url`, with an
     optional `api_key`), `console` (the log) or `none`."""
 
-    transport: Literal["file", "http", "console", "none"] = "file"
-    path: str | None = None
-    url: SecretStr | None = None
-    api_key: SecretStr | None = None
-    namespace: str = "medallion"
-    timeout_s: float = Field(default=5.0, gt=0)
+    transport: Literal["file", "http", "console", "none"] = Field(default="file",
+                                                                   description="Where events go.")
+    path: str | None = Field(default=None, description="`file`: the JSON-lines file.")
+    url: SecretStr | None = Field(default=None, description="`http`: the endpoint's base URL.")
+    api_key: SecretStr | None = Field(default=None, description="`http`: sent as `Authorization: Bearer <key>`.")
+    namespace: str = Field(default="medallion", description="OpenLineage namespace of the jobs.")
+    timeout_s: float = Field(default=5.0, gt=0, description="`http`: timeout of one POST, seconds.")
 
 
 class RoleGrant(_Section):
     """What one role may do: resource patterns (`silver.*`, `gold.daily_revenue`, `landing.*`,
     `quarantine.*`, `features.*`, `*`) it may read, write and manage (maintain, restore, erase)."""
 
-    read: tuple[str, ...] = ()
-    write: tuple[str, ...] = ()
-    manage: tuple[str, ...] = ()
+    read: tuple[str, ...] = Field(default=(), description="Resource patterns the role may read.")
+    write: tuple[str, ...] = Field(default=(), description="Resource patterns the role may write.")
+    manage: tuple[str, ...] = Field(default=(), description="Resource patterns the role may maintain, restore, erase.")
 
 
 class AccessSettings(_Section):
@@ -122,10 +135,10 @@ class AccessSettings(_Section):
     on, an actor (`$MEDALLION_ACTOR`, else the OS user) has the roles `members` lists for it, else
     `default_roles`, and every read, write and maintenance operation is checked against them."""
 
-    enforce: bool = False
-    roles: dict[str, RoleGrant] = {}
-    members: dict[str, tuple[str, ...]] = {}
-    default_roles: tuple[str, ...] = ()
+    enforce: bool = Field(default=False, description="Check every operation against the actor's roles.")
+    roles: dict[str, RoleGrant] = Field(default={}, description="Role name -> what it may read, write, manage.")
+    members: dict[str, tuple[str, ...]] = Field(default={}, description="Actor -> its roles.")
+    default_roles: tuple[str, ...] = Field(default=(), description="Roles of actors `members` does not list.")
 
     @model_validator(mode="after")
     def _known_roles(self) -> AccessSettings:
