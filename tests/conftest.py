@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,3 +59,14 @@ def retail_build(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> R
     result = Runner(retail, settings).run()
     assert result.succeeded, [r.error for r in result.records if r.error]
     return RetailBuild(root, settings, result)
+
+
+def require_service(host: str, port: int, service: str) -> None:
+    """Skip (or, with `CI` set, fail) when nothing listens on host:port."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        reason = f"{service} is not reachable on {host}:{port}; start it with scripts/services"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so service tests must run)")
+        pytest.skip(reason)

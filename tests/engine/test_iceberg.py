@@ -33,7 +33,7 @@ from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
 from engine.tables.iceberg import IcebergTables
 from engine.tables.layout import Layout
-from tests.conftest import settings_at
+from tests.conftest import require_service, settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -300,18 +300,6 @@ def test_the_catalog_uri_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.storage.iceberg_catalog_uri.get_secret_value().endswith("@db/cat")
 
 
-def _require_postgres(host: str, port: int) -> None:
-    import socket
-
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        reason = f"PostgreSQL is not reachable on {host}:{port}; start it with scripts/services"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so service tests must run)")
-        pytest.skip(reason)
-
-
 @pytest.fixture
 def postgres_catalog() -> Iterator[str]:
     """The SQLAlchemy URI of a scratch PostgreSQL database, dropped after."""
@@ -319,7 +307,7 @@ def postgres_catalog() -> Iterator[str]:
 
     server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
     host, port = server.split("@")[-1].split(":")
-    _require_postgres(host, int(port))
+    require_service(host, int(port), "PostgreSQL")
     database = f"iceberg_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
@@ -375,7 +363,7 @@ def test_an_absent_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.Monke
         port = probe.getsockname()[1]
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=f"PostgreSQL is not reachable on 127.0.0.1:{port}"):
-        _require_postgres("127.0.0.1", port)
+        require_service("127.0.0.1", port, "PostgreSQL")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
-        _require_postgres("127.0.0.1", port)
+        require_service("127.0.0.1", port, "PostgreSQL")

@@ -22,7 +22,7 @@ import uvicorn
 from deltalake import DeltaTable, write_deltalake
 
 from engine.tables.layout import Layout
-from tests.conftest import RetailBuild
+from tests.conftest import RetailBuild, require_service
 
 REPO = Path(__file__).resolve().parents[2] / "features"
 RETAIL_END = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
@@ -84,24 +84,13 @@ def retail_features(retail_build: RetailBuild, tmp_path_factory: pytest.TempPath
     return materialized_features(retail_build, tmp_path_factory.mktemp("retail-features"))
 
 
-def _require(host: str, port: int, service: str) -> None:
-    """Skip (or, with `CI` set, fail) when nothing listens on host:port."""
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-    except OSError:
-        reason = f"{service} is not reachable on {host}:{port}; start it with scripts/services"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set, so service tests must run)")
-        pytest.skip(reason)
-
-
 @pytest.fixture
 def redis_online() -> Iterator[dict[str, Any]]:
     """Feast overrides for a Redis online store under a project name of its own; its keys are removed after."""
     import redis
 
     host, port = os.environ.get("MEDALLION_TEST_REDIS", "127.0.0.1:6379").split(":")
-    _require(host, int(port), "Redis")
+    require_service(host, int(port), "Redis")
     project = f"t{uuid.uuid4().hex[:12]}"
     yield {"project": project, "online_store": {"type": "redis", "connection_string": f"{host}:{port}"}}
     client = redis.Redis(host=host, port=int(port))
@@ -117,7 +106,7 @@ def postgres_registry() -> Iterator[dict[str, Any]]:
 
     server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
     host, port = server.split("@")[-1].split(":")
-    _require(host, int(port), "PostgreSQL")
+    require_service(host, int(port), "PostgreSQL")
     database = f"feast_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(f"postgresql://{server}/test", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')

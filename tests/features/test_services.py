@@ -18,7 +18,8 @@ from polars.testing import assert_frame_equal
 from engine.features import online
 from engine.features.materialize import materialize
 from engine.features.repo import apply_repo, open_store
-from tests.features.conftest import REPO, _require, table_path, write_table
+from tests.conftest import require_service
+from tests.features.conftest import REPO, table_path, write_table
 from tests.features.synthetic import customer, customer_rows, customer_view, latest_online
 from tests.features.test_materialize import END, TABLE, expected_values, online_values
 
@@ -73,7 +74,7 @@ def test_absent_service_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch
         port = probe.getsockname()[1]
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=f"Redis is not reachable on 127.0.0.1:{port}"):
-        _require("127.0.0.1", port, "Redis")
+        require_service("127.0.0.1", port, "Redis")
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
-        _require("127.0.0.1", port, "Redis")
+        require_service("127.0.0.1", port, "Redis")
