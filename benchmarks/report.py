@@ -22,7 +22,7 @@ import os
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,10 +200,29 @@ def _growth_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _measured(results: dict[str, Any], step: str, table: Callable[[Any], list[str]]) -> list[str]:
+    """The lines of a step's results, or a note that this run did not get to it."""
+    if step not in results:
+        return [f"Not measured in this run (the `{step}` step did not complete); `python -m benchmarks.report` "
+                "measures it."]
+    return table(results[step])
+
+
+def _nodes_table(nodes: list[dict[str, Any]]) -> list[str]:
+    return ["| nodes | CPUs per node | runs | wall median (s) |", "|---:|---|---:|---:|",
+            *[f"| {n} | {NODE_CPUS[n]} | {len([r for r in nodes if r['nodes'] == n])} | "
+              f"{_median([r['wall_s'] for r in nodes if r['nodes'] == n]):.1f} |" for n in NODE_CPUS]]
+
+
+def _merge_table(merges: list[dict[str, Any]]) -> list[str]:
+    return ["| merge | wall (s) | CPU (s) | driver RSS before → peak (MiB) | rows after |", "|---|---:|---:|---:|---:|",
+            *[f"| {r['role']} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {r['rss_before_mib']} → "
+              f"{r['peak_rss_mib']} | {r['rows_after']:,} |" for r in merges]]
+
+
 def render(results: dict[str, Any]) -> str:
     """The page."""
     m = results["machine"]
-    nodes = results["nodes"]
     lines = [
         "# Performance",
         "",
@@ -239,27 +258,21 @@ def render(results: dict[str, Any]) -> str:
         "The machine's 2 CPUs spread over the nodes (3 nodes: a head without CPUs and two 1-CPU workers); the run",
         "joins the running cluster with `--address`, so Ray's start-up is not in these times.",
         "",
-        "| nodes | CPUs per node | runs | wall median (s) |",
-        "|---:|---|---:|---:|",
-        *[f"| {n} | {NODE_CPUS[n]} | {len([r for r in nodes if r['nodes'] == n])} | "
-          f"{_median([r['wall_s'] for r in nodes if r['nodes'] == n]):.1f} |" for n in NODE_CPUS],
+        *_measured(results, "nodes", _nodes_table),
         "",
         "## Bronze ingestion throughput",
         "",
-        *ingest.markdown(results["ingest"]),
+        *_measured(results, "ingest", ingest.markdown),
         "",
         "## Distributed merge against deltalake's merge",
         "",
         "See `docs/merge.md` for how the bucketed merge works.",
         "",
-        "| merge | wall (s) | CPU (s) | driver RSS before → peak (MiB) | rows after |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {r['role']} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {r['rss_before_mib']} → "
-          f"{r['peak_rss_mib']} | {r['rows_after']:,} |" for r in results["merge"]],
+        *_measured(results, "merge", _merge_table),
         "",
         "## Feature store",
         "",
-        *features.markdown(results["features"]),
+        *_measured(results, "features", features.markdown),
         "",
         ANALYSIS.read_text().strip(),
         "",

@@ -20,7 +20,7 @@ from engine.features.repo import load_definitions
 from engine.runlog import read_records
 from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
-from tests.features.conftest import _require
+from tests.conftest import require_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:On demand feature view is an experimental feature")]
 
@@ -72,7 +72,7 @@ def test_sqlite_materializes_every_expected_row_and_times_lookups(bench: dict[st
 def test_redis_materializes_every_expected_row_and_removes_its_keys(bench: dict[str, Any]) -> None:
     address = os.environ.get("MEDALLION_TEST_REDIS", "127.0.0.1:6379")
     host, port = address.split(":")
-    _require(host, int(port), "Redis")
+    require_service(host, int(port), "Redis")
     with redis_project(address) as overrides:
         numbers = bench_store(bench["root"], LOOKUPS, overrides, warmup=WARMUP)
     assert numbers["project"] == overrides["project"]
