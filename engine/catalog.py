@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.freshness import TableFreshness, definitions_under, table_freshness
 from engine.pipeline import Pipeline, TableDefinition
+from engine.runner import INPUTS_KEY
 from engine.status import list_tables
 from engine.tables import delta
 from engine.tables.layout import Layout
@@ -38,7 +39,8 @@ class CatalogEntry:
         version: latest version, None when never built.
         rows: rows at that version (from the log's statistics).
         freshness: against the declared target (`engine.freshness`).
-        upstream: tables it reads (and, for an ingested table, `landing/<folder>`).
+        upstream: tables it reads (and, for an ingested table, `landing/<folder>`); for a table no loadable
+            pipeline declares, the inputs its last commit recorded.
         downstream: tables that read it.
         problems: declaration errors found against the built table (documented columns it lacks).
         matches: what a search matched (`table name`, `column customer_id`, ...).
@@ -131,6 +133,8 @@ def _entry(layout: Layout, name: str, pipeline: Pipeline | None, definition: Tab
         upstream = definition.inputs
         if definition.source is not None:
             upstream = (f"landing/{definition.source.directory}", *upstream)
+    elif version is not None:
+        upstream = tuple(sorted(delta.last_commit_value(uri, name, INPUTS_KEY) or {}))
     target = definition.freshness if definition is not None else None
     return CatalogEntry(
         table=name,

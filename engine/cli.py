@@ -545,6 +545,7 @@ from engine.governance.access_cli import access  # noqa: E402
 from engine.governance.cli import audit, erase  # noqa: E402
 from engine.lineage.cli import lineage  # noqa: E402
 from engine.maintenance.cli import backup, maintain  # noqa: E402
+from engine.report.cli import report  # noqa: E402
 from engine.training.cli import score, train  # noqa: E402
 
 main.add_command(catalog)
@@ -558,6 +559,7 @@ main.add_command(erase)
 main.add_command(audit)
 main.add_command(access)
 main.add_command(lineage)
+main.add_command(report)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""`medallion report [--out PATH] [--pipeline NAME] [--runs N]`: write the static HTML report of a root."""
+
+from __future__ import annotations
+
+import click
+
+from engine.cli import _reported, _settings, console
+from engine.entrypoints import load_pipeline
+from engine.report.data import gather
+from engine.report.html import render
+from engine.storage import filesystem_of
+from engine.tables.layout import Layout
+
+
+@click.command()
+@click.option("--out", "out", default=None,
+              help="Where to write the page (a local path or a URI under the root's storage); default "
+                   "`<root>/_meta/report/index.html`.")
+@click.option("--pipeline", "pipeline_names", multiple=True,
+              help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
+                   "the root, with the declarations of the pipeline named in its last commit.")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Latest runs to plot and list.")
+@click.option("--versions", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Newest versions to list per table.")
+@click.pass_context
+@_reported
+def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...], runs: int, versions: int) -> None:
+    """A static HTML page: the pipeline graph coloured by status, and per table its versions, rows, quality
+    trends, freshness and durations, with plots over the latest runs. Opens in any browser, no server."""
+    layout = Layout.at(_settings(ctx).storage.root)
+    pipelines = [load_pipeline(name) for name in pipeline_names]
+    page = render(gather(layout, pipelines, runs=runs, versions=versions))
+    target = out or f"{layout.root}/_meta/report/index.html"
+    filesystem, path = filesystem_of(target)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(page.encode())
+    console.print(f"report written to {target}")
