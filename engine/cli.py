@@ -259,10 +259,14 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
         failed = result.failures() or [r for r in result.records if r.status == "skipped"]
         raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",
                         table=failed[0].table, run_id=result.run_id)
+    committed = [r.table for r in result.records if r.status == "succeeded"]
     if runner.settings.maintenance.after_runs:
-        committed = [r.table for r in result.records if r.status == "succeeded"]
         for done in run_due_maintenance(runner.pipeline, runner.settings, committed):
             _print_maintenance(done)
+    if runner.settings.features.materialize_after_runs and committed:
+        from engine.features.cli import materialize_after_run
+
+        materialize_after_run(runner.settings, committed)
     return result
 
 

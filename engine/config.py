@@ -107,6 +107,19 @@ class MaintenanceSettings(_Section):
     after_runs: bool = Field(default=True, description="Run due maintenance after each successful `medallion run`.")
 
 
+class FeatureSettings(_Section):
+    """The Feast feature store over the gold tables (`docs/features.md`): its repository, a Feast configuration
+    overlay, and whether `medallion run` materializes it after each successful run."""
+
+    repo: str = Field(default="features", description="Feature repository (definitions, feature_store.yaml); "
+                                                      "`medallion features --repo` overrides it.")
+    feast_config: str | None = Field(default=None, description="YAML merged over the Feast defaults, e.g. "
+                                                               "`features/production.yaml`.")
+    materialize_after_runs: bool = Field(
+        default=False, description="After each successful `medallion run`, materialize incrementally, as of now, "
+                                   "the online feature views over the tables it committed.")
+
+
 class LineageSettings(_Section):
     """Where OpenLineage events of table runs go: `file` (JSON lines, default
     `<root>/_meta/lineage/events.jsonl`), `http` (an OpenLineage endpoint such as Marquez at `url`, with an
@@ -168,6 +181,7 @@ class Settings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     access: AccessSettings = AccessSettings()
     lineage: LineageSettings = LineageSettings()
+    features: FeatureSettings = FeatureSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -14,31 +14,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from engine.cli import _Bar, _reported, _settings, console, errors
+from engine.config import Settings
 from engine.errors import FeatureStoreError
 from engine.runtime import ray_session
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+    from engine.features.materialize import MaterializationReport
+
 
 @click.group("features")
-@click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
-              type=click.Path(file_okay=False), help="Feature repository (definitions, feature_store.yaml).")
+@click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default=None, type=click.Path(file_okay=False),
+              help="Feature repository (definitions, feature_store.yaml; default `features.repo`: ./features).")
 @click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", default=None, type=click.Path(dir_okay=False),
-              help="YAML merged over the defaults, e.g. features/production.yaml (Redis, SQL registry).")
+              help="YAML merged over the defaults, e.g. features/production.yaml (Redis, SQL registry; default "
+                   "`features.feast_config`).")
 @click.pass_context
-def features(ctx: click.Context, repo: str, feast_config: str | None) -> None:
+def features(ctx: click.Context, repo: str | None, feast_config: str | None) -> None:
     """The Feast feature store over the gold tables under --root."""
     warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     ctx.obj = {"repo": repo, "overlay": feast_config}
 
 
+def _repo(ctx: click.Context) -> str:
+    """The feature repository: --repo (or MEDALLION_FEATURE_REPO), else the `features.repo` setting."""
+    return ctx.find_object(dict)["repo"] or _settings(ctx).features.repo
+
+
 def _store(ctx: click.Context) -> FeatureStore:
     from engine.features.repo import open_store
 
-    options = ctx.find_object(dict)
-    return open_store(_settings(ctx).storage.root, options["repo"], overlay=options["overlay"])
+    settings = _settings(ctx)
+    overlay = ctx.find_object(dict)["overlay"] or settings.features.feast_config
+    return open_store(settings.storage.root, _repo(ctx), overlay=overlay)
 
 
 @features.command()
@@ -49,7 +59,7 @@ def apply(ctx: click.Context) -> None:
     from engine.features.repo import apply_repo, load_definitions
 
     store = _store(ctx)
-    report = apply_repo(store, load_definitions(ctx.find_object(dict)["repo"]), access=_settings(ctx).access)
+    report = apply_repo(store, load_definitions(_repo(ctx)), access=_settings(ctx).access)
     for change, kinds in report.changes.items():
         for kind, names in kinds.items():
             console.print(f"{change} {kind}: {', '.join(names)}")
@@ -71,6 +81,11 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
     moment = _timestamp(end) if end else None
     with ray_session(settings.ray), _view_progress() as on_view:
         reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None, on_view=on_view)
+    _print_reports(reports, incremental)
+
+
+def _print_reports(reports: list[MaterializationReport], incremental: bool) -> None:
+    """A table of what each view's materialization did, and a warning for views left without rows."""
     view = Table(title="materialization" + (" (incremental)" if incremental else ""))
     for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
         view.add_column(column, justify="right" if column not in ("view", "table", "end (UTC)") else "left")
@@ -82,6 +97,27 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
         if not r.online_rows:
             console.print(f"`{r.view}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; pass --end "
                           f"to materialize as of a time the table covers", style="yellow")
+
+
+def materialize_after_run(settings: Settings, committed: Collection[str]) -> list[MaterializationReport]:
+    """After a run (`features.materialize_after_runs`): materialize incrementally, as of now, the online views
+    over the `committed` tables of the repository `features.repo`, and print what was done."""
+    from engine.features.materialize import materialize as run
+    from engine.features.repo import open_store
+    from engine.features.source import DeltaSource
+
+    store = open_store(settings.storage.root, settings.features.repo, overlay=settings.features.feast_config)
+    online = [v for v in store.list_feature_views() if v.online]
+    if not online:
+        console.print(f"features: project `{store.project}` has no online feature view to materialize; run "
+                      "`medallion features apply`", style="yellow")
+        return []
+    views = sorted(v.name for v in online if isinstance(v.batch_source, DeltaSource) and v.batch_source.table in committed)
+    if not views:
+        return []
+    reports = run(store, incremental=True, views=views)
+    _print_reports(reports, incremental=True)
+    return reports
 
 
 @contextlib.contextmanager

@@ -28,8 +28,9 @@ def lineage_path(root: str) -> str:
 
 
 def record(root: str, kind: str, snapshots: Sequence[Snapshot], rows: int, *, views: Sequence[str]) -> None:
-    """Append one row per snapshot: `kind` (`historical` or `materialize`), the table, its version, the rows
-    produced and the feature views involved."""
+    """Append one row per snapshot: `kind` (`historical`, `materialize`, or `pull_latest` / `pull_all` for
+    Feast's source pulls), the table, its version, the rows produced and the feature views involved (none
+    for a pull, which reads a source)."""
     if not snapshots:
         return
     now = dt.datetime.now(dt.UTC)

@@ -6,10 +6,11 @@ the Delta log on Ray and compared, partition by partition, with the state of the
 materialization (entity keys, event time and a hash of the values, kept as a Delta table under
 `<root>/_meta/features/state/`). Only new and changed rows are written; a changed row's old entry is
 deleted first (Redis skips writes that are not newer than what it holds); entities that left the table,
-or whose latest row fell out of the TTL, are deleted. Every written row is read back and the online row
-count checked before the run is reported as done. Without a state (first run, or a full rebuild) the
-view's online rows are dropped and all desired rows written. The table version read is pinned while the
-materialization runs, so a vacuum meanwhile keeps its files.
+or whose latest row fell out of the TTL, are deleted. Every written row is read back (event time and a
+hash of its values compared) and the online row count checked before the run is reported as done.
+Without a state (first run, or a full rebuild) the view's online rows are dropped and all desired rows
+written. The table version read is pinned while the materialization runs, so a vacuum meanwhile keeps
+its files.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ from feast.infra.online_stores.helpers import get_online_store_from_config
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.online_stores.sqlite import SqliteOnlineStore
 from feast.infra.registry.base_registry import BaseRegistry
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.utils import _build_entity_keys, _columns_to_proto_values, _convert_arrow_to_proto, _get_column_names
 
 from engine.errors import FeatureStoreError
@@ -54,6 +57,8 @@ META_TABLE = "medallion.table"
 META_VIEW = "medallion.view_fingerprint"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 """Redis answers a key it does not hold with this event time and empty values."""
+OnlineRow = tuple[EntityKeyProto, dict[str, ValueProto], dt.datetime, dt.datetime | None]
+"""One row as Feast writes it to an online store: entity key, feature values, event and created time."""
 
 
 @dataclass(frozen=True)
@@ -215,29 +220,50 @@ def _apply_partition(changes: pa.Table, config: RepoConfig, view: FeatureView, k
     fresh = changes.filter(pc.is_in(actions, pa.array([WRITE, REWRITE])))
     gone = changes.filter(pc.equal(actions, DELETE))
     online.delete_entities(config, store, view, _entity_keys(stale, key_types))
-    if fresh.num_rows:
-        store.online_write_batch(config, view, _convert_arrow_to_proto(_one_batch(fresh), view, key_types), None)
-    mismatched = _mismatches(config, store, view, fresh, key_types, time_column)
-    mismatched += _mismatches(config, store, view, gone, key_types, None)
+    written = _convert_arrow_to_proto(_one_batch(fresh), view, key_types) if fresh.num_rows else []
+    if written:
+        store.online_write_batch(config, view, written, None)
+    mismatched = _unwritten(config, store, view, written, fresh.column(time_column))
+    mismatched += _undeleted(config, store, view, _entity_keys(gone, key_types))
     kept = changes.filter(pc.not_equal(actions, DELETE)) if changes.num_rows else changes
     state = kept.select([*keys, time_column, ROW_HASH]).rename_columns([*keys, STATE_TIME, ROW_HASH]) \
         if kept.num_rows else _state_schema(changes, keys).empty_table()
     return {"written": fresh.num_rows, "deleted": gone.num_rows, "mismatched": mismatched, "state": state}
 
 
-def _mismatches(config: RepoConfig, store: OnlineStore, view: FeatureView, rows: pa.Table,
-                key_types: dict[str, Any], time_column: str | None) -> int:
-    """Rows whose online entry is not what was just written (`time_column` given) or not gone (None)."""
-    if not rows.num_rows:
+def _unwritten(config: RepoConfig, store: OnlineStore, view: FeatureView, written: list[OnlineRow],
+               times: pa.ChunkedArray) -> int:
+    """Written rows (event times `times`) whose online entry differs from what was written: its event time,
+    or a value (compared by a hash of the row's serialized values)."""
+    if not written:
         return 0
-    found = store.online_read(config, view, _entity_keys(rows, key_types))
+    found = store.online_read(config, view, [key for key, _, _, _ in written])
     stored = pa.array([ts if ts is not None and ts != EPOCH else None for ts, _ in found],
                       pa.timestamp("us", tz="UTC"))
-    if time_column is None:
-        return int(pc.sum(pc.is_valid(stored)).as_py() or 0)
-    expected = rows.column(time_column).combine_chunks().cast(pa.timestamp("us", tz="UTC"))
-    same = pc.fill_null(pc.equal(_seconds(stored), _seconds(expected)), False)
+    expected = times.combine_chunks().cast(pa.timestamp("us", tz="UTC"))
+    same_time = pc.equal(_seconds(stored), _seconds(expected))
+    same_values = pc.equal(pa.array([_row_digest(values) for _, values, _, _ in written], pa.binary()),
+                           pa.array([_row_digest(values) for _, values in found], pa.binary()))
+    same = pc.fill_null(pc.and_(same_time, same_values), False)
     return int(np.count_nonzero(~same.to_numpy(zero_copy_only=False)))
+
+
+def _undeleted(config: RepoConfig, store: OnlineStore, view: FeatureView, keys: list[EntityKeyProto]) -> int:
+    """Deleted keys that still have an online entry."""
+    if not keys:
+        return 0
+    return sum(1 for ts, _ in store.online_read(config, view, keys) if ts is not None and ts != EPOCH)
+
+
+def _row_digest(values: Mapping[str, ValueProto] | None) -> bytes | None:
+    """A hash of one online row's feature values as the online store serializes them; None for no row."""
+    if values is None:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(values):
+        digest.update(name.encode())
+        digest.update(values[name].SerializeToString(deterministic=True))
+    return digest.digest()
 
 
 def _seconds(times: pa.Array) -> pa.Array:
@@ -245,7 +271,7 @@ def _seconds(times: pa.Array) -> pa.Array:
     return pc.floor_temporal(times, unit="second")
 
 
-def _entity_keys(rows: pa.Table, key_types: dict[str, Any]) -> list[Any]:
+def _entity_keys(rows: pa.Table, key_types: dict[str, Any]) -> list[EntityKeyProto]:
     if not rows.num_rows:
         return []
     values = _columns_to_proto_values(_one_batch(rows), list(key_types.items()), allow_missing=False)

@@ -2,8 +2,9 @@
 
 Point-in-time joins hash the entity rows and the feature rows of each feature view into the same
 partitions (one plain-Ray-task shuffle per set of join keys) and run a polars as-of join per partition.
-Every retrieval reads one snapshot per table, resolved when the retrieval is created, and records the
-versions it used (`DeltaRetrievalJob.table_versions`, and the lineage table under the root).
+Every retrieval (a point-in-time join, or a pull of the latest or all rows of a source) reads one snapshot
+per table, resolved when the retrieval is created, and records the versions it used
+(`DeltaRetrievalJob.table_versions`, and the lineage table under the root).
 """
 
 from __future__ import annotations
@@ -196,13 +197,9 @@ class DeltaOfflineStore(OfflineStore):
             with task_errors(snapshots):
                 return _run_join(entities, plans, settings.partitions)
 
-        def record(result: pa.Table) -> None:
-            if settings.record_lineage:
-                lineage.record(settings.root, "historical", snapshots, result.num_rows,
-                               views=[p.name for p in plans])
-
         return DeltaRetrievalJob(compute, snapshots, full_feature_names=full_feature_names,
-                                 on_demand_feature_views=odfvs, metadata=metadata, on_done=record)
+                                 on_demand_feature_views=odfvs, metadata=metadata,
+                                 on_done=_recorder(settings, "historical", snapshots, [p.name for p in plans]))
 
     @staticmethod
     def pull_latest_from_table_or_query(
@@ -225,7 +222,7 @@ class DeltaOfflineStore(OfflineStore):
                 return collect(latest_rows(snapshot, join_key_columns, feature_name_columns, timestamp_field,
                                            created_timestamp_column, start_date, end_date))
 
-        return DeltaRetrievalJob(compute, [snapshot])
+        return DeltaRetrievalJob(compute, [snapshot], on_done=_recorder(settings, "pull_latest", [snapshot]))
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -249,7 +246,7 @@ class DeltaOfflineStore(OfflineStore):
                 return collect(read_snapshot(snapshot, columns, time_column=timestamp_field, start=utc(start_date),
                                              end=utc(end_date)))
 
-        return DeltaRetrievalJob(compute, [snapshot])
+        return DeltaRetrievalJob(compute, [snapshot], on_done=_recorder(settings, "pull_all", [snapshot]))
 
     @staticmethod
     def validate_data_source(config: RepoConfig, data_source: Any) -> None:
@@ -319,6 +316,17 @@ def _root_cause(err: BaseException) -> BaseException:
     while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
         err = err.cause
     return err
+
+
+def _recorder(settings: DeltaOfflineStoreConfig, kind: str, snapshots: Sequence[Snapshot],
+              views: Sequence[str] = ()) -> Callable[[pa.Table], None]:
+    """Records a finished retrieval of `snapshots` in the lineage table (when `record_lineage` is on)."""
+
+    def record(result: pa.Table) -> None:
+        if settings.record_lineage:
+            lineage.record(settings.root, kind, snapshots, result.num_rows, views=views)
+
+    return record
 
 
 def _source(data_source: Any) -> DeltaSource:

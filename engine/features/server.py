@@ -1,8 +1,9 @@
 """Online serving over HTTP: Feast's feature server behind a guard that turns bad requests into 4xx answers.
 
 The guard reads at most `max_body` bytes, parses the JSON of `POST /get-online-features`, and checks it
-against the registry (known feature views, features and services; every needed entity key and request
-field present, of the right type, in equal-length lists) before Feast sees it. Errors come back as
+against the registry (known feature views, features and services; no two requested features under one
+output name; every needed entity key and request field present, of the right type, in equal-length lists)
+before Feast sees it. Errors come back as
 `{"error": {"code": ..., "message": ..., "details": ...}}`. Only reads are served (`/get-online-features`,
 `/health`): Feast's write and materialize endpoints have no authentication, so they are not exposed.
 
@@ -20,6 +21,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +118,7 @@ def check_request(payload: Any, catalog: Catalog, max_rows: int = MAX_ROWS) -> N
     if not isinstance(payload.get("full_feature_names", False), bool):
         raise RequestProblem(422, "wrong_type", "`full_feature_names` must be true or false")
     refs = _requested_refs(payload, catalog)
+    _check_collisions(refs, payload.get("full_feature_names", False))
     needed = _needed_inputs(refs, catalog)
     entities = payload.get("entities")
     if not isinstance(entities, dict) or not entities:
@@ -168,6 +171,23 @@ def _requested_refs(payload: Mapping[str, Any], catalog: Catalog) -> list[str]:
     return features
 
 
+def _check_collisions(refs: list[str], full_feature_names: bool) -> None:
+    """Refuse references Feast would answer under one name: a reference given twice, or (without full feature
+    names) features of different views sharing a name."""
+    names = refs if full_feature_names else [ref.partition(":")[2] for ref in refs]
+    counts = Counter(names)
+    clashing = sorted({ref for ref, name in zip(refs, names) if counts[name] > 1})
+    if not clashing:
+        return
+    repeated = sorted(ref for ref, count in Counter(refs).items() if count > 1)
+    if repeated:
+        message = f"feature reference(s) {repeated} are requested more than once; request each once"
+    else:
+        message = (f"features {clashing} would all be answered as {sorted({n for n in names if counts[n] > 1})}; "
+                   "set `full_feature_names` to true to name them `view__feature`, or request one of them")
+    raise RequestProblem(400, "feature_name_collision", message, refs=clashing)
+
+
 def _needed_inputs(refs: list[str], catalog: Catalog) -> dict[str, ValueType]:
     """Entity keys and request fields the references need, with their value types."""
     needed: dict[str, ValueType] = {}
@@ -195,12 +215,24 @@ def _fits(value: Any, kind: ValueType) -> bool:
         low, high = INT_RANGES[kind]
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     if kind in (ValueType.FLOAT, ValueType.DOUBLE):
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            low, high = INT_RANGES[ValueType.INT64]
+            return low <= value <= high  # Feast sends a whole number on as an int64
+        return isinstance(value, float) and math.isfinite(value)
     if kind == ValueType.STRING:
-        return isinstance(value, str)
+        return isinstance(value, str) and _encodable(value)
     if kind == ValueType.BOOL:
         return isinstance(value, bool)
     return value is not None
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (JSON escapes can produce lone surrogates, which Feast cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RequestGuard:
@@ -303,8 +335,10 @@ def _parse(body: bytes, scope: Scope) -> Any:
                              "`feature_service`, and `entities`")
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, or a number of over 4300 digits
         raise RequestProblem(400, "invalid_json", f"the body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise RequestProblem(400, "invalid_json", "the body nests arrays or objects too deeply") from None
 
 
 def _replay(body: bytes) -> Receive:

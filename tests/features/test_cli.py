@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -16,6 +17,7 @@ from deltalake import DeltaTable, write_deltalake
 from polars.testing import assert_frame_equal
 
 from engine.cli import main
+from engine.features.lineage import read_lineage
 from engine.features.repo import open_store
 from tests.conftest import RetailBuild
 from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, copy_gold
@@ -87,6 +89,36 @@ def test_retrieval_returns_the_current_version_after_overwrite_merge_and_delete(
     assert online["revenue_30d"][:2] == [None, None]
     boosted = changes["customer_id"].to_list()
     assert all(online["revenue_30d"][customers.index(c)] > 1000 for c in boosted)
+
+
+def test_a_run_materializes_the_views_over_the_tables_it_committed(retail_build: RetailBuild,
+                                                                   tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    shutil.copytree(retail_build.root, root)
+    medallion(root, "apply")
+    after_runs = {"MEDALLION__FEATURES__MATERIALIZE_AFTER_RUNS": "true", "MEDALLION__FEATURES__REPO": str(REPO)}
+    path = str(root / "gold" / "dim_product")
+    before = DeltaTable(path).version()
+
+    run = CliRunner().invoke(main, ["--root", str(root), "run", "retail", "--select", "gold.dim_product", "--force"],
+                             env=after_runs)
+
+    assert run.exit_code == 0, run.output
+    assert "materialization (incremental)" in run.output and "product_features" in run.output
+    version = DeltaTable(path).version()
+    assert version > before
+    made = read_lineage(str(root)).filter(pl.col("kind") == "materialize")
+    assert made.select("table", "version", "views").rows() == [("gold.dim_product", version, ["product_features"])]
+    products = pl.read_delta(path).sort("product_id")
+    online = open_store(str(root), REPO).get_online_features(
+        features=["product_features:category", "product_features:price"],
+        entity_rows=[{"product_id": p} for p in products["product_id"]]).to_dict()
+    assert (online["category"], online["price"]) == (products["category"].to_list(), products["price"].to_list())
+
+    again = CliRunner().invoke(main, ["--root", str(root), "run", "retail", "--select", "gold.dim_product"],
+                               env=after_runs)
+    assert again.exit_code == 0 and "materialization" not in again.output
+    assert read_lineage(str(root)).filter(pl.col("kind") == "materialize").height == 1
 
 
 def test_missing_gold_table_fails_apply_with_a_one_line_reason(tmp_path: Path) -> None:

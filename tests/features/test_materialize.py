@@ -5,6 +5,7 @@ only changes written when incremental, and skipped rows reported as a failure.""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,20 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+import yaml
+from click.testing import CliRunner
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
+from engine.cli import main
 from engine.errors import FeatureStoreError
+from engine.features.lineage import read_lineage
 from engine.features.materialize import materialize
 from engine.features.repo import features_dir
 from engine.maintenance.pins import list_pins
 from engine.tables.layout import Layout
-from tests.features.conftest import store_over, table_path, write_table
+from tests.features.conftest import REPO, store_over, table_path, write_table
+from tests.features.faulty import FAULTY
 from tests.features.synthetic import BASE, SLOT, customer, customer_rows, customer_view, latest_online
 
 IDS = list(range(1, 47)) + [99]
@@ -54,6 +60,12 @@ def current(root: Path) -> Any:
     return DeltaTable(table_path(root, TABLE)).to_pyarrow_table()
 
 
+def materializations(root: Path) -> list[tuple[str, int, int, list[str]]]:
+    """The lineage rows materializations recorded: table, version read, rows written, views."""
+    rows = read_lineage(str(root)).filter(pl.col("kind") == "materialize")
+    return list(rows.select("table", "version", "rows", "views").iter_rows())
+
+
 def test_incremental_materialization_writes_changes_and_removes_deleted_entities(ray_local: None,
                                                                                  tmp_path: Path) -> None:
     rng = np.random.default_rng(11)
@@ -64,6 +76,7 @@ def test_incremental_materialization_writes_changes_and_removes_deleted_entities
     before = latest_online(current(tmp_path), END)
     assert (first.written, first.deleted, first.online_rows, first.incremental) == (before.height, 0, before.height,
                                                                                      False)
+    assert materializations(tmp_path) == [(TABLE, first.version, first.written, ["customer_stats"])]
     assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
 
     table = DeltaTable(table_path(tmp_path, TABLE))
@@ -88,6 +101,8 @@ def test_incremental_materialization_writes_changes_and_removes_deleted_entities
     online = online_values(store)
     assert_frame_equal(online, expected_values(tmp_path, END), check_dtypes=False)
     assert online.filter(pl.col("customer_id").is_in(gone))["visits"].null_count() == len(gone)
+    assert materializations(tmp_path)[-1] == (TABLE, report.version, report.written, ["customer_stats"])
+    assert report.version > first.version
 
     write_table(tmp_path, TABLE, current(tmp_path), mode="overwrite")
     [rewritten] = materialize(store, end=END, incremental=True)
@@ -122,6 +137,30 @@ def test_rows_missing_from_the_online_store_fail_the_materialization(ray_local: 
     [rebuilt] = materialize(store, end=END)
     assert rebuilt.online_rows == done.online_rows
     assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
+
+
+@pytest.mark.parametrize("fault", ["drop", "alter"])
+def test_a_row_the_online_store_loses_or_alters_fails_the_materialization_and_records_nothing(
+        ray_local: None, tmp_path: Path, fault: str) -> None:
+    write_table(tmp_path, TABLE, customer_rows(np.random.default_rng(14)))
+    damaged = latest_online(current(tmp_path), END)["customer_id"][0]
+    settings = {"project": "faulty", "online_store": {"type": FAULTY, "path": str(tmp_path / "faulty.db"),
+                                                      "damaged_key": damaged, "fault": fault}}
+    store = store_over(tmp_path, [customer, customer_view()], **settings)
+    overlay = tmp_path / "faulty.yaml"
+    overlay.write_text(yaml.safe_dump(settings))
+    failure = r"materializing `customer_stats`: 1 row\(s\) did not reach the online store as written"
+
+    with pytest.raises(FeatureStoreError, match=failure):
+        materialize(store, end=END)
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "features", "--repo", str(REPO), "--feast-config",
+                                       str(overlay), "materialize", "--end", END.isoformat()])
+
+    assert result.exit_code == 1
+    assert re.search(failure, " ".join(result.output.split()))
+    assert materializations(tmp_path) == []
+    assert not list(Path(features_dir(str(tmp_path)), "state").rglob("_delta_log"))
+    assert store.get_feature_view("customer_stats", allow_registry_cache=False).materialization_intervals == []
 
 
 def test_the_version_read_is_pinned_while_the_materialization_runs(ray_local: None, tmp_path: Path,

@@ -1,6 +1,6 @@
 """Historical retrieval is a point-in-time join of exactly the tables' current (or pinned) Delta versions,
-checked row by row against DuckDB ASOF joins on randomised data, before and after overwrite, merge and
-delete."""
+checked row by row against DuckDB ASOF joins on randomised data, before and after each of an overwrite, a
+merge and a delete."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _assert_matches(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("seed", [7, 2024])
-def test_point_in_time_join_matches_duckdb_asof_through_overwrite_merge_and_delete(
+def test_point_in_time_join_matches_duckdb_asof_after_each_overwrite_merge_and_delete(
         ray_local: None, tmp_path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     customers, products = customer_rows(rng), product_rows(rng)
@@ -58,6 +58,16 @@ def test_point_in_time_join_matches_duckdb_asof_through_overwrite_merge_and_dele
     write_table(tmp_path, "gold.product_stats", products)
     entities = entity_rows(rng, customers)
     store = store_over(tmp_path, [customer, product, customer_view(), product_view()], project="pit")
+    path = table_path(tmp_path, "gold.customer_stats")
+
+    def check(previous: pa.Table) -> int:
+        """The training set matches the as-of join on the table's current version, not on `previous`."""
+        expected = reference_join(entities, _current(tmp_path, "gold.customer_stats"), products)
+        assert not expected.equals(reference_join(entities, previous, products)), "the change must show"
+        actual, versions = _training_set(store, entities)
+        _assert_matches(actual, expected)
+        assert versions == {"gold.customer_stats": DeltaTable(path).version(), "gold.product_stats": 0}
+        return versions["gold.customer_stats"]
 
     actual, versions = _training_set(store, entities)
     expected = reference_join(entities, customers, products)
@@ -66,26 +76,25 @@ def test_point_in_time_join_matches_duckdb_asof_through_overwrite_merge_and_dele
     assert versions == {"gold.customer_stats": first, "gold.product_stats": 0}
 
     changed = pl.from_arrow(customers).with_columns(pl.col("spend") * 2 + 1)
-    overwritten = write_table(tmp_path, "gold.customer_stats",
-                              changed.filter(pl.col("customer_id") % 5 != 0).to_arrow(), mode="overwrite")
-    DeltaTable(table_path(tmp_path, "gold.customer_stats")).merge(
+    write_table(tmp_path, "gold.customer_stats", changed.filter(pl.col("customer_id") % 5 != 0).to_arrow(),
+                mode="overwrite")
+    overwritten = check(customers)
+
+    before = _current(tmp_path, "gold.customer_stats")
+    DeltaTable(path).merge(
         changed.filter(pl.col("customer_id") % 7 == 0).with_columns(pl.col("visits") + 1000).to_arrow(),
         predicate="t.customer_id = s.customer_id AND t.ts = s.ts AND t.created = s.created",
         source_alias="s", target_alias="t").when_matched_update_all().when_not_matched_insert_all().execute()
-    DeltaTable(table_path(tmp_path, "gold.customer_stats")).delete("customer_id IN (3, 4, 8) OR visits < 5")
-    latest = DeltaTable(table_path(tmp_path, "gold.customer_stats")).version()
-    assert latest == overwritten + 2
+    merged = check(before)
 
-    live = _current(tmp_path, "gold.customer_stats")
-    referenced = {Path(p).name for p in DeltaTable(table_path(tmp_path, "gold.customer_stats")).file_uris()}
-    on_disk = {p.name for p in Path(table_path(tmp_path, "gold.customer_stats")).glob("*.parquet")}
+    before = _current(tmp_path, "gold.customer_stats")
+    DeltaTable(path).delete("customer_id IN (3, 4, 8) OR visits < 5")
+    latest = check(before)
+    assert (overwritten, merged, latest) == (first + 1, first + 2, first + 3)
+
+    referenced = {Path(p).name for p in DeltaTable(path).file_uris()}
+    on_disk = {p.name for p in Path(path).glob("*.parquet")}
     assert on_disk - referenced, "the folder must still hold files the log removed (what a glob would read)"
-
-    actual, versions = _training_set(store, entities)
-    _assert_matches(actual, reference_join(entities, live, products))
-    assert versions["gold.customer_stats"] == latest
-    stale = reference_join(entities, customers, products)
-    assert not actual.equals(stale)
 
     with at_versions({"gold.customer_stats": first}):
         pinned, versions = _training_set(store, entities)
@@ -93,7 +102,7 @@ def test_point_in_time_join_matches_duckdb_asof_through_overwrite_merge_and_dele
     assert versions["gold.customer_stats"] == first
 
     used = read_lineage(str(tmp_path)).filter(pl.col("table") == "gold.customer_stats")["version"].to_list()
-    assert used == [first, latest, first]
+    assert used == [first, overwritten, merged, latest, first]
 
 
 def test_version_pinned_in_the_source_reads_that_version(ray_local: None, tmp_path: Path) -> None:
@@ -161,3 +170,7 @@ def test_pull_latest_and_pull_all_read_the_current_version(ray_local: None, tmp_
     assert_frame_equal(every.sort(["customer_id", "ts", "created"]).select(live.columns),
                        live.sort(["customer_id", "ts", "created"]))
     assert latest["customer_id"].min() > 10
+    pulls = read_lineage(str(tmp_path)).select("kind", "table", "version", "rows", "views").rows()
+    version = DeltaTable(table_path(tmp_path, "gold.customer_stats")).version()
+    assert pulls == [("pull_latest", "gold.customer_stats", version, latest.height, []),
+                     ("pull_all", "gold.customer_stats", version, every.height, [])]

@@ -15,11 +15,12 @@ from typing import Any
 
 import polars as pl
 import pytest
+from feast.value_type import ValueType
 
-from engine.features.server import build_app
+from engine.features.server import Catalog, RequestProblem, build_app, check_request
 from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, serving
 
-MAX_BODY = 4096
+MAX_BODY = 8192
 MAX_ROWS = 50
 REVENUE = ["customer_features:revenue_30d", "customer_features:avg_order_value_30d", "customer_profile:country"]
 
@@ -90,6 +91,7 @@ def test_feature_service_computes_on_demand_features_from_request_data(server: i
 
 
 FEATURES = {"features": ["customer_features:revenue_30d"]}
+TRAINING = {"feature_service": "customer_training"}
 BAD_REQUESTS = [
     ("empty body", b"", 400, "empty_body"),
     ("not json", b"{features: [", 400, "invalid_json"),
@@ -120,7 +122,29 @@ BAD_REQUESTS = [
                                     "entities": {"customer_id": [1, 2], "cart_value": [1.0]}}, 400,
      "length_mismatch"),
     ("too many rows", {**FEATURES, "entities": {"customer_id": list(range(MAX_ROWS + 1))}}, 413, "too_many_rows"),
-    ("oversized body", {**FEATURES, "entities": {"customer_id": [1] * 2000}}, 413, "body_too_large"),
+    ("oversized body", {**FEATURES, "entities": {"customer_id": [1] * 4000}}, 413, "body_too_large"),
+    ("repeated feature", {"features": ["customer_features:revenue_30d"] * 2, "entities": {"customer_id": [1]}},
+     400, "feature_name_collision"),
+    ("repeated feature with full names", {"features": ["customer_features:revenue_30d"] * 2,
+                                          "entities": {"customer_id": [1]}, "full_feature_names": True},
+     400, "feature_name_collision"),
+    ("feature service not a string", {"feature_service": ["customer_training"], "entities": {"customer_id": [1]}},
+     422, "wrong_type"),
+    ("keys of mixed types", {**FEATURES, "entities": {"customer_id": [1, "2"]}}, 422, "wrong_type"),
+    ("nested key list", {**FEATURES, "entities": {"customer_id": [[1]]}}, 422, "wrong_type"),
+    ("key object", {**FEATURES, "entities": {"customer_id": {"id": 1}}}, 422, "wrong_type"),
+    ("NaN request data", {**TRAINING, "entities": {"customer_id": [1], "cart_value": [float("nan")]}},
+     422, "wrong_type"),
+    ("infinite request data", {**TRAINING, "entities": {"customer_id": [1], "cart_value": [1e400]}},
+     422, "wrong_type"),
+    ("request data out of int64 range", {**TRAINING, "entities": {"customer_id": [1], "cart_value": [2**70]}},
+     422, "wrong_type"),
+    ("request data of 401 digits", {**TRAINING, "entities": {"customer_id": [1], "cart_value": [10**400]}},
+     422, "wrong_type"),
+    ("number of 5000 digits", b'{"features": ["customer_features:revenue_30d"], "entities": {"customer_id": ['
+     + b"1" * 5000 + b"]}}", 400, "invalid_json"),
+    ("deeply nested body", b'{"entities": {"customer_id": ' + b"[" * 3000 + b"]" * 3000 + b"}}", 400,
+     "invalid_json"),
 ]
 
 
@@ -131,6 +155,30 @@ def test_bad_requests_get_a_structured_4xx(server: int, body: Any, status: int, 
 
     assert (answered, answer["error"]["code"]) == (status, code)
     assert answer["error"]["message"]
+
+
+def test_features_of_different_views_under_one_name_are_refused_unless_named_in_full() -> None:
+    keys = {"customer_id": ValueType.INT64}
+    catalog = Catalog(views={"orders": ({"score"}, keys), "returns": ({"score", "rate"}, keys)})
+    request = {"features": ["orders:score", "returns:rate", "returns:score"], "entities": {"customer_id": [1]}}
+
+    with pytest.raises(RequestProblem) as refused:
+        check_request(request, catalog)
+
+    assert (refused.value.status, refused.value.code) == (400, "feature_name_collision")
+    assert refused.value.details == {"refs": ["orders:score", "returns:score"]}
+    assert "full_feature_names" in str(refused.value)
+    check_request({**request, "full_feature_names": True}, catalog)
+
+
+def test_string_keys_that_are_not_valid_unicode_are_refused() -> None:
+    catalog = Catalog(views={"products": ({"price"}, {"product_id": ValueType.STRING})})
+    request = {"features": ["products:price"], "entities": {"product_id": ["p01", "\ud800"]}}
+
+    with pytest.raises(RequestProblem) as refused:
+        check_request(request, catalog)
+
+    assert (refused.value.status, refused.value.code, refused.value.details["index"]) == (422, "wrong_type", 1)
 
 
 def test_wrong_media_type_method_path_and_streamed_oversized_body_are_refused(server: int) -> None:

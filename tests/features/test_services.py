@@ -18,10 +18,12 @@ from polars.testing import assert_frame_equal
 from engine.features import online
 from engine.features.materialize import materialize
 from engine.features.repo import apply_repo, open_store
+from engine.features.server import build_app
 from tests.conftest import require_service
-from tests.features.conftest import REPO, table_path, write_table
+from tests.features.conftest import REPO, serving, table_path, write_table
 from tests.features.synthetic import customer, customer_rows, customer_view, latest_online
-from tests.features.test_materialize import END, TABLE, expected_values, online_values
+from tests.features.test_materialize import END, IDS, TABLE, expected_values, online_values
+from tests.features.test_server import as_columns, call
 
 PRODUCTION = REPO / "production.yaml"
 
@@ -52,6 +54,16 @@ def test_redis_online_store_and_postgres_registry_serve_exactly_the_current_vers
     values = online_values(store)
     assert_frame_equal(values, expected_values(tmp_path, END), check_dtypes=False)
     assert values.filter(pl.col("customer_id").is_in(ids[2:4]))["visits"].to_list() == [None, None]
+    with serving(build_app(store)) as port:
+        status, answer = call(port, "POST", "/get-online-features", {
+            "features": ["customer_stats:spend", "customer_stats:visits"], "entities": {"customer_id": IDS}})
+        refused = call(port, "POST", "/get-online-features", {
+            "features": ["customer_stats:spend"], "entities": {"customer_id": ["one"]}})
+    assert status == 200
+    served = as_columns(answer)
+    served["spend"] = [float(v) if isinstance(v, str) else v for v in served["spend"]]  # NaN comes as "NaN"
+    assert_frame_equal(pl.DataFrame(served).select(values.columns), values, check_dtypes=False)
+    assert (refused[0], refused[1]["error"]["code"]) == (422, "wrong_type")
     view = store.get_feature_view("customer_stats")
     assert online.count_rows(store.config, store._get_provider().online_store, view) == report.online_rows
 
