@@ -15,9 +15,11 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
+import yaml
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
@@ -25,6 +27,8 @@ from engine.cli import main
 from engine.errors import StorageError
 from engine.runlog import RunRecord, append_records, read_records
 from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of
+
+FEATURE_REPO = Path(__file__).resolve().parents[2] / "features"
 
 pytestmark = pytest.mark.services
 
@@ -203,10 +207,18 @@ def _gold(uri: str) -> pl.DataFrame:
     return frame.select(columns).sort(columns)
 
 
+@pytest.fixture(scope="module")
+def retail_on_s3(s3: dict[str, str]) -> str:
+    """The retail demo run once on the S3 endpoint; the root."""
+    root = f"s3://{BUCKET}/retail"
+    _medallion(root, _subprocess_env(s3), "demo", "--scale", SCALE)
+    return root
+
+
 @pytest.mark.slow
-def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], tmp_path: Path) -> None:
-    root, env = f"s3://{BUCKET}/retail", _subprocess_env(s3)
-    _medallion(root, env, "demo", "--scale", SCALE)
+def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], retail_on_s3: str,
+                                                             tmp_path: Path) -> None:
+    root, env = retail_on_s3, _subprocess_env(s3)
     _medallion(str(tmp_path), env, "demo", "--scale", SCALE)
 
     on_s3 = delta_tables_under(root, skip=("_meta", "landing"))
@@ -228,3 +240,46 @@ def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str],
     backup = f"s3://{BUCKET}/backups/one"
     _medallion(root, env, "backup", "--to", backup)
     _medallion(root, env, "backup", "verify", backup)  # exits non-zero when anything differs
+
+
+@pytest.mark.slow
+def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
+        s3: dict[str, str], retail_on_s3: str, redis_online: dict[str, Any], tmp_path: Path) -> None:
+    import boto3
+    import mlflow
+
+    from engine.features.repo import open_store
+
+    root, prefix = retail_on_s3, retail_on_s3.removeprefix(f"s3://{BUCKET}/")
+    overlay = tmp_path / "online.yaml"
+    overlay.write_text(yaml.safe_dump(redis_online))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    env = _subprocess_env(s3) | {"MLFLOW_TRACKING_URI": tracking}
+    features = ["features", "--repo", str(FEATURE_REPO), "--feast-config", str(overlay)]
+    _medallion(root, env, *features, "apply")
+    gold = pl.from_arrow(DeltaTable(f"{root}/gold/customer_features").to_pyarrow_table())
+    assert isinstance(gold, pl.DataFrame)
+    end = gold["event_timestamp"].max()
+    _medallion(root, env, *features, "materialize", "--end", end.isoformat())
+
+    objects = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    assert f"{prefix}/_meta/features/registry.db" in objects
+    latest = gold.filter(pl.col("event_timestamp") == end).sort("customer_id").head(1)
+    store = open_store(root, FEATURE_REPO, overlay=overlay)
+    online = store.get_online_features(features=["customer_features:order_count_30d"],
+                                       entity_rows=[{"customer_id": latest["customer_id"][0]}]).to_dict()
+    assert online["order_count_30d"] == latest["order_count_30d"].to_list()
+
+    trained = _medallion(root, env, "train", "--repo", str(FEATURE_REPO), "--feast-config", str(overlay))
+    assert "registered version 1" in trained
+    mlflow.set_tracking_uri(tracking)
+    experiment = mlflow.get_experiment_by_name("retail/churn")
+    assert experiment is not None
+    assert experiment.artifact_location == f"{root}/_meta/mlflow/artifacts/retail-churn"
+    artifacts = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=BUCKET, Prefix=f"{prefix}/_meta/mlflow/artifacts/")["Contents"]]
+    assert any(key.endswith("/MLmodel") for key in artifacts)
+    assert not (tmp_path / "artifacts").exists()
+    model = mlflow.pyfunc.load_model("models:/retail_churn/1")
+    example = model.input_example
+    assert example is not None and len(model.predict(example)) == len(example)
