@@ -87,3 +87,19 @@ def redis_online() -> Iterator[dict[str, Any]]:
     for key in client.scan_iter(match=b"*" + project.encode()):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture
+def postgres_catalog() -> Iterator[str]:
+    """The SQLAlchemy URI of a scratch PostgreSQL database, dropped after."""
+    import psycopg
+
+    server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
+    host, port = server.split("@")[-1].split(":")
+    require_service(host, int(port), "PostgreSQL")
+    database = f"iceberg_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    yield f"postgresql+psycopg://{server}/{database}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import boto3
 import polars as pl
 import pytest
 import yaml
@@ -26,7 +27,8 @@ from deltalake import DeltaTable
 from engine.cli import main
 from engine.errors import StorageError
 from engine.runlog import RunRecord, append_records, read_records
-from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of
+from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of, upload
+from tests.conftest import settings_at
 
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "features"
 
@@ -70,8 +72,6 @@ def s3() -> Iterator[dict[str, str]]:
                 patch.delenv(name, raising=False)
             for name, value in env.items():
                 patch.setenv(name, value)
-            import boto3
-
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             yield env
     finally:
@@ -193,6 +193,12 @@ def test_plain_http_needs_allow_http(s3: dict[str, str], monkeypatch: pytest.Mon
         check_root(f"s3://{BUCKET}/x")
 
 
+def object_keys(prefix: str) -> list[str]:
+    """The keys of the bucket's objects under `prefix`, listed through boto3."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
 def _medallion(root: str, env: dict[str, str], *args: str) -> str:
     command = [str(Path(sys.executable).with_name("medallion")), "--root", root, *args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
@@ -245,7 +251,6 @@ def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str],
 @pytest.mark.slow
 def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
         s3: dict[str, str], retail_on_s3: str, redis_online: dict[str, Any], tmp_path: Path) -> None:
-    import boto3
     import mlflow
 
     from engine.features.repo import open_store
@@ -262,8 +267,7 @@ def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
     end = gold["event_timestamp"].max()
     _medallion(root, env, *features, "materialize", "--end", end.isoformat())
 
-    objects = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
-    assert f"{prefix}/_meta/features/registry.db" in objects
+    assert f"{prefix}/_meta/features/registry.db" in object_keys(prefix)
     latest = gold.filter(pl.col("event_timestamp") == end).sort("customer_id").head(1)
     store = open_store(root, FEATURE_REPO, overlay=overlay)
     online = store.get_online_features(features=["customer_features:order_count_30d"],
@@ -276,10 +280,32 @@ def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
     experiment = mlflow.get_experiment_by_name("retail/churn")
     assert experiment is not None
     assert experiment.artifact_location == f"{root}/_meta/mlflow/artifacts/retail-churn"
-    artifacts = [o["Key"] for o in boto3.client("s3").list_objects_v2(
-        Bucket=BUCKET, Prefix=f"{prefix}/_meta/mlflow/artifacts/")["Contents"]]
-    assert any(key.endswith("/MLmodel") for key in artifacts)
+    assert any(key.endswith("/MLmodel") for key in object_keys(f"{prefix}/_meta/mlflow/artifacts/"))
     assert not (tmp_path / "artifacts").exists()
     model = mlflow.pyfunc.load_model("models:/retail_churn/1")
     example = model.input_example
     assert example is not None and len(model.predict(example)) == len(example)
+
+
+def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
+        s3: dict[str, str], postgres_catalog: str, ray_local: None, tmp_path: Path) -> None:
+    from engine import Runner, load_settings
+    from tests.engine.test_iceberg import rows, shop
+    from tests.engine.test_runner import land_orders
+
+    root = f"s3://{BUCKET}/iceberg"
+    land_orders(tmp_path)
+    upload(str(tmp_path / "landing"), f"{root}/landing")
+    without_catalog = load_settings(overrides={"storage": {"root": root}})
+    failed = Runner(shop("iceberg"), without_catalog).run()
+    assert "set storage.iceberg_catalog_uri" in (failed.records[0].error or "")
+
+    settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": postgres_catalog}})
+    result = Runner(shop("iceberg"), settings).run()
+    assert result.succeeded, [r.error for r in result.records]
+    local = settings_at(tmp_path)
+    assert Runner(shop("delta"), local).run().succeeded
+    for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
+        assert rows(settings, table, "iceberg").equals(rows(local, table, "delta")), table
+    keys = object_keys("iceberg/silver/orders/")
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
