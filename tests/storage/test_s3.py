@@ -6,6 +6,7 @@ pyarrow and Ray workers read them there (`engine/storage.py`).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from engine.cli import main
 from engine.errors import StorageError
 from engine.runlog import RunRecord, append_records, read_records
 from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of, upload
-from tests.conftest import settings_at
+from tests.engine.test_runner import land_orders
 
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "features"
 
@@ -287,25 +288,61 @@ def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
     assert example is not None and len(model.predict(example)) == len(example)
 
 
-def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
-        s3: dict[str, str], postgres_catalog: str, ray_local: None, tmp_path: Path) -> None:
-    from engine import Runner, load_settings
-    from tests.engine.test_iceberg import rows, shop
-    from tests.engine.test_runner import land_orders
+SHOP_DRIVER = textwrap.dedent("""
+    import json
+    import sys
 
+    from engine import Runner, load_settings
+    from tests.engine.test_iceberg import shop
+
+    root, table_format, catalog = sys.argv[1], sys.argv[2], sys.argv[3] or None
+    settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": catalog}})
+    result = Runner(shop(table_format), settings).run()
+    print(json.dumps([[r.table, r.status, r.error] for r in result.records]))
+""")
+
+
+def _run_shop(root: str, table_format: str, catalog: str | None, env: dict[str, str], script: Path) -> list[list[Any]]:
+    """The shop pipeline of the Iceberg tests run once in a process of its own (its Ray workers get the AWS
+    variables); each table's [name, status, error]."""
+    done = subprocess.run([sys.executable, str(script), root, table_format, catalog or ""], env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _iceberg_rows(catalog: str, table: str) -> pl.DataFrame:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from engine.storage import iceberg_io_properties
+
+    frame = pl.from_arrow(SqlCatalog("medallion", uri=catalog, **iceberg_io_properties())
+                          .load_table(tuple(table.split("."))).scan().to_arrow())
+    assert isinstance(frame, pl.DataFrame)
+    return _comparable(frame)
+
+
+def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    columns = sorted(c for c in frame.columns if not c.startswith("_"))
+    return frame.select(columns).sort(columns)
+
+
+def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
+        s3: dict[str, str], postgres_catalog: str, tmp_path: Path) -> None:
     root = f"s3://{BUCKET}/iceberg"
     land_orders(tmp_path)
     upload(str(tmp_path / "landing"), f"{root}/landing")
-    without_catalog = load_settings(overrides={"storage": {"root": root}})
-    failed = Runner(shop("iceberg"), without_catalog).run()
-    assert "set storage.iceberg_catalog_uri" in (failed.records[0].error or "")
+    script = tmp_path / "shop.py"
+    script.write_text(SHOP_DRIVER)
+    env = _subprocess_env(s3) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
-    settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": postgres_catalog}})
-    result = Runner(shop("iceberg"), settings).run()
-    assert result.succeeded, [r.error for r in result.records]
-    local = settings_at(tmp_path)
-    assert Runner(shop("delta"), local).run().succeeded
+    refused = _run_shop(root, "iceberg", None, env, script)
+    assert refused[0][1] == "failed" and "set storage.iceberg_catalog_uri" in refused[0][2]
+    assert all(status == "succeeded" for _, status, _ in _run_shop(root, "iceberg", postgres_catalog, env, script))
+    assert all(status == "succeeded" for _, status, _ in _run_shop(str(tmp_path), "delta", None, env, script))
     for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
-        assert rows(settings, table, "iceberg").equals(rows(local, table, "delta")), table
+        local = pl.from_arrow(DeltaTable(f"{tmp_path}/{table.replace('.', '/')}").to_pyarrow_table())
+        assert isinstance(local, pl.DataFrame)
+        assert _iceberg_rows(postgres_catalog, table).equals(_comparable(local)), table
     keys = object_keys("iceberg/silver/orders/")
     assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
