@@ -104,6 +104,15 @@ def upload(local_folder: str, uri: str) -> None:
     pafs.copy_files(local_folder, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
 
+def iceberg_io_properties() -> dict[str, str]:
+    """pyiceberg FileIO properties for the endpoint and region of the AWS variables: pyiceberg builds its S3
+    filesystem from catalog properties, not from these variables (credentials it leaves to the AWS SDK's
+    default chain, which reads the environment)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return {key: value for key, value in (("s3.endpoint", endpoint), ("s3.region", region)) if value}
+
+
 def worker_env() -> dict[str, str]:
     """The storage variables of this process, for the `runtime_env` of Ray workers (a cluster's workers do not
     inherit the driver's environment)."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +72,34 @@ def require_service(host: str, port: int, service: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{reason} (CI is set, so service tests must run)")
         pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_online() -> Iterator[dict[str, Any]]:
+    """Feast overrides for a Redis online store under a project name of its own; its keys are removed after."""
+    import redis
+
+    host, port = os.environ.get("MEDALLION_TEST_REDIS", "127.0.0.1:6379").split(":")
+    require_service(host, int(port), "Redis")
+    project = f"t{uuid.uuid4().hex[:12]}"
+    yield {"project": project, "online_store": {"type": "redis", "connection_string": f"{host}:{port}"}}
+    client = redis.Redis(host=host, port=int(port))
+    for key in client.scan_iter(match=b"*" + project.encode()):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def postgres_catalog() -> Iterator[str]:
+    """The SQLAlchemy URI of a scratch PostgreSQL database, dropped after."""
+    import psycopg
+
+    server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
+    host, port = server.split("@")[-1].split(":")
+    require_service(host, int(port), "PostgreSQL")
+    database = f"iceberg_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    yield f"postgresql+psycopg://{server}/{database}"
+    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

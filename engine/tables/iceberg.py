@@ -31,8 +31,9 @@ import ray.data
 from deltalake.transaction import Transaction
 
 from engine.arrow import storage_schema, to_storage, unify
-from engine.errors import CommitConflict, TableFailed, TableNotFound
+from engine.errors import CommitConflict, TableFailed, TableFormatError, TableNotFound
 from engine.kinds import Merge
+from engine.storage import iceberg_io_properties, is_local
 from engine.tables.delta import DELETE_FLAG, METADATA_PREFIX, RESTORED_TO_KEY, MergeOutcome, _latest_per_key
 from engine.tables.files import DataFile
 
@@ -80,11 +81,16 @@ class IcebergTables:
             if self._catalog is None:
                 from pyiceberg.catalog.sql import SqlCatalog
 
+                if self._catalog_uri is None and not is_local(self.root):
+                    raise TableFormatError(
+                        f"storage root `{self.root}` is remote, so the default SQLite Iceberg catalog cannot live "
+                        "there; set storage.iceberg_catalog_uri (MEDALLION__STORAGE__ICEBERG_CATALOG_URI) to a "
+                        "PostgreSQL catalog shared by every writer, e.g. postgresql+psycopg://user@host/catalog")
                 uri = self._catalog_uri or default_catalog_uri(self.root)
                 if uri.startswith("sqlite:///"):
                     os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
                 warehouse = self.root if "://" in self.root else f"file://{self.root}"
-                self._catalog = SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse)
+                self._catalog = SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **iceberg_io_properties())
             return self._catalog
 
     def identifier(self, uri: str) -> tuple[str, str]:

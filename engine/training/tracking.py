@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import Settings
 from engine.errors import TrainingError
+from engine.storage import is_local
 from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
@@ -59,17 +60,22 @@ def use_tracking(uri: str) -> None:
     mlflow.set_registry_uri(uri)
 
 
-def experiment_id(name: str, uri: str) -> str:
-    """The id of experiment `name`, created if missing; with a SQLite store its artifacts go to
-    `artifacts/<name>` beside the database file (a server decides its own artifact root)."""
+def experiment_id(name: str, uri: str, root: str) -> str:
+    """The id of experiment `name`, created if missing. Its artifacts go to the root's object store when the
+    root is remote (`<root>/_meta/mlflow/artifacts/<name>`, written by MLflow through boto3 with the same AWS
+    variables as the tables), else with a SQLite store to `artifacts/<name>` beside the database file (a
+    server with a local root decides its own artifact root)."""
     import mlflow
 
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    folder_name = name.replace("/", "-")
     location = None
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / name.replace("/", "-")
+    if not is_local(root):
+        location = f"{mlflow_dir(root)}/artifacts/{folder_name}"
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / folder_name
         folder.mkdir(parents=True, exist_ok=True)
         location = folder.resolve().as_uri()
     return mlflow.create_experiment(name, artifact_location=location)

@@ -92,7 +92,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
                             job=name, mlflow_run=reproduces)
     split = time_split(training.rows, job)
     first, last = training.time_range()
-    experiment = experiment_id(name, uri)
+    experiment = experiment_id(name, uri, root)
     with mlflow.start_run(experiment_id=experiment) as run:
         if trials:
             found = search(job, chosen, split.train, training.numeric, training.categorical, trials=trials,

@@ -4,9 +4,7 @@ exactly-once commits, racing writers, merges by key, format mismatches and a Pos
 from __future__ import annotations
 
 import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -298,22 +296,6 @@ def test_the_catalog_uri_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.storage.iceberg_catalog_uri is not None
     assert "pw" not in repr(settings) and "pw" not in str(settings.model_dump())
     assert settings.storage.iceberg_catalog_uri.get_secret_value().endswith("@db/cat")
-
-
-@pytest.fixture
-def postgres_catalog() -> Iterator[str]:
-    """The SQLAlchemy URI of a scratch PostgreSQL database, dropped after."""
-    import psycopg
-
-    server = os.environ.get("MEDALLION_TEST_POSTGRES", "root@127.0.0.1:5432")
-    host, port = server.split("@")[-1].split(":")
-    require_service(host, int(port), "PostgreSQL")
-    database = f"iceberg_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-    yield f"postgresql+psycopg://{server}/{database}"
-    with psycopg.connect(f"postgresql://{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 @pytest.mark.services

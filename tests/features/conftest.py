@@ -85,21 +85,6 @@ def retail_features(retail_build: RetailBuild, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def redis_online() -> Iterator[dict[str, Any]]:
-    """Feast overrides for a Redis online store under a project name of its own; its keys are removed after."""
-    import redis
-
-    host, port = os.environ.get("MEDALLION_TEST_REDIS", "127.0.0.1:6379").split(":")
-    require_service(host, int(port), "Redis")
-    project = f"t{uuid.uuid4().hex[:12]}"
-    yield {"project": project, "online_store": {"type": "redis", "connection_string": f"{host}:{port}"}}
-    client = redis.Redis(host=host, port=int(port))
-    for key in client.scan_iter(match=b"*" + project.encode()):
-        client.delete(key)
-    client.close()
-
-
-@pytest.fixture
 def postgres_registry() -> Iterator[dict[str, Any]]:
     """Feast overrides for a SQL registry in a PostgreSQL database of its own, dropped after."""
     import psycopg

@@ -6,6 +6,7 @@ pyarrow and Ray workers read them there (`engine/storage.py`).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,16 +16,22 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import boto3
 import polars as pl
 import pytest
+import yaml
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from engine.cli import main
 from engine.errors import StorageError
 from engine.runlog import RunRecord, append_records, read_records
-from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of
+from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of, upload
+from tests.engine.test_runner import land_orders
+
+FEATURE_REPO = Path(__file__).resolve().parents[2] / "features"
 
 pytestmark = pytest.mark.services
 
@@ -66,8 +73,6 @@ def s3() -> Iterator[dict[str, str]]:
                 patch.delenv(name, raising=False)
             for name, value in env.items():
                 patch.setenv(name, value)
-            import boto3
-
             boto3.client("s3").create_bucket(Bucket=BUCKET)
             yield env
     finally:
@@ -189,6 +194,12 @@ def test_plain_http_needs_allow_http(s3: dict[str, str], monkeypatch: pytest.Mon
         check_root(f"s3://{BUCKET}/x")
 
 
+def object_keys(prefix: str) -> list[str]:
+    """The keys of the bucket's objects under `prefix`, listed through boto3."""
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
 def _medallion(root: str, env: dict[str, str], *args: str) -> str:
     command = [str(Path(sys.executable).with_name("medallion")), "--root", root, *args]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
@@ -203,10 +214,18 @@ def _gold(uri: str) -> pl.DataFrame:
     return frame.select(columns).sort(columns)
 
 
+@pytest.fixture(scope="module")
+def retail_on_s3(s3: dict[str, str]) -> str:
+    """The retail demo run once on the S3 endpoint; the root."""
+    root = f"s3://{BUCKET}/retail"
+    _medallion(root, _subprocess_env(s3), "demo", "--scale", SCALE)
+    return root
+
+
 @pytest.mark.slow
-def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], tmp_path: Path) -> None:
-    root, env = f"s3://{BUCKET}/retail", _subprocess_env(s3)
-    _medallion(root, env, "demo", "--scale", SCALE)
+def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], retail_on_s3: str,
+                                                             tmp_path: Path) -> None:
+    root, env = retail_on_s3, _subprocess_env(s3)
     _medallion(str(tmp_path), env, "demo", "--scale", SCALE)
 
     on_s3 = delta_tables_under(root, skip=("_meta", "landing"))
@@ -228,3 +247,102 @@ def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str],
     backup = f"s3://{BUCKET}/backups/one"
     _medallion(root, env, "backup", "--to", backup)
     _medallion(root, env, "backup", "verify", backup)  # exits non-zero when anything differs
+
+
+@pytest.mark.slow
+def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
+        s3: dict[str, str], retail_on_s3: str, redis_online: dict[str, Any], tmp_path: Path) -> None:
+    import mlflow
+
+    from engine.features.repo import open_store
+
+    root, prefix = retail_on_s3, retail_on_s3.removeprefix(f"s3://{BUCKET}/")
+    overlay = tmp_path / "online.yaml"
+    overlay.write_text(yaml.safe_dump(redis_online))
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    env = _subprocess_env(s3) | {"MLFLOW_TRACKING_URI": tracking}
+    features = ["features", "--repo", str(FEATURE_REPO), "--feast-config", str(overlay)]
+    _medallion(root, env, *features, "apply")
+    gold = pl.from_arrow(DeltaTable(f"{root}/gold/customer_features").to_pyarrow_table())
+    assert isinstance(gold, pl.DataFrame)
+    end = gold["event_timestamp"].max()
+    _medallion(root, env, *features, "materialize", "--end", end.isoformat())
+
+    assert f"{prefix}/_meta/features/registry.db" in object_keys(prefix)
+    latest = gold.filter(pl.col("event_timestamp") == end).sort("customer_id").head(1)
+    store = open_store(root, FEATURE_REPO, overlay=overlay)
+    online = store.get_online_features(features=["customer_features:order_count_30d"],
+                                       entity_rows=[{"customer_id": latest["customer_id"][0]}]).to_dict()
+    assert online["order_count_30d"] == latest["order_count_30d"].to_list()
+
+    trained = _medallion(root, env, "train", "--repo", str(FEATURE_REPO), "--feast-config", str(overlay))
+    assert "registered version 1" in trained
+    mlflow.set_tracking_uri(tracking)
+    experiment = mlflow.get_experiment_by_name("retail/churn")
+    assert experiment is not None
+    assert experiment.artifact_location == f"{root}/_meta/mlflow/artifacts/retail-churn"
+    assert any(key.endswith("/MLmodel") for key in object_keys(f"{prefix}/_meta/mlflow/artifacts/"))
+    assert not (tmp_path / "artifacts").exists()
+    model = mlflow.pyfunc.load_model("models:/retail_churn/1")
+    example = model.input_example
+    assert example is not None and len(model.predict(example)) == len(example)
+
+
+SHOP_DRIVER = textwrap.dedent("""
+    import json
+    import sys
+
+    from engine import Runner, load_settings
+    from tests.engine.test_iceberg import shop
+
+    root, table_format, catalog = sys.argv[1], sys.argv[2], sys.argv[3] or None
+    settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": catalog}})
+    result = Runner(shop(table_format), settings).run()
+    print(json.dumps([[r.table, r.status, r.error] for r in result.records]))
+""")
+
+
+def _run_shop(root: str, table_format: str, catalog: str | None, env: dict[str, str], script: Path) -> list[list[Any]]:
+    """The shop pipeline of the Iceberg tests run once in a process of its own (its Ray workers get the AWS
+    variables); each table's [name, status, error]."""
+    done = subprocess.run([sys.executable, str(script), root, table_format, catalog or ""], env=env, timeout=900,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _iceberg_rows(catalog: str, table: str) -> pl.DataFrame:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from engine.storage import iceberg_io_properties
+
+    frame = pl.from_arrow(SqlCatalog("medallion", uri=catalog, **iceberg_io_properties())
+                          .load_table(tuple(table.split("."))).scan().to_arrow())
+    assert isinstance(frame, pl.DataFrame)
+    return _comparable(frame)
+
+
+def _comparable(frame: pl.DataFrame) -> pl.DataFrame:
+    columns = sorted(c for c in frame.columns if not c.startswith("_"))
+    return frame.select(columns).sort(columns)
+
+
+def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
+        s3: dict[str, str], postgres_catalog: str, tmp_path: Path) -> None:
+    root = f"s3://{BUCKET}/iceberg"
+    land_orders(tmp_path)
+    upload(str(tmp_path / "landing"), f"{root}/landing")
+    script = tmp_path / "shop.py"
+    script.write_text(SHOP_DRIVER)
+    env = _subprocess_env(s3) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+    refused = _run_shop(root, "iceberg", None, env, script)
+    assert refused[0][1] == "failed" and "set storage.iceberg_catalog_uri" in refused[0][2]
+    assert all(status == "succeeded" for _, status, _ in _run_shop(root, "iceberg", postgres_catalog, env, script))
+    assert all(status == "succeeded" for _, status, _ in _run_shop(str(tmp_path), "delta", None, env, script))
+    for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
+        local = pl.from_arrow(DeltaTable(f"{tmp_path}/{table.replace('.', '/')}").to_pyarrow_table())
+        assert isinstance(local, pl.DataFrame)
+        assert _iceberg_rows(postgres_catalog, table).equals(_comparable(local)), table
+    keys = object_keys("iceberg/silver/orders/")
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith(".metadata.json") for k in keys)
