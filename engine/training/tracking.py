@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 TAG = "medallion."
+DATABASE = "mlflow.db"
 
 
 def mlflow_dir(root: str) -> str:
@@ -48,7 +49,17 @@ def resolve_tracking_uri(root: str, configured: str | None = None) -> str:
         raise TrainingError(f"storage root `{root}` is remote, so the embedded SQLite tracking store cannot live "
                             f"there; set {TRACKING_ENV} (or `training.tracking_uri`) to an MLflow server")
     Path(base).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base}/mlflow.db"
+    return f"sqlite:///{base}/{DATABASE}"
+
+
+def existing_tracking_uri(root: str, configured: str | None = None) -> str | None:
+    """The tracking URI as `resolve_tracking_uri` finds it, but None for an embedded store that does not exist
+    (nothing was ever tracked there) instead of creating it."""
+    uri = configured or os.environ.get(TRACKING_ENV)
+    if uri:
+        return uri
+    database = f"{mlflow_dir(root)}/{DATABASE}"
+    return f"sqlite:///{database}" if "://" not in database and Path(database).is_file() else None
 
 
 def use_tracking(uri: str) -> None:
