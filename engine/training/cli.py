@@ -28,7 +28,8 @@ def _quiet() -> None:
 @click.option("--trials", type=int, default=0, show_default=True,
               help="Ray Tune trials over the job's search space before the final fit.")
 @click.option("--reproduce", "run_id", default=None, metavar="RUN_ID",
-              help="Rebuild RUN_ID's training set from its recorded table versions, check it, and retrain.")
+              help="Rebuild RUN_ID's training set from its recorded table versions, check it, and retrain; warns "
+                   "when the code version or Feast registry hash differs from the run's.")
 @_REPO
 @_FEAST_CONFIG
 @_TRACKING
@@ -55,6 +56,8 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
     if run_id:
         console.print(f"training set identical to run {run_id}'s (fingerprint "
                       f"{result.training_set.fingerprint[:12]})")
+        for note in result.warnings:
+            console.print(f"warning: {note}", style="yellow", soft_wrap=True)
     else:
         console.print(f"registered version {result.model_version}: {result.decision}")
 

@@ -109,9 +109,14 @@ def feast_lineage(store: FeatureStore, service_name: str) -> dict[str, str]:
     on_demand = {view.name for view in store.list_on_demand_feature_views()}
     specs = [service.to_proto().spec.SerializeToString(deterministic=True)]
     for projection in service.feature_view_projections:
-        view = (store.get_on_demand_feature_view(projection.name) if projection.name in on_demand
-                else store.get_feature_view(projection.name))
-        specs.append(view.to_proto().spec.SerializeToString(deterministic=True))
+        if projection.name in on_demand:
+            spec = store.get_on_demand_feature_view(projection.name).to_proto().spec
+            for source in spec.sources.values():  # a request source's `meta` holds the time of `to_proto()`
+                if source.HasField("request_data_source"):
+                    source.request_data_source.ClearField("meta")
+        else:
+            spec = store.get_feature_view(projection.name).to_proto().spec
+        specs.append(spec.SerializeToString(deterministic=True))
     registry = store.registry.proto()
     updated = registry.last_updated.ToDatetime().isoformat() if registry.HasField("last_updated") else ""
     return {"feature_service": service_name, "feast_project": store.project,

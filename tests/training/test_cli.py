@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import mlflow
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
@@ -27,7 +28,13 @@ def test_train_reproduce_and_score_from_the_command_line(ray_local: None, churn:
     run_id = re.search(r"run ([0-9a-f]{32}):", trained).group(1)  # type: ignore[union-attr]
 
     again = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
-    assert f"training set identical to run {run_id}'s" in again
+    assert f"training set identical to run {run_id}'s" in again and "warning" not in again
+    for tag in ("code_version", "feast_registry_hash"):
+        mlflow.MlflowClient().set_tag(run_id, f"medallion.{tag}", "recorded-then")
+    drifted = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
+    assert f"training set identical to run {run_id}'s" in drifted
+    for what in ("code version", "Feast registry hash"):
+        assert f"warning: the {what} was recorded-then when run {run_id} trained and is " in drifted
 
     scored = medallion(churn, "score", "retail", "--repo", str(REPO))
     assert "scores by model `retail_churn` version 1 written to `gold.churn_scores` v0" in scored

@@ -88,7 +88,7 @@ def test_reproduce_rebuilds_the_identical_training_set_after_the_tables_changed(
     assert again.training_set.rows.equals(first.training_set.rows)
     assert again.training_set.fingerprint == first.training_set.fingerprint
     assert again.training_set.versions == first.training_set.versions
-    assert again.metrics == first.metrics and again.model_version is None
+    assert again.metrics == first.metrics and again.model_version is None and again.warnings == ()
     assert mlflow.get_run(again.run_id).data.tags["medallion.reproduces"] == first.run_id
 
     latest = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking, params={"step_days": 14})
