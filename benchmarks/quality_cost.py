@@ -30,7 +30,8 @@ def without_checks(pipeline: Pipeline) -> Pipeline:
         if definition.source is not None:
             bare.ingest(definition.name, definition.source)
         elif definition.function is not None:
-            bare.table(definition.name, kind=definition.kind, ray_options=definition.ray_options)(definition.function)
+            bare.table(definition.name, kind=definition.kind, ray_options=definition.ray_options,
+                       on_demand=definition.on_demand)(definition.function)
     return bare
 
 

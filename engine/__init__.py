@@ -2,6 +2,8 @@
 
 from engine.config import Settings as Settings
 from engine.config import load_settings as load_settings
+from engine.context import TableContext as TableContext
+from engine.context import table_context as table_context
 from engine.errors import EngineError as EngineError
 from engine.freshness import Freshness as Freshness
 from engine.ingest.sources import FileSource as FileSource

@@ -59,6 +59,9 @@ class TableDefinition:
             column the built table lacks is reported (run record, catalog).
         freshness: how fresh the table's data must be (`engine.freshness`); `medallion status` reports it.
         table_format: `delta` or `iceberg`: the format the table is stored in (see `engine.tables.formats`).
+        on_demand: built only when a selection names it exactly: left out of the default selection (every
+            table), of globs and of `+` expansions; for tables that need something from outside the lake,
+            such as a registered model, that a plain pipeline run cannot assume.
     """
 
     name: str
@@ -79,6 +82,7 @@ class TableDefinition:
     columns: Mapping[str, str] = field(default_factory=dict)
     freshness: Freshness | None = None
     table_format: str = DELTA
+    on_demand: bool = False
 
     def unknown_documented_columns(self, names: Collection[str]) -> list[str]:
         """The documented columns (`columns`) that are not among `names`, the table's actual columns."""
@@ -137,6 +141,7 @@ class Pipeline:
         columns: Mapping[str, str] | None = None,
         freshness: Freshness | None = None,
         table_format: str | None = None,
+        on_demand: bool = False,
     ) -> Callable[[TableFunction], TableFunction]:
         """Declare `name` as built by the decorated function; the function is returned unchanged.
 
@@ -156,6 +161,7 @@ class Pipeline:
             columns: column documentation, `{"customer_id": "the customer's id"}`.
             freshness: the freshness target, e.g. `Freshness(max_age="6h")`.
             table_format: `delta` or `iceberg`; the pipeline's `table_format` when omitted.
+            on_demand: build the table only when a selection names it (see `TableDefinition.on_demand`).
         """
         check_declaration(name, pii or {})
         catalog = _catalog_fields(name, owner, tags, columns, freshness)
@@ -177,6 +183,7 @@ class Pipeline:
                 pii=dict(pii or {}),
                 **catalog,
                 table_format=table_format or self.table_format,
+                on_demand=on_demand,
             ))
             return function
 
@@ -236,7 +243,8 @@ class Pipeline:
         """Every table with its inputs resolved to table names, checked for unknown inputs and cycles.
 
         Raises:
-            PipelineDefinitionError: an input names no table of the pipeline, or tables form a cycle.
+            PipelineDefinitionError: an input names no table of the pipeline, tables form a cycle, or a table
+                that is not on demand reads one that is.
         """
         by_parameter = {parameter_name(t): t for t in self._tables}
         resolved = {}
@@ -258,6 +266,12 @@ class Pipeline:
                     f"pipeline `{self.name}`",
                     table=definition.name,
                 )
+        for definition in resolved.values():
+            on_demand = [t for t in definition.dependencies if self._tables[t].on_demand]
+            if on_demand and not definition.on_demand:
+                raise PipelineDefinitionError(
+                    f"table `{definition.name}` reads on-demand table `{on_demand[0]}`, which a plain run does "
+                    "not build; declare it `on_demand=True` too", table=definition.name)
         _check_acyclic(resolved)
         return resolved
 
@@ -266,18 +280,20 @@ class Pipeline:
         return _topological(self.resolve())
 
     def select(self, expression: str | None = None) -> list[str]:
-        """The tables an expression selects, upstream before downstream; every table when None or empty.
+        """The tables an expression selects, upstream before downstream; every table but the on-demand ones
+        when None or empty.
 
         An expression is terms separated by spaces or commas. A term is a table name or a glob
-        (`silver.*`); `+name` adds everything upstream of it, `name+` everything downstream.
+        (`silver.*`); `+name` adds everything upstream of it, `name+` everything downstream. An on-demand
+        table is selected only by a term that names it exactly.
 
         Raises:
-            SelectionError: a term matches no table.
+            SelectionError: a term matches no table, or only on-demand tables it does not name exactly.
         """
         resolved = self.resolve()
         order = _topological(resolved)
         if not expression or not expression.strip():
-            return order
+            return [t for t in order if not resolved[t].on_demand]
         chosen: set[str] = set()
         for term in filter(None, re.split(r"[\s,]+", expression.strip())):
             chosen |= _select_term(term, resolved)
@@ -370,19 +386,23 @@ def _closure(start: set[str], edges: Mapping[str, set[str]]) -> set[str]:
 def _select_term(term: str, resolved: Mapping[str, TableDefinition]) -> set[str]:
     upstream, downstream = term.startswith("+"), term.endswith("+") and len(term) > 1
     pattern = term.strip("+")
-    matched = {name for name in resolved if fnmatch.fnmatchcase(name, pattern)}
-    if not matched:
+    globbed = {name for name in resolved if fnmatch.fnmatchcase(name, pattern)}
+    if not globbed:
         raise SelectionError(
             f"selection `{term}` matches no table; known tables: {', '.join(resolved)}"
         )
+    matched = {name for name in globbed if name == pattern or not resolved[name].on_demand}
+    if not matched:
+        raise SelectionError(f"selection `{term}` matches only on-demand tables ({', '.join(sorted(globbed))}), "
+                             "which are built only when named exactly")
     parents = {name: set(d.dependencies) for name, d in resolved.items()}
     children: dict[str, set[str]] = {name: set() for name in resolved}
     for name, definition in resolved.items():
         for parent in definition.dependencies:
             children[parent].add(name)
-    selected = set(matched)
+    expanded: set[str] = set()
     if upstream:
-        selected |= _closure(matched, parents)
+        expanded |= _closure(matched, parents)
     if downstream:
-        selected |= _closure(matched, children)
-    return selected
+        expanded |= _closure(matched, children)
+    return matched | {name for name in expanded if not resolved[name].on_demand}

@@ -27,6 +27,7 @@ from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
 from engine.columns import REJECTED_REASON
 from engine.config import Settings
+from engine.context import TableContext, building
 from engine.errors import (
     CommitConflict,
     EngineError,
@@ -400,7 +401,8 @@ class Runner:
             reads = [self._read_input(definition, t, versions[t], (previous or {}).get(t)) for t in definition.inputs]
         inputs = [dataset for dataset, _ in reads]
         rows_in = sum(rows for _, rows in reads)
-        output = self._protected(definition, call_table_function(definition, inputs))
+        with building(TableContext(self.settings, run_id, definition.name, versions)):
+            output = self._protected(definition, call_table_function(definition, inputs))
         if self.window is not None:
             output = _within(output, self._time_column(definition), *self.window)
         folder = self.layout.staging(run_id, definition.name) if isinstance(kind, ChangeKind) else uri

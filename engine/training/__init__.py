@@ -13,6 +13,6 @@ __getattr__ = lazy_exports(__name__, {
     "TableReader": "engine.training.dataset",
     "train": "engine.training.train",
     "reproduce": "engine.training.train",
-    "score_batch": "engine.training.scoring",
+    "score_table": "engine.training.scoring",
     "score_online": "engine.training.scoring",
 })

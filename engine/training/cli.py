@@ -3,7 +3,6 @@ product's models."""
 
 from __future__ import annotations
 
-import datetime as dt
 import warnings
 
 import click
@@ -29,7 +28,8 @@ def _quiet() -> None:
 @click.option("--trials", type=int, default=0, show_default=True,
               help="Ray Tune trials over the job's search space before the final fit.")
 @click.option("--reproduce", "run_id", default=None, metavar="RUN_ID",
-              help="Rebuild RUN_ID's training set from its recorded table versions, check it, and retrain.")
+              help="Rebuild RUN_ID's training set from its recorded table versions, check it, and retrain; warns "
+                   "when the code version or Feast registry hash differs from the run's.")
 @_REPO
 @_FEAST_CONFIG
 @_TRACKING
@@ -56,35 +56,49 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
     if run_id:
         console.print(f"training set identical to run {run_id}'s (fingerprint "
                       f"{result.training_set.fingerprint[:12]})")
+        for note in result.warnings:
+            console.print(f"warning: {note}", style="yellow", soft_wrap=True)
     else:
         console.print(f"registered version {result.model_version}: {result.decision}")
 
 
 @click.command("score")
 @click.argument("job", default="retail")
-@click.option("--at", "at", default=None, help="Point in time of the features (ISO 8601; default now).")
 @click.option("--model-version", default="champion", show_default=True, help="Version number or alias.")
+@click.option("--reason", default=None, help="Why, recorded in the commit and the run record (default: batch scoring).")
 @_REPO
 @_FEAST_CONFIG
 @_TRACKING
 @click.pass_context
 @_reported
-def score(ctx: click.Context, job: str, at: str | None, model_version: str, repo: str, feast_config: str | None,
-          tracking_uri: str | None) -> None:
-    """Score JOB's population with a registered model into its scores table (one Delta commit)."""
-    from engine.errors import TrainingError
-    from engine.training.scoring import score_batch
+def score(ctx: click.Context, job: str, model_version: str, reason: str | None, repo: str,
+          feast_config: str | None, tracking_uri: str | None) -> None:
+    """Run JOB's scores table alone, such as `gold.churn_scores`: a pipeline run that appends the scores of a
+    registered model in one commit."""
+    from engine.entrypoints import load_pipeline
+    from engine.errors import RunFailed, TrainingError
+    from engine.runner import Runner
+    from engine.training.job import load_job
+    from engine.training.registry import load_model
+    from engine.training.scoring import ScoringOptions, scoring_with
+    from engine.training.tracking import configured_uri, resolve_tracking_uri, use_tracking
 
     _quiet()
     settings = _settings(ctx)
-    try:
-        moment = dt.datetime.fromisoformat(at) if at else None
-    except ValueError:
-        raise TrainingError(f"--at `{at}` is not an ISO 8601 time (e.g. 2026-06-01T00:00:00+00:00)") from None
-    if moment is not None and moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    with ray_session(settings.ray):
-        result = score_batch(job, settings, repo=repo, overlay=feast_config, tracking_uri=tracking_uri, at=moment,
-                             model_version=model_version)
-    console.print(f"{result.rows:,} scores by model version {result.model_version} as of "
-                  f"{result.scored_at:%Y-%m-%d %H:%M:%S} written to `{result.table}` v{result.version}")
+    name, training_job = load_job(job)
+    if training_job.scores_table is None:
+        raise TrainingError(f"training job `{name}` declares no `scores_table`; declare the pipeline table that "
+                            "scores with it", job=name)
+    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)))
+    version = load_model(training_job.model_name, model_version).version
+    options = ScoringOptions(version, tracking_uri, repo, feast_config)
+    runner = Runner(load_pipeline(name.partition("/")[0]), settings,
+                    reason=reason or f"batch scoring with {training_job.model_name} v{version}")
+    with ray_session(settings.ray), scoring_with(options):
+        result = runner.run(training_job.scores_table, force=True)
+    [record] = result.records
+    if record.status != "succeeded":
+        raise RunFailed(f"run {result.run_id}: table `{record.table}` {record.status}: {record.error}",
+                        table=record.table, run_id=result.run_id)
+    console.print(f"{record.rows_written:,} scores by model `{training_job.model_name}` version {version} "
+                  f"written to `{record.table}` v{record.output_version} (run {result.run_id})")

@@ -39,8 +39,8 @@ class TrainingJob:
         gap: training examples must be this much older than the holdout start (the label horizon), so no
             training label looks into the holdout period.
         resources: Ray options of the training task (`num_cpus`, `memory` in bytes).
-        scores_table: where batch scores are written, e.g. `gold.churn_scores`.
-        population: `reader -> rows` with the entity keys batch scoring scores.
+        scores_table: the pipeline table that scores with the model (its function calls
+            `engine.training.scoring.score_table`), e.g. `gold.churn_scores`; `medallion score` runs it.
         trusted_types: types the model's skops serialization may load besides the default safe ones (MLflow
             refuses to log a model holding others).
     """
@@ -59,7 +59,6 @@ class TrainingJob:
     gap: dt.timedelta = dt.timedelta(0)
     resources: Mapping[str, Any] = field(default_factory=lambda: {"num_cpus": 1, "memory": 512 * 2**20})
     scores_table: str | None = None
-    population: Callable[[TableReader], pa.Table] | None = None
     trusted_types: Sequence[str] = ()
 
 

@@ -1,82 +1,124 @@
-"""Scoring with a registered model: in batch from the offline store into a Delta table (one commit), and
-online from Feast's online store. Both build the model input with `model_frame`, so a customer with the same
-feature values gets the same score."""
+"""Scoring with a registered model: in batch as the body of a pipeline table (committed by the runner like
+any other table), and online from Feast's online store. Both build the model input with `model_frame`, so
+a customer with the same feature values gets the same score."""
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
-from collections.abc import Sequence
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import ray
+import ray.data
 
-from engine.config import Settings
+from engine.context import table_context
 from engine.errors import TrainingError
 from engine.tables.layout import Layout
-from engine.training.dataset import TableReader, feature_service
+from engine.training.dataset import feature_service
 from engine.training.fit import predict
-from engine.training.job import ENTITY_TIME, TrainingJob, load_job
+from engine.training.job import ENTITY_TIME, TrainingJob
 from engine.training.registry import CHAMPION, LoadedModel, load_model, require_columns
-from engine.training.tracking import configured_uri, resolve_tracking_uri, use_tracking
+from engine.training.tracking import configured_uri, existing_tracking_uri, mlflow_dir, use_tracking
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
+REPO_ENV = "MEDALLION_FEATURE_REPO"
+OVERLAY_ENV = "MEDALLION_FEAST_CONFIG"
+DEFAULT_REPO = "features"
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
-class BatchScores:
-    """One batch scoring: the table written, its new Delta version, and what was scored."""
+class ScoringOptions:
+    """Which model a scores table scores with, and where it and the features are found.
 
-    table: str
-    version: int
-    rows: int
-    model_version: str
-    scored_at: dt.datetime
+    Attributes:
+        model_version: a version number or alias of the job's registered model.
+        tracking_uri: overrides `training.tracking_uri` and `$MLFLOW_TRACKING_URI`.
+        repo: the feature repository; None: `$MEDALLION_FEATURE_REPO`, else `features`.
+        overlay: a Feast configuration overlay; None: `$MEDALLION_FEAST_CONFIG`, if set.
+    """
+
+    model_version: str = CHAMPION
+    tracking_uri: str | None = None
+    repo: str | None = None
+    overlay: str | None = None
 
 
-def score_batch(reference: str, settings: Settings, *, repo: str, overlay: str | None = None,
-                tracking_uri: str | None = None, at: dt.datetime | None = None,
-                model_version: str = CHAMPION) -> BatchScores:
-    """Score every entity of the job's population with its features as of `at` (default now) and append
-    `entity key, score, model_version, scored_at` to `job.scores_table` in one commit.
+_options: contextvars.ContextVar[ScoringOptions | None] = contextvars.ContextVar("medallion_scoring_options",
+                                                                                  default=None)
+
+
+@contextmanager
+def scoring_with(options: ScoringOptions) -> Iterator[None]:
+    """Build the scores tables of the block with `options` instead of the defaults."""
+    token = _options.set(options)
+    try:
+        yield
+    finally:
+        _options.reset(token)
+
+
+def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Dataset:
+    """The rows of a scores table: each row of `entities` (entity key, `event_timestamp`) scored by the job's
+    registered model on the feature service's features as of its time, read at the run's input versions.
+
+    Call it from a table function whose inputs are the tables the feature service reads. Columns: entity key,
+    `event_timestamp` (the features' time), `score`, `model_name`, `model_version`, `scored_at` (the run's).
+    Scoring runs in Ray tasks reserving `job.resources`.
 
     Raises:
-        TrainingError: the job declares no scores table or population, or the model cannot be loaded.
+        TrainingError: no model is registered under the version or alias, or the feature service no longer
+            returns its input columns.
     """
-    from deltalake import CommitProperties, DeltaTable, write_deltalake
-
     from engine.features.repo import open_store
+    from engine.features.snapshot import at_versions
 
-    name, job = load_job(reference)
-    if job.scores_table is None or job.population is None:
-        raise TrainingError(f"training job `{name}` declares no `scores_table` and `population`; add them to "
-                            "score in batch", job=name)
-    root = Layout.at(settings.storage.root).root
-    use_tracking(resolve_tracking_uri(root, tracking_uri or configured_uri(settings)))
-    model = load_model(job.model_name, model_version)
-    store = open_store(root, repo, overlay=overlay)
-    scored_at = (at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    keys = job.population(TableReader(root, access=settings.access)).select([job.entity_key]).sort_by(job.entity_key)
-    entities = keys.append_column(ENTITY_TIME, pa.array([scored_at] * keys.num_rows, pa.timestamp("us", "UTC")))
+    context = table_context()
+    options = _options.get() or ScoringOptions()
+    root = Layout.at(context.settings.storage.root).root
+    uri = existing_tracking_uri(root, options.tracking_uri or configured_uri(context.settings))
+    if uri is None:
+        raise TrainingError(f"no model `{job.model_name}` to build `{context.table}` with: no tracking URI is "
+                            f"configured and nothing was tracked under {mlflow_dir(root)}; train one with "
+                            "`medallion train`", model=job.model_name, table=context.table)
+    use_tracking(uri)
+    model = load_model(job.model_name, options.model_version)
+    store = open_store(root, options.repo or os.environ.get(REPO_ENV, DEFAULT_REPO),
+                       overlay=options.overlay or os.environ.get(OVERLAY_ENV))
+    rows = entities.select_columns([job.entity_key, ENTITY_TIME]).to_pandas()
     for field, value in job.request_values.items():
-        entities = entities.append_column(field, pa.array([value] * keys.num_rows))
-    rows = store.get_historical_features(entity_df=entities.to_pandas(),
-                                         features=feature_service(store, job.feature_service)).to_arrow()
-    require_columns(model, rows.column_names)
-    task = ray.remote(predict).options(**dict(job.resources), name=f"score-{job.name}")
-    scores = ray.get(task.remote(model.model, rows, model.numeric, model.categorical))
-    result = pa.table({
-        job.entity_key: rows.column(job.entity_key),
-        "score": pa.array(scores, pa.float64()),
+        rows[field] = value
+    pins = {table: version for table, version in context.input_versions.items() if version is not None}
+    with at_versions(pins):
+        features = store.get_historical_features(
+            entity_df=rows, features=feature_service(store, job.feature_service)).to_arrow()
+    require_columns(model, features.column_names)
+    features = features.select([job.entity_key, ENTITY_TIME, *model.numeric, *model.categorical]).sort_by(
+        job.entity_key)
+    log.info("table `%s`: scoring %d rows with model `%s` v%s", context.table, features.num_rows, model.name,
+             model.version)
+    return ray.data.from_arrow(features).map_batches(
+        _scores, batch_format="pyarrow", **dict(job.resources),
+        fn_kwargs={"model": model, "key": job.entity_key, "scored_at": dt.datetime.now(dt.UTC)})
+
+
+def _scores(rows: pa.Table, model: LoadedModel, key: str, scored_at: dt.datetime) -> pa.Table:
+    """The scores of a batch of feature rows."""
+    return pa.table({
+        key: rows.column(key),
+        ENTITY_TIME: rows.column(ENTITY_TIME).cast(pa.timestamp("us", "UTC")),
+        "score": pa.array(predict(model.model, rows, model.numeric, model.categorical), pa.float64()),
+        "model_name": pa.array([model.name] * rows.num_rows, pa.string()),
         "model_version": pa.array([int(model.version)] * rows.num_rows, pa.int64()),
         "scored_at": pa.array([scored_at] * rows.num_rows, pa.timestamp("us", "UTC")),
     })
-    path = Layout.at(root).table(job.scores_table)
-    write_deltalake(path, result, mode="append", commit_properties=CommitProperties(custom_metadata={
-        "model": job.model_name, "model_version": model.version, "job": name, "scored_at": scored_at.isoformat()}))
-    return BatchScores(job.scores_table, DeltaTable(path).version(), result.num_rows, model.version, scored_at)
 
 
 def score_online(store: FeatureStore, job: TrainingJob, model: LoadedModel, keys: Sequence[Any]) -> pa.Table:

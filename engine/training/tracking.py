@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 TAG = "medallion."
+DATABASE = "mlflow.db"
 
 
 def mlflow_dir(root: str) -> str:
@@ -49,7 +50,17 @@ def resolve_tracking_uri(root: str, configured: str | None = None) -> str:
         raise TrainingError(f"storage root `{root}` is remote, so the embedded SQLite tracking store cannot live "
                             f"there; set {TRACKING_ENV} (or `training.tracking_uri`) to an MLflow server")
     Path(base).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{base}/mlflow.db"
+    return f"sqlite:///{base}/{DATABASE}"
+
+
+def existing_tracking_uri(root: str, configured: str | None = None) -> str | None:
+    """The tracking URI as `resolve_tracking_uri` finds it, but None for an embedded store that does not exist
+    (nothing was ever tracked there) instead of creating it."""
+    uri = configured or os.environ.get(TRACKING_ENV)
+    if uri:
+        return uri
+    database = f"{mlflow_dir(root)}/{DATABASE}"
+    return f"sqlite:///{database}" if "://" not in database and Path(database).is_file() else None
 
 
 def use_tracking(uri: str) -> None:
@@ -104,9 +115,14 @@ def feast_lineage(store: FeatureStore, service_name: str) -> dict[str, str]:
     on_demand = {view.name for view in store.list_on_demand_feature_views()}
     specs = [service.to_proto().spec.SerializeToString(deterministic=True)]
     for projection in service.feature_view_projections:
-        view = (store.get_on_demand_feature_view(projection.name) if projection.name in on_demand
-                else store.get_feature_view(projection.name))
-        specs.append(view.to_proto().spec.SerializeToString(deterministic=True))
+        if projection.name in on_demand:
+            spec = store.get_on_demand_feature_view(projection.name).to_proto().spec
+            for source in spec.sources.values():  # a request source's `meta` holds the time of `to_proto()`
+                if source.HasField("request_data_source"):
+                    source.request_data_source.ClearField("meta")
+        else:
+            spec = store.get_feature_view(projection.name).to_proto().spec
+        specs.append(spec.SerializeToString(deterministic=True))
     registry = store.registry.proto()
     updated = registry.last_updated.ToDatetime().isoformat() if registry.HasField("last_updated") else ""
     return {"feature_service": service_name, "feast_project": store.project,

@@ -4,6 +4,7 @@ its lineage, registered, and promoted to `champion` only when it beats the curre
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ from engine.training.tracking import (
 )
 
 PIP_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "pyarrow")
+REPRODUCED = {"code_version": "code version", "feast_registry_hash": "Feast registry hash"}
+"""Lineage a reproduction compares with the run it reproduces: a difference is warned about, not fatal (the
+training set is what must be identical)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class TrainingResult:
         promoted: whether the version became `champion`.
         decision: why it did or did not.
         training_set: the rows it was trained and evaluated on.
+        warnings: for a reproduction, how the code and feature definitions differ from the reproduced run's.
     """
 
     run_id: str
@@ -49,12 +55,13 @@ class TrainingResult:
     promoted: bool
     decision: str
     training_set: TrainingSet
+    warnings: tuple[str, ...] = ()
 
 
 def train(reference: str, settings: Settings, *, repo: str, overlay: str | None = None,
           tracking_uri: str | None = None, trials: int = 0, params: Mapping[str, Any] | None = None,
           pins: Mapping[str, int] | None = None, reproduces: str | None = None,
-          expected_fingerprint: str | None = None) -> TrainingResult:
+          expected_fingerprint: str | None = None, recorded: Mapping[str, str] | None = None) -> TrainingResult:
     """Train job `reference` (`pipeline/job`) on the tables under the settings' root, with Ray already up.
 
     Args:
@@ -66,6 +73,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
         pins: table versions to read (default: the latest).
         reproduces: the run being reproduced; the new run is tagged with it and registers no model.
         expected_fingerprint: the training set must have this fingerprint.
+        recorded: the reproduced run's lineage (`REPRODUCED` keys); a value that differs now is warned about.
 
     Raises:
         TrainingError: the job, its tables or its training set are unusable.
@@ -113,13 +121,17 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
                    "holdout_start": split.holdout_start.isoformat(), "training_fingerprint": training.fingerprint,
                    **feast_lineage(store, job.feature_service)}
         lineage |= {f"table_version.{table}": str(v) for table, v in training.versions.items()}
+        notes = tuple(f"the {what} was {recorded[key]} when run {reproduces} trained and is {lineage[key]} now"
+                      for key, what in REPRODUCED.items() if key in (recorded or {}) and recorded[key] != lineage[key])
+        for note in notes:
+            log.warning("reproduction of run %s: %s", reproduces, note)
         if reproduces:
-            lineage["reproduces"] = reproduces
+            lineage |= {"reproduces": reproduces, "reproduction_warnings": list(notes)}
         mlflow.set_tags(lineage_tags(lineage))
         version = _log_model(job, fitted.model, training, split.holdout, register=reproduces is None)
         if version is None:
             return TrainingResult(run.info.run_id, None, fitted.metrics, chosen, False,
-                                  f"reproduction of run {reproduces}: nothing registered", training)
+                                  f"reproduction of run {reproduces}: nothing registered", training, notes)
         pin_versions(Layout(root), training.versions, who=f"model {job.model_name} v{version}")
         decision = decide_champion(job.model_name, version, fitted.metrics["auc"], split.holdout, job.label)
         mlflow.set_tags(lineage_tags({"model_name": job.model_name, "model_version": version,
@@ -154,7 +166,8 @@ def _log_model(job: TrainingJob, model: Any, training: TrainingSet, holdout: pa.
 def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None = None,
               tracking_uri: str | None = None) -> TrainingResult:
     """Rebuild run `run_id`'s training set from its recorded table versions and parameters, check it is
-    identical, and retrain on it in a new run tagged `medallion.reproduces`.
+    identical, and retrain on it in a new run tagged `medallion.reproduces`. A code version or Feast registry
+    hash that differs from the run's is reported in `warnings` (and the log), not refused.
 
     Raises:
         TrainingError: the run is unknown or not a training run, or the rebuilt set differs.
@@ -175,4 +188,5 @@ def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None
                             "`medallion train`", mlflow_run=run_id)
     return train(tags[TAG + "job"], settings, repo=repo, overlay=overlay, tracking_uri=tracking_uri,
                  params=json.loads(tags[TAG + "params"]), pins=json.loads(tags[TAG + "table_versions"]),
-                 reproduces=run_id, expected_fingerprint=tags[TAG + "training_fingerprint"])
+                 reproduces=run_id, expected_fingerprint=tags[TAG + "training_fingerprint"],
+                 recorded={key: tags[TAG + key] for key in REPRODUCED if TAG + key in tags})

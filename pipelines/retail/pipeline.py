@@ -9,9 +9,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Dataset
 
-from engine import SCD2, FileSource, Freshness, Merge, Overwrite, Pipeline, RecomputeKeys, co_partition, map_partitions
+from engine import (
+    SCD2,
+    Append,
+    FileSource,
+    Freshness,
+    Merge,
+    Overwrite,
+    Pipeline,
+    RecomputeKeys,
+    co_partition,
+    map_partitions,
+)
 from engine.columns import INGESTED_AT, SOURCE_FILE
+from engine.training.scoring import score_table
 from pipelines.retail import contracts, transforms
+from pipelines.retail.train import churn, latest_feature_rows
 
 retail = Pipeline("retail", description="Online retail: customers, products, orders and clickstream.")
 
@@ -157,6 +170,20 @@ def customer_features(gold_fct_order_lines: Dataset, silver_events: Dataset) -> 
     activity = _activity(gold_fct_order_lines, silver_events)
     return map_partitions(activity, ["customer_id"], transforms.customer_features,
                           fn_kwargs={"last_date": last_date})
+
+
+@retail.table("gold.churn_scores", kind=Append(), on_demand=True, subject=SUBJECT,
+              owner=GOLD_OWNER, tags=("customer", "ml", "scores"), freshness=NIGHTLY,
+              columns={"customer_id": CUSTOMER_ID,
+                       "event_timestamp": "time of the customer's latest feature row, the one scored",
+                       "score": "probability of no order in the next 30 days",
+                       "model_name": "the registered model that scored", "model_version": "its version",
+                       "scored_at": "when the scoring run ran (UTC); one value per run"})
+def churn_scores(gold_customer_features: Dataset, gold_dim_customer: Dataset) -> Dataset:
+    """Churn scores of every customer's latest features by the `champion` model, one set per scoring run
+    (`medallion score retail`). On demand: it needs a registered model, which a plain run cannot assume.
+    `gold.dim_customer` is read through the feature service, at the version this run pins."""
+    return score_table(churn, latest_feature_rows(gold_customer_features))
 
 
 def _order_lines(lines: pa.Table, headers: pa.Table) -> pa.Table:

@@ -3,7 +3,8 @@
 Examples are customer-days of `gold.customer_features` (every `step_days`-th day), labelled from
 `gold.fct_order_lines`; both are read through the Delta log at versions the engine pins and records. Days
 whose 30-day label window reaches past the last order date in the data are left out (their label is not
-known yet). Features come from the Feast feature service `customer_training`.
+known yet). Features come from the Feast feature service `customer_training`. Batch scores are the
+on-demand pipeline table `gold.churn_scores` (`pipelines/retail/pipeline.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+from ray.data import Dataset
 
+from engine import map_partitions
 from engine.training.dataset import TableReader
 from engine.training.job import ENTITY_TIME, TrainingJob
 
@@ -46,11 +49,16 @@ def churn_examples(reader: TableReader, params: Mapping[str, Any]) -> pa.Table:
     return labelled.select("customer_id", ENTITY_TIME, churned.alias("churned")).to_arrow()
 
 
-def customers(reader: TableReader) -> pa.Table:
-    """Every customer with a row in `gold.customer_features`: the batch-scoring population."""
-    days = pl.from_arrow(reader.read(FEATURES_TABLE, ["customer_id"]))
-    assert isinstance(days, pl.DataFrame)
-    return days.unique().sort("customer_id").to_arrow()
+def latest_feature_rows(features: Dataset) -> Dataset:
+    """`customer_id, event_timestamp` of each customer's latest row of `gold.customer_features`: whom batch
+    scoring scores, and as of when."""
+    return map_partitions(features.select_columns(["customer_id", ENTITY_TIME]), ["customer_id"], _latest)
+
+
+def _latest(rows: pa.Table) -> pa.Table:
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.group_by("customer_id").agg(pl.col(ENTITY_TIME).max()).to_arrow()
 
 
 def churn_model(params: Mapping[str, Any], numeric: Sequence[str], categorical: Sequence[str]) -> Any:
@@ -86,7 +94,6 @@ churn = TrainingJob(
     gap=HORIZON,
     resources={"num_cpus": 1, "memory": 1024 * 2**20},
     scores_table="gold.churn_scores",
-    population=customers,
     trusted_types=["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"],
 )
 

@@ -117,7 +117,7 @@ def test_a_pipeline_job_scales_the_cluster_up_and_back_down(
     info = client.get_job_info(submission)
     assert info.status == JobStatus.SUCCEEDED
     logs = client.get_job_logs(submission)
-    tables = len(retail.order())
+    tables = len(retail.select())
     assert f"[{tables}/{tables}]" in logs and "table(s) committed" in logs
     assert "capacity: asked the autoscaler for 1 task(s) of {CPU 1} ahead of `bronze." in logs
 

@@ -57,7 +57,7 @@ def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     info = client.get_job_info(submission)
     assert info.status == JobStatus.SUCCEEDED
     assert info.runtime_env["working_dir"].startswith("gcs://_ray_pkg_"), "the checkout was uploaded and used"
-    tables = len(retail.order())
+    tables = len(retail.select())
     logs = client.get_job_logs(submission)
     assert f"[{tables}/{tables}]" in logs and f"{tables} table(s) committed" in logs
     assert_same_tables(tmp_path, retail_build.root, GOLD_TABLES)

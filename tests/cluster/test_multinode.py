@@ -77,7 +77,7 @@ def test_a_worker_killed_mid_run_leaves_complete_tables_and_no_duplicate(
 ) -> None:
     root, report = multinode
     failure = report["failure"]
-    tables = retail.order()
+    tables = retail.select()
     print(f"\nkilled a worker while it ran `{failure['kill']['task']}` after {failure['kill']['tables_done']} of "
           f"{len(tables)} tables; runs: {[(r['run_id'], r['succeeded']) for r in failure['runs']]}")
     assert 0 < failure["kill"]["tables_done"] < len(tables), "the worker died in the middle of the run"

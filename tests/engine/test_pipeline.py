@@ -261,6 +261,45 @@ def test_select_unknown_term_names_the_term() -> None:
         diamond().select("silver.b silver.nope")
 
 
+def with_on_demand(p: Pipeline) -> Pipeline:
+    """`p` plus gold.scores (reads gold.d), built only when named exactly."""
+
+    @p.table("gold.scores", on_demand=True)
+    def scores(gold_d: Any) -> Any:
+        return gold_d
+
+    return p
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    (None, ["bronze.a", "bronze.e", "silver.b", "silver.c", "gold.d"]),
+    ("gold.*", ["gold.d"]),
+    ("silver.c+", ["silver.c", "gold.d"]),
+    ("gold.scores", ["gold.scores"]),
+    ("+gold.scores", ["bronze.a", "silver.b", "silver.c", "gold.d", "gold.scores"]),
+    ("gold.* gold.scores", ["gold.d", "gold.scores"]),
+])
+def test_on_demand_tables_are_selected_only_by_their_exact_name(expression: str | None,
+                                                                expected: list[str]) -> None:
+    assert with_on_demand(diamond()).select(expression) == expected
+
+
+def test_a_glob_matching_only_on_demand_tables_says_so() -> None:
+    with pytest.raises(SelectionError, match=r"matches only on-demand tables \(gold.scores\)"):
+        with_on_demand(diamond()).select("gold.sc*")
+
+
+def test_a_table_reading_an_on_demand_table_must_be_on_demand_too() -> None:
+    p = with_on_demand(diamond())
+
+    @p.table("gold.report")
+    def report(gold_scores: Any) -> Any:
+        return gold_scores
+
+    with pytest.raises(PipelineDefinitionError, match="`gold.report` reads on-demand table `gold.scores`"):
+        p.select()
+
+
 def test_select_checks_the_pipeline_first() -> None:
     p = Pipeline("p")
 

@@ -12,8 +12,9 @@ import pytest
 import ray.data
 from deltalake import DeltaTable
 
-from engine import FileSource, Merge, Overwrite, Pipeline, Runner
+from engine import FileSource, Merge, Overwrite, Pipeline, Runner, TableContext, table_context
 from engine.columns import REJECTED_REASON, RUN_ID, SOURCE_FILE
+from engine.errors import PipelineDefinitionError
 from engine.runlog import read_records
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
@@ -222,6 +223,23 @@ def test_selection_runs_only_the_selected_tables(root: Path) -> None:
     assert not Path(Layout.at(str(root)).table("gold.status_counts")).exists()
     downstream = Runner(build_pipeline(), settings).run(select="silver.orders+")
     assert [r.table for r in downstream.records] == ["silver.orders", "gold.status_counts", "gold.after_counts"]
+
+
+def test_a_table_function_sees_its_run_and_input_versions_in_the_table_context(root: Path) -> None:
+    pipeline = build_pipeline()
+    seen: list[TableContext] = []
+
+    @pipeline.table("gold.context")
+    def context(silver_orders: ray.data.Dataset) -> ray.data.Dataset:
+        seen.append(table_context())
+        return silver_orders
+
+    settings = settings_at(root)
+    result = Runner(pipeline, settings).run()
+    assert [(c.run_id, c.table, dict(c.input_versions), c.settings) for c in seen] == [
+        (result.run_id, "gold.context", {"silver.orders": 0}, settings)]
+    with pytest.raises(PipelineDefinitionError, match="only available inside a table function"):
+        table_context()
 
 
 def test_reading_a_table_that_was_never_built_fails_with_advice(root: Path) -> None:

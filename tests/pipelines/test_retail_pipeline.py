@@ -49,7 +49,7 @@ def landing_records(build: RetailBuild, source: str) -> int:
 
 
 def test_every_layer_is_a_readable_delta_table(retail_build: RetailBuild) -> None:
-    for table in retail.order():
+    for table in retail.select():
         path = Layout.at(str(retail_build.root)).table(table)
         via_deltalake = DeltaTable(path).to_pyarrow_table()
         via_polars = pl.read_delta(path)
@@ -202,11 +202,11 @@ def test_customer_history_versions_follow_tracked_changes(retail_build: RetailBu
 def test_every_commit_and_run_record_names_the_run(retail_build: RetailBuild) -> None:
     run_id = retail_build.result.run_id
     layout = Layout.at(str(retail_build.root))
-    for table in retail.order():
+    for table in retail.select():
         commits = DeltaTable(layout.table(table)).history()
         assert all(c.get("medallion.run_id") == run_id for c in commits if c["operation"] != "CREATE TABLE")
     records = read_records(layout.runs()).filter(pl.col("run_id") == run_id)
-    assert sorted(records["table"].to_list()) == sorted(retail.order())
+    assert sorted(records["table"].to_list()) == sorted(retail.select())
     assert set(records["status"].to_list()) == {"succeeded"}
     features = records.filter(pl.col("table") == "gold.customer_features").row(0, named=True)
     assert json.loads(features["input_versions"]) == {"gold.fct_order_lines": 0, "silver.events": 0}

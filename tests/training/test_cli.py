@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
+import mlflow
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from engine.cli import main
-from tests.features.conftest import REPO, RETAIL_END
+from tests.features.conftest import REPO
 from tests.training.conftest import ChurnRoot
 
 
@@ -27,11 +28,20 @@ def test_train_reproduce_and_score_from_the_command_line(ray_local: None, churn:
     run_id = re.search(r"run ([0-9a-f]{32}):", trained).group(1)  # type: ignore[union-attr]
 
     again = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
-    assert f"training set identical to run {run_id}'s" in again
+    assert f"training set identical to run {run_id}'s" in again and "warning" not in again
+    for tag in ("code_version", "feast_registry_hash"):
+        mlflow.MlflowClient().set_tag(run_id, f"medallion.{tag}", "recorded-then")
+    drifted = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
+    assert f"training set identical to run {run_id}'s" in drifted
+    for what in ("code version", "Feast registry hash"):
+        assert f"warning: the {what} was recorded-then when run {run_id} trained and is " in drifted
 
-    scored = medallion(churn, "score", "retail", "--repo", str(REPO), "--at", RETAIL_END.isoformat())
-    assert "scores by model version 1" in scored and "`gold.churn_scores` v0" in scored
-    assert DeltaTable(str(churn.root / "gold" / "churn_scores")).version() == 0
+    scored = medallion(churn, "score", "retail", "--repo", str(REPO))
+    assert "scores by model `retail_churn` version 1 written to `gold.churn_scores` v0" in scored
+    rescored = medallion(churn, "score", "retail/churn", "--model-version", "1", "--repo", str(REPO))
+    assert "`gold.churn_scores` v1" in rescored
+    scores = DeltaTable(str(churn.root / "gold" / "churn_scores"))
+    assert [c["medallion.reason"] for c in scores.history()] == ["batch scoring with retail_churn v1"] * 2
 
     failed = medallion(churn, "train", "retail/upsell", "--repo", str(REPO), code=1)
     assert "error: pipeline `retail` has no training job `upsell`" in failed

@@ -10,8 +10,13 @@ import mlflow
 import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
+from sklearn.metrics import roc_auc_score
 
 from engine.errors import TrainingError
+from engine.training.dataset import time_split
+from engine.training.fit import predict
+from engine.training.job import load_job
+from engine.training.registry import load_model
 from engine.training.train import reproduce, train
 from tests.conftest import settings_at
 from tests.features.conftest import REPO
@@ -76,6 +81,27 @@ def test_champion_moves_only_to_a_version_that_beats_it_on_the_same_holdout(
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
 
 
+def test_the_champion_is_rescored_on_the_challengers_holdout_not_judged_by_its_stored_auc(
+        ray_local: None, churn: ChurnRoot, tracking: str) -> None:
+    champion = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking)
+    DeltaTable(str(churn.root / "gold" / "fct_order_lines")).delete("customer_id % 3 = 0")
+    challenger = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking, params={"step_days": 14})
+
+    _, job = load_job(JOB)
+    holdout = time_split(challenger.training_set.rows, job).holdout
+    assert holdout.num_rows == mlflow.get_run(challenger.run_id).data.metrics["rows_holdout"]
+    assert holdout.num_rows != mlflow.get_run(champion.run_id).data.metrics["rows_holdout"]
+    assert (champion.model_version, challenger.model_version) == ("1", "2")
+    first = load_model("retail_churn", "1")
+    rescored = float(roc_auc_score(holdout.column("churned").to_numpy(),
+                                   predict(first.model, holdout, first.numeric, first.categorical)))
+    decided = mlflow.get_run(challenger.run_id).data
+    assert decided.metrics["champion_previous_auc"] == pytest.approx(rescored, abs=1e-12)
+    assert abs(rescored - champion.metrics["auc"]) > 1e-3
+    assert f"champion v1's {rescored:.4f} on the same holdout" in decided.tags["medallion.champion.reason"]
+    assert challenger.promoted == (challenger.metrics["auc"] > rescored)
+
+
 def test_reproduce_rebuilds_the_identical_training_set_after_the_tables_changed(
         ray_local: None, churn: ChurnRoot, tracking: str) -> None:
     first = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking, params={"step_days": 14})
@@ -88,7 +114,7 @@ def test_reproduce_rebuilds_the_identical_training_set_after_the_tables_changed(
     assert again.training_set.rows.equals(first.training_set.rows)
     assert again.training_set.fingerprint == first.training_set.fingerprint
     assert again.training_set.versions == first.training_set.versions
-    assert again.metrics == first.metrics and again.model_version is None
+    assert again.metrics == first.metrics and again.model_version is None and again.warnings == ()
     assert mlflow.get_run(again.run_id).data.tags["medallion.reproduces"] == first.run_id
 
     latest = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking, params={"step_days": 14})
