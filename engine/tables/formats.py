@@ -205,7 +205,7 @@ class IcebergStore:
         described = encryption.describe({c: key for c, key in encrypted.items() if c in names})
         if described or encryption.ENCRYPTED_PROPERTY in current:
             wanted[encryption.ENCRYPTED_PROPERTY] = described
-        self.tables.set_table_properties(uri, table, wanted)
+        self.tables.set_table_properties(uri, wanted)
         return False
 
     def table_properties(self, uri: str, table: str, version: int | None = None) -> Mapping[str, str]:

@@ -403,12 +403,12 @@ class IcebergTables:
             if new_schema is not None and not created:
                 _evolve(tx, new_schema, drop_missing=False)
             _ensure_name_mapping(tx)
-            candidates, files = _scan_tasks(tx, _slice_filter(tx, where)), len(_scan_tasks(tx))
+            candidates, total = _scan_tasks(tx, _slice_filter(tx, where)), len(_scan_tasks(tx))
             metadata_ref, io_ref = ray.put(tx.table_metadata), ray.put(tx._table.io)
             results = ray.get([_without_slice.remote(metadata_ref, io_ref, task, uri, where.selector, storage, prefix)
                                for task in candidates])
             touched = [(task, result) for task, result in zip(candidates, results) if result is not None]
-            rewritten.extend(file for _, (files, _) in touched for file in files)
+            rewritten.extend(file for _, (remainders, _) in touched for file in remainders)
             io = tx._table.io
             added = [parquet_file_to_data_file(io, tx.table_metadata, f"{uri}/{f.path}")
                      for f in [*rewritten, *new_files]]
@@ -419,7 +419,7 @@ class IcebergTables:
                 for data_file in added:
                     update.append_data_file(data_file)
             outcome.update(rows_removed=sum(removed for _, (_, removed) in touched), files_rewritten=len(touched),
-                           files_skipped=files - len(candidates))
+                           files_skipped=total - len(candidates))
 
         try:
             version = self._commit(uri, new_schema, transaction, build, table_properties)
@@ -444,14 +444,12 @@ class IcebergTables:
                     for one, other in (plans, plans[::-1]))
         return differing_keys(old, new, keys)
 
-    def set_table_properties(self, uri: str, table: str, properties: Mapping[str, str]) -> bool:
-        """Set `properties` on the table (a catalog commit without a snapshot, so no new version); False when the
-        table is missing or already holds them."""
+    def set_table_properties(self, uri: str, properties: Mapping[str, str]) -> None:
+        """Set `properties` on the table, when it exists and lacks them: a catalog commit without a snapshot, so
+        the version does not change."""
         loaded = self._load(uri)
-        if loaded is None or all(loaded.metadata.properties.get(k) == v for k, v in properties.items()):
-            return False
-        self._commit(uri, None, None, lambda tx, created: None, properties)
-        return True
+        if loaded is not None and any(loaded.metadata.properties.get(k) != v for k, v in properties.items()):
+            self._commit(uri, None, None, lambda tx, created: None, properties)
 
     def table_properties(self, uri: str, table: str) -> dict[str, str]:
         """The table's current properties."""
