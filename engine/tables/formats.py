@@ -20,6 +20,7 @@ from engine.errors import PipelineDefinitionError, TableFormatError
 from engine.governance import encryption, pii
 from engine.tables import delta
 from engine.tables.files import DataFile
+from engine.tables.iceberg import without_metrics
 from engine.tables.layout import Layout
 from engine.tables.replace import Replacement, Slice, replace_slice
 
@@ -217,11 +218,6 @@ class IcebergStore:
         raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is not "
                                "supported on Iceberg tables yet; declare the table with `table_format=\"delta\"`",
                                table=table, path=uri)
-
-
-def without_metrics(columns: Collection[str]) -> dict[str, str]:
-    """Iceberg table properties that keep `columns` out of the column metrics (counts and bounds) of manifests."""
-    return {f"write.metadata.metrics.column.{name}": "none" for name in sorted(columns)}
 
 
 @functools.lru_cache(maxsize=16)

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -60,7 +60,13 @@ MARKER_PREFIX = METADATA_PREFIX + "txn."
 APP_ID_KEY = METADATA_PREFIX + "app_id"
 APP_VERSION_KEY = METADATA_PREFIX + "app_version"
 TABLE_PROPERTIES = {"commit.retry.num-retries": "0", "format-version": "2"}
+METRICS_PREFIX = "write.metadata.metrics.column."
 ATTEMPTS = 8
+
+
+def without_metrics(columns: Collection[str]) -> dict[str, str]:
+    """Table properties that keep `columns` out of the column metrics (counts and bounds) of manifest entries."""
+    return {f"{METRICS_PREFIX}{name}": "none" for name in sorted(columns)}
 
 
 def default_catalog_uri(root: str) -> str:
@@ -490,6 +496,7 @@ class IcebergTables:
                 changed = {k: v for k, v in (table_properties or {}).items() if loaded.metadata.properties.get(k) != v}
                 if changed:
                     tx.set_properties(changed)
+                _warn_of_earlier_metrics(table_name, loaded, changed)
             if transaction is not None:
                 tx.set_properties({MARKER_PREFIX + transaction.app_id: str(transaction.version)})
             try:
@@ -647,6 +654,16 @@ def _read_tasks(table: Table, tasks: list[Any], ray_options: Mapping[str, Any] |
     metadata, io = ray.put(table.metadata), ray.put(table.io)
     reader = _read_task.options(**dict(ray_options or {}))
     return ray.data.from_arrow_refs([reader.remote(metadata, io, task) for task in tasks])  # type: ignore[misc]
+
+
+def _warn_of_earlier_metrics(table: str, loaded: Table, changed: Mapping[str, str]) -> None:
+    """Warn when columns are kept out of the metrics of a table whose earlier files' manifests hold theirs."""
+    hidden = [k.removeprefix(METRICS_PREFIX) for k, v in changed.items() if k.startswith(METRICS_PREFIX) and v == "none"]
+    if hidden and loaded.current_snapshot() is not None:
+        log.warning("table `%s`: columns %s are kept out of column metrics from this commit on, but the manifests of "
+                    "the files committed before still hold their counts and bounds; rebuild the table (`medallion "
+                    "run PIPELINE --full-refresh --select %s`) and expire its older snapshots with the catalog's "
+                    "tools", table, ", ".join(f"`{c}`" for c in hidden), table)
 
 
 def _task_identity(task: Any) -> tuple[str, tuple[str, ...]]:

@@ -31,7 +31,7 @@ from engine.runlog import read_records
 from engine.tables import delta
 from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
-from engine.tables.iceberg import IcebergTables
+from engine.tables.iceberg import IcebergTables, without_metrics
 from engine.tables.layout import Layout
 from tests.conftest import require_service, settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
@@ -441,3 +441,16 @@ def test_personal_columns_stay_out_of_iceberg_manifests(tmp_path: Path, monkeypa
     shown = CliRunner().invoke(main, ["--root", str(tmp_path), "show", "silver.people", "--decrypt"])
     assert shown.exit_code == 0, shown.output
     assert "moved@hidden.example" in shown.output and "p3@hidden.example" in shown.output
+
+
+def test_columns_kept_out_of_metrics_later_warn_of_earlier_files(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    tables, uri = IcebergTables(str(tmp_path)), f"{tmp_path}/silver/orders"
+    tables.commit_files(uri, staged(Path(uri), orders_batch([1]), "a"), mode="append", metadata={})
+    assert not caplog.records
+    tables.commit_files(uri, staged(Path(uri), orders_batch([2]), "b"), mode="append", metadata={},
+                        table_properties=without_metrics(["status"]))
+    assert "columns `status` are kept out of column metrics from this commit on" in caplog.text
+    assert "--full-refresh --select silver.orders" in caplog.text
+    bounds = {frozenset(m["bounds"]) for m in manifest_metrics(tables, uri, "silver.orders")}
+    assert bounds == {frozenset({"id", "status"}), frozenset({"id"})}
