@@ -39,8 +39,8 @@ from engine.runner import Runner, RunResult
 from engine.runtime import ray_session
 from engine.status import list_tables, table_history, table_statuses
 from engine.storage import check_root, is_local, upload
-from engine.tables.delta import last_commit_value, open_table
-from engine.tables.formats import DELTA, TableFormats
+from engine.tables.delta import open_table
+from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import parse_as_of, version_as_of
 
@@ -318,7 +318,8 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
     """Recompute TABLE's rows dated --from to --to from its inputs, and replace those rows alone."""
     settings = _settings(ctx)
     layout = Layout.at(settings.storage.root)
-    name = pipeline_name or last_commit_value(layout.table(table), table, "pipeline")
+    uri = layout.table(table)
+    name = pipeline_name or TableFormats(settings).at(uri).last_commit_value(uri, table, "pipeline")
     if name is None:
         raise EngineError(f"table `{table}` has no commit naming its pipeline under {layout.root}; "
                           "pass --pipeline")
@@ -500,8 +501,7 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     store = TableFormats(settings).at(uri)
     version = version_as_of(uri, table, as_of, store)
     rows = store.head(uri, table, version, limit)
-    encrypted = (encrypted_columns(open_table(uri, table, version).metadata().configuration)
-                 if decrypt and store.name == DELTA else {})
+    encrypted = encrypted_columns(store.table_properties(uri, table, version)) if decrypt else {}
     if encrypted:
         key = column_key(settings.encryption, f"`medallion show {table} --decrypt`")
         rows = decrypt_columns(rows, encrypted, key, table)

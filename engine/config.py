@@ -26,8 +26,9 @@ class _Section(BaseModel):
 
 
 class StorageSettings(_Section):
-    """Where tables live and how their data files are written; `iceberg_catalog_uri` is the SQLAlchemy URI of the
-    catalog of Iceberg tables (a secret: it may hold a password; default SQLite under `<root>/_meta/iceberg`)."""
+    """Where tables live and how their data files are written; `table_format` is the format of the tables that
+    declare none; `iceberg_catalog_uri` is the SQLAlchemy URI of the catalog of Iceberg tables (a secret: it may hold
+    a password; default SQLite under `<root>/_meta/iceberg`)."""
 
     root: str = Field(default="./lakehouse", description="Local folder or `s3://bucket/prefix` holding every table, landing files and `_meta`.")
     target_file_mb: int = Field(default=128, gt=0, description="Target size of written Parquet files, MB.")
@@ -36,6 +37,9 @@ class StorageSettings(_Section):
     compression_level: int | None = Field(default=3, description="Codec level (null: the codec's default).")
     allow_unsafe_writes: bool = Field(
         default=False, description="Accept an S3 root without a safe concurrent-writer setup (single writer only).")
+    table_format: Literal["delta", "iceberg"] = Field(
+        default="delta", description="Format of the tables whose pipeline and declaration name none: `delta` or "
+                                     "`iceberg`.")
     iceberg_catalog_uri: SecretStr | None = Field(
         default=None, description="SQLAlchemy URI of the Iceberg SQL catalog (PostgreSQL in production); default "
                                   "SQLite at `<root>/_meta/iceberg/catalog.db`.")

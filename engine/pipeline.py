@@ -15,11 +15,11 @@ from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
 from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
-from engine.kinds import SCD2, AnyKind, Append, Overwrite, RecomputeKeys
+from engine.kinds import AnyKind, Append, Overwrite
 from engine.maintenance.policy import Maintenance
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
-from engine.tables.formats import DELTA, ICEBERG, check_format
+from engine.tables.formats import check_format
 from engine.tables.layout import split_table_name
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
@@ -52,13 +52,14 @@ class TableDefinition:
             subject's rows from the table, its quarantine and change log through it.
         pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
             HMAC-SHA256), `mask` or `encrypt` (AES-256-CTR + HMAC, readable with the key); they are also kept
-            out of the Delta file statistics.
+            out of the file statistics (Delta) or column metrics (Iceberg).
         owner: who answers for the table (a team or a person), for the catalog.
         tags: free-form labels for the catalog (`pii`, `finance`, ...).
         columns: documentation of columns by name, `{"customer_id": "the customer's id"}`; a documented
             column the built table lacks is reported (run record, catalog).
         freshness: how fresh the table's data must be (`engine.freshness`); `medallion status` reports it.
-        table_format: `delta` or `iceberg`: the format the table is stored in (see `engine.tables.formats`).
+        table_format: `delta` or `iceberg`: the format the table is stored in (see `engine.tables.formats`);
+            None: the settings' `storage.table_format` (Delta by default).
         on_demand: built only when a selection names it exactly: left out of the default selection (every
             table), of globs and of `+` expansions; for tables that need something from outside the lake,
             such as a registered model, that a plain pipeline run cannot assume.
@@ -81,7 +82,7 @@ class TableDefinition:
     tags: tuple[str, ...] = ()
     columns: Mapping[str, str] = field(default_factory=dict)
     freshness: Freshness | None = None
-    table_format: str = DELTA
+    table_format: str | None = None
     on_demand: bool = False
 
     def unknown_documented_columns(self, names: Collection[str]) -> list[str]:
@@ -110,12 +111,12 @@ class Pipeline:
         ...     return bronze_orders
     """
 
-    def __init__(self, name: str, description: str = "", table_format: str = DELTA) -> None:
+    def __init__(self, name: str, description: str = "", table_format: str | None = None) -> None:
         if not re.match(r"^[a-z][a-z0-9_]*$", name):
             raise PipelineDefinitionError(f"pipeline name `{name}` must be lower-case snake_case")
         self.name = name
         self.description = description
-        self.table_format = check_format(table_format, f"pipeline `{name}`")
+        self.table_format = None if table_format is None else check_format(table_format, f"pipeline `{name}`")
         self._tables: dict[str, TableDefinition] = {}
 
     @property
@@ -160,7 +161,8 @@ class Pipeline:
             tags: labels for the catalog.
             columns: column documentation, `{"customer_id": "the customer's id"}`.
             freshness: the freshness target, e.g. `Freshness(max_age="6h")`.
-            table_format: `delta` or `iceberg`; the pipeline's `table_format` when omitted.
+            table_format: `delta` or `iceberg`; the pipeline's `table_format` when omitted (and when the
+                pipeline has none, the settings' `storage.table_format`).
             on_demand: build the table only when a selection names it (see `TableDefinition.on_demand`).
         """
         check_declaration(name, pii or {})
@@ -327,23 +329,13 @@ def _catalog_fields(name: str, owner: str, tags: Collection[str], columns: Mappi
 
 
 def _check_table_format(definition: TableDefinition) -> None:
-    """The table's format exists and can store what the table declares.
+    """The table's declared format, if any, exists.
 
     Raises:
-        PipelineDefinitionError: an unknown format, or what Iceberg tables cannot do yet.
+        PipelineDefinitionError: an unknown format.
     """
-    check_format(definition.table_format, f"table `{definition.name}`")
-    if definition.table_format != ICEBERG:
-        return
-    unsupported = []
-    if isinstance(definition.kind, SCD2 | RecomputeKeys):
-        unsupported.append(f"the write kind `{type(definition.kind).__name__}`")
-    if definition.pii:
-        unsupported.append("personal-data columns (`pii`)")
-    if unsupported:
-        raise PipelineDefinitionError(
-            f"table `{definition.name}` is declared `iceberg`, which does not support {' or '.join(unsupported)} "
-            "yet; declare it with `table_format=\"delta\"`", table=definition.name)
+    if definition.table_format is not None:
+        check_format(definition.table_format, f"table `{definition.name}`")
 
 
 def _graph(resolved: Mapping[str, TableDefinition]) -> dict[str, tuple[str, ...]]:

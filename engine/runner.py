@@ -54,7 +54,7 @@ from engine.tables import changelog, delta, scd2
 from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
-from engine.tables.replace import Slice, replace_slice
+from engine.tables.replace import Slice
 from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ class Runner:
         self.settings = settings
         self.layout = Layout.at(settings.storage.root)
         check_root(self.layout.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
-        self.formats = TableFormats(settings, {n: d.table_format for n, d in pipeline.tables.items()})
+        self.formats = TableFormats(settings, {n: d.table_format or settings.storage.table_format
+                                               for n, d in pipeline.tables.items()},
+                                    {n: list(d.pii) for n, d in pipeline.tables.items() if d.pii})
         self.on_record = on_record or (lambda record: None)
         self.sinks = sinks_from_settings(settings.alerts)
         self.force = False
@@ -314,14 +316,15 @@ class Runner:
                                                     f"{', '.join(f'`{c}`' for c in encrypted)})")
 
     def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> bool:
-        """Keep the personal-data columns of the table and its change log out of Delta file statistics; True
-        when that committed to the table (its run record then names that commit)."""
+        """Keep the personal-data columns of the table and its change log out of file statistics; True when that
+        committed a new version of the table (its run record then names that commit)."""
         if not definition.pii:
             return False
         metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
         key = self._column_key(definition)
         encrypted = {c: key.key_id for c, action in definition.pii.items() if action == "encrypt"} if key else {}
-        altered = pii.keep_out_of_stats(self.layout.table(definition.name), definition.pii, metadata, encrypted)
+        altered = self._store(definition.name).keep_out_of_stats(self.layout.table(definition.name), definition.name,
+                                                                 definition.pii, metadata, encrypted)
         pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata, encrypted)
         return altered
 
@@ -443,7 +446,7 @@ class Runner:
             where = (Slice.of_range(self._time_column(definition), *self.window) if self.window is not None
                      else Slice.of_keys(affected))
             with _discarded_on_conflict(uri, staged.data):
-                replaced = replace_slice(uri, definition.name, where, staged.data, storage=self.settings.storage,
+                replaced = store.replace(uri, definition.name, where, staged.data, storage=self.settings.storage,
                                          prefix=run_id, metadata=metadata, transaction=transaction)
             return values | {"output_version": replaced.version, "rows_written": staged.rows, "details": {
                 "keys_recomputed": None if affected is None else affected.num_rows,
@@ -536,8 +539,8 @@ class Runner:
         """Apply a batch of changes to a `Merge` or `SCD2` table; the values of its run record."""
         uri, log_uri = self.layout.table(table), self.layout.changes(table)
         if isinstance(kind, SCD2):
-            history = scd2.apply_changes(uri, log_uri, table, changes, kind, metadata=metadata,
-                                         transaction=transaction)
+            history = scd2.apply_changes(uri, log_uri, table, changes, kind, store=self._store(table),
+                                         metadata=metadata, transaction=transaction)
             return {"output_version": history.version, "rows_written": history.rows_upserted,
                     "rows_duplicate": changes.num_rows - history.changes_logged,
                     "status": "succeeded" if history.version is not None else "unchanged",

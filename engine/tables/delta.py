@@ -172,11 +172,18 @@ def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[st
     now = open_table(uri, table, until)
     after = set(now.file_uris())
     schema = pa.schema(now.schema().to_arrow())
-    old = pl.from_arrow(parquet_dataset(sorted(before - after), schema=schema, format="parquet").to_table())
-    new = pl.from_arrow(parquet_dataset(sorted(after - before), schema=schema, format="parquet").to_table())
-    assert isinstance(old, pl.DataFrame) and isinstance(new, pl.DataFrame)
-    columns = [c for c in schema.names if not isinstance(new.schema[c], pl.List | pl.Struct | pl.Array)]
-    counted = [frame.group_by(columns).agg(pl.len().alias("__copies")) for frame in (old, new)]
+    old = parquet_dataset(sorted(before - after), schema=schema, format="parquet").to_table()
+    new = parquet_dataset(sorted(after - before), schema=schema, format="parquet").to_table()
+    return differing_keys(old, new, keys)
+
+
+def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Table:
+    """The distinct `keys` values of the rows (compared on their non-nested columns) that one of `old` and `new`
+    (tables of the same columns) holds a different number of times than the other."""
+    before, after = pl.from_arrow(old), pl.from_arrow(new)
+    assert isinstance(before, pl.DataFrame) and isinstance(after, pl.DataFrame)
+    columns = [c for c in after.columns if not isinstance(after.schema[c], pl.List | pl.Struct | pl.Array)]
+    counted = [frame.group_by(columns).agg(pl.len().alias("__copies")) for frame in (before, after)]
     changed = counted[0].join(counted[1], on=columns, how="full", nulls_equal=True, coalesce=True).filter(
         pl.col("__copies").ne_missing(pl.col("__copies_right")))
     return changed.select(list(keys)).unique().to_arrow()

@@ -7,7 +7,7 @@ format; a table whose location already holds a table of the other format is refu
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -17,9 +17,12 @@ from deltalake.transaction import Transaction
 
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
+from engine.governance import encryption, pii
 from engine.tables import delta
 from engine.tables.files import DataFile
+from engine.tables.iceberg import without_metrics
 from engine.tables.layout import Layout
+from engine.tables.replace import Replacement, Slice, replace_slice
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -71,13 +74,22 @@ class TableStore(Protocol):
                      transaction: Transaction | None = None) -> int | None: ...
     def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
               transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome: ...
+    def merge_local(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+                    transaction: Transaction | None) -> MergeOutcome: ...
+    def replace(self, uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *,
+                storage: StorageSettings, prefix: str, metadata: dict[str, Any],
+                transaction: Transaction | None) -> Replacement: ...
+    def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
+                          encrypted: Mapping[str, str]) -> bool: ...
+    def table_properties(self, uri: str, table: str, version: int | None = None) -> Mapping[str, str]: ...
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
                 metadata: dict[str, Any]) -> int: ...
     def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table: ...
 
 
 class DeltaStore:
-    """`engine.tables.delta` as a `TableStore`; merges go through the distributed merge."""
+    """`engine.tables.delta` as a `TableStore`; merges go through the distributed merge (`merge_local`, for
+    small change sets, through deltalake's merge)."""
 
     name = DELTA
     table_exists = staticmethod(delta.table_exists)
@@ -122,31 +134,90 @@ class DeltaStore:
         return merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
                                  storage=storage)
 
+    @staticmethod
+    def merge_local(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+                    transaction: Transaction | None) -> MergeOutcome:
+        return delta.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
+
+    @staticmethod
+    def replace(uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *, storage: StorageSettings,
+                prefix: str, metadata: dict[str, Any], transaction: Transaction | None) -> Replacement:
+        return replace_slice(uri, table, where, new_files, storage=storage, prefix=prefix, metadata=metadata,
+                             transaction=transaction)
+
+    @staticmethod
+    def keep_out_of_stats(uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
+                          encrypted: Mapping[str, str]) -> bool:
+        """`pii.keep_out_of_stats`: True when it committed to the table."""
+        return pii.keep_out_of_stats(uri, personal, metadata, encrypted)
+
+    @staticmethod
+    def table_properties(uri: str, table: str, version: int | None = None) -> Mapping[str, str]:
+        """The table's configuration at `version`."""
+        return delta.open_table(uri, table, version).metadata().configuration
+
 
 class IcebergStore:
-    """`IcebergTables` as a `TableStore`; what Iceberg cannot do yet raises `TableFormatError`."""
+    """`IcebergTables` as a `TableStore` for a table whose `personal` columns are kept out of the column metrics
+    of its manifests (`write.metadata.metrics.column.<name>` = `none`, set in every commit, before any file of
+    it is described); what Iceberg cannot do yet raises `TableFormatError`."""
 
     name = ICEBERG
 
-    def __init__(self, tables: IcebergTables) -> None:
+    def __init__(self, tables: IcebergTables, personal: Collection[str] = ()) -> None:
         self.tables = tables
+        self.properties = without_metrics(personal)
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.tables, attribute)
 
+    def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
+                     empty_schema: pa.Schema | None = None, commit_empty: bool = False,
+                     transaction: Transaction | None = None) -> int | None:
+        return self.tables.commit_files(uri, files, mode=mode, metadata=metadata, empty_schema=empty_schema,
+                                        commit_empty=commit_empty, transaction=transaction,
+                                        table_properties=self.properties)
+
     def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
               transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:
-        return self.tables.merge_changes(uri, table, changes, kind, metadata=metadata, transaction=transaction)
+        return self.merge_local(uri, table, changes, kind, metadata=metadata, transaction=transaction)
+
+    def merge_local(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
+                    transaction: Transaction | None) -> MergeOutcome:
+        return self.tables.merge_changes(uri, table, changes, kind, metadata=metadata, transaction=transaction,
+                                         table_properties=self.properties)
+
+    def replace(self, uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *,
+                storage: StorageSettings, prefix: str, metadata: dict[str, Any],
+                transaction: Transaction | None) -> Replacement:
+        return self.tables.replace_slice(uri, table, where, new_files, storage=storage, prefix=prefix,
+                                         metadata=metadata, transaction=transaction, table_properties=self.properties)
+
+    def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
+                          encrypted: Mapping[str, str]) -> bool:
+        """Keep `personal` columns out of the column metrics of the files the table gets from now on, and record
+        the `encrypted` columns (column: key id) in `medallion.encryptedColumns`, in a commit without a snapshot;
+        always False (the table's version does not change)."""
+        if not self.tables.table_exists(uri):
+            return False
+        current = self.tables.table_properties(uri, table)
+        names = set(self.tables.schema(uri, table).names)
+        wanted = without_metrics([c for c in personal if c in names])
+        described = encryption.describe({c: key for c, key in encrypted.items() if c in names})
+        if described or encryption.ENCRYPTED_PROPERTY in current:
+            wanted[encryption.ENCRYPTED_PROPERTY] = described
+        self.tables.set_table_properties(uri, wanted)
+        return False
+
+    def table_properties(self, uri: str, table: str, version: int | None = None) -> Mapping[str, str]:
+        """The table's current properties (Iceberg keeps no history of them)."""
+        return self.tables.table_properties(uri, table)
 
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
                 metadata: dict[str, Any]) -> int:
         raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is not "
                                "supported on Iceberg tables yet; declare the table with `table_format=\"delta\"`",
                                table=table, path=uri)
-
-    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
-        raise TableFormatError(f"table `{table}`: changed keys between versions (`RecomputeKeys` inputs) are not "
-                               "supported on Iceberg tables yet", table=table, path=uri)
 
 
 @functools.lru_cache(maxsize=16)
@@ -156,10 +227,11 @@ def _iceberg_tables(root: str, catalog_uri: str | None) -> IcebergTables:
     return IcebergTables(root, catalog_uri)
 
 
-def iceberg_store(storage: StorageSettings) -> IcebergStore:
-    """The Iceberg tables of the storage root, in its catalog (one catalog connection per root and URI)."""
+def iceberg_store(storage: StorageSettings, personal: Collection[str] = ()) -> IcebergStore:
+    """The Iceberg tables of the storage root, in its catalog (one catalog connection per root and URI), for a
+    table with `personal` columns."""
     uri = storage.iceberg_catalog_uri.get_secret_value() if storage.iceberg_catalog_uri else None
-    return IcebergStore(_iceberg_tables(Layout.at(storage.root).root, uri))
+    return IcebergStore(_iceberg_tables(Layout.at(storage.root).root, uri), personal)
 
 
 def found_format(uri: str) -> str | None:
@@ -180,17 +252,20 @@ class TableFormats:
     Args:
         settings: the storage root and the Iceberg catalog (the settings or their `storage` section).
         declared: table name -> declared format.
+        personal: table name -> its personal-data columns, which its store keeps out of file statistics.
     """
 
-    def __init__(self, settings: Settings | StorageSettings, declared: Mapping[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings | StorageSettings, declared: Mapping[str, str] | None = None,
+                 personal: Mapping[str, Collection[str]] | None = None) -> None:
         self.storage = settings if isinstance(settings, StorageSettings) else settings.storage
         self.layout = Layout.at(self.storage.root)
         self.declared = dict(declared or {})
+        self.personal = dict(personal or {})
         self._checked: dict[str, TableStore] = {}
 
-    def store(self, table_format: str) -> TableStore:
-        """The store of a format."""
-        return iceberg_store(self.storage) if table_format == ICEBERG else DeltaStore()
+    def store(self, table_format: str, personal: Collection[str] = ()) -> TableStore:
+        """The store of a format (for a table with `personal` columns)."""
+        return iceberg_store(self.storage, personal) if table_format == ICEBERG else DeltaStore()
 
     def for_table(self, table: str) -> TableStore:
         """The store of `table` (`<layer>.<name>`): its declared format, else the one found at its location.
@@ -208,7 +283,7 @@ class TableFormats:
                 f"table `{table}` is declared `{declared}` but `{uri}` holds a {found} table; declare it with "
                 f"`table_format=\"{found}\"`, or move the existing table away to rebuild it as {declared}",
                 table=table, path=uri)
-        self._checked[table] = self.store(declared)
+        self._checked[table] = self.store(declared, self.personal.get(table, ()))
         return self._checked[table]
 
     def at(self, uri: str) -> TableStore:

@@ -22,20 +22,31 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import ray.data
 from deltalake.transaction import Transaction
 
 from engine.arrow import storage_schema, to_storage, unify
+from engine.config import StorageSettings
 from engine.errors import CommitConflict, TableFailed, TableFormatError, TableNotFound
 from engine.kinds import Merge
 from engine.storage import iceberg_io_properties, is_local
-from engine.tables.delta import DELETE_FLAG, METADATA_PREFIX, RESTORED_TO_KEY, MergeOutcome, _latest_per_key
-from engine.tables.files import DataFile
+from engine.tables.delta import (
+    DELETE_FLAG,
+    METADATA_PREFIX,
+    RESTORED_TO_KEY,
+    MergeOutcome,
+    _latest_per_key,
+    differing_keys,
+)
+from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.replace import Replacement, Slice, remainder
+from engine.tables.staging import discard_files
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog
@@ -50,7 +61,13 @@ MARKER_PREFIX = METADATA_PREFIX + "txn."
 APP_ID_KEY = METADATA_PREFIX + "app_id"
 APP_VERSION_KEY = METADATA_PREFIX + "app_version"
 TABLE_PROPERTIES = {"commit.retry.num-retries": "0", "format-version": "2"}
+METRICS_PREFIX = "write.metadata.metrics.column."
 ATTEMPTS = 8
+
+
+def without_metrics(columns: Collection[str]) -> dict[str, str]:
+    """Table properties that keep `columns` out of the column metrics (counts and bounds) of manifest entries."""
+    return {f"{METRICS_PREFIX}{name}": "none" for name in sorted(columns)}
 
 
 def default_catalog_uri(root: str) -> str:
@@ -275,6 +292,7 @@ class IcebergTables:
         empty_schema: pa.Schema | None = None,
         commit_empty: bool = False,
         transaction: Transaction | None = None,
+        table_properties: Mapping[str, str] | None = None,
     ) -> int | None:
         """Commit Parquet files already written under `uri` as one snapshot; returns the new version.
 
@@ -282,7 +300,8 @@ class IcebergTables:
         schema) or `overwrite` (the table's files and columns are replaced); no files and no `commit_empty`
         commits nothing on append; a new table is created from the files' schema or `empty_schema`. The files
         are registered as they are (pyiceberg `add_files` semantics: no field ids in the files, columns
-        resolved by the table's name mapping), so nothing is rewritten.
+        resolved by the table's name mapping), so nothing is rewritten. `table_properties` are set on the table
+        in the same commit, before the files are described (so metrics settings apply to them).
 
         Raises:
             CommitConflict: another writer committed `transaction` first, or the table kept changing under
@@ -317,7 +336,7 @@ class IcebergTables:
                     for data_file in data_files:
                         append.append_data_file(data_file)
 
-        return self._commit(uri, new_schema, transaction, build)
+        return self._commit(uri, new_schema, transaction, build, table_properties)
 
     def merge_changes(
         self,
@@ -328,8 +347,10 @@ class IcebergTables:
         *,
         metadata: dict[str, Any],
         transaction: Transaction | None = None,
+        table_properties: Mapping[str, str] | None = None,
     ) -> MergeOutcome:
-        """Apply `changes` by key with `delta.merge_changes`' semantics, in one snapshot.
+        """Apply `changes` by key with `delta.merge_changes`' semantics, in one snapshot (with
+        `table_properties` set in the same commit).
 
         The latest change per key wins (`sequence_by`); a change applies to a stored row only when its
         `sequence_by` is at least the stored one (SQL nulls never match and never compare as newer); `delete_when`
@@ -352,9 +373,99 @@ class IcebergTables:
             metrics.clear()
             metrics.update(merge_into(tx, created, latest, value_columns, kind, properties))
 
-        version = self._commit(uri, latest.select(value_columns).schema, transaction, build)
+        version = self._commit(uri, latest.select(value_columns).schema, transaction, build, table_properties)
         assert version is not None
         return MergeOutcome(version, duplicates, dict(metrics))
+
+    def replace_slice(
+        self,
+        uri: str,
+        table: str,
+        where: Slice,
+        new_files: Sequence[DataFile],
+        *,
+        storage: StorageSettings,
+        prefix: str,
+        metadata: dict[str, Any],
+        transaction: Transaction | None = None,
+        table_properties: Mapping[str, str] | None = None,
+    ) -> Replacement:
+        """Remove the rows of `where` and add `new_files` (already written under `uri`) in one snapshot, as
+        `replace.replace_slice` does on Delta.
+
+        The files whose metrics may hold rows of the slice (`where.column` between its bounds) are rewritten
+        without those rows in Ray tasks; files holding none are left alone. The snapshot removes the rewritten
+        files and adds their remainders and `new_files` (an `append` when nothing was rewritten).
+
+        Raises:
+            TableNotFound: there is no table.
+            CommitConflict: another writer committed `transaction` first, or the table kept changing.
+        """
+        self.open_table(uri, table)
+        new_schema = unify([f.schema for f in new_files]) if new_files else None
+        properties = snapshot_properties(metadata, transaction)
+        rewritten: list[DataFile] = []
+        outcome: dict[str, int] = {}
+
+        def build(tx: IcebergTransaction, created: bool) -> None:
+            from pyiceberg.io.pyarrow import parquet_file_to_data_file
+
+            discard_files(uri, rewritten)
+            rewritten.clear()
+            if new_schema is not None and not created:
+                _evolve(tx, new_schema, drop_missing=False)
+            _ensure_name_mapping(tx)
+            candidates, total = _scan_tasks(tx, _slice_filter(tx, where)), len(_scan_tasks(tx))
+            metadata_ref, io_ref = ray.put(tx.table_metadata), ray.put(tx._table.io)
+            results = ray.get([_without_slice.remote(metadata_ref, io_ref, task, uri, where.selector, storage, prefix)
+                               for task in candidates])
+            touched = [(task, result) for task, result in zip(candidates, results) if result is not None]
+            rewritten.extend(file for _, (remainders, _) in touched for file in remainders)
+            io = tx._table.io
+            added = [parquet_file_to_data_file(io, tx.table_metadata, f"{uri}/{f.path}")
+                     for f in [*rewritten, *new_files]]
+            snapshot = tx.update_snapshot(snapshot_properties=properties)
+            with snapshot.overwrite() if touched else snapshot.fast_append() as update:
+                for task, _ in touched:
+                    update.delete_data_file(task.file)
+                for data_file in added:
+                    update.append_data_file(data_file)
+            outcome.update(rows_removed=sum(removed for _, (_, removed) in touched), files_rewritten=len(touched),
+                           files_skipped=total - len(candidates))
+
+        try:
+            version = self._commit(uri, new_schema, transaction, build, table_properties)
+        except BaseException:
+            discard_files(uri, rewritten)
+            raise
+        assert version is not None
+        return Replacement(version, **outcome)
+
+    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
+        """The distinct `keys` values of rows that differ between versions `since` and `until` (as
+        `delta.changed_keys`); only the data files (with their delete files) one version has and the other lacks
+        are read."""
+        from pyiceberg.expressions import AlwaysTrue
+        from pyiceberg.io.pyarrow import ArrowScan
+
+        loaded = self.open_table(uri, table)
+        plans = [{_task_identity(t): t for t in loaded.scan(snapshot_id=snapshot_of(loaded, table, v).snapshot_id)
+                  .plan_files()} for v in (since, until)]
+        scan = ArrowScan(loaded.metadata, loaded.io, loaded.schema(), AlwaysTrue())
+        old, new = (_plain(scan.to_table([t for key, t in one.items() if key not in other]))
+                    for one, other in (plans, plans[::-1]))
+        return differing_keys(old, new, keys)
+
+    def set_table_properties(self, uri: str, properties: Mapping[str, str]) -> None:
+        """Set `properties` on the table, when it exists and lacks them: a catalog commit without a snapshot, so
+        the version does not change."""
+        loaded = self._load(uri)
+        if loaded is not None and any(loaded.metadata.properties.get(k) != v for k, v in properties.items()):
+            self._commit(uri, None, None, lambda tx, created: None, properties)
+
+    def table_properties(self, uri: str, table: str) -> dict[str, str]:
+        """The table's current properties."""
+        return dict(self.open_table(uri, table).metadata.properties)
 
     def _commit(
         self,
@@ -362,9 +473,11 @@ class IcebergTables:
         schema: pa.Schema | None,
         transaction: Transaction | None,
         build: Callable[[IcebergTransaction, bool], None],
+        table_properties: Mapping[str, str] | None = None,
     ) -> int | None:
         """Build a commit on the current table (or a new one from `schema`) and commit it, rebuilding it on a
-        fresh table when another writer got in first; returns the new version."""
+        fresh table when another writer got in first; returns the new version. `table_properties` are set first,
+        in the same commit."""
         from pyiceberg.exceptions import CommitFailedException, TableAlreadyExistsError, ValidationError
 
         table_name = ".".join(self.identifier(uri))
@@ -381,10 +494,15 @@ class IcebergTables:
                     return None
                 self.catalog.create_namespace_if_not_exists(self.identifier(uri)[0])
                 tx = self.catalog.create_table_transaction(
-                    self.identifier(uri), schema=_nullable(schema), location=uri, properties=TABLE_PROPERTIES)
+                    self.identifier(uri), schema=_nullable(schema), location=uri,
+                    properties=TABLE_PROPERTIES | dict(table_properties or {}))
             else:
                 assert loaded is not None
                 tx = loaded.transaction()
+                changed = {k: v for k, v in (table_properties or {}).items() if loaded.metadata.properties.get(k) != v}
+                if changed:
+                    tx.set_properties(changed)
+                _warn_of_earlier_metrics(table_name, loaded, changed)
             if transaction is not None:
                 tx.set_properties({MARKER_PREFIX + transaction.app_id: str(transaction.version)})
             try:
@@ -542,3 +660,45 @@ def _read_tasks(table: Table, tasks: list[Any], ray_options: Mapping[str, Any] |
     metadata, io = ray.put(table.metadata), ray.put(table.io)
     reader = _read_task.options(**dict(ray_options or {}))
     return ray.data.from_arrow_refs([reader.remote(metadata, io, task) for task in tasks])  # type: ignore[misc]
+
+
+def _warn_of_earlier_metrics(table: str, loaded: Table, changed: Mapping[str, str]) -> None:
+    """Warn when columns are kept out of the metrics of a table whose earlier files' manifests hold theirs."""
+    hidden = [k.removeprefix(METRICS_PREFIX) for k, v in changed.items() if k.startswith(METRICS_PREFIX) and v == "none"]
+    if hidden and loaded.current_snapshot() is not None:
+        log.warning("table `%s`: columns %s are kept out of column metrics from this commit on, but the manifests of "
+                    "the files committed before still hold their counts and bounds; rebuild the table (`medallion "
+                    "run PIPELINE --full-refresh --select %s`) and expire its older snapshots with the catalog's "
+                    "tools", table, ", ".join(f"`{c}`" for c in hidden), table)
+
+
+def _task_identity(task: Any) -> tuple[str, tuple[str, ...]]:
+    """A scan task's data file and delete files: equal identities read the same rows."""
+    return task.file.file_path, tuple(sorted(d.file_path for d in task.delete_files))
+
+
+def _slice_filter(tx: IcebergTransaction, where: Slice) -> Any:
+    """An Iceberg filter keeping the files whose metrics may hold rows of `where` (every file when the slice
+    has no bounds, or its bounds do not fit the column's type)."""
+    from pyiceberg.expressions import AlwaysTrue, And, GreaterThanOrEqual, LessThanOrEqual
+    from pyiceberg.expressions.visitors import bind
+
+    if where.column is None or where.low is None or where.high is None:
+        return AlwaysTrue()
+    bounds = And(GreaterThanOrEqual(where.column, where.low), LessThanOrEqual(where.column, where.high))
+    try:
+        bind(tx.table_metadata.schema(), bounds, case_sensitive=True)
+    except (TypeError, ValueError):
+        return AlwaysTrue()
+    return bounds
+
+
+@ray.remote
+def _without_slice(metadata: Any, io: Any, task: Any, uri: str, selector: pc.Expression, storage: StorageSettings,
+                   prefix: str) -> tuple[list[DataFile], int] | None:
+    """One data file of a scan plan rewritten without the slice's rows (see `replace.remainder`)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+
+    rows = _plain(ArrowScan(metadata, io, metadata.schema(), AlwaysTrue()).to_table([task]))
+    return remainder(rows, selector, RollingParquetWriter(uri, storage, prefix))

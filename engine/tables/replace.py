@@ -135,12 +135,16 @@ def _without_slice(
     opaque: frozenset[str],
 ) -> tuple[list[DataFile], int] | None:
     """The file rewritten without the slice's rows, and how many it held; None when it held none."""
-    file = pads.dataset(f"{uri}/{path}", schema=schema, format="parquet")
-    rows = file.to_table()
-    mask = pc.fill_null(file.to_table(columns={"selected": selector}).column("selected"), False)
+    rows = pads.dataset(f"{uri}/{path}", schema=schema, format="parquet").to_table()
+    return remainder(rows, selector, RollingParquetWriter(uri, storage, prefix, opaque))
+
+
+def remainder(rows: pa.Table, selector: pc.Expression, writer: RollingParquetWriter) -> tuple[list[DataFile], int] | None:
+    """`rows` without those `selector` selects, written by `writer`, and how many it selected; None (nothing
+    written) when it selects none."""
+    mask = pc.fill_null(pads.dataset(rows).to_table(columns={"selected": selector}).column("selected"), False)
     selected = pc.sum(mask).as_py() or 0
     if selected == 0:
         return None
-    writer = RollingParquetWriter(uri, storage, prefix, opaque)
     writer.write(rows.filter(pc.invert(mask)))
     return writer.close(), selected

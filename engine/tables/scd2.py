@@ -7,13 +7,12 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
-from engine.kinds import SCD2
-from engine.metrics import commit_timer
-from engine.tables import changelog, delta
+from engine.kinds import SCD2, Merge
+from engine.tables import changelog
+from engine.tables.formats import DeltaStore, TableStore
 
 _ACTION = "__medallion_scd2_action"
 
@@ -75,15 +74,19 @@ def apply_changes(
     changes: pa.Table,
     kind: SCD2,
     *,
+    store: TableStore | None = None,
     metadata: dict[str, Any],
     transaction: Transaction | None = None,
 ) -> HistoryOutcome:
     """Log `changes`, rebuild the history of the keys they touch from the whole log, and write the
-    difference to the table in one commit carrying `transaction`.
+    difference to the table (in `store`'s format, Delta when None; the log is a Delta table either way) in one
+    commit carrying `transaction`: a merge on the version key (keys and `valid_from`) that upserts the new and
+    changed version rows and deletes those that no longer exist.
 
     Raises:
         CommitConflict: another writer committed `transaction` first.
     """
+    store = store or DeltaStore()
     flagged = changelog.flag_deletes(changes, kind.delete_when)
     flagged = flagged.drop_columns([c for c in kind.except_columns if c in flagged.column_names])
     identity = [*kind.keys, kind.sequence_by]
@@ -92,54 +95,33 @@ def apply_changes(
     history = changelog.read_for_keys(log_uri, table, touched)
     new = pl.from_arrow(to_storage(build_history(history, kind))) if history is not None else None
     assert isinstance(new, pl.DataFrame)
-    old = _current_rows(uri, table, touched)
+    old = _current_rows(uri, table, touched, store)
     version_key = [*kind.keys, "valid_from"]
     if old is None:
         if new.height == 0:
             return HistoryOutcome(None, logged, 0, 0)
-        with commit_timer("create"):
-            write_deltalake(uri, new.to_arrow(), mode="error",
-                            commit_properties=delta.commit_metadata(metadata, transaction))
-        return HistoryOutcome(0, logged, new.height, 0)
-    old = old.with_columns([pl.lit(None).cast(new.schema[c]).alias(c) for c in new.columns if c not in old.columns])
-    old = old.select(new.columns).cast(dict(new.schema))
-    upserts = new.join(old, on=new.columns, how="anti", nulls_equal=True)
-    removed = old.join(new, on=version_key, how="anti", nulls_equal=True)
-    if upserts.height == 0 and removed.height == 0:
-        return HistoryOutcome(None, logged, 0, 0)
+        upserts, removed = new, new.clear()
+    else:
+        old = old.with_columns([pl.lit(None).cast(new.schema[c]).alias(c) for c in new.columns
+                                if c not in old.columns])
+        old = old.select(new.columns).cast(dict(new.schema))
+        upserts = new.join(old, on=new.columns, how="anti", nulls_equal=True)
+        removed = old.join(new, on=version_key, how="anti", nulls_equal=True)
+        if upserts.height == 0 and removed.height == 0:
+            return HistoryOutcome(None, logged, 0, 0)
     source = pl.concat([upserts.with_columns(pl.lit(False).alias(_ACTION)),
                         removed.with_columns(pl.lit(True).alias(_ACTION))])
-    version = _merge_versions(uri, source.to_arrow(), version_key, metadata, transaction)
-    return HistoryOutcome(version, logged, upserts.height, removed.height)
+    merge = Merge(keys=version_key, delete_when=f'"{_ACTION}"', except_columns=[_ACTION])
+    outcome = store.merge_local(uri, table, source.to_arrow(), merge, metadata=metadata, transaction=transaction)
+    return HistoryOutcome(outcome.version, logged, upserts.height, removed.height)
 
 
-def _current_rows(uri: str, table: str, keys: pa.Table) -> pl.DataFrame | None:
+def _current_rows(uri: str, table: str, keys: pa.Table, store: TableStore) -> pl.DataFrame | None:
     """The table's version rows of the entities in `keys`; None when the table does not exist."""
-    if not delta.table_exists(uri):
+    if not store.table_exists(uri):
         return None
-    rows = pl.from_arrow(delta.open_table(uri, table).to_pyarrow_table())
+    rows = pl.from_arrow(store.read_columns(uri, table, store.schema(uri, table).names))
     wanted = pl.from_arrow(keys).unique()
     assert isinstance(rows, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
     return rows.join(wanted.cast(dict(rows.select(keys.column_names).schema)), on=keys.column_names, how="semi",
                      nulls_equal=True)
-
-
-def _merge_versions(
-    uri: str, source: pa.Table, version_key: list[str], metadata: dict[str, Any], transaction: Transaction | None
-) -> int:
-    """Upsert and remove version rows in one merge commit."""
-    table = DeltaTable(uri)
-    delta.ensure_not_committed(table, transaction)
-    source = delta.align_with_table(table, source, delta.commit_metadata(metadata), steering=[_ACTION])
-    table = DeltaTable(uri)
-    delta.ensure_not_committed(table, transaction)
-    properties = delta.commit_metadata(metadata, transaction)
-    on = " AND ".join(f"t.`{c}` = s.`{c}`" for c in version_key)
-    merger = (
-        table.merge(source, predicate=on, source_alias="s", target_alias="t", commit_properties=properties)
-        .when_matched_delete(predicate=f"s.`{_ACTION}`")
-        .when_matched_update_all(predicate=f"NOT s.`{_ACTION}`", except_cols=[_ACTION])
-        .when_not_matched_insert_all(predicate=f"NOT s.`{_ACTION}`", except_cols=[_ACTION])
-    )
-    delta.execute_merge(merger, uri, properties)
-    return DeltaTable(uri).version()

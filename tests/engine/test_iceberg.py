@@ -29,7 +29,7 @@ from engine.runlog import read_records
 from engine.tables import delta
 from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
-from engine.tables.iceberg import IcebergTables
+from engine.tables.iceberg import IcebergTables, without_metrics
 from engine.tables.layout import Layout
 from tests.conftest import require_service, settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
@@ -286,8 +286,11 @@ def test_table_format_is_declared_per_pipeline_or_per_table() -> None:
     assert {n: d.table_format for n, d in pipeline.tables.items()} == {"bronze.a": "delta", "silver.a": "iceberg"}
     with pytest.raises(PipelineDefinitionError, match="table `silver.h`: table format `ICEBERG` is unknown"):
         pipeline.table("silver.h", table_format="ICEBERG")(a)
-    with pytest.raises(PipelineDefinitionError, match="does not support the write kind `SCD2` yet"):
-        pipeline.table("silver.s", kind=SCD2(keys=["k"], sequence_by="t"))(a)
+    pipeline.table("silver.s", kind=SCD2(keys=["k"], sequence_by="t"), pii={"email": "tokenize"})(a)
+    assert pipeline.tables["silver.s"].table_format == "iceberg"
+    plain = Pipeline("plain")
+    plain.table("silver.a", kind=Append())(a)
+    assert plain.table_format is None and plain.tables["silver.a"].table_format is None
 
 
 def test_the_catalog_uri_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,3 +352,87 @@ def test_an_absent_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.Monke
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         require_service("127.0.0.1", port, "PostgreSQL")
+
+
+PEOPLE_PII = {"email": "encrypt", "phone": "tokenize", "name": "mask"}
+
+
+def people_pipeline() -> Pipeline:
+    """Personal data on Iceberg: a merged silver table and an SCD2 history, both with personal columns."""
+    pipeline = Pipeline("crm", table_format="iceberg")
+    pipeline.ingest("bronze.people", FileSource("people", "jsonl"))
+
+    def people(bronze_people: ray.data.Dataset) -> ray.data.Dataset:
+        return bronze_people.map_batches(lambda b: b.select(["id", "email", "phone", "name", "city", "seq"]),
+                                         batch_format="pyarrow")
+
+    pipeline.table("silver.people", kind=Merge(keys=["id"], sequence_by="seq"), incremental=True,
+                   pii=PEOPLE_PII)(people)
+    pipeline.table("gold.people_history", kind=SCD2(keys=["id"], sequence_by="seq", tracked_columns=["city"]),
+                   incremental=True, pii=PEOPLE_PII)(people)
+    return pipeline
+
+
+def write_people(root: Path, name: str, people: list[dict[str, Any]]) -> None:
+    folder = root / "landing" / "people"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("".join(json.dumps(person) + "\n" for person in people))
+
+
+def manifest_metrics(tables: IcebergTables, uri: str, table: str) -> list[dict[str, set[str]]]:
+    """For every data file entry of every manifest of every snapshot: the columns with bounds and with counts."""
+    loaded = tables.open_table(uri, table)
+    names = {f.field_id: f.name for f in loaded.schema().fields}
+    entries = [entry.data_file for snapshot in loaded.snapshots() for manifest in snapshot.manifests(loaded.io)
+               for entry in manifest.fetch_manifest_entry(loaded.io, discard_deleted=False)]
+    return [{"bounds": {names[i] for i in [*(f.lower_bounds or {}), *(f.upper_bounds or {})]},
+             "counts": {names[i] for i in [*(f.value_counts or {}), *(f.null_value_counts or {})]}} for f in entries]
+
+
+def test_personal_columns_stay_out_of_iceberg_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.governance.encryption import ENCRYPTED_PROPERTY, ColumnKey
+
+    monkeypatch.setenv("MEDALLION_ENCRYPTION_KEY", "iceberg-key")
+    people = [{"id": i, "email": f"p{i}@hidden.example", "phone": f"0770{i:04d}", "name": f"Name{i}",
+               "city": "Leeds", "seq": 1} for i in range(10)]
+    write_people(tmp_path, "people-1.jsonl", people)
+    first = Runner(people_pipeline(), settings_at(tmp_path)).run()
+    assert first.succeeded, [r.error for r in first.records if r.error]
+    write_people(tmp_path, "people-2.jsonl", [people[1] | {"city": "Hull", "email": "moved@hidden.example", "seq": 2}])
+    second = Runner(people_pipeline(), settings_at(tmp_path)).run()
+    assert second.succeeded, [r.error for r in second.records if r.error]
+    assert record(second, "silver.people").details["merge"]["num_target_files_removed"] == 1
+
+    tables, layout = IcebergTables(str(tmp_path)), Layout.at(str(tmp_path))
+    key = ColumnKey.from_secret("iceberg-key")
+    for table in ("silver.people", "gold.people_history"):
+        uri = layout.table(table)
+        assert [h["version"] for h in tables.history(uri, table)] == [1, 0]
+        metrics = manifest_metrics(tables, uri, table)
+        assert len(metrics) >= 3
+        assert all(not (m["bounds"] | m["counts"]) & set(PEOPLE_PII) for m in metrics), metrics
+        assert all({"id", "city"} <= m["bounds"] for m in metrics)
+        properties = tables.table_properties(uri, table)
+        assert properties[ENCRYPTED_PROPERTY] == f"email:{key.key_id}"
+        assert {properties[f"write.metadata.metrics.column.{c}"] for c in PEOPLE_PII} == {"none"}
+        stored = tables.read_table(uri, table)
+        assert stored.schema.field("email").type == pa.binary()
+        assert all(p.startswith("v1:") for p in stored.column("phone").to_pylist())
+    history = tables.read_table(layout.table("gold.people_history"), "gold.people_history")
+    assert sorted(r["city"] for r in history.to_pylist() if str(r["id"]) == "1") == ["Hull", "Leeds"]
+    shown = CliRunner().invoke(main, ["--root", str(tmp_path), "show", "silver.people", "--decrypt"])
+    assert shown.exit_code == 0, shown.output
+    assert "moved@hidden.example" in shown.output and "p3@hidden.example" in shown.output
+
+
+def test_columns_kept_out_of_metrics_later_warn_of_earlier_files(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    tables, uri = IcebergTables(str(tmp_path)), f"{tmp_path}/silver/orders"
+    tables.commit_files(uri, staged(Path(uri), orders_batch([1]), "a"), mode="append", metadata={})
+    assert not caplog.records
+    tables.commit_files(uri, staged(Path(uri), orders_batch([2]), "b"), mode="append", metadata={},
+                        table_properties=without_metrics(["status"]))
+    assert "columns `status` are kept out of column metrics from this commit on" in caplog.text
+    assert "--full-refresh --select silver.orders" in caplog.text
+    bounds = {frozenset(m["bounds"]) for m in manifest_metrics(tables, uri, "silver.orders")}
+    assert bounds == {frozenset({"id", "status"}), frozenset({"id"})}

@@ -16,6 +16,8 @@ from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError
 from engine.tables import delta
 from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.formats import TableFormats, TableStore
+from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
 from tests.conftest import settings_at
 
@@ -40,8 +42,11 @@ def daily(customers: list[int | None], days: list[int], value: int) -> pa.Table:
                      "value": pa.array([value] * len(days), pa.int64())})
 
 
-def rows(uri: str) -> list[tuple[object, ...]]:
-    return sorted(pl.from_arrow(DeltaTable(uri).to_pyarrow_table()).rows(), key=lambda r: (r[0] or -1, r[1]))
+def rows(uri: str, store: TableStore | None = None, table: str = "") -> list[tuple[object, ...]]:
+    """The rows of a Delta table, or of any table through its `store`, sorted."""
+    stored = DeltaTable(uri).to_pyarrow_table() if store is None else store.read_columns(
+        uri, table, store.schema(uri, table).names)
+    return sorted(pl.from_arrow(stored).rows(), key=lambda r: (r[0] or -1, r[1]))
 
 
 def test_replace_keys_rewrites_only_files_holding_them_in_one_commit(tmp_path: Path) -> None:
@@ -66,8 +71,30 @@ def test_replace_a_date_range(tmp_path: Path) -> None:
     assert [r[2] for r in rows(uri)] == [1, 5, 1, 5]
 
 
-def counting_pipeline(calls: list[int]) -> Pipeline:
-    pipeline = Pipeline("keyed")
+@pytest.mark.parametrize("where", [
+    Slice.of_keys(pa.table({"customer_id": pa.array([1, 3], pa.int64())})),
+    Slice.of_range("date", DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1)),
+], ids=["keys", "dates"])
+def test_iceberg_replaces_a_slice_and_finds_changed_keys_like_delta(tmp_path: Path, where: Slice) -> None:
+    outcomes, stored, changed = {}, {}, {}
+    for table_format in ("delta", "iceberg"):
+        store = TableFormats(settings_at(tmp_path / table_format)).store(table_format)
+        uri = Layout.at(str(tmp_path / table_format)).table("gold.t")
+        store.commit_files(uri, write_files(uri, daily([1, 1, 2], [0, 1, 0], 1), daily([7, 8, None], [0, 0, 0], 1)),
+                           mode="append", metadata={})
+        outcomes[table_format] = store.replace(uri, "gold.t", where, write_files(uri, daily([1, 2], [1, 5], 9)),
+                                               storage=STORAGE, prefix="r", metadata={"run_id": "r"},
+                                               transaction=None)
+        stored[table_format] = rows(uri, store, "gold.t")
+        changed[table_format] = sorted(store.changed_keys(uri, "gold.t", 0, 1, ["customer_id"]).column(0).to_pylist())
+    assert outcomes["iceberg"] == outcomes["delta"]
+    assert outcomes["iceberg"].version == 1 and outcomes["iceberg"].rows_removed > 0
+    assert stored["iceberg"] == stored["delta"]
+    assert changed["iceberg"] == changed["delta"] and changed["delta"]
+
+
+def counting_pipeline(calls: list[int], table_format: str = "delta") -> Pipeline:
+    pipeline = Pipeline("keyed", table_format=table_format)
 
     @pipeline.table("silver.visits")
     def visits() -> ray.data.Dataset:
@@ -86,23 +113,26 @@ def counting_pipeline(calls: list[int]) -> Pipeline:
 VISITS: dict[str, list] = {}
 
 
-def test_keyed_recompute_reads_only_affected_keys_and_backfill_replaces_a_range(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_format", ["delta", "iceberg"])
+def test_keyed_recompute_reads_only_affected_keys_and_backfill_replaces_a_range(tmp_path: Path,
+                                                                               table_format: str) -> None:
     calls: list[int] = []
     VISITS.update(customer_id=[1, 1, 2, 3], day=[DAY, DAY, DAY, DAY + dt.timedelta(days=1)])
-    runner = Runner(counting_pipeline(calls), settings_at(tmp_path))
+    runner = Runner(counting_pipeline(calls, table_format), settings_at(tmp_path))
+    store = runner.formats.for_table("gold.visits_per_day")
     assert runner.run().succeeded and calls == [4]
     VISITS.update(customer_id=[1, 1, 2, 3, 3], day=[DAY, DAY, DAY, DAY + dt.timedelta(days=1), DAY])
     second = runner.run()
     assert second.succeeded and calls == [4, 2]
     assert second.records[-1].details["keys_recomputed"] == 1
     uri = str(tmp_path / "gold" / "visits_per_day")
-    assert rows(uri) == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    assert rows(uri, store, "gold.visits_per_day") == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
     VISITS.update(customer_id=[1, 2, 3, 3], day=[DAY, DAY, DAY + dt.timedelta(days=1), DAY])
     runner.run(select="silver.visits")
     backfilled = runner.backfill("gold.visits_per_day", DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1))
     assert backfilled.succeeded and backfilled.records[0].details["rows_replaced"] == 1
-    assert rows(uri) == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    assert rows(uri, store, "gold.visits_per_day") == [(1, DAY, 2), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
     assert runner.run().succeeded
-    assert rows(uri) == [(1, DAY, 1), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
+    assert rows(uri, store, "gold.visits_per_day") == [(1, DAY, 1), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
     with pytest.raises(PipelineDefinitionError, match="no time partition"):
         runner.backfill("silver.visits", DAY, DAY)

@@ -1,4 +1,5 @@
-"""Tests of SCD2 history: a hand-checked CDC sequence, late and replayed changes, and batch invariance."""
+"""Tests of SCD2 history on Delta and Iceberg: a hand-checked CDC sequence, late and replayed changes, and batch
+invariance."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
 
 from engine.errors import CommitConflict
 from engine.kinds import SCD2
-from engine.tables import delta, scd2
+from engine.tables import scd2
+from engine.tables.formats import TableFormats, TableStore
+from engine.tables.layout import Layout
+from tests.conftest import settings_at
 
 KIND = SCD2(keys=["id"], sequence_by="seq", tracked_columns=["country"], delete_when="op = 'd'",
             except_columns=["op"])
@@ -24,18 +27,31 @@ def changes(*rows: tuple[int, str | None, str | None, int, str]) -> pa.Table:
     return pa.Table.from_pylist([dict(zip(SCHEMA.names, row)) for row in rows], schema=SCHEMA)
 
 
-def history(uri: str) -> list[tuple[Any, ...]]:
-    rows = DeltaTable(uri).to_pyarrow_table().to_pylist()
+FORMATS = ["delta", "iceberg"]
+
+
+def store(root: Path, table_format: str) -> TableStore:
+    return TableFormats(settings_at(root)).store(table_format)
+
+
+def dim(root: Path) -> str:
+    return Layout.at(str(root)).table("gold.dim")
+
+
+def history(root: Path, table_format: str) -> list[tuple[Any, ...]]:
+    at = store(root, table_format)
+    rows = at.read_columns(dim(root), "gold.dim", at.schema(dim(root), "gold.dim").names).to_pylist()
     return sorted(((r["id"], r["country"], r["email"], r["valid_from"], r["valid_to"], r["is_current"]) for r in rows),
                   key=lambda row: (row[0], row[3]))
 
 
-def apply(root: Path, batch: pa.Table, transaction: Any = None) -> scd2.HistoryOutcome:
-    return scd2.apply_changes(str(root / "dim"), str(root / "log"), "gold.dim", batch, KIND, metadata={},
-                              transaction=transaction)
+def apply(root: Path, batch: pa.Table, table_format: str, transaction: Any = None) -> scd2.HistoryOutcome:
+    return scd2.apply_changes(dim(root), Layout.at(str(root)).changes("gold.dim"), "gold.dim", batch, KIND,
+                              store=store(root, table_format), metadata={}, transaction=transaction)
 
 
-def test_hand_checked_history(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_hand_checked_history(tmp_path: Path, table_format: str) -> None:
     first = apply(tmp_path, changes(
         (1, "US", "a", 1, "c"),
         (1, "US", "b", 2, "u"),   # untracked change: the open version is updated in place
@@ -43,9 +59,9 @@ def test_hand_checked_history(tmp_path: Path) -> None:
         (2, None, None, 1, "d"),  # a delete of a key never seen: nothing
         (3, "US", "x", 1, "c"),
         (3, "US", "y", 2, "u"),
-    ))
+    ), table_format)
     assert first.version == 0 and first.changes_logged == 6
-    assert history(str(tmp_path / "dim")) == [
+    assert history(tmp_path, table_format) == [
         (1, "US", "b", 1, 3, False),
         (1, "FR", "b", 3, None, True),
         (3, "US", "y", 1, None, True),
@@ -54,9 +70,9 @@ def test_hand_checked_history(tmp_path: Path) -> None:
         (1, None, None, 5, "d"),  # closes the current version
         (1, "FR", "c", 7, "c"),   # the key comes back: a new version
         (1, "DE", "b", 4, "u"),   # late: splits the FR version that was open from 3 to 5
-    ))
+    ), table_format)
     assert second.version == 1
-    assert history(str(tmp_path / "dim")) == [
+    assert history(tmp_path, table_format) == [
         (1, "US", "b", 1, 3, False),
         (1, "FR", "b", 3, 4, False),
         (1, "DE", "b", 4, 5, False),
@@ -65,41 +81,46 @@ def test_hand_checked_history(tmp_path: Path) -> None:
     ]
 
 
-def test_replayed_changes_make_no_version_and_no_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_replayed_changes_make_no_version_and_no_commit(tmp_path: Path, table_format: str) -> None:
     batch = changes((1, "US", "a", 1, "c"), (1, "FR", "a", 2, "u"))
-    apply(tmp_path, batch)
-    replay = apply(tmp_path, batch)
+    apply(tmp_path, batch, table_format)
+    replay = apply(tmp_path, batch, table_format)
     assert replay == scd2.HistoryOutcome(None, 0, 0, 0)
-    assert DeltaTable(str(tmp_path / "dim")).version() == 0
+    assert store(tmp_path, table_format).latest_version(dim(tmp_path)) == 0
 
 
-def test_untracked_change_updates_in_place(tmp_path: Path) -> None:
-    apply(tmp_path, changes((1, "US", "a", 1, "c")))
-    outcome = apply(tmp_path, changes((1, "US", "new@mail", 2, "u")))
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_untracked_change_updates_in_place(tmp_path: Path, table_format: str) -> None:
+    apply(tmp_path, changes((1, "US", "a", 1, "c")), table_format)
+    outcome = apply(tmp_path, changes((1, "US", "new@mail", 2, "u")), table_format)
     assert (outcome.rows_upserted, outcome.rows_removed) == (1, 0)
-    assert history(str(tmp_path / "dim")) == [(1, "US", "new@mail", 1, None, True)]
+    assert history(tmp_path, table_format) == [(1, "US", "new@mail", 1, None, True)]
 
 
-def test_incremental_batches_equal_one_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_incremental_batches_equal_one_batch(tmp_path: Path, table_format: str) -> None:
     rng = random.Random(7)
     events = [(rng.randrange(20), rng.choice(["US", "FR", None]), rng.choice("abc"), seq,
                rng.choice(["c", "u", "u", "d"])) for seq in range(400)]
     shuffled = events[:]
     rng.shuffle(shuffled)
-    apply(tmp_path / "full", changes(*events))
+    apply(tmp_path / "full", changes(*events), table_format)
     for start in range(0, len(shuffled), 60):
-        apply(tmp_path / "incremental", changes(*shuffled[start:start + 60]))
-    full, incremental = history(str(tmp_path / "full" / "dim")), history(str(tmp_path / "incremental" / "dim"))
+        apply(tmp_path / "incremental", changes(*shuffled[start:start + 60]), table_format)
+    full, incremental = history(tmp_path / "full", table_format), history(tmp_path / "incremental", table_format)
     assert full == incremental
     current = [row for row in full if row[5]]
     assert len({row[0] for row in current}) == len(current)
 
 
-def test_history_commit_carries_the_marker_and_refuses_a_committed_batch(tmp_path: Path) -> None:
-    uri = str(tmp_path / "dim")
-    apply(tmp_path, changes((1, "US", "a", 1, "c")), delta.next_transaction(uri, "app"))
-    planned = delta.next_transaction(uri, "app")
-    apply(tmp_path, changes((1, "FR", "a", 2, "u")), planned)
-    assert DeltaTable(uri).transaction_version("app") == 2
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_history_commit_carries_the_marker_and_refuses_a_committed_batch(tmp_path: Path, table_format: str) -> None:
+    at, uri = store(tmp_path, table_format), dim(tmp_path)
+    apply(tmp_path, changes((1, "US", "a", 1, "c")), table_format, at.next_transaction(uri, "app"))
+    planned = at.next_transaction(uri, "app")
+    apply(tmp_path, changes((1, "FR", "a", 2, "u")), table_format, planned)
+    assert at.next_transaction(uri, "app").version == 3
     with pytest.raises(CommitConflict):
-        apply(tmp_path, changes((1, "DE", "a", 3, "u")), planned)
+        apply(tmp_path, changes((1, "DE", "a", 3, "u")), table_format, planned)
+    assert history(tmp_path, table_format) == [(1, "US", "a", 1, 2, False), (1, "FR", "a", 2, None, True)]
