@@ -17,6 +17,7 @@ from engine.report.data import NEVER_RUN, gather
 from engine.report.html import render
 from engine.runlog import read_records
 from engine.tables.layout import Layout
+from pipelines.retail.pipeline import retail
 from tests.browser import chromium
 from tests.conftest import RetailBuild, settings_at
 from tests.engine.test_runner import build_pipeline, land_orders, write_orders
@@ -131,5 +132,7 @@ def test_the_report_of_the_retail_pipeline_lists_every_table(retail_build: Retai
     html = page.read_text()
     for record in retail_build.result.records:
         assert f'data-table="{record.table}" data-status="{record.status}"' in html
-    assert html.count('class="node"') == len(retail_build.result.records) + 5
+    assert html.count('class="node"') == len(retail.tables) + len({d.source.directory for d in retail.tables.values()
+                                                                  if d.source is not None})
+    assert 'data-table="gold.churn_scores" data-status="never run"' in html
     assert json.dumps(str(retail_build.root))[1:-1] in html
