@@ -17,7 +17,7 @@ from deltalake.transaction import Transaction
 
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
-from engine.tables import delta
+from engine.tables import delta, progress
 from engine.tables.files import DataFile
 from engine.tables.layout import Layout
 
@@ -64,6 +64,7 @@ class TableStore(Protocol):
     def history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
     def effective_history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
     def last_commit_value(self, uri: str, table: str, key: str) -> Any: ...
+    def history_complete(self, uri: str) -> bool: ...
     def commit_info_value(self, commit: dict[str, Any], key: str) -> Any: ...
     def next_transaction(self, uri: str, app_id: str) -> Transaction: ...
     def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
@@ -89,6 +90,7 @@ class DeltaStore:
     history = staticmethod(delta.history)
     effective_history = staticmethod(delta.effective_history)
     last_commit_value = staticmethod(delta.last_commit_value)
+    history_complete = staticmethod(progress.history_complete)
     commit_info_value = staticmethod(delta.commit_info_value)
     next_transaction = staticmethod(delta.next_transaction)
     commit_files = staticmethod(delta.commit_files)
@@ -133,6 +135,11 @@ class IcebergStore:
 
     def __getattr__(self, attribute: str) -> Any:
         return getattr(self.tables, attribute)
+
+    @staticmethod
+    def history_complete(uri: str) -> bool:
+        """True: the engine never expires Iceberg snapshots, so their summaries keep every commit's progress."""
+        return True
 
     def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
               transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:

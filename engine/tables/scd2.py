@@ -130,7 +130,7 @@ def _merge_versions(
     """Upsert and remove version rows in one merge commit."""
     table = DeltaTable(uri)
     delta.ensure_not_committed(table, transaction)
-    source = delta.align_with_table(table, source, delta.commit_metadata(metadata), steering=[_ACTION])
+    source = delta.align_with_table(table, source, metadata, steering=[_ACTION])
     table = DeltaTable(uri)
     delta.ensure_not_committed(table, transaction)
     properties = delta.commit_metadata(metadata, transaction)
