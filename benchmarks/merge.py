@@ -1,17 +1,18 @@
 """Merge cost: deltalake's single-process `merge` against the bucketed merge in Ray tasks, same data.
 
-Usage: python benchmarks/merge.py [--rows N] [--changes M] [--nodes 1|2] [--buckets B] [--compression C]
+Usage: python benchmarks/merge.py [--rows N] [--changes M] [--nodes 1,2] [--buckets B] [--compression C]
 
 Builds an N-row Delta table with `write_deltalake` and M changes (updates, inserts, deletes, duplicate
 keys), then times, each in a fresh process so the peak RSS is the merge's own:
-  deltalake      `delta.merge_changes` (deltalake's merge) on the table as written;
+  deltalake      `delta.merge_changes` (deltalake's merge) on the table as written, once;
   bucketing      the first `merge_distributed` on that table, which also buckets it (a full rewrite, once);
-  distributed    `merge_distributed` of the same M changes on the bucketed table.
-`--nodes 1` runs Ray as one local node with 2 CPUs; `--nodes 2` as a `ray.cluster_utils.Cluster` of two
-nodes with 1 CPU each (the driver on the head). Prints wall time, CPU time of the driver and of the Ray
-processes it started, driver RSS before and at peak during the merge, the row counts, the time spent in
-bucket tasks (summed over tasks) and the machine's 1-minute load average after the merge (other work on
-the machine skews wall times).
+  distributed    `merge_distributed` of the same M changes on the bucketed table;
+the last two on each Ray node count of `--nodes`: 1 runs Ray as one local node with 2 CPUs, 2 as a
+`ray.cluster_utils.Cluster` of two nodes with 1 CPU each (the driver on the head). Prints wall time, CPU time
+of the driver and of the Ray processes it started, driver RSS before and at peak during the merge, the row
+counts, the time spent in bucket tasks (summed over tasks), the machine's 1-minute load average after the
+merge (other work on the machine skews wall times), and whether the merged table holds the same rows as
+deltalake's merge made.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -151,6 +154,23 @@ def cpu_seconds() -> float:
     return total
 
 
+def work_folder(folder: Path, role: str, nodes: int) -> Path:
+    """Where a merge of `role` on `nodes` Ray nodes writes its table (deltalake's merge runs without Ray)."""
+    return folder / ("work-deltalake" if role == "deltalake" else f"work-{role}-{nodes}")
+
+
+def same_rows(table: Path, reference: Path) -> bool:
+    """Whether two Delta tables hold the same rows, in any order and column order."""
+    from deltalake import DeltaTable
+
+    expected = pl.from_arrow(DeltaTable(str(reference)).to_pyarrow_table())
+    got = pl.from_arrow(DeltaTable(str(table)).to_pyarrow_table())
+    assert isinstance(expected, pl.DataFrame) and isinstance(got, pl.DataFrame)
+    if sorted(got.columns) != sorted(expected.columns):
+        return False
+    return got.select(expected.columns).sort("id").equals(expected.sort("id"))
+
+
 def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageSettings) -> dict[str, Any]:
     """One merge in this process: wall time, RSS before it and peak RSS during it."""
     from engine.tables import delta
@@ -158,7 +178,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
 
     changes = pq.read_table(folder / "changes.parquet")
     source = {"deltalake": "plain", "bucketing": "plain", "distributed": "bucketed"}[role]
-    uri = str(folder / f"work-{role}")
+    uri = str(work_folder(folder, role, nodes))
     shutil.copytree(folder / source, uri)
     cluster = None
     ray_dir = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
@@ -177,7 +197,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     seconds = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before
     peak = memory_kib("VmHWM")
-    if role == "bucketing":
+    if role == "bucketing" and not (folder / "bucketed").exists():
         shutil.copytree(folder / "plain", folder / "bucketed")
         merge_distributed(str(folder / "bucketed"), "bench.orders", changes.slice(0, 0), KIND, metadata={},
                           buckets=buckets, storage=storage)
@@ -191,6 +211,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     metrics = outcome.metrics
     return {
         "role": role,
+        "nodes": None if role == "deltalake" else nodes,
         "load": round(os.getloadavg()[0], 1),
         "seconds": round(seconds, 2),
         "cpu_seconds": round(cpu, 1),
@@ -210,7 +231,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--changes", type=int, default=1_000_000)
-    parser.add_argument("--nodes", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--nodes", type=lambda text: [int(n) for n in text.split(",")], default=[1],
+                        help="Ray node counts to run the bucketed merge on, comma-separated: 1, 2 or 1,2")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--compression", choices=["zstd", "snappy", "lz4", "none"], default="zstd",
                         help="of the files the bucketed merge writes (deltalake's merge writes snappy)")
@@ -219,33 +241,47 @@ def main() -> None:
     args = parser.parse_args()
     if args.role:
         storage = StorageSettings(compression=args.compression)
-        print(json.dumps(measure(args.role, args.folder, args.nodes, args.buckets, storage)))
+        print(json.dumps(measure(args.role, args.folder, args.nodes[0], args.buckets, storage)))
         return
-    print(f"{args.rows:,} rows, {args.changes:,} changes, {args.nodes} Ray node(s), {args.buckets} buckets, "
-          f"{args.compression} files, {os.cpu_count()} CPUs", flush=True)
-    print(f"{'merge':<13}{'wall s':>8}{'CPU s':>7}{'RSS before MiB':>16}{'peak RSS MiB':>14}{'rows after':>12}"
-          f"{'inserted':>10}{'updated':>10}{'deleted':>9}{'files+':>8}{'task s':>8}{'load':>6}", flush=True)
+    print(f"{args.rows:,} rows, {args.changes:,} changes, {args.buckets} buckets, {args.compression} files, "
+          f"{os.cpu_count()} CPUs", flush=True)
+    print(f"{'merge':<13}{'nodes':>6}{'wall s':>8}{'CPU s':>7}{'RSS before MiB':>16}{'peak RSS MiB':>14}"
+          f"{'rows after':>12}{'inserted':>10}{'updated':>10}{'deleted':>9}{'files+':>8}{'task s':>8}{'load':>6}"
+          f"{'same rows':>10}", flush=True)
     for result in compare(args.rows, args.changes, args.nodes, args.buckets, args.compression):
-        print(f"{result['role']:<13}{result['seconds']:>8.2f}{result['cpu_seconds']:>7.1f}"
+        print(f"{result['role']:<13}{result['nodes'] or '-':>6}{result['seconds']:>8.2f}{result['cpu_seconds']:>7.1f}"
               f"{result['rss_before_mib']:>16}{result['peak_rss_mib']:>14}{result['rows_after']:>12,}"
               f"{result['inserted']:>10,}{result['updated']:>10,}{result['deleted']:>9,}"
-              f"{result['files_added'] or 0:>8}{result['task_seconds']:>8}{result['load']:>6}", flush=True)
+              f"{result['files_added'] or 0:>8}{result['task_seconds']:>8}{result['load']:>6}"
+              f"{'yes' if result['same_rows'] else 'NO':>10}", flush=True)
 
 
-def compare(rows: int, changes: int, nodes: int = 1, buckets: int = 16, compression: str = "zstd") -> list[dict[str, Any]]:
-    """The three merges of the same changes on the same table, each measured in a fresh process."""
+def compare(rows: int, changes: int, nodes: Sequence[int] = (1,), buckets: int = 16, compression: str = "zstd",
+            folder: Path | None = None) -> list[dict[str, Any]]:
+    """deltalake's merge once, then the bucketing and the bucketed merge of the same changes on the same table
+    on each node count of `nodes`, each measured in a fresh process; every result says whether its table
+    holds the same rows as deltalake's merge made (`same_rows`). The tables are written under `folder`, kept
+    there (`work_folder`), or under a temporary folder deleted after.
+
+    Raises:
+        EngineError: a merge process failed.
+    """
+    if folder is None:
+        with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
+            return compare(rows, changes, nodes, buckets, compression, Path(scratch))
+    prepare(folder, rows, changes)
     results = []
-    with tempfile.TemporaryDirectory(prefix="merge-bench-") as scratch:
-        folder = Path(scratch)
-        prepare(folder, rows, changes)
-        for role in ("deltalake", "bucketing", "distributed"):
-            done = subprocess.run([sys.executable, __file__, "--role", role, "--folder", str(folder),
-                                   "--nodes", str(nodes), "--buckets", str(buckets), "--compression", compression],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                raise EngineError(f"the {role} merge failed:\n{done.stderr[-4000:]}")
-            results.append({"role": role} | json.loads(done.stdout.strip().splitlines()[-1]))
+    for role, count in [("deltalake", nodes[0]), *((role, n) for n in nodes for role in ("bucketing", "distributed"))]:
+        done = subprocess.run([sys.executable, __file__, "--role", role, "--folder", str(folder),
+                               "--nodes", str(count), "--buckets", str(buckets), "--compression", compression],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise EngineError(f"the {role} merge on {count} Ray node(s) failed:\n{done.stderr[-4000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        reference = work_folder(folder, "deltalake", count)
+        results.append(result | {"same_rows": same_rows(work_folder(folder, role, count), reference)})
     return results
+
 
 if __name__ == "__main__":
     main()

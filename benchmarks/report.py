@@ -46,6 +46,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE, RAW, PLOT = DOCS / "performance.md", DOCS / "performance.json", DOCS / "performance-scaling.png"
 ANALYSIS = Path(__file__).with_name("analysis.md")
 NODE_CPUS = {1: [2], 2: [1, 1], 3: [0, 1, 1]}
+MERGE_NODES = (1, 2)
+"""Ray node counts the bucketed merge is measured on (`benchmarks/merge.py`: 2 CPUs on one node, or 1 per node)."""
 """CPUs of each node per node count: the machine's 2 cores, spread (a 3-node cluster has a head without CPUs)."""
 
 
@@ -69,6 +71,7 @@ def local_cluster(nodes: int, scratch: Path) -> Iterator[str]:
     """A `ray.cluster_utils.Cluster` of `nodes` nodes on this machine; yields its address."""
     from ray.cluster_utils import Cluster
 
+    previous = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = str(scratch)
     (scratch / "ray").mkdir(parents=True, exist_ok=True)
     ports = iter(merge.free_ports(5 * len(NODE_CPUS[nodes])))
@@ -84,6 +87,10 @@ def local_cluster(nodes: int, scratch: Path) -> Iterator[str]:
         yield cluster.address
     finally:
         cluster.shutdown()
+        if previous is None:
+            del os.environ["RAY_TMPDIR"]
+        else:
+            os.environ["RAY_TMPDIR"] = previous
 
 
 def on_nodes(sf: float, runs: int, data: Path, work: Path) -> list[dict[str, Any]]:
@@ -116,18 +123,23 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
 
 def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of the page; what is measured so far is saved to `docs/performance.json` after each
-    step, so a failure late in a long run keeps the rest."""
+    step. A step that fails is recorded under `failed` (with the last lines of its error) and the next steps
+    still run, so one failure neither loses nor blocks the rest."""
     results: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(), "machine": machine()}
     steps = {
         "tpch": lambda: tpch(args.sf, args.runs, args.data, args.work),
         "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
         "ingest": lambda: ingestion(max(args.sf), args.work),
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
-        "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10),
+        "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
         "features": lambda: _features(args.feature_scale, args.lookups),
     }
     for name, step in steps.items():
-        results[name] = step()
+        try:
+            results[name] = step()
+        except Exception as err:
+            results.setdefault("failed", {})[name] = f"{type(err).__name__}: {err}"[-2000:]
+            print(f"the `{name}` step failed: {results['failed'][name]}", file=sys.stderr, flush=True)
         results["load_1m_after"] = os.getloadavg()[0]
         RAW.write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -201,7 +213,12 @@ def _growth_table(results: dict[str, Any]) -> list[str]:
 
 
 def _measured(results: dict[str, Any], step: str, table: Callable[[Any], list[str]]) -> list[str]:
-    """The lines of a step's results, or a note that this run did not get to it."""
+    """The lines of a step's results, or a note that it failed in this run (with its error's last line) or
+    that this run did not get to it."""
+    if step in results.get("failed", {}):
+        error = results["failed"][step].strip().splitlines()[-1]
+        return [f"Not measured: the `{step}` step failed in this run (`{error}`); `python -m benchmarks.report` "
+                "measures it."]
     if step not in results:
         return [f"Not measured in this run (the `{step}` step did not complete); `python -m benchmarks.report` "
                 "measures it."]
@@ -215,9 +232,11 @@ def _nodes_table(nodes: list[dict[str, Any]]) -> list[str]:
 
 
 def _merge_table(merges: list[dict[str, Any]]) -> list[str]:
-    return ["| merge | wall (s) | CPU (s) | driver RSS before → peak (MiB) | rows after |", "|---|---:|---:|---:|---:|",
-            *[f"| {r['role']} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | {r['rss_before_mib']} → "
-              f"{r['peak_rss_mib']} | {r['rows_after']:,} |" for r in merges]]
+    return ["| merge | Ray nodes | wall (s) | CPU (s) | driver RSS before → peak (MiB) | rows after "
+            "| same rows as deltalake's |", "|---|---:|---:|---:|---:|---:|---|",
+            *[f"| {r['role']} | {r['nodes'] or '–'} | {r['seconds']:.2f} | {r['cpu_seconds']:.1f} | "
+              f"{r['rss_before_mib']} → {r['peak_rss_mib']} | {r['rows_after']:,} | "
+              f"{'yes' if r['same_rows'] else 'no'} |" for r in merges]]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -266,7 +285,10 @@ def render(results: dict[str, Any]) -> str:
         "",
         "## Distributed merge against deltalake's merge",
         "",
-        "See `docs/merge.md` for how the bucketed merge works.",
+        "1M changes (70% updates, 20% inserts, 10% deletes, in random order) into 10M rows by default",
+        "(`--merge-rows`): deltalake's single-process `merge`, then the bucketed merge in Ray tasks on one local node",
+        "with 2 CPUs and on two nodes with 1 CPU each. Each merge runs in a fresh process; the last column checks",
+        "its table against deltalake's. See `docs/merge.md` for how the bucketed merge works.",
         "",
         *_measured(results, "merge", _merge_table),
         "",

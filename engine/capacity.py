@@ -19,7 +19,7 @@ import pyarrow as pa
 from engine.config import Settings
 from engine.ingest.sources import discover
 from engine.pipeline import Pipeline, TableDefinition
-from engine.runner import INPUTS_KEY, ingested_files
+from engine.runner import consumed_versions, ingested_files
 from engine.runtime import resolve_address
 from engine.tables import delta
 from engine.tables.layout import Layout
@@ -161,9 +161,9 @@ def reserved_capacity(
 
 def _ingest_step(definition: TableDefinition, layout: Layout) -> StepBacklog | None:
     assert definition.source is not None
-    checkpoint = ingested_files(layout.table(definition.name), definition.name)
-    new = [f for f in discover(layout.landing(definition.source.directory), definition.source)
-           if f.name not in checkpoint]
+    landed = discover(layout.landing(definition.source.directory), definition.source)
+    checkpoint = ingested_files(layout.table(definition.name), definition.name, [f.name for f in landed])
+    new = [f for f in landed if f.name not in checkpoint]
     if not new:
         return None
     return StepBacklog(definition.name, sum(f.size for f in new), len(new), 0, definition.ray_options, ingest=True)
@@ -172,7 +172,7 @@ def _ingest_step(definition: TableDefinition, layout: Layout) -> StepBacklog | N
 def _transform_step(definition: TableDefinition, layout: Layout) -> StepBacklog | None:
     uri = layout.table(definition.name)
     latest = {t: delta.latest_version(layout.table(t)) for t in definition.dependencies}
-    built_from = delta.last_commit_value(uri, definition.name, INPUTS_KEY) or {}
+    built_from = consumed_versions(uri, definition.name, definition.dependencies) or {}
     if latest == built_from:
         return None
     behind = sum(v - built_from[t] if built_from.get(t) is not None else v + 1

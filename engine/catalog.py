@@ -10,10 +10,10 @@ from typing import Any
 
 from engine.freshness import TableFreshness, definitions_under, table_freshness
 from engine.pipeline import Pipeline, TableDefinition
-from engine.runner import INPUTS_KEY
 from engine.status import list_tables
 from engine.tables import delta
 from engine.tables.layout import Layout
+from engine.tables.progress import INPUTS_KEY
 
 
 @dataclass(frozen=True)

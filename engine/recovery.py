@@ -9,7 +9,7 @@ from deltalake import DeltaTable
 from engine.errors import EngineError
 from engine.governance.actor import audit_fields
 from engine.storage import delta_tables_under
-from engine.tables import delta
+from engine.tables import delta, progress
 from engine.tables.layout import Layout
 
 
@@ -30,11 +30,13 @@ class Restored:
 
 def restore_table(uri: str, version: int, *, reason: str, run_id: str | None = None) -> Restored:
     """Give the table at `uri` the state of `version` again, in a new commit that records it
-    (`medallion.restored_to`), so checkpoints and consumed versions of the undone commits stop counting;
-    version -1 empties the table.
+    (`medallion.restored_to`), so checkpoints and consumed versions of the undone commits stop counting:
+    in the commit infos, and in the progress the commits carry (`engine.tables.progress`), which the
+    restore commit sets back to its values at `version`. Version -1 empties the table.
 
     Raises:
-        EngineError: there is no such table or version.
+        EngineError: there is no such table or version, or the table is to be emptied but its log no longer
+            holds every commit (so not every landing file or input it consumed can be known).
     """
     if not delta.table_exists(uri):
         raise EngineError(f"no Delta table at `{uri}` to restore", path=uri)
@@ -42,11 +44,18 @@ def restore_table(uri: str, version: int, *, reason: str, run_id: str | None = N
     if not -1 <= version < table.version():
         raise EngineError(f"`{uri}` is at version {table.version()}; restore to a version from -1 to "
                           f"{table.version() - 1}", path=uri)
+    if version == -1 and not progress.history_complete(uri):
+        raise EngineError(f"`{uri}` cannot be emptied by a restore: its log no longer starts at version 0, so "
+                          "not every landing file or input version its commits consumed is known; delete the "
+                          "table to rebuild it", path=uri)
+    undone = [{key: delta.commit_info_value(commit, key) for key in progress.PROGRESS_KEYS}
+              for commit in delta.effective_history(uri, uri) if commit["version"] > version]
     metadata = {"run_id": run_id, delta.RESTORED_TO_KEY: version} | audit_fields("restore", reason)
+    properties = delta.commit_metadata(metadata, resets=progress.resets(uri, version, undone))
     if version == -1:
-        delta.commit_files(uri, [], mode="overwrite", metadata=metadata)
+        table.create_write_transaction([], "overwrite", table.schema(), commit_properties=properties)
     else:
-        table.restore(version, commit_properties=delta.commit_metadata(metadata))
+        table.restore(version, commit_properties=properties)
     return Restored(uri, version, DeltaTable(uri).version())
 
 

@@ -50,19 +50,17 @@ from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.storage import check_root, delete_tree, parquet_dataset
-from engine.tables import changelog, delta, scd2
+from engine.tables import changelog, delta, progress, scd2
 from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
+from engine.tables.progress import FILES_KEY, INPUTS_KEY, SCHEMA_KEY
 from engine.tables.replace import Slice
 from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
 
 log = logging.getLogger(__name__)
 
-FILES_KEY = "files"
 TYPES_KEY = "field_types"
-INPUTS_KEY = "input_versions"
-SCHEMA_KEY = "schema_version"
 ATTEMPT_KEY = "attempt"
 
 
@@ -342,7 +340,7 @@ class Runner:
     ) -> dict[str, Any]:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
         landed = discover(self.layout.landing(source.directory), source)
-        new, changed = _new_files(landed, ingested_files(uri, definition.name, store))
+        new, changed = _new_files(landed, ingested_files(uri, definition.name, [f.name for f in landed], store))
         details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
         if changed:
             details["files_changed_after_ingestion"] = [f.name for f in changed]
@@ -361,7 +359,7 @@ class Runner:
         transaction = self._transaction(store, uri, definition.name)
         staged = batch.staged
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
-        schema_version = (store.last_commit_value(uri, definition.name, SCHEMA_KEY) or 0) + (
+        schema_version = schema_version_of(uri, definition.name, store) + (
             1 if added or not store.table_exists(uri) else 0)
         metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
                                                                  TYPES_KEY: batch.types, SCHEMA_KEY: schema_version})
@@ -380,7 +378,7 @@ class Runner:
         assert definition.function is not None
         uri, store = self.layout.table(definition.name), self._store(definition.name)
         versions = {t: self._store(t).latest_version(self.layout.table(t)) for t in definition.dependencies}
-        previous = None if self.force else store.last_commit_value(uri, definition.name, INPUTS_KEY)
+        previous = None if self.force else consumed_versions(uri, definition.name, definition.dependencies, store)
         if versions and previous == versions and self.window is None:
             return {"status": "unchanged", "input_versions": versions,
                     "details": {"reason": "inputs unchanged since the table was last built"}}
@@ -502,7 +500,7 @@ class Runner:
             SchemaEvolutionError: a change the table does not declare.
         """
         uri, table, store = self.layout.table(definition.name), definition.name, self._store(definition.name)
-        version = store.last_commit_value(uri, table, SCHEMA_KEY) or 0
+        version = schema_version_of(uri, table, store)
         if not store.table_exists(uri):
             return version + 1
         if not staged.data:
@@ -523,7 +521,8 @@ class Runner:
         """Before a full refresh, empty a table's quarantine and, for a change-fed table, the table and its
         change log. The emptying commit records that the table was built from no input, so a run that dies
         right after still rebuilds it whole."""
-        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: {}, "full_refresh": True})
+        metadata = self._commit_metadata(definition, run_id, **{
+            INPUTS_KEY: dict.fromkeys(definition.dependencies), "full_refresh": True})
         delta_store: TableStore = DeltaStore()
         emptied = [(delta_store, self.layout.quarantine(definition.name))]
         if isinstance(definition.kind, ChangeKind):
@@ -666,17 +665,47 @@ def _known_shape(uri: str, table: str, store: TableStore) -> tuple[list[str], di
     return columns, {}
 
 
-def ingested_files(uri: str, table: str, store: TableStore | None = None) -> dict[str, list[Any]]:
-    """The ingestion checkpoint of a table (a Delta table unless `store` says otherwise): fingerprint of every
-    file its commits hold, by name (a file whose commit a restore undid counts as not ingested)."""
+def ingested_files(uri: str, table: str, names: Iterable[str], store: TableStore | None = None) -> dict[str, int]:
+    """The ingestion checkpoint of a table (a Delta table unless `store` says otherwise) for the landing files
+    `names`: the code (`progress.file_code`) of the fingerprint each ingested one had, by name (a file whose
+    commit a restore undid counts as not ingested). Read from the commit infos while the table's history is
+    complete, else from the progress its commits carry."""
     store = store or DeltaStore()
     if not store.table_exists(uri):
         return {}
-    seen: dict[str, list[Any]] = {}
+    if not store.history_complete(uri):
+        return progress.carried_files(delta.open_table(uri, table), names)
+    seen: dict[str, int] = {}
     for commit in store.effective_history(uri, table):
         for fingerprint in store.commit_info_value(commit, FILES_KEY) or []:
-            seen.setdefault(fingerprint[0], fingerprint)
-    return seen
+            seen.setdefault(fingerprint[0], progress.file_code(fingerprint))
+    return {name: seen[name] for name in names if name in seen}
+
+
+def consumed_versions(
+    uri: str, table: str, inputs: Iterable[str], store: TableStore | None = None
+) -> dict[str, int | None] | None:
+    """The versions of `inputs` a derived table was last built from (a Delta table unless `store` says
+    otherwise), None for an input it did not read (absent then, or emptied by a full refresh); None when it
+    was never built. From the newest commit info that records them, else (once the history is incomplete)
+    from the progress its commits carry."""
+    store = store or DeltaStore()
+    if not store.table_exists(uri):
+        return None
+    recorded = store.last_commit_value(uri, table, INPUTS_KEY)
+    if recorded is not None or store.history_complete(uri):
+        return recorded
+    return progress.carried_inputs(delta.open_table(uri, table), inputs)
+
+
+def schema_version_of(uri: str, table: str, store: TableStore) -> int:
+    """The schema version the table's commits last recorded, 0 when none did."""
+    if not store.table_exists(uri):
+        return 0
+    recorded = store.last_commit_value(uri, table, SCHEMA_KEY)
+    if recorded is None and not store.history_complete(uri):
+        recorded = progress.carried_schema_version(delta.open_table(uri, table))
+    return int(recorded or 0)
 
 
 def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> list[str]:
@@ -687,7 +716,7 @@ def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> l
 
 
 def _new_files(
-    landed: Iterable[LandingFile], checkpoint: dict[str, list[Any]]
+    landed: Iterable[LandingFile], checkpoint: dict[str, int]
 ) -> tuple[list[LandingFile], list[LandingFile]]:
     """Files never ingested, and files ingested before whose size or modification time changed since."""
     new, changed = [], []
@@ -695,7 +724,7 @@ def _new_files(
         previous = checkpoint.get(file.name)
         if previous is None:
             new.append(file)
-        elif previous != file.fingerprint():
+        elif previous != progress.file_code(file.fingerprint()):
             changed.append(file)
     return new, changed
 

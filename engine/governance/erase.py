@@ -29,10 +29,11 @@ from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
 from engine.pipeline import Pipeline
 from engine.runlog import RunRecord, append_records
-from engine.runner import FILES_KEY, ingested_files, new_run_id
+from engine.runner import ingested_files, new_run_id
 from engine.storage import filesystem_of
 from engine.tables import delta
 from engine.tables.layout import Layout
+from engine.tables.progress import FILES_KEY
 from engine.tables.replace import Slice, replace_slice
 
 if TYPE_CHECKING:
@@ -148,8 +149,9 @@ def erase_subject(
     for target in found:
         metadata = {"run_id": report.run_id, "pipeline": target.pipeline, "table": target.name,
                     "subject": report.subject} | audit
-        ingested = ingested_files(target.uri, target.name) if target.name in fingerprints else {}
-        rewritten = [f for f in fingerprints.get(target.name, []) if f[0] in ingested]
+        landed = fingerprints.get(target.name, [])
+        ingested = ingested_files(target.uri, target.name, [f[0] for f in landed]) if landed else {}
+        rewritten = [f for f in landed if f[0] in ingested]
         if rewritten:
             metadata[FILES_KEY] = rewritten
         erased = erase_table(target, subject_id, settings, report.run_id, metadata)

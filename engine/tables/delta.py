@@ -23,6 +23,7 @@ from engine.errors import CommitConflict, TableFailed, TableNotFound
 from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
+from engine.tables import progress
 from engine.tables.files import DataFile
 
 METADATA_PREFIX = "medallion."
@@ -44,11 +45,15 @@ class MergeOutcome:
     metrics: dict[str, Any]
 
 
-def commit_metadata(values: dict[str, Any], transaction: Transaction | None = None) -> CommitProperties:
-    """Commit properties carrying `values` as `medallion.<key>` entries of the commit info, and the
-    application transaction marker `transaction` when given (only ever on a table's data commit)."""
+def commit_metadata(
+    values: dict[str, Any], transaction: Transaction | None = None, resets: Sequence[Transaction] = ()
+) -> CommitProperties:
+    """Commit properties carrying `values` as `medallion.<key>` entries of the commit info, the progress they
+    record also as application transactions (`engine.tables.progress`), the application transaction marker
+    `transaction` when given (only ever on a table's data commit), and the progress `resets` of a restore."""
+    carried = [*([transaction] if transaction else []), *progress.transactions(values), *resets]
     return CommitProperties(custom_metadata={METADATA_PREFIX + k: v for k, v in values.items()},
-                            app_transactions=[transaction] if transaction else None)
+                            app_transactions=carried or None)
 
 
 def next_transaction(uri: str, app_id: str) -> Transaction:
@@ -94,17 +99,18 @@ def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
     """
     try:
         return DeltaTable(uri, version=version)
-    except TableNotFoundError:
-        raise TableNotFound(
-            f"table `{table}` has no Delta log at `{uri}`; run the pipeline that builds it first",
-            table=table,
-            path=uri,
-        ) from None
     except DeltaError as err:
-        if version is None:
+        if version is not None and table_exists(uri):
+            raise TableNotFound(
+                f"table `{table}` has no version {version} (latest is {DeltaTable(uri).version()}; a version whose "
+                f"commit files log cleanup deleted cannot be read): {err}",
+                table=table,
+                path=uri,
+            ) from None
+        if not isinstance(err, TableNotFoundError):
             raise
         raise TableNotFound(
-            f"table `{table}` has no version {version} (latest is {DeltaTable(uri).version()}): {err}",
+            f"table `{table}` has no Delta log at `{uri}`; run the pipeline that builds it first",
             table=table,
             path=uri,
         ) from None
@@ -295,7 +301,7 @@ def commit_files(
     else:
         new_schema = storage_schema(empty_schema) if empty_schema is not None else current
     if mode == "append":
-        add_missing_columns(table, new_schema, commit_metadata(metadata))
+        add_missing_columns(table, new_schema, metadata)
         new_schema = unify([current, new_schema])
     try:
         with commit_timer(mode):
@@ -318,8 +324,9 @@ def rewrite(uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *, 
     return DeltaTable(uri).version()
 
 
-def add_missing_columns(table: DeltaTable, schema: pa.Schema, properties: CommitProperties) -> None:
-    """Add the fields of `schema` that the table lacks, as nullable columns, in a metadata-only commit.
+def add_missing_columns(table: DeltaTable, schema: pa.Schema, metadata: dict[str, Any]) -> None:
+    """Add the fields of `schema` that the table lacks, as nullable columns, in a metadata-only commit
+    carrying `metadata` but the progress it records (which only the data commit that follows may claim).
 
     deltalake does not widen the table schema on an append transaction, so this runs first.
     """
@@ -328,7 +335,7 @@ def add_missing_columns(table: DeltaTable, schema: pa.Schema, properties: Commit
     if missing:
         with commit_timer("add_columns"):
             table.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in missing],
-                                    commit_properties=properties)
+                                    commit_properties=commit_metadata(progress.without_progress(metadata)))
 
 
 def merge_changes(
@@ -359,7 +366,7 @@ def merge_changes(
         return MergeOutcome(0, duplicates, {"num_target_rows_inserted": rows.num_rows})
     table = DeltaTable(uri)
     ensure_not_committed(table, transaction)
-    source = align_with_table(table, to_storage(latest), commit_metadata(metadata), steering=[DELETE_FLAG])
+    source = align_with_table(table, to_storage(latest), metadata, steering=[DELETE_FLAG])
     table = DeltaTable(uri)
     ensure_not_committed(table, transaction)
     metrics = _merge_into(table, source, kind, properties)
@@ -367,13 +374,14 @@ def merge_changes(
 
 
 def align_with_table(
-    table: DeltaTable, source: pa.Table, properties: CommitProperties, steering: Sequence[str] = ()
+    table: DeltaTable, source: pa.Table, metadata: dict[str, Any], steering: Sequence[str] = ()
 ) -> pa.Table:
     """`source` with the table's columns it lacks added as nulls; columns the table lacks (but the
-    `steering` ones, which only direct the merge) are first added to the table (a metadata-only commit),
-    because deltalake's schema-merging merge also fills new columns of rows it does not update."""
+    `steering` ones, which only direct the merge) are first added to the table (a metadata-only commit
+    carrying `metadata` but its progress), because deltalake's schema-merging merge also fills new columns
+    of rows it does not update."""
     target = pa.schema(table.schema().to_arrow())
-    add_missing_columns(table, pa.schema([f for f in source.schema if f.name not in steering]), properties)
+    add_missing_columns(table, pa.schema([f for f in source.schema if f.name not in steering]), metadata)
     for target_field in target:
         if target_field.name not in source.column_names:
             source = source.append_column(target_field.name, pa.nulls(source.num_rows, type=target_field.type))

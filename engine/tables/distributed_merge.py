@@ -252,7 +252,7 @@ class _MergeJob:
             raise TableFailed(f"merge into `{self.table}`: partitioned tables cannot be merged by bucket; "
                               "rewrite the table without partition columns", table=self.table, path=self.uri)
         ensure_not_committed(delta_table, self.transaction)
-        align_with_table(delta_table, self._source_schema(changes).empty_table(), commit_metadata(self.metadata),
+        align_with_table(delta_table, self._source_schema(changes).empty_table(), self.metadata,
                          steering=[DELETE_FLAG])
         delta_table = DeltaTable(self.uri)
         ensure_not_committed(delta_table, self.transaction)

@@ -18,7 +18,7 @@ from deltalake.transaction import Transaction
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
 from engine.governance import encryption, pii
-from engine.tables import delta
+from engine.tables import delta, progress
 from engine.tables.files import DataFile
 from engine.tables.iceberg import without_metrics
 from engine.tables.layout import Layout
@@ -67,6 +67,7 @@ class TableStore(Protocol):
     def history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
     def effective_history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
     def last_commit_value(self, uri: str, table: str, key: str) -> Any: ...
+    def history_complete(self, uri: str) -> bool: ...
     def commit_info_value(self, commit: dict[str, Any], key: str) -> Any: ...
     def next_transaction(self, uri: str, app_id: str) -> Transaction: ...
     def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
@@ -101,6 +102,7 @@ class DeltaStore:
     history = staticmethod(delta.history)
     effective_history = staticmethod(delta.effective_history)
     last_commit_value = staticmethod(delta.last_commit_value)
+    history_complete = staticmethod(progress.history_complete)
     commit_info_value = staticmethod(delta.commit_info_value)
     next_transaction = staticmethod(delta.next_transaction)
     commit_files = staticmethod(delta.commit_files)
@@ -177,6 +179,11 @@ class IcebergStore:
         return self.tables.commit_files(uri, files, mode=mode, metadata=metadata, empty_schema=empty_schema,
                                         commit_empty=commit_empty, transaction=transaction,
                                         table_properties=self.properties)
+
+    @staticmethod
+    def history_complete(uri: str) -> bool:
+        """True: the engine never expires Iceberg snapshots, so their summaries keep every commit's progress."""
+        return True
 
     def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
               transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:

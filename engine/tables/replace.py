@@ -105,7 +105,7 @@ def replace_slice(
     kept = [file for _, (files, _) in touched for file in files]
     adds = [AddAction(f.path, f.size, {}, f.modification_time, True, f.stats) for f in [*kept, *new_files]]
     new_schema = unify([schema, *[f.schema for f in new_files]])
-    delta.add_missing_columns(snapshot, new_schema, delta.commit_metadata(metadata))
+    delta.add_missing_columns(snapshot, new_schema, metadata)
     try:
         with commit_timer("replace"):
             snapshot.create_write_transaction([*adds, *removes], "append", new_schema,

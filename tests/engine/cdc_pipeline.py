@@ -1,5 +1,6 @@
 """A small CDC pipeline for exactly-once tests: ingest, SCD1 merge with deletes and quarantine, SCD2
-history and an overwritten aggregate; and helpers to run it in another process and compare roots.
+history, an overwritten aggregate and a per-key aggregate recomputed for the keys that changed; and helpers
+to run it in another process and compare roots.
 Importable as `tests.engine.cdc_pipeline:pipeline` by a run process."""
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ import ray
 import ray.data
 from deltalake import DeltaTable
 
-from engine import SCD2, FileSource, Merge, Overwrite, Pipeline, Runner, RunResult, load_settings, map_partitions
+from engine import (
+    SCD2,
+    FileSource,
+    Merge,
+    Overwrite,
+    Pipeline,
+    RecomputeKeys,
+    Runner,
+    RunResult,
+    load_settings,
+    map_partitions,
+)
 from engine.columns import INGESTED_AT, REJECTED_REASON, RUN_ID
 from engine.quality.checks import Quality
 
@@ -47,6 +59,13 @@ def parse_changes(batch: pa.Table, country_case: str = "as_is") -> pa.Table:
     ).to_arrow()
 
 
+def summarize_history(history: pa.Table) -> pa.Table:
+    """Per account: how many versions its history has, since when it is known, and whether one is open."""
+    return pl.from_arrow(history).group_by("account_id").agg(
+        pl.len().cast(pl.Int64).alias("versions"), pl.col("valid_from").min().alias("first_seen"),
+        pl.col("is_current").any().alias("open")).to_arrow()
+
+
 def build(country_case: str = "as_is") -> Pipeline:
     """The pipeline; `country_case="lower"` stands for a changed cleaning rule."""
     built = Pipeline("accounts")
@@ -67,6 +86,10 @@ def build(country_case: str = "as_is") -> Pipeline:
     def balance_by_country(silver_accounts: ray.data.Dataset) -> ray.data.Dataset:
         return map_partitions(silver_accounts, ["country"], lambda t: pl.from_arrow(t).group_by("country").agg(
             pl.col("balance").sum(), pl.len().alias("accounts")).to_arrow())
+
+    @built.table("gold.account_summary", kind=RecomputeKeys(keys=["account_id"]))
+    def account_summary(gold_account_history: ray.data.Dataset) -> ray.data.Dataset:
+        return map_partitions(gold_account_history, ["account_id"], summarize_history)
 
     return built
 

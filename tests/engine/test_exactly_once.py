@@ -3,6 +3,8 @@ leave every table exactly as an uninterrupted run does."""
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import shutil
 import signal
@@ -14,11 +16,15 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
+from engine.runlog import read_records
+from engine.tables.layout import Layout
 from tests.engine.cdc_pipeline import assert_same_tables, run_to_completion, start_run, write_batch
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 KILLS = 20
+MAX_ATTEMPTS = 32
+PLACES = ("before", "during", "after")
 
 
 def test_a_late_change_never_brings_a_deleted_key_back(tmp_path: Path) -> None:
@@ -39,37 +45,67 @@ def test_a_late_change_never_brings_a_deleted_key_back(tmp_path: Path) -> None:
     assert DeltaTable(str(tmp_path / "silver" / "accounts")).to_pyarrow_table().column("country").to_pylist() == ["DE"]
 
 
+def commit_files(root: Path) -> set[str]:
+    """The commit files of every table, quarantine and change log under `root`, relative to it."""
+    return {str(path.relative_to(root)) for path in root.glob("**/_delta_log/*.json") if "_meta" not in path.parts}
+
+
+def wait_for(process: subprocess.Popen[bytes], root: Path, known: set[str], commits: int | None = None,
+             seconds: float = math.inf) -> float:
+    """Poll the commit logs under `root` until the run process has written `commits` commit files besides the
+    `known` ones, `seconds` have passed or it has ended; returns the seconds waited."""
+    began = time.monotonic()
+    while (process.poll() is None and time.monotonic() - began < seconds
+           and (commits is None or len(commit_files(root) - known) < commits)):
+        time.sleep(0.01)
+    return time.monotonic() - began
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_runs_killed_at_random_points_then_resumed_equal_an_uninterrupted_run(tmp_path: Path) -> None:
-    """Half the runs start from nothing, half from a root where an earlier batch was processed; each is
-    killed after a random delay within an uninterrupted run's duration, then run again to completion."""
+    """Half the runs start from nothing, half from a root where an earlier batch was processed. Each is killed
+    before its first commit (after a random part of the time an uninterrupted run takes to get there), during
+    its commits (once a random number of them is written) or after its last commit, then run again to
+    completion. Where each kill landed is read from the commit logs, and every place must be hit."""
     starts = {"fresh": tmp_path / "fresh", "incremental": tmp_path / "incremental"}
     for batch in (1, 2):
         write_batch(starts["fresh"] / "landing", batch)
     write_batch(starts["incremental"] / "landing", 1)
     run_to_completion(starts["incremental"])
     write_batch(starts["incremental"] / "landing", 2)
-    expected, duration = {}, {}
+    expected, before, new, first_commit = {}, {}, {}, {}
     for name, start in starts.items():
         expected[name] = tmp_path / f"expected-{name}"
         shutil.copytree(start, expected[name])
-        began = time.monotonic()
-        assert start_run(expected[name]).wait(timeout=300) == 0
-        duration[name] = time.monotonic() - began
+        before[name] = commit_files(start)
+        process = start_run(expected[name])
+        first_commit[name] = wait_for(process, expected[name], before[name], commits=1)
+        assert process.wait(timeout=300) == 0
+        new[name] = commit_files(expected[name]) - before[name]
+    summary = read_records(Layout.at(str(expected["incremental"])).runs()).filter(
+        pl.col("table") == "gold.account_summary")
+    assert json.loads(summary["details"][-1])["keys_recomputed"] > 0
     rng = random.Random(2026)
-    killed_mid_run = 0
-    for attempt in range(KILLS):
-        name = ("fresh", "incremental")[attempt % 2]
+    landed = dict.fromkeys(PLACES, 0)
+    for attempt in range(MAX_ATTEMPTS):
+        if sum(landed.values()) >= KILLS and all(landed.values()):
+            break
+        name, aim = ("fresh", "incremental")[attempt % 2], ("before", "during", "during", "after")[attempt % 4]
         root = tmp_path / f"attempt-{attempt}"
         shutil.copytree(starts[name], root)
         process = start_run(root)
-        try:
-            process.wait(timeout=rng.uniform(0.3, 1.0) * duration[name])
-        except subprocess.TimeoutExpired:
+        if aim == "before":
+            wait_for(process, root, before[name], seconds=rng.uniform(0.2, 0.9) * first_commit[name])
+        else:
+            wait_for(process, root, before[name],
+                     commits=rng.randrange(1, len(new[name])) if aim == "during" else len(new[name]))
+        if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            killed_mid_run += 1
+            made = len(commit_files(root) - before[name])
+            landed["before" if made == 0 else "after" if made == len(new[name]) else "during"] += 1
         run_to_completion(root)
         assert_same_tables(root, expected[name])
         shutil.rmtree(root)
-    assert killed_mid_run >= KILLS // 2
+    assert sum(landed.values()) >= KILLS and all(landed.values()), landed
