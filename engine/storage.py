@@ -48,8 +48,9 @@ def is_local(uri: str) -> bool:
 
 def filesystem_of(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of `uri` and the path inside it. On S3 the AWS SDK reads `S3_ENV` (pyarrow 25
-    honours `AWS_ENDPOINT_URL`); credentials never appear in the URI."""
-    return pafs.FileSystem.from_uri(uri)
+    honours `AWS_ENDPOINT_URL`); credentials never appear in the URI. A relative local path is taken from the
+    working directory."""
+    return pafs.FileSystem.from_uri(os.path.abspath(uri) if "://" not in uri else uri)
 
 
 def parquet_dataset(files: Sequence[str], **options: Any) -> pads.Dataset:
