@@ -2,7 +2,8 @@
 
 Usage: python -m benchmarks.report [--sf 0.1,1,3] [--runs 3] [--nodes-sf 1] [--merge-rows 10000000]
                                    [--feature-scale 1] [--data bench-data] [--work bench-work]
-       python -m benchmarks.report --render-only      # rewrite the page from docs/performance.json
+       python -m benchmarks.report --steps merge,features   # re-measure these, keep the rest of the page
+       python -m benchmarks.report --render-only           # rewrite the page from docs/performance.json
 
 Measures, in this order: the TPC-H medallion workload at every scale factor with the engine and every peer
 (`benchmarks/tpch/run.py`: alternating runs, every output checked against DuckDB's before any time counts);
@@ -121,12 +122,12 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-def measure_all(args: argparse.Namespace) -> dict[str, Any]:
-    """Every measurement of the page; what is measured so far is saved to `docs/performance.json` after each
-    step. A step that fails is recorded under `failed` (with the last lines of its error) and the next steps
-    still run, so one failure neither loses nor blocks the rest."""
-    results: dict[str, Any] = {"date": datetime.now(UTC).date().isoformat(), "machine": machine()}
-    steps = {
+STEPS = ("tpch", "startup", "ingest", "nodes", "merge", "features")
+
+
+def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
+    """Each step of the page by name, as a function of no arguments that measures it."""
+    return {
         "tpch": lambda: tpch(args.sf, args.runs, args.data, args.work),
         "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
         "ingest": lambda: ingestion(max(args.sf), args.work),
@@ -134,14 +135,36 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
         "features": lambda: _features(args.feature_scale, args.lookups),
     }
-    for name, step in steps.items():
+
+
+def measure_all(args: argparse.Namespace, raw: Path = RAW) -> dict[str, Any]:
+    """The measurements of the page; what is measured so far is saved to `docs/performance.json` after each
+    step (to `raw`). A step that fails is recorded under `failed` (with the last lines of its error) and the next steps
+    still run, so one failure neither loses nor blocks the rest. With `args.steps`, only those steps run and
+    the others keep their results from `docs/performance.json`; each re-measured step records its own date and
+    load under `measured`."""
+    chosen = args.steps or list(STEPS)
+    today = datetime.now(UTC).date().isoformat()
+    if args.steps:
+        results: dict[str, Any] = json.loads(raw.read_text())
+    else:
+        results = {"date": today, "machine": machine()}
+    steps = step_functions(args)
+    for name in chosen:
+        results.get("failed", {}).pop(name, None)
+        load_before = os.getloadavg()[0]
         try:
-            results[name] = step()
+            results[name] = steps[name]()
+            if args.steps:
+                results.setdefault("measured", {})[name] = {
+                    "date": today, "load_1m_before": round(load_before, 1),
+                    "load_1m_after": round(os.getloadavg()[0], 1)}
         except Exception as err:
             results.setdefault("failed", {})[name] = f"{type(err).__name__}: {err}"[-2000:]
             print(f"the `{name}` step failed: {results['failed'][name]}", file=sys.stderr, flush=True)
-        results["load_1m_after"] = os.getloadavg()[0]
-        RAW.write_text(json.dumps(results, indent=1) + "\n")
+        if not args.steps:
+            results["load_1m_after"] = os.getloadavg()[0]
+        raw.write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
@@ -222,7 +245,11 @@ def _measured(results: dict[str, Any], step: str, table: Callable[[Any], list[st
     if step not in results:
         return [f"Not measured in this run (the `{step}` step did not complete); `python -m benchmarks.report` "
                 "measures it."]
-    return table(results[step])
+    remeasured = results.get("measured", {}).get(step)
+    if remeasured is None:
+        return table(results[step])
+    return [f"Measured on {remeasured['date']} (`--steps {step}`), 1-minute load {remeasured['load_1m_before']:.1f} "
+            f"before and {remeasured['load_1m_after']:.1f} after.", "", *table(results[step])]
 
 
 def _nodes_table(nodes: list[dict[str, Any]]) -> list[str]:
@@ -302,6 +329,15 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _steps(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STEPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {', '.join(unknown) or '(none given)'}; "
+                                         f"the steps are {', '.join(STEPS)}")
+    return names
+
+
 def main() -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -313,6 +349,8 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--data", type=Path, default=Path("bench-data"))
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
+    parser.add_argument("--steps", type=_steps, default=None,
+                        help=f"comma-separated steps to re-measure, keeping the others (of {', '.join(STEPS)})")
     parser.add_argument("--render-only", action="store_true", help="rewrite the page from docs/performance.json")
     args = parser.parse_args()
     results = json.loads(RAW.read_text()) if args.render_only else measure_all(args)
