@@ -54,9 +54,11 @@ def free_ports(count: int) -> list[int]:
 
 def ray_environment(**extra: str) -> dict[str, str]:
     """The environment of every Ray process and client a test starts: auth disabled explicitly, the project's
-    virtualenv first on PATH (so that `medallion` and `ray` resolve inside Ray jobs too), no usage stats."""
+    virtualenv first on PATH (so that `medallion` and `ray` resolve inside Ray jobs too), this checkout first on
+    PYTHONPATH (so that they run its code, wherever the virtualenv's editable install points), no usage stats."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": path, **extra}
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
