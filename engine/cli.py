@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
-from engine.runtime import ray_session
+from engine.runtime import ADDRESS_ENV, ray_session
 from engine.status import list_tables, table_history, table_statuses
 from engine.storage import check_root, is_local, upload
 from engine.tables.delta import open_table
@@ -69,6 +70,8 @@ address_option = click.option(
 
 def _settings(ctx: click.Context) -> Settings:
     options = ctx.find_root().params
+    if _ADDRESS_KEY in ctx.meta:  # the command line beats RAY_ADDRESS, as it beats the configuration
+        os.environ[ADDRESS_ENV] = ctx.meta[_ADDRESS_KEY]
     settings = load_settings(
         options.get("config"),
         overrides={

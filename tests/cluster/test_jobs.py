@@ -74,10 +74,11 @@ def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     again = recipe()(jobs_head.dashboard_url, "--root", str(tmp_path), "run", "retail", poll_s=0.5)
     assert "nothing new: no table committed" in again
 
-    nowhere = f"127.0.0.1:{free_ports(1)[0]}"  # the group's address, which the command's own must replace
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"  # the group's address and RAY_ADDRESS, which the command's own must replace
     direct = subprocess.run([str(BIN / "medallion"), "--address", nowhere, "--root", str(tmp_path), "run", "retail",
                              "--address", jobs_head.gcs_address],
-                            env=ray_environment(), capture_output=True, text=True, timeout=300)
+                            env=ray_environment() | {"RAY_ADDRESS": nowhere}, capture_output=True, text=True,
+                            timeout=300)
     assert direct.returncode == 0, direct.stdout + direct.stderr
     assert "nothing new: no table committed" in direct.stdout
     drivers = [j for j in client.list_jobs() if j.type == "DRIVER" and "--address" in (j.entrypoint or "")]
