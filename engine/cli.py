@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult
-from engine.runtime import ray_session
+from engine.runtime import ADDRESS_ENV, ray_session
 from engine.status import list_tables, table_history, table_statuses
 from engine.storage import check_root, is_local, upload
 from engine.tables.delta import open_table
@@ -52,13 +53,30 @@ DEMO_PIPELINE = "retail"
 log = logging.getLogger(__name__)
 
 
+_ADDRESS_KEY = "medallion.address"
+
+
+def _remember_address(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+    """Keep a given `--address` for the whole command: one given after the command replaces the group's."""
+    if value is not None:
+        ctx.meta[_ADDRESS_KEY] = value
+
+
+address_option = click.option(
+    "--address", default=None, metavar="HOST:PORT", expose_value=False, callback=_remember_address,
+    help="Ray cluster address (default: a private local instance).")
+"""`--address`, on `medallion` itself and on the commands that run on a cluster (after the command, it wins)."""
+
+
 def _settings(ctx: click.Context) -> Settings:
     options = ctx.find_root().params
+    if _ADDRESS_KEY in ctx.meta:  # the command line beats RAY_ADDRESS, as it beats the configuration
+        os.environ[ADDRESS_ENV] = ctx.meta[_ADDRESS_KEY]
     settings = load_settings(
         options.get("config"),
         overrides={
             "storage": {"root": options.get("root")},
-            "ray": {"address": options.get("address"), "verbose": options.get("verbose") or None},
+            "ray": {"address": ctx.meta.get(_ADDRESS_KEY), "verbose": options.get("verbose") or None},
         },
     )
     log.debug("settings: %s", settings.model_dump_json())
@@ -85,14 +103,13 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
               help="Storage root (default ./lakehouse).")
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="YAML settings file (default ./medallion.yaml when present).")
-@click.option("--address", default=None, help="Ray cluster address (default: a private local instance).")
+@address_option
 @click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress bars.")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), envvar="MEDALLION_LOG_FORMAT", default=logs.HUMAN,
               show_default=True, help="Log records on stderr as text, or one JSON object per line.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               envvar="MEDALLION_LOG_LEVEL", default=None, help="Lowest level logged (default WARNING, INFO with -v).")
-def main(root: str | None, config: str | None, address: str | None, verbose: bool, log_format: str,
-         log_level: str | None) -> None:
+def main(root: str | None, config: str | None, verbose: bool, log_format: str, log_level: str | None) -> None:
     """Medallion lakehouse pipelines on Ray."""
     logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING)
 
@@ -140,6 +157,7 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint binds.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write Prometheus metrics to this file when the run ends (node-exporter textfile collector).")
+@address_option
 @click.pass_context
 @_reported
 def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,

@@ -46,7 +46,8 @@ def render_cli(root: click.Command | None = None) -> str:
         from engine.cli import main as root
     lines = ["# `medallion` command reference", "", _GENERATED, "",
              "Every command's usage, help and options, as `medallion COMMAND --help` prints them. Options of "
-             "`medallion` itself (`--root`, `--config`, `--address`, `-v`) go before the command.", ""]
+             "`medallion` itself (`--root`, `--config`, `--address`, `-v`) go before the command; `run` and "
+             "`train` also take `--address` after the command, which then wins.", ""]
     top = click.Context(root, info_name="medallion", **root.context_settings)
     index = []
     sections = []

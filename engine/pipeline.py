@@ -41,7 +41,8 @@ class TableDefinition:
         inputs: upstream tables, in the order of the function's parameters.
         function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
         source: landing files an ingested (bronze) table reads.
-        ray_options: Ray resource options for the table's write tasks (e.g. `{"num_cpus": 1}`).
+        ray_options: Ray resource options for the table's tasks (e.g. `{"num_cpus": 1}`): the reads of its inputs
+            and its write tasks, or for an ingested table the ingestion of each landing file.
         quality: the table's checks, run on every row it writes.
         incremental: the function maps input rows independently (a cleaner, not an aggregate), so a run
             passes it only the rows its inputs gained since the table was last built, when they only grew.
@@ -191,15 +192,17 @@ class Pipeline:
 
         return register
 
-    def ingest(self, name: str, source: FileSource, *, description: str = "",
-               maintenance: Maintenance | None = None, subject: str | None = None, owner: str = "",
-               tags: Collection[str] = (), columns: Mapping[str, str] | None = None,
+    def ingest(self, name: str, source: FileSource, *, ray_options: Mapping[str, Any] | None = None,
+               description: str = "", maintenance: Maintenance | None = None, subject: str | None = None,
+               owner: str = "", tags: Collection[str] = (), columns: Mapping[str, str] | None = None,
                freshness: Freshness | None = None, table_format: str | None = None) -> TableDefinition:
-        """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `subject`
+        """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `ray_options`
+        are the Ray resource options of its ingestion tasks (one per landing file: read, parse, stage); `subject`
         names the field holding the data subject's id (erasure also rewrites the landing files); `owner`,
         `tags`, `columns` and `freshness` as for `table`; `table_format` is the pipeline's when omitted."""
-        definition = TableDefinition(name=name, kind=Append(), source=source, description=description,
-                                     maintenance=maintenance or Maintenance(), subject=subject,
+        definition = TableDefinition(name=name, kind=Append(), source=source, ray_options=dict(ray_options or {}),
+                                     description=description, maintenance=maintenance or Maintenance(),
+                                     subject=subject,
                                      **_catalog_fields(name, owner, tags, columns, freshness),
                                      table_format=table_format or self.table_format)
         self._add(definition)

@@ -7,7 +7,7 @@ import warnings
 
 import click
 
-from engine.cli import _reported, _settings, console
+from engine.cli import _reported, _settings, address_option, console
 from engine.runtime import ray_session
 
 _REPO = click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
@@ -33,6 +33,7 @@ def _quiet() -> None:
 @_REPO
 @_FEAST_CONFIG
 @_TRACKING
+@address_option
 @click.pass_context
 @_reported
 def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: str, feast_config: str | None,

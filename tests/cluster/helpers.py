@@ -54,9 +54,11 @@ def free_ports(count: int) -> list[int]:
 
 def ray_environment(**extra: str) -> dict[str, str]:
     """The environment of every Ray process and client a test starts: auth disabled explicitly, the project's
-    virtualenv first on PATH (so that `medallion` and `ray` resolve inside Ray jobs too), no usage stats."""
+    virtualenv first on PATH (so that `medallion` and `ray` resolve inside Ray jobs too), this checkout first on
+    PYTHONPATH (so that they run its code, wherever the virtualenv's editable install points), no usage stats."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": path, **extra}
 
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
@@ -80,18 +82,24 @@ class RayHead:
         dashboard_url: its dashboard, Jobs API and state API.
         temp_dir: its sessions and logs.
         process: the `ray start` process; its process group holds every process of the cluster.
+        token: its authentication token, when it runs with `RAY_AUTH_MODE=token`.
     """
 
     gcs_address: str
     dashboard_url: str
     temp_dir: Path
     process: subprocess.Popen[bytes]
+    token: str | None = None
 
     def alive_nodes(self) -> list[Any]:
         """Nodes the GCS reports alive, via the state API (no Ray connection in this process)."""
-        from ray.util.state import list_nodes
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
 
-        return [n for n in list_nodes(address=self.dashboard_url, limit=100) if n.state == "ALIVE"]
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        nodes = StateApiClient(self.dashboard_url, headers=headers).list(
+            StateResource.NODES, ListApiOptions(limit=100), raise_on_missing_output=True)
+        return [n for n in nodes if n.state == "ALIVE"]
 
     def log(self, name: str) -> str:
         """The text of one of the head session's log files."""
@@ -100,11 +108,13 @@ class RayHead:
 
 
 @contextmanager
-def ray_head(num_cpus: int = 0, autoscaling: dict[str, Any] | None = None) -> Iterator[RayHead]:
+def ray_head(num_cpus: int = 0, autoscaling: dict[str, Any] | None = None,
+             token_path: Path | None = None) -> Iterator[RayHead]:
     """Start a private Ray head, yield it once its dashboard answers, then kill its whole process group by id.
 
     `autoscaling` is a fake_multinode cluster config: the head then runs Ray's autoscaler on it (its
     `provider.gcs_address` is set to this head's port), and worker nodes are local processes of the same group.
+    `token_path` turns on token authentication (`RAY_AUTH_MODE=token`) with the token in that file.
     """
     port, dashboard, agent, runtime_env, metrics, client = free_ports(6)
     temp_dir = Path(tempfile.mkdtemp(prefix="mdl-", dir="/tmp"))
@@ -115,6 +125,10 @@ def ray_head(num_cpus: int = 0, autoscaling: dict[str, Any] | None = None) -> It
                f"--ray-client-server-port={client}", f"--temp-dir={temp_dir}",
                f"--object-store-memory={200 * 2**20}", "--disable-usage-stats"]
     env = ray_environment()
+    token = None
+    if token_path is not None:
+        token = token_path.read_text().strip()
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     if autoscaling is not None:
         config = {**autoscaling, "provider": {**autoscaling["provider"], "gcs_address": f"127.0.0.1:{port}"}}
         (temp_dir / "autoscaling.yaml").write_text(yaml.safe_dump(config))
@@ -123,7 +137,7 @@ def ray_head(num_cpus: int = 0, autoscaling: dict[str, Any] | None = None) -> It
     with open(temp_dir / "head.out", "wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)
-    head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", temp_dir, process)
+    head = RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard}", temp_dir, process, token)
     try:
         wait_for(lambda: process.poll() is not None or _answers(head), 120, "the Ray head to start")
         assert process.poll() is None, (temp_dir / "head.out").read_text()

@@ -3,8 +3,8 @@
 Starts a three-node `ray.cluster_utils.Cluster` on private ports (a head without CPU, where this driver runs,
 and two 1-CPU workers, one of which also offers the custom resource `highmem`), then:
 
-1. runs a two-table pipeline whose silver table declares `ray_options` and records where Ray ran the tasks
-   that carried them;
+1. runs a two-table pipeline whose bronze and silver tables declare `ray_options` (both asking for `highmem`)
+   and records where Ray ran the tasks that carried them;
 2. runs the retail pipeline on ROOT and kills a worker (`remove_node(allow_graceful=False)`) while it runs a
    task, once the bronze tables are done; re-runs once if the first run did not succeed.
 
@@ -35,10 +35,12 @@ from pipelines.retail.pipeline import retail  # noqa: E402
 from tests.cluster.helpers import free_ports, wait_for  # noqa: E402
 
 HIGHMEM_OPTIONS = {"num_cpus": 1, "memory": 64 * 2**20, "resources": {"highmem": 1}}
+INGEST_OPTIONS = {"num_cpus": 0.5, "resources": {"highmem": 1}}
+LANDING_FILES = 2
 BRONZE_TABLES = 5
 
 shop = Pipeline("shop")
-shop.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"))
+shop.ingest("bronze.orders", FileSource("orders", "jsonl", pattern="*.jsonl"), ray_options=INGEST_OPTIONS)
 
 
 @shop.table("silver.orders", ray_options=HIGHMEM_OPTIONS)
@@ -73,19 +75,21 @@ def job_tasks(dashboard: str) -> list[Any]:
 
 def resources_scenario(root: Path, dashboard: str, nodes: dict[str, str]) -> dict[str, Any]:
     (root / "landing" / "orders").mkdir(parents=True)
-    lines = [json.dumps({"order_id": str(i), "amount": str(i * 10)}) for i in range(40)]
-    (root / "landing" / "orders" / "orders-0001.jsonl").write_text("\n".join(lines) + "\n")
+    for file in range(LANDING_FILES):
+        lines = [json.dumps({"order_id": str(i), "amount": str(i * 10)}) for i in range(file * 20, file * 20 + 20)]
+        (root / "landing" / "orders" / f"orders-{file + 1:04d}.jsonl").write_text("\n".join(lines) + "\n")
     result = Runner(shop, load_settings(overrides={"storage": {"root": str(root)}})).run()
 
-    def carrying_read_and_write() -> list[Any]:
-        """The tasks that asked for `highmem`, once the read and the write have both reported as finished
-        (task events reach the state API a little after the tasks end)."""
+    def carrying_ingest_read_and_write() -> list[Any]:
+        """The tasks that asked for `highmem`, once the ingestion of every landing file, the read and the write
+        have all reported as finished (task events reach the state API a little after the tasks end)."""
         tasks = [t for t in job_tasks(dashboard) if (t.required_resources or {}).get("highmem")]
         names = [t.name for t in tasks]
-        seen = any("Write" in n for n in names) and any("read" in n.lower() for n in names)
+        seen = (any("Write" in n for n in names) and any("read" in n.lower() for n in names)
+                and sum("_ingest_file" in n for n in names) == LANDING_FILES)
         return tasks if seen and all(t.state == "FINISHED" for t in tasks) else []
 
-    carrying = wait_for(carrying_read_and_write, 60, "the tasks of `silver.orders` in the state API")
+    carrying = wait_for(carrying_ingest_read_and_write, 60, "the tasks of `bronze.orders` and `silver.orders`")
     return {
         "succeeded": result.succeeded,
         "highmem_node": nodes["highmem"],

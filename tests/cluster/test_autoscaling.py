@@ -121,7 +121,7 @@ def test_a_pipeline_job_scales_the_cluster_up_and_back_down(
     assert f"[{tables}/{tables}]" in logs and "table(s) committed" in logs
     assert "capacity: asked the autoscaler for 1 task(s) of {CPU 1} ahead of `bronze." in logs
 
-    assert timeline.most >= 1, "the head has no CPU: the run's tasks needed workers the autoscaler added"
+    assert timeline.most >= 2, "more parallel tasks than one worker holds: the autoscaler added several workers"
     assert all("GPU" not in r and r.get("CPU") == 1 for r in timeline.resources.values()), \
         f"only cpu-workers for CPU work: {timeline.resources}"
     tasks = list_tasks(address=head.dashboard_url, filters=[("job_id", "=", info.job_id)], limit=10000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from engine.cli import main
 from engine.cluster_config import ClusterSpec, validate_file
+from engine.config import FeatureSettings
 from engine.errors import ClusterConfigError
 from tests.cluster.helpers import CLUSTER, REPO, lock_version
 
@@ -116,6 +118,21 @@ def test_images_and_pins_follow_the_lock_file() -> None:
     for provider in ("aws", "gcp"):
         text = (CLUSTER / LAUNCHERS[provider]).read_text()
         assert "uv export --frozen --no-dev" in text and "--dashboard-host=127.0.0.1" in text
+
+
+def test_the_image_holds_every_folder_a_job_needs() -> None:
+    """The packages of the wheel, and the feature repository that `train` and `features` read."""
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    ignored = (CLUSTER / "Dockerfile.dockerignore").read_text().splitlines()
+    workdir = re.search(r"^WORKDIR (\S+)$", dockerfile, re.M).group(1)
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    needed = [*packages["packages"], FeatureSettings().repo]
+    assert set(needed) >= {"engine", "pipelines", "features"}
+    for folder in needed:
+        assert (REPO / folder).is_dir(), folder
+        assert f"COPY --chown=ray:users {folder} ./{folder}\n" in dockerfile, f"the image lacks `{folder}/`"
+        assert f"!{folder}/" in ignored, f"cluster/Dockerfile.dockerignore leaves `{folder}/` out of the context"
+    assert f"ENV MEDALLION_FEATURE_REPO={workdir}/{FeatureSettings().repo}\n" in dockerfile
 
 
 def _set(path: str, value: Any) -> Callable[[Any], None]:

@@ -1,6 +1,6 @@
 """`medallion` as a Ray job: `ray job submit --working-dir . -- medallion run retail` (then `features apply`
 and `train`) against a private `ray start --head`, the orchestrator recipe of docs/operations.md, and
-`medallion --address` as a driver."""
+`medallion run --address` as a driver."""
 
 from __future__ import annotations
 
@@ -16,7 +16,16 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
-from tests.cluster.helpers import BIN, GOLD_TABLES, REPO, RayHead, assert_same_tables, ray_environment, ray_head
+from tests.cluster.helpers import (
+    BIN,
+    GOLD_TABLES,
+    REPO,
+    RayHead,
+    assert_same_tables,
+    free_ports,
+    ray_environment,
+    ray_head,
+)
 from tests.conftest import RETAIL_TEST_SCALE, RetailBuild
 
 pytestmark = pytest.mark.cluster
@@ -65,12 +74,16 @@ def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     again = recipe()(jobs_head.dashboard_url, "--root", str(tmp_path), "run", "retail", poll_s=0.5)
     assert "nothing new: no table committed" in again
 
-    direct = subprocess.run([str(BIN / "medallion"), "--address", jobs_head.gcs_address, "--root", str(tmp_path),
-                             "run", "retail"], env=ray_environment(), capture_output=True, text=True, timeout=300)
+    nowhere = f"127.0.0.1:{free_ports(1)[0]}"  # the group's address and RAY_ADDRESS, which the command's own must replace
+    direct = subprocess.run([str(BIN / "medallion"), "--address", nowhere, "--root", str(tmp_path), "run", "retail",
+                             "--address", jobs_head.gcs_address],
+                            env=ray_environment() | {"RAY_ADDRESS": nowhere}, capture_output=True, text=True,
+                            timeout=300)
     assert direct.returncode == 0, direct.stdout + direct.stderr
     assert "nothing new: no table committed" in direct.stdout
     drivers = [j for j in client.list_jobs() if j.type == "DRIVER" and "--address" in (j.entrypoint or "")]
-    assert len(drivers) == 1, "`medallion --address` ran its driver on the cluster, not on a private instance"
+    assert len(drivers) == 1, "`medallion run --address` ran its driver on the cluster, not on a private instance"
+    assert drivers[0].entrypoint.endswith(f"run retail --address {jobs_head.gcs_address}"), drivers[0].entrypoint
 
     for arguments, expected in ((("features", "apply"), "created feature view"),
                                 (("train", "retail/churn"), "registered version 1: no champion yet")):

@@ -63,13 +63,16 @@ def test_three_nodes_run_a_tables_tasks_where_its_declared_resources_are(
     resources = report["resources"]
     assert resources["succeeded"]
     carrying = resources["carrying"]
-    assert carrying, "the read and write tasks of `silver.orders` carry its ray_options"
     assert all(t["node_id"] == resources["highmem_node"] for t in carrying), carrying
-    names = [t["name"] for t in carrying]
+    ingest = [t for t in carrying if "_ingest_file" in t["name"]]
+    assert len(ingest) == 2, "one ingestion task per landing file of `bronze.orders`, carrying its ray_options"
+    assert all(t["resources"] == {"CPU": 0.5, "highmem": 1.0} for t in ingest), ingest
+    silver = [t for t in carrying if t not in ingest]
+    names = [t["name"] for t in silver]
     assert any("Write" in n for n in names) and any("read" in n.lower() for n in names), names
     assert all("Write" in n or "read" in n.lower() for n in names), names
-    assert all(t["resources"] == {"CPU": 1.0, "memory": float(64 * 2**20), "highmem": 1.0} for t in carrying)
-    assert read_table(root / "shop", "silver.orders").height == 40
+    assert all(t["resources"] == {"CPU": 1.0, "memory": float(64 * 2**20), "highmem": 1.0} for t in silver)
+    assert read_table(root / "shop", "bronze.orders").height == read_table(root / "shop", "silver.orders").height == 40
 
 
 def test_a_worker_killed_mid_run_leaves_complete_tables_and_no_duplicate(
