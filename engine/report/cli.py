@@ -6,8 +6,6 @@ import click
 
 from engine.cli import _reported, _settings, console
 from engine.entrypoints import load_pipeline
-from engine.report.data import gather
-from engine.report.html import render
 from engine.storage import filesystem_of
 from engine.tables.layout import Layout
 
@@ -28,6 +26,9 @@ from engine.tables.layout import Layout
 def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...], runs: int, versions: int) -> None:
     """A static HTML page: the pipeline graph coloured by status, and per table its versions, rows, quality
     trends, freshness and durations, with plots over the latest runs. Opens in any browser, no server."""
+    from engine.report.data import gather  # matplotlib and jinja2 load only for this command
+    from engine.report.html import render
+
     layout = Layout.at(_settings(ctx).storage.root)
     pipelines = [load_pipeline(name) for name in pipeline_names]
     page = render(gather(layout, pipelines, runs=runs, versions=versions))
