@@ -1,23 +1,37 @@
-"""A Ray-distributed engine for medallion lakehouse pipelines."""
+"""A Ray-distributed engine for medallion lakehouse pipelines.
 
-from engine.config import Settings as Settings
-from engine.config import load_settings as load_settings
-from engine.context import TableContext as TableContext
-from engine.context import table_context as table_context
-from engine.errors import EngineError as EngineError
-from engine.freshness import Freshness as Freshness
-from engine.ingest.sources import FileSource as FileSource
-from engine.kinds import SCD2 as SCD2
-from engine.kinds import Append as Append
-from engine.kinds import Merge as Merge
-from engine.kinds import Overwrite as Overwrite
-from engine.kinds import RecomputeKeys as RecomputeKeys
-from engine.maintenance.policy import Maintenance as Maintenance
-from engine.partitioning import co_partition as co_partition
-from engine.partitioning import default_partitions as default_partitions
-from engine.partitioning import map_partitions as map_partitions
-from engine.pipeline import Pipeline as Pipeline
-from engine.runner import Runner as Runner
-from engine.runner import RunResult as RunResult
-from engine.runtime import ray_session as ray_session
-from engine.schema import SchemaEvolution as SchemaEvolution
+The public names are loaded on first use, so a Ray worker that imports one module of the engine (a partition
+function's `engine.columns`, say) does not also import the runner, pandera and deltalake.
+"""
+
+from __future__ import annotations
+
+from engine.lazy import lazy_exports
+
+EXPORTS = {
+    "Settings": "engine.config",
+    "load_settings": "engine.config",
+    "TableContext": "engine.context",
+    "table_context": "engine.context",
+    "EngineError": "engine.errors",
+    "Freshness": "engine.freshness",
+    "FileSource": "engine.ingest.sources",
+    "SCD2": "engine.kinds",
+    "Append": "engine.kinds",
+    "Merge": "engine.kinds",
+    "Overwrite": "engine.kinds",
+    "RecomputeKeys": "engine.kinds",
+    "Maintenance": "engine.maintenance.policy",
+    "co_partition": "engine.partitioning",
+    "default_partitions": "engine.partitioning",
+    "map_partitions": "engine.partitioning",
+    "Pipeline": "engine.pipeline",
+    "Runner": "engine.runner",
+    "RunResult": "engine.runner",
+    "ray_session": "engine.runtime",
+    "SchemaEvolution": "engine.schema",
+}
+"""Public name -> the module that defines it."""
+
+__all__ = sorted(EXPORTS)
+__getattr__ = lazy_exports(__name__, EXPORTS)

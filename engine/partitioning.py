@@ -57,8 +57,8 @@ def co_partition(
 
     `function` receives one Arrow table per input, as keyword arguments named like `inputs` (plus
     `fn_kwargs`): the rows of every input whose keys hash to that partition. The inputs are executed and split
-    here; the calls run when the returned dataset is consumed, so a write of it runs in the same tasks.
-    When no input has even a schema (each read a table without data files), `function` is not called.
+    here, and the split has finished when this returns; the calls run when the returned dataset is consumed,
+    so a write of it runs in the same tasks. When no input has even a schema (each read a table without data files), `function` is not called.
     """
     partitions = num_partitions or default_partitions()
     pieces: dict[str, list[list[ray.ObjectRef]]] = {}
@@ -69,11 +69,19 @@ def co_partition(
         pieces[name] = [_split_blocks.options(num_returns=partitions).remote(list(keys), partitions, *group)
                         if partitions > 1 else [_split_blocks.remote(list(keys), 1, *group)]
                         for group in _groups(materialized)]
+    _wait_for_splits(pieces)
     counts = [(name, len(pieces[name])) for name in inputs]
     work = _PartitionWork(function, dict(fn_kwargs or {}), empties, counts,
                           [[split[p] for name in inputs for split in pieces[name]] for p in range(partitions)])
     return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
         _apply_partitions, fn_kwargs={"work": work}, batch_format="pyarrow", batch_size=None)
+
+
+def _wait_for_splits(pieces: Mapping[str, list[list[ray.ObjectRef]]]) -> None:
+    """Block until every split task has finished: a partition needs a piece of every split, and a partition task
+    started earlier would wait inside `ray.get`, where Ray hands its CPU to yet another new worker process."""
+    firsts = [split[0] for splits in pieces.values() for split in splits]
+    ray.wait(firsts, num_returns=len(firsts), fetch_local=False)
 
 
 def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:

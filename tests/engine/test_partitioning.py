@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
 from collections import Counter
 from typing import Any
 
@@ -12,7 +15,9 @@ import pyarrow.compute as pc
 import pytest
 import ray
 import ray.data
+from ray._common.test_utils import SignalActor
 
+from engine import partitioning
 from engine.partitioning import co_partition, default_partitions, map_partitions, partition_of
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -181,3 +186,32 @@ def test_inputs_without_any_schema_skip_the_function(ray_local: None) -> None:
 
     empty = ray.data.from_arrow(pa.table({})).filter(lambda row: False)
     assert map_partitions(empty, ["k"], fail, num_partitions=2).take_all() == []
+
+
+def test_co_partition_returns_only_once_every_split_has_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = SignalActor.remote()  # type: ignore[attr-defined]
+    split = partitioning._split_blocks
+
+    @ray.remote
+    def gated_split(keys: list[str], partitions: int, *blocks: pa.Table) -> tuple[pa.Table, ...]:
+        ray.get(gate.wait.remote())
+        return tuple(ray.get(split.options(num_returns=partitions).remote(keys, partitions, *blocks)))
+
+    monkeypatch.setattr(partitioning, "_split_blocks", gated_split)
+    returned: dict[str, ray.data.Dataset] = {}
+    call = threading.Thread(target=lambda: returned.update(
+        dataset=map_partitions(ray.data.from_arrow(events()), ["c"], count_per_key, num_partitions=2)))
+    call.start()
+    call.join(timeout=3)
+    assert call.is_alive() and not returned, "co_partition returned while a split task was still running"
+    ray.get(gate.send.remote())
+    call.join()
+    counts = {row["c"]: row["rows"] for row in collect(returned["dataset"])}
+    assert counts == dict(enumerate(ROWS_PER_KEY))
+
+
+def test_a_worker_importing_one_engine_module_loads_neither_the_runner_nor_pandera() -> None:
+    heavy = ("engine.runner", "engine.pipeline", "pandera", "deltalake")
+    code = f"import sys, engine.columns; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
