@@ -214,8 +214,8 @@ def plot(results: dict[str, Any]) -> None:
 
 
 def _tpch_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| SF | engine | runs | wall median (s) | wall best (s) | peak RSS max (MiB) | ratio to engine "
-             "| runner median (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| SF | engine | runs | wall median (s) | wall best (s) | peak PSS max (MiB) | peak RSS max (MiB) "
+             "| ratio to engine | runner median (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for sf in sorted(results["tpch"], key=float):
         measurements = results["tpch"][sf]
         engine_median = _median(_walls(measurements, "engine"))
@@ -225,8 +225,10 @@ def _tpch_table(results: dict[str, Any]) -> list[str]:
                 continue
             walls = [m.wall_s for m in mine]
             runner = [m.pipeline_s for m in mine if m.pipeline_s is not None]
+            pss = [m.peak_pss_mb for m in mine if m.peak_pss_mb is not None]
             lines.append(f"| {sf} | {engine} | {len(mine)} | {_median(walls):.1f} | {min(walls):.1f} | "
-                         f"{max(m.peak_rss_mb for m in mine):,.0f} | {_median(walls) / engine_median:.2f} | "
+                         f"{f'{max(pss):,.0f}' if pss else '–'} | {max(m.peak_rss_mb for m in mine):,.0f} | "
+                         f"{_median(walls) / engine_median:.2f} | "
                          f"{f'{_median(runner):.1f}' if runner else '–'} |")
     return lines
 
@@ -291,9 +293,11 @@ def render(results: dict[str, Any]) -> str:
         "",
         "The workload of `benchmarks/tpch/WORKLOAD.md`, one process per run, start-up and shut-down included. Runs",
         "alternate between engines in a rotating order. Every output passed the correctness check against DuckDB's",
-        "before its time was kept. `peak RSS` sums the resident memory of the process and all its descendants",
-        "(for the engine: the CLI, Ray's GCS, raylet and workers). `runner` is the engine's own pipeline time,",
-        "without Ray start-up, imports and shut-down.",
+        "before its time was kept. `peak PSS` sums the proportional memory of the process and all its descendants",
+        "(for the engine: the CLI, Ray's GCS, raylet and workers): a page shared by n processes counts 1/n in each,",
+        "so the sum is the memory the run holds. `peak RSS` sums their resident memory, counting shared pages (Ray's",
+        "object store) once per process that maps them. `runner` is the engine's own pipeline time, without Ray",
+        "start-up, imports and shut-down.",
         "",
         *_tpch_table(results),
         "",

@@ -11,8 +11,9 @@ rounds, the order rotated each round so that no engine always goes first:
             mode, Parquet output), `daft_run --runner native` (daft) and `daft_run --runner ray` (daft-ray);
             each peer deletes its output `WORK/<name>` itself.
 Every output is checked (`check.py`; each against the DuckDB output of the same round, so `duckdb` must be one
-of the engines) before any time is reported. Wall time is measured around the process; peak RSS is the largest
-sum of the resident memory of the process and all its descendants (Ray's workers included), sampled every 50 ms;
+of the engines) before any time is reported. Wall time is measured around the process; peak RSS and peak PSS are
+the largest sums of the resident and of the proportional memory of the process and all its descendants (Ray's
+workers included), sampled every 50 ms;
 for the engine, the runner's own time (its CLI's "finished in", Ray start-up and shut-down excluded) is recorded
 too. Prints a Markdown table (with each wall median's ratio to the engine's) and the machine, and writes the raw
 numbers to `--results`.
@@ -61,30 +62,44 @@ class Measurement:
     wall_s: float
     peak_rss_mb: float
     pipeline_s: float | None = None
+    peak_pss_mb: float | None = None
 
 
-def _tree_rss(process: psutil.Process) -> int:
-    """Resident bytes of `process` and every descendant still alive."""
-    total = 0
+@dataclass(frozen=True)
+class TreeMemory:
+    """Memory of a process tree, in bytes: `rss` counts a page shared by n processes n times, `pss` (the
+    proportional set size) counts 1/n of it in each, so its sum is the memory the tree really holds (Ray's
+    object store is shared memory mapped by the raylet and every worker)."""
+
+    rss: int = 0
+    pss: int = 0
+
+
+def tree_memory(process: psutil.Process) -> TreeMemory:
+    """Summed RSS and PSS of `process` and every descendant still alive."""
+    rss = pss = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            memory = member.memory_full_info()
         except psutil.Error:
             continue
-    return total
+        rss, pss = rss + memory.rss, pss + memory.pss
+    return TreeMemory(rss, pss)
 
 
-def measure(command: list[str], env: dict[str, str]) -> tuple[float, int, str]:
-    """Run `command`; return its wall time in seconds, the peak RSS of its process tree in bytes, its output."""
+def measure(command: list[str], env: dict[str, str]) -> tuple[float, TreeMemory, str]:
+    """Run `command`; return its wall time in seconds, the peak summed RSS and PSS of its process tree, its
+    output."""
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = psutil.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak = 0
+        peak = TreeMemory()
         while process.poll() is None:
             try:
-                peak = max(peak, _tree_rss(process))
+                now = tree_memory(process)
             except psutil.NoSuchProcess:
                 break
+            peak = TreeMemory(max(peak.rss, now.rss), max(peak.pss, now.pss))
             time.sleep(SAMPLE_SECONDS)
         wall = time.perf_counter() - started
         log.seek(0)
@@ -178,8 +193,9 @@ def benchmark(sf: float, runs: int, data_root: Path, work: Path,
         for engine in engines[shift:] + engines[:shift]:
             wall, peak, log = measure(COMMANDS[engine](data, work / engine), env)
             reported = PIPELINE_TIME.search(log) if engine == "engine" else None
-            measurements.append(Measurement(engine, run, round(wall, 2), round(peak / 2**20, 1),
-                                            float(reported.group(1)) if reported else None))
+            measurements.append(Measurement(engine, run, round(wall, 2), round(peak.rss / 2**20, 1),
+                                            float(reported.group(1)) if reported else None,
+                                            round(peak.pss / 2**20, 1)))
         reference = Output(work / "duckdb")
         for engine in engines:
             assert_correct(data, output(engine, work / engine), reference)
@@ -189,7 +205,7 @@ def benchmark(sf: float, runs: int, data_root: Path, work: Path,
 def table(sf: float, measurements: list[Measurement]) -> str:
     """Markdown summary: median and best wall time, ratio to the engine, largest peak RSS per engine."""
     lines = ["| SF | engine | runs | wall median (s) | wall best (s) | ratio to engine | peak RSS max (MB) | "
-             "runner median (s) |", "|---|---|---|---|---|---|---|---|"]
+             "peak PSS max (MB) | runner median (s) |", "|---|---|---|---|---|---|---|---|---|"]
     medians = {engine: statistics.median(m.wall_s for m in measurements if m.engine == engine)
                for engine in dict.fromkeys(m.engine for m in measurements)}
     for engine, median in medians.items():
@@ -198,7 +214,8 @@ def table(sf: float, measurements: list[Measurement]) -> str:
         runner = f"{statistics.median(inner):.1f}" if inner else "-"
         ratio = f"{median / medians['engine']:.2f}" if "engine" in medians else "-"
         lines.append(f"| {sf:g} | {engine} | {len(mine)} | {median:.2f} | {min(m.wall_s for m in mine):.2f} | "
-                     f"{ratio} | {max(m.peak_rss_mb for m in mine):.0f} | {runner} |")
+                     f"{ratio} | {max(m.peak_rss_mb for m in mine):.0f} | "
+                     f"{max(m.peak_pss_mb or 0 for m in mine):.0f} | {runner} |")
     return "\n".join(lines)
 
 

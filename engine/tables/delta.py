@@ -9,7 +9,6 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 import ray.data
@@ -24,6 +23,7 @@ from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
 from engine.tables import progress
+from engine.tables.delta_files import DataFileEntry, data_files, read_files, readable_by_files
 from engine.tables.files import DataFile
 
 METADATA_PREFIX = "medallion."
@@ -136,9 +136,11 @@ def read_dataset(
     uri: str, table: str, version: int | None = None, ray_options: Mapping[str, Any] | None = None
 ) -> ray.data.Dataset:
     """A Ray Dataset over the table's files at `version`, read through the Delta log by tasks with the
-    resources `ray_options`."""
-    open_table(uri, table, version)
-    return ray.data.read_delta(uri, version=version, ray_remote_args=dict(ray_options or {}))
+    resources `ray_options` (one per data file, see `engine.tables.delta_files`)."""
+    opened = open_table(uri, table, version)
+    if not readable_by_files(opened):
+        return ray.data.read_delta(uri, version=version, ray_remote_args=dict(ray_options or {}))
+    return read_files(data_files(uri, opened), pa.schema(opened.schema().to_arrow()), ray_options)
 
 
 def read_added_files(
@@ -154,20 +156,17 @@ def read_added_files(
     """
     before = set(open_table(uri, table, since).file_uris())
     now = open_table(uri, table, until)
+    if not readable_by_files(now):
+        return None
     if before <= set(now.file_uris()):
-        actions = pa.table(now.get_add_actions(flatten=True)).select(["path", "num_records"]).to_pylist()
-        added = [a for a in actions if f"{uri}/{a['path']}" not in before]
+        added = [entry for entry in data_files(uri, now) if entry.uri not in before]
     else:
         appended = _appended_through_compactions(uri, table, since, until)
         if appended is None:
             return None
         added = appended
     schema = pa.schema(now.schema().to_arrow())
-    if not added:
-        return ray.data.from_arrow(schema.empty_table()), 0
-    reader = _read_data_file.options(**dict(ray_options or {}))
-    blocks = [reader.remote(f"{uri}/{a['path']}", schema) for a in added]
-    return ray.data.from_arrow_refs(blocks), sum(a["num_records"] or 0 for a in added)
+    return read_files(added, schema, ray_options), sum(entry.num_rows or 0 for entry in added)
 
 
 def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
@@ -195,32 +194,24 @@ def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Tabl
     return changed.select(list(keys)).unique().to_arrow()
 
 
-def _appended_through_compactions(uri: str, table: str, since: int, until: int) -> list[dict[str, Any]] | None:
-    """The add actions (`path`, `num_records`) of the files appended after `since` up to `until`, when every
-    commit in between only appended files or only compacted them and those files are still on disk; else
-    None."""
+def _appended_through_compactions(uri: str, table: str, since: int, until: int) -> list[DataFileEntry] | None:
+    """The data files appended after `since` up to `until`, when every commit in between only appended files
+    or only compacted them and those files are still on disk; else None."""
     compactions = {c["version"] for c in history(uri, table) if since < c["version"] <= until
                    and (c.get("operation") == "OPTIMIZE" or commit_info_value(c, "operation") == "optimize")}
-    previous = pa.table(open_table(uri, table, since).get_add_actions(flatten=True)).select(["path", "num_records"])
-    added: list[dict[str, Any]] = []
+    previous = data_files(uri, open_table(uri, table, since))
+    added: list[DataFileEntry] = []
     for version in range(since + 1, until + 1):
-        current = pa.table(open_table(uri, table, version).get_add_actions(flatten=True)).select(
-            ["path", "num_records"])
-        known = set(previous.column("path").to_pylist())
+        current = data_files(uri, open_table(uri, table, version))
+        known = {entry.uri for entry in previous}
         if version not in compactions:
-            if not known <= set(current.column("path").to_pylist()):
+            if not known <= {entry.uri for entry in current}:
                 return None
-            added.extend(a for a in current.to_pylist() if a["path"] not in known)
+            added.extend(entry for entry in current if entry.uri not in known)
         previous = current
-    filesystem, root = filesystem_of(uri)
-    infos = filesystem.get_file_info([f"{root}/{a['path']}" for a in added])
+    filesystem, _ = filesystem_of(uri)
+    infos = filesystem.get_file_info([filesystem_of(entry.uri)[1] for entry in added])
     return None if any(info.type == pafs.FileType.NotFound for info in infos) else added
-
-
-@ray.remote
-def _read_data_file(path: str, schema: pa.Schema) -> pa.Table:
-    """One data file of a table, with the columns it lacks filled with nulls."""
-    return pads.dataset(path, schema=schema, format="parquet").to_table()
 
 
 RESTORED_TO_KEY = "restored_to"
