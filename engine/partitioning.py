@@ -18,14 +18,22 @@ import polars as pl
 import pyarrow as pa
 import ray
 import ray.data
+from ray.data.block import BlockAccessor
 
 SPLIT_TASK_BYTES = 256 * 2**20
 """Input bytes one split task hashes and splits."""
+PARTITION_BYTES = 128 * 2**20
+"""Input bytes one partition task gets at most, when the CPUs alone would make larger partitions."""
+SHUFFLE_BUCKETS = 64
+"""Hash buckets of a split when the engine picks the partition count: once every split has finished and the
+bytes of every bucket are known, consecutive buckets are grouped into partitions of about equal size (as
+Spark's adaptive execution coalesces shuffle partitions)."""
 
 
-def default_partitions() -> int:
-    """Twice the CPUs of the cluster: enough parallelism without tiny partitions."""
-    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+def default_partitions(input_bytes: int = 0) -> int:
+    """Twice the CPUs of the cluster (enough parallelism without tiny partitions), or more when that would give
+    a partition more than `PARTITION_BYTES` of `input_bytes`: a task's memory grows with its partition."""
+    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)), math.ceil(input_bytes / PARTITION_BYTES))
 
 
 def map_partitions(
@@ -57,31 +65,81 @@ def co_partition(
 
     `function` receives one Arrow table per input, as keyword arguments named like `inputs` (plus
     `fn_kwargs`): the rows of every input whose keys hash to that partition. The inputs are executed and split
-    here, and the split has finished when this returns; the calls run when the returned dataset is consumed,
-    so a write of it runs in the same tasks. When no input has even a schema (each read a table without data files), `function` is not called.
+    here, each block split as soon as it is read, and the split has finished when this returns; the calls run
+    when the returned dataset is consumed, so a write of it runs in the same tasks. When no input has even a
+    schema (each read a table without data files), `function` is not called. Without `num_partitions`, the
+    count is `default_partitions` of the bytes split.
     """
-    partitions = num_partitions or default_partitions()
-    pieces: dict[str, list[list[ray.ObjectRef]]] = {}
+    buckets = num_partitions or max(SHUFFLE_BUCKETS, default_partitions())
+    splits: dict[str, list[_Split]] = {}
     empties: dict[str, pa.Table] = {}
     for name, dataset in inputs.items():
-        materialized = dataset.materialize()
-        empties[name] = _empty_like(materialized)
-        pieces[name] = [_split_blocks.options(num_returns=partitions).remote(list(keys), partitions, *group)
-                        if partitions > 1 else [_split_blocks.remote(list(keys), 1, *group)]
-                        for group in _groups(materialized)]
-    _wait_for_splits(pieces)
-    counts = [(name, len(pieces[name])) for name in inputs]
-    work = _PartitionWork(function, dict(fn_kwargs or {}), empties, counts,
-                          [[split[p] for name in inputs for split in pieces[name]] for p in range(partitions)])
-    return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
+        splits[name], empties[name] = _split_stream(dataset, list(keys), buckets)
+    sizes = _bucket_sizes(splits, buckets)
+    groups = ([[bucket] for bucket in range(buckets)] if num_partitions
+              else coalesce(sizes, default_partitions(int(sizes.sum()))))
+    work = _PartitionWork(function, dict(fn_kwargs or {}), empties, [
+        {name: [split.pieces[bucket] for split in splits[name] for bucket in group] for name in inputs}
+        for group in groups])
+    return ray.data.range(len(groups), override_num_blocks=len(groups)).map_batches(
         _apply_partitions, fn_kwargs={"work": work}, batch_format="pyarrow", batch_size=None)
 
 
-def _wait_for_splits(pieces: Mapping[str, list[list[ray.ObjectRef]]]) -> None:
-    """Block until every split task has finished: a partition needs a piece of every split, and a partition task
-    started earlier would wait inside `ray.get`, where Ray hands its CPU to yet another new worker process."""
-    firsts = [split[0] for splits in pieces.values() for split in splits]
-    ray.wait(firsts, num_returns=len(firsts), fetch_local=False)
+@dataclass(frozen=True)
+class _Split:
+    """One split task's outputs: a piece per bucket, and the bytes of every piece."""
+
+    pieces: list[ray.ObjectRef]
+    sizes: ray.ObjectRef
+
+
+def _split_stream(dataset: ray.data.Dataset, keys: list[str], buckets: int) -> tuple[list[_Split], pa.Table]:
+    """Split the blocks of `dataset` as they are produced, in groups of about `SPLIT_TASK_BYTES` (readers emit
+    many small blocks, and a task per block would cost more than the split), so that a read block is released
+    once split instead of the whole input being held beside its pieces; also an empty table of its columns."""
+    splits: list[_Split] = []
+    refs: list[ray.ObjectRef] = []
+    bounds: list[tuple[int, int] | None] = []
+    size, schema = 0, None
+
+    def submit() -> None:
+        outputs = _split_blocks.options(num_returns=buckets + 1).remote(keys, buckets, list(bounds), *refs)
+        splits.append(_Split(list(outputs[:-1]), outputs[-1]))
+        refs.clear()
+        bounds.clear()
+
+    for bundle in dataset.iter_internal_ref_bundles():
+        schema = schema if schema is not None else bundle.schema
+        for entry, piece in zip(bundle.blocks, bundle.slices):
+            refs.append(entry.ref)
+            bounds.append(None if piece is None else (piece.start_offset, piece.end_offset))
+            size += entry.metadata.size_bytes or 0
+            if size >= SPLIT_TASK_BYTES:
+                submit()
+                size = 0
+    if refs:
+        submit()
+    return splits, _empty_of(schema) if schema is not None else _empty_like(dataset)
+
+
+def _bucket_sizes(splits: Mapping[str, list[_Split]], buckets: int) -> np.ndarray:
+    """Bytes of every bucket over all splits of all inputs, once every split task has finished. Waiting for
+    all of them before any partition task starts matters: a partition needs a piece of every split, and a
+    partition task started earlier would wait inside `ray.get`, where Ray hands its CPU to yet another new
+    worker process."""
+    refs = [split.sizes for inputs in splits.values() for split in inputs]
+    return np.sum(ray.get(refs), axis=0) if refs else np.zeros(buckets, dtype=np.int64)
+
+
+def coalesce(sizes: np.ndarray, partitions: int) -> list[list[int]]:
+    """Consecutive bucket numbers grouped into at most `partitions` groups of about equal total size."""
+    cumulative = np.cumsum(sizes)
+    total = int(cumulative[-1]) if len(sizes) else 0
+    if partitions >= len(sizes) or total == 0:
+        return [list(group) for group in np.array_split(np.arange(len(sizes)), min(partitions, len(sizes)))]
+    cuts = np.searchsorted(cumulative, total * np.arange(1, partitions) / partitions, side="left") + 1
+    bounds = np.unique(np.concatenate([[0], cuts, [len(sizes)]]))
+    return [list(range(bounds[i], bounds[i + 1])) for i in range(len(bounds) - 1)]
 
 
 def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
@@ -92,8 +150,12 @@ def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
 
 
 def _empty_like(dataset: ray.data.Dataset) -> pa.Table:
-    schema = dataset.schema()
-    base = getattr(schema, "base_schema", None)
+    return _empty_of(dataset.schema())
+
+
+def _empty_of(schema: Any) -> pa.Table:
+    """An empty table of a Ray Data schema (or of a plain Arrow schema); no columns when it is not Arrow."""
+    base = schema if isinstance(schema, pa.Schema) else getattr(schema, "base_schema", None)
     return base.empty_table() if isinstance(base, pa.Schema) else pa.table({})
 
 
@@ -104,52 +166,52 @@ def partition_of(table: pa.Table, keys: Sequence[str], partitions: int) -> np.nd
     return frame.select(pl.struct(list(keys)).hash(seed=0) % partitions).to_series().to_numpy()
 
 
-def _groups(dataset: ray.data.MaterializedDataset) -> list[list[ray.ObjectRef]]:
-    """The blocks of `dataset` in consecutive groups of about `SPLIT_TASK_BYTES`, one split task each: readers
-    emit many small blocks, and a task per block would cost more than the split itself."""
-    blocks = dataset.to_arrow_refs()
-    count = min(len(blocks), max(1, math.ceil(dataset.size_bytes() / SPLIT_TASK_BYTES)))
-    return [list(group) for group in np.array_split(np.array(blocks, dtype=object), count)] if blocks else []
-
-
 @ray.remote
-def _split_blocks(keys: list[str], partitions: int, *blocks: pa.Table) -> tuple[pa.Table, ...] | pa.Table:
-    with_columns = [block for block in blocks if block.num_columns]
-    block = pa.concat_tables(with_columns, promote_options="permissive") if with_columns else blocks[0]
-    if partitions == 1:
-        return block
-    if block.num_rows == 0:
-        return (block,) * partitions
-    numbers = partition_of(block, keys, partitions)
-    order = np.argsort(numbers, kind="stable")
-    bounds = np.searchsorted(numbers[order], np.arange(partitions + 1))
-    ordered = block.take(pa.array(order))
-    return tuple(ordered.slice(bounds[p], bounds[p + 1] - bounds[p]) for p in range(partitions))
+def _split_blocks(keys: list[str], buckets: int, bounds: list[tuple[int, int] | None], *blocks: Any
+                  ) -> tuple[Any, ...]:
+    """The rows of `blocks` (each cut to its `bounds`, when given) by hash bucket of `keys`, then the bytes of
+    every bucket's piece."""
+    tables = [_arrow_block(block, cut) for block, cut in zip(blocks, bounds)]
+    with_columns = [table for table in tables if table.num_columns]
+    block = pa.concat_tables(with_columns, promote_options="permissive") if with_columns else tables[0]
+    if buckets == 1 or block.num_rows == 0:
+        pieces: tuple[pa.Table, ...] = (block,) + (block.slice(0, 0),) * (buckets - 1)
+    else:
+        numbers = partition_of(block, keys, buckets)
+        order = np.argsort(numbers, kind="stable")
+        starts = np.searchsorted(numbers[order], np.arange(buckets + 1))
+        ordered = block.take(pa.array(order))
+        pieces = tuple(ordered.slice(starts[b], starts[b + 1] - starts[b]) for b in range(buckets))
+    return (*pieces, np.array([piece.nbytes for piece in pieces], dtype=np.int64))
+
+
+def _arrow_block(block: Any, cut: tuple[int, int] | None) -> pa.Table:
+    """A Ray Data block as an Arrow table (pandas blocks are converted), cut to rows [start, end)."""
+    table = block if isinstance(block, pa.Table) else BlockAccessor.for_block(block).to_arrow()
+    return table if cut is None else table.slice(cut[0], cut[1] - cut[0])
 
 
 @dataclass(frozen=True)
 class _PartitionWork:
-    """What the task of a partition needs: the function, and the pieces of every input per partition."""
+    """What the task of a partition needs: the function, and per partition the pieces of every input."""
 
     function: Callable[..., pa.Table]
     fn_kwargs: dict[str, Any]
     empties: dict[str, pa.Table]
-    counts: list[tuple[str, int]]
-    pieces: list[list[ray.ObjectRef]]
+    pieces: list[dict[str, list[ray.ObjectRef]]]
 
 
 def _apply_partitions(batch: pa.Table, work: _PartitionWork) -> pa.Table:
     """The function's output for the partitions numbered in `batch` (one, unless Ray merged blocks)."""
-    outputs = [_apply(work, ray.get(work.pieces[p])) for p in batch.column("id").to_pylist()]
+    outputs = [_apply(work, work.pieces[p]) for p in batch.column("id").to_pylist()]
     outputs = [table for table in outputs if table.num_columns]
     return pa.concat_tables(outputs, promote_options="permissive") if outputs else pa.table({})
 
 
-def _apply(work: _PartitionWork, pieces: list[pa.Table]) -> pa.Table:
-    tables, start = {}, 0
-    for name, count in work.counts:
-        parts = [part for part in pieces[start:start + count] if part.num_columns]
-        start += count
+def _apply(work: _PartitionWork, pieces: Mapping[str, list[ray.ObjectRef]]) -> pa.Table:
+    tables = {}
+    for name, refs in pieces.items():
+        parts = [part for part in ray.get(refs) if part.num_columns]
         tables[name] = pa.concat_tables(parts, promote_options="permissive") if parts else work.empties[name]
     if not any(table.num_columns for table in tables.values()):
         return pa.table({})

@@ -18,7 +18,7 @@ import ray.data
 from ray._common.test_utils import SignalActor
 
 from engine import partitioning
-from engine.partitioning import co_partition, default_partitions, map_partitions, partition_of
+from engine.partitioning import co_partition, coalesce, default_partitions, map_partitions, partition_of
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -86,6 +86,28 @@ def test_map_partitions_calls_once_per_partition_with_default_count() -> None:
     result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))
     assert len(result) == partitions
     assert sum(row["rows"] for row in result) == events().num_rows
+
+
+def test_large_inputs_get_a_partition_per_partition_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tag(table: pa.Table) -> pa.Table:
+        return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
+
+    assert default_partitions(10 * partitioning.PARTITION_BYTES + 1) == max(11, default_partitions())
+    monkeypatch.setattr(partitioning, "PARTITION_BYTES", 64)
+    most = default_partitions(events().nbytes)
+    assert most > default_partitions()
+    result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))
+    assert default_partitions() < len(result) <= most
+    assert sum(row["rows"] for row in result) == events().num_rows
+
+
+def test_coalesced_buckets_are_consecutive_and_of_about_equal_size() -> None:
+    sizes = np.array([10, 0, 30, 20, 20, 0, 0, 40, 10, 30])
+    groups = coalesce(sizes, 4)
+    assert [bucket for group in groups for bucket in group] == list(range(10))
+    assert [int(sizes[group].sum()) for group in groups] == [40, 40, 40, 40]
+    assert coalesce(sizes, 20) == [[bucket] for bucket in range(10)]
+    assert coalesce(np.zeros(6, dtype=np.int64), 3) == [[0, 1], [2, 3], [4, 5]]
 
 
 def test_map_partitions_on_two_keys() -> None:
@@ -193,9 +215,9 @@ def test_co_partition_returns_only_once_every_split_has_finished(monkeypatch: py
     split = partitioning._split_blocks
 
     @ray.remote
-    def gated_split(keys: list[str], partitions: int, *blocks: pa.Table) -> tuple[pa.Table, ...]:
+    def gated_split(keys: list[str], buckets: int, bounds: list[Any], *blocks: pa.Table) -> tuple[Any, ...]:
         ray.get(gate.wait.remote())
-        return tuple(ray.get(split.options(num_returns=partitions).remote(keys, partitions, *blocks)))
+        return tuple(ray.get(split.options(num_returns=buckets + 1).remote(keys, buckets, bounds, *blocks)))
 
     monkeypatch.setattr(partitioning, "_split_blocks", gated_split)
     returned: dict[str, ray.data.Dataset] = {}
@@ -215,3 +237,14 @@ def test_a_worker_importing_one_engine_module_loads_neither_the_runner_nor_pande
     code = f"import sys, engine.columns; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_sliced_and_pandas_blocks_are_split_as_their_rows() -> None:
+    def rows(table: pa.Table) -> pa.Table:
+        return pa.table({"rows": pa.array([table.num_rows], pa.int64()), "columns": [",".join(table.column_names)]})
+
+    limited = collect(map_partitions(ray.data.from_arrow([events(), events()]).limit(30), ["c"], rows))
+    assert sum(row["rows"] for row in limited) == 30
+    from_pandas = collect(map_partitions(ray.data.from_pandas(events().to_pandas()), ["c"], rows))
+    assert sum(row["rows"] for row in from_pandas) == events().num_rows
+    assert {row["columns"] for row in from_pandas} == {"c,region,amount"}
