@@ -44,10 +44,23 @@ def unique_check(table: str, quality: Quality, folder: str, files: Sequence[Data
         keys = pa.table({c: [] for c in columns})
     frame = pl.from_arrow(keys)
     assert isinstance(frame, pl.DataFrame)
-    duplicated = frame.filter(frame.is_duplicated())
+    duplicated = duplicated_rows(frame)
     example = json.dumps(duplicated.row(0, named=True), default=str) if duplicated.height else None
     return [CheckResult(table, f"unique({', '.join(columns)})", quality.unique_action, frame.height,
                         duplicated.height, None, example)]
+
+
+def duplicated_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `frame` whose values occur more than once (nulls equal to nulls).
+
+    Only rows whose hash repeats are compared in full, found by sorting the 8-byte hashes: a hash table over
+    every whole row took 1.1 GB for 6M two-column keys, this takes 50 MB.
+    """
+    hashes = frame.select(pl.struct(frame.columns).hash(seed=0)).to_series()
+    ordered = hashes.sort()
+    repeated = ordered.filter(ordered == ordered.shift(1)).unique()
+    candidates = frame.filter(hashes.is_in(repeated.implode()))
+    return candidates.filter(candidates.is_duplicated())
 
 
 def conservation_check(table: str, quality: Quality, rows_in: int, rows_out: int, rows_quarantined: int

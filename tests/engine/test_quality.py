@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandera.polars as pap
 import polars as pl
 import pyarrow as pa
@@ -122,6 +123,19 @@ def test_unique_check_counts_duplicates_over_all_staged_files(tmp_path: Path) ->
     [result] = gate.unique_check("gold.x", Quality(unique=("id", "day")), str(tmp_path), files)
     assert (result.check, result.rows_checked, result.rows_failed) == ("unique(id, day)", 4, 2)
     assert json.loads(result.example) == {"id": 2, "day": 1}
+
+
+def test_duplicated_rows_are_those_polars_finds_by_comparing_whole_rows() -> None:
+    generator = np.random.default_rng(7)
+    frame = pl.DataFrame({
+        "id": pl.Series(generator.integers(0, 400, 2000), dtype=pl.Int64),
+        "day": pl.Series([None if n == 0 else f"d{n}" for n in generator.integers(0, 4, 2000)], dtype=pl.String),
+    })
+    found = gate.duplicated_rows(frame)
+    expected = frame.filter(frame.is_duplicated())
+    assert 0 < found.height < frame.height
+    assert found.sort(["id", "day"]).equals(expected.sort(["id", "day"]))
+    assert gate.duplicated_rows(frame.unique()).height == 0
 
 
 def test_conservation_check_reports_missing_rows() -> None:
