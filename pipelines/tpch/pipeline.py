@@ -28,8 +28,10 @@ for _table in transforms.COLUMNS:
 
 
 def _silver(bronze: Dataset, table: str) -> Dataset:
-    """Cast, deduplicate on the key and (lineitem) flag invalid rows, one call per hash partition of the key."""
-    return map_partitions(bronze, transforms.KEYS[table], partial(transforms.clean, table=table))
+    """Cast row by row (in the read tasks, before the shuffle), then deduplicate on the key and (lineitem) flag
+    invalid rows, one call per hash partition of the key."""
+    rows = bronze.map_batches(partial(transforms.typed, table=table), batch_format="pyarrow", batch_size=None)
+    return map_partitions(rows, transforms.KEYS[table], partial(transforms.deduplicated, table=table))
 
 
 def _unique(table: str) -> Quality:

@@ -58,16 +58,21 @@ def _typed(name: str, dtype: type[pl.DataType]) -> pl.Expr:
     return text.cast(dtype).alias(name)
 
 
-def clean(batch: pa.Table, table: str) -> pa.Table:
-    """Bronze rows of `table` cast to the canonical types, one row per key; lineitem rows explain rejects.
+def typed(batch: pa.Table, table: str) -> pa.Table:
+    """Bronze rows of `table` cast to the canonical types, with their lineage columns (row by row, so it runs
+    before the shuffle and the shuffle moves typed columns)."""
+    return (pl.from_arrow(batch).select([_typed(c, t) for c, t in COLUMNS[table].items()]
+                                        + [pl.col(SOURCE_FILE), pl.col(INGESTED_AT)])
+            .to_arrow())
+
+
+def deduplicated(batch: pa.Table, table: str) -> pa.Table:
+    """Typed rows of whole keys of `table`, one row per key; lineitem rows explain rejects.
 
     A lineitem row's `_rejected_reason` is the first failing rule of `negative_quantity`,
     `discount_out_of_range`, `null_shipdate`, else null; the engine routes such rows to quarantine.
     """
-    columns = COLUMNS[table]
-    frame = (pl.from_arrow(batch).select([_typed(c, t) for c, t in columns.items()]
-                                         + [pl.col(SOURCE_FILE), pl.col(INGESTED_AT)])
-             .unique(subset=KEYS[table], keep="any", maintain_order=False))
+    frame = pl.from_arrow(batch).unique(subset=KEYS[table], keep="any", maintain_order=False)
     if table == "lineitem":
         frame = frame.with_columns(
             pl.when(pl.col("l_quantity") < 0).then(pl.lit("negative_quantity"))
