@@ -1,12 +1,13 @@
 """Measure everything `docs/performance.md` reports, then write it: one command.
 
-Usage: python -m benchmarks.report [--sf 0.1,1,3] [--runs 3] [--nodes-sf 1] [--merge-rows 10000000]
-                                   [--feature-scale 1] [--data bench-data] [--work bench-work]
+Usage: python -m benchmarks.report [--sf 0.1,0.3,1] [--large-sf 3] [--runs 3] [--nodes-sf 1]
+                                   [--merge-rows 10000000] [--feature-scale 1] [--data bench-data] [--work bench-work]
        python -m benchmarks.report --steps merge,features   # re-measure these, keep the rest of the page
        python -m benchmarks.report --render-only           # rewrite the page from docs/performance.json
 
 Measures, in this order: the TPC-H medallion workload at every scale factor with the engine and every peer
-(`benchmarks/tpch/run.py`: alternating runs, every output checked against DuckDB's before any time counts);
+(`benchmarks/tpch/run.py`: alternating runs, every output checked against DuckDB's before any time counts),
+and at a larger one with the engine and DuckDB;
 the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the engine on 1, 2 and 3
 local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
 Feast materialization throughput and online latency (`benchmarks/features.py`). Raw numbers go to
@@ -57,6 +58,16 @@ MERGE_NODES = (1, 2)
 def tpch(scale_factors: list[float], runs: int, data: Path, work: Path) -> dict[str, list[dict[str, Any]]]:
     """Every engine at every scale factor, as measurements by scale factor."""
     return {f"{sf:g}": [vars(m) for m in benchmark(sf, runs, data, work / f"sf{sf:g}")] for sf in scale_factors}
+
+
+LARGE_ENGINES = ("engine", "duckdb")
+"""Engines measured at the large scale factor: the memory target is against DuckDB's peak there too."""
+
+
+def large(sf: float, runs: int, data: Path, work: Path) -> dict[str, Any]:
+    """The engine and DuckDB at the large scale factor `sf`, alternating, every output checked."""
+    return {"sf": sf, "measurements": [vars(m) for m in benchmark(sf, runs, data, work / f"sf{sf:g}",
+                                                                   LARGE_ENGINES)]}
 
 
 def startup(work: Path) -> dict[str, float]:
@@ -132,13 +143,14 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-STEPS = ("tpch", "startup", "ingest", "nodes", "merge", "features")
+STEPS = ("tpch", "large", "startup", "ingest", "nodes", "merge", "features")
 
 
 def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
     """Each step of the page by name, as a function of no arguments that measures it."""
     return {
         "tpch": lambda: tpch(args.sf, args.runs, args.data, args.work),
+        "large": lambda: large(args.large_sf, args.runs, args.data, args.work),
         "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
         "ingest": lambda: ingestion(max(args.sf), args.work),
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
@@ -233,6 +245,21 @@ def _tpch_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _large_table(result: dict[str, Any]) -> list[str]:
+    measurements = [Measurement(**m) for m in result["measurements"]]
+    lines = [f"Scale factor {result['sf']:g}, {len(measurements) // len(LARGE_ENGINES)} alternating runs each, "
+             "every output checked against DuckDB's.", "",
+             "| engine | wall median (s) | wall best (s) | peak PSS max (MiB) | peak RSS max (MiB) | ratio to engine |",
+             "|---|---:|---:|---:|---:|---:|"]
+    walls = {engine: [m.wall_s for m in measurements if m.engine == engine] for engine in LARGE_ENGINES}
+    for engine in LARGE_ENGINES:
+        mine = [m for m in measurements if m.engine == engine]
+        lines.append(f"| {engine} | {_median(walls[engine]):.1f} | {min(walls[engine]):.1f} | "
+                     f"{max(m.peak_pss_mb or 0 for m in mine):,.0f} | {max(m.peak_rss_mb for m in mine):,.0f} | "
+                     f"{_median(walls[engine]) / _median(walls['engine']):.2f} |")
+    return lines
+
+
 def _growth_table(results: dict[str, Any]) -> list[str]:
     scales = sorted(results["tpch"], key=float)
     lines = ["| engine | " + " | ".join(f"SF {sf} (s)" for sf in scales) + " | growth per 10× data |",
@@ -307,6 +334,10 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_growth_table(results),
         "",
+        f"## The engine and DuckDB at scale factor {results.get('large', {}).get('sf', 3):g}",
+        "",
+        *_measured(results, "large", _large_table),
+        "",
         "## Fixed start-up cost",
         "",
         f"- importing the engine's CLI: {results['startup']['import_s']:.1f} s",
@@ -355,8 +386,10 @@ def _steps(text: str) -> list[str]:
 def main() -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sf", type=lambda text: [float(x) for x in text.split(",")], default=[0.1, 1.0, 3.0])
+    parser.add_argument("--sf", type=lambda text: [float(x) for x in text.split(",")], default=[0.1, 0.3, 1.0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--large-sf", type=float, default=3.0,
+                        help="scale factor of the `large` step (the engine and DuckDB only)")
     parser.add_argument("--nodes-sf", type=float, default=1.0)
     parser.add_argument("--merge-rows", type=int, default=10_000_000)
     parser.add_argument("--feature-scale", type=float, default=1.0)

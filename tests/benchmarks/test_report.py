@@ -42,5 +42,5 @@ def test_chosen_steps_are_measured_again_and_the_others_kept(tmp_path: Path, mon
 
 
 def test_an_unknown_step_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown step.*mege.*the steps are tpch, startup"):
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown step.*mege.*the steps are tpch, large, startup"):
         report._steps("merge,mege")
