@@ -13,7 +13,7 @@ rounds, the order rotated each round so that no engine always goes first:
 Every output is checked (`check.py`; each against the DuckDB output of the same round, so `duckdb` must be one
 of the engines) before any time is reported. Wall time is measured around the process; peak RSS and peak PSS are
 the largest sums of the resident and of the proportional memory of the process and all its descendants (Ray's
-workers included), sampled every 50 ms;
+workers included), sampled every 50 ms (PSS every second);
 for the engine, the runner's own time (its CLI's "finished in", Ray start-up and shut-down excluded) is recorded
 too. Prints a Markdown table (with each wall median's ratio to the engine's) and the machine, and writes the raw
 numbers to `--results`.
@@ -44,6 +44,9 @@ from engine.errors import EngineError
 
 PEERS = Path(__file__).with_name("peers")
 SAMPLE_SECONDS = 0.05
+PSS_EVERY = 20
+"""PSS is read every this many samples (once a second): reading it walks the page tables of every mapping,
+the object store's included, and at every sample it took 8 s of a 2-core machine from a 40 s engine run."""
 ENGINE_OUTPUTS = ("bronze", "silver", "gold", "quarantine", "_meta", "_staging", "_changes")
 PIPELINE_TIME = re.compile(r"finished in ([0-9.]+)s")
 """The engine CLI's own report of the time its runner took, Ray start-up and shut-down excluded."""
@@ -75,15 +78,15 @@ class TreeMemory:
     pss: int = 0
 
 
-def tree_memory(process: psutil.Process) -> TreeMemory:
-    """Summed RSS and PSS of `process` and every descendant still alive."""
+def tree_memory(process: psutil.Process, with_pss: bool = True) -> TreeMemory:
+    """Summed RSS and (`with_pss`) PSS of `process` and every descendant still alive."""
     rss = pss = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            memory = member.memory_full_info()
+            memory = member.memory_full_info() if with_pss else member.memory_info()
         except psutil.Error:
             continue
-        rss, pss = rss + memory.rss, pss + memory.pss
+        rss, pss = rss + memory.rss, pss + getattr(memory, "pss", 0)
     return TreeMemory(rss, pss)
 
 
@@ -93,13 +96,13 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, TreeMemory,
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = psutil.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        peak = TreeMemory()
+        peak, samples = TreeMemory(), 0
         while process.poll() is None:
             try:
-                now = tree_memory(process)
+                now = tree_memory(process, with_pss=samples % PSS_EVERY == 0)
             except psutil.NoSuchProcess:
                 break
-            peak = TreeMemory(max(peak.rss, now.rss), max(peak.pss, now.pss))
+            peak, samples = TreeMemory(max(peak.rss, now.rss), max(peak.pss, now.pss)), samples + 1
             time.sleep(SAMPLE_SECONDS)
         wall = time.perf_counter() - started
         log.seek(0)
