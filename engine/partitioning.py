@@ -119,7 +119,7 @@ def _split_stream(dataset: ray.data.Dataset, keys: list[str], buckets: int) -> t
                 size = 0
     if refs:
         submit()
-    return splits, _empty_of(schema) if schema is not None else _empty_like(dataset)
+    return splits, _empty_of(schema if schema is not None else dataset.schema())
 
 
 def _bucket_sizes(splits: Mapping[str, list[_Split]], buckets: int) -> np.ndarray:
@@ -147,10 +147,6 @@ def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
         return function(table, **kwargs)
 
     return call
-
-
-def _empty_like(dataset: ray.data.Dataset) -> pa.Table:
-    return _empty_of(dataset.schema())
 
 
 def _empty_of(schema: Any) -> pa.Table:

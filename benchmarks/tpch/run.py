@@ -206,7 +206,7 @@ def benchmark(sf: float, runs: int, data_root: Path, work: Path,
 
 
 def table(sf: float, measurements: list[Measurement]) -> str:
-    """Markdown summary: median and best wall time, ratio to the engine, largest peak RSS per engine."""
+    """Markdown summary: median and best wall time, ratio to the engine, largest peak RSS and PSS per engine."""
     lines = ["| SF | engine | runs | wall median (s) | wall best (s) | ratio to engine | peak RSS max (MB) | "
              "peak PSS max (MB) | runner median (s) |", "|---|---|---|---|---|---|---|---|---|"]
     medians = {engine: statistics.median(m.wall_s for m in measurements if m.engine == engine)
