@@ -1,0 +1,1 @@
+"""Tests that attack the promises of the README the way an operator or a hostile feed would."""
