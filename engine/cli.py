@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.status import Status
 from rich.table import Table
@@ -36,7 +37,7 @@ from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
 from engine.runlog import RunRecord
-from engine.runner import Runner, RunResult
+from engine.runner import Runner, RunResult, new_run_id
 from engine.runtime import ADDRESS_ENV, ray_session
 from engine.status import list_tables, table_history, table_statuses
 from engine.storage import check_root, is_local, upload
@@ -157,12 +158,14 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics endpoint binds.")
 @click.option("--metrics-file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write Prometheus metrics to this file when the run ends (node-exporter textfile collector).")
+@click.option("--take-over", is_flag=True,
+              help="Take the pipeline's run lease from the run holding it (only when that run is gone).")
 @address_option
 @click.pass_context
 @_reported
 def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,
         watch_interval: float | None, reason: str | None, quiet: bool, metrics_port: int | None,
-        metrics_host: str, metrics_file: str | None) -> None:
+        metrics_host: str, metrics_file: str | None, take_over: bool) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
     if watch_interval is not None and watch_interval <= 0:
@@ -176,7 +179,7 @@ def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, f
         console.print(f"metrics on http://{metrics_host}:{server.server_port}/metrics")
     try:
         _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason, quiet=quiet,
-             metrics_file=metrics_file)
+             metrics_file=metrics_file, take_over=take_over)
     except BaseException:
         if metrics_file is not None:
             try:
@@ -202,21 +205,22 @@ def _write_metrics(path: str) -> None:
 
 def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False,
          full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None, *,
-         quiet: bool = False, metrics_file: str | None = None) -> RunResult:
+         quiet: bool = False, metrics_file: str | None = None, take_over: bool = False) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
-    with ray_session(settings.ray):
+    runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
+    with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
         if watch_interval is None:
             with reserved_capacity(pipeline, settings, selection) as reservation, \
                     _display(len(tables), quiet) as status:
                 if reservation:
                     console.print(reservation.describe(), soft_wrap=True)
-                return _run_once(Runner(pipeline, settings, on_record=_progress(len(tables), status, quiet),
-                                        reason=reason),
-                                 selection, force=force, full_refresh=full_refresh, quiet=quiet)
-        return _watch(Runner(pipeline, settings, reason=reason), len(tables), selection, watch_interval, force=force,
-                      full_refresh=full_refresh, metrics_file=metrics_file)
+                runner.on_record = _progress(len(tables), status, quiet)
+                return _run_once(runner, selection, force=force, full_refresh=full_refresh, quiet=quiet,
+                                 run_id=run_id)
+        return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,
+                      metrics_file=metrics_file)
 
 
 class _Bar:
@@ -266,17 +270,23 @@ def _progress(total: int, status: Status | _Bar | None = None, quiet: bool = Fal
 
 
 def _run_once(runner: Runner, selection: str | None, *, force: bool = False, full_refresh: bool = False,
-              stop: Callable[[], bool] | None = None, quiet: bool = False) -> RunResult:
+              stop: Callable[[], bool] | None = None, quiet: bool = False, run_id: str | None = None) -> RunResult:
     started = time.monotonic()
-    result = runner.run(selection, force=force, full_refresh=full_refresh, stop=stop)
+    result = runner.run(selection, run_id=run_id, force=force, full_refresh=full_refresh, stop=stop)
     changed = sum(1 for r in result.records if r.status == "succeeded")
     summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
     if changed or not quiet:
         console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
     if not result.succeeded:
-        failed = result.failures() or [r for r in result.records if r.status == "skipped"]
-        raise RunFailed(f"run {result.run_id}: table `{failed[0].table}` {failed[0].status}: {failed[0].error}",
-                        table=failed[0].table, run_id=result.run_id)
+        failed = result.failures()
+        skipped = [r.table for r in result.records if r.status == "skipped"]
+        for record in failed:
+            errors.print(f"[red]failed:[/red] {escape(record.error or record.table)}", soft_wrap=True)
+        built = sum(1 for r in result.records if r.status in ("succeeded", "unchanged"))
+        raise RunFailed(f"run {result.run_id}: {len(failed)} table(s) failed ({', '.join(r.table for r in failed)})"
+                        + (f", {len(skipped)} skipped as they depend on them" if skipped else "")
+                        + f", {built} built or unchanged", table=(failed or result.records)[0].table,
+                        run_id=result.run_id)
     committed = [r.table for r in result.records if r.status == "succeeded"]
     if runner.settings.maintenance.after_runs:
         for done in run_due_maintenance(runner.pipeline, runner.settings, committed):

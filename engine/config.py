@@ -58,6 +58,21 @@ class RaySettings(_Section):
     verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
 
 
+class RunSettings(_Section):
+    """How runs of one pipeline on one root keep out of each other's way: the run lease."""
+
+    lease_timeout_s: float = Field(default=60.0, gt=0, description="A run lease whose holder has not beaten for "
+                                   "this long is taken over by the next run, seconds.")
+    lease_heartbeat_s: float = Field(default=10.0, gt=0, description="How often a running run renews its lease, "
+                                     "seconds (well under `lease_timeout_s`).")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_timeout(self) -> RunSettings:
+        if self.lease_heartbeat_s * 2 > self.lease_timeout_s:
+            raise ValueError("`run.lease_heartbeat_s` must be at most half of `run.lease_timeout_s`")
+        return self
+
+
 class AlertSettings(_Section):
     """Where quality alerts go and when a failure rate counts as rising."""
 
@@ -178,6 +193,7 @@ class Settings(BaseSettings):
 
     storage: StorageSettings = StorageSettings()
     ray: RaySettings = RaySettings()
+    run: RunSettings = RunSettings()
     alerts: AlertSettings = AlertSettings()
     training: TrainingSettings = TrainingSettings()
     pii: PiiSettings = PiiSettings()

@@ -71,6 +71,14 @@ class CommitConflict(EngineError):
     """Another writer committed the same batch of a table first; this writer's work was discarded."""
 
 
+class LeaseHeld(EngineError):
+    """Another live run holds the run lease of the same pipeline and root."""
+
+
+class LeaseLost(EngineError):
+    """The run lease this run held was taken over by another run, which now writes the pipeline's tables."""
+
+
 class RunFailed(EngineError):
     """A run finished with at least one failed table."""
 

@@ -43,6 +43,7 @@ from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
+from engine.lease import RunLease
 from engine.logs import log_context
 from engine.pipeline import Pipeline, TableDefinition
 from engine.quality import gate
@@ -125,6 +126,23 @@ class Runner:
         self.full_refresh = False
         self.window: tuple[dt.date, dt.date] | None = None
         self.reason = reason
+        self._lease: RunLease | None = None
+
+    @contextlib.contextmanager
+    def holding_lease(self, run_id: str, *, take_over: bool = False) -> Iterator[RunLease]:
+        """Hold the pipeline's run lease on the root for the duration (already held: kept as it is)."""
+        if self._lease is not None:
+            yield self._lease
+            return
+        lease = RunLease(self.layout, self.pipeline.name, timeout_s=self.settings.run.lease_timeout_s,
+                         heartbeat_s=self.settings.run.lease_heartbeat_s)
+        lease.acquire(run_id, take_over=take_over)
+        self._lease = lease
+        try:
+            yield lease
+        finally:
+            self._lease = None
+            lease.release()
 
     def run(
         self,
@@ -133,6 +151,7 @@ class Runner:
         force: bool = False,
         full_refresh: bool = False,
         stop: Callable[[], bool] | None = None,
+        take_over: bool = False,
     ) -> RunResult:
         """Build the selected tables (all when None) in dependency order, one commit per table.
 
@@ -141,6 +160,11 @@ class Runner:
         `full_refresh` rebuilds the selected derived tables from their inputs alone, emptying them (and
         their change logs) first; ingested tables keep what they hold. When `stop` returns True before a
         table starts, the run ends there (`RunResult.stopped`); a table once started is committed whole.
+        The run holds the pipeline's run lease on the root throughout (`take_over` takes it from a live holder).
+
+        Raises:
+            LeaseHeld: another live run of the pipeline holds the lease.
+            LeaseLost: another run took the lease over while this one ran; the tables built so far stay.
         """
         self.force = force or full_refresh
         self.full_refresh = full_refresh
@@ -150,12 +174,15 @@ class Runner:
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         started, clock = datetime.now(UTC), time.monotonic()
         not_built: set[str] = set()
-        with log_context(run_id=result.run_id, pipeline=self.pipeline.name):
+        unrecorded: list[RunRecord] = []  # records of tables left unchanged, kept only if the run did something
+        with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
+                self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
             for name in selected:
                 if stop is not None and stop():
                     result.stopped = True
                     break
+                lease.check()
                 with log_context(table=name):
                     definition = definitions[name]
                     blocked = [t for t in definition.dependencies if t in not_built]
@@ -166,10 +193,15 @@ class Runner:
                         record = self._run_table(definition, result.run_id, started)
                     if record.status in ("failed", "skipped"):
                         not_built.add(name)
-                    append_records(self.layout.runs(), [record])
+                    unrecorded.append(record)
+                    if _did_something(record):
+                        append_records(self.layout.runs(), unrecorded)
+                        unrecorded.clear()
                     self._report_quality(result.run_id, record)
                     result.records.append(record)
                     self._observe(record)
+            if len(unrecorded) < len(result.records):
+                append_records(self.layout.runs(), unrecorded)
             _remove_empty_folders(self.layout.run_staging(result.run_id))
             self._send_lineage(definitions, result.records)
             metrics.observe_run(result, time.monotonic() - clock)
@@ -208,7 +240,8 @@ class Runner:
         self.force, self.full_refresh, self.window = True, False, (start, end)
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         clock = time.monotonic()
-        with log_context(run_id=result.run_id, pipeline=self.pipeline.name, table=table):
+        with log_context(run_id=result.run_id, pipeline=self.pipeline.name, table=table), \
+                self.holding_lease(result.run_id):
             try:
                 record = self._run_table(definition, result.run_id, datetime.now(UTC))
             finally:
@@ -272,6 +305,11 @@ class Runner:
         except EngineError as err:
             log.error("%s", err)
             return self._record(run_id, definition.name, "failed", started, error=str(err), checks=checks)
+        except Exception as err:  # noqa: BLE001 - any failure fails this table only; independent tables still run
+            log.debug("table `%s` failed", definition.name, exc_info=True)
+            error = f"table `{definition.name}` failed: {type(err).__name__}: {_first_line(err)}"
+            log.error("%s", error)
+            return self._record(run_id, definition.name, "failed", started, error=error, checks=checks)
         return self._record(run_id, definition.name, values.pop("status", "succeeded"), started,
                             checks=checks, **values)
 
@@ -339,6 +377,7 @@ class Runner:
         self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
     ) -> dict[str, Any]:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
+        transaction = self._transaction(store, uri, definition.name)  # first: the snapshot the checkpoint is read at
         landed = discover(self.layout.landing(source.directory), source)
         new, changed = _new_files(landed, ingested_files(uri, definition.name, [f.name for f in landed], store))
         details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
@@ -356,7 +395,6 @@ class Runner:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
                         "; ".join(details["schema_drift"]))
-        transaction = self._transaction(store, uri, definition.name)
         staged = batch.staged
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
         schema_version = schema_version_of(uri, definition.name, store) + (
@@ -377,6 +415,10 @@ class Runner:
         """Build one table; `checks` receives its quality results, also when the table fails."""
         assert definition.function is not None
         uri, store = self.layout.table(definition.name), self._store(definition.name)
+        # The markers first: every commit of this work is refused if another run committed since they were read.
+        transaction = self._transaction(store, uri, definition.name)
+        quarantine_transaction = self._transaction(DeltaStore(), self.layout.quarantine(definition.name),
+                                                   definition.name, "/quarantine")
         versions = {t: self._store(t).latest_version(self.layout.table(t)) for t in definition.dependencies}
         previous = None if self.force else consumed_versions(uri, definition.name, definition.dependencies, store)
         if versions and previous == versions and self.window is None:
@@ -384,7 +426,6 @@ class Runner:
                     "details": {"reason": "inputs unchanged since the table was last built"}}
         if self.full_refresh:
             self._empty(definition, run_id)
-        transaction = self._transaction(store, uri, definition.name)
         kind = definition.kind
         affected = None if self.window else guarded(definition, lambda: self._affected_keys(definition, versions,
                                                                                               previous))
@@ -415,10 +456,7 @@ class Runner:
             gate.enforce(definition.name, checks, store.latest_version(uri))
             schema_version = self._evolve_schema(definition, staged, run_id)
         except (QualityFailed, SchemaEvolutionError):
-            if isinstance(kind, ChangeKind):
-                delete_tree(folder)
-            else:
-                discard_files(folder, staged.data)
+            self._discard_staged(definition, folder, staged)
             discard_files(self.layout.quarantine(definition.name), staged.quarantine)
             raise
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
@@ -428,13 +466,17 @@ class Runner:
             metadata = {k: v for k, v in metadata.items() if k != INPUTS_KEY} | {
                 "backfill": [str(day) for day in self.window]}
         if staged.quarantine:
-            self._commit_quarantine(definition, staged, metadata | {
-                ATTEMPT_KEY: _attempt(versions, store.latest_version(uri))})
+            try:
+                self._commit_quarantine(definition, staged, metadata | {
+                    ATTEMPT_KEY: _attempt(versions, store.latest_version(uri))}, quarantine_transaction)
+            except CommitConflict:
+                self._discard_staged(definition, folder, staged)
+                raise
         if isinstance(kind, ChangeKind):
             try:
                 changes = _read_staged(folder, staged)
                 if changes.num_rows == 0:
-                    return values | {"status": "unchanged"}
+                    return values | self._commit_progress(definition, output, metadata, transaction, staged)
                 return values | guarded(definition, lambda: self._apply_changes(
                     definition.name, kind, changes, metadata, transaction))
             finally:
@@ -452,9 +494,27 @@ class Runner:
                 "files_skipped": replaced.files_skipped}}
         mode = "append" if isinstance(kind, Append) and not self.full_refresh else "overwrite"
         with _discarded_on_conflict(uri, staged.data):
-            version = store.commit_files(uri, staged.data, mode=mode, metadata=metadata,
+            version = store.commit_files(uri, staged.data, mode=mode, metadata=metadata, commit_empty=True,
                                          empty_schema=empty_schema, transaction=transaction)
         return values | {"output_version": version, "rows_written": staged.rows}
+
+    def _commit_progress(self, definition: TableDefinition, output: ray.data.Dataset, metadata: dict[str, Any],
+                         transaction: Transaction, staged: StagedFiles) -> dict[str, Any]:
+        """Commit no row but the input versions consumed, for a change-fed table none of whose new input rows
+        passed: the rows it rejected are then not read, nor quarantined, again."""
+        uri, store = self.layout.table(definition.name), self._store(definition.name)
+        schema = _schema_of(output)
+        version = store.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
+                                     empty_schema=None if schema is None else _stored_schema(definition.kind, schema),
+                                     transaction=transaction)
+        return {"output_version": version, "status": "succeeded" if staged.quarantined_rows else "unchanged"}
+
+    def _discard_staged(self, definition: TableDefinition, folder: str, staged: StagedFiles) -> None:
+        """Delete the data files staged for a commit that will not happen."""
+        if isinstance(definition.kind, ChangeKind):
+            delete_tree(folder)
+        else:
+            discard_files(folder, staged.data)
 
     def _affected_keys(
         self, definition: TableDefinition, versions: dict[str, int | None], previous: dict[str, int] | None
@@ -559,16 +619,19 @@ class Runner:
         return {"output_version": outcome.version, "rows_written": received - superseded,
                 "rows_duplicate": superseded, "details": {"merge": outcome.metrics}}
 
-    def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any]) -> None:
+    def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any],
+                           transaction: Transaction) -> None:
         """Append the rejected rows, unless an earlier attempt at the same work (same input versions, same
-        table version) already did and then died before committing the table."""
+        table version) already did and then died before committing the table. The commit carries
+        `transaction`, read before the work began, so a concurrent run's quarantining of the same rows wins or
+        loses whole."""
         uri = self.layout.quarantine(definition.name)
         if delta.last_commit_value(uri, definition.name, ATTEMPT_KEY) == metadata[ATTEMPT_KEY]:
             log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
             discard_files(uri, staged.quarantine)
             return
-        delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata,
-                           transaction=self._transaction(DeltaStore(), uri, definition.name, "/quarantine"))
+        with _discarded_on_conflict(uri, staged.quarantine):
+            delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata, transaction=transaction)
 
     def _read_input(
         self, definition: TableDefinition, table: str, version: int | None, built_from: int | None
@@ -752,6 +815,15 @@ def _discarded_on_conflict(folder: str, files: Iterable[DataFile]) -> Iterator[N
     except CommitConflict:
         discard_files(folder, files)
         raise
+
+
+def _did_something(record: RunRecord) -> bool:
+    """Whether a table's record says anything happened: a commit, a failure, a skip."""
+    return record.status != "unchanged" or record.output_version is not None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
 
 
 def _remove_empty_folders(folder: str) -> None:

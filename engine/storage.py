@@ -69,6 +69,13 @@ def delete_tree(uri: str) -> None:
         fs.delete_dir(path)
 
 
+def delete_file(uri: str) -> None:
+    """Delete the file at `uri`; a missing file is fine."""
+    fs, path = filesystem_of(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
 def exists(uri: str) -> bool:
     """Whether anything (a file, or a folder holding files) is at `uri`."""
     fs, path = filesystem_of(uri)
@@ -207,3 +214,63 @@ def _translated(err: OSError, where: str, root: str) -> StorageError:
         return StorageError(f"access denied to {where}: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the "
                             f"role) and the bucket policy ({text.splitlines()[0]})", path=root)
     return StorageError(f"cannot use {where}: {text.splitlines()[0]}", path=root)
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The content of the file at `uri`, None when there is none."""
+    fs, path = filesystem_of(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write the file at `uri` whole, replacing it: readers see the old content or the new, never a part."""
+    if is_s3(uri):
+        fs, path = filesystem_of(uri)
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    path = os.path.abspath(uri.removeprefix("file://"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as sink:
+        sink.write(data)
+    os.replace(temporary, path)
+
+
+def create_only(uri: str, data: bytes) -> bool:
+    """Create the file at `uri` with `data` unless a file is there already; True when this call created it.
+    Of concurrent callers exactly one succeeds: a hard link on a local filesystem, a conditional PUT
+    (`If-None-Match: *`) on S3, the primitive delta-rs commits with."""
+    if is_s3(uri):
+        return _put_if_absent(uri, data)
+    path = os.path.abspath(uri.removeprefix("file://"))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.{id(data)}.tmp"
+    with open(temporary, "wb") as sink:
+        sink.write(data)
+    try:
+        os.link(temporary, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+
+
+def _put_if_absent(uri: str, data: bytes) -> bool:
+    import boto3  # only object-store roots need it
+    from botocore.exceptions import ClientError
+
+    parsed = urlparse(uri)
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+    try:
+        client.put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise StorageError(f"cannot write `{uri}`: {err}", path=uri) from None

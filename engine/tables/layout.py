@@ -74,6 +74,10 @@ class Layout:
         layer, name = split_table_name(table)
         return f"{self.root}/_changes/{layer}/{name}"
 
+    def leases(self, pipeline: str) -> str:
+        """`<root>/_meta/leases/<pipeline>`: the generations of the pipeline's run lease."""
+        return f"{self.root}/_meta/leases/{pipeline}"
+
     def runs(self) -> str:
         """`<root>/_meta/runs`, the run records table."""
         return f"{self.root}/_meta/runs"

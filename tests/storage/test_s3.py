@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,9 +28,20 @@ from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 from engine.cli import main
-from engine.errors import StorageError
+from engine.errors import LeaseHeld, StorageError
+from engine.lease import RunLease
 from engine.runlog import RunRecord, append_records, read_records
-from engine.storage import check_root, delete_tree, delta_tables_under, exists, files_under, filesystem_of, upload
+from engine.storage import (
+    check_root,
+    create_only,
+    delete_tree,
+    delta_tables_under,
+    exists,
+    files_under,
+    filesystem_of,
+    upload,
+)
+from engine.tables.layout import Layout
 from tests.engine.test_runner import land_orders
 
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "features"
@@ -145,6 +157,37 @@ def test_concurrent_writers_in_two_processes_lose_no_commit(s3: dict[str, str], 
     assert len(table.history()) == 2 * commits + 1
     run_ids = sorted(read_records(uri)["run_id"].to_list())
     assert run_ids == sorted(["seed", *[f"{w}-{i}" for w in "ab" for i in range(commits)]])
+
+
+def test_of_concurrent_lease_takers_on_s3_exactly_one_holds_it(s3: dict[str, str]) -> None:
+    """Attacks: "a second run refuses at once", on an object store, with eight runs taking the lease at the
+    same moment (conditional PUTs against the endpoint): exactly one holds it, the others are refused naming it."""
+    layout = Layout.at(f"s3://{BUCKET}/leased")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def take(index: int) -> None:
+        lease = RunLease(layout, "shop", heartbeat_s=3600)
+        barrier.wait()
+        try:
+            lease.acquire(f"run-{index}")
+            outcomes.append(f"held run-{index}")
+        except LeaseHeld as refused:
+            outcomes.append(str(refused))
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    held = [o for o in outcomes if o.startswith("held ")]
+    assert len(held) == 1 and len(outcomes) == 8
+    holder = held[0].removeprefix("held ")
+    assert all(holder in o for o in outcomes if o not in held)
+    keys = object_keys("leased/_meta/leases/shop/")
+    assert len(keys) == 1 and json.loads(boto3.client("s3").get_object(
+        Bucket=BUCKET, Key=keys[0])["Body"].read())["run_id"] == holder
+    assert create_only(f"s3://{BUCKET}/{keys[0]}", b"another") is False
 
 
 @pytest.mark.parametrize("variable, value", [("AWS_S3_ALLOW_UNSAFE_RENAME", "true"),
