@@ -22,7 +22,7 @@ from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table
-from engine.tables.distributed_merge import key_hash
+from engine.tables.keyhash import key_hash
 from engine.tables.layout import Layout, absolute_root
 
 MANIFEST = "manifest.json"
