@@ -38,6 +38,11 @@ class SelectionError(EngineError):
     """A selection expression names no table or is malformed."""
 
 
+class KeyMismatch(EngineError):
+    """Inputs hashed on the same key (a shuffle, a merge) lack a key column or hold it in types whose values
+    never compare equal (an integer and a string)."""
+
+
 class TableNotFound(EngineError):
     """A table was read before it was ever written."""
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+
+from engine.errors import PipelineDefinitionError
 
 
 class _Kind(BaseModel):
@@ -94,16 +97,33 @@ class RecomputeKeys(_Kind):
     their rows in one commit; the first build, `--force` and `--full-refresh` compute everything.
 
     The function must compute an entity's rows from that entity's input rows alone (a per-customer daily
-    aggregate, a per-order join), since it is given only the input rows of the affected entities.
+    aggregate, a per-order join), since it is given only the input rows of the affected entities. An input
+    without every key column (a rate or calendar lookup) is given whole, and a change to it affects every key:
+    the table is then recomputed entirely, so the result always equals a full rebuild.
 
     Attributes:
-        keys: entity columns, present in every input and in the output (e.g. `customer_id`).
+        keys: entity columns, present in the output and in at least one input (e.g. `customer_id`).
         time_column: the output's time partition column (e.g. `date`), which `medallion backfill` ranges over.
     """
 
     kind: Literal["recompute_keys"] = "recompute_keys"
     keys: list[str] = Field(min_length=1)
     time_column: str | None = None
+
+    def unkeyed_inputs(self, table: str, columns: Mapping[str, Collection[str]]) -> list[str]:
+        """The inputs, among those whose `columns` are known, that lack a key column.
+
+        Raises:
+            PipelineDefinitionError: every one of them lacks one, so no change could be traced to a key.
+        """
+        missing = {name: [k for k in self.keys if k not in names] for name, names in columns.items()}
+        unkeyed = [name for name, lacking in missing.items() if lacking]
+        if unkeyed and len(unkeyed) == len(columns):
+            lacks = "; ".join(f"input `{name}` lacks {', '.join(f'`{k}`' for k in missing[name])}" for name in unkeyed)
+            raise PipelineDefinitionError(
+                f"table `{table}` recomputes by keys {self.keys}, but no input holds them ({lacks}); name the "
+                "entity columns in `RecomputeKeys(keys=...)`, or add them to an input", table=table)
+        return unkeyed
 
 
 SCD2_COLUMNS = ("valid_from", "valid_to", "is_current")

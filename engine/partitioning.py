@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import ray
 import ray.data
 from ray.data.block import BlockAccessor
+
+from engine.context import table_context
+from engine.errors import PipelineDefinitionError
+from engine.tables.keyhash import bucket_of, check_comparable
 
 SPLIT_TASK_BYTES = 256 * 2**20
 """Input bytes one split task hashes and splits."""
@@ -75,6 +78,7 @@ def co_partition(
     empties: dict[str, pa.Table] = {}
     for name, dataset in inputs.items():
         splits[name], empties[name] = _split_stream(dataset, list(keys), buckets)
+    check_comparable({f"input `{name}`": empty.schema for name, empty in empties.items()}, keys, _shuffle_name())
     sizes = _bucket_sizes(splits, buckets)
     groups = ([[bucket] for bucket in range(buckets)] if num_partitions
               else coalesce(sizes, default_partitions(int(sizes.sum()))))
@@ -142,6 +146,14 @@ def coalesce(sizes: np.ndarray, partitions: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(len(bounds) - 1)]
 
 
+def _shuffle_name() -> str:
+    """How a key error names the shuffle: with the table whose function runs it, when a run calls one."""
+    try:
+        return f"co_partition in table `{table_context().table}`"
+    except PipelineDefinitionError:
+        return "co_partition"
+
+
 def _first_input(function: Callable[..., pa.Table]) -> Callable[..., pa.Table]:
     def call(table: pa.Table, **kwargs: Any) -> pa.Table:
         return function(table, **kwargs)
@@ -155,13 +167,6 @@ def _empty_of(schema: Any) -> pa.Table:
     return base.empty_table() if isinstance(base, pa.Schema) else pa.table({})
 
 
-def partition_of(table: pa.Table, keys: Sequence[str], partitions: int) -> np.ndarray:
-    """The partition number of every row of `table`, from a hash of its key columns."""
-    frame = pl.from_arrow(table.select(list(keys)))
-    assert isinstance(frame, pl.DataFrame)
-    return frame.select(pl.struct(list(keys)).hash(seed=0) % partitions).to_series().to_numpy()
-
-
 @ray.remote
 def _split_blocks(keys: list[str], buckets: int, bounds: list[tuple[int, int] | None], *blocks: Any
                   ) -> tuple[Any, ...]:
@@ -173,7 +178,7 @@ def _split_blocks(keys: list[str], buckets: int, bounds: list[tuple[int, int] | 
     if buckets == 1 or block.num_rows == 0:
         pieces: tuple[pa.Table, ...] = (block,) + (block.slice(0, 0),) * (buckets - 1)
     else:
-        numbers = partition_of(block, keys, buckets)
+        numbers = bucket_of(block, keys, buckets)
         order = np.argsort(numbers, kind="stable")
         starts = np.searchsorted(numbers[order], np.arange(buckets + 1))
         ordered = block.take(pa.array(order))

@@ -427,8 +427,9 @@ class Runner:
         if self.full_refresh:
             self._empty(definition, run_id)
         kind = definition.kind
+        whole = guarded(definition, lambda: self._unkeyed_inputs(definition, versions))
         affected = None if self.window else guarded(definition, lambda: self._affected_keys(definition, versions,
-                                                                                              previous))
+                                                                                              previous, whole))
         metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
         if affected is not None and affected.num_rows == 0:
             version = store.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
@@ -436,7 +437,8 @@ class Runner:
             return {"status": "unchanged", "input_versions": versions, "output_version": version,
                     "details": {"reason": "no entity's input rows changed"}}
         if affected is not None:
-            reads = [_only_keys(self._store(t).read_dataset(self.layout.table(t), t, versions[t],
+            reads = [self._read_input(definition, t, versions[t], None) if t in whole else
+                     _only_keys(self._store(t).read_dataset(self.layout.table(t), t, versions[t],
                                                             definition.ray_options), affected)
                      for t in definition.inputs]
         else:
@@ -516,12 +518,24 @@ class Runner:
         else:
             discard_files(folder, staged.data)
 
+    def _unkeyed_inputs(self, definition: TableDefinition, versions: dict[str, int | None]) -> dict[str, list[str]]:
+        """The built inputs of a `RecomputeKeys` table that lack one of its keys (see `RecomputeKeys`), each with
+        the columns its changes are found by."""
+        kind = definition.kind
+        if not isinstance(kind, RecomputeKeys):
+            return {}
+        schemas = {t: self._store(t).schema(self.layout.table(t), t) for t in definition.inputs
+                   if versions[t] is not None}
+        unkeyed = kind.unkeyed_inputs(definition.name, {t: schema.names for t, schema in schemas.items()})
+        return {t: [f.name for f in schemas[t] if not pa.types.is_nested(f.type)] for t in unkeyed}
+
     def _affected_keys(
-        self, definition: TableDefinition, versions: dict[str, int | None], previous: dict[str, int] | None
+        self, definition: TableDefinition, versions: dict[str, int | None], previous: dict[str, int] | None,
+        unkeyed: dict[str, list[str]],
     ) -> pa.Table | None:
         """For a `RecomputeKeys` table already built, the keys whose input rows changed since; None when
-        the whole table must be computed (first build, or a table its checks reference changed, which
-        may change which rows pass)."""
+        the whole table must be computed (first build, the rows of an `unkeyed` input changed, or a table its checks
+        reference changed, which may change which rows pass)."""
         kind = definition.kind
         if not isinstance(kind, RecomputeKeys) or not previous or not self._store(definition.name).table_exists(
                 self.layout.table(definition.name)):
@@ -534,9 +548,14 @@ class Runner:
             since, until = previous.get(table), versions[table]
             if until is None or since == until:
                 continue
-            if since is None:
+            if since is None or unkeyed.get(table) == []:
                 return None
-            changed.append(self._store(table).changed_keys(self.layout.table(table), table, since, until, kind.keys))
+            found = self._store(table).changed_keys(self.layout.table(table), table, since, until,
+                                                    unkeyed.get(table, kind.keys))
+            if table in unkeyed and found.num_rows:
+                return None
+            if table not in unkeyed:
+                changed.append(found)
         if not changed:
             return pa.table({k: pa.array([], pa.int64()) for k in kind.keys})
         frame = pl.concat([pl.from_arrow(keys) for keys in changed], how="vertical_relaxed").unique()

@@ -38,21 +38,26 @@ def as_of_join(entities: pa.Table, views: Sequence[ViewJoin], **feature_rows: pa
     """Every entity row with, per view, the features of the latest row of the same keys whose event time
     is at or before the row's `__entity_ts` and, with a TTL, no older than `__entity_ts - ttl`.
 
-    Rows without such a feature row get nulls; entity rows are neither dropped nor duplicated. Among
-    feature rows with equal keys and event time, the one with the latest `__created_ts` wins.
+    Rows without such a feature row get nulls; entity rows are neither dropped nor duplicated, and keep their
+    column types. Keys compare by value (an int32 entity key matches an int64 feature key). Among feature rows
+    with equal keys and event time, the one with the latest `__created_ts` wins.
     """
     frame = _frame(entities).sort(ENTITY_TS, nulls_last=True)
+    entity_types = frame.schema
     for view in views:
         right = _latest_by_time(_frame(feature_rows[view.input]), view).sort(FEATURE_TS)
-        joined = frame.join_asof(right, left_on=ENTITY_TS, right_on=FEATURE_TS, by=list(view.keys),
-                                 strategy="backward", check_sortedness=False)
+        common = pl.concat([frame.select(view.keys).clear(), right.select(view.keys).clear()],
+                           how="vertical_relaxed").schema
+        joined = frame.cast(dict(common)).join_asof(right.cast(dict(common)), left_on=ENTITY_TS,
+                                                    right_on=FEATURE_TS, by=list(view.keys), strategy="backward",
+                                                    check_sortedness=False)
         fresh = pl.col(FEATURE_TS).is_not_null()
         if view.ttl_us:
             fresh = fresh & (pl.col(FEATURE_TS) >= pl.col(ENTITY_TS) - pl.duration(microseconds=view.ttl_us))
         frame = joined.with_columns(
             [pl.when(fresh).then(pl.col(name)).otherwise(None).alias(name) for name in view.features]
         ).drop(FEATURE_TS)
-    return frame.to_arrow()
+    return frame.cast({name: entity_types[name] for name in frame.columns if name in entity_types}).to_arrow()
 
 
 def latest_per_key(rows: pa.Table, keys: Sequence[str], time_column: str, created_column: str | None = None,

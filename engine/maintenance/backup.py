@@ -22,12 +22,13 @@ from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table
-from engine.tables.distributed_merge import key_hash
+from engine.tables.keyhash import key_hash
 from engine.tables.layout import Layout, absolute_root
 
 MANIFEST = "manifest.json"
 LOG = "_delta_log"
 META = "_meta"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,27 @@ def backup(layout: Layout, destination: str) -> Manifest:
     meanwhile; each table is copied at the version it had when its turn came.
 
     Raises:
-        MaintenanceError: `destination` already holds a backup.
+        MaintenanceError: `destination` already holds a backup, or a file could not be copied (the backup then has
+            no manifest).
     """
     destination = absolute_root(destination)
     target_fs, target = filesystem_of(destination)
     if target_fs.get_file_info(f"{target}/{MANIFEST}").type != pafs.FileType.NotFound:
         raise MaintenanceError(f"`{destination}` already holds a backup; back up to a new folder",
                                path=destination)
+    try:
+        manifest = _copy_root(layout, target_fs, target)
+    except MaintenanceError as err:
+        raise MaintenanceError(f"backup `{destination}` is incomplete (it has no {MANIFEST}): {err}; fix the cause, "
+                               "delete the folder and back up again", path=destination) from err
+    with target_fs.open_output_stream(f"{target}/{MANIFEST}.partial") as sink:
+        sink.write(manifest.to_json().encode())
+    target_fs.move(f"{target}/{MANIFEST}.partial", f"{target}/{MANIFEST}")
+    return manifest
+
+
+def _copy_root(layout: Layout, target_fs: pafs.FileSystem, target: str) -> Manifest:
+    """Copy the tables and `_meta` files of the root under `target`; the manifest describing the copy."""
     tables, meta_files = _contents(layout)
     now = datetime.now(UTC)
     snapshots = []
@@ -109,10 +124,7 @@ def backup(layout: Layout, destination: str) -> Manifest:
     for relative in meta_files:
         _copy(f"{layout.root}/{relative}", target_fs, f"{target}/{relative}")
         hashes[relative] = _file_hash(target_fs, f"{target}/{relative}")
-    manifest = Manifest(datetime.now(UTC).isoformat(), layout.root, snapshots, hashes)
-    with target_fs.open_output_stream(f"{target}/{MANIFEST}") as sink:
-        sink.write(manifest.to_json().encode())
-    return manifest
+    return Manifest(datetime.now(UTC).isoformat(), layout.root, snapshots, hashes)
 
 
 def read_manifest(source: str) -> Manifest:
@@ -124,9 +136,15 @@ def read_manifest(source: str) -> Manifest:
     filesystem, folder = filesystem_of(absolute_root(source))
     try:
         with filesystem.open_input_stream(f"{folder}/{MANIFEST}") as stream:
-            return Manifest.from_json(stream.read().decode())
+            text = stream.read().decode()
     except FileNotFoundError:
-        raise MaintenanceError(f"`{source}` holds no {MANIFEST}: it is no backup, or the backup did not finish",
+        raise MaintenanceError(f"backup `{source}` is incomplete: it holds no {MANIFEST} (a backup writes it last, so "
+                               "it was interrupted, or the folder is no backup); take a new backup",
+                               path=source) from None
+    try:
+        return Manifest.from_json(text)
+    except (ValueError, KeyError, TypeError) as err:
+        raise MaintenanceError(f"backup `{source}` has an unreadable {MANIFEST} ({err!r}); take a new backup",
                                path=source) from None
 
 
@@ -148,8 +166,12 @@ def restore_backup(source: str, root: str) -> Manifest:
         relative = info.path.removeprefix(folder).lstrip("/")
         if info.type == pafs.FileType.File and relative != MANIFEST:
             target_fs, target = filesystem_of(f"{layout.root}/{relative}")
-            target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            pafs.copy_files(info.path, target, source_filesystem=filesystem, destination_filesystem=target_fs)
+            try:
+                target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(info.path, target, source_filesystem=filesystem, destination_filesystem=target_fs)
+            except (OSError, pa.ArrowException) as err:
+                raise MaintenanceError(f"restoring backup `{source}` stopped at `{relative}` ({err}); `{layout.root}` "
+                                       "is partly restored: empty it and restore again", path=layout.root) from err
     return manifest
 
 
@@ -224,14 +246,29 @@ def _log_entries(uri: str, version: int) -> list[str]:
 
 
 def _copy(source: str, target_fs: pafs.FileSystem, target: str) -> None:
-    """Copy one file; a SQLite database through SQLite's backup API, so that it is consistent."""
-    target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    if source.endswith(".db") and "://" not in source and isinstance(target_fs, pafs.LocalFileSystem):
-        with closing(sqlite3.connect(source)) as origin, closing(sqlite3.connect(target)) as copy:
-            origin.backup(copy)
-        return
-    source_fs, path = filesystem_of(source)
-    pafs.copy_files(path, target, source_filesystem=source_fs, destination_filesystem=target_fs)
+    """Copy one file; a SQLite database (by its header, whatever its name) through SQLite's backup API, so that
+    the copy is consistent, any other file byte for byte.
+
+    Raises:
+        MaintenanceError: the file cannot be read or written, naming it.
+    """
+    try:
+        target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        source_fs, path = filesystem_of(source)
+        if isinstance(source_fs, pafs.LocalFileSystem) and isinstance(target_fs, pafs.LocalFileSystem) \
+                and _is_sqlite(source_fs, path):
+            with closing(sqlite3.connect(path)) as origin, closing(sqlite3.connect(target)) as copy:
+                origin.backup(copy)
+            return
+        pafs.copy_files(path, target, source_filesystem=source_fs, destination_filesystem=target_fs)
+    except (OSError, sqlite3.Error, pa.ArrowException) as err:
+        raise MaintenanceError(f"cannot copy `{source}`: {err}", path=source) from err
+
+
+def _is_sqlite(filesystem: pafs.FileSystem, path: str) -> bool:
+    """Whether the file at `path` starts with SQLite's header (Feast's `registry.db`, for one, does not)."""
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
 def _file_hash(filesystem: pafs.FileSystem, path: str) -> str:

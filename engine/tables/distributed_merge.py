@@ -55,6 +55,7 @@ from engine.tables.delta import (
     table_exists,
 )
 from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
+from engine.tables.keyhash import bucket_of, check_comparable
 from engine.tables.staging import discard_files
 
 log = logging.getLogger(__name__)
@@ -62,37 +63,14 @@ log = logging.getLogger(__name__)
 DEFAULT_BUCKETS = 16
 DEFAULT_ATTEMPTS = 5
 HASH_SCHEME = 1
-"""Version of `key_hash`. It is part of the layout tag in file names, so a new scheme re-buckets a table
+"""Version of `keyhash.key_hash`. It is part of the layout tag in file names, so a new scheme re-buckets a table
 instead of misreading it."""
 
 BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
 _SOURCE_ROW = "__medallion_source_row"
 _SOURCE_SEQUENCE = "__medallion_source_sequence"
 _STORED_ROW = "__medallion_stored_row"
-_NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
-_BASE = np.uint64(0x100000001B3)
-_SLICE_ROWS = 1 << 16
 _SPLIT_ROWS = 1 << 20
-
-
-def key_hash(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
-    """A 64-bit hash of every row's key columns, stable across processes, machines and library versions
-    (polars' and DuckDB's hashes are not), so a bucket assignment stays valid for the table's life.
-
-    Integers, booleans and temporal values hash by their integer value (an int32 and an int64 key agree),
-    floats by their bits, strings and binaries by their bytes, other types by their text form.
-    """
-    combined = np.zeros(table.num_rows, np.uint64)
-    for name in keys:
-        chunks = [_array_hash(chunk) for chunk in table.column(name).chunks]
-        with np.errstate(over="ignore"):
-            combined = _mix(combined * _BASE + (np.concatenate(chunks) if chunks else combined))
-    return combined
-
-
-def bucket_of(table: pa.Table, keys: Sequence[str], buckets: int) -> np.ndarray:
-    """The bucket (0 to `buckets` - 1) of every row of `table`, from `key_hash` of its key columns."""
-    return (key_hash(table, keys) % np.uint64(buckets)).astype(np.int64)
 
 
 def merge_distributed(
@@ -258,6 +236,8 @@ class _MergeJob:
         ensure_not_committed(delta_table, self.transaction)
         schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
         self.opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
+        check_comparable({f"table `{self.table}`": schema, "the changes": changes.schema}, self.kind.keys,
+                         f"merge into `{self.table}`")
         actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
         paths, sizes = actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
         layout = _Layout.recorded(self.kind.keys, paths, self.buckets)
@@ -499,53 +479,3 @@ def _split(table: pa.Table, numbers: np.ndarray, buckets: int) -> list[pa.Table]
 
 def _add(file: DataFile) -> AddAction:
     return AddAction(file.path, file.size, {}, file.modification_time, True, file.stats)
-
-
-def _array_hash(array: pa.Array) -> np.ndarray:
-    """The hash of every value of one key column chunk; nulls share one value."""
-    data_type = array.type
-    if pa.types.is_dictionary(data_type):
-        return _array_hash(array.dictionary_decode())
-    if any(is_type(data_type) for is_type in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
-                                                pa.types.is_binary, pa.types.is_large_binary,
-                                                pa.types.is_binary_view)):
-        slices = [_bytes_hash(array.slice(start, _SLICE_ROWS).cast(pa.large_binary()))
-                  for start in range(0, len(array), _SLICE_ROWS)]
-        hashed = np.concatenate(slices) if slices else np.zeros(0, np.uint64)
-    elif pa.types.is_floating(data_type):
-        values = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False) + 0.0
-        values[np.isnan(values)] = np.nan
-        hashed = _mix(values.view(np.uint64))
-    elif pa.types.is_temporal(data_type) or pa.types.is_integer(data_type) or pa.types.is_boolean(data_type):
-        if pa.types.is_temporal(data_type):
-            array = array.view(pa.int32() if data_type.bit_width == 32 else pa.int64())
-        values = array.cast(pa.int64(), safe=False).fill_null(0).to_numpy(zero_copy_only=False)
-        hashed = _mix(values.view(np.uint64))
-    else:
-        return _array_hash(array.cast(pa.string()))
-    if array.null_count:
-        hashed[array.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
-    return hashed
-
-
-def _bytes_hash(array: pa.Array) -> np.ndarray:
-    """A polynomial hash of the bytes of every value of a large_binary array, mixed with its length."""
-    offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset:array.offset + len(array) + 1]
-    buffer = array.buffers()[2]
-    data = np.frombuffer(buffer, np.uint8)[offsets[0]:offsets[-1]] if buffer is not None else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
-    with np.errstate(over="ignore"):
-        powers = np.cumprod(np.full(int(lengths.max(initial=0)), _BASE, np.uint64), dtype=np.uint64)
-        terms = (data.astype(np.uint64) + np.uint64(1)) * powers[np.arange(len(data)) - np.repeat(starts, lengths)]
-        sums = np.concatenate([np.zeros(1, np.uint64), np.cumsum(terms, dtype=np.uint64)])
-        return _mix((sums[starts + lengths] - sums[starts]) ^ _mix(lengths.astype(np.uint64)))
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: every input bit affects the whole 64-bit result."""
-    with np.errstate(over="ignore"):
-        values = values ^ (values >> np.uint64(30))
-        values = values * np.uint64(0xBF58476D1CE4E5B9)
-        values = values ^ (values >> np.uint64(27))
-        values = values * np.uint64(0x94D049BB133111EB)
-        return values ^ (values >> np.uint64(31))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -92,5 +95,83 @@ def test_verify_detects_a_tampered_or_incomplete_backup(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "failed verification (3 problem(s))" in result.output
     assert "`bronze/events` v2 cannot be read" in result.output and "differs from the backed-up file" in result.output
     (destination / "manifest.json").unlink()
-    with pytest.raises(MaintenanceError, match="holds no manifest.json"):
+    with pytest.raises(MaintenanceError, match="is incomplete: it holds no manifest.json"):
+        verify_backup(str(destination))
+
+
+REGISTRY = b"\x1a\x011\x22\x0cfeature_view" + bytes(range(256)) * 4
+"""Bytes like those of Feast's file registry, a protobuf message named `registry.db`: no SQLite header."""
+
+
+def with_feature_store(layout: Layout) -> tuple[Path, Path]:
+    """The root's feature store files: a protobuf `registry.db` and a real SQLite online store."""
+    features = Path(layout.root) / "_meta" / "features"
+    features.mkdir(parents=True)
+    (features / "registry.db").write_bytes(REGISTRY)
+    with closing(sqlite3.connect(features / "online_store.db")) as online:
+        online.execute("CREATE TABLE rows (k INTEGER, v TEXT)")
+        online.executemany("INSERT INTO rows VALUES (?, ?)", [(k, f"v{k}") for k in range(50)])
+        online.commit()
+    return features / "registry.db", features / "online_store.db"
+
+
+def stored_rows(database: Path) -> list[tuple[int, str]]:
+    with closing(sqlite3.connect(database)) as connection:
+        return connection.execute("SELECT k, v FROM rows ORDER BY k").fetchall()
+
+
+def test_a_root_with_a_feast_registry_backs_up_verifies_and_restores_byte_identical(tmp_path: Path) -> None:
+    layout = lakehouse(tmp_path / "root")
+    registry, online = with_feature_store(layout)
+    destination = tmp_path / "backup"
+    result = CliRunner().invoke(main, ["--root", layout.root, "backup", "--to", str(destination)])
+    assert result.exit_code == 0, result.output
+    assert (destination / "_meta" / "features" / "registry.db").read_bytes() == REGISTRY
+    assert stored_rows(destination / "_meta" / "features" / "online_store.db") == stored_rows(online)
+    verified = CliRunner().invoke(main, ["backup", "verify", str(destination)])
+    assert verified.exit_code == 0, verified.output
+    restored = tmp_path / "restored"
+    result = CliRunner().invoke(main, ["--root", str(restored), "backup", "restore", str(destination)])
+    assert result.exit_code == 0, result.output
+    assert (restored / "_meta" / "features" / "registry.db").read_bytes() == registry.read_bytes()
+    assert (restored / "_meta" / "features" / "online_store.db").read_bytes() == \
+        (destination / "_meta" / "features" / "online_store.db").read_bytes()
+    assert stored_rows(restored / "_meta" / "features" / "online_store.db") == stored_rows(online)
+    assert rows(Layout.at(str(restored)).table("silver.accounts")) == rows(layout.table("silver.accounts"))
+
+
+def test_a_backup_without_its_manifest_is_refused_as_incomplete(tmp_path: Path) -> None:
+    layout = lakehouse(tmp_path / "root")
+    destination = tmp_path / "backup"
+    backup(layout, str(destination))
+    (destination / "manifest.json").unlink()
+    for command in (["backup", "verify", str(destination)],
+                    ["--root", str(tmp_path / "restored"), "backup", "restore", str(destination)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1
+        assert result.output.strip().count("\n") == 0 and "Traceback" not in result.output
+        assert f"backup `{destination}` is incomplete: it holds no manifest.json" in result.output
+    assert not (tmp_path / "restored" / "silver").exists()
+
+
+def test_a_backup_interrupted_by_a_failing_copy_leaves_no_manifest(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = lakehouse(tmp_path / "root")
+    with_feature_store(layout)
+    copy_files = pafs.copy_files
+
+    def failing(source: str, target: str, **kwargs: object) -> None:
+        if source.endswith("registry.db"):
+            raise OSError("No space left on device")
+        copy_files(source, target, **kwargs)
+
+    monkeypatch.setattr(pafs, "copy_files", failing)
+    destination = tmp_path / "backup"
+    result = CliRunner().invoke(main, ["--root", layout.root, "backup", "--to", str(destination)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0
+    assert f"backup `{destination}` is incomplete (it has no manifest.json)" in result.output
+    assert "registry.db" in result.output and "No space left on device" in result.output
+    assert (destination / "silver" / "accounts").is_dir() and not (destination / "manifest.json").exists()
+    with pytest.raises(MaintenanceError, match="is incomplete: it holds no manifest.json"):
         verify_backup(str(destination))

@@ -13,15 +13,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet
 import pytest
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
-from engine.errors import CommitConflict, TableFailed
+from engine.errors import CommitConflict, KeyMismatch, TableFailed
 from engine.kinds import Merge
 from engine.tables import delta, distributed_merge
-from engine.tables.distributed_merge import bucket_of, key_hash, merge_distributed
+from engine.tables.distributed_merge import merge_distributed
+from engine.tables.keyhash import bucket_of, key_hash
 
 CDC = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
 PLAIN = Merge(keys=["k1", "k2"])
@@ -322,3 +324,33 @@ def test_key_hash_is_stable_and_type_consistent() -> None:
     assert bucket_of(pa.table({"s": ["alpha", "beta", "gamma" * 40]}), ["s"], 1000).tolist() == [444, 145, 604]
     at = to_storage(pa.table({"at": pa.array([dt.datetime(2026, 1, 1)], pa.timestamp("ns"))}))
     assert bucket_of(at, ["at"], 97).tolist() == [52]
+
+
+@pytest.mark.parametrize("key_type", [pa.int8(), pa.int16(), pa.int32(), pa.uint16(), pa.uint32(), pa.uint64()])
+def test_narrower_integer_keys_land_in_the_buckets_of_int64_keys(tmp_path: Path, ray_local: None,
+                                                               key_type: pa.DataType) -> None:
+    uri = str(tmp_path / "t")
+    ids = np.arange(100)
+    merge_distributed(uri, "silver.t", pa.table({"id": pa.array(ids, pa.int64()), "v": pa.array(ids * 0)}),
+                      Merge(keys=["id"]), metadata={}, buckets=8)
+    changed = ids[::3]
+    merge_distributed(uri, "silver.t", pa.table({"id": pa.array(changed, key_type), "v": pa.array(changed + 1)}),
+                      Merge(keys=["id"]), metadata={})
+    stored = rows(uri)
+    assert [r["id"] for r in stored] == list(range(100))
+    assert {r["id"]: r["v"] for r in stored} == {int(i): int(i) + 1 if i % 3 == 0 else 0 for i in ids}
+    for path in paths(uri):
+        name = distributed_merge.BUCKET_FILE.match(path)
+        assert name is not None
+        ids_in_file = pa.parquet.read_table(f"{uri}/{path}", columns=["id"])
+        assert set(bucket_of(ids_in_file, ["id"], 8).tolist()) == {int(name[1])}
+
+
+def test_string_keys_into_an_integer_keyed_table_are_refused(tmp_path: Path, ray_local: None) -> None:
+    uri = str(tmp_path / "t")
+    merge_distributed(uri, "silver.t", pa.table({"id": pa.array([1, 2], pa.int64()), "v": [1, 2]}),
+                      Merge(keys=["id"]), metadata={})
+    with pytest.raises(KeyMismatch, match=r"merge into `silver.t`: key column `id` is int64 in table `silver.t` "
+                                          r"but string in the changes"):
+        merge_distributed(uri, "silver.t", pa.table({"id": ["1"], "v": [9]}), Merge(keys=["id"]), metadata={})
+    assert rows(uri) == [{"id": 1, "v": 1}, {"id": 2, "v": 2}]

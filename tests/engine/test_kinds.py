@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from engine.kinds import Append, Merge, Overwrite, parse_kind
+from engine.errors import PipelineDefinitionError
+from engine.kinds import Append, Merge, Overwrite, RecomputeKeys, parse_kind
 
 
 def test_parse_append() -> None:
@@ -75,3 +76,14 @@ def test_kinds_are_frozen() -> None:
 def test_except_columns_cannot_name_a_key_or_the_sequence(options: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         parse_kind({"kind": "merge", "keys": ["id"], **options})
+
+
+def test_recompute_keys_names_inputs_without_the_keys_and_refuses_when_none_holds_them() -> None:
+    kind = RecomputeKeys(keys=["customer_id", "day"])
+    columns = {"silver.visits": ["customer_id", "day", "n"], "silver.rates": ["rate"], "silver.days": ["day"]}
+    assert kind.unkeyed_inputs("gold.t", columns) == ["silver.rates", "silver.days"]
+    with pytest.raises(PipelineDefinitionError, match=r"table `gold.t` recomputes by keys \['customer_id', 'day'\], "
+                       r"but no input holds them \(input `silver.rates` lacks `customer_id`, `day`; input "
+                       r"`silver.days` lacks `customer_id`\)"):
+        kind.unkeyed_inputs("gold.t", {t: c for t, c in columns.items() if t != "silver.visits"})
+    assert kind.unkeyed_inputs("gold.t", {}) == []

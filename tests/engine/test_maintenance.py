@@ -24,7 +24,8 @@ from engine.maintenance.pins import list_pins, pin, unpin
 from engine.maintenance.policy import Maintenance
 from engine.maintenance.vacuum import vacuum_table
 from engine.pipeline import Pipeline
-from engine.tables.distributed_merge import bucket_of, merge_distributed
+from engine.tables.distributed_merge import merge_distributed
+from engine.tables.keyhash import bucket_of
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.cdc_pipeline import PIPELINE, assert_same_tables, run_to_completion, write_batch

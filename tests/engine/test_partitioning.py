@@ -18,7 +18,9 @@ import ray.data
 from ray._common.test_utils import SignalActor
 
 from engine import partitioning
-from engine.partitioning import co_partition, coalesce, default_partitions, map_partitions, partition_of
+from engine.errors import KeyMismatch
+from engine.partitioning import co_partition, coalesce, default_partitions, map_partitions
+from engine.tables.keyhash import bucket_of
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -151,6 +153,33 @@ def test_co_partition_join_matches_polars() -> None:
     assert len(result) == 7
 
 
+def inner_join(orders: pa.Table, customers: pa.Table) -> pa.Table:
+    """Orders joined with their customer (inner join), keys compared by value across integer widths."""
+    left, right = pl.from_arrow(orders), pl.from_arrow(customers)
+    assert isinstance(left, pl.DataFrame) and isinstance(right, pl.DataFrame)
+    return left.join(right.with_columns(pl.col("c").cast(left.schema["c"])), on="c", how="inner").to_arrow()
+
+
+def test_co_partition_meets_every_match_of_int32_and_int64_keys() -> None:
+    keys = np.arange(2000)
+    orders = pa.table({"c": pa.array(keys, pa.int32()), "order": pa.array(keys * 10, pa.int64())})
+    customers = pa.table({"c": pa.array(keys, pa.int64()), "name": pa.array([f"n{k}" for k in keys])})
+    inputs = {"orders": ray.data.from_arrow(orders).repartition(4), "customers": ray.data.from_arrow(customers)}
+    result = collect(co_partition(inputs, ["c"], inner_join, num_partitions=16))
+    assert len(result) == 2000
+    assert sorted((row["c"], row["name"]) for row in result) == sorted((int(k), f"n{k}") for k in keys)
+
+
+def test_co_partition_refuses_an_integer_key_against_a_string_key() -> None:
+    orders = pa.table({"c": pa.array([1, 2], pa.int64()), "order": [10, 20]})
+    customers = pa.table({"c": ["1", "2"], "name": ["a", "b"]})
+    inputs = {"orders": ray.data.from_arrow(orders), "customers": ray.data.from_arrow(customers)}
+    with pytest.raises(KeyMismatch, match=r"`c` is int64 in input `orders` but string in input `customers`"):
+        co_partition(inputs, ["c"], inner_join, num_partitions=2)
+    with pytest.raises(KeyMismatch, match=r"input `customers` has no key column `order`"):
+        co_partition(inputs, ["order"], inner_join, num_partitions=2)
+
+
 def test_co_partition_empty_input_gets_empty_table_with_columns() -> None:
     def describe(left: pa.Table, right: pa.Table) -> pa.Table:
         return pa.table({"left_rows": [left.num_rows], "right_rows": [right.num_rows],
@@ -176,30 +205,30 @@ def test_map_partitions_on_empty_input() -> None:
     assert result == [{"columns": "c,amount", "rows": 0}] * 2
 
 
-def test_partition_of_is_deterministic_and_in_range() -> None:
+def test_bucket_of_is_deterministic_and_in_range() -> None:
     table = events()
-    numbers = partition_of(table, ["c"], 7)
+    numbers = bucket_of(table, ["c"], 7)
     assert len(numbers) == table.num_rows
     assert numbers.min() >= 0 and numbers.max() < 7
-    assert np.array_equal(numbers, partition_of(table, ["c"], 7))
+    assert np.array_equal(numbers, bucket_of(table, ["c"], 7))
     by_key: dict[int, int] = {}
     for customer, number in zip(table.column("c").to_pylist(), numbers.tolist()):
         assert by_key.setdefault(customer, number) == number
     reordered = table.take(pa.array(list(reversed(range(table.num_rows)))))
-    assert np.array_equal(partition_of(reordered, ["c"], 7), numbers[::-1])
+    assert np.array_equal(bucket_of(reordered, ["c"], 7), numbers[::-1])
     assert len(set(numbers.tolist())) > 1
 
 
-def test_partition_of_is_the_same_in_a_worker() -> None:
+def test_bucket_of_is_the_same_in_a_worker() -> None:
     table = events()
-    remote = ray.get(ray.remote(partition_of).remote(table, ["c", "region"], 5))
-    assert np.array_equal(remote, partition_of(table, ["c", "region"], 5))
+    remote = ray.get(ray.remote(bucket_of).remote(table, ["c", "region"], 5))
+    assert np.array_equal(remote, bucket_of(table, ["c", "region"], 5))
 
 
-def test_partition_of_ignores_string_layout() -> None:
+def test_bucket_of_ignores_string_layout() -> None:
     small = pa.table({"k": pa.array(["a", "b", "c"], pa.string())})
     large = pa.table({"k": pa.array(["a", "b", "c"], pa.large_string())})
-    assert np.array_equal(partition_of(small, ["k"], 4), partition_of(large, ["k"], 4))
+    assert np.array_equal(bucket_of(small, ["k"], 4), bucket_of(large, ["k"], 4))
 
 
 def test_inputs_without_any_schema_skip_the_function(ray_local: None) -> None:

@@ -136,3 +136,64 @@ def test_keyed_recompute_reads_only_affected_keys_and_backfill_replaces_a_range(
     assert rows(uri, store, "gold.visits_per_day") == [(1, DAY, 1), (2, DAY, 1), (3, DAY, 1), (3, DAY + dt.timedelta(days=1), 1)]
     with pytest.raises(PipelineDefinitionError, match="no time partition"):
         runner.backfill("silver.visits", DAY, DAY)
+
+
+RATES = {"rate": 2}
+
+
+def lookup_pipeline(keys: list[str], calls: list[tuple[int, int]]) -> Pipeline:
+    """Per-customer totals of visits times a rate from a one-row lookup table that has no customer column."""
+    pipeline = Pipeline("lookup")
+
+    @pipeline.table("silver.visits")
+    def visits() -> ray.data.Dataset:
+        return ray.data.from_arrow(pa.table({"customer_id": pa.array(VISITS["customer_id"], pa.int64()),
+                                             "day": pa.array(VISITS["day"], pa.date32())}))
+
+    @pipeline.table("silver.rates")
+    def rates() -> ray.data.Dataset:
+        return ray.data.from_arrow(pa.table({"rate": pa.array([RATES["rate"]], pa.int64())}))
+
+    @pipeline.table("gold.totals", kind=RecomputeKeys(keys=keys))
+    def totals(silver_visits: ray.data.Dataset, silver_rates: ray.data.Dataset) -> ray.data.Dataset:
+        calls.append((silver_visits.count(), silver_rates.count()))
+        rate = silver_rates.take_all()[0]["rate"]
+        return silver_visits.map_batches(lambda batch: pl.from_arrow(batch).group_by("customer_id").agg(
+            (pl.len().cast(pl.Int64) * rate).alias("total")).to_arrow(), batch_format="pyarrow")
+
+    return pipeline
+
+
+def test_an_input_without_the_keys_is_read_whole_and_its_change_recomputes_every_key(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    VISITS.update(customer_id=[1, 1, 2, 3], day=[DAY] * 4)
+    RATES.update(rate=2)
+    runner = Runner(lookup_pipeline(["customer_id"], calls), settings_at(tmp_path))
+    uri = str(tmp_path / "gold" / "totals")
+    assert runner.run().succeeded
+    RATES.update(rate=3)
+    second = runner.run()
+    assert second.succeeded, [r.error for r in second.records]
+    assert sorted(DeltaTable(uri).to_pyarrow_table().to_pylist(), key=lambda r: r["customer_id"]) == [
+        {"customer_id": 1, "total": 6}, {"customer_id": 2, "total": 3}, {"customer_id": 3, "total": 3}]
+    VISITS.update(customer_id=[1, 1, 2, 3, 3], day=[DAY] * 5)
+    third = runner.run()
+    assert third.succeeded, [r.error for r in third.records]
+    assert third.records[-1].details["keys_recomputed"] == 1
+    assert calls[-1] == (2, 1)
+    assert sorted(DeltaTable(uri).to_pyarrow_table().to_pylist(), key=lambda r: r["customer_id"]) == [
+        {"customer_id": 1, "total": 6}, {"customer_id": 2, "total": 3}, {"customer_id": 3, "total": 6}]
+
+
+def test_keys_no_input_holds_fail_the_table_before_anything_is_written(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    VISITS.update(customer_id=[1, 2], day=[DAY] * 2)
+    runner = Runner(lookup_pipeline(["customer"], calls), settings_at(tmp_path))
+    result = runner.run()
+    [record] = [r for r in result.records if r.table == "gold.totals"]
+    assert record.status == "failed" and calls == []
+    assert record.error is not None and "\n" not in record.error
+    assert "table `gold.totals` recomputes by keys ['customer'], but no input holds them" in record.error
+    assert "input `silver.visits` lacks `customer`" in record.error
+    assert "input `silver.rates` lacks `customer`" in record.error
+    assert not (tmp_path / "gold" / "totals").exists()

@@ -55,3 +55,15 @@ def test_latest_per_key_hashes_the_latest_row_of_every_key() -> None:
     assert latest.column("f").to_pylist() == [2.0, 3.0]
     assert latest.column("__row_hash").type == pa.int64()
     assert len(set(latest.column("__row_hash").to_pylist())) == 2
+
+
+def test_as_of_join_matches_int32_entity_keys_with_int64_feature_keys() -> None:
+    entities = pa.table({ROW: [0, 1, 2], "k": pa.array([1, 2, 3], pa.int32()), ENTITY_TS: _at(HOUR, HOUR, HOUR)})
+    features = pa.table({"k": pa.array([1, 2, 2**40], pa.int64()), FEATURE_TS: _at(0 * HOUR, HOUR, 0 * HOUR),
+                         "f": pa.array([10, 20, 30], pa.int64())})
+    view = ViewJoin("v", ("k",), ("f",), None, has_created=False)
+
+    joined = as_of_join(entities, [view], v=features).sort_by(ROW)
+
+    assert joined.column("f").to_pylist() == [10, 20, None]
+    assert joined.schema.field("k").type == pa.int32()
