@@ -28,6 +28,7 @@ from engine.tables.layout import Layout, absolute_root
 MANIFEST = "manifest.json"
 LOG = "_delta_log"
 META = "_meta"
+LEASES = "leases/"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -226,11 +227,12 @@ def content_hash(uri: str, table: str, version: int) -> tuple[int, str]:
 
 def _contents(layout: Layout) -> tuple[list[str], list[str]]:
     """The Delta tables under the root (data, quarantine, change logs, and `_meta` tables such as the run
-    records), and the other files under `_meta`, relative to the root."""
+    records), and the other files under `_meta` but the run leases (which belong to the processes running
+    now, not to the data), relative to the root."""
     meta = f"{layout.root}/{META}"
     meta_tables = delta_tables_under(meta)
-    inside = tuple(t.removeprefix(meta + "/") + "/" for t in meta_tables)
-    files = [f"{META}/{name}" for name in files_under(meta) if not name.startswith(inside)]
+    skipped = (*(t.removeprefix(meta + "/") + "/" for t in meta_tables), LEASES)
+    files = [f"{META}/{name}" for name in files_under(meta) if not name.startswith(skipped)]
     return sorted(tables_under(layout) + meta_tables), sorted(files)
 
 

@@ -17,6 +17,7 @@ from deltalake import DeltaTable, WriterProperties, write_deltalake
 from engine.cli import main
 from engine.errors import MaintenanceError
 from engine.kinds import Merge
+from engine.lease import RunLease
 from engine.maintenance.backup import backup, read_manifest, restore_backup, verify_backup
 from engine.maintenance.pins import list_pins, pin
 from engine.tables.distributed_merge import merge_distributed
@@ -76,6 +77,20 @@ def test_backup_holds_current_versions_and_restores_to_the_same_tables(tmp_path:
         restore_backup(str(destination), restored.root)
     with pytest.raises(MaintenanceError, match="already holds a backup"):
         backup(layout, str(destination))
+
+
+def test_a_running_run_s_lease_is_not_backed_up(tmp_path: Path) -> None:
+    """A backup taken while a run holds its lease restores to a root that no one holds: restoring must not make
+    the next run wait for a run of the past."""
+    layout = lakehouse(tmp_path / "root")
+    held = RunLease(layout, "shop", heartbeat_s=3600)
+    held.acquire("run-1")
+    manifest = backup(layout, str(tmp_path / "backup"))
+    assert [f for f in manifest.files if "leases" in f] == []
+    restored = Layout.at(str(tmp_path / "restored"))
+    restore_backup(str(tmp_path / "backup"), restored.root)
+    RunLease(restored, "shop").acquire("run-2")
+    held.release()
 
 
 def test_verify_detects_a_tampered_or_incomplete_backup(tmp_path: Path) -> None:
