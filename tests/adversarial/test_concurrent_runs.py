@@ -4,8 +4,10 @@ one uninterrupted run leaves it, with no landing file ingested twice and no reje
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -210,3 +212,29 @@ def test_a_run_with_nothing_new_writes_nothing(tmp_path: Path) -> None:
         result = run_to_completion(root)
         assert {r.status for r in result.records} == {"unchanged"}
     assert files() == before
+
+
+def test_an_idle_watch_writes_nothing_and_prints_nothing(tmp_path: Path) -> None:
+    """Attacks: "`--watch` stays quiet when idle", with a watch over a root that has nothing new for many
+    micro-batches: the run records and every table stay at their versions, and it prints nothing per batch."""
+    root = tmp_path / "root"
+    write_batch(root / "landing", 1)
+    run_to_completion(root)
+    records = DeltaTable(str(root / "_meta" / "runs")).version()
+    metrics = tmp_path / "metrics.prom"
+    watch = medallion(root, "--watch", "0.05", "--metrics-file", str(metrics))
+    written: set[int] = set()
+    try:
+        while len(written) < 8 and watch.poll() is None:  # the file is rewritten after every micro-batch
+            if metrics.exists():
+                written.add(metrics.stat().st_mtime_ns)
+            time.sleep(0.01)
+        watch.send_signal(signal.SIGTERM)
+        output = watch.communicate(timeout=120)[0]
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, output
+    assert len(written) >= 8
+    assert DeltaTable(str(root / "_meta" / "runs")).version() == records
+    batch_lines = [line for line in output.splitlines() if line.startswith("run ") and "finished" in line]
+    assert batch_lines == [], output
