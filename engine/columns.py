@@ -14,3 +14,6 @@ REJECTED_REASON = "_rejected_reason"
 
 RESCUED_DATA = "_rescued_data"
 """Raw text of a landing record that could not be parsed."""
+
+RAW_FILE = "_raw_file"
+"""Bytes of a landing file quarantined whole (not valid UTF-8), in the bronze table's quarantine."""

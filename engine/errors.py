@@ -54,6 +54,10 @@ class IngestError(EngineError):
     """A landing file could not be discovered or read."""
 
 
+class UndecodableFileError(IngestError):
+    """A landing file is not valid UTF-8 text (binary or compressed data, another encoding, a cut character)."""
+
+
 class SchemaDriftError(IngestError):
     """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 
