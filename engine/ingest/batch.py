@@ -11,7 +11,7 @@ import pyarrow as pa
 import ray
 
 from engine.columns import INGESTED_AT, RAW_FILE, REJECTED_REASON, RESCUED_DATA, RUN_ID, SOURCE_FILE
-from engine.errors import UndecodableFileError
+from engine.errors import UnreadableFileError
 from engine.ingest.drift import SchemaDrift, apply_policy, detect_drift
 from engine.ingest.readers import landing_bytes, read_records
 from engine.ingest.sources import FileSource, LandingFile
@@ -36,13 +36,13 @@ class FileRead:
         staged: its records staged as bronze files, or the file quarantined whole.
         shape: its columns and JSON value types (none when quarantined).
         end: the byte offset its ingestion ended at.
-        undecodable: why it is not valid UTF-8, when it is not.
+        unreadable: why it cannot be read at all, when it cannot (`UnreadableFileError`).
     """
 
     staged: StagedFiles
     shape: FileShape
     end: int
-    undecodable: str | None = None
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,25 +91,26 @@ def ingest_new_files(
 
     The expected columns are the source's declared ones, else the table's, else the first file's; under
     `evolve` without declared columns, what a file adds is expected from the next file on. A file that is
-    not valid UTF-8 is staged whole to the quarantine under the source's `quarantine` policy.
+    cannot be read at all (`UnreadableFileError`) is staged whole to the quarantine under the source's
+    `quarantine` policy.
 
     Raises:
         SchemaDriftError: the source's policy is `fail` and a file drifted; nothing stays staged.
-        UndecodableFileError: the source's `on_undecodable` is `fail` and files are not valid UTF-8 (all named);
+        UnreadableFileError: the source's `on_unreadable` is `fail` and files cannot be read (all named);
             nothing stays staged.
     """
     table = stager.table
     tasks = [_ingest_file.options(**dict(ray_options or {})).remote(file, index, source, ingested_at, stager)
              for index, file in enumerate(files)]
     reads: list[FileRead] = _all_or_nothing(tasks, stager)
-    bad = [(file, read) for file, read in zip(files, reads, strict=True) if read.undecodable]
-    undecodable = tuple(f"{file.name}: {read.undecodable}" for file, read in bad)
-    if undecodable and source.on_undecodable == "fail":
+    bad = [(file, read) for file, read in zip(files, reads, strict=True) if read.unreadable]
+    unreadable = tuple(f"{file.name}: {read.unreadable}" for file, read in bad)
+    if unreadable and source.on_unreadable == "fail":
         for read in reads:
             stager.discard(read.staged)
-        raise UndecodableFileError(
-            f"source `{table}`: {len(undecodable)} landing file(s) are not valid UTF-8: {'; '.join(undecodable)}. "
-            "Re-export them as UTF-8 and replace them, or declare the source with `on_undecodable=\"quarantine\"` "
+        raise UnreadableFileError(
+            f"source `{table}`: {len(unreadable)} landing file(s) cannot be read: {'; '.join(unreadable)}. "
+            "Replace them with UTF-8 files with a usable header, or declare the source with `on_unreadable=\"quarantine\"` "
             "to ingest the other files", table=table, path=bad[0][0].uri if len(bad) == 1 else None)
     results = [(read.staged, read.shape) for read in reads]
     expected = list(source.columns or known_columns or (results[0][1].columns if results else ()))
@@ -136,7 +137,7 @@ def ingest_new_files(
     in_file_order = [s if isinstance(s, StagedFiles) else next(restaged) for s in staged]
     fingerprints = tuple(file.fingerprint(read.end) for file, read in zip(files, reads, strict=True))
     return IngestBatch(StagedFiles.combine(in_file_order), tuple(drifts), tuple(expected), types, fingerprints,
-                       undecodable)
+                       unreadable)
 
 
 def _all_or_nothing(refs: list[ray.ObjectRef], stager: Stager) -> list[Any]:
@@ -163,8 +164,8 @@ def _ingest_file(file: LandingFile, index: int, source: FileSource, ingested_at:
     raw, end = landing_bytes(file, source)
     try:
         table, json_types = read_records(raw, file, source)
-    except UndecodableFileError as err:
-        if source.on_undecodable == "fail":
+    except UnreadableFileError as err:
+        if source.on_unreadable == "fail":
             return FileRead(StagedFiles(), FileShape(file.name, (), {}), end, str(err))
         rejected = pa.table({REJECTED_REASON: pa.array([_quarantine_reason(file, end, err)], pa.string()),
                              RAW_FILE: pa.array([raw], pa.binary())})
@@ -184,7 +185,7 @@ def _with_ingestion_columns(table: pa.Table, file: LandingFile, ingested_at: dat
     return table.append_column(RUN_ID, pa.repeat(pa.scalar(run_id, pa.string()), count))
 
 
-def _quarantine_reason(file: LandingFile, end: int, err: UndecodableFileError) -> str:
+def _quarantine_reason(file: LandingFile, end: int, err: UnreadableFileError) -> str:
     """Why a file (or the bytes it grew by) was quarantined whole, and which of its bytes `_raw_file` holds."""
     part = "the whole file" if file.start == 0 else f"bytes {file.start} to {end}, appended since the last ingestion"
     return f"{err} ({part} quarantined in `{RAW_FILE}`)"

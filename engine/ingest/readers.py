@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from engine.columns import RESCUED_DATA
-from engine.errors import IngestError, UndecodableFileError
+from engine.columns import INGESTION_COLUMNS, RESCUED_DATA
+from engine.errors import IngestError, UnreadableFileError
 from engine.ingest.sources import FileSource, LandingFile
 from engine.storage import filesystem_of
 
@@ -27,7 +27,7 @@ def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
 
     Raises:
         IngestError: the file cannot be opened or parsed.
-        UndecodableFileError: the file is not valid UTF-8.
+        UnreadableFileError: the file is not valid UTF-8 or its CSV header is unusable.
     """
     raw, _ = landing_bytes(file, source)
     return read_records(raw, file, source)[0]
@@ -57,7 +57,7 @@ def read_records(raw: bytes, file: LandingFile, source: FileSource) -> tuple[pa.
 
     Raises:
         IngestError: the bytes cannot be parsed as the source's format.
-        UndecodableFileError: the bytes are not valid UTF-8.
+        UnreadableFileError: the bytes are not valid UTF-8 or their CSV header is unusable.
     """
     if file.start == 0:
         raw = raw.removeprefix(codecs.BOM_UTF8)
@@ -74,7 +74,7 @@ def read_text(file: LandingFile) -> str:
 
     Raises:
         IngestError: the file cannot be opened.
-        UndecodableFileError: the file is not valid UTF-8.
+        UnreadableFileError: the file is not valid UTF-8.
     """
     return decode(_read_bytes(file).removeprefix(codecs.BOM_UTF8), file)
 
@@ -83,7 +83,7 @@ def decode(raw: bytes, file: LandingFile) -> str:
     """`raw`, bytes of `file`, as text.
 
     Raises:
-        UndecodableFileError: `raw` is not valid UTF-8.
+        UnreadableFileError: `raw` is not valid UTF-8.
     """
     try:
         return raw.decode("utf-8")
@@ -123,8 +123,8 @@ def _header_line(file: LandingFile) -> bytes:
         size *= 4
 
 
-def _not_utf8(file: LandingFile, err: UnicodeDecodeError) -> UndecodableFileError:
-    return UndecodableFileError(
+def _not_utf8(file: LandingFile, err: UnicodeDecodeError) -> UnreadableFileError:
+    return UnreadableFileError(
         f"landing file `{file.uri}` is not valid UTF-8 (byte {file.start + err.start}): {err.reason}; "
         "re-export it as UTF-8", path=file.uri)
 
@@ -138,10 +138,12 @@ def _lines(text: str) -> pa.Array:
 
 _IS_RECORD = (
     "coalesce(CASE WHEN json_valid(line) AND json_type(line) = 'OBJECT' "
-    "THEN len(json_keys(line)) = len(list_distinct(json_keys(line))) END, false)"
+    "THEN len(json_keys(line)) = len(list_distinct(json_keys(line))) "
+    f"AND NOT list_has_any(json_keys(line), {['', *INGESTION_COLUMNS]!r}) END, false)"
 )
-"""SQL: whether a line is a JSON object whose keys are distinct. An object repeating a key has two values for one
-field (readers disagree on which one counts), so its line is rescued whole like a malformed one."""
+"""SQL: whether a line is a JSON object whose keys are distinct, not empty and not an ingestion column's name.
+Another object's line is rescued whole like a malformed one: a repeated key has two values for one field
+(readers disagree on which one counts), and an empty key or an ingestion column's name cannot be a column."""
 
 
 def parse_json_lines(text: str) -> pa.Table:
@@ -201,6 +203,7 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
     header = next(csv.reader(io.StringIO(_first_line(raw, file)), delimiter=delimiter), None)
     if not header:
         return pa.table({RESCUED_DATA: pa.array([], pa.string())})
+    _check_header(header, file)
     rescued: list[str] = []
 
     def keep_raw(row: pacsv.InvalidRow) -> str:
@@ -230,6 +233,22 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
     bad = pa.table({name: pa.nulls(len(rescued), pa.string()) for name in table.column_names[:-1]}
                    | {RESCUED_DATA: pa.array(rescued, pa.string())})
     return pa.concat_tables([table, bad])
+
+
+def _check_header(header: list[str], file: LandingFile) -> None:
+    """Raise when a CSV header's names cannot all be columns of their own.
+
+    Raises:
+        UnreadableFileError: a name is empty, repeated, or an ingestion column's name.
+    """
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    reserved = [name for name in header if name in INGESTION_COLUMNS]
+    problems = ([f"column {header.index('') + 1} has no name"] if "" in header else []) + [
+        f"`{name}` names several columns" for name in repeated] + [
+        f"`{name}` is the name of a column ingestion adds" for name in reserved]
+    if problems:
+        raise UnreadableFileError(f"landing file `{file.uri}` has an unusable CSV header: {'; '.join(problems)}; "
+                                  "give every column a name of its own", path=file.uri)
 
 
 def _first_line(raw: bytes, file: LandingFile) -> str:

@@ -22,8 +22,9 @@ ingested), `append-only` files only grow at the end (the new complete lines are 
 ChangePolicy = Literal["warn", "fail"]
 """What an ingested file that changed against its `growth` declaration does: `warn` reports it in the run
 record and the log, `fail` fails the table."""
-UndecodablePolicy = Literal["quarantine", "fail"]
-"""What a file that is not valid UTF-8 does: `quarantine` moves it whole to the table's quarantine and ingests
+UnreadablePolicy = Literal["quarantine", "fail"]
+"""What a file that cannot be read at all (not valid UTF-8, or a CSV header repeating a column name, leaving
+one empty or using an engine column's name) does: `quarantine` moves it whole to the table's quarantine and ingests
 the other files, `fail` fails the table."""
 
 
@@ -42,7 +43,7 @@ class FileSource:
         growth: whether ingested files never change (`immutable`) or may grow at the end (`append-only`: the
             complete lines appended since are ingested; a last line without its line break waits for it).
         on_change: what to do with an ingested file that changed otherwise than `growth` allows.
-        on_undecodable: what to do with a file that is not valid UTF-8.
+        on_unreadable: what to do with a file that cannot be read at all (`UnreadablePolicy`).
     """
 
     directory: str
@@ -53,11 +54,11 @@ class FileSource:
     on_drift: DriftPolicy = "evolve"
     growth: Growth = "immutable"
     on_change: ChangePolicy = "warn"
-    on_undecodable: UndecodablePolicy = "quarantine"
+    on_unreadable: UnreadablePolicy = "quarantine"
 
     def __post_init__(self) -> None:
         for setting, choices in (("growth", Growth), ("on_change", ChangePolicy),
-                                 ("on_undecodable", UndecodablePolicy)):
+                                 ("on_unreadable", UnreadablePolicy)):
             if getattr(self, setting) not in get_args(choices):
                 raise PipelineDefinitionError(
                     f"source `{self.directory}`: unknown {setting} `{getattr(self, setting)}`; choose one of "

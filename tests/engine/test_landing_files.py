@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from engine import FileSource, Pipeline, Runner
 from engine.columns import RAW_FILE, REJECTED_REASON, RUN_ID, SOURCE_FILE
+from engine.ingest.sources import discover
+from engine.runner import ingestion_checkpoint
 from engine.tables import formats
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
+from tests.engine.test_log_cleanup import clean_up_log
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -89,7 +93,7 @@ def test_failing_on_files_that_are_not_utf8_names_every_one(tmp_path: Path) -> N
     land(tmp_path, "a.csv", b"id\n1\n")
     land(tmp_path, "b.csv", "id\n2\n".encode("utf-16"))
     land(tmp_path, "c.csv", b"id\n\xff\n")
-    result = Runner(pipeline_of(FileSource("items", "csv", on_undecodable="fail")), settings_at(tmp_path)).run()
+    result = Runner(pipeline_of(FileSource("items", "csv", on_unreadable="fail")), settings_at(tmp_path)).run()
     [record] = result.records
     assert record.status == "failed"
     assert "\n" not in record.error
@@ -151,3 +155,29 @@ def test_an_immutable_file_that_changed_fails_the_table_when_declared_so(tmp_pat
     assert failed.status == "failed"
     assert "a.jsonl" in failed.error and "append-only" in failed.error and "\n" not in failed.error
     assert bronze(tmp_path).column("id").to_pylist() == ["1"]
+
+
+def test_an_append_only_file_grows_from_where_it_ended_after_the_log_is_cleaned_up(tmp_path: Path) -> None:
+    path = land(tmp_path, "a.jsonl", b'{"id": 1}\n{"id"')
+    settings, pipeline = settings_at(tmp_path), pipeline_of(FileSource("items", "jsonl", growth="append-only"))
+    assert Runner(pipeline, settings).run().succeeded
+    clean_up_log(Layout.at(str(tmp_path)).table("bronze.items"))
+    grow(path, b': 2}\n')
+    [record] = Runner(pipeline, settings).run().records
+    assert (record.status, record.rows_written) == ("succeeded", 1)
+    assert bronze(tmp_path).column("id").to_pylist() == ["1", "2"]
+
+
+def test_a_checkpoint_without_the_ingested_end_counts_the_whole_file_as_ingested(tmp_path: Path) -> None:
+    path = land(tmp_path, "a.jsonl", b'{"id": 1}\n')
+    settings, pipeline = settings_at(tmp_path), pipeline_of(FileSource("items", "jsonl", growth="append-only"))
+    [file] = discover(str(path.parent), FileSource("items", "jsonl"))
+    uri = Layout.at(str(tmp_path)).table("bronze.items")
+    write_deltalake(uri, pa.table({"id": ["1"], SOURCE_FILE: ["a.jsonl"]}),
+                    commit_properties=CommitProperties(custom_metadata={"medallion.files": json.dumps(
+                        [file.fingerprint()[:3]])}))
+    assert ingestion_checkpoint(uri, "bronze.items", ["a.jsonl"])["a.jsonl"][1] == file.size
+    grow(path, b'{"id": 2}\n')
+    [record] = Runner(pipeline, settings).run().records
+    assert (record.status, record.rows_written) == ("succeeded", 1)
+    assert bronze(tmp_path).column("id").to_pylist() == ["1", "2"]

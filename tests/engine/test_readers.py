@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine.columns import RESCUED_DATA
-from engine.errors import IngestError, PipelineDefinitionError, UndecodableFileError
+from engine.errors import IngestError, PipelineDefinitionError, UnreadableFileError
 from engine.ingest.readers import json_field_types, landing_bytes, read_landing_file
 from engine.ingest.sources import FileSource, LandingFile, discover
 
@@ -160,6 +160,18 @@ def test_json_record_with_a_duplicated_key_is_rescued_whole(tmp_path: Path) -> N
     assert json_field_types(line + '\n{"id": "x"}\n') == {"id": "string"}
 
 
+@pytest.mark.parametrize("line", ['{"": 1, "a": 2}', '{"_rescued_data": "x", "a": 1}', '{"_source_file": "f"}'])
+def test_json_record_with_an_empty_or_engine_column_key_is_rescued_whole(tmp_path: Path, line: str) -> None:
+    table = read(tmp_path, line + "\n")
+    assert table.to_pylist() == [{RESCUED_DATA: line}]
+
+
+@pytest.mark.parametrize("header", ["a,a", ",a", "_rescued_data,a", "a,_run_id"])
+def test_csv_header_without_a_name_of_its_own_per_column_is_unreadable(tmp_path: Path, header: str) -> None:
+    with pytest.raises(UnreadableFileError, match="unusable CSV header"):
+        read(tmp_path, header + "\n1,2\n", CSV)
+
+
 def test_json_duplicated_key_inside_a_nested_value_keeps_its_text(tmp_path: Path) -> None:
     table = read(tmp_path, '{"a": {"x": 1, "x": 2}}\n')
     assert table.to_pylist() == [{"a": '{"x":1,"x":2}', RESCUED_DATA: None}]
@@ -183,7 +195,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path: Path, source
 ], ids=["gzip", "utf16", "cut-character"])
 def test_undecodable_files_raise_their_own_error(tmp_path: Path, content: bytes) -> None:
     for source in (JSONL, CSV):
-        with pytest.raises(UndecodableFileError, match="not valid UTF-8"):
+        with pytest.raises(UnreadableFileError, match="not valid UTF-8"):
             read(tmp_path, content, source)
 
 
@@ -210,7 +222,7 @@ def test_unknown_source_settings_name_the_choices() -> None:
     with pytest.raises(PipelineDefinitionError, match="append-only"):
         FileSource("src", "jsonl", growth="grows")  # type: ignore[arg-type]
     with pytest.raises(PipelineDefinitionError, match="quarantine, fail"):
-        FileSource("src", "jsonl", on_undecodable="skip")  # type: ignore[arg-type]
+        FileSource("src", "jsonl", on_unreadable="skip")  # type: ignore[arg-type]
 
 
 def test_missing_file_is_an_ingest_error(tmp_path: Path) -> None:
