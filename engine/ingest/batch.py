@@ -90,7 +90,7 @@ def ingest_new_files(
     Parquet file in the task that parsed them; only a file the `rescue` policy must change is staged again.
 
     The expected columns are the source's declared ones, else the table's, else the first file's; under
-    `evolve` without declared columns, what a file adds is expected from the next file on. A file that is
+    `evolve` without declared columns, what a file adds is expected from the next file on. A file that
     cannot be read at all (`UnreadableFileError`) is staged whole to the quarantine under the source's
     `quarantine` policy.
 
