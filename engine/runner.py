@@ -341,8 +341,8 @@ class Runner:
     ) -> dict[str, Any]:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
         landed = discover(self.layout.landing(source.directory), source)
-        new, changed = _new_files(landed, ingestion_checkpoint(uri, definition.name, [f.name for f in landed], store),
-                                  source)
+        checkpoint = ingestion_checkpoint(uri, definition.name, [f.name for f in landed], store)
+        new, changed = files_to_ingest(landed, checkpoint, source)
         details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
         if changed:
             names = ", ".join(f.name for f in changed)
@@ -746,7 +746,7 @@ def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> l
             for fingerprint in store.commit_info_value(commit, FILES_KEY) or []]
 
 
-def _new_files(
+def files_to_ingest(
     landed: Iterable[LandingFile], checkpoint: dict[str, tuple[int, int | None]], source: FileSource
 ) -> tuple[list[LandingFile], list[LandingFile]]:
     """Files to ingest (never ingested, or `append-only` files grown since, starting where their ingestion

@@ -11,6 +11,7 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 from engine import FileSource, Pipeline, Runner
+from engine.capacity import measure_backlog
 from engine.columns import RAW_FILE, REJECTED_REASON, RUN_ID, SOURCE_FILE
 from engine.ingest.sources import discover
 from engine.runner import ingestion_checkpoint
@@ -111,6 +112,8 @@ def test_an_append_only_file_ingests_each_complete_line_once_as_it_grows(tmp_pat
     assert Runner(pipeline, settings).run().succeeded
     assert bronze(tmp_path).column("id").to_pylist() == ["1", "2"]
     grow(path, line(3)[4:] + line(4))
+    waiting = measure_backlog(pipeline, Layout.at(str(tmp_path)))
+    assert waiting.landing_bytes == len(line(3) + line(4))
     [record] = Runner(pipeline, settings).run().records
     assert record.details["files_grown"] == [f"a.{fmt}"]
     assert record.rows_written == 2
