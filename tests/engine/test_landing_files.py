@@ -46,6 +46,21 @@ def bronze(root: Path) -> pa.Table:
     return table.sort_by([(SOURCE_FILE, "ascending"), ("id", "ascending")]) if "id" in table.column_names else table
 
 
+class Killed(BaseException):
+    """The process dying."""
+
+
+def killed_before_the_bronze_commit(runner: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `runner` as a process that dies when it commits a layer table, after staging (and quarantining)."""
+    def die(*args: object, **kwargs: object) -> None:
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(formats.DeltaStore, "commit_files", die)
+        with pytest.raises(Killed):
+            runner.run()
+
+
 def quarantine(root: Path) -> pa.Table:
     return DeltaTable(Layout.at(str(root)).quarantine("bronze.items")).to_pyarrow_table().sort_by(SOURCE_FILE)
 
@@ -90,6 +105,20 @@ def test_files_that_are_not_utf8_are_quarantined_whole_once_and_the_others_inges
     assert quarantine(tmp_path).num_rows == 2
 
 
+def test_a_run_killed_after_quarantining_a_file_does_not_quarantine_it_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    land(tmp_path, "a.jsonl", b'{"id": 1}\n')
+    land(tmp_path, "b.jsonl", gzip.compress(b'{"id": 2}\n', mtime=0))
+    settings, pipeline = settings_at(tmp_path), pipeline_of(FileSource("items", "jsonl"))
+    killed_before_the_bronze_commit(Runner(pipeline, settings), monkeypatch)
+    assert quarantine(tmp_path).num_rows == 1
+    [record] = Runner(pipeline, settings).run().records
+    assert record.details["files_quarantined"][0].startswith("b.jsonl: ")
+    assert quarantine(tmp_path).column(SOURCE_FILE).to_pylist() == ["b.jsonl"]
+    assert bronze(tmp_path).column("id").to_pylist() == ["1"]
+
+
 def test_failing_on_files_that_are_not_utf8_names_every_one(tmp_path: Path) -> None:
     land(tmp_path, "a.csv", b"id\n1\n")
     land(tmp_path, "b.csv", "id\n2\n".encode("utf-16"))
@@ -132,17 +161,7 @@ def test_a_growth_staged_but_never_committed_is_ingested_once_by_the_next_run(
     settings, pipeline = settings_at(tmp_path), pipeline_of(FileSource("items", "jsonl", growth="append-only"))
     assert Runner(pipeline, settings).run().succeeded
     grow(path, b'{"id": 2}\n')
-
-    class Killed(BaseException):
-        pass
-
-    def die(*args: object, **kwargs: object) -> None:
-        raise Killed
-
-    with monkeypatch.context() as patched:
-        patched.setattr(formats.DeltaStore, "commit_files", die)
-        with pytest.raises(Killed):
-            Runner(pipeline, settings).run()
+    killed_before_the_bronze_commit(Runner(pipeline, settings), monkeypatch)
     assert Runner(pipeline, settings).run().succeeded
     assert bronze(tmp_path).column("id").to_pylist() == ["1", "2"]
 
