@@ -13,7 +13,6 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from engine import FileSource, Pipeline, Runner
 from engine.columns import INGESTION_COLUMNS, RAW_FILE, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 from engine.errors import UnreadableFileError
 from engine.ingest.readers import landing_bytes, read_records
-from engine.ingest.sources import FileSource as Source
 from engine.ingest.sources import LandingFile
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
@@ -36,8 +34,8 @@ pytestmark = [pytest.mark.adversarial]
 
 BOUNDED = settings(max_examples=60, deadline=None, derandomize=True)
 FEWER = settings(BOUNDED, max_examples=25)
-JSONL, CSV = Source("hostile", "jsonl"), Source("hostile", "csv")
-GROWING = Source("hostile", "jsonl", growth="append-only")
+JSONL, CSV = FileSource("hostile", "jsonl"), FileSource("hostile", "csv")
+GROWING = FileSource("hostile", "jsonl", growth="append-only")
 
 
 # What a file's bytes must become.
@@ -98,7 +96,7 @@ def assert_json_conserved(raw: bytes, table: pa.Table) -> None:
         assert all(row[key] is None for key in row if key not in dict(record) and key != RESCUED_DATA)
 
 
-def read_whole(tmp_path: Path, raw: bytes, source: Source) -> tuple[pa.Table | None, str | None]:
+def read_whole(tmp_path: Path, raw: bytes, source: FileSource) -> tuple[pa.Table | None, str | None]:
     """What an ingestion task makes of a file: its records, or why it is quarantined whole (then the bytes
     it keeps are the file's)."""
     path = tmp_path / "landed"
@@ -317,8 +315,9 @@ def test_hostile_files_through_the_runner_are_in_bronze_or_quarantined_whole_onc
     assert sorted(json_held) == ["cut-character.jsonl", "gzip.jsonl", "latin1.jsonl", "utf16.jsonl"]
 
     csv_rows, csv_held = by_file(layout.table("bronze.csv")), by_file(layout.quarantine("bronze.csv"))
-    values: Callable[[str], list[tuple[Any, ...]]] = lambda name: [  # noqa: E731
-        (r["id"], r["year"], r.get("extra"), r[RESCUED_DATA]) for r in csv_rows[name]]
+    def values(name: str) -> list[tuple[Any, ...]]:
+        return [(r["id"], r["year"], r.get("extra"), r[RESCUED_DATA]) for r in csv_rows[name]]
+
     assert values("bom.csv") == [("1", "2024", None, None), ("2", "007", None, None)]
     assert values("quoted.csv") == [("3", "20\n26", None, None), ("4", "", None, None)]
     assert values("drift.csv") == [("5", "2027", "x", None), (None, None, None, "6,2028")]
