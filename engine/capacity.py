@@ -19,7 +19,7 @@ import pyarrow as pa
 from engine.config import Settings
 from engine.ingest.sources import discover
 from engine.pipeline import Pipeline, TableDefinition
-from engine.runner import consumed_versions, ingested_files
+from engine.runner import consumed_versions, files_to_ingest, ingestion_checkpoint
 from engine.runtime import resolve_address
 from engine.tables import delta
 from engine.tables.layout import Layout
@@ -162,11 +162,12 @@ def reserved_capacity(
 def _ingest_step(definition: TableDefinition, layout: Layout) -> StepBacklog | None:
     assert definition.source is not None
     landed = discover(layout.landing(definition.source.directory), definition.source)
-    checkpoint = ingested_files(layout.table(definition.name), definition.name, [f.name for f in landed])
-    new = [f for f in landed if f.name not in checkpoint]
+    checkpoint = ingestion_checkpoint(layout.table(definition.name), definition.name, [f.name for f in landed])
+    new, _ = files_to_ingest(landed, checkpoint, definition.source)
     if not new:
         return None
-    return StepBacklog(definition.name, sum(f.size for f in new), len(new), 0, definition.ray_options, ingest=True)
+    return StepBacklog(definition.name, sum(f.size - f.start for f in new), len(new), 0, definition.ray_options,
+                       ingest=True)
 
 
 def _transform_step(definition: TableDefinition, layout: Layout) -> StepBacklog | None:

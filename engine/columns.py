@@ -14,3 +14,9 @@ REJECTED_REASON = "_rejected_reason"
 
 RESCUED_DATA = "_rescued_data"
 """Raw text of a landing record that could not be parsed."""
+
+RAW_FILE = "_raw_file"
+"""Bytes of a landing file quarantined whole (unreadable), in the bronze table's quarantine."""
+
+INGESTION_COLUMNS = (RESCUED_DATA, SOURCE_FILE, INGESTED_AT, RUN_ID, REJECTED_REASON, RAW_FILE)
+"""The columns ingestion adds to a bronze table or its quarantine; no landing field may take their names."""

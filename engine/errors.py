@@ -59,6 +59,12 @@ class IngestError(EngineError):
     """A landing file could not be discovered or read."""
 
 
+class UnreadableFileError(IngestError):
+    """A landing file cannot be read into records at all: it is not valid UTF-8 text (binary or compressed data,
+    another encoding, a cut character), or its CSV header repeats a column name, leaves one empty or uses an
+    engine column's name."""
+
+
 class SchemaDriftError(IngestError):
     """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 

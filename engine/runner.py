@@ -31,6 +31,7 @@ from engine.context import TableContext, building
 from engine.errors import (
     CommitConflict,
     EngineError,
+    IngestError,
     PipelineDefinitionError,
     QualityFailed,
     SchemaEvolutionError,
@@ -373,18 +374,34 @@ class Runner:
         application id per pipeline table, its version counting the table's commits."""
         return store.next_transaction(uri, f"medallion/{self.pipeline.name}/{table}{suffix}")
 
+    def _quarantine_transaction(self, table: str) -> Transaction:
+        """The marker of this run's commit to the quarantine of `table`."""
+        return self._transaction(DeltaStore(), self.layout.quarantine(table), table, "/quarantine")
+
     def _ingest(
         self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
     ) -> dict[str, Any]:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
-        transaction = self._transaction(store, uri, definition.name)  # first: the snapshot the checkpoint is read at
+        # The markers first: the commits of this work are refused if another run committed since they were read.
+        transaction = self._transaction(store, uri, definition.name)
+        quarantine_transaction = self._quarantine_transaction(definition.name)
         landed = discover(self.layout.landing(source.directory), source)
-        new, changed = _new_files(landed, ingested_files(uri, definition.name, [f.name for f in landed], store))
+        checkpoint = ingestion_checkpoint(uri, definition.name, [f.name for f in landed], store)
+        new, changed = files_to_ingest(landed, checkpoint, source)
         details: dict[str, Any] = {"files_new": len(new), "files_seen": len(landed)}
         if changed:
+            names = ", ".join(f.name for f in changed)
+            if source.on_change == "fail":
+                raise IngestError(
+                    f"table `{definition.name}`: {len(changed)} landing file(s) changed after they were ingested "
+                    f"({source.growth} files): {names}. Put the ingested content back and land the new content as "
+                    "new files, or declare the source `growth=\"append-only\"` if its files only grow at the end",
+                    table=definition.name, path=changed[0].uri if len(changed) == 1 else None)
             details["files_changed_after_ingestion"] = [f.name for f in changed]
             log.warning("table `%s`: %d landing file(s) changed after they were ingested and are not "
-                        "ingested again: %s", definition.name, len(changed), ", ".join(f.name for f in changed))
+                        "ingested again: %s", definition.name, len(changed), names)
+        if grown := [f.name for f in new if f.start]:
+            details["files_grown"] = grown
         if not new:
             return {"status": "unchanged", "details": details}
         known_columns, known_types = _known_shape(uri, definition.name, store)
@@ -395,11 +412,20 @@ class Runner:
             details["schema_drift"] = [drift.describe() for drift in batch.drifts]
             log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift,
                         "; ".join(details["schema_drift"]))
+        if batch.quarantined:
+            details["files_quarantined"] = list(batch.quarantined)
+            log.warning("table `%s`: %d landing file(s) quarantined whole in `%s`: %s", definition.name,
+                        len(batch.quarantined), self.layout.quarantine(definition.name), "; ".join(batch.quarantined))
+            attempt = _attempt({f.name: progress.file_code(f.fingerprint()) for f in new}, store.latest_version(uri))
+            with _discarded_on_conflict(uri, batch.staged.data):
+                self._commit_quarantine(definition, batch.staged,
+                                        self._commit_metadata(definition, run_id, **{ATTEMPT_KEY: attempt}),
+                                        quarantine_transaction)
         staged = batch.staged
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
         schema_version = schema_version_of(uri, definition.name, store) + (
             1 if added or not store.table_exists(uri) else 0)
-        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: [f.fingerprint() for f in new],
+        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: list(batch.fingerprints),
                                                                  TYPES_KEY: batch.types, SCHEMA_KEY: schema_version})
         with _discarded_on_conflict(uri, staged.data):
             version = store.commit_files(uri, staged.data, mode="append", metadata=metadata,
@@ -408,6 +434,7 @@ class Runner:
             "output_version": version,
             "rows_in": staged.rows,
             "rows_written": staged.rows,
+            "rows_quarantined": staged.quarantined_rows,
             "details": details,
         }
 
@@ -417,8 +444,7 @@ class Runner:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
         # The markers first: every commit of this work is refused if another run committed since they were read.
         transaction = self._transaction(store, uri, definition.name)
-        quarantine_transaction = self._transaction(DeltaStore(), self.layout.quarantine(definition.name),
-                                                   definition.name, "/quarantine")
+        quarantine_transaction = self._quarantine_transaction(definition.name)
         versions = {t: self._store(t).latest_version(self.layout.table(t)) for t in definition.dependencies}
         previous = None if self.force else consumed_versions(uri, definition.name, definition.dependencies, store)
         if versions and previous == versions and self.window is None:
@@ -750,17 +776,29 @@ def _known_shape(uri: str, table: str, store: TableStore) -> tuple[list[str], di
 def ingested_files(uri: str, table: str, names: Iterable[str], store: TableStore | None = None) -> dict[str, int]:
     """The ingestion checkpoint of a table (a Delta table unless `store` says otherwise) for the landing files
     `names`: the code (`progress.file_code`) of the fingerprint each ingested one had, by name (a file whose
-    commit a restore undid counts as not ingested). Read from the commit infos while the table's history is
-    complete, else from the progress its commits carry."""
+    commit a restore undid counts as not ingested)."""
+    return {name: code for name, (code, _) in ingestion_checkpoint(uri, table, names, store).items()}
+
+
+def ingestion_checkpoint(
+    uri: str, table: str, names: Iterable[str], store: TableStore | None = None
+) -> dict[str, tuple[int, int | None]]:
+    """For each of the landing files `names` the table ingested: the code of its fingerprint and the byte
+    offset its ingestion ended at (None when a checkpoint that outlived its commit infos predates recording
+    it). Read from the commit infos while the table's history is complete, else from the progress its commits
+    carry."""
     store = store or DeltaStore()
+    names = list(names)
     if not store.table_exists(uri):
         return {}
     if not store.history_complete(uri):
-        return progress.carried_files(delta.open_table(uri, table), names)
-    seen: dict[str, int] = {}
+        carried = delta.open_table(uri, table)
+        ends = progress.carried_ends(carried, names)
+        return {name: (code, ends.get(name)) for name, code in progress.carried_files(carried, names).items()}
+    seen: dict[str, tuple[int, int | None]] = {}
     for commit in store.effective_history(uri, table):
         for fingerprint in store.commit_info_value(commit, FILES_KEY) or []:
-            seen.setdefault(fingerprint[0], progress.file_code(fingerprint))
+            seen.setdefault(fingerprint[0], (progress.file_code(fingerprint), progress.file_end(fingerprint)))
     return {name: seen[name] for name in names if name in seen}
 
 
@@ -797,16 +835,22 @@ def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> l
             for fingerprint in store.commit_info_value(commit, FILES_KEY) or []]
 
 
-def _new_files(
-    landed: Iterable[LandingFile], checkpoint: dict[str, int]
+def files_to_ingest(
+    landed: Iterable[LandingFile], checkpoint: dict[str, tuple[int, int | None]], source: FileSource
 ) -> tuple[list[LandingFile], list[LandingFile]]:
-    """Files never ingested, and files ingested before whose size or modification time changed since."""
+    """Files to ingest (never ingested, or `append-only` files grown since, starting where their ingestion
+    ended), and files ingested before that changed otherwise since (size or modification time)."""
     new, changed = [], []
     for file in landed:
-        previous = checkpoint.get(file.name)
-        if previous is None:
+        if file.name not in checkpoint:
             new.append(file)
-        elif previous != progress.file_code(file.fingerprint()):
+            continue
+        code, end = checkpoint[file.name]
+        if code == progress.file_code(file.fingerprint()):
+            continue
+        if source.growth == "append-only" and end is not None and file.size >= end:
+            new.append(file.resumed_at(end))
+        else:
             changed.append(file)
     return new, changed
 

@@ -7,6 +7,7 @@ A record that cannot be parsed keeps its raw text in `_rescued_data`.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 
@@ -15,30 +16,75 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from engine.columns import RESCUED_DATA
-from engine.errors import IngestError
+from engine.columns import INGESTION_COLUMNS, RESCUED_DATA
+from engine.errors import IngestError, UnreadableFileError
 from engine.ingest.sources import FileSource, LandingFile
 from engine.storage import filesystem_of
 
 
 def read_landing_file(file: LandingFile, source: FileSource) -> pa.Table:
-    """The records of `file` as string columns plus `_rescued_data`.
+    """The records of `file` (from `file.start` on) as string columns plus `_rescued_data`.
 
     Raises:
-        IngestError: the file cannot be opened or is not valid UTF-8.
+        IngestError: the file cannot be opened or parsed.
+        UnreadableFileError: the file is not valid UTF-8 or its CSV header is unusable.
     """
+    raw, _ = landing_bytes(file, source)
+    return read_records(raw, file, source)[0]
+
+
+def landing_bytes(file: LandingFile, source: FileSource) -> tuple[bytes, int]:
+    """The bytes of `file` still to ingest, exactly as stored, and the offset they end at.
+
+    They start at `file.start` and end at `file.size`, or, for an `append-only` source, after the last line
+    break (a last line without one may still be being written).
+
+    Raises:
+        IngestError: the file cannot be read.
+    """
+    raw = _read_range(file, file.start, file.size)
+    if source.growth == "append-only":
+        raw = raw[:raw.rfind(b"\n") + 1]
+    return raw, file.start + len(raw)
+
+
+def read_records(raw: bytes, file: LandingFile, source: FileSource) -> tuple[pa.Table, dict[str, str]]:
+    """The records of `raw`, the bytes `landing_bytes` gave for `file`, as string columns plus
+    `_rescued_data`, and the JSON value type of each field (`json_field_types`; none for CSV).
+
+    A leading byte-order mark is not part of the first field; the tail of a grown CSV file is read under the
+    file's header line.
+
+    Raises:
+        IngestError: the bytes cannot be parsed as the source's format.
+        UnreadableFileError: the bytes are not valid UTF-8 or their CSV header is unusable.
+    """
+    if file.start == 0:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     if source.format == "jsonl":
-        return parse_json_lines(read_text(file))
-    return _parse_csv(_read_bytes(file), source.delimiter, file)
+        text = decode(raw, file)
+        return parse_json_lines(text), json_field_types(text)
+    if file.start and raw:
+        raw = _header_line(file) + raw
+    return _parse_csv(raw, source.delimiter, file), {}
 
 
 def read_text(file: LandingFile) -> str:
-    """The UTF-8 text of a landing file.
+    """The UTF-8 text of a whole landing file, without a leading byte-order mark.
 
     Raises:
-        IngestError: the file cannot be opened or is not valid UTF-8.
+        IngestError: the file cannot be opened.
+        UnreadableFileError: the file is not valid UTF-8.
     """
-    raw = _read_bytes(file)
+    return decode(_read_bytes(file).removeprefix(codecs.BOM_UTF8), file)
+
+
+def decode(raw: bytes, file: LandingFile) -> str:
+    """`raw`, bytes of `file`, as text.
+
+    Raises:
+        UnreadableFileError: `raw` is not valid UTF-8.
+    """
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -54,9 +100,33 @@ def _read_bytes(file: LandingFile) -> bytes:
         raise IngestError(f"cannot read landing file `{file.uri}`: {err}", path=file.uri) from err
 
 
-def _not_utf8(file: LandingFile, err: UnicodeDecodeError) -> IngestError:
-    return IngestError(f"landing file `{file.uri}` is not valid UTF-8 (byte {err.start}); re-export it as UTF-8",
-                       path=file.uri)
+def _read_range(file: LandingFile, start: int, end: int) -> bytes:
+    """Bytes `start` to `end` of `file` (fewer when it is shorter now)."""
+    filesystem, path = filesystem_of(file.uri)
+    try:
+        with filesystem.open_input_file(path) as stream:
+            return stream.read_at(max(end - start, 0), start) if end > start else b""
+    except OSError as err:
+        raise IngestError(f"cannot read landing file `{file.uri}`: {err}", path=file.uri) from err
+
+
+def _header_line(file: LandingFile) -> bytes:
+    """The first non-blank line before `file.start`, with its line break, without a byte-order mark."""
+    size = 1 << 16
+    while True:
+        head = _read_range(file, 0, min(size, file.start)).removeprefix(codecs.BOM_UTF8)
+        for line in head.split(b"\n")[:-1]:
+            if line.strip():
+                return line + b"\n"
+        if size >= file.start:
+            return b""
+        size *= 4
+
+
+def _not_utf8(file: LandingFile, err: UnicodeDecodeError) -> UnreadableFileError:
+    return UnreadableFileError(
+        f"landing file `{file.uri}` is not valid UTF-8 (byte {file.start + err.start}): {err.reason}; "
+        "re-export it as UTF-8", path=file.uri)
 
 
 def _lines(text: str) -> pa.Array:
@@ -66,14 +136,24 @@ def _lines(text: str) -> pa.Array:
     return lines.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(lines), "")))
 
 
+_IS_RECORD = (
+    "coalesce(CASE WHEN json_valid(line) AND json_type(line) = 'OBJECT' "
+    "THEN len(json_keys(line)) = len(list_distinct(json_keys(line))) "
+    f"AND NOT list_has_any(json_keys(line), {['', *INGESTION_COLUMNS]!r}) END, false)"
+)
+"""SQL: whether a line is a JSON object whose keys are distinct, not empty and not an ingestion column's name.
+Another object's line is rescued whole like a malformed one: a repeated key has two values for one field
+(readers disagree on which one counts), and an empty key or an ingestion column's name cannot be a column."""
+
+
 def parse_json_lines(text: str) -> pa.Table:
-    """The records of JSON-lines `text` as string columns plus `_rescued_data`."""
+    """The records of JSON-lines `text` as string columns plus `_rescued_data` (lines that are not JSON
+    objects with distinct keys, kept whole)."""
     lines = pa.table({"line": _lines(text).cast(pa.string())})
     with duckdb.connect() as db:
         db.register("lines", lines)
         db.execute(
-            "CREATE TEMP TABLE parsed AS SELECT row_number() OVER () AS r, line, "
-            "CASE WHEN json_valid(line) THEN json_type(line) END = 'OBJECT' AS ok FROM lines"
+            f"CREATE TEMP TABLE parsed AS SELECT row_number() OVER () AS r, line, {_IS_RECORD} AS ok FROM lines"
         )
         keys = [row[0] for row in db.execute(
             "SELECT k FROM (SELECT r, unnest(json_keys(line)) AS k, "
@@ -92,7 +172,7 @@ def json_field_types(text: str) -> dict[str, str]:
     """The dominant JSON value type of each field of the JSON-lines `text`, by field name.
 
     A type is `string`, `number`, `boolean`, `object` or `array`; a field's is the one most object lines give
-    it, a tie going to the type seen first. Null values and lines that are not JSON objects are not counted,
+    it, a tie going to the type seen first. Null values and lines that `parse_json_lines` rescues are not counted,
     so a field that is always null is left out.
     """
     lines = pa.table({"line": _lines(text).cast(pa.string())})
@@ -100,7 +180,7 @@ def json_field_types(text: str) -> dict[str, str]:
         db.register("lines", lines)
         return dict(db.execute(
             "WITH objects AS (SELECT * FROM (SELECT row_number() OVER () AS r, line FROM lines) "
-            "WHERE CASE WHEN json_valid(line) THEN json_type(line) END = 'OBJECT'), "
+            f"WHERE {_IS_RECORD}), "
             "typed AS (SELECT r, e.key AS k, CASE e.type WHEN 'NULL' THEN NULL WHEN 'VARCHAR' THEN 'string' "
             "WHEN 'BOOLEAN' THEN 'boolean' WHEN 'OBJECT' THEN 'object' WHEN 'ARRAY' THEN 'array' "
             "ELSE 'number' END AS t FROM objects, json_each(objects.line) AS e) "
@@ -123,6 +203,7 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
     header = next(csv.reader(io.StringIO(_first_line(raw, file)), delimiter=delimiter), None)
     if not header:
         return pa.table({RESCUED_DATA: pa.array([], pa.string())})
+    _check_header(header, file)
     rescued: list[str] = []
 
     def keep_raw(row: pacsv.InvalidRow) -> str:
@@ -152,6 +233,22 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
     bad = pa.table({name: pa.nulls(len(rescued), pa.string()) for name in table.column_names[:-1]}
                    | {RESCUED_DATA: pa.array(rescued, pa.string())})
     return pa.concat_tables([table, bad])
+
+
+def _check_header(header: list[str], file: LandingFile) -> None:
+    """Raise when a CSV header's names cannot all be columns of their own.
+
+    Raises:
+        UnreadableFileError: a name is empty, repeated, or an ingestion column's name.
+    """
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    reserved = [name for name in header if name in INGESTION_COLUMNS]
+    problems = ([f"column {header.index('') + 1} has no name"] if "" in header else []) + [
+        f"`{name}` names several columns" for name in repeated] + [
+        f"`{name}` is the name of a column ingestion adds" for name in reserved]
+    if problems:
+        raise UnreadableFileError(f"landing file `{file.uri}` has an unusable CSV header: {'; '.join(problems)}; "
+                                  "give every column a name of its own", path=file.uri)
 
 
 def _first_line(raw: bytes, file: LandingFile) -> str:

@@ -14,6 +14,8 @@ actions, which every checkpoint carries; written without `lastUpdated`, so
 
 - `medallion.landing/<file name>`: a code of the landing file's size and modification time, 0 when a restore
   undid its ingestion;
+- `medallion.landing-end/<file name>`: the byte offset its ingestion ended at plus one (an `append-only` file
+  grows from there), absent in checkpoints written before it was recorded;
 - `medallion.input/<table>`: the input version consumed plus one, 0 for none;
 - `medallion.schema`: the schema version.
 
@@ -38,13 +40,14 @@ INPUTS_KEY = "input_versions"
 SCHEMA_KEY = "schema_version"
 
 LANDING_APP = "medallion.landing/"
+LANDING_END_APP = "medallion.landing-end/"
 INPUT_APP = "medallion.input/"
 SCHEMA_APP = "medallion.schema"
 PROGRESS_KEYS = (FILES_KEY, INPUTS_KEY, SCHEMA_KEY)
 
 
 def file_code(fingerprint: list[Any]) -> int:
-    """A landing file's fingerprint ([name, size, modification time]) as a positive 56-bit number: equal for
+    """A landing file's fingerprint ([name, size, modification time, end]) as a positive 56-bit number: equal for
     equal sizes and times, different otherwise (but with odds of 2^-56)."""
     digest = hashlib.sha256(f"{fingerprint[1]}:{fingerprint[2]}".encode()).digest()
     return int.from_bytes(digest[:7], "big") or 1
@@ -54,6 +57,8 @@ def transactions(values: Mapping[str, Any]) -> list[Transaction]:
     """The application transactions carrying the progress that commit metadata `values` records."""
     carried = [Transaction(LANDING_APP + fingerprint[0], file_code(fingerprint))
                for fingerprint in values.get(FILES_KEY) or []]
+    carried += [Transaction(LANDING_END_APP + fingerprint[0], int(fingerprint[3]) + 1)
+                for fingerprint in values.get(FILES_KEY) or [] if len(fingerprint) > 3]
     carried += [Transaction(INPUT_APP + table, 0 if version is None else version + 1)
                 for table, version in (values.get(INPUTS_KEY) or {}).items()]
     if values.get(SCHEMA_KEY) is not None:
@@ -77,6 +82,17 @@ def carried_files(table: DeltaTable, names: Iterable[str]) -> dict[str, int]:
     """The code of each of `names` the table holds as ingested."""
     codes = {name: table.transaction_version(LANDING_APP + name) for name in names}
     return {name: code for name, code in codes.items() if code}
+
+
+def file_end(fingerprint: list[Any]) -> int:
+    """The byte offset the ingestion a fingerprint records ended at: its size when it predates recording it."""
+    return int(fingerprint[3] if len(fingerprint) > 3 else fingerprint[1])
+
+
+def carried_ends(table: DeltaTable, names: Iterable[str]) -> dict[str, int]:
+    """The byte offset the ingestion of each of `names` ended at, for the files whose checkpoint records it."""
+    ends = {name: table.transaction_version(LANDING_END_APP + name) for name in names}
+    return {name: end - 1 for name, end in ends.items() if end}
 
 
 def carried_inputs(table: DeltaTable, inputs: Iterable[str]) -> dict[str, int | None] | None:

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 
 from engine.columns import RESCUED_DATA
-from engine.errors import IngestError
-from engine.ingest.readers import read_landing_file
+from engine.errors import IngestError, PipelineDefinitionError, UnreadableFileError
+from engine.ingest.readers import json_field_types, landing_bytes, read_landing_file
 from engine.ingest.sources import FileSource, LandingFile, discover
 
 JSONL = FileSource("src", "jsonl")
@@ -152,6 +152,79 @@ def test_invalid_utf8_names_the_file(tmp_path: Path) -> None:
         assert caught.value.path == file.uri
 
 
+def test_json_record_with_a_duplicated_key_is_rescued_whole(tmp_path: Path) -> None:
+    line = '{"id": 1, "name": "a", "name": "b"}'
+    table = read(tmp_path, line + '\n{"id": 2, "name": "c"}\n')
+    assert table.to_pylist() == [{"id": None, "name": None, RESCUED_DATA: line},
+                                 {"id": "2", "name": "c", RESCUED_DATA: None}]
+    assert json_field_types(line + '\n{"id": "x"}\n') == {"id": "string"}
+
+
+@pytest.mark.parametrize("line", ['{"": 1, "a": 2}', '{"_rescued_data": "x", "a": 1}', '{"_source_file": "f"}'])
+def test_json_record_with_an_empty_or_engine_column_key_is_rescued_whole(tmp_path: Path, line: str) -> None:
+    table = read(tmp_path, line + "\n")
+    assert table.to_pylist() == [{RESCUED_DATA: line}]
+
+
+@pytest.mark.parametrize("header", ["a,a", ",a", "_rescued_data,a", "a,_run_id"])
+def test_csv_header_without_a_name_of_its_own_per_column_is_unreadable(tmp_path: Path, header: str) -> None:
+    with pytest.raises(UnreadableFileError, match="unusable CSV header"):
+        read(tmp_path, header + "\n1,2\n", CSV)
+
+
+def test_json_duplicated_key_inside_a_nested_value_keeps_its_text(tmp_path: Path) -> None:
+    table = read(tmp_path, '{"a": {"x": 1, "x": 2}}\n')
+    assert table.to_pylist() == [{"a": '{"x":1,"x":2}', RESCUED_DATA: None}]
+
+
+@pytest.mark.parametrize("source", [JSONL, CSV], ids=["jsonl", "csv"])
+def test_a_byte_order_mark_is_not_part_of_the_first_field(tmp_path: Path, source: FileSource) -> None:
+    content = '{"year": 2024, "n": "007"}\n' if source is JSONL else "year,n\n2024,007\n"
+    plain = read(tmp_path, content, source)
+    marked = read(tmp_path, b"\xef\xbb\xbf" + content.encode(), source)
+    assert marked.equals(plain)
+    assert marked.column_names[0] == "year"
+    assert marked.column("year").to_pylist() == ["2024"]
+    assert all_strings(marked)
+
+
+@pytest.mark.parametrize("content", [
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+    "id,name\n1,é\n".encode("utf-16"),
+    '{"name": "é'.encode()[:-1],
+], ids=["gzip", "utf16", "cut-character"])
+def test_undecodable_files_raise_their_own_error(tmp_path: Path, content: bytes) -> None:
+    for source in (JSONL, CSV):
+        with pytest.raises(UnreadableFileError, match="not valid UTF-8"):
+            read(tmp_path, content, source)
+
+
+def test_append_only_reads_complete_lines_from_where_ingestion_ended(tmp_path: Path) -> None:
+    source = FileSource("src", "jsonl", growth="append-only")
+    file = landing(tmp_path / "a.jsonl", '{"id": 1}\n{"id": 2}\n{"id"')
+    raw, end = landing_bytes(file, source)
+    assert (raw, end) == (b'{"id": 1}\n{"id": 2}\n', 20)
+    grown = landing(tmp_path / "a.jsonl", '{"id": 1}\n{"id": 2}\n{"id": 3}\n{"id": 4').resumed_at(end)
+    assert landing_bytes(grown, source) == (b'{"id": 3}\n', 30)
+    assert read_landing_file(grown, source).column("id").to_pylist() == ["3"]
+    assert landing_bytes(grown, JSONL)[1] == grown.size
+
+
+def test_append_only_csv_tail_is_read_under_the_header(tmp_path: Path) -> None:
+    source = FileSource("src", "csv", growth="append-only")
+    first = landing(tmp_path / "a.csv", b"\xef\xbb\xbf\nyear,n\n2024,007\n")
+    _, end = landing_bytes(first, source)
+    grown = landing(tmp_path / "a.csv", b"\xef\xbb\xbf\nyear,n\n2024,007\n2025,008\n2026").resumed_at(end)
+    assert read_landing_file(grown, source).to_pylist() == [{"year": "2025", "n": "008", RESCUED_DATA: None}]
+
+
+def test_unknown_source_settings_name_the_choices() -> None:
+    with pytest.raises(PipelineDefinitionError, match="append-only"):
+        FileSource("src", "jsonl", growth="grows")  # type: ignore[arg-type]
+    with pytest.raises(PipelineDefinitionError, match="quarantine, fail"):
+        FileSource("src", "jsonl", on_unreadable="skip")  # type: ignore[arg-type]
+
+
 def test_missing_file_is_an_ingest_error(tmp_path: Path) -> None:
     file = LandingFile("gone.json", str(tmp_path / "gone.json"), 0, 0)
     with pytest.raises(IngestError, match="gone.json"):
@@ -284,11 +357,12 @@ def test_discover_ignores_folders(tmp_path: Path) -> None:
 
 def test_fingerprint_changes_with_content(tmp_path: Path) -> None:
     file = landing(tmp_path / "a.json", '{"id": 1}\n')
-    assert file.fingerprint() == ["a.json", 10, file.mtime_ns]
+    assert file.fingerprint() == ["a.json", 10, file.mtime_ns, 10]
+    assert file.fingerprint(end=4) == ["a.json", 10, file.mtime_ns, 4]
     [found] = discover(str(tmp_path), JSONL)
     assert found.fingerprint() == file.fingerprint()
     (tmp_path / "a.json").write_text('{"id": 12}\n', encoding="utf-8")
     os.utime(tmp_path / "a.json", ns=(file.mtime_ns + 10**9, file.mtime_ns + 10**9))
     [changed] = discover(str(tmp_path), JSONL)
-    assert changed.fingerprint() == ["a.json", 11, file.mtime_ns + 10**9]
+    assert changed.fingerprint() == ["a.json", 11, file.mtime_ns + 10**9, 11]
     assert changed.fingerprint() != file.fingerprint()

@@ -330,25 +330,28 @@ SHAPELESS_FILES = {name: file for name, file in EMPTY_FILES.items() if name != "
 
 
 @pytest.mark.parametrize("content", NOT_UTF8.values(), ids=NOT_UTF8.keys())
-def test_a_file_that_is_not_utf8_fails_its_bronze_table_by_name_and_is_ingested_once_re_exported(
+def test_a_file_that_is_not_utf8_is_quarantined_whole_by_name_and_a_re_export_is_ingested(
     tmp_path: Path, content: bytes
 ) -> None:
-    """The file is not ingested in part or silently skipped: its table fails naming it, others still ingest."""
+    """The file is not ingested in part or silently skipped: it is quarantined whole with its bytes, named in the
+    run record, and every other file still ingests; a re-export under a new name is ingested."""
     root = landed(tmp_path)
     land(root, "customers", content, number=2)
     result = run(root, "silver.customers", "silver.products")
-    failed = record(result, "bronze.customers")
-    assert failed.status == "failed" and failed.error is not None
-    assert "customers-0002.jsonl" in failed.error and "not valid UTF-8" in failed.error
-    assert record(result, "silver.customers").status == "skipped"
-    assert not table_exists(Layout.at(str(root)).table("bronze.customers"))
+    ingest = assert_accounted(root, result, "silver.customers", landed=3, written=3)
+    [quarantined] = record(result, "bronze.customers").details["files_quarantined"]
+    assert quarantined.startswith("customers-0002.jsonl: ") and "not valid UTF-8" in quarantined
+    held = DeltaTable(Layout.at(str(root)).quarantine("bronze.customers")).to_pyarrow_table()
+    assert held.select([SOURCE_FILE, "_raw_file"]).to_pylist() == [{SOURCE_FILE: "customers-0002.jsonl",
+                                                                     "_raw_file": content}]
+    assert ingest.rows_written == 3
     assert_accounted(root, result, "silver.products", landed=3, written=3)
-    runs = read_records(Layout.at(str(root)).runs()).filter(pl.col("table") == "bronze.customers")
-    assert runs["status"].to_list() == ["failed"] and "customers-0002.jsonl" in runs["error"].item()
 
-    land(root, "customers", content.decode("latin-1").encode("utf-8"), number=2)
+    land(root, "customers", content.decode("latin-1").encode("utf-8"), number=3)
     fixed = run(root, "silver.customers")
-    assert_accounted(root, fixed, "silver.customers", landed=4, written=4)
+    assert record(fixed, "bronze.customers").rows_written == 1
+    assert read(root, "bronze.customers").num_rows == read(root, "silver.customers").num_rows == 4
+    assert DeltaTable(Layout.at(str(root)).quarantine("bronze.customers")).to_pyarrow_table().num_rows == 1
 
 
 @pytest.mark.parametrize(("source", "content"), EMPTY_FILES.values(), ids=EMPTY_FILES.keys())
@@ -366,8 +369,11 @@ def test_a_file_read_error_names_the_table_and_carries_no_remote_traceback(tmp_p
     """The bronze error reads like every other table error: the table, then the cause."""
     root = landed(tmp_path)
     land(root, "customers", NOT_UTF8["latin-1"], number=2)
-    error = record(run(root, "bronze.customers"), "bronze.customers").error or ""
-    assert "`bronze.customers`" in error and "\x1b[" not in error and 'File "' not in error
+    pipeline = Pipeline("strict")
+    pipeline.ingest("bronze.customers", FileSource("customers", "jsonl", on_unreadable="fail"))
+    error = record(Runner(pipeline, settings_at(root)).run(), "bronze.customers").error or ""
+    assert "`bronze.customers`" in error and "customers-0002.jsonl" in error
+    assert "\x1b[" not in error and 'File "' not in error and "\n" not in error
 
 
 @pytest.mark.parametrize(("source", "content"), SHAPELESS_FILES.values(), ids=SHAPELESS_FILES.keys())
