@@ -460,8 +460,8 @@ class Runner:
         self, definition: TableDefinition, versions: dict[str, int | None], previous: dict[str, int] | None
     ) -> pa.Table | None:
         """For a `RecomputeKeys` table already built, the keys whose input rows changed since; None when
-        the whole table must be computed (first build, or a table its checks reference changed, which
-        may change which rows pass)."""
+        the whole table must be computed (first build, a table its checks reference changed, which may
+        change which rows pass, or an input's changes can no longer be read)."""
         kind = definition.kind
         if not isinstance(kind, RecomputeKeys) or not previous or not self._store(definition.name).table_exists(
                 self.layout.table(definition.name)):
@@ -476,7 +476,10 @@ class Runner:
                 continue
             if since is None:
                 return None
-            changed.append(self._store(table).changed_keys(self.layout.table(table), table, since, until, kind.keys))
+            keys = self._store(table).changed_keys(self.layout.table(table), table, since, until, kind.keys)
+            if keys is None:
+                return None
+            changed.append(keys)
         if not changed:
             return pa.table({k: pa.array([], pa.int64()) for k in kind.keys})
         frame = pl.concat([pl.from_arrow(keys) for keys in changed], how="vertical_relaxed").unique()
