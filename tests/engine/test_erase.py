@@ -115,6 +115,7 @@ def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_pat
     from deltalake import write_deltalake
 
     from engine.governance.erase import Target, erase_table
+    from engine.governance.subject import SubjectId
 
     uri = str(tmp_path / "silver" / "people")
     for start in (1, 4, 7):
@@ -125,7 +126,7 @@ def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_pat
     write_deltalake(uri, pa.table({"customer_id": [10], "email": ["person10@x.test"]}), mode="append")
     before = DeltaTable(uri).history()
 
-    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), "4", settings_at(tmp_path),
+    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), SubjectId(4), settings_at(tmp_path),
                          "erase-run", {"operation": "erase"})
 
     assert erased is not None and (erased.rows_removed, erased.files_deleted) == (1, 1)
