@@ -55,6 +55,7 @@ from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY, INPUTS_KEY, SCHEMA_KEY
+from engine.tables.quarantine import unrecorded
 from engine.tables.replace import Slice
 from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
 
@@ -563,14 +564,15 @@ class Runner:
                 "rows_duplicate": superseded, "details": {"merge": outcome.metrics}}
 
     def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any]) -> None:
-        """Append the rejected rows, unless an earlier attempt at the same work (same input versions, same
-        table version) already did and then died before committing the table."""
+        """Append the rejected rows the quarantine does not record yet, unless an earlier attempt at the same work
+        (same input versions, same table version) already did and then died before committing the table."""
         uri = self.layout.quarantine(definition.name)
         if delta.last_commit_value(uri, definition.name, ATTEMPT_KEY) == metadata[ATTEMPT_KEY]:
             log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
             discard_files(uri, staged.quarantine)
             return
-        delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata,
+        rejected = unrecorded(uri, staged.quarantine, self.settings.storage, metadata["run_id"], frozenset(definition.pii))
+        delta.commit_files(uri, rejected, mode="append", metadata=metadata,
                            transaction=self._transaction(DeltaStore(), uri, definition.name, "/quarantine"))
 
     def _read_input(
