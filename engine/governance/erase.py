@@ -1,11 +1,13 @@
 """GDPR erasure: a data subject's rows out of every table, change log, quarantine, landing file and the
 online store, physically.
 
-For each Delta table holding a declared subject column, the live files with the subject's rows are
-rewritten without them in one commit (`replace_slice`); then the files that held the subject, live before or
-removed by earlier commits but not vacuumed yet, are deleted at once whatever the retention; statistics of
-every file the table no longer references are stripped from its commit files, and checkpoints are rewritten
-(`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the id.
+A row is the subject's when its subject column holds the id in any spelling the silver parser reads as it
+(`engine/governance/subject.py`). For each Delta table holding a declared subject column, the live files with
+the subject's rows are rewritten without them in one commit (`replace_slice`); then the files that held the
+subject, live before or removed by earlier commits but not vacuumed yet, are deleted at once whatever the
+retention; statistics of every file the table no longer references are stripped from its commit files, and
+checkpoints are rewritten (`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the
+id.
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ def erase_subject(
     its records from the landing files and from `store`'s online store; audited in commits and run records.
 
     Raises:
-        GovernanceError: no personal-data key is configured (the audit needs it), or a landing file cannot be
-            rewritten.
+        GovernanceError: `subject_id` is blank or, where the subject column holds integers, no integer; no
+            personal-data key is configured (the audit needs it); or a landing file cannot be rewritten.
         AccessDenied: the actor may not manage every table the subject's rows are in.
     """
     layout = Layout.at(settings.storage.root)
@@ -177,10 +179,9 @@ def erase_subject(
 def erase_table(target: Target, subject: SubjectId, settings: Settings, run_id: str,
                 metadata: dict[str, Any]) -> TableErasure | None:
     """Remove the subject's rows (its id in any spelling silver parses to it) from one table and physically
-    delete every file that held them; strip the
-    statistics of every file the table no longer references from its log (files vacuumed earlier may have
-    held the subject too). None when the table has no such column or held none of the subject's rows (a
-    landing checkpoint update in `metadata` is still committed)."""
+    delete every file that held them; strip the statistics of every file the table no longer references from
+    its log (files vacuumed earlier may have held the subject too). None when the table has no such column or
+    held none of the subject's rows (a landing checkpoint update in `metadata` is still committed)."""
     table = delta.open_table(target.uri, target.name)
     schema = pa.schema(table.schema().to_arrow())
     if target.column not in schema.names:
@@ -188,21 +189,19 @@ def erase_table(target: Target, subject: SubjectId, settings: Settings, run_id: 
     live = set(_live_paths(target.uri, target.name))
     unreferenced = [p for p in deltalog.logged_paths(target.uri) - live if _exists(target.uri, p)]
     column = schema.field(target.column)
-    holding = ray.get([_subject_values.remote(target.uri, path, column, subject) for path in [*live, *unreferenced]])
-    counts = {path: len(values) for path, values in zip([*live, *unreferenced], holding)}
-    rows = sum(counts[p] for p in live)
+    paths = [*live, *unreferenced]
+    matched = dict(zip(paths, ray.get([_subject_values.remote(target.uri, p, column, subject) for p in paths])))
+    rows = sum(len(matched[p]) for p in live)
     version = None
     if rows:
-        spellings = pc.unique(pa.chunked_array([v for p, v in zip([*live, *unreferenced], holding) if p in live],
-                                               column.type))
-        selector = pc.field(target.column).isin(spellings)
+        selector = pc.field(target.column).isin(pc.unique(pa.chunked_array([matched[p] for p in live], column.type)))
         where = Slice(selector, target.column, subject.value, subject.value) \
             if pa.types.is_integer(column.type) and isinstance(subject.value, int) else Slice(selector)
         version = replace_slice(target.uri, target.name, where, [], storage=settings.storage, prefix=run_id,
                                 metadata=metadata).version
     elif FILES_KEY in metadata:
         version = delta.commit_files(target.uri, [], mode="append", metadata=metadata, commit_empty=True)
-    held = {p for p, n in counts.items() if n}
+    held = {p for p, values in matched.items() if len(values)}
     remaining = set(_live_paths(target.uri, target.name))
     deleted = deltalog.delete_data_files(target.uri, held - remaining)
     deltalog.strip_stats(target.uri, paths=deltalog.logged_paths(target.uri) - remaining)
