@@ -9,7 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.arrow import unify
+from engine.arrow import to_storage, unify
 from engine.columns import RUN_ID, SOURCE_FILE
 from engine.config import StorageSettings
 from engine.storage import parquet_dataset
@@ -27,17 +27,21 @@ def unrecorded(
 
     Rows are compared on every column but the rejecting run's id, copies counted: a row staged three times
     that the table records once is kept twice. Files left whole are returned as they are; the others are
-    rewritten (as `prefix`-named files, keeping `opaque` columns out of their statistics) or deleted.
+    rewritten (as `prefix`-named files, keeping `opaque` columns out of their statistics) or deleted. Rows
+    that cannot be compared whole (a nested column, a column the table lacks or types differently) are all
+    kept.
     """
     if not staged or not delta.table_exists(uri):
         return list(staged)
     schema = unify([f.schema for f in staged])
-    rejected = parquet_dataset([f"{uri}/{f.path}" for f in staged], schema=schema, format="parquet").to_table()
-    recorded = _recorded(uri, rejected)
-    columns = [name for name in rejected.column_names if name != RUN_ID and name in recorded.column_names
-               and not pa.types.is_nested(rejected.schema.field(name).type)]
+    rejected = to_storage(parquet_dataset([f"{uri}/{f.path}" for f in staged], schema=schema,
+                                          format="parquet").to_table())
+    recorded = to_storage(_recorded(uri, rejected))
+    columns = [name for name in rejected.column_names if name != RUN_ID]
+    if not _comparable(rejected.schema, recorded.schema, columns):
+        return list(staged)
     new = _numbered(rejected, columns)
-    old = _numbered(recorded.select(columns), columns).cast(dict(new.select(columns).schema))
+    old = _numbered(recorded.select(columns), columns)
     fresh = new.join(old, on=[*columns, COPY], how="anti", nulls_equal=True)
     if fresh.height == rejected.num_rows:
         return list(staged)
@@ -57,6 +61,12 @@ def _recorded(uri: str, rejected: pa.Table) -> pa.Table:
         sources = pc.unique(rejected.column(SOURCE_FILE).drop_null())
         return dataset.to_table(filter=pc.field(SOURCE_FILE).isin(sources))
     return dataset.to_table()
+
+
+def _comparable(rejected: pa.Schema, recorded: pa.Schema, columns: list[str]) -> bool:
+    """Whether rows of the two schemas can be compared on `columns`: flat, present in both, of one type."""
+    return all(name in recorded.names and not pa.types.is_nested(rejected.field(name).type)
+               and rejected.field(name).type == recorded.field(name).type for name in columns)
 
 
 def _numbered(rows: pa.Table, columns: list[str]) -> pl.DataFrame:
