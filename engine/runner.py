@@ -57,6 +57,7 @@ from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY, INPUTS_KEY, SCHEMA_KEY
+from engine.tables.quarantine import unrecorded
 from engine.tables.replace import Slice
 from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
 
@@ -175,7 +176,7 @@ class Runner:
         result = RunResult(run_id or new_run_id(), self.pipeline.name)
         started, clock = datetime.now(UTC), time.monotonic()
         not_built: set[str] = set()
-        unrecorded: list[RunRecord] = []  # records of tables left unchanged, kept only if the run did something
+        pending_records: list[RunRecord] = []  # records of unchanged tables, kept only if the run did something
         with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
                 self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
@@ -194,15 +195,15 @@ class Runner:
                         record = self._run_table(definition, result.run_id, started)
                     if record.status in ("failed", "skipped"):
                         not_built.add(name)
-                    unrecorded.append(record)
+                    pending_records.append(record)
                     if _did_something(record):
-                        append_records(self.layout.runs(), unrecorded)
-                        unrecorded.clear()
+                        append_records(self.layout.runs(), pending_records)
+                        pending_records.clear()
                     self._report_quality(result.run_id, record)
                     result.records.append(record)
                     self._observe(record)
-            if len(unrecorded) < len(result.records):
-                append_records(self.layout.runs(), unrecorded)
+            if len(pending_records) < len(result.records):
+                append_records(self.layout.runs(), pending_records)
             _remove_empty_folders(self.layout.run_staging(result.run_id))
             self._send_lineage(definitions, result.records)
             metrics.observe_run(result, time.monotonic() - clock)
@@ -560,8 +561,8 @@ class Runner:
         unkeyed: dict[str, list[str]],
     ) -> pa.Table | None:
         """For a `RecomputeKeys` table already built, the keys whose input rows changed since; None when
-        the whole table must be computed (first build, the rows of an `unkeyed` input changed, or a table its checks
-        reference changed, which may change which rows pass)."""
+        the whole table must be computed (first build, the rows of an `unkeyed` input changed, a table its checks
+        reference changed, which may change which rows pass, or an input's changes can no longer be read)."""
         kind = definition.kind
         if not isinstance(kind, RecomputeKeys) or not previous or not self._store(definition.name).table_exists(
                 self.layout.table(definition.name)):
@@ -578,7 +579,7 @@ class Runner:
                 return None
             found = self._store(table).changed_keys(self.layout.table(table), table, since, until,
                                                     unkeyed.get(table, kind.keys))
-            if table in unkeyed and found.num_rows:
+            if found is None or (table in unkeyed and found.num_rows):
                 return None
             if table not in unkeyed:
                 changed.append(found)
@@ -666,17 +667,18 @@ class Runner:
 
     def _commit_quarantine(self, definition: TableDefinition, staged: StagedFiles, metadata: dict[str, Any],
                            transaction: Transaction) -> None:
-        """Append the rejected rows, unless an earlier attempt at the same work (same input versions, same
-        table version) already did and then died before committing the table. The commit carries
-        `transaction`, read before the work began, so a concurrent run's quarantining of the same rows wins or
-        loses whole."""
+        """Append the rejected rows the quarantine does not record yet, unless an earlier attempt at the same work
+        (same input versions, same table version) already did and then died before committing the table. The
+        commit carries `transaction`, read before the work began, so a concurrent run's quarantining of the same
+        rows wins or loses whole."""
         uri = self.layout.quarantine(definition.name)
         if delta.last_commit_value(uri, definition.name, ATTEMPT_KEY) == metadata[ATTEMPT_KEY]:
             log.info("table `%s`: rejected rows of this work were already quarantined", definition.name)
             discard_files(uri, staged.quarantine)
             return
-        with _discarded_on_conflict(uri, staged.quarantine):
-            delta.commit_files(uri, staged.quarantine, mode="append", metadata=metadata, transaction=transaction)
+        rejected = unrecorded(uri, staged.quarantine, self.settings.storage, metadata["run_id"], frozenset(definition.pii))
+        with _discarded_on_conflict(uri, rejected):
+            delta.commit_files(uri, rejected, mode="append", metadata=metadata, transaction=transaction)
 
     def _read_input(
         self, definition: TableDefinition, table: str, version: int | None, built_from: int | None

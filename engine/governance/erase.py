@@ -1,11 +1,13 @@
 """GDPR erasure: a data subject's rows out of every table, change log, quarantine, landing file and the
 online store, physically.
 
-For each Delta table holding a declared subject column, the live files with the subject's rows are
-rewritten without them in one commit (`replace_slice`); then the files that held the subject, live before or
-removed by earlier commits but not vacuumed yet, are deleted at once whatever the retention; statistics of
-every file the table no longer references are stripped from its commit files, and checkpoints are rewritten
-(`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the id.
+A row is the subject's when its subject column holds the id in any spelling the silver parser reads as it
+(`engine/governance/subject.py`). For each Delta table holding a declared subject column, the live files with
+the subject's rows are rewritten without them in one commit (`replace_slice`); then the files that held the
+subject, live before or removed by earlier commits but not vacuumed yet, are deleted at once whatever the
+retention; statistics of every file the table no longer references are stripped from its commit files, and
+checkpoints are rewritten (`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the
+id.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from engine.governance.access import authorize
 from engine.governance.actor import audit_fields
 from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
+from engine.governance.subject import SubjectId
 from engine.pipeline import Pipeline
 from engine.runlog import RunRecord, append_records
 from engine.runner import ingested_files, new_run_id
@@ -134,17 +137,18 @@ def erase_subject(
     its records from the landing files and from `store`'s online store; audited in commits and run records.
 
     Raises:
-        GovernanceError: no personal-data key is configured (the audit needs it), or a landing file cannot be
-            rewritten.
+        GovernanceError: `subject_id` is blank or, where the subject column holds integers, no integer; no
+            personal-data key is configured (the audit needs it); or a landing file cannot be rewritten.
         AccessDenied: the actor may not manage every table the subject's rows are in.
     """
     layout = Layout.at(settings.storage.root)
-    report = ErasureReport(new_run_id(), subject_hash(settings, subject_id))
+    found = targets(layout, pipelines)
+    subject = SubjectId.parse(subject_id, integer=any(_integer_column(t) for t in found))
+    report = ErasureReport(new_run_id(), subject_hash(settings, subject.text))
     audit = audit_fields("erase", reason)
     started = datetime.now(UTC)
-    found = targets(layout, pipelines)
     authorize(settings.access, "manage", [t.name for t in found], "an erasure")
-    fingerprints = _erase_landing(layout, pipelines, subject_id, report)
+    fingerprints = _erase_landing(layout, pipelines, subject, report)
     records = []
     for target in found:
         metadata = {"run_id": report.run_id, "pipeline": target.pipeline, "table": target.name,
@@ -154,7 +158,7 @@ def erase_subject(
         rewritten = [f for f in landed if f[0] in ingested]
         if rewritten:
             metadata[FILES_KEY] = rewritten
-        erased = erase_table(target, subject_id, settings, report.run_id, metadata)
+        erased = erase_table(target, subject, settings, report.run_id, metadata)
         if erased is None:
             continue
         report.tables.append(erased)
@@ -167,36 +171,37 @@ def erase_subject(
         from engine.governance.online import erase_entity
 
         for column in {t.column for t in found}:
-            report.online_views += erase_entity(store, column, subject_id)
+            report.online_views += erase_entity(store, column, subject.text)
     append_records(layout.runs(), records)
     return report
 
 
-def erase_table(target: Target, subject_id: str, settings: Settings, run_id: str,
+def erase_table(target: Target, subject: SubjectId, settings: Settings, run_id: str,
                 metadata: dict[str, Any]) -> TableErasure | None:
-    """Remove the subject's rows from one table and physically delete every file that held them; strip the
-    statistics of every file the table no longer references from its log (files vacuumed earlier may have
-    held the subject too). None when the table has no such column or held none of the subject's rows (a
-    landing checkpoint update in `metadata` is still committed)."""
+    """Remove the subject's rows (its id in any spelling silver parses to it) from one table and physically
+    delete every file that held them; strip the statistics of every file the table no longer references from
+    its log (files vacuumed earlier may have held the subject too). None when the table has no such column or
+    held none of the subject's rows (a landing checkpoint update in `metadata` is still committed)."""
     table = delta.open_table(target.uri, target.name)
     schema = pa.schema(table.schema().to_arrow())
     if target.column not in schema.names:
         return None
     live = set(_live_paths(target.uri, target.name))
     unreferenced = [p for p in deltalog.logged_paths(target.uri) - live if _exists(target.uri, p)]
-    selector = _selector(target.column, subject_id)
-    holding = ray.get([_rows_of.remote(target.uri, path, schema, selector) for path in [*live, *unreferenced]])
-    counts = dict(zip([*live, *unreferenced], holding))
-    rows = sum(counts[p] for p in live)
+    column = schema.field(target.column)
+    paths = [*live, *unreferenced]
+    matched = dict(zip(paths, ray.get([_subject_values.remote(target.uri, p, column, subject) for p in paths])))
+    rows = sum(len(matched[p]) for p in live)
     version = None
     if rows:
-        where = Slice(selector, target.column, int(subject_id), int(subject_id)) \
-            if pa.types.is_integer(schema.field(target.column).type) and subject_id.isdigit() else Slice(selector)
+        selector = pc.field(target.column).isin(pc.unique(pa.chunked_array([matched[p] for p in live], column.type)))
+        where = Slice(selector, target.column, subject.value, subject.value) \
+            if pa.types.is_integer(column.type) and isinstance(subject.value, int) else Slice(selector)
         version = replace_slice(target.uri, target.name, where, [], storage=settings.storage, prefix=run_id,
                                 metadata=metadata).version
     elif FILES_KEY in metadata:
         version = delta.commit_files(target.uri, [], mode="append", metadata=metadata, commit_empty=True)
-    held = {p for p, n in counts.items() if n}
+    held = {p for p, values in matched.items() if len(values)}
     remaining = set(_live_paths(target.uri, target.name))
     deleted = deltalog.delete_data_files(target.uri, held - remaining)
     deltalog.strip_stats(target.uri, paths=deltalog.logged_paths(target.uri) - remaining)
@@ -206,7 +211,7 @@ def erase_table(target: Target, subject_id: str, settings: Settings, run_id: str
     return TableErasure(target.name, version, rows, deleted)
 
 
-def _erase_landing(layout: Layout, pipelines: Sequence[Pipeline], subject_id: str,
+def _erase_landing(layout: Layout, pipelines: Sequence[Pipeline], subject: SubjectId,
                    report: ErasureReport) -> dict[str, list[list[Any]]]:
     """Rewrite the landing files of ingested tables with a subject; the new fingerprints of each table's
     rewritten files, recorded in its erase commit so that the ingestion checkpoint does not take them for
@@ -217,22 +222,24 @@ def _erase_landing(layout: Layout, pipelines: Sequence[Pipeline], subject_id: st
             if definition.source is None or definition.subject is None:
                 continue
             folder = layout.landing(definition.source.directory)
-            rewritten = erase_from_landing(folder, definition.source, definition.subject, subject_id)
+            rewritten = erase_from_landing(folder, definition.source, definition.subject, subject)
             report.landing_files += [f"{definition.source.directory}/{r.file.name}" for r in rewritten]
             if rewritten:
                 fingerprints[definition.name] = [r.file.fingerprint() for r in rewritten]
     return fingerprints
 
 
-def _selector(column: str, subject_id: str) -> pc.Expression:
-    """True for rows whose `column`, as trimmed text, is the subject id."""
-    return pc.equal(pc.utf8_trim_whitespace(pc.field(column).cast(pa.string())), subject_id)
+def _integer_column(target: Target) -> bool:
+    """Whether the target stores its subject column as integers (silver and gold do; bronze keeps text)."""
+    schema = pa.schema(delta.open_table(target.uri, target.name).schema().to_arrow())
+    return target.column in schema.names and pa.types.is_integer(schema.field(target.column).type)
 
 
 @ray.remote
-def _rows_of(uri: str, path: str, schema: pa.Schema, selector: pc.Expression) -> int:
-    """Rows of one data file that the selector picks."""
-    return pads.dataset(f"{uri}/{path}", schema=schema, format="parquet").count_rows(filter=selector)
+def _subject_values(uri: str, path: str, column: pa.Field, subject: SubjectId) -> pa.Array:
+    """The values of `column` in one data file that are the subject's id (one per row, as stored)."""
+    values = pads.dataset(f"{uri}/{path}", schema=pa.schema([column]), format="parquet").to_table().column(0)
+    return values.filter(subject.matches(values)).combine_chunks().cast(column.type)
 
 
 def _live_paths(uri: str, table: str) -> list[str]:

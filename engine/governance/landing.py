@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from engine.errors import GovernanceError
+from engine.governance.subject import SubjectId
 from engine.ingest.readers import read_text
 from engine.ingest.sources import FileSource, LandingFile, discover
 from engine.storage import filesystem_of
@@ -35,8 +36,9 @@ class Rewritten:
     records_removed: int
 
 
-def erase_from_landing(folder: str, source: FileSource, column: str, subject_id: str) -> list[Rewritten]:
-    """Rewrite the files of `source` under `folder` that hold records of `subject_id` in `column`.
+def erase_from_landing(folder: str, source: FileSource, column: str, subject: SubjectId) -> list[Rewritten]:
+    """Rewrite the files of `source` under `folder` that hold records of `subject` in `column` (its id in any
+    spelling silver parses to it: `"004"`, `" 4"`, the JSON number 4).
 
     Raises:
         GovernanceError: a file's records cannot be matched line by line.
@@ -44,7 +46,7 @@ def erase_from_landing(folder: str, source: FileSource, column: str, subject_id:
     rewritten = []
     for file in discover(folder, source):
         lines = read_text(file).split("\n")
-        matches = _matching_lines(lines, source, column, subject_id, file)
+        matches = _matching_lines(lines, source, column, subject, file)
         removed = int(pc.sum(matches).as_py() or 0)
         if not removed:
             continue
@@ -55,16 +57,15 @@ def erase_from_landing(folder: str, source: FileSource, column: str, subject_id:
     return rewritten
 
 
-def _matching_lines(lines: list[str], source: FileSource, column: str, subject_id: str,
+def _matching_lines(lines: list[str], source: FileSource, column: str, subject: SubjectId,
                     file: LandingFile) -> pa.Array:
     """A boolean per line: true for the records of the subject."""
     if source.format == "jsonl":
         with duckdb.connect() as db:
             db.register("lines", pa.table({"line": pa.array(lines, pa.string())}))
-            found = db.sql(
-                "SELECT CASE WHEN json_valid(line) THEN coalesce(trim(json_extract_string(line, ?)) = ?, false) "
-                "ELSE false END AS hit FROM lines", params=[f"$.{column}", subject_id]).to_arrow_table()
-        return found.column("hit").combine_chunks()
+            found = db.sql("SELECT CASE WHEN json_valid(line) THEN json_extract_string(line, ?) END AS value "
+                           "FROM lines", params=[f"$.{column}"]).to_arrow_table()
+        return subject.matches(found.column("value"))
     parse = pacsv.ParseOptions(delimiter=source.delimiter)
     names = pacsv.read_csv(pa.py_buffer(lines[0].encode() + b"\n"), parse_options=parse).column_names
     records = pacsv.read_csv(pa.py_buffer("\n".join(lines).encode()), parse_options=parse,
@@ -74,8 +75,7 @@ def _matching_lines(lines: list[str], source: FileSource, column: str, subject_i
     if column not in records.column_names or records.num_rows != len(data_lines):
         raise GovernanceError(f"landing file `{file.uri}` has no `{column}` column or records spanning lines; "
                               "remove the subject's records from it by hand", path=file.uri)
-    values = pc.utf8_trim_whitespace(records.column(column).combine_chunks())
-    hits = data_lines.filter(pc.fill_null(pc.equal(values, subject_id), False))
+    hits = data_lines.filter(subject.matches(records.column(column)))
     return pc.is_in(pa.array(range(len(lines)), pa.uint64()), value_set=hits)
 
 

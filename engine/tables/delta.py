@@ -149,10 +149,10 @@ def read_added_files(
     """The rows added to the table after version `since` up to `until`, and their count.
 
     Compactions in between (`medallion.operation` = `optimize` or deltalake's OPTIMIZE: files rewritten,
-    rows unchanged) are seen through: the files appended before them are read where they still lie, until
-    a vacuum deletes them. Returns None when those versions did more than add files (an overwrite, merge
-    or delete rewrote or removed data), or an appended file was vacuumed, so the caller must read the
-    table in full.
+    rows unchanged) and erasures (rows of a subject removed) are seen through: the files appended before
+    them are read where they still lie, until a vacuum or the erasure deletes them. Returns None when those
+    versions did more than add files (an overwrite, merge or delete rewrote or removed data), or an appended
+    file is gone, so the caller must read the table in full.
     """
     before = set(open_table(uri, table, since).file_uris())
     now = open_table(uri, table, until)
@@ -169,17 +169,31 @@ def read_added_files(
     return read_files(added, schema, ray_options), sum(entry.num_rows or 0 for entry in added)
 
 
-def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
+def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table | None:
     """The distinct `keys` values of rows that differ between versions `since` and `until`: rows added,
     removed, changed or repeated a different number of times. Only the files one version has and the
-    other lacks are read."""
+    other lacks are read. None when one of them is no longer on disk (an erasure deletes the files that
+    held its subject, a vacuum those out of retention): what changed cannot be known, and the caller must
+    recompute in full."""
     before = set(open_table(uri, table, since).file_uris())
     now = open_table(uri, table, until)
     after = set(now.file_uris())
+    removed, added = sorted(before - after), sorted(after - before)
+    if not all_on_disk(uri, [*removed, *added]):
+        return None
     schema = pa.schema(now.schema().to_arrow())
-    old = parquet_dataset(sorted(before - after), schema=schema, format="parquet").to_table()
-    new = parquet_dataset(sorted(after - before), schema=schema, format="parquet").to_table()
+    old = parquet_dataset(removed, schema=schema, format="parquet").to_table()
+    new = parquet_dataset(added, schema=schema, format="parquet").to_table()
     return differing_keys(old, new, keys)
+
+
+def all_on_disk(uri: str, files: Sequence[str]) -> bool:
+    """Whether every one of `files` (URIs of the table at `uri`) still exists."""
+    if not files:
+        return True
+    filesystem, _ = filesystem_of(uri)
+    infos = filesystem.get_file_info([filesystem_of(file)[1] for file in files])
+    return all(info.type != pafs.FileType.NotFound for info in infos)
 
 
 def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Table:
@@ -195,23 +209,22 @@ def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Tabl
 
 
 def _appended_through_compactions(uri: str, table: str, since: int, until: int) -> list[DataFileEntry] | None:
-    """The data files appended after `since` up to `until`, when every commit in between only appended files
-    or only compacted them and those files are still on disk; else None."""
-    compactions = {c["version"] for c in history(uri, table) if since < c["version"] <= until
-                   and (c.get("operation") == "OPTIMIZE" or commit_info_value(c, "operation") == "optimize")}
+    """The data files appended after `since` up to `until`, when every commit in between only appended files,
+    only compacted them or erased a subject from them (`medallion.operation` = `erase`: rows only removed,
+    from the downstream tables too) and those files are still on disk; else None."""
+    rewrites = {c["version"] for c in history(uri, table) if since < c["version"] <= until
+                and (c.get("operation") == "OPTIMIZE" or commit_info_value(c, "operation") in ("optimize", "erase"))}
     previous = data_files(uri, open_table(uri, table, since))
     added: list[DataFileEntry] = []
     for version in range(since + 1, until + 1):
         current = data_files(uri, open_table(uri, table, version))
         known = {entry.uri for entry in previous}
-        if version not in compactions:
+        if version not in rewrites:
             if not known <= {entry.uri for entry in current}:
                 return None
             added.extend(entry for entry in current if entry.uri not in known)
         previous = current
-    filesystem, _ = filesystem_of(uri)
-    infos = filesystem.get_file_info([filesystem_of(entry.uri)[1] for entry in added])
-    return None if any(info.type == pafs.FileType.NotFound for info in infos) else added
+    return added if all_on_disk(uri, [entry.uri for entry in added]) else None
 
 
 RESTORED_TO_KEY = "restored_to"

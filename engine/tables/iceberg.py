@@ -42,6 +42,7 @@ from engine.tables.delta import (
     RESTORED_TO_KEY,
     MergeOutcome,
     _latest_per_key,
+    all_on_disk,
     differing_keys,
 )
 from engine.tables.files import DataFile, RollingParquetWriter
@@ -441,19 +442,24 @@ class IcebergTables:
         assert version is not None
         return Replacement(version, **outcome)
 
-    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table:
+    def changed_keys(self, uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table | None:
         """The distinct `keys` values of rows that differ between versions `since` and `until` (as
         `delta.changed_keys`); only the data files (with their delete files) one version has and the other lacks
-        are read."""
+        are read. None when one of them is no longer on disk (deleted with an expired snapshot), so the caller
+        must recompute in full."""
         from pyiceberg.expressions import AlwaysTrue
         from pyiceberg.io.pyarrow import ArrowScan
 
         loaded = self.open_table(uri, table)
         plans = [{_task_identity(t): t for t in loaded.scan(snapshot_id=snapshot_of(loaded, table, v).snapshot_id)
                   .plan_files()} for v in (since, until)]
+        differing = [[t for key, t in one.items() if key not in other] for one, other in (plans, plans[::-1])]
+        files = [path for tasks in differing for task in tasks
+                 for path in (task.file.file_path, *(d.file_path for d in task.delete_files))]
+        if not all_on_disk(uri, files):
+            return None
         scan = ArrowScan(loaded.metadata, loaded.io, loaded.schema(), AlwaysTrue())
-        old, new = (_plain(scan.to_table([t for key, t in one.items() if key not in other]))
-                    for one, other in (plans, plans[::-1]))
+        old, new = (_plain(scan.to_table(tasks)) for tasks in differing)
         return differing_keys(old, new, keys)
 
     def set_table_properties(self, uri: str, properties: Mapping[str, str]) -> None:

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 
 from engine.columns import INGESTED_AT, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
+from engine.ids import parse_integer, tidy_text
 
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%#z"
@@ -84,24 +85,18 @@ def _to_arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.select(schema.names).to_arrow().cast(schema)
 
 
-def _tidy_text(text: pl.Expr) -> pl.Expr:
-    """``text`` as a trimmed string, null when blank."""
-    trimmed = text.cast(pl.String).str.strip_chars()
-    return pl.when(trimmed != "").then(trimmed)
-
-
 def _raw_frame(bronze: pa.Table, columns: Iterable[str]) -> pl.DataFrame:
-    """Bronze rows with ``columns`` tidied (see ``_tidy_text``), absent columns added as null."""
+    """Bronze rows with ``columns`` tidied (see ``engine.ids.tidy_text``), absent columns added as null."""
     frame = pl.DataFrame(bronze)
     absent = [name for name in [*columns, RESCUED_DATA] if name not in frame.columns]
     frame = frame.with_columns(pl.lit(None, pl.String).alias(name) for name in absent)
-    return frame.with_columns(_tidy_text(pl.col(name)).alias(name) for name in columns)
+    return frame.with_columns(tidy_text(pl.col(name)).alias(name) for name in columns)
 
 
 def _parse(raw: pl.Expr, dtype: pa.DataType) -> pl.Expr:
     """The value of the string ``raw`` as ``dtype``, null where it does not parse."""
     if pa.types.is_int64(dtype):
-        return raw.str.to_integer(strict=False)
+        return parse_integer(raw)
     if pa.types.is_float64(dtype):
         number = raw.cast(pl.Float64, strict=False)
         return pl.when(number.is_finite()).then(number)
@@ -256,7 +251,7 @@ def clean_events(bronze: pa.Table) -> pa.Table:
     bronze_fields = [name for name in _source_columns(_EVENTS) if name not in PAYLOAD_PATHS]
     raw = _raw_frame(bronze, [*bronze_fields, "payload"])
     flattened = raw.with_columns(
-        _tidy_text(pl.col("payload").str.json_path_match(path)).alias(name)
+        tidy_text(pl.col("payload").str.json_path_match(path)).alias(name)
         for name, path in PAYLOAD_PATHS.items()
     )
     return _validated(flattened, _EVENTS, ("event_id", "event_ts"), {})

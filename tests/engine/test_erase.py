@@ -10,6 +10,8 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.cli import main
 from engine.governance.erase import subject_hash
@@ -115,6 +117,7 @@ def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_pat
     from deltalake import write_deltalake
 
     from engine.governance.erase import Target, erase_table
+    from engine.governance.subject import SubjectId
 
     uri = str(tmp_path / "silver" / "people")
     for start in (1, 4, 7):
@@ -125,7 +128,7 @@ def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_pat
     write_deltalake(uri, pa.table({"customer_id": [10], "email": ["person10@x.test"]}), mode="append")
     before = DeltaTable(uri).history()
 
-    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), "4", settings_at(tmp_path),
+    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), SubjectId(4), settings_at(tmp_path),
                          "erase-run", {"operation": "erase"})
 
     assert erased is not None and (erased.rows_removed, erased.files_deleted) == (1, 1)
@@ -135,3 +138,101 @@ def test_erasure_rewrites_checkpoints_and_keeps_history(ray_local: None, tmp_pat
     assert len(table.history()) == len(before) + 1
     assert [p.name for p in (Path(uri) / "_delta_log").glob("*.checkpoint.parquet")] == [
         f"{table.version():020d}.checkpoint.parquet"]
+
+
+SPELLED = st.builds(lambda sign, zeros, pad: f"{pad}{sign}{'0' * zeros}4{pad[::-1]}",
+                    st.sampled_from(["", "+"]), st.integers(0, 3), st.sampled_from(["", " ", "\t", " \u00a0"]))
+TEXTS = st.one_of(SPELLED, st.text(alphabet="04+-. x\t\u0664e_", max_size=6))
+
+
+@given(st.lists(TEXTS, min_size=1, max_size=20))
+@settings(max_examples=200, deadline=None)
+def test_erasure_matches_an_id_exactly_where_silver_parses_it_to_the_subject(texts: list[str]) -> None:
+    """Erasure removes a person for good: a value is the subject for erasure exactly when the silver
+    cleaner keys it as the subject (`"004"`, `" +4 "`, never `"4.0"`, `"-4"` or `"40"`)."""
+    from engine.governance.subject import SubjectId
+    from pipelines.retail.transforms import clean_customers
+
+    bronze = pa.table({"customer_id": pa.array(texts, pa.string()), "updated_at": ["2026-01-01T00:00:00Z"] * len(texts),
+                       "op": ["c"] * len(texts), "_source_file": ["a.jsonl"] * len(texts),
+                       "_ingested_at": pa.array([None] * len(texts), pa.timestamp("us", tz="UTC"))})
+    silver = clean_customers(bronze).column("customer_id").to_pylist()
+    assert SubjectId.parse(" 004 ", integer=True).matches(bronze.column("customer_id")).to_pylist() == [
+        value == 4 for value in silver]
+
+
+def test_landing_records_of_an_id_spelled_differently_are_erased_and_other_lines_kept(tmp_path: Path) -> None:
+    """Erasure removes a person for good: landing records whose id is `"004"`, `" 4"`, `+4` or the JSON number
+    4 go, in JSON lines and in CSV; `"4.0"`, `40` and everyone else stay byte for byte."""
+    from engine.governance.landing import erase_from_landing
+    from engine.governance.subject import SubjectId
+    from engine.ingest.sources import FileSource
+
+    subject = SubjectId.parse("4", integer=True)
+    gone = ['{"customer_id": "004", "email": "a@x.test"}', '{"customer_id": " 4", "email": "b@x.test"}',
+            '{"customer_id": 4, "email": "c@x.test"}', '{"customer_id": "+4", "email": "d@x.test"}']
+    kept = ['{"customer_id": "4.0", "email": "e@x.test"}', '{"customer_id": 40, "email": "f@x.test"}',
+            '{"email": "g@x.test"}', "not json at all"]
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "a.jsonl").write_text("\n".join([kept[0], *gone[:2], kept[1], *gone[2:], *kept[2:]]) + "\n")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "a.csv").write_text('customer_id,email\n004,h@x.test\n" 4",i@x.test\n+4,j@x.test\n'
+                                            "41,k@x.test\n04.0,l@x.test\n")
+
+    jsonl = erase_from_landing(str(tmp_path / "jsonl"), FileSource("jsonl", "jsonl"), "customer_id", subject)
+    csv = erase_from_landing(str(tmp_path / "csv"), FileSource("csv", "csv"), "customer_id", subject)
+
+    assert [r.records_removed for r in jsonl + csv] == [4, 3]
+    assert (tmp_path / "jsonl" / "a.jsonl").read_text() == "\n".join([kept[0], kept[1], *kept[2:]]) + "\n"
+    assert (tmp_path / "csv" / "a.csv").read_text() == "customer_id,email\n41,k@x.test\n04.0,l@x.test\n"
+
+
+def test_change_detection_across_an_erasure_recomputes_in_full(ray_local: None, tmp_path: Path) -> None:
+    """The next run rebuilds on its own after an erase: changed keys across an erasure (whose files are
+    deleted) are unknown, so a key-recomputed table is rebuilt in full instead of failing on a missing
+    file; an incremental reader sees through the erasure and gets only the rows appended since."""
+    from deltalake import write_deltalake
+
+    from engine.governance.erase import Target, erase_table
+    from engine.governance.subject import SubjectId
+    from engine.tables import delta
+
+    uri = str(tmp_path / "silver" / "people")
+    for ids in ([1, 4], [5, 6]):
+        write_deltalake(uri, pa.table({"customer_id": ids, "email": [f"p{i}@x.test" for i in ids]}), mode="append")
+    assert sorted(delta.changed_keys(uri, "people", 0, 1, ["customer_id"]).column(0).to_pylist()) == [5, 6]
+    erased = erase_table(Target("silver.people", uri, "customer_id", "test"), SubjectId(4), settings_at(tmp_path),
+                         "erase-run", {"operation": "erase"})
+    assert erased is not None and erased.version == 2
+    write_deltalake(uri, pa.table({"customer_id": [7], "email": ["p7@x.test"]}), mode="append")
+
+    assert delta.changed_keys(uri, "people", 1, 3, ["customer_id"]) is None
+    assert delta.changed_keys(uri, "people", 2, 3, ["customer_id"]).column(0).to_pylist() == [7]
+    added = delta.read_added_files(uri, "people", 1, 3)
+    assert added is not None and added[1] == 1
+    assert added[0].take_all() == [{"customer_id": 7, "email": "p7@x.test"}]
+
+
+def test_a_rejected_row_is_recorded_once_however_often_it_is_rejected(ray_local: None, tmp_path: Path) -> None:
+    """The next run rebuilds on its own after a restore or erase: rejected rows the quarantine already holds
+    (whatever run rejected them) are not recorded again; new rows and extra copies are."""
+    from deltalake import write_deltalake
+
+    from engine.config import StorageSettings
+    from engine.tables.files import RollingParquetWriter
+    from engine.tables.quarantine import unrecorded
+
+    uri = str(tmp_path / "quarantine" / "people")
+    rows = {"customer_id": [1, 2, 2], "_source_file": ["a.jsonl"] * 3, "_rejected_reason": ["bad"] * 3}
+    write_deltalake(uri, pa.table(rows | {"_run_id": ["first"] * 3}), mode="append")
+    again = pa.table({"customer_id": [1, 2, 2, 2, 3], "_source_file": ["a.jsonl"] * 5,
+                      "_rejected_reason": ["bad"] * 5, "_run_id": ["second"] * 5})
+    writer = RollingParquetWriter(uri, StorageSettings(), "second")
+    writer.write(again)
+    staged = writer.close()
+
+    kept = unrecorded(uri, staged, StorageSettings(), "second", frozenset())
+    assert sorted(r["customer_id"] for f in kept for r in pl.read_parquet(f"{uri}/{f.path}").to_dicts()) == [2, 3]
+    assert unrecorded(uri, [], StorageSettings(), "third", frozenset()) == []
+    assert sorted(p.name for p in Path(uri).glob("*.parquet") if "second" in p.name) == sorted(
+        Path(f.path).name for f in kept)
