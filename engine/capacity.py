@@ -17,11 +17,12 @@ from typing import Any
 import pyarrow as pa
 
 from engine.config import Settings
+from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
 from engine.ingest.sources import discover
 from engine.pipeline import Pipeline, TableDefinition
-from engine.runner import consumed_versions, files_to_ingest, ingestion_checkpoint
 from engine.runtime import resolve_address
 from engine.tables import delta
+from engine.tables.built_from import consumed_versions
 from engine.tables.layout import Layout
 
 DEFAULT_BYTES_PER_TASK = 128 * 2**20

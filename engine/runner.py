@@ -42,7 +42,14 @@ from engine.governance.encryption import ColumnKey
 from engine.governance.secrets import column_key, pii_key
 from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
-from engine.ingest.sources import FileSource, LandingFile, discover
+from engine.ingest.checkpoint import (
+    TYPES_KEY,
+    files_ingested_by,
+    files_to_ingest,
+    ingestion_checkpoint,
+    known_shape,
+)
+from engine.ingest.sources import FileSource, discover
 from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
 from engine.lease import RunLease
 from engine.logs import log_context
@@ -53,6 +60,7 @@ from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
 from engine.storage import check_root, delete_tree, parquet_dataset
 from engine.tables import changelog, delta, progress, scd2
+from engine.tables.built_from import consumed_versions, schema_version_of
 from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
@@ -63,7 +71,6 @@ from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_
 
 log = logging.getLogger(__name__)
 
-TYPES_KEY = "field_types"
 ATTEMPT_KEY = "attempt"
 
 
@@ -405,7 +412,7 @@ class Runner:
             details["files_grown"] = grown
         if not new:
             return {"status": "unchanged", "details": details}
-        known_columns, known_types = _known_shape(uri, definition.name, store)
+        known_columns, known_types = known_shape(uri, definition.name, store)
         batch = guarded(definition, lambda: ingest_new_files(
             new, source, self._stager(definition, run_id, uri), ingested_at=run_started,
             known_columns=known_columns, known_types=known_types, ray_options=definition.ray_options))
@@ -760,101 +767,6 @@ def _stored_schema(kind: Append | Overwrite | ChangeKind, output: pa.Schema) -> 
         stored = pa.schema([*stored, pa.field("valid_from", sequence), pa.field("valid_to", sequence),
                             pa.field("is_current", pa.bool_())])
     return stored
-
-
-def _known_shape(uri: str, table: str, store: TableStore) -> tuple[list[str], dict[str, str]]:
-    """Source columns of an ingested table and the JSON value types recorded by its latest commit."""
-    if not store.table_exists(uri):
-        return [], {}
-    schema = store.schema(uri, table)
-    columns = [c for c in schema.names if not c.startswith("_")]
-    for commit in store.effective_history(uri, table):
-        types = store.commit_info_value(commit, TYPES_KEY)
-        if types is not None:
-            return columns, dict(types)
-    return columns, {}
-
-
-def ingested_files(uri: str, table: str, names: Iterable[str], store: TableStore | None = None) -> dict[str, int]:
-    """The ingestion checkpoint of a table (a Delta table unless `store` says otherwise) for the landing files
-    `names`: the code (`progress.file_code`) of the fingerprint each ingested one had, by name (a file whose
-    commit a restore undid counts as not ingested)."""
-    return {name: code for name, (code, _) in ingestion_checkpoint(uri, table, names, store).items()}
-
-
-def ingestion_checkpoint(
-    uri: str, table: str, names: Iterable[str], store: TableStore | None = None
-) -> dict[str, tuple[int, int | None]]:
-    """For each of the landing files `names` the table ingested: the code of its fingerprint and the byte
-    offset its ingestion ended at (None when a checkpoint that outlived its commit infos predates recording
-    it). Read from the commit infos while the table's history is complete, else from the progress its commits
-    carry."""
-    store = store or DeltaStore()
-    names = list(names)
-    if not store.table_exists(uri):
-        return {}
-    if not store.history_complete(uri):
-        carried = delta.open_table(uri, table)
-        ends = progress.carried_ends(carried, names)
-        return {name: (code, ends.get(name)) for name, code in progress.carried_files(carried, names).items()}
-    seen: dict[str, tuple[int, int | None]] = {}
-    for commit in store.effective_history(uri, table):
-        for fingerprint in store.commit_info_value(commit, FILES_KEY) or []:
-            seen.setdefault(fingerprint[0], (progress.file_code(fingerprint), progress.file_end(fingerprint)))
-    return {name: seen[name] for name in names if name in seen}
-
-
-def consumed_versions(
-    uri: str, table: str, inputs: Iterable[str], store: TableStore | None = None
-) -> dict[str, int | None] | None:
-    """The versions of `inputs` a derived table was last built from (a Delta table unless `store` says
-    otherwise), None for an input it did not read (absent then, or emptied by a full refresh); None when it
-    was never built. From the newest commit info that records them, else (once the history is incomplete)
-    from the progress its commits carry."""
-    store = store or DeltaStore()
-    if not store.table_exists(uri):
-        return None
-    recorded = store.last_commit_value(uri, table, INPUTS_KEY)
-    if recorded is not None or store.history_complete(uri):
-        return recorded
-    return progress.carried_inputs(delta.open_table(uri, table), inputs)
-
-
-def schema_version_of(uri: str, table: str, store: TableStore) -> int:
-    """The schema version the table's commits last recorded, 0 when none did."""
-    if not store.table_exists(uri):
-        return 0
-    recorded = store.last_commit_value(uri, table, SCHEMA_KEY)
-    if recorded is None and not store.history_complete(uri):
-        recorded = progress.carried_schema_version(delta.open_table(uri, table))
-    return int(recorded or 0)
-
-
-def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> list[str]:
-    """Names of the landing files the commits of run `run_id` ingested into the table."""
-    return [fingerprint[0] for commit in store.history(uri, table)
-            if store.commit_info_value(commit, "run_id") == run_id
-            for fingerprint in store.commit_info_value(commit, FILES_KEY) or []]
-
-
-def files_to_ingest(
-    landed: Iterable[LandingFile], checkpoint: dict[str, tuple[int, int | None]], source: FileSource
-) -> tuple[list[LandingFile], list[LandingFile]]:
-    """Files to ingest (never ingested, or `append-only` files grown since, starting where their ingestion
-    ended), and files ingested before that changed otherwise since (size or modification time)."""
-    new, changed = [], []
-    for file in landed:
-        if file.name not in checkpoint:
-            new.append(file)
-            continue
-        code, end = checkpoint[file.name]
-        if code == progress.file_code(file.fingerprint()):
-            continue
-        if source.growth == "append-only" and end is not None and file.size >= end:
-            new.append(file.resumed_at(end))
-        else:
-            changed.append(file)
-    return new, changed
 
 
 def _schema_of(dataset: ray.data.Dataset) -> pa.Schema | None:

@@ -30,9 +30,10 @@ from engine.governance.actor import audit_fields
 from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
 from engine.governance.subject import SubjectId
+from engine.ingest.checkpoint import ingested_files
 from engine.pipeline import Pipeline
 from engine.runlog import RunRecord, append_records
-from engine.runner import ingested_files, new_run_id
+from engine.runner import new_run_id
 from engine.storage import filesystem_of
 from engine.tables import delta
 from engine.tables.layout import Layout
