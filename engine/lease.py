@@ -75,9 +75,29 @@ class Holder:
             return f"its process {self.pid} on this host is gone"
         return None
 
+    def is_this_process(self) -> bool:
+        """Whether this holder is the calling process."""
+        return self.host == socket.gethostname() and self.pid == os.getpid()
+
     def describe(self, now: float) -> str:
         return (f"run {self.run_id} (host {self.host}, pid {self.pid}, started {self.started_at}, "
                 f"last heartbeat {max(now - self.heartbeat_at, 0):.0f} s ago)")
+
+
+def other_live_holders(layout: Layout, timeout_s: float = 60.0) -> list[tuple[str, Holder]]:
+    """Each pipeline whose run lease on the root is held by a live run of another process, with its holder."""
+    latest: dict[str, int] = {}
+    for name in files_under(f"{layout.root}/_meta/leases"):
+        pipeline, _, file = name.rpartition("/")
+        if pipeline and file.removesuffix(".json").isdigit():
+            latest[pipeline] = max(latest.get(pipeline, 0), int(file.removesuffix(".json")))
+    now, found = time.time(), []
+    for pipeline, generation in sorted(latest.items()):
+        lease = RunLease(layout, pipeline, timeout_s=timeout_s)
+        holder = lease._read(generation)
+        if holder is not None and holder.gone(timeout_s, now) is None and not holder.is_this_process():
+            found.append((pipeline, holder))
+    return found
 
 
 def _process_alive(pid: int, started: float) -> bool:

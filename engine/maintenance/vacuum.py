@@ -3,6 +3,7 @@ except the files of pinned versions."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from deltalake.exceptions import DeltaError
 from engine.config import MaintenanceSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
+from engine.lease import other_live_holders
 from engine.maintenance.pins import list_pins
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
@@ -52,8 +54,8 @@ def vacuum_table(layout: Layout, table: str, *, settings: MaintenanceSettings, h
     keeping every file of a version an active pin names.
 
     Raises:
-        MaintenanceError: `hours` is below `settings.min_retention_hours` and `force` is not set, or the
-            vacuum failed.
+        MaintenanceError: `hours` is below `settings.min_retention_hours` and `force` is not set (or it is,
+            but a run of another process holds a run lease on the root), or the vacuum failed.
         TableNotFound: there is no such table.
     """
     hours = retention_hours(settings, table) if hours is None else hours
@@ -62,6 +64,15 @@ def vacuum_table(layout: Layout, table: str, *, settings: MaintenanceSettings, h
             f"vacuum of `{table}` refused: a retention of {hours} h is below the safe minimum of "
             f"{settings.min_retention_hours} h (a reader or writer still running may need newer removed files); "
             f"use a retention of at least {settings.min_retention_hours} h, or --force", table=table)
+    if hours < settings.min_retention_hours and not dry_run:
+        running = other_live_holders(layout)
+        if running:
+            pipeline, holder = running[0]
+            raise MaintenanceError(
+                f"vacuum of `{table}` with a retention of {hours} h refused while pipeline `{pipeline}` is running "
+                f"on this root ({holder.describe(time.time())}): it would delete the files that run has written and "
+                f"not committed yet; wait for it to finish, or use a retention of at least "
+                f"{settings.min_retention_hours} h", table=table)
     uri = layout.location(table)
     delta_table = open_table(uri, table)
     kept = sorted({p.version for p in list_pins(layout, table, active_at=datetime.now(UTC))

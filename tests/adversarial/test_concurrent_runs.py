@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 import ray
 from deltalake import DeltaTable
@@ -20,6 +21,8 @@ import engine.runner as runner_module
 from engine import Runner
 from engine.config import Settings
 from engine.maintenance.optimize import optimize_table
+from engine.maintenance.vacuum import vacuum_table
+from engine.runlog import read_records
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.cdc_pipeline import PIPELINE, REPO, assert_same_tables, pipeline, run_to_completion, write_batch
@@ -33,6 +36,17 @@ def landed_lines(root: Path) -> int:
 
 def rows(root: Path, folder: str) -> int:
     return DeltaTable(str(root / folder)).to_pyarrow_table().num_rows
+
+
+def assert_conserved(root: Path) -> None:
+    """Conservation, run by run: every silver record's rows in are rows written, quarantined or dropped as
+    duplicates; and over every run, the incremental silver table read each bronze row exactly once."""
+    records = read_records(str(root / "_meta" / "runs")).filter(pl.col("status") == "succeeded")
+    silver = records.filter(pl.col("table") == "silver.accounts")
+    unbalanced = silver.filter(pl.col("rows_in") != pl.col("rows_written") + pl.col("rows_quarantined")
+                               + pl.col("rows_duplicate"))
+    assert unbalanced.is_empty(), unbalanced
+    assert silver["rows_in"].sum() == rows(root, "bronze/changes")
 
 
 def reference_root(tmp_path: Path, batches: tuple[int, ...]) -> Path:
@@ -71,6 +85,7 @@ def test_two_run_processes_started_together_ingest_every_file_once(tmp_path: Pat
     assert rows(root, "bronze/changes") == landed_lines(root)
     run_to_completion(root)
     assert_same_tables(root, reference)
+    assert_conserved(root)
 
 
 def race_once(monkeypatch: pytest.MonkeyPatch, target: str, before: Callable[..., Any], *,
@@ -118,6 +133,7 @@ def test_a_writer_bypassing_the_lease_cannot_ingest_a_file_twice(tmp_path: Path,
     assert bronze.status == "failed" and "already committed" in (bronze.error or "")
     assert rows(root, "bronze/changes") == landed_lines(root)
     assert_same_tables(root, reference)
+    assert_conserved(root)
     staged = {p.name for p in (root / "bronze" / "changes").glob("*.parquet")}
     live = {Path(uri).name for uri in DeltaTable(str(root / "bronze" / "changes")).file_uris()}
     assert staged == live, "the refused writer's staged files were left behind"
@@ -146,12 +162,13 @@ def test_a_writer_bypassing_the_lease_cannot_quarantine_rows_twice(tmp_path: Pat
     assert rows(root, "quarantine/silver/accounts") == rows(reference, "quarantine/silver/accounts") > 0
     run_to_completion(root)
     assert_same_tables(root, reference)
+    assert_conserved(root)
 
 
-def test_compaction_between_staging_and_commit_loses_and_duplicates_nothing(tmp_path: Path,
+def test_maintenance_between_staging_and_commit_loses_and_duplicates_nothing(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Attacks: "exactly-once commits" with `maintain optimize` running on every table of the pipeline while a
-    run has staged its next delivery and not yet committed it."""
+    """Attacks: "exactly-once commits" with `maintain optimize` and `vacuum` running on every table of the
+    pipeline while a run has staged its next delivery and not yet committed it."""
     root = tmp_path / "root"
     for batch in (1, 2):
         write_batch(root / "landing", batch)
@@ -162,16 +179,18 @@ def test_compaction_between_staging_and_commit_loses_and_duplicates_nothing(tmp_
     layout = Layout.at(str(root))
     compacted: list[int | None] = []
 
-    def optimize_everything() -> None:
+    def maintain_everything() -> None:
         for table in pipeline.tables:
             compacted.append(optimize_table(layout.table(table), table, storage=settings.storage,
                                             reason="concurrent maintenance").version)
+            vacuum_table(layout, table, settings=settings.maintenance)
 
-    race_once(monkeypatch, "ingest_new_files", optimize_everything)
+    race_once(monkeypatch, "ingest_new_files", maintain_everything)
     run_to_completion(root)
     assert any(version is not None for version in compacted)
     assert rows(root, "bronze/changes") == landed_lines(root)
     assert_same_tables(root, reference)
+    assert_conserved(root)
 
 
 def test_a_delivery_whose_rows_are_all_rejected_is_quarantined_once(tmp_path: Path) -> None:

@@ -68,9 +68,11 @@ def wait_for(process: subprocess.Popen[bytes], root: Path, known: set[str], comm
 
 
 @pytest.mark.slow
+@pytest.mark.adversarial
 @pytest.mark.timeout(2400)
 def test_runs_killed_at_random_points_then_resumed_equal_an_uninterrupted_run(tmp_path: Path) -> None:
-    """Half the runs start from nothing, half from a root where an earlier batch was processed. Each is killed
+    """Attacks: "a run killed at any point and run again leaves every table as an uninterrupted run would".
+    Half the runs start from nothing, half from a root where an earlier batch was processed. Each is killed
     before its first commit (after a random part of the time an uninterrupted run takes to get there), during
     its commits (once a random number of them is written) or after its last commit, then run again to
     completion. Where each kill landed is read from the commit logs, and every place must be hit."""

@@ -4,6 +4,8 @@ maintenance run after runs when due."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,6 +135,30 @@ def test_vacuum_refuses_a_retention_below_the_safe_minimum(tmp_path: Path) -> No
     result = CliRunner().invoke(main, ["--root", str(tmp_path), "maintain", "vacuum", "bronze.events",
                                        "--retention-hours", "0"])
     assert result.exit_code == 1 and "below the safe minimum of 168 h" in result.output
+
+
+def test_a_forced_vacuum_is_refused_while_another_process_runs_a_pipeline_on_the_root(tmp_path: Path) -> None:
+    """Attacks: "vacuum beside a run stays correct", with `vacuum --force --retention-hours 0` while a run holds
+    its lease: it would delete the files the run staged and has not committed."""
+    uri = appended(tmp_path, commits=3)
+    write_deltalake(uri, pa.table({"id": [-1], "value": ["new"]}), mode="overwrite")
+    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from engine.lease import RunLease; "
+              f"from engine.tables.layout import Layout; RunLease(Layout.at({str(tmp_path)!r}), 'shop').acquire('run-1'); "
+              "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(main, ["--root", str(tmp_path), "maintain", "vacuum", "bronze.events",
+                                           "--retention-hours", "0", "--force"])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert "while pipeline `shop` is running" in result.output and "run-1" in result.output
+        assert all((Path(uri) / path).exists() for version in range(3) for path in files(uri, version))
+    finally:
+        holder.kill()
+        holder.wait()
+    done = vacuum_table(Layout.at(str(tmp_path)), "bronze.events", settings=MaintenanceSettings(), hours=0,
+                        force=True)
+    assert done.files
 
 
 def test_forced_vacuum_deletes_unreferenced_files_but_keeps_pinned_versions(tmp_path: Path) -> None:
