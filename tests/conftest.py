@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +64,23 @@ def retail_build(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> R
     result = Runner(retail, settings).run()
     assert result.succeeded, [r.error for r in result.records if r.error]
     return RetailBuild(root, settings, result)
+
+
+@contextlib.contextmanager
+def lease_held_elsewhere(root: Path, pipeline: str, run_id: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process, alive for the block, holding the run lease of `pipeline` on `root` as run `run_id`;
+    the block may kill it."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+              "from engine.lease import RunLease; from engine.tables.layout import Layout; "
+              f"RunLease(Layout.at({str(root)!r}), {pipeline!r}).acquire({run_id!r}); "
+              "print('held', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def require_service(host: str, port: int, service: str) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ from engine.errors import LeaseHeld, LeaseLost
 from engine.lease import RunLease
 from engine.storage import create_only
 from engine.tables.layout import Layout
+from tests.conftest import lease_held_elsewhere
 
 
 def lease(root: Path, **options: float) -> RunLease:
@@ -61,12 +60,7 @@ def test_a_second_run_is_refused_with_the_holder_named_until_the_first_releases(
 
 
 def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
-    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from engine.lease import RunLease; "
-              f"from engine.tables.layout import Layout; RunLease(Layout.at({str(tmp_path)!r}), 'shop').acquire('run-1'); "
-              "print('held', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lease_held_elsewhere(tmp_path, "shop", "run-1") as holder:
         with pytest.raises(LeaseHeld):
             lease(tmp_path).acquire("run-2")
         holder.kill()
@@ -75,9 +69,6 @@ def test_the_lease_of_a_killed_process_on_this_host_is_taken_over_at_once(tmp_pa
         taker.acquire("run-2")
         assert [g["run_id"] for g in generations(tmp_path)] == ["run-1", "run-2"]
         taker.release()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_silent_holder_is_taken_over_after_the_timeout_and_learns_it_lost(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ maintenance run after runs when due."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from engine.pipeline import Pipeline
 from engine.tables.distributed_merge import merge_distributed
 from engine.tables.keyhash import bucket_of
 from engine.tables.layout import Layout
-from tests.conftest import settings_at
+from tests.conftest import lease_held_elsewhere, settings_at
 from tests.engine.cdc_pipeline import PIPELINE, assert_same_tables, run_to_completion, write_batch
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -142,20 +140,12 @@ def test_a_forced_vacuum_is_refused_while_another_process_runs_a_pipeline_on_the
     its lease: it would delete the files the run staged and has not committed."""
     uri = appended(tmp_path, commits=3)
     write_deltalake(uri, pa.table({"id": [-1], "value": ["new"]}), mode="overwrite")
-    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from engine.lease import RunLease; "
-              f"from engine.tables.layout import Layout; RunLease(Layout.at({str(tmp_path)!r}), 'shop').acquire('run-1'); "
-              "print('held', flush=True); sys.stdin.read()")
-    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lease_held_elsewhere(tmp_path, "shop", "run-1"):
         result = CliRunner().invoke(main, ["--root", str(tmp_path), "maintain", "vacuum", "bronze.events",
                                            "--retention-hours", "0", "--force"])
         assert result.exit_code == 1 and "Traceback" not in result.output
         assert "while pipeline `shop` is running" in result.output and "run-1" in result.output
         assert all((Path(uri) / path).exists() for version in range(3) for path in files(uri, version))
-    finally:
-        holder.kill()
-        holder.wait()
     done = vacuum_table(Layout.at(str(tmp_path)), "bronze.events", settings=MaintenanceSettings(), hours=0,
                         force=True)
     assert done.files
