@@ -38,6 +38,19 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_location_restored() -> Iterator[None]:
+    """MLflow exports the tracking and registry URIs a test sets to the environment, for subprocesses: put them
+    back after each test, so that no later test (or Ray process it starts) tracks in another test's store."""
+    saved = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def settings_at(root: Path) -> Settings:
     """Default settings with the storage root at `root`."""
     return load_settings(overrides={"storage": {"root": str(root)}})

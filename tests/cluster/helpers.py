@@ -55,9 +55,12 @@ def free_ports(count: int) -> list[int]:
 def ray_environment(**extra: str) -> dict[str, str]:
     """The environment of every Ray process and client a test starts: auth disabled explicitly, the project's
     virtualenv first on PATH (so that `medallion` and `ray` resolve inside Ray jobs too), this checkout first on
-    PYTHONPATH (so that they run its code, wherever the virtualenv's editable install points), no usage stats."""
+    PYTHONPATH (so that they run its code, wherever the virtualenv's editable install points), no usage stats, and
+    no MLflow location an earlier test of this process set (MLflow exports it for subprocesses), so that jobs
+    track under their own root."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+    inherited = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**inherited, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": path, **extra}
 
 

@@ -214,17 +214,17 @@ def test_every_commit_and_run_record_names_the_run(retail_build: RetailBuild) ->
     assert features["output_version"] == 0 and features["rows_written"] > 0 and features["duration_s"] > 0
 
 
-def test_running_again_on_the_same_landing_data_leaves_gold_unchanged(
-    retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_running_again_on_the_same_landing_data_leaves_gold_unchanged(retail_build: RetailBuild, tmp_path: Path) -> None:
     before = {table: read(retail_build, table) for table in GOLD_KEYS}
-    again = Runner(retail, retail_build.settings).run()
+    shutil.copytree(retail_build.root, tmp_path / "root")  # the shared build stays as its one run left it
+    copy = RetailBuild(tmp_path / "root", settings_at(tmp_path / "root"), retail_build.result)
+    again = Runner(retail, copy.settings).run()
     assert again.succeeded
     assert {r.status for r in again.records} == {"unchanged"}
-    forced = Runner(retail, retail_build.settings).run(force=True)
+    forced = Runner(retail, copy.settings).run(force=True)
     assert forced.succeeded
     for table, keys in GOLD_KEYS.items():
-        after = read(retail_build, table)
+        after = read(copy, table)
         assert pl.from_arrow(after).select(keys).is_duplicated().sum() == 0, table
         assert_tables_equal(after, before[table], keys)
 
