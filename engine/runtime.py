@@ -41,18 +41,18 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         return
     os.environ.setdefault(AUTH_MODE_ENV, settings.auth_mode)
     target = resolve_address(settings, address)
-    # Workers on other nodes do not inherit this environment: the storage variables go with the job (a Ray
-    # job's driver leaves that to the job's own runtime env, which Ray would refuse to merge on a conflict).
-    env = {} if JOB_CONFIG_ENV in os.environ else worker_env()
-    runtime_env = {"env_vars": env} if env else None
     if target:
+        # Workers on other nodes do not inherit this environment: the storage variables go with the job (a Ray
+        # job's driver leaves that to the job's own runtime env, which Ray would refuse to merge on a conflict).
+        env = {} if JOB_CONFIG_ENV in os.environ else worker_env()
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, logging_level=_log_level(settings), runtime_env=runtime_env,
+        ray.init(address=target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
                  log_to_driver=not json_logs())
     else:
+        # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
+        # write in clear to its session logs, carries the storage credentials.
         ray.init(
             address="local",
-            runtime_env=runtime_env,
             num_cpus=settings.num_cpus,
             object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
             include_dashboard=False,
