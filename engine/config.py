@@ -56,6 +56,10 @@ class RaySettings(_Section):
     auth_mode: Literal["disabled", "token"] = Field(
         default="disabled", description="`RAY_AUTH_MODE` of instances started here; use `token` in production.")
     verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
+    forward_credentials: bool = Field(
+        default=False, description="Pass `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` to a "
+        "cluster's workers in the job's runtime env, where Ray writes them in clear to its logs; off: the nodes "
+        "bring their own credentials (instance or pod role, node environment, mounted secret).")
 
 
 class RunSettings(_Section):

@@ -11,7 +11,7 @@ import ray
 
 from engine.config import RaySettings
 from engine.logs import json_logs
-from engine.storage import worker_env
+from engine.storage import CREDENTIAL_ENV, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     os.environ.setdefault(AUTH_MODE_ENV, settings.auth_mode)
     target = resolve_address(settings, address)
     if target:
-        # Workers on other nodes do not inherit this environment: the storage variables go with the job (a Ray
-        # job's driver leaves that to the job's own runtime env, which Ray would refuse to merge on a conflict).
-        env = {} if JOB_CONFIG_ENV in os.environ else worker_env()
+        env = {} if JOB_CONFIG_ENV in os.environ else _cluster_worker_env(settings)
         log.info("connecting to the Ray cluster at %s", target)
         ray.init(address=target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
                  log_to_driver=not json_logs())
@@ -64,6 +62,22 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         yield
     finally:
         ray.shutdown()
+
+
+def _cluster_worker_env(settings: RaySettings) -> dict[str, str]:
+    """The storage variables a cluster's workers get with the job: workers on other nodes do not inherit this
+    environment. A Ray job's driver passes none (the job's own runtime env has them, and Ray refuses to merge a
+    conflicting one). Credentials only when `ray.forward_credentials` asks: Ray writes a runtime env in clear to
+    the cluster's logs, so by default the nodes bring their own (instance or pod role, node environment)."""
+    env = worker_env(credentials=settings.forward_credentials)
+    held_back = sorted(name for name in CREDENTIAL_ENV if name in os.environ and name not in env)
+    if held_back:
+        log.info("not passing %s to the cluster's workers: they use the nodes' own credentials "
+                 "(set ray.forward_credentials to pass them, in clear in the cluster's logs)", ", ".join(held_back))
+    elif settings.forward_credentials and env:
+        log.warning("passing the storage credentials to the cluster's workers in the job's runtime env "
+                    "(ray.forward_credentials): Ray writes them in clear to the cluster's session logs")
+    return env
 
 
 def _log_level(settings: RaySettings) -> int:

@@ -30,6 +30,8 @@ S3_ENV = (
     "AWS_CONFIG_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
 )
+# The secrets among them: passed to a cluster's workers only when `ray.forward_credentials` asks for it.
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 # Any one of these lets the AWS SDKs find credentials without static keys.
 _CREDENTIAL_SOURCES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
                        "AWS_CONTAINER_CREDENTIALS_FULL_URI")
@@ -121,10 +123,11 @@ def iceberg_io_properties() -> dict[str, str]:
     return {key: value for key, value in (("s3.endpoint", endpoint), ("s3.region", region)) if value}
 
 
-def worker_env() -> dict[str, str]:
-    """The storage variables of this process, for the `runtime_env` of Ray workers (a cluster's workers do not
-    inherit the driver's environment)."""
-    return {name: os.environ[name] for name in S3_ENV if name in os.environ}
+def worker_env(*, credentials: bool = True) -> dict[str, str]:
+    """The storage variables of this process, for the `runtime_env` of a cluster's Ray workers (they do not
+    inherit the driver's environment); without the secret ones (`CREDENTIAL_ENV`) unless `credentials`."""
+    return {name: os.environ[name] for name in S3_ENV
+            if name in os.environ and (credentials or name not in CREDENTIAL_ENV)}
 
 
 def _true(name: str) -> bool:
@@ -176,7 +179,7 @@ def check_root(root: str, *, allow_unsafe_writes: bool = False) -> None:
             an endpoint that cannot be reached, a bucket that does not exist or cannot be accessed.
     """
     if is_s3(root):
-        _check_s3(root.rstrip("/"), allow_unsafe_writes, tuple(worker_env().items()))
+        _check_s3(root.rstrip("/"), allow_unsafe_writes, tuple(worker_env(credentials=True).items()))
 
 
 @functools.lru_cache(maxsize=32)

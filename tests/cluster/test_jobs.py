@@ -4,6 +4,7 @@ and `train`) against a private `ray start --head`, the orchestrator recipe of do
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import uuid
@@ -101,3 +102,36 @@ def test_a_failing_job_fails_with_the_reason(jobs_head: RayHead, tmp_path: Path)
 
     with pytest.raises(RuntimeError, match=r"FAILED(.|\n)*no pipeline named `no_such_pipeline`"):
         recipe()(jobs_head.dashboard_url, "--root", str(tmp_path), "run", "no_such_pipeline", poll_s=0.5)
+
+
+JOIN_CLUSTER = """
+import json, os, sys
+import ray
+from engine.config import RaySettings
+from engine.runtime import ray_session
+
+@ray.remote
+def storage_env():
+    return {name: os.environ.get(name) for name in ("AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+with ray_session(RaySettings(forward_credentials=sys.argv[2] == "forward"), address=sys.argv[1]):
+    print(json.dumps(ray.get(storage_env.remote())))
+"""
+
+
+@pytest.mark.parametrize("forward", [False, True], ids=["by-default", "forward-credentials"])
+def test_joining_a_cluster_passes_credentials_only_when_asked(jobs_head: RayHead, forward: bool) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    env = ray_environment(AWS_REGION="eu-canary-1", AWS_ACCESS_KEY_ID=f"AKIA{canary}",
+                          AWS_SECRET_ACCESS_KEY=f"secret-{canary}")
+    driver = subprocess.run([str(BIN / "python"), "-c", JOIN_CLUSTER, jobs_head.gcs_address,
+                             "forward" if forward else "keep"], env=env, capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stderr
+    seen = json.loads(driver.stdout.strip().splitlines()[-1])
+    assert seen["AWS_REGION"] == "eu-canary-1", "the non-secret storage settings always reach the workers"
+    if forward:
+        assert seen["AWS_SECRET_ACCESS_KEY"] == f"secret-{canary}"
+    else:
+        assert seen["AWS_ACCESS_KEY_ID"] is None and seen["AWS_SECRET_ACCESS_KEY"] is None
+        logs = "".join(path.read_text(errors="replace") for path in jobs_head.temp_dir.rglob("*.log"))
+        assert canary not in logs, "no credential reached the cluster's logs"
