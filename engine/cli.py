@@ -24,6 +24,9 @@ from rich.table import Table
 
 from engine import logs, metrics
 from engine.capacity import reserved_capacity
+from engine.changes.options import ChangeKindOption, change_kind_option
+from engine.changes.plan import plan as plan_run
+from engine.changes.render import print_plan
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
@@ -160,16 +163,32 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
               help="Write Prometheus metrics to this file when the run ends (node-exporter textfile collector).")
 @click.option("--take-over", is_flag=True,
               help="Take the pipeline's run lease from the run holding it (only when that run is gone).")
+@change_kind_option
+@click.option("--dry-run", is_flag=True, help="Print the plan (what each table would do and why) and exit.")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask before a large rebuild.")
 @address_option
 @click.pass_context
 @_reported
 def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, full_refresh: bool,
         watch_interval: float | None, reason: str | None, quiet: bool, metrics_port: int | None,
-        metrics_host: str, metrics_file: str | None, take_over: bool) -> None:
+        metrics_host: str, metrics_file: str | None, take_over: bool, change_kind: ChangeKindOption,
+        dry_run: bool, yes: bool) -> None:
     """Run PIPELINE on whatever is in <root>/landing."""
     settings = _settings(ctx)
     if watch_interval is not None and watch_interval <= 0:
         raise EngineError(f"--watch takes a positive number of seconds, not {watch_interval}")
+    if dry_run or (not yes and sys.stdin.isatty() and console.is_terminal):
+        loaded = load_pipeline(pipeline)
+        plans = plan_run(loaded, settings, selection, full_refresh=full_refresh, change_kind=change_kind)
+        if dry_run:
+            print_plan(console, loaded.name, plans)
+            return
+        large = [p for p in plans if p.action == "rebuild" and (p.rows_to_read or 0) > settings.run.confirm_rebuild_rows]
+        if large:
+            print_plan(console, loaded.name, plans)
+            if not click.confirm(f"rebuild {', '.join(p.table for p in large)}, reading "
+                                 f"{sum(p.rows_to_read or 0 for p in large):,} rows?", default=False):
+                raise EngineError("run cancelled; nothing was written")
     server = None
     if metrics_port is not None:
         try:
@@ -179,7 +198,7 @@ def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, f
         console.print(f"metrics on http://{metrics_host}:{server.server_port}/metrics")
     try:
         _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason, quiet=quiet,
-             metrics_file=metrics_file, take_over=take_over)
+             metrics_file=metrics_file, take_over=take_over, change_kind=change_kind)
     except BaseException:
         if metrics_file is not None:
             try:
@@ -205,7 +224,8 @@ def _write_metrics(path: str) -> None:
 
 def _run(settings: Settings, pipeline_name: str, selection: str | None, force: bool = False,
          full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None, *,
-         quiet: bool = False, metrics_file: str | None = None, take_over: bool = False) -> RunResult:
+         quiet: bool = False, metrics_file: str | None = None, take_over: bool = False,
+         change_kind: ChangeKindOption = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
@@ -218,9 +238,9 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
                     console.print(reservation.describe(), soft_wrap=True)
                 runner.on_record = _progress(len(tables), status, quiet)
                 return _run_once(runner, selection, force=force, full_refresh=full_refresh, quiet=quiet,
-                                 run_id=run_id)
+                                 run_id=run_id, change_kind=change_kind)
         return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,
-                      metrics_file=metrics_file)
+                      metrics_file=metrics_file, change_kind=change_kind)
 
 
 class _Bar:
@@ -270,9 +290,11 @@ def _progress(total: int, status: Status | _Bar | None = None, quiet: bool = Fal
 
 
 def _run_once(runner: Runner, selection: str | None, *, force: bool = False, full_refresh: bool = False,
-              stop: Callable[[], bool] | None = None, quiet: bool = False, run_id: str | None = None) -> RunResult:
+              stop: Callable[[], bool] | None = None, quiet: bool = False, run_id: str | None = None,
+              change_kind: ChangeKindOption = None) -> RunResult:
     started = time.monotonic()
-    result = runner.run(selection, run_id=run_id, force=force, full_refresh=full_refresh, stop=stop)
+    result = runner.run(selection, run_id=run_id, force=force, full_refresh=full_refresh, stop=stop,
+                        change_kind=change_kind)
     changed = sum(1 for r in result.records if r.status == "succeeded")
     summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
     if changed or not quiet:
@@ -307,7 +329,7 @@ def _print_maintenance(done: Done) -> None:
 
 
 def _watch(runner: Runner, tables: int, selection: str | None, interval: float, *, force: bool,
-           full_refresh: bool, metrics_file: str | None = None) -> RunResult:
+           full_refresh: bool, metrics_file: str | None = None, change_kind: ChangeKindOption = None) -> RunResult:
     """Micro-batches until SIGTERM or SIGINT: a signal lets the running table commit, then stops. Only
     micro-batches that commit something are reported; `metrics_file` is rewritten after each."""
     stop = threading.Event()
@@ -319,12 +341,13 @@ def _watch(runner: Runner, tables: int, selection: str | None, interval: float, 
             runner.on_record = _progress(tables, quiet=True)
             try:
                 result = _run_once(runner, selection, force=force, full_refresh=full_refresh, stop=stop.is_set,
-                                   quiet=True)
+                                   quiet=True, change_kind=change_kind)
             finally:
                 if metrics_file is not None:
                     _write_metrics(metrics_file)
             batches += 1
             force = full_refresh = False
+            change_kind = None
             if stop.wait(interval):
                 break
     finally:
@@ -571,6 +594,7 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
 
 
 from engine.catalog_cli import catalog  # noqa: E402
+from engine.changes.cli import diff, plan  # noqa: E402
 from engine.cluster_cli import cluster  # noqa: E402
 from engine.features.cli import features  # noqa: E402
 from engine.governance.access_cli import access  # noqa: E402
@@ -581,6 +605,8 @@ from engine.report.cli import report  # noqa: E402
 from engine.training.cli import score, train  # noqa: E402
 
 main.add_command(catalog)
+main.add_command(plan)
+main.add_command(diff)
 main.add_command(cluster)
 main.add_command(features)
 main.add_command(train)

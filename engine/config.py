@@ -69,6 +69,8 @@ class RunSettings(_Section):
                                    "this long is taken over by the next run, seconds.")
     lease_heartbeat_s: float = Field(default=10.0, gt=0, description="How often a running run renews its lease, "
                                      "seconds (well under `lease_timeout_s`).")
+    confirm_rebuild_rows: int = Field(default=10_000_000, ge=0, description="On a terminal, `medallion run` asks "
+                                      "before a rebuild that reads more input rows than this (`--yes` skips it).")
 
     @model_validator(mode="after")
     def _heartbeat_within_timeout(self) -> RunSettings:

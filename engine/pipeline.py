@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, TypeVar
 
+from engine.changes.fingerprint import code_text
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
 from engine.governance.pii import check_declaration
@@ -40,6 +41,8 @@ class TableDefinition:
         kind: how new rows are written.
         inputs: upstream tables, in the order of the function's parameters.
         function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
+        code: the function's code as declared (`engine.changes.fingerprint.code_text`): the values its closure and
+            the project's constants hold then, not what later calls make of them.
         source: landing files an ingested (bronze) table reads.
         ray_options: Ray resource options for the table's tasks (e.g. `{"num_cpus": 1}`): the reads of its inputs
             and its write tasks, or for an ingested table the ingestion of each landing file.
@@ -70,6 +73,7 @@ class TableDefinition:
     kind: WriteKindType
     inputs: tuple[str, ...] = ()
     function: Callable[..., Any] | None = None
+    code: str = ""
     source: FileSource | None = None
     ray_options: Mapping[str, Any] = field(default_factory=dict)
     quality: Quality | None = None
@@ -176,6 +180,7 @@ class Pipeline:
                 kind=kind or Overwrite(),
                 inputs=inputs,
                 function=function,
+                code=code_text(function),
                 ray_options=dict(ray_options or {}),
                 quality=quality,
                 incremental=incremental,

@@ -25,6 +25,10 @@ from deltalake.transaction import Transaction
 from engine import metrics, schema
 from engine.alerts import degradations, send_alerts, sinks_from_settings
 from engine.arrow import unify
+from engine.changes import verify
+from engine.changes.assess import Assessment, assess
+from engine.changes.classify import ChangeCategory
+from engine.changes.recorded import DEFINITION_KEY, save_parts
 from engine.columns import REJECTED_REASON
 from engine.config import Settings
 from engine.context import TableContext, building
@@ -134,6 +138,7 @@ class Runner:
         self.force = False
         self.full_refresh = False
         self.window: tuple[dt.date, dt.date] | None = None
+        self.change_kind: ChangeCategory | Mapping[str, ChangeCategory] | None = None
         self.reason = reason
         self._lease: RunLease | None = None
 
@@ -161,6 +166,7 @@ class Runner:
         full_refresh: bool = False,
         stop: Callable[[], bool] | None = None,
         take_over: bool = False,
+        change_kind: ChangeCategory | Mapping[str, ChangeCategory] | None = None,
     ) -> RunResult:
         """Build the selected tables (all when None) in dependency order, one commit per table.
 
@@ -170,6 +176,9 @@ class Runner:
         their change logs) first; ingested tables keep what they hold. When `stop` returns True before a
         table starts, the run ends there (`RunResult.stopped`); a table once started is committed whole.
         The run holds the pipeline's run lease on the root throughout (`take_over` takes it from a live holder).
+        A derived table whose definition changed since it was built is rebuilt, and so are the tables downstream
+        when the change is breaking (`engine.changes`); `change_kind` (for every table, or by table name) says
+        whether a change is `breaking` or `non-breaking` instead of the engine.
 
         Raises:
             LeaseHeld: another live run of the pipeline holds the lease.
@@ -177,6 +186,7 @@ class Runner:
         """
         self.force = force or full_refresh
         self.full_refresh = full_refresh
+        self.change_kind = change_kind
         definitions = self.pipeline.resolve()
         selected = self.pipeline.select(select)
         self._authorize([definitions[name] for name in selected])
@@ -412,6 +422,10 @@ class Runner:
             details["files_grown"] = grown
         if not new:
             return {"status": "unchanged", "details": details}
+        assessment = self._assess(definition, None)
+        if assessment.change is not None:
+            details["definition"] = assessment.reason
+            log.warning("table `%s`: %s", definition.name, assessment.reason)
         known_columns, known_types = known_shape(uri, definition.name, store)
         batch = guarded(definition, lambda: ingest_new_files(
             new, source, self._stager(definition, run_id, uri), ingested_at=run_started,
@@ -433,8 +447,9 @@ class Runner:
         added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
         schema_version = schema_version_of(uri, definition.name, store) + (
             1 if added or not store.table_exists(uri) else 0)
-        metadata = self._commit_metadata(definition, run_id, **{FILES_KEY: list(batch.fingerprints),
-                                                                 TYPES_KEY: batch.types, SCHEMA_KEY: schema_version})
+        metadata = self._commit_metadata(definition, run_id, **{
+            FILES_KEY: list(batch.fingerprints), TYPES_KEY: batch.types, SCHEMA_KEY: schema_version,
+            DEFINITION_KEY: assessment.commit_value(run_id, None).to_metadata()})
         with _discarded_on_conflict(uri, staged.data):
             version = store.commit_files(uri, staged.data, mode="append", metadata=metadata,
                                          empty_schema=batch.schema, commit_empty=True, transaction=transaction)
@@ -454,17 +469,29 @@ class Runner:
         transaction = self._transaction(store, uri, definition.name)
         quarantine_transaction = self._quarantine_transaction(definition.name)
         versions = {t: self._store(t).latest_version(self.layout.table(t)) for t in definition.dependencies}
-        previous = None if self.force else consumed_versions(uri, definition.name, definition.dependencies, store)
+        consumed = consumed_versions(uri, definition.name, definition.dependencies, store)
+        assessment = self._assess(definition, consumed)
+        before = store.latest_version(uri)
+        definition_value = assessment.commit_value(run_id, before).to_metadata()
+        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions, DEFINITION_KEY: definition_value})
+        previous = None if self.force or assessment.rebuild else (
+            None if consumed is None else {**consumed, **assessment.skipped})
         if versions and previous == versions and self.window is None:
-            return {"status": "unchanged", "input_versions": versions,
-                    "details": {"reason": "inputs unchanged since the table was last built"}}
-        if self.full_refresh:
-            self._empty(definition, run_id)
+            if consumed == versions:
+                return {"status": "unchanged", "input_versions": versions,
+                        "details": {"reason": "inputs unchanged since the table was last built"}}
+            version = store.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
+                                         transaction=transaction)
+            return {"status": "unchanged", "input_versions": versions, "output_version": version, "details": {
+                "reason": f"passed over the non-breaking rebuild of {', '.join(sorted(assessment.skipped))}"}}
+        rebuild = self.full_refresh or assessment.rebuild
+        if assessment.rebuild:
+            log.warning("table `%s` is rebuilt: %s", definition.name, assessment.reason)
+        before_schema = store.schema(uri, definition.name) if assessment.rebuild and before is not None else None
         kind = definition.kind
         whole = guarded(definition, lambda: self._unkeyed_inputs(definition, versions))
-        affected = None if self.window else guarded(definition, lambda: self._affected_keys(definition, versions,
-                                                                                              previous, whole))
-        metadata = self._commit_metadata(definition, run_id, **{INPUTS_KEY: versions})
+        affected = None if self.window or assessment.rebuild else guarded(
+            definition, lambda: self._affected_keys(definition, versions, previous, whole))
         if affected is not None and affected.num_rows == 0:
             version = store.commit_files(uri, [], mode="append", metadata=metadata, commit_empty=True,
                                          transaction=transaction)
@@ -495,6 +522,8 @@ class Runner:
             self._discard_staged(definition, folder, staged)
             discard_files(self.layout.quarantine(definition.name), staged.quarantine)
             raise
+        if rebuild:
+            self._empty(definition, metadata)
         values: dict[str, Any] = {"input_versions": versions, "rows_in": rows_in,
                                   "rows_quarantined": staged.quarantined_rows}
         metadata |= {SCHEMA_KEY: schema_version}
@@ -511,28 +540,64 @@ class Runner:
         if isinstance(kind, ChangeKind):
             try:
                 changes = _read_staged(folder, staged)
-                if changes.num_rows == 0:
-                    return values | self._commit_progress(definition, output, metadata, transaction, staged)
-                return values | guarded(definition, lambda: self._apply_changes(
-                    definition.name, kind, changes, metadata, transaction))
+                values |= self._commit_progress(definition, output, metadata, transaction, staged) \
+                    if changes.num_rows == 0 else guarded(definition, lambda: self._apply_changes(
+                        definition.name, kind, changes, metadata, transaction))
             finally:
                 delete_tree(folder)
-        empty_schema = None if staged.data else _schema_of(output)
-        if isinstance(kind, RecomputeKeys) and (affected is not None or self.window is not None):
+        elif isinstance(kind, RecomputeKeys) and (affected is not None or self.window is not None):
             where = (Slice.of_range(self._time_column(definition), *self.window) if self.window is not None
                      else Slice.of_keys(affected))
             with _discarded_on_conflict(uri, staged.data):
                 replaced = store.replace(uri, definition.name, where, staged.data, storage=self.settings.storage,
                                          prefix=run_id, metadata=metadata, transaction=transaction)
-            return values | {"output_version": replaced.version, "rows_written": staged.rows, "details": {
+            values |= {"output_version": replaced.version, "rows_written": staged.rows, "details": {
                 "keys_recomputed": None if affected is None else affected.num_rows,
                 "rows_replaced": replaced.rows_removed, "files_rewritten": replaced.files_rewritten,
                 "files_skipped": replaced.files_skipped}}
-        mode = "append" if isinstance(kind, Append) and not self.full_refresh else "overwrite"
-        with _discarded_on_conflict(uri, staged.data):
-            version = store.commit_files(uri, staged.data, mode=mode, metadata=metadata, commit_empty=True,
-                                         empty_schema=empty_schema, transaction=transaction)
-        return values | {"output_version": version, "rows_written": staged.rows}
+        else:
+            mode = "append" if isinstance(kind, Append) and not rebuild else "overwrite"
+            with _discarded_on_conflict(uri, staged.data):
+                version = store.commit_files(uri, staged.data, mode=mode, metadata=metadata, commit_empty=True,
+                                             empty_schema=None if staged.data else _schema_of(output),
+                                             transaction=transaction)
+            values |= {"output_version": version, "rows_written": staged.rows}
+        if assessment.rebuild:
+            values["details"] = dict(values.get("details") or {}) | {
+                "rebuilt": self._rebuilt(definition, assessment, before, before_schema, run_id)}
+        return values
+
+    def _assess(self, definition: TableDefinition, consumed: Mapping[str, int | None] | None) -> Assessment:
+        """The table's definition against what built it; a definition not seen before is kept under the root, for
+        later comparisons, before any commit records it."""
+        override = self.change_kind.get(definition.name) if isinstance(self.change_kind, Mapping) \
+            else self.change_kind
+        assessment = assess(definition, self.layout, self._store, consumed, override)
+        if assessment.recorded is None or assessment.recorded.fingerprint != assessment.parts.fingerprint:
+            save_parts(self.layout, assessment.parts)
+        return assessment
+
+    def _rebuilt(self, definition: TableDefinition, assessment: Assessment, before: int | None,
+                 before_schema: pa.Schema | None, run_id: str) -> dict[str, Any]:
+        """Settle the change kind of a rebuild: one expected non-breaking holds when the rebuilt table only added
+        columns and kept the others' rows (unless the user said so); it is then recorded by a commit of its own,
+        which gives the table back its epoch. Returns the run record's `rebuilt` details."""
+        details: dict[str, Any] = {"reason": assessment.reason, "change": "breaking"}
+        if before is None or before_schema is None or not assessment.expected_non_breaking:
+            return details
+        uri, table, store = self.layout.table(definition.name), definition.name, self._store(definition.name)
+        after = store.latest_version(uri)
+        added = verify.added_columns(before_schema, store.schema(uri, table))
+        told = assessment.change is not None and assessment.change.overridden
+        if after is None or (not told and (added is None or not verify.same_rows(
+                store, uri, table, before, after, before_schema.names, dict(definition.ray_options)))):
+            log.warning("table `%s`: the rebuild changed the rows of existing columns: a breaking change, so "
+                        "the tables downstream are rebuilt too", table)
+            return details
+        added = added or ()
+        store.commit_files(uri, [], mode="append", commit_empty=True, metadata=self._commit_metadata(
+            definition, run_id, **{DEFINITION_KEY: assessment.confirmed(before, added).to_metadata()}))
+        return details | {"change": "non-breaking", "added": list(added)}
 
     def _commit_progress(self, definition: TableDefinition, output: ray.data.Dataset, metadata: dict[str, Any],
                          transaction: Transaction, staged: StagedFiles) -> dict[str, Any]:
@@ -630,12 +695,11 @@ class Runner:
                               SCHEMA_KEY: version + 1, "migration": [c.describe() for c in changes]}))
         return version + 1
 
-    def _empty(self, definition: TableDefinition, run_id: str) -> None:
+    def _empty(self, definition: TableDefinition, built: dict[str, Any]) -> None:
         """Before a full refresh, empty a table's quarantine and, for a change-fed table, the table and its
         change log. The emptying commit records that the table was built from no input, so a run that dies
-        right after still rebuilds it whole."""
-        metadata = self._commit_metadata(definition, run_id, **{
-            INPUTS_KEY: dict.fromkeys(definition.dependencies), "full_refresh": True})
+        right after still rebuilds it whole, and the definition of the coming build (`built`)."""
+        metadata = built | {INPUTS_KEY: dict.fromkeys(definition.dependencies), "full_refresh": True}
         delta_store: TableStore = DeltaStore()
         emptied = [(delta_store, self.layout.quarantine(definition.name))]
         if isinstance(definition.kind, ChangeKind):

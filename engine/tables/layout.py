@@ -78,6 +78,11 @@ class Layout:
         """`<root>/_meta/leases/<pipeline>`: the generations of the pipeline's run lease."""
         return f"{self.root}/_meta/leases/{pipeline}"
 
+    def definitions(self, table: str) -> str:
+        """`<root>/_meta/definitions/<table>`: the definitions the table's commits were built by, one JSON file
+        per fingerprint."""
+        return f"{self.root}/_meta/definitions/{table}"
+
     def runs(self) -> str:
         """`<root>/_meta/runs`, the run records table."""
         return f"{self.root}/_meta/runs"

@@ -66,7 +66,7 @@ def test_watch_processes_each_landing_batch_and_stops_cleanly_on_sigterm(tmp_pat
     assert all(c.get("medallion.run_id") for c in commits)
 
 
-def test_full_refresh_rebuilds_derived_tables_with_changed_logic(tmp_path: Path) -> None:
+def test_changed_logic_rebuilds_the_derived_tables_it_reaches_as_full_refresh_does(tmp_path: Path) -> None:
     incremental, fresh = tmp_path / "incremental", tmp_path / "fresh"
     for batch in (1, 2):
         write_batch(incremental / "landing", batch)
@@ -74,11 +74,14 @@ def test_full_refresh_rebuilds_derived_tables_with_changed_logic(tmp_path: Path)
         write_batch(fresh / "landing", batch)
     changed = build(country_case="lower")
     plain = run_to_completion(incremental, changed)
-    assert {r.status for r in plain.records} == {"unchanged"}
-    refreshed = run_to_completion(incremental, changed, full_refresh=True)
-    assert {r.table: r.status for r in refreshed.records}["bronze.changes"] == "unchanged"
+    assert {r.table: (r.status, r.details.get("rebuilt", {}).get("change")) for r in plain.records} == {
+        "bronze.changes": ("unchanged", None), "silver.accounts": ("succeeded", "breaking"),
+        "gold.account_history": ("succeeded", "breaking"), "gold.balance_by_country": ("succeeded", "breaking"),
+        "gold.account_summary": ("succeeded", "breaking")}
     run_to_completion(fresh, changed)
     assert_same_tables(incremental, fresh)
+    refreshed = run_to_completion(incremental, changed, full_refresh=True)
+    assert {r.table: r.status for r in refreshed.records}["bronze.changes"] == "unchanged"
     countries = pl.from_arrow(DeltaTable(str(incremental / "gold" / "account_history")).to_pyarrow_table())
     assert set(countries["country"].drop_nulls()) == {"us", "fr", "de"}
     assert DeltaTable(str(incremental / "bronze" / "changes")).version() == 1

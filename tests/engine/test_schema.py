@@ -73,7 +73,8 @@ def one_table(kind: Append | Overwrite | Merge, rows: list[dict[str, object]], s
 
 
 def run(root: Path, pipeline: Pipeline) -> str | None:
-    result = Runner(pipeline, settings_at(root)).run(force=True)
+    """Run `pipeline`, whose rows are its definition, as a forward-only change: existing rows stay, migrated."""
+    result = Runner(pipeline, settings_at(root)).run(force=True, change_kind="forward-only")
     return result.records[0].error
 
 
