@@ -89,10 +89,11 @@ def start_ray(nodes: int, scratch: Path) -> Any:
     """A private Ray: one local node with 2 CPUs, or a two-node `Cluster` with 1 CPU per node."""
     import ray
 
+    from engine.runtime import start_private_ray
+
     store = 1536 * 2**20
     if nodes == 1:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=store,
-                 logging_level="ERROR", _temp_dir=str(scratch))
+        start_private_ray(num_cpus=2, object_store_memory=store, logging_level="ERROR", _temp_dir=str(scratch))
         return None
     from ray.cluster_utils import Cluster
 

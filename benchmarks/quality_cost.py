@@ -17,6 +17,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray  # noqa: E402
 
 from engine import Pipeline, Runner, load_settings  # noqa: E402
+from engine.runtime import start_private_ray  # noqa: E402
 from pipelines.retail.generate import generate  # noqa: E402
 from pipelines.retail.pipeline import retail  # noqa: E402
 
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start_private_ray(num_cpus=2, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)

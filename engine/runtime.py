@@ -1,4 +1,4 @@
-"""Connecting to Ray: a private local instance by default, or an existing cluster."""
+"""Connecting to Ray: a private local instance listening on loopback only by default, or an existing cluster."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import ray
+from ray._common.network_utils import is_localhost
+from ray._private import ray_constants
 
 from engine.config import RaySettings
+from engine.errors import EngineError
 from engine.logs import json_logs
 from engine.storage import CREDENTIAL_ENV, worker_env
 
@@ -18,6 +22,7 @@ log = logging.getLogger(__name__)
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 ADDRESS_ENV = "RAY_ADDRESS"
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
+LOOPBACK = "127.0.0.1"
 
 
 def resolve_address(settings: RaySettings, address: str | None = None) -> str | None:
@@ -31,6 +36,8 @@ def resolve_address(settings: RaySettings, address: str | None = None) -> str | 
 @contextmanager
 def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[None]:
     """Use Ray for the duration of the block, starting a private instance when no cluster is named.
+
+    The private instance listens on loopback only (`start_private_ray`); a cluster is joined as it is.
 
     An already initialised Ray (a test fixture, a notebook, a Ray job driver) is used as it is and left
     running; an instance started here is shut down on exit.
@@ -49,14 +56,9 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     else:
         # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
         # write in clear to its session logs, carries the storage credentials.
-        ray.init(
-            address="local",
-            num_cpus=settings.num_cpus,
-            object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
-            include_dashboard=False,
-            logging_level=_log_level(settings),
-            log_to_driver=not json_logs(),
-        )
+        start_private_ray(num_cpus=settings.num_cpus,
+                          object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
+                          logging_level=_log_level(settings), log_to_driver=not json_logs())
     try:
         _configure_data_context(settings)
         yield
@@ -78,6 +80,34 @@ def _cluster_worker_env(settings: RaySettings) -> dict[str, str]:
         log.warning("passing the storage credentials to the cluster's workers in the job's runtime env "
                     "(ray.forward_credentials): Ray writes them in clear to the cluster's session logs")
     return env
+
+
+def start_private_ray(**init_options: Any) -> None:
+    """Start a private local Ray instance, without dashboard, every socket of which listens on loopback only.
+
+    `init_options` go to `ray.init` (`num_cpus`, `object_store_memory`, `logging_level`, ...).
+
+    Raises:
+        EngineError: Ray did not take a loopback address for the node (the instance is shut down).
+    """
+    # Every server of the node binds to loopback when the node's IP address is a loopback one, else to all
+    # interfaces or the host's address: GCS, the raylet's node and object managers, the core worker gRPC servers
+    # of the driver and the workers, the dashboard and runtime env agents, the metrics servers of the agent, the
+    # dashboard and the autoscaler. `ray.init` replaces a loopback `_node_ip_address` with the host's address
+    # unless Ray runs in single-node mode (`ENABLE_RAY_CLUSTER` false, its default on macOS and Windows). That
+    # mode is on while the node starts and only then: its variable, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, is
+    # read when Ray is imported and would reach every process started from here (`ray start` of a node joining a
+    # cluster refuses to run with it), and a cluster joined later in this process still sees the host's address.
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **init_options)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+    if not is_localhost(node_ip := ray.util.get_node_ip_address()):
+        ray.shutdown()
+        raise EngineError(f"the private Ray instance took the address {node_ip}, not a loopback one; its "
+                          "servers would listen on every interface")
 
 
 def _log_level(settings: RaySettings) -> int:

@@ -22,6 +22,7 @@ import ray  # noqa: E402
 
 from engine import Runner, RunResult, load_settings  # noqa: E402
 from engine.config import Settings  # noqa: E402
+from engine.runtime import start_private_ray  # noqa: E402
 
 RETAIL_TEST_SCALE = 0.05
 
@@ -30,9 +31,9 @@ pytest_plugins = ["tests.receiver"]
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """A private local Ray instance with a small fixed footprint, shut down after the session."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 2**20,
-             logging_level="WARNING")
+    """A private local Ray instance with a small fixed footprint, started as the CLI starts one (loopback only),
+    shut down after the session."""
+    start_private_ray(num_cpus=2, object_store_memory=512 * 2**20, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import ray
+from ray._private import ray_constants
 
 from engine.config import RaySettings
 from engine.runtime import ray_session, resolve_address
@@ -25,3 +26,9 @@ def test_a_running_ray_is_reused_and_left_running(ray_local: None) -> None:
         assert ray.get_runtime_context().get_node_id() == before
         assert ray.data.DataContext.get_current().enable_progress_bars is False
     assert ray.is_initialized()
+
+
+def test_the_private_instance_takes_a_loopback_address_and_leaves_cluster_mode_as_it_was(ray_local: None) -> None:
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER == ray_constants.env_bool(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR,
+                                                                      not ray_constants.IS_WINDOWS_OR_OSX)
