@@ -309,6 +309,12 @@ class Pipeline:
             chosen |= _select_term(term, resolved)
         return [t for t in order if t in chosen]
 
+    def named(self, expression: str | None) -> set[str]:
+        """The tables an expression names by their name (`bronze.orders`, also with `+` around it), not by a glob
+        or as what a `+` expands to."""
+        terms = {term.strip("+") for term in re.split(r"[\s,]+", (expression or "").strip())}
+        return terms & set(self._tables)
+
 
 def _catalog_fields(name: str, owner: str, tags: Collection[str], columns: Mapping[str, str] | None,
                     freshness: Freshness | None) -> dict[str, Any]:

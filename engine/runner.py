@@ -48,6 +48,7 @@ from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
 from engine.ingest.checkpoint import (
     TYPES_KEY,
+    every_ingested_file,
     files_ingested_by,
     files_to_ingest,
     ingestion_checkpoint,
@@ -61,12 +62,13 @@ from engine.pipeline import Pipeline, TableDefinition
 from engine.quality import gate
 from engine.quality.metrics import append_metrics, read_metrics
 from engine.quality.results import CheckResult
+from engine.recovery import restore_table
 from engine.runlog import RunRecord, append_records
 from engine.storage import check_root, delete_tree, parquet_dataset
 from engine.tables import changelog, delta, progress, scd2
 from engine.tables.built_from import consumed_versions, schema_version_of
 from engine.tables.files import DataFile
-from engine.tables.formats import DeltaStore, TableFormats, TableStore
+from engine.tables.formats import DELTA, DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY, INPUTS_KEY, SCHEMA_KEY
 from engine.tables.quarantine import unrecorded
@@ -173,7 +175,8 @@ class Runner:
         A table whose inputs and referenced tables are at the versions it was last built from is left
         `unchanged`, unless `force` is set; `force` also reads incremental tables' inputs in full.
         `full_refresh` rebuilds the selected derived tables from their inputs alone, emptying them (and
-        their change logs) first; ingested tables keep what they hold. When `stop` returns True before a
+        their change logs) first; ingested tables keep what they hold, unless the selection names one exactly:
+        that one is emptied and ingests every landing file again, when none it ingested is gone. When `stop` returns True before a
         table starts, the run ends there (`RunResult.stopped`); a table once started is committed whole.
         The run holds the pipeline's run lease on the root throughout (`take_over` takes it from a live holder).
         A derived table whose definition changed since it was built is rebuilt, and so are the tables downstream
@@ -187,6 +190,8 @@ class Runner:
         self.force = force or full_refresh
         self.full_refresh = full_refresh
         self.change_kind = change_kind
+        self.reingest = {name for name in self.pipeline.named(select) if self.pipeline.tables[name].source} \
+            if full_refresh else set()
         definitions = self.pipeline.resolve()
         selected = self.pipeline.select(select)
         self._authorize([definitions[name] for name in selected])
@@ -400,6 +405,8 @@ class Runner:
         self, definition: TableDefinition, source: FileSource, run_id: str, run_started: datetime
     ) -> dict[str, Any]:
         uri, store = self.layout.table(definition.name), self._store(definition.name)
+        if definition.name in self.reingest:
+            self._empty_ingested(definition, source, run_id)
         # The markers first: the commits of this work are refused if another run committed since they were read.
         transaction = self._transaction(store, uri, definition.name)
         quarantine_transaction = self._quarantine_transaction(definition.name)
@@ -449,7 +456,8 @@ class Runner:
             1 if added or not store.table_exists(uri) else 0)
         metadata = self._commit_metadata(definition, run_id, **{
             FILES_KEY: list(batch.fingerprints), TYPES_KEY: batch.types, SCHEMA_KEY: schema_version,
-            DEFINITION_KEY: assessment.commit_value(run_id, None).to_metadata()})
+            DEFINITION_KEY: assessment.commit_value(run_id, None, reingested=definition.name in self.reingest
+                                                    ).to_metadata()})
         with _discarded_on_conflict(uri, staged.data):
             version = store.commit_files(uri, staged.data, mode="append", metadata=metadata,
                                          empty_schema=batch.schema, commit_empty=True, transaction=transaction)
@@ -566,6 +574,33 @@ class Runner:
             values["details"] = dict(values.get("details") or {}) | {
                 "rebuilt": self._rebuilt(definition, assessment, before, before_schema, run_id)}
         return values
+
+    def _empty_ingested(self, definition: TableDefinition, source: FileSource, run_id: str) -> None:
+        """Before a full refresh of an ingested table, empty it and its quarantine, forgetting the files it took in,
+        so that it ingests every landing file again with its current definition.
+
+        Raises:
+            IngestError: a landing file it ingested is gone (its rows would be lost), or it is no Delta table.
+        """
+        uri, table, store = self.layout.table(definition.name), definition.name, self._store(definition.name)
+        if not store.table_exists(uri):
+            return
+        if store.name != DELTA:
+            raise IngestError(f"table `{table}`: a full refresh of an ingested table needs a Delta table; "
+                              "move the table away to ingest its landing files again", table=table)
+        landed = {f.name for f in discover(self.layout.landing(source.directory), source)}
+        gone = sorted(every_ingested_file(uri, table, store) - landed)
+        if gone:
+            raise IngestError(
+                f"table `{table}` cannot be ingested again in full: {len(gone)} landing file(s) it took in are gone "
+                f"from {self.layout.landing(source.directory)} (first: {gone[0]}), and their rows would be lost; "
+                "put them back, or run without --full-refresh for this table", table=table)
+        log.warning("table `%s`: emptied to ingest its %d landing file(s) again (full refresh)", table, len(landed))
+        restore_table(uri, -1, reason="full refresh: every landing file ingested again", run_id=run_id)
+        quarantine = self.layout.quarantine(table)
+        if delta.table_exists(quarantine):
+            delta.commit_files(quarantine, [], mode="overwrite", metadata=self._commit_metadata(
+                definition, run_id, full_refresh=True))
 
     def _assess(self, definition: TableDefinition, consumed: Mapping[str, int | None] | None) -> Assessment:
         """The table's definition against what built it; a definition not seen before is kept under the root, for

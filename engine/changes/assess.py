@@ -77,11 +77,11 @@ class Assessment:
             return f"reads column(s) {', '.join(f'`{c}`' for c in columns)} that input `{table}` added"
         return ""
 
-    def commit_value(self, run_id: str, before: int | None) -> RecordedDefinition:
-        """The definition the table's next commit records: after a rebuild, a new epoch (breaking until
-        `confirmed` says otherwise) and the version it started from."""
+    def commit_value(self, run_id: str, before: int | None, *, reingested: bool = False) -> RecordedDefinition:
+        """The definition the table's next commit records: after a rebuild (or an ingested table's full refresh),
+        a new epoch (breaking until `confirmed` says otherwise) and the version it started from."""
         epoch = self.recorded.epoch if self.recorded is not None else self.parts.fingerprint
-        if not self.rebuild:
+        if not self.rebuild and not reingested:
             return RecordedDefinition(self.parts.fingerprint, epoch, self.input_epochs)
         return RecordedDefinition(self.parts.fingerprint, digest(self.parts.fingerprint + run_id), self.input_epochs,
                                   Rebuilt("breaking", before))

@@ -16,7 +16,7 @@ from typing import Literal
 from engine.changes.assess import Assessment, assess
 from engine.changes.classify import ChangeCategory
 from engine.config import Settings
-from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
+from engine.ingest.checkpoint import every_ingested_file, files_to_ingest, ingestion_checkpoint
 from engine.ingest.sources import FileSource, discover
 from engine.pipeline import Pipeline, TableDefinition
 from engine.tables.built_from import consumed_versions
@@ -63,23 +63,34 @@ def plan(pipeline: Pipeline, settings: Settings, select: str | None = None, *, f
         definition = definitions[name]
         override = change_kind.get(name) if isinstance(change_kind, Mapping) else change_kind
         if definition.source is not None:
-            planned[name] = _plan_ingest(definition, definition.source, layout, formats, override)
+            planned[name] = _plan_ingest(definition, definition.source, layout, formats, override,
+                                         full_refresh and name in pipeline.named(select))
         else:
             planned[name] = _plan_build(definition, layout, formats, planned, full_refresh, override)
     return list(planned.values())
 
 
 def _plan_ingest(definition: TableDefinition, source: FileSource, layout: Layout, formats: TableFormats,
-                 override: ChangeCategory | None) -> TablePlan:
+                 override: ChangeCategory | None, reingest: bool) -> TablePlan:
     uri, store = layout.table(definition.name), formats.for_table(definition.name)
     landed = discover(layout.landing(source.directory), source)
+    assessment = assess(definition, layout, formats.for_table, None, override)
+    gone = every_ingested_file(uri, definition.name, store) - {f.name for f in landed} \
+        if store.table_exists(uri) and (reingest or assessment.change is not None) else set()
+    if reingest:
+        reasons = [f"full refresh: every landing file ingested again, {len(landed)} file(s), "
+                   f"{_size(sum(f.size for f in landed))}"]
+        if gone:
+            reasons.append(f"refused: {len(gone)} landing file(s) it took in are gone, and their rows would be lost")
+        return TablePlan(definition.name, "rebuild", tuple(reasons), files=(len(landed), sum(f.size for f in landed)),
+                         **_change(assessment))
     new, _ = files_to_ingest(landed, ingestion_checkpoint(uri, definition.name, [f.name for f in landed], store),
                              source)
-    assessment = assess(definition, layout, formats.for_table, None, override)
     reasons = [f"{len(new)} new landing file(s), {_size(sum(f.size - f.start for f in new))}" if new
                else "no new landing files"]
     if assessment.change is not None:
-        reasons.append(assessment.reason)
+        reasons.append(f"{assessment.reason}; `--full-refresh --select {definition.name}` ingests them all again"
+                       + (f", but {len(gone)} it took in are gone from landing" if gone else ""))
     return TablePlan(definition.name, "ingest" if new else "nothing", tuple(reasons),
                      files=(len(new), sum(f.size - f.start for f in new)), **_change(assessment))
 

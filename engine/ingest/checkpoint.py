@@ -55,6 +55,13 @@ def ingestion_checkpoint(
     return {name: seen[name] for name in names if name in seen}
 
 
+def every_ingested_file(uri: str, table: str, store: TableStore) -> set[str]:
+    """Names of every landing file the table's commits took in (that no restore undid), as far as its log holds
+    its commit infos."""
+    return {fingerprint[0] for commit in store.effective_history(uri, table)
+            for fingerprint in store.commit_info_value(commit, FILES_KEY) or []}
+
+
 def files_ingested_by(uri: str, table: str, run_id: str, store: TableStore) -> list[str]:
     """Names of the landing files the commits of run `run_id` ingested into the table."""
     return [fingerprint[0] for commit in store.history(uri, table)

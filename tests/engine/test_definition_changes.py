@@ -5,8 +5,12 @@ filter), imported afresh after each edit."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import pty
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +25,8 @@ from deltalake import DeltaTable
 from engine import Runner, RunResult, load_settings
 from engine.changes.plan import TablePlan, plan
 from engine.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
 
 PIPELINE_SOURCE = '''
 import polars as pl
@@ -270,3 +276,59 @@ def test_diff_counts_columns_rows_and_keys_between_versions(shop: Path) -> None:
     assert f"by key (customer): 0 added, 0 removed, {changed} changed" in outcome.output
     missing = CliRunner().invoke(main, ["--root", str(shop), "diff", "gold.customer_totals", "--from", "99"])
     assert missing.exit_code == 1 and "has no version 99" in missing.output
+
+
+def test_an_ingested_table_is_ingested_again_only_when_a_full_refresh_names_it(shop: Path) -> None:
+    edited = PIPELINE_SOURCE.replace('FileSource("orders", "jsonl")', 'FileSource("orders", "jsonl", on_drift="rescue")')
+    kept = run(shop, edited, full_refresh=True)
+    assert statuses(kept)["bronze.orders"] == "unchanged"
+    plans = planned(shop, edited, select="bronze.orders+", full_refresh=True)
+    assert plans["bronze.orders"].action == "rebuild" and plans["bronze.orders"].files[0] == 1
+    refreshed = run(shop, edited, select="bronze.orders+", full_refresh=True)
+    assert statuses(refreshed)["bronze.orders"] == "succeeded"
+    bronze = table(shop, "bronze.orders")
+    assert bronze.height == len(ORDERS) and bronze["_run_id"].unique().to_list() == [refreshed.run_id]
+    downstream = {r.table: r.details.get("rebuilt", {}).get("change") for r in refreshed.records}
+    assert downstream["silver.orders"] == "breaking", "downstream of a bronze ingested again is rebuilt"
+    assert table(shop, "silver.orders").height == len(ORDERS)
+    assert table(shop, "gold.report")["total"].sum() == sum(o["amount"] for o in ORDERS)
+
+
+def test_a_full_refresh_of_an_ingested_table_whose_files_are_gone_is_refused(shop: Path) -> None:
+    (shop / "landing" / "orders" / "orders-1.jsonl").rename(shop / "orders-1.jsonl")
+    (shop / "landing" / "orders" / "orders-2.jsonl").write_text(json.dumps(ORDERS[0]) + "\n")
+    before = versions(shop)
+    assert "refused: 1 landing file(s) it took in are gone" in planned(
+        shop, PIPELINE_SOURCE, select="bronze.orders", full_refresh=True)["bronze.orders"].reasons[1]
+    result = Runner(load(PIPELINE_SOURCE, shop.parent).pipeline, load_settings(overrides={
+        "storage": {"root": str(shop)}})).run("bronze.orders", full_refresh=True)
+    assert result.records[0].status == "failed"
+    assert "1 landing file(s) it took in are gone" in result.records[0].error
+    assert "(first: orders-1.jsonl)" in result.records[0].error
+    assert versions(shop) == before
+
+
+def test_a_large_rebuild_asks_on_a_terminal_and_a_no_writes_nothing(shop: Path) -> None:
+    module = load(PIPELINE_SOURCE.replace(*ADDED_COLUMN), shop.parent)
+    before = versions(shop)
+    primary, secondary = pty.openpty()
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(shop.parent), str(REPO)]),
+                        "MEDALLION__RUN__CONFIRM_REBUILD_ROWS": "5", "COLUMNS": "200"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "medallion"), "--root", str(shop), "run",
+                                f"{module.__name__}:pipeline"], stdin=secondary, stdout=secondary,
+                               stderr=secondary, env=env, cwd=REPO)
+    os.close(secondary)
+    shown = b""
+    while b"[y/N]" not in shown:
+        chunk = os.read(primary, 4096)
+        assert chunk, shown.decode(errors="replace")
+        shown += chunk
+    os.write(primary, b"n\n")
+    assert process.wait(timeout=60) == 1
+    with contextlib.suppress(OSError):
+        while chunk := os.read(primary, 4096):
+            shown += chunk
+    os.close(primary)
+    text = shown.decode(errors="replace")
+    assert "rebuild gold.customer_totals, reading 12 rows?" in text and "run cancelled" in text
+    assert versions(shop) == before
