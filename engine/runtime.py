@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -51,8 +52,11 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     if target:
         env = {} if JOB_CONFIG_ENV in os.environ else _cluster_worker_env(settings)
         log.info("connecting to the Ray cluster at %s", target)
-        ray.init(address=target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
-                 log_to_driver=not json_logs())
+        loopback = _is_loopback_address(target)
+        with _single_node_mode() if loopback else contextlib.nullcontext():
+            ray.init(address=target, logging_level=_log_level(settings),
+                     runtime_env={"env_vars": env} if env else None, log_to_driver=not json_logs(),
+                     _node_ip_address=LOOPBACK if loopback else None)
     else:
         # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
         # write in clear to its session logs, carries the storage credentials.
@@ -98,16 +102,33 @@ def start_private_ray(**init_options: Any) -> None:
     # mode is on while the node starts and only then: its variable, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, is
     # read when Ray is imported and would reach every process started from here (`ray start` of a node joining a
     # cluster refuses to run with it), and a cluster joined later in this process still sees the host's address.
-    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _single_node_mode():
         ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **init_options)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
     if not is_localhost(node_ip := ray.util.get_node_ip_address()):
         ray.shutdown()
         raise EngineError(f"the private Ray instance took the address {node_ip}, not a loopback one; its "
                           "servers would listen on every interface")
+
+
+@contextmanager
+def _single_node_mode() -> Iterator[None]:
+    """Ray's single-node mode for the duration of the block: a loopback node address stays loopback."""
+    cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+def _is_loopback_address(address: str) -> bool:
+    """Whether `address` (`host:port`) names an instance on this machine's loopback, such as another process's
+    private instance: joining it, this process's node address must be loopback too, or Ray would look for the
+    GCS at the host's address, where nothing listens."""
+    if "://" in address or ":" not in address:
+        return False
+    host = address.rpartition(":")[0].strip("[]")
+    return is_localhost(host)
 
 
 def _log_level(settings: RaySettings) -> int:
