@@ -11,6 +11,7 @@ import ray
 
 from engine.config import RaySettings
 from engine.logs import json_logs
+from engine.redact import redact_url
 from engine.storage import worker_env
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         # Workers on other nodes do not inherit this environment: the storage variables go with the job (a Ray
         # job's driver leaves that to the job's own runtime env, which Ray would refuse to merge on a conflict).
         env = {} if JOB_CONFIG_ENV in os.environ else worker_env()
-        log.info("connecting to the Ray cluster at %s", target)
+        log.info("connecting to the Ray cluster at %s", redact_url(target))
         ray.init(address=target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
                  log_to_driver=not json_logs())
     else:

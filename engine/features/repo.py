@@ -36,6 +36,7 @@ from engine.errors import FeatureStoreError
 from engine.features.offline import STORE_TYPE
 from engine.features.permissions import feast_permissions, is_managed, served_views
 from engine.features.source import DeltaSource
+from engine.redact import redact_text
 from engine.tables.layout import Layout
 
 ENGINE_TYPE = "engine.features.compute.DeltaRayComputeEngine"
@@ -97,7 +98,7 @@ def render_config(
         config = RepoConfig(**merged)
     except (ValidationError, FeastConfigError) as err:
         raise FeatureStoreError(f"invalid Feast configuration (from {[str(f) for f in files] or 'defaults'}): "
-                                f"{err}") from None
+                                f"{_problems(err)}") from None
     config.repo_path = Path(repo) if repo is not None else Path(features_dir(root))
     return config
 
@@ -245,6 +246,15 @@ def _read_yaml(path: Path, root: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise FeatureStoreError(f"Feast configuration `{path}` must be a mapping", path=str(path))
     return loaded
+
+
+def _problems(err: ValidationError | FeastConfigError) -> str:
+    """What is wrong with a Feast configuration, without the values given (a connection string may hold a
+    password)."""
+    if isinstance(err, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in problem['loc']) or 'configuration'}: {problem['msg']}"
+                         for problem in err.errors(include_input=False, include_url=False))
+    return redact_text(str(err))
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
