@@ -36,7 +36,7 @@ from engine.errors import FeatureStoreError
 from engine.features.offline import STORE_TYPE
 from engine.features.permissions import feast_permissions, is_managed, served_views
 from engine.features.source import DeltaSource
-from engine.redact import redact_text
+from engine.redact import hide, redact_text
 from engine.tables.layout import Layout
 
 ENGINE_TYPE = "engine.features.compute.DeltaRayComputeEngine"
@@ -44,6 +44,8 @@ CONFIG_FILE = "feature_store.yaml"
 ROOT_VARIABLE = "MEDALLION_ROOT"
 DEFAULT_PROJECT = "medallion"
 _UNSET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+SECRET_WORDS = {"password", "secret", "token", "key"}
+"""A Feast setting whose name has one of these words is a secret (`password`, `api_key`, `client_secret`...)."""
 
 FeastObject = Entity | FeatureView | OnDemandFeatureView | FeatureService | DataSource
 
@@ -94,6 +96,7 @@ def render_config(
     merged = _merge(merged, dict(overrides or {}))
     merged["offline_store"]["root"] = Layout.at(root).root
     _resolve_local_paths(merged, features_dir(root))
+    _hide_secrets(merged)
     try:
         config = RepoConfig(**merged)
     except (ValidationError, FeastConfigError) as err:
@@ -246,6 +249,22 @@ def _read_yaml(path: Path, root: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise FeatureStoreError(f"Feast configuration `{path}` must be a mapping", path=str(path))
     return loaded
+
+
+def _hide_secrets(settings: Mapping[str, Any]) -> None:
+    """Hide the Feast configuration's secrets from log records (`engine.redact`): settings named like a secret,
+    the password of a Redis `connection_string`, the credentials of URLs (a SQL registry's `path`)."""
+    for name, value in settings.items():
+        if isinstance(value, Mapping):
+            _hide_secrets(value)
+        elif isinstance(value, str) and SECRET_WORDS & set(name.lower().split("_")):
+            hide(value)
+        elif isinstance(value, str) and name == "connection_string":
+            for option, _, given in (part.partition("=") for part in value.split(",")):
+                if option.strip().lower() == "password":
+                    hide(given.strip())
+        elif isinstance(value, str) and "://" in value:
+            hide(value)
 
 
 def _problems(err: ValidationError | FeastConfigError) -> str:
