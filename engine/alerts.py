@@ -19,6 +19,7 @@ import polars as pl
 from engine.config import AlertSettings
 from engine.errors import ConfigError
 from engine.quality.results import CheckResult
+from engine.redact import describe_error, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,9 @@ class LogSink:
 class WebhookSink:
     """Alerts POSTed as JSON to a webhook, retried on connection errors and 5xx answers.
 
-    Credentials in the URL (`https://user:password@host/...`) are sent as HTTP basic authentication and
-    never logged; neither is the query string. Redirects are not followed: a 3xx answer is a failed delivery.
+    Credentials in the URL (`https://user:password@host/...`) are sent as HTTP basic authentication. The URL
+    is logged as its scheme and host only (`https://hooks.slack.com/<redacted>`): Slack and Discord webhooks
+    carry their token in the path. Redirects are not followed: a 3xx answer is a failed delivery.
     """
 
     def __init__(self, url: str, timeout_s: float = 5.0, attempts: int = 3, *, backoff_s: float = 0.2) -> None:
@@ -223,12 +225,13 @@ class WebhookSink:
         """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"alert webhook `{_redact(url)}` is not an http(s) URL; fix alerts.webhook_url")
+            raise ConfigError(f"alert webhook `{redact_url(url, secret_path=True)}` is not an http(s) URL; fix "
+                              "alerts.webhook_url")
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, got {attempts}")
         self._target = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self._authorization = _basic_authorization(parts.username, parts.password)
-        self._shown = _redact(url)
+        self._shown = redact_url(url, secret_path=True)
         self._timeout_s = timeout_s
         self._attempts = attempts
         self._backoff_s = backoff_s
@@ -261,9 +264,9 @@ class WebhookSink:
             err.close()
             return f"HTTP {err.code}", err.code >= 500
         except urllib.error.URLError as err:
-            return _describe(err.reason), True
+            return describe_error(err.reason), True
         except (OSError, http.client.HTTPException) as err:
-            return _describe(err), True
+            return describe_error(err), True
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -283,21 +286,6 @@ def _basic_authorization(username: str | None, password: str | None) -> str | No
         return None
     token = base64.b64encode(f"{unquote(username)}:{unquote(password or '')}".encode()).decode()
     return f"Basic {token}"
-
-
-def _describe(error: object) -> str:
-    """A failed connection in words that cannot contain the URL: the OS message or the error's type."""
-    if isinstance(error, TimeoutError):
-        return "timed out"
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return type(error).__name__ if isinstance(error, BaseException) else "connection failed"
-
-
-def _redact(url: str) -> str:
-    """`url` without credentials, query string or fragment, fit for logs."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def send_alerts(alerts: list[Alert], sinks: list[AlertSink]) -> int:

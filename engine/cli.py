@@ -39,6 +39,7 @@ from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
+from engine.redact import redact_text
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult, new_run_id
 from engine.runtime import ADDRESS_ENV, ray_session
@@ -89,14 +90,15 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn engine errors into a one-line reason on stderr and exit status 1."""
+    """Turn engine errors into a one-line reason on stderr (hidden values and URL credentials redacted) and exit
+    status 1."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except EngineError as err:
-            errors.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            errors.print(f"[red]error:[/red] {redact_text(str(err))}", soft_wrap=True)
             sys.exit(1)
 
     return run

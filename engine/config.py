@@ -14,11 +14,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from engine import redact
 from engine.errors import ConfigError
 
 CONFIG_FILE_ENV = "MEDALLION_CONFIG"
 DEFAULT_CONFIG_FILE = "medallion.yaml"
 ENV_PREFIX = "MEDALLION__"
+TOKEN_URLS = ("alerts.webhook_url", "lineage.url")
+"""URL settings whose path may carry a token (Slack, Discord webhooks): shown without their path."""
 
 
 class _Section(BaseModel):
@@ -245,7 +248,8 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Settings:
-    """Build the settings: `overrides` (e.g. CLI flags) > environment > YAML file > defaults.
+    """Build the settings: `overrides` (e.g. CLI flags) > environment > YAML file > defaults; their secrets are
+    hidden from every log record (`hide_secrets`).
 
     Args:
         config_file: a YAML file; see `resolve_config_file` for the default.
@@ -264,9 +268,19 @@ def load_settings(
         for section, values in (overrides or {}).items()
     }
     try:
-        return _FromFile(**{section: values for section, values in clean.items() if values})
+        settings = _FromFile(**{section: values for section, values in clean.items() if values})
     except ValidationError as err:
         raise ConfigError(_describe(err, yaml_file)) from None
+    hide_secrets(settings)
+    return settings
+
+
+def hide_secrets(settings: Settings) -> None:
+    """Register every `SecretStr` setting with `engine.redact`, so that no log record shows it."""
+    for name in Settings.model_fields:
+        for key, value in getattr(settings, name):
+            if isinstance(value, SecretStr):
+                redact.hide(value.get_secret_value(), secret_path=f"{name}.{key}" in TOKEN_URLS)
 
 
 def _describe(err: ValidationError, yaml_file: Path | None) -> str:

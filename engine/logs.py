@@ -5,7 +5,8 @@ The runner sets that context around each table (`log_context`); a filter copies 
 meanwhile in the driver process, whatever the logger, also from threads the table's work started (Ray Data's
 executor), which see the context of the innermost block open in the process. Records carry their message,
 context and `extra=` fields only: settings hold their secrets as pydantic `SecretStr`, which renders as
-`**********`, so a message or an `extra=` value made from them shows no secret.
+`**********`, so a message or an `extra=` value made from them shows no secret; and `configure` has every
+record, whoever logs it, made with the configured secrets and any URL's credentials replaced (`engine.redact`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+
+from engine import redact
 
 HUMAN = "human"
 JSON = "json"
@@ -80,7 +83,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_") and key not in document:
                 document[key] = value
-        if record.exc_info:
+        if record.exc_info and not record.exc_text:
             document["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             document["exception"] = record.exc_text
@@ -118,12 +121,13 @@ def configure(log_format: str = HUMAN, level: int | str = logging.WARNING) -> lo
     Replaces the handler a previous call installed and leaves other handlers (a test runner's) alone. In the
     JSON format, the console handlers libraries gave their own non-propagating loggers (Ray's `ray` and
     `ray.data`) are swapped for JSON ones with the same level and filters, so that every line on stderr is
-    JSON; the human format puts them back.
+    JSON; the human format puts them back. Records are made redacted from then on (`redact.protect_logs`).
     """
     global _format
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not `{log_format}`")
     _format = log_format
+    redact.protect_logs()
     handler = _StderrHandler(JsonFormatter() if log_format == JSON else logging.Formatter(HUMAN_FORMAT))
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_medallion", False)]:

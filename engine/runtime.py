@@ -16,6 +16,7 @@ from ray._private import ray_constants
 from engine.config import RaySettings
 from engine.errors import EngineError
 from engine.logs import json_logs
+from engine.redact import redact_url
 from engine.storage import CREDENTIAL_ENV, worker_env
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     target = resolve_address(settings, address)
     if target:
         env = {} if JOB_CONFIG_ENV in os.environ else _cluster_worker_env(settings)
-        log.info("connecting to the Ray cluster at %s", target)
+        log.info("connecting to the Ray cluster at %s", redact_url(target))
         loopback = _is_loopback_address(target)
         with _single_node_mode() if loopback else contextlib.nullcontext():
             ray.init(address=target, logging_level=_log_level(settings),

@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from engine.errors import StorageError
+from engine.redact import redact_url
 
 S3_SCHEMES = ("s3", "s3a")
 # Read by delta-rs (object_store's `AmazonS3Builder::from_env`, deltalake_aws) and by the AWS SDK under pyarrow.
@@ -186,7 +187,7 @@ def check_root(root: str, *, allow_unsafe_writes: bool = False) -> None:
 def _check_s3(root: str, allow_unsafe_writes: bool, _env: tuple[tuple[str, str], ...]) -> None:
     bucket = _bucket(root)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    where = f"storage root `{root}` (bucket `{bucket}`, endpoint {endpoint or 'AWS S3'})"
+    where = f"storage root `{redact_url(root)}` (bucket `{bucket}`, endpoint {redact_url(endpoint or 'AWS S3')})"
     if _credentials_missing():
         raise StorageError(f"no credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
                            "AWS_PROFILE, a web identity, or an instance role)", path=root)

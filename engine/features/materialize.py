@@ -46,6 +46,7 @@ from engine.features.pit import ROW_HASH
 from engine.features.repo import features_dir
 from engine.maintenance.pins import pinned
 from engine.partitioning import co_partition
+from engine.storage import delete_tree
 from engine.tables.layout import Layout
 
 ACTION = "__action"
@@ -137,7 +138,7 @@ def sync_view(config: RepoConfig, online_store: OnlineStore, registry: BaseRegis
     end = utc(end)
     assert end is not None
     snapshot = delta_source(view).snapshot(settings.root)
-    state_uri = _state_uri(config, view)
+    state_uri = _migrated_state(config, view, keep=not reset)
     marker = (snapshot.version, end.isoformat(), _fingerprint(view))
     previous = None if reset else _state_marker(state_uri)
     ensure_ray(settings.ray_address)
@@ -298,11 +299,35 @@ def _check_count(config: RepoConfig, online_store: OnlineStore, view: FeatureVie
                                 "features materialize` without --incremental to rebuild it", feature=view.name)
 
 
-def _state_uri(config: RepoConfig, view: FeatureView) -> str:
-    """State of one view in one online store (stores are told apart by a hash of their settings)."""
+def state_folder(config: RepoConfig, view: FeatureView) -> str:
+    """State of one view in one online store; stores are told apart by a hash of what identifies them
+    (`online.store_identity`), never of their password."""
+    identity = json.dumps(online.store_identity(config), sort_keys=True)
+    return _folder(config, view, hashlib.sha1(identity.encode()).hexdigest()[:12])
+
+
+def legacy_state_folder(config: RepoConfig, view: FeatureView) -> str:
+    """Where the state used to be kept: under a hash of every online store setting, the password included."""
     settings = json.dumps(config.online_store.model_dump(mode="json"), sort_keys=True)
-    store_id = hashlib.sha1(settings.encode()).hexdigest()[:12]
+    return _folder(config, view, hashlib.sha1(settings.encode()).hexdigest()[:12])
+
+
+def _folder(config: RepoConfig, view: FeatureView, store_id: str) -> str:
     return f"{features_dir(store_config(config).root)}/state/{config.project}/{store_id}/{view.name}"
+
+
+def _migrated_state(config: RepoConfig, view: FeatureView, *, keep: bool) -> str:
+    """`state_folder`, given the state of the legacy folder when it has none yet and `keep` (an incremental run),
+    and the legacy folder deleted: an incremental run then only writes changes instead of rebuilding the view."""
+    uri, legacy = state_folder(config, view), legacy_state_folder(config, view)
+    if legacy == uri or not DeltaTable.is_deltatable(legacy):
+        return uri
+    marker = _state_marker(legacy)
+    if keep and marker is not None and not DeltaTable.is_deltatable(uri):
+        table = DeltaTable(legacy)
+        _write_state(uri, table.to_pyarrow_table(), str(table.history(1)[0].get(META_TABLE, "")), marker)
+    delete_tree(legacy)
+    return uri
 
 
 def _state_marker(uri: str) -> tuple[int, str, str] | None:

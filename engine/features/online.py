@@ -6,6 +6,7 @@ Implemented for the SQLite and Redis online stores, over their storage formats (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from feast import FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key, serialize_entity_key_prefix
@@ -18,6 +19,21 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from engine.errors import FeatureStoreError
 
 SCAN_BATCH = 1000
+IDENTITY = ("type", "redis_type", "sentinel_master", "path", "host", "port", "database", "db_schema", "user")
+"""Online store settings that tell one store from another; none is a secret."""
+
+
+def store_identity(config: RepoConfig) -> dict[str, Any]:
+    """What tells the online store of `config` from others, without a secret: its type, file path, hosts and
+    ports, database (the Redis db number), schema and user; never its password, nor tuning such as TTLs."""
+    settings = config.online_store.model_dump(mode="json")
+    identity = {key: settings[key] for key in IDENTITY if settings.get(key) is not None}
+    connection = settings.get("connection_string")
+    if isinstance(connection, str):  # Redis: `host:port[,host:port...][,db=1][,password=...][,ssl=true]`
+        parts = [part.strip() for part in connection.split(",")]
+        identity["nodes"] = sorted(part for part in parts if "=" not in part)
+        identity["db"] = next((part.partition("=")[2] for part in parts if part.startswith("db=")), "0")
+    return identity
 
 
 def supports(online_store: OnlineStore) -> bool:

@@ -36,6 +36,7 @@ from engine.errors import FeatureStoreError
 from engine.features.offline import STORE_TYPE
 from engine.features.permissions import feast_permissions, is_managed, served_views
 from engine.features.source import DeltaSource
+from engine.redact import hide, redact_text
 from engine.tables.layout import Layout
 
 ENGINE_TYPE = "engine.features.compute.DeltaRayComputeEngine"
@@ -43,6 +44,8 @@ CONFIG_FILE = "feature_store.yaml"
 ROOT_VARIABLE = "MEDALLION_ROOT"
 DEFAULT_PROJECT = "medallion"
 _UNSET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+SECRET_WORDS = {"password", "secret", "token", "key"}
+"""A Feast setting whose name has one of these words is a secret (`password`, `api_key`, `client_secret`...)."""
 
 FeastObject = Entity | FeatureView | OnDemandFeatureView | FeatureService | DataSource
 
@@ -93,11 +96,12 @@ def render_config(
     merged = _merge(merged, dict(overrides or {}))
     merged["offline_store"]["root"] = Layout.at(root).root
     _resolve_local_paths(merged, features_dir(root))
+    _hide_secrets(merged)
     try:
         config = RepoConfig(**merged)
     except (ValidationError, FeastConfigError) as err:
         raise FeatureStoreError(f"invalid Feast configuration (from {[str(f) for f in files] or 'defaults'}): "
-                                f"{err}") from None
+                                f"{_problems(err)}") from None
     config.repo_path = Path(repo) if repo is not None else Path(features_dir(root))
     return config
 
@@ -245,6 +249,31 @@ def _read_yaml(path: Path, root: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise FeatureStoreError(f"Feast configuration `{path}` must be a mapping", path=str(path))
     return loaded
+
+
+def _hide_secrets(settings: Mapping[str, Any]) -> None:
+    """Hide the Feast configuration's secrets from log records (`engine.redact`): settings named like a secret,
+    the password of a Redis `connection_string`, the credentials of URLs (a SQL registry's `path`)."""
+    for name, value in settings.items():
+        if isinstance(value, Mapping):
+            _hide_secrets(value)
+        elif isinstance(value, str) and SECRET_WORDS & set(name.lower().split("_")):
+            hide(value)
+        elif isinstance(value, str) and name == "connection_string":
+            for option, _, given in (part.partition("=") for part in value.split(",")):
+                if option.strip().lower() == "password":
+                    hide(given.strip())
+        elif isinstance(value, str) and "://" in value:
+            hide(value)
+
+
+def _problems(err: ValidationError | FeastConfigError) -> str:
+    """What is wrong with a Feast configuration, without the values given (a connection string may hold a
+    password)."""
+    if isinstance(err, ValidationError):
+        return "; ".join(f"{'.'.join(str(part) for part in problem['loc']) or 'configuration'}: {problem['msg']}"
+                         for problem in err.errors(include_input=False, include_url=False))
+    return redact_text(str(err))
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

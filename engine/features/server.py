@@ -3,9 +3,11 @@
 The guard reads at most `max_body` bytes, parses the JSON of `POST /get-online-features`, and checks it
 against the registry (known feature views, features and services; no two requested features under one
 output name; every needed entity key and request field present, of the right type, in equal-length lists)
-before Feast sees it. Errors come back as
-`{"error": {"code": ..., "message": ..., "details": ...}}`. Only reads are served (`/get-online-features`,
-`/health`): Feast's write and materialize endpoints have no authentication, so they are not exposed.
+before Feast sees it; a body without `Content-Type: application/json` is refused (415) before it is read.
+Errors come back as `{"error": {"code": ..., "message": ..., "details": ...}}`, Feast's request validation
+errors too, and echo at most `ECHO_LIMIT` characters of any value the caller sent (`shown`). Only reads are
+served (`/get-online-features`, `/health`): Feast's write and materialize endpoints have no authentication, so
+they are not exposed.
 
 With `auth` in the Feast configuration (OIDC), the guard first checks the bearer token (401 without a valid
 one, before the body is read or the catalog described), passes the `Authorization` header on, and Feast
@@ -26,11 +28,14 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from feast import FeatureStore
 from feast.permissions.auth.token_parser import TokenParser
 from feast.permissions.user import User
 from feast.value_type import ValueType
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from engine.config import AccessSettings
 from engine.errors import FeatureStoreError
@@ -41,6 +46,11 @@ HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 MAX_BODY = 1 << 20
 MAX_ROWS = 1000
+ECHO_LIMIT = 200
+"""Characters of a value the caller sent that an error document repeats; longer ones are cut."""
+ECHO_ITEMS = 50
+"""Items of a list or object in an error document's details; the rest are counted."""
+MEDIA_TYPE = "application/json"
 REQUEST_FIELDS = {"features", "feature_service", "entities", "full_feature_names"}
 INT_RANGES = {ValueType.INT32: (-(2**31), 2**31 - 1), ValueType.INT64: (-(2**63), 2**63 - 1)}
 CHALLENGE = [(b"www-authenticate", b"Bearer")]
@@ -56,14 +66,37 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """`value` as an error document may repeat it: its text, cut after `limit` characters with an ellipsis and
+    its length (`aaa… (512000 characters)`)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def _bounded(value: Any) -> Any:
+    """`value` (details of an error document) with every string `shown` and at most `ECHO_ITEMS` items per
+    list or object."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        rest = [f"… {len(items) - ECHO_ITEMS} more"] if len(items) > ECHO_ITEMS else []
+        return [_bounded(item) for item in items[:ECHO_ITEMS]] + rest
+    if isinstance(value, dict):
+        kept = {shown(key): _bounded(item) for key, item in list(value.items())[:ECHO_ITEMS]}
+        return kept | ({"…": f"{len(value) - ECHO_ITEMS} more"} if len(value) > ECHO_ITEMS else {})
+    return value
+
+
 class RequestProblem(Exception):
-    """A request the server refuses: HTTP status, a stable code, a message and details."""
+    """A request the server refuses: HTTP status, a stable code, a message and details, bounded however much
+    of the request they repeat (messages quote values with `shown`)."""
 
     def __init__(self, status: int, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
+        super().__init__(shown(message, 4 * ECHO_LIMIT))
         self.status = status
         self.code = code
-        self.details = details
+        self.details = _bounded(details)
 
     def body(self) -> bytes:
         """The JSON error document."""
@@ -114,7 +147,8 @@ def check_request(payload: Any, catalog: Catalog, max_rows: int = MAX_ROWS) -> N
         raise RequestProblem(400, "invalid_request", "the body must be a JSON object")
     unknown = sorted(set(payload) - REQUEST_FIELDS)
     if unknown:
-        raise RequestProblem(400, "unknown_field", f"unknown request field(s) {unknown}", allowed=sorted(REQUEST_FIELDS))
+        raise RequestProblem(400, "unknown_field", f"unknown request field(s) {shown(unknown)}",
+                             allowed=sorted(REQUEST_FIELDS))
     if not isinstance(payload.get("full_feature_names", False), bool):
         raise RequestProblem(422, "wrong_type", "`full_feature_names` must be true or false")
     refs = _requested_refs(payload, catalog)
@@ -130,12 +164,12 @@ def check_request(payload: Any, catalog: Catalog, max_rows: int = MAX_ROWS) -> N
                              missing=missing, expected=sorted(needed))
     extra = sorted(set(entities) - set(needed))
     if extra:
-        raise RequestProblem(400, "unknown_entity", f"{extra} are neither entity keys nor request fields of the "
+        raise RequestProblem(400, "unknown_entity", f"{shown(extra)} are neither entity keys nor request fields of the "
                              "requested features", unknown=extra, expected=sorted(needed))
     lengths = set()
     for name, values in entities.items():
         if not isinstance(values, list) or not values:
-            raise RequestProblem(422, "wrong_type", f"`entities.{name}` must be a non-empty list", entity=name)
+            raise RequestProblem(422, "wrong_type", f"`entities.{shown(name)}` must be a non-empty list", entity=name)
         lengths.add(len(values))
         _check_values(name, values, needed[name])
     if len(lengths) > 1:
@@ -154,7 +188,7 @@ def _requested_refs(payload: Mapping[str, Any], catalog: Catalog) -> list[str]:
         if not isinstance(service, str):
             raise RequestProblem(422, "wrong_type", "`feature_service` must be a string")
         if service not in catalog.services:
-            raise RequestProblem(404, "unknown_feature_service", f"no feature service `{service}`",
+            raise RequestProblem(404, "unknown_feature_service", f"no feature service `{shown(service)}`",
                                  known=sorted(catalog.services))
         return catalog.services[service]
     if not isinstance(features, list) or not features or not all(isinstance(f, str) for f in features):
@@ -163,10 +197,10 @@ def _requested_refs(payload: Mapping[str, Any], catalog: Catalog) -> list[str]:
         view, _, name = ref.partition(":")
         known = catalog.views.get(view, catalog.on_demand.get(view, (None,)))[0]
         if known is None:
-            raise RequestProblem(404, "unknown_feature_view", f"no feature view `{view}` (in `{ref}`)",
+            raise RequestProblem(404, "unknown_feature_view", f"no feature view `{shown(view)}` (in `{shown(ref)}`)",
                                  known=sorted([*catalog.views, *catalog.on_demand]))
         if name not in known:
-            raise RequestProblem(404, "unknown_feature", f"feature view `{view}` has no feature `{name}`",
+            raise RequestProblem(404, "unknown_feature", f"feature view `{view}` has no feature `{shown(name)}`",
                                  known=sorted(known))
     return features
 
@@ -181,9 +215,10 @@ def _check_collisions(refs: list[str], full_feature_names: bool) -> None:
         return
     repeated = sorted(ref for ref, count in Counter(refs).items() if count > 1)
     if repeated:
-        message = f"feature reference(s) {repeated} are requested more than once; request each once"
+        message = f"feature reference(s) {shown(repeated)} are requested more than once; request each once"
     else:
-        message = (f"features {clashing} would all be answered as {sorted({n for n in names if counts[n] > 1})}; "
+        message = (f"features {shown(clashing)} would all be answered as "
+                   f"{shown(sorted({n for n in names if counts[n] > 1}))}; "
                    "set `full_feature_names` to true to name them `view__feature`, or request one of them")
     raise RequestProblem(400, "feature_name_collision", message, refs=clashing)
 
@@ -206,7 +241,8 @@ def _needed_inputs(refs: list[str], catalog: Catalog) -> dict[str, ValueType]:
 def _check_values(name: str, values: list[Any], kind: ValueType) -> None:
     for position, value in enumerate(values):
         if not _fits(value, kind):
-            raise RequestProblem(422, "wrong_type", f"`entities.{name}[{position}]` is {json.dumps(value)}, not a "
+            raise RequestProblem(422, "wrong_type", f"`entities.{shown(name)}[{position}]` is "
+                                 f"{shown(json.dumps(value))}, not a "
                                  f"{kind.name.lower()} value", entity=name, index=position, expected=kind.name)
 
 
@@ -276,12 +312,13 @@ class RequestGuard:
                 await _metrics(send, self.metrics)
                 return
             if path != ONLINE_PATH:
-                raise RequestProblem(404, "not_found", f"no endpoint `{path}`; use POST {ONLINE_PATH}")
+                raise RequestProblem(404, "not_found", f"no endpoint `{shown(path)}`; use POST {ONLINE_PATH}")
             if method != "POST":
                 raise RequestProblem(405, "method_not_allowed", f"use POST {ONLINE_PATH}")
             user = await self._authenticate(scope)
+            _check_media_type(scope)
             body = await self._body(scope, receive)
-            payload = _parse(body, scope)
+            payload = _parse(body)
             catalog = await run_in_threadpool(catalog_of, self.store)
             check_request(payload, catalog, self.max_rows)
         except RequestProblem as problem:
@@ -325,11 +362,16 @@ class RequestGuard:
                 return b"".join(chunks)
 
 
-def _parse(body: bytes, scope: Scope) -> Any:
-    content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json").decode("latin-1")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise RequestProblem(415, "unsupported_media_type", "send the body as application/json",
-                             content_type=content_type)
+def _check_media_type(scope: Scope) -> None:
+    """Refuse a request whose `Content-Type` is missing or not `application/json` (Feast's FastAPI would answer
+    it with a 422 quoting the whole body)."""
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+    if content_type.split(";")[0].strip().lower() != MEDIA_TYPE:
+        raise RequestProblem(415, "unsupported_media_type", f"send the body with `Content-Type: {MEDIA_TYPE}`",
+                             content_type=content_type or None)
+
+
+def _parse(body: bytes) -> Any:
     if not body.strip():
         raise RequestProblem(400, "empty_body", f"POST {ONLINE_PATH} needs a JSON body with `features` or "
                              "`feature_service`, and `entities`")
@@ -396,7 +438,7 @@ def refusal(status: int, body: bytes, user: User | None = None) -> RequestProble
     who = f"`{user.username}` (roles: {', '.join(user.roles) or 'none'})" if user else "the caller"
     found = next((m for m in (p.search(reason) for p in REFUSED) if m), None)
     if found is None:
-        return RequestProblem(403, "forbidden", f"{who} may not read these features: {reason}", reason=reason)
+        return RequestProblem(403, "forbidden", f"{who} may not read these features: {shown(reason)}", reason=reason)
     kind, name = KINDS.get(found.group(1), found.group(1)), found.group(2)
     grant = ("read on every view it serves" if kind == "feature service"
              else f"a role whose `read` patterns match `features.{name}`")
@@ -478,8 +520,21 @@ def build_app(store: FeatureStore, *, max_body: int = MAX_BODY, max_rows: int = 
         init_security_manager(auth_type=auth_type, fs=store)
         init_auth_manager(server_type=ServerType.REST, auth_type=auth_type, auth_config=store.config.auth_config)
         parser = get_auth_manager().token_parser
-    return RequestGuard(get_app(store, registry_ttl_sec=registry_ttl_s), store, max_body=max_body,
-                        max_rows=max_rows, token_parser=parser, metrics=HttpMetrics())
+    app = get_app(store, registry_ttl_sec=registry_ttl_s)
+    app.add_exception_handler(RequestValidationError, validation_problem)
+    return RequestGuard(app, store, max_body=max_body, max_rows=max_rows, token_parser=parser, metrics=HttpMetrics())
+
+
+async def validation_problem(request: Request, error: Exception) -> Response:
+    """FastAPI's request validation error as the guard's error document (422 `wrong_type`), naming each field
+    and what is wrong with it, not the value sent (FastAPI's own answer repeats it, however large)."""
+    problems = error.errors() if isinstance(error, RequestValidationError) else []
+    fields = [{"field": ".".join(str(part) for part in problem.get("loc", ())), "problem": problem.get("msg", "")}
+              for problem in problems]
+    first = f"{fields[0]['field']}: {fields[0]['problem']}" if fields else "invalid"
+    problem = RequestProblem(422, "wrong_type", f"the request does not match the model of `{request.url.path}`: "
+                             f"{shown(first)}", errors=fields)
+    return Response(problem.body(), status_code=problem.status, media_type=MEDIA_TYPE)
 
 
 def serve(store: FeatureStore, host: str, port: int, **options: Any) -> None:

@@ -1,4 +1,4 @@
-"""Secrets from the environment or secret files only, kept out of reprs, logs and messages."""
+"""Secrets from the environment or secret files only, kept out of reprs, logs (`engine.redact`) and messages."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine import redact
 from engine.config import EncryptionSettings, PiiSettings
 from engine.errors import GovernanceError
 from engine.governance.encryption import ColumnKey
@@ -67,6 +68,7 @@ def pii_key(settings: PiiSettings, needed_by: str, root: str | None = None) -> P
         raise GovernanceError(
             f"{needed_by} needs the personal-data key, and none is set; set {PII_KEY_ENV} (or "
             "MEDALLION__PII__KEY), or point `pii.key_file` at a secret file")
+    redact.hide(value)
     return PiiKey(settings.key_version, value.encode())
 
 
@@ -85,6 +87,7 @@ def column_key(settings: EncryptionSettings, needed_by: str) -> ColumnKey:
         raise GovernanceError(
             f"{needed_by} needs the column-encryption key, and none is set; set {ENCRYPTION_KEY_ENV} (or "
             "MEDALLION__ENCRYPTION__KEY), or point `encryption.key_file` at a secret file")
+    redact.hide(value)
     return ColumnKey.from_secret(value)
 
 

@@ -34,6 +34,7 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.transport.noop import NoopConfig, NoopTransport
 
 from engine.config import LineageSettings
+from engine.redact import describe_error, hide, redact_url
 from engine.runlog import RunRecord
 from engine.tables.layout import Layout
 
@@ -101,11 +102,16 @@ def table_event(layout: Layout, record: RunRecord, namespace: str, landing_files
 
 
 def transport(settings: LineageSettings, root: str) -> Transport:
-    """The transport `settings` choose; a file transport on an object-store root needs `lineage.path`."""
+    """The transport `settings` choose; a file transport on an object-store root needs `lineage.path`.
+
+    The HTTP transport logs its URL and configuration at DEBUG: the URL's secrets and the API key are hidden
+    from log records (`engine.redact.hide`) before it is made."""
     if settings.transport == "http" and settings.url is not None:
-        auth = {"type": "api_key", "apiKey": settings.api_key.get_secret_value()} if settings.api_key else {}
-        return HttpTransport(HttpConfig.from_dict({"url": settings.url.get_secret_value(), "auth": auth,
-                                                   "timeout": settings.timeout_s}))
+        url, key = settings.url.get_secret_value(), settings.api_key.get_secret_value() if settings.api_key else None
+        hide(url, secret_path=True)
+        hide(key)
+        auth = {"type": "api_key", "apiKey": key} if key else {}
+        return HttpTransport(HttpConfig.from_dict({"url": url, "auth": auth, "timeout": settings.timeout_s}))
     if settings.transport == "console":
         return ConsoleTransport(ConsoleConfig())
     if settings.transport == "file" and (settings.path or "://" not in root):
@@ -129,10 +135,20 @@ def emit(settings: LineageSettings, layout: Layout, records: Iterable[RunRecord]
         for event in events:
             client.emit(event)
     except Exception as err:  # noqa: BLE001 - any transport error (I/O, HTTP) is reported, not raised
-        log.warning("OpenLineage events of run %s were not sent (%s: %s)", events[0].run.facets["parent"].run.runId,
-                    type(err).__name__, err)
+        log.warning("OpenLineage events of run %s were not sent to %s (%s: %s)",
+                    events[0].run.facets["parent"].run.runId, destination(settings, layout.root),
+                    type(err).__name__, describe_error(err))
         return 0
     return len(events)
+
+
+def destination(settings: LineageSettings, root: str) -> str:
+    """Where `transport` sends events, fit for a log: an endpoint's URL without credentials, query or path."""
+    if settings.transport == "http" and settings.url is not None:
+        return redact_url(settings.url.get_secret_value(), secret_path=True)
+    if settings.transport == "file":
+        return settings.path or f"{root}/{EVENT_FILE}"
+    return settings.transport
 
 
 def _engine_version() -> str:

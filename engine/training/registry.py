@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.errors import TrainingError
+from engine.redact import redact_text, redact_url
 
 CHAMPION = "champion"
 
@@ -42,8 +43,9 @@ def load_model(name: str, version: str | int = CHAMPION) -> LoadedModel:
         model = mlflow.sklearn.load_model(uri)
         signature = mlflow.models.get_model_info(uri).signature
     except MlflowException as err:
-        raise TrainingError(f"cannot load model `{name}` version `{version}` from {mlflow.get_tracking_uri()}: "
-                            f"{err.message}; train it with `medallion train` or name an existing version",
+        raise TrainingError(f"cannot load model `{name}` version `{version}` from "
+                            f"{redact_url(mlflow.get_tracking_uri())}: "
+                            f"{redact_text(err.message)}; train it with `medallion train` or name an existing version",
                             model=name) from None
     columns = [(spec.name, str(spec.type)) for spec in signature.inputs.inputs]
     return LoadedModel(name, str(found.version), model, [n for n, kind in columns if "string" not in kind],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import Settings
 from engine.errors import TrainingError
+from engine.redact import hide
 from engine.storage import is_local
 from engine.tables.layout import Layout
 
@@ -64,9 +65,10 @@ def existing_tracking_uri(root: str, configured: str | None = None) -> str | Non
 
 
 def use_tracking(uri: str) -> None:
-    """Point MLflow's tracking and model registry at `uri`."""
+    """Point MLflow's tracking and model registry at `uri`, whose credentials no log record shows."""
     import mlflow
 
+    hide(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 from engine.config import Settings
 from engine.errors import TrainingError
 from engine.maintenance.pins import pin_versions
+from engine.redact import redact_url
 from engine.tables.layout import Layout
 from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, time_split
 from engine.training.job import TrainingJob, load_job
@@ -179,8 +180,8 @@ def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None
     try:
         recorded = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise TrainingError(f"no MLflow run `{run_id}` at {mlflow.get_tracking_uri()}; check the run id and "
-                            "--tracking-uri", mlflow_run=run_id) from None
+        raise TrainingError(f"no MLflow run `{run_id}` at {redact_url(mlflow.get_tracking_uri())}; check the run id "
+                            "and --tracking-uri", mlflow_run=run_id) from None
     tags = recorded.data.tags
     needed = [TAG + key for key in ("job", "table_versions", "params", "training_fingerprint")]
     if any(key not in tags for key in needed):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from polars.testing import assert_frame_equal
 from engine.cli import main
 from engine.errors import FeatureStoreError
 from engine.features.lineage import read_lineage
-from engine.features.materialize import materialize
-from engine.features.repo import features_dir
+from engine.features.materialize import legacy_state_folder, materialize, state_folder
+from engine.features.repo import features_dir, render_config
 from engine.maintenance.pins import list_pins
 from engine.tables.layout import Layout
 from tests.features.conftest import REPO, store_over, table_path, write_table
@@ -161,6 +162,42 @@ def test_a_row_the_online_store_loses_or_alters_fails_the_materialization_and_re
     assert materializations(tmp_path) == []
     assert not list(Path(features_dir(str(tmp_path)), "state").rglob("_delta_log"))
     assert store.get_feature_view("customer_stats", allow_registry_cache=False).materialization_intervals == []
+
+
+def redis_config(root: Path, connection: str) -> Any:
+    return render_config(str(root), overrides={"online_store": {"type": "redis", "connection_string": connection}})
+
+
+def test_the_state_folder_names_the_online_store_without_its_password(tmp_path: Path) -> None:
+    view = customer_view()
+    folder = state_folder(redis_config(tmp_path, "redis:6379,db=1,password=hunter22,ssl=true"), view)
+
+    assert state_folder(redis_config(tmp_path, "redis:6379,db=1,password=other-secret,ssl=true"), view) == folder
+    assert state_folder(redis_config(tmp_path, "redis:6379,password=hunter22,db=1"), view) == folder
+    assert "hunter22" not in folder
+    for other in ("redis:6380,db=1,password=hunter22", "redis:6379,db=2,password=hunter22",
+                  "cache:6379,db=1,password=hunter22"):
+        assert state_folder(redis_config(tmp_path, other), view) != folder
+    sqlite = render_config(str(tmp_path), overrides={"online_store": {"type": "sqlite", "path": "a.db"}})
+    assert state_folder(sqlite, view) != state_folder(render_config(str(tmp_path)), view)
+
+
+def test_an_incremental_run_takes_the_state_from_its_legacy_folder(ray_local: None, tmp_path: Path) -> None:
+    """State kept under the legacy name (a hash of all the online store's settings, its password included) is
+    moved to the new name, so the incremental run after an upgrade writes nothing instead of rebuilding."""
+    write_table(tmp_path, TABLE, customer_rows(np.random.default_rng(15)))
+    store = store_over(tmp_path, [customer, customer_view()], project="legacy")
+    [first] = materialize(store, end=END)
+    view = store.get_feature_view("customer_stats")
+    folder, legacy = state_folder(store.config, view), legacy_state_folder(store.config, view)
+    Path(legacy).parent.mkdir(parents=True)
+    shutil.move(folder, legacy)
+
+    [again] = materialize(store, end=END, incremental=True)
+
+    assert (again.incremental, again.written, again.deleted, again.online_rows) == (True, 0, 0, first.online_rows)
+    assert DeltaTable.is_deltatable(folder) and not Path(legacy).exists()
+    assert_frame_equal(online_values(store), expected_values(tmp_path, END), check_dtypes=False)
 
 
 def test_the_version_read_is_pinned_while_the_materialization_runs(ray_local: None, tmp_path: Path,

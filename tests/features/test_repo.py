@@ -3,6 +3,8 @@ repository's definitions."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,28 @@ def test_repository_defines_entities_views_service_and_on_demand_view() -> None:
     assert {("Entity", "customer"), ("Entity", "product"), ("FeatureView", "customer_features"),
             ("FeatureView", "customer_profile"), ("FeatureView", "product_features"),
             ("OnDemandFeatureView", "cart_context"), ("FeatureService", "customer_training")} <= names
+
+
+def test_the_feast_configurations_secrets_reach_no_log_record(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis password, a SQL registry's credentials and secret-named settings are hidden from every log record."""
+    redis, registry, secret = (f"canary{uuid.uuid4().hex}" for _ in range(3))
+    render_config(str(tmp_path), overrides={
+        "online_store": {"type": "redis", "connection_string": f"redis:6379,db=1,password={redis},ssl=true"},
+        "registry": {"registry_type": "sql", "path": f"postgresql+psycopg://feast:{registry}@db/feast"},
+        "auth": {"type": "oidc", "client_id": "server", "client_secret": secret,
+                 "auth_discovery_url": "https://idp/.well-known/openid-configuration"}})
+
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("feast.some_module").info("connecting with %s, %s, %s", redis, registry, secret)
+
+    assert "connecting with <redacted>, <redacted>, <redacted>" in caplog.text
+
+
+def test_an_invalid_store_setting_is_named_without_its_value(tmp_path: Path) -> None:
+    """An unquoted numeric password in YAML is not a string: the error names the setting, not the password."""
+    with pytest.raises(FeatureStoreError) as refused:
+        render_config(str(tmp_path), overrides={"online_store": {
+            "type": "postgres", "host": "db", "database": "feast", "user": "feast", "password": 987654321}})
+
+    assert "password: Input should be a valid string" in str(refused.value)
+    assert "987654321" not in str(refused.value)

@@ -16,9 +16,11 @@ from typing import Any
 import polars as pl
 import pytest
 from feast.value_type import ValueType
+from pydantic import BaseModel
 
-from engine.features.server import Catalog, RequestProblem, build_app, check_request
-from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, serving
+from engine.features.server import Catalog, RequestProblem, build_app, check_request, validation_problem
+from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, serving, store_over, write_table
+from tests.features.synthetic import customer, customer_rows, customer_view
 
 MAX_BODY = 8192
 MAX_ROWS = 50
@@ -195,6 +197,89 @@ def test_wrong_media_type_method_path_and_streamed_oversized_body_are_refused(se
     response = connection.getresponse()
     assert (response.status, json.loads(response.read())["error"]["code"]) == (413, "body_too_large")
     connection.close()
+
+
+class Lookup(BaseModel):
+    """A request model of the validation handler's test."""
+
+    entities: dict[str, list[int]]
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The guarded feature server over one small feature view (`customer_stats`), nothing materialized."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("small-server")
+    write_table(root, "gold.customer_stats", customer_rows(np.random.default_rng(3)))
+    with serving(build_app(store_over(root, [customer, customer_view()], project="small"))) as port:
+        yield port
+
+
+def raw_call(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """One POST with exactly `headers` (no Content-Type unless given); the status and the raw answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("POST", path, body=body, headers=headers)
+    response = connection.getresponse()
+    answer = response.read()
+    connection.close()
+    return response.status, answer
+
+
+def test_a_body_without_content_type_or_of_another_type_gets_the_documented_415(small_server: int) -> None:
+    """Without a Content-Type, Feast's FastAPI would answer 422 with the whole body."""
+    body = json.dumps({"features": ["customer_stats:spend"], "entities": {"customer_id": ["x" * 10_000]}}).encode()
+
+    for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/jsonx"}):
+        status, answer = raw_call(small_server, "/get-online-features", body, headers)
+        assert (status, json.loads(answer)["error"]["code"]) == (415, "unsupported_media_type"), headers
+        assert len(answer) < 1000
+
+
+@pytest.mark.parametrize(("request_body", "status", "code", "said"), [
+    ({"features": ["v" * 500_000 + ":spend"], "entities": {"customer_id": [1]}}, 404, "unknown_feature_view",
+     "no feature view `vvv"),
+    ({"features": ["customer_stats:" + "f" * 500_000], "entities": {"customer_id": [1]}}, 404, "unknown_feature",
+     "feature view `customer_stats` has no feature `fff"),
+    ({"features": ["customer_stats:spend"], "entities": {"customer_id": ["k" * 500_000]}}, 422, "wrong_type",
+     "`entities.customer_id[0]` is \"kkk"),
+    ({"features": ["customer_stats:spend"], "entities": {"customer_id": [1], "e" * 500_000: [1]}}, 400,
+     "unknown_entity", "['eee"),
+    ({"features": ["customer_stats:spend"], "entities": {"customer_id": [1]}, "x" * 500_000: 1}, 400,
+     "unknown_field", "unknown request field(s) ['xxx"),
+], ids=["view name", "feature name", "key value", "entity name", "field name"])
+def test_error_documents_echo_at_most_a_few_hundred_characters_of_the_request(
+        small_server: int, request_body: dict[str, Any], status: int, code: str, said: str) -> None:
+    answered, answer = raw_call(small_server, "/get-online-features", json.dumps(request_body).encode(),
+                                {"Content-Type": "application/json"})
+
+    assert (answered, json.loads(answer)["error"]["code"]) == (status, code)
+    assert len(answer) < 3000
+    message = json.loads(answer)["error"]["message"]
+    assert message.startswith(said) and "characters)" in message
+
+
+def test_feasts_request_validation_errors_become_bounded_error_documents() -> None:
+    """FastAPI's own 422 repeats every invalid value whole; the handler the server installs names the field."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+
+    app = FastAPI()
+    app.add_exception_handler(RequestValidationError, validation_problem)
+
+    @app.post("/lookup")
+    async def lookup(request: Lookup) -> dict[str, Any]:
+        return {}
+
+    with serving(app) as port:
+        status, answer = raw_call(port, "/lookup", json.dumps({"entities": {"k": ["x" * 500_000]}}).encode(),
+                                  {"Content-Type": "application/json"})
+
+    assert status == 422 and len(answer) < 2000
+    error = json.loads(answer)["error"]
+    assert error["code"] == "wrong_type"
+    assert error["details"]["errors"][0]["field"] == "body.entities.k.0"
+    assert "body.entities.k.0" in error["message"] and "xxx" not in answer.decode()
 
 
 def test_medallion_features_serve_answers_over_http(retail_features: RetailFeatures) -> None:
