@@ -81,7 +81,7 @@ class TableStore(Protocol):
                 storage: StorageSettings, prefix: str, metadata: dict[str, Any],
                 transaction: Transaction | None) -> Replacement: ...
     def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool: ...
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool: ...
     def table_properties(self, uri: str, table: str, version: int | None = None) -> Mapping[str, str]: ...
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
                 metadata: dict[str, Any]) -> int: ...
@@ -150,9 +150,9 @@ class DeltaStore:
 
     @staticmethod
     def keep_out_of_stats(uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool:
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool:
         """`pii.keep_out_of_stats`: True when it committed to the table."""
-        return pii.keep_out_of_stats(uri, personal, metadata, encrypted)
+        return pii.keep_out_of_stats(uri, personal, metadata, encrypted, key_columns)
 
     @staticmethod
     def table_properties(uri: str, table: str, version: int | None = None) -> Mapping[str, str]:
@@ -202,18 +202,19 @@ class IcebergStore:
                                          metadata=metadata, transaction=transaction, table_properties=self.properties)
 
     def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool:
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool:
         """Keep `personal` columns out of the column metrics of the files the table gets from now on, and record
-        the `encrypted` columns (column: key id) in `medallion.encryptedColumns`, in a commit without a snapshot;
-        always False (the table's version does not change)."""
+        the `encrypted` columns (column: key id) and the `key_columns` their values are bound to
+        (`encryption.encryption_properties`), in a commit without a snapshot; always False (the table's version
+        does not change)."""
         if not self.tables.table_exists(uri):
             return False
         current = self.tables.table_properties(uri, table)
         names = set(self.tables.schema(uri, table).names)
         wanted = without_metrics([c for c in personal if c in names])
-        described = encryption.describe({c: key for c, key in encrypted.items() if c in names})
-        if described or encryption.ENCRYPTED_PROPERTY in current:
-            wanted[encryption.ENCRYPTED_PROPERTY] = described
+        recorded = {c: key for c, key in encrypted.items() if c in names}
+        if recorded or encryption.ENCRYPTED_PROPERTY in current:
+            wanted |= encryption.encryption_properties(recorded, key_columns)
         self.tables.set_table_properties(uri, wanted)
         return False
 
