@@ -229,9 +229,20 @@ def rotate_columns(rows: pa.Table, columns: Iterable[str], keys: ColumnKeys, tab
     return rows, total
 
 
-def stale_values(rows: pa.Table, key: ColumnKey) -> int:
-    """How many values of `rows` (encrypted columns) are not in the current format under `key`."""
-    return sum(pc.sum(_stale(_large(column, pa.large_binary()), key)).as_py() or 0 for column in rows.columns)
+def stale_values(rows: pa.Table, keys: ColumnKeys, table: str) -> int:
+    """How many values of `rows` (encrypted columns of `table`) are not in the current format under the current
+    key.
+
+    Raises:
+        GovernanceError: one of them is of no known format, or under a key `keys` lacks.
+    """
+    total = 0
+    for column, values in zip(rows.column_names, rows.columns):
+        stored = _large(values, pa.large_binary())
+        stale = stored.filter(_stale(stored, keys.current))
+        _openers(keys, pc.unique(pc.binary_slice(stale, 0, HEAD_BYTES)).to_pylist(), table, column)
+        total += len(stale)
+    return total
 
 
 def encryption_properties(columns: Mapping[str, str], key_columns: Sequence[str]) -> dict[str, str]:
