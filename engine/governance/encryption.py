@@ -26,7 +26,6 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,8 +49,8 @@ KEY_VARIABLES = "MEDALLION_ENCRYPTION_KEY (or MEDALLION__ENCRYPTION__KEY), or `e
 GENERATE_KEY = "python -c \"import secrets; print(secrets.token_hex(32))\""
 _KEY_ID_INFO = b"medallion column key id"
 
-Opener = Callable[[bytes, bytes], bytes]
-"""The plaintext of one stored value, given the value and its row key; raises `InvalidTag`."""
+Open = Callable[[bytes, bytes, bytes], bytes]
+"""An AEAD's decrypt: nonce, ciphertext and tag, associated data -> plaintext; raises `InvalidTag`."""
 
 
 @dataclass(frozen=True)
@@ -152,15 +151,19 @@ def decrypt(values: pa.Array | pa.ChunkedArray, keys: ColumnKeys, table: str, co
             names its key id and the current one), or fails authentication: altered, corrupt, or moved from
             another row, column or table (the message counts the rows).
     """
-    stored = _large(values, pa.large_binary()).to_pylist()
-    openers = _openers(keys, stored, table, column)
-    rows = _row_bytes(row_key, len(stored))
+    array = _large(values, pa.large_binary())
+    sealed, legacy = _openers(keys, _heads(array), table, column)
+    stored, rows = array.to_pylist(), _row_bytes(row_key, len(array))
     try:
-        plain = [None if value is None else openers[value[:HEAD_BYTES]](value, row)
-                 for value, row in zip(stored, rows)]
+        if len(sealed) == 1 and not legacy:
+            ((open_with, prefix),) = sealed.values()
+            plain = [None if value is None else open_with(value[HEAD_BYTES:HEADER_BYTES], value[HEADER_BYTES:],
+                                                          prefix + row) for value, row in zip(stored, rows)]
+        else:
+            plain = [None if value is None else _open(sealed, legacy, value, row) for value, row in zip(stored, rows)]
     except InvalidTag:
         failing = sum(1 for value, row in zip(stored, rows)
-                      if value is not None and not _opens(openers[value[:HEAD_BYTES]], value, row))
+                      if value is not None and not _opens(sealed, legacy, value, row))
         raise GovernanceError(f"{failing} rows of column `{column}` of table `{table}` fail authentication: they "
                               "were altered or corrupted, or moved from another row, column or table",
                               table=table) from None
@@ -240,7 +243,7 @@ def stale_values(rows: pa.Table, keys: ColumnKeys, table: str) -> int:
     for column, values in zip(rows.column_names, rows.columns):
         stored = _large(values, pa.large_binary())
         stale = stored.filter(_stale(stored, keys.current))
-        _openers(keys, pc.unique(pc.binary_slice(stale, 0, HEAD_BYTES)).to_pylist(), table, column)
+        _openers(keys, _heads(stale), table, column)
         total += len(stale)
     return total
 
@@ -266,22 +269,20 @@ def row_key_columns(configuration: Mapping[str, str]) -> tuple[str, ...] | None:
     return None if recorded is None else tuple(c for c in recorded.split(",") if c)
 
 
-def _openers(keys: ColumnKeys, stored: list[bytes | None], table: str, column: str) -> dict[bytes, Opener]:
-    """How to open the values of every header (format and key id) among `stored`.
+def _openers(keys: ColumnKeys, heads: list[bytes], table: str, column: str) -> tuple[
+        dict[bytes, tuple[Open, bytes]], dict[bytes, LegacyKey]]:
+    """What opens the values of each of `heads` (format and key id): the AEAD's decrypt and the start of the
+    associated data for the current format, the key for the first.
 
     Raises:
-        GovernanceError: a header is of no known format, or names a key `keys` lacks.
+        GovernanceError: a head is of no known format, or names a key `keys` lacks.
     """
-    names = _names(table, column)
     current = {key.header: key for key in (keys.current, *keys.previous)}
-    legacy = {key.header: key for key in keys.legacy}
-    openers: dict[bytes, Opener] = {}
-    for head in {value[:HEAD_BYTES] for value in stored if value is not None}:
-        if head in current:
-            openers[head] = partial(_open, AESGCMSIV(current[head].material).decrypt, head + names)
-        elif head in legacy:
-            openers[head] = partial(_open_legacy, legacy[head])
-    unknown = {value[:HEAD_BYTES] for value in stored if value is not None} - openers.keys()
+    first = {key.header: key for key in keys.legacy}
+    sealed = {head: (AESGCMSIV(current[head].material).decrypt, head + _names(table, column))
+              for head in heads if head in current}
+    legacy = {head: first[head] for head in heads if head in first}
+    unknown = [head for head in heads if head not in sealed and head not in legacy]
     if any(len(head) < HEAD_BYTES or head[0] not in (FORMAT, LEGACY_FORMAT) for head in unknown):
         raise GovernanceError(f"column `{column}` of table `{table}` holds values that are not column-encrypted "
                               "(unknown format); is it declared `encrypt`?", table=table)
@@ -292,20 +293,28 @@ def _openers(keys: ColumnKeys, stored: list[bytes | None], table: str, column: s
             f"column `{column}` of table `{table}` holds values encrypted with key {named}, neither the current "
             f"key {keys.current.key_id} nor a previous one; set {KEY_VARIABLES} to the key they were written "
             "with, or list it in `encryption.previous_keys`", table=table)
-    return openers
+    return sealed, legacy
 
 
-def _open(decrypt_with: Callable[[bytes, bytes, bytes], bytes], prefix: bytes, value: bytes, row: bytes) -> bytes:
-    return decrypt_with(value[HEAD_BYTES:HEADER_BYTES], value[HEADER_BYTES:], prefix + row)
+def _heads(stored: pa.Array) -> list[bytes]:
+    """The distinct first 5 bytes (format and key id) of the values of `stored` (large_binary)."""
+    return pc.unique(pc.binary_slice(stored.drop_null(), 0, HEAD_BYTES)).to_pylist()
 
 
-def _open_legacy(key: LegacyKey, value: bytes, row: bytes) -> bytes:
-    return open_legacy(key, value)
+def _open(sealed: dict[bytes, tuple[Open, bytes]], legacy: dict[bytes, LegacyKey], value: bytes,
+          row: bytes) -> bytes:
+    """The plaintext of one value of any known head; raises `InvalidTag`."""
+    head = value[:HEAD_BYTES]
+    if head in legacy:
+        return open_legacy(legacy[head], value)
+    open_with, prefix = sealed[head]
+    return open_with(value[HEAD_BYTES:HEADER_BYTES], value[HEADER_BYTES:], prefix + row)
 
 
-def _opens(opener: Opener, value: bytes, row: bytes) -> bool:
+def _opens(sealed: dict[bytes, tuple[Open, bytes]], legacy: dict[bytes, LegacyKey], value: bytes,
+           row: bytes) -> bool:
     try:
-        opener(value, row)
+        _open(sealed, legacy, value, row)
     except InvalidTag:
         return False
     return True
