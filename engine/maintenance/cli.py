@@ -4,6 +4,7 @@ restore)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -143,6 +144,7 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
     keys = column_keys(settings.encryption, "`medallion maintain rotate-keys`")
     run_id = new_run_id()
     for name in tables:
+        @functools.cache
         def declared(name: str = name) -> tuple[str, ...] | None:
             definition = _definition(settings, name, pipeline_name, "its key columns are unknown")
             return None if definition is None else key_columns(definition.kind)

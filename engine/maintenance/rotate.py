@@ -73,7 +73,7 @@ def rotate_table(settings: Settings, table: str, keys: ColumnKeys, *,
     Raises:
         TableNotFound: there is no such table.
         MaintenanceError: the table holds first-format values, records no key columns and none are declared.
-        GovernanceError: a value cannot be decrypted with `keys`: nothing was rewritten.
+        GovernanceError: a value is under a key `keys` lacks (nothing was rewritten), or fails authentication.
         LeaseHeld: a run of the table's pipeline is under way.
     """
     layout = Layout.at(settings.storage.root)
@@ -85,27 +85,44 @@ def rotate_table(settings: Settings, table: str, keys: ColumnKeys, *,
     metadata = audit_fields(OPERATION, reason) | {"run_id": run_id, "table": table} | (
         {"pipeline": pipeline} if pipeline else {})
     with _holding_lease(layout, pipeline, settings, run_id):
-        values, version = _rotate(store, uri, table, keys, declared_keys, metadata)
-        logged, _ = _rotate(DeltaStore(), layout.changes(table), table, keys, declared_keys, metadata)
+        stores = [(store, uri), (DeltaStore(), layout.changes(table))]
+        plans = [_plan(store, uri, table, keys, declared_keys) for store, uri in stores]
+        done = [_rewrite(store, uri, table, keys, plan, metadata) if plan else (0, None)
+                for (store, uri), plan in zip(stores, plans)]
+    (values, version), (logged, _) = done
     return Rotated(table, values, version, logged)
 
 
-def _rotate(store: TableStore, uri: str, table: str, keys: ColumnKeys,
-            declared_keys: Callable[[], Sequence[str] | None], metadata: dict[str, Any]) -> tuple[int, int | None]:
-    """Rotate the table stored at `uri` (the table or its change log, whose values are bound to `table`): the
-    values re-encrypted and the version committed (None: none)."""
+def _plan(store: TableStore, uri: str, table: str, keys: ColumnKeys,
+          declared_keys: Callable[[], Sequence[str] | None]) -> tuple[list[str], Sequence[str]] | None:
+    """The encrypted columns of the table stored at `uri` (the table or its change log, whose values are
+    bound to `table`) and the key columns that bind them, when a value is not under the current key; None
+    when none is (or there is no such table). Reads the encrypted columns only.
+
+    Raises:
+        GovernanceError: a value is under a key `keys` lacks, or of no known format.
+        MaintenanceError: the key columns are neither recorded nor declared.
+    """
     if not store.table_exists(uri):
-        return 0, None
+        return None
     properties = store.table_properties(uri, table)
     names = set(store.schema(uri, table).names)
     columns = [c for c in encrypted_columns(properties) if c in names]
     if not columns or not stale_values(store.read_columns(uri, table, columns), keys, table):
-        return 0, None
+        return None
     recorded = row_key_columns(properties)
     bound = recorded if recorded is not None else declared_keys()
     if bound is None:
         raise MaintenanceError(f"table `{table}` holds encrypted values of the first format and records no key "
                                "columns to bind them to; name the pipeline declaring it with --pipeline", table=table)
+    return columns, bound
+
+
+def _rewrite(store: TableStore, uri: str, table: str, keys: ColumnKeys, plan: tuple[list[str], Sequence[str]],
+             metadata: dict[str, Any]) -> tuple[int, int]:
+    """Record the current key id and the key columns, then rewrite the rows with the `plan`'s columns
+    re-encrypted; the values re-encrypted and the version committed."""
+    columns, bound = plan
     store.set_table_properties(uri, table, encryption_properties({c: keys.current.key_id for c in columns}, bound),
                                metadata)
     counted: list[int] = []
