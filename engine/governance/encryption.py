@@ -84,7 +84,8 @@ class ColumnKey:
         material = key_material(text)
         if material is None:
             raise GovernanceError(f"the column-encryption key in {source} is not {KEY_BYTES} bytes written as 64 hex "
-                                  f"digits or as base64; generate one with `{GENERATE_KEY}`")
+                                  f"digits or as base64; generate one with `{GENERATE_KEY}` (a secret of the first "
+                                  "format goes under `encryption.previous_keys`)")
         return cls.from_bytes(material)
 
     @property
