@@ -1,7 +1,8 @@
 """Measure everything `docs/performance.md` reports, then write it: one command.
 
 Usage: python -m benchmarks.report [--sf 0.1,0.3,1] [--large-sf 3] [--runs 3] [--nodes-sf 1]
-                                   [--merge-rows 10000000] [--feature-scale 1] [--data bench-data] [--work bench-work]
+                                   [--merge-rows 10000000] [--feature-scale 1] [--encryption-rows 1000000]
+                                   [--data bench-data] [--work bench-work]
        python -m benchmarks.report --steps merge,features   # re-measure these, keep the rest of the page
        python -m benchmarks.report --render-only           # rewrite the page from docs/performance.json
 
@@ -10,7 +11,8 @@ Measures, in this order: the TPC-H medallion workload at every scale factor with
 and at a larger one with the engine and DuckDB;
 the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the engine on 1, 2 and 3
 local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
-Feast materialization throughput and online latency (`benchmarks/features.py`). Raw numbers go to
+Feast materialization throughput and online latency (`benchmarks/features.py`); column encryption per value
+(`benchmarks/encryption.py`). Raw numbers go to
 `docs/performance.json`, the time-against-scale plot to `docs/performance-scaling.png`, and the page to
 `docs/performance.md`, whose analysis section is `benchmarks/analysis.md`.
 """
@@ -30,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import features, ingest, merge
+from benchmarks import encryption, features, ingest, merge
 from benchmarks.tpch.run import (
     COMMANDS,
     Measurement,
@@ -143,7 +145,7 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-STEPS = ("tpch", "large", "startup", "ingest", "nodes", "merge", "features")
+STEPS = ("tpch", "large", "startup", "ingest", "nodes", "merge", "features", "encryption")
 
 
 def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
@@ -156,6 +158,7 @@ def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
         "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
         "features": lambda: _features(args.feature_scale, args.lookups),
+        "encryption": lambda: encryption.measure(args.encryption_rows),
     }
 
 
@@ -368,6 +371,14 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_measured(results, "features", features.markdown),
         "",
+        "## Column encryption",
+        "",
+        "`benchmarks/encryption.py`: `encrypt` and `decrypt` of `pii=\"encrypt\"` columns (AES-256-GCM-SIV, one AEAD",
+        "call per value, Arrow in and out), bound to row keys or not; below, the bare AEAD calls of the candidate",
+        "ciphers on the same values. A run encrypts in its Ray tasks, so the cost divides by the cores writing.",
+        "",
+        *_measured(results, "encryption", encryption.markdown),
+        "",
         ANALYSIS.read_text().strip(),
         "",
     ]
@@ -394,6 +405,7 @@ def main() -> None:
     parser.add_argument("--merge-rows", type=int, default=10_000_000)
     parser.add_argument("--feature-scale", type=float, default=1.0)
     parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument("--encryption-rows", type=int, default=1_000_000)
     parser.add_argument("--data", type=Path, default=Path("bench-data"))
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
     parser.add_argument("--steps", type=_steps, default=None,

@@ -32,8 +32,8 @@ from engine.entrypoints import load_generator, load_pipeline
 from engine.errors import EngineError, RunFailed
 from engine.freshness import FRESH, LATE, UNKNOWN, TableFreshness, definitions_under, table_freshness
 from engine.governance.access import authorize
-from engine.governance.encryption import decrypt_columns, encrypted_columns
-from engine.governance.secrets import column_key
+from engine.governance.encryption import decrypt_columns, encrypted_columns, row_key_columns
+from engine.governance.secrets import column_keys
 from engine.maintenance.due import Done, run_due_maintenance
 from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
@@ -542,7 +542,7 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
 @click.argument("table")
 @click.option("--as-of", "as_of", default=None, help="Version number or ISO-8601 time to read TABLE as of.")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="Rows to print.")
-@click.option("--decrypt", is_flag=True, help="Decrypt encrypted columns with the column-encryption key.")
+@click.option("--decrypt", is_flag=True, help="Decrypt encrypted columns with the column-encryption keys.")
 @click.pass_context
 @_reported
 def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt: bool) -> None:
@@ -554,10 +554,11 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     store = TableFormats(settings).at(uri)
     version = version_as_of(uri, table, as_of, store)
     rows = store.head(uri, table, version, limit)
-    encrypted = encrypted_columns(store.table_properties(uri, table, version)) if decrypt else {}
+    properties = store.table_properties(uri, table, version) if decrypt else {}
+    encrypted = encrypted_columns(properties)
     if encrypted:
-        key = column_key(settings.encryption, f"`medallion show {table} --decrypt`")
-        rows = decrypt_columns(rows, encrypted, key, table)
+        keys = column_keys(settings.encryption, f"`medallion show {table} --decrypt`")
+        rows = decrypt_columns(rows, encrypted, keys, table, row_key_columns(properties) or ())
     view = Table()
     for name in rows.column_names:
         view.add_column(name)

@@ -111,12 +111,18 @@ class PiiSettings(_Section):
 
 
 class EncryptionSettings(_Section):
-    """The key that encrypts columns declared `encrypt` (`docs/governance.md`): `key` (env
-    `MEDALLION__ENCRYPTION__KEY`, or `MEDALLION_ENCRYPTION_KEY`) or a secret file `key_file`; there is no
-    development fallback."""
+    """The keys of columns declared `encrypt` (`docs/governance.md`): `key` (env `MEDALLION__ENCRYPTION__KEY`,
+    or `MEDALLION_ENCRYPTION_KEY`) or a secret file `key_file` holds the current key, 32 bytes as 64 hex digits
+    or base64, which encrypts; `previous_keys` and `previous_key_files` the keys rotated out, which only
+    decrypt. There is no development fallback."""
 
-    key: SecretStr | None = Field(default=None, description="The column-encryption key itself.")
+    key: SecretStr | None = Field(default=None, description="The column-encryption key itself (64 hex digits or "
+                                                            "the base64 of 32 bytes).")
     key_file: str | None = Field(default=None, description="A file holding the key (e.g. a mounted secret).")
+    previous_keys: list[SecretStr] = Field(
+        default=[], description="Keys rotated out, read only; a secret of the first format (any text) reads "
+                                "its values.")
+    previous_key_files: list[str] = Field(default=[], description="Files holding keys rotated out, one key each.")
 
 
 class MaintenanceSettings(_Section):

@@ -144,3 +144,9 @@ _KIND_ADAPTER: TypeAdapter[AnyKind] = TypeAdapter(WriteKind)
 def parse_kind(value: dict[str, object]) -> AnyKind:
     """A write kind from its dictionary form, e.g. `{"kind": "merge", "keys": ["id"]}`."""
     return _KIND_ADAPTER.validate_python(value)
+
+
+def key_columns(kind: AnyKind) -> tuple[str, ...]:
+    """The columns that identify a row (`Merge`), an entity (`SCD2`, `RecomputeKeys`); none for `Append` and
+    `Overwrite`."""
+    return tuple(kind.keys) if isinstance(kind, Merge | SCD2 | RecomputeKeys) else ()

@@ -16,7 +16,7 @@ from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
 from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
-from engine.kinds import AnyKind, Append, Overwrite
+from engine.kinds import AnyKind, Append, Overwrite, key_columns
 from engine.maintenance.policy import Maintenance
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
@@ -55,8 +55,8 @@ class TableDefinition:
         subject: the column holding the data subject's id (e.g. `customer_id`); `medallion erase` removes a
             subject's rows from the table, its quarantine and change log through it.
         pii: personal-data columns and how they are protected before they are written, `tokenize` (keyed
-            HMAC-SHA256), `mask` or `encrypt` (AES-256-CTR + HMAC, readable with the key); they are also kept
-            out of the file statistics (Delta) or column metrics (Iceberg).
+            HMAC-SHA256), `mask` or `encrypt` (AES-256-GCM-SIV bound to the row, readable with the key); they are
+            also kept out of the file statistics (Delta) or column metrics (Iceberg).
         owner: who answers for the table (a team or a person), for the catalog.
         tags: free-form labels for the catalog (`pii`, `finance`, ...).
         columns: documentation of columns by name, `{"customer_id": "the customer's id"}`; a documented
@@ -170,7 +170,7 @@ class Pipeline:
                 pipeline has none, the settings' `storage.table_format`).
             on_demand: build the table only when a selection names it (see `TableDefinition.on_demand`).
         """
-        check_declaration(name, pii or {})
+        check_declaration(name, pii or {}, key_columns(kind) if kind is not None else ())
         catalog = _catalog_fields(name, owner, tags, columns, freshness)
 
         def register(function: TableFunction) -> TableFunction:

@@ -43,7 +43,7 @@ from engine.errors import (
 from engine.governance import access, pii
 from engine.governance.actor import audit_fields
 from engine.governance.encryption import ColumnKey
-from engine.governance.secrets import column_key, pii_key
+from engine.governance.secrets import column_keys, pii_key
 from engine.guard import call_table_function, guarded
 from engine.ingest.batch import ingest_new_files
 from engine.ingest.checkpoint import (
@@ -55,7 +55,7 @@ from engine.ingest.checkpoint import (
     known_shape,
 )
 from engine.ingest.sources import FileSource, discover
-from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys
+from engine.kinds import SCD2, Append, ChangeKind, Overwrite, RecomputeKeys, key_columns
 from engine.lease import RunLease
 from engine.logs import log_context
 from engine.pipeline import Pipeline, TableDefinition
@@ -364,16 +364,17 @@ class Runner:
                                          f"{', '.join(f'`{c}`' for c in definition.pii)})", self.layout.root)
         return output.map_batches(pii.protect, fn_kwargs={"columns": dict(definition.pii), "key": key,
                                                           "table": definition.name,
-                                                          "column_key": self._column_key(definition)},
+                                                          "column_key": self._column_key(definition),
+                                                          "key_columns": key_columns(definition.kind)},
                                   batch_format="pyarrow")
 
     def _column_key(self, definition: TableDefinition) -> ColumnKey | None:
-        """The column-encryption key, when the table declares a column `encrypt`."""
+        """The current column-encryption key, when the table declares a column `encrypt`."""
         encrypted = [column for column, action in definition.pii.items() if action == "encrypt"]
         if not encrypted:
             return None
-        return column_key(self.settings.encryption, f"table `{definition.name}` (encrypted columns "
-                                                    f"{', '.join(f'`{c}`' for c in encrypted)})")
+        return column_keys(self.settings.encryption, f"table `{definition.name}` (encrypted columns "
+                                                     f"{', '.join(f'`{c}`' for c in encrypted)})").current
 
     def _keep_pii_out_of_stats(self, definition: TableDefinition, run_id: str) -> bool:
         """Keep the personal-data columns of the table and its change log out of file statistics; True when that
@@ -383,9 +384,10 @@ class Runner:
         metadata = self._commit_metadata(definition, run_id) | audit_fields("protect")
         key = self._column_key(definition)
         encrypted = {c: key.key_id for c, action in definition.pii.items() if action == "encrypt"} if key else {}
+        keys = key_columns(definition.kind)
         altered = self._store(definition.name).keep_out_of_stats(self.layout.table(definition.name), definition.name,
-                                                                 definition.pii, metadata, encrypted)
-        pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata, encrypted)
+                                                                 definition.pii, metadata, encrypted, keys)
+        pii.keep_out_of_stats(self.layout.changes(definition.name), definition.pii, metadata, encrypted, keys)
         return altered
 
     def _store(self, table: str) -> TableStore:

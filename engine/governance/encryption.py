@@ -1,127 +1,260 @@
-"""Column encryption: AES-256-CTR then HMAC-SHA256, whole Arrow columns at a time.
+"""Column encryption: every value sealed with AES-256-GCM-SIV and bound to its table, column and row.
 
-A stored value is `0x01 || key id (4 bytes) || nonce (12) || tag (16) || ciphertext`. The ciphertext is the
-value's UTF-8 bytes XOR the AES-256-CTR keystream of counter blocks `nonce || big-endian uint32 block index`;
-the tag is the first 16 bytes of HMAC-SHA256(MAC key, nonce || ciphertext) (encrypt-then-MAC). The keystream
-of a whole batch comes from one AES-ECB call over counter blocks built with numpy, the XOR and the byte
-layout are numpy, the HMACs run inside DuckDB (as `pii.tokenize`): no Python code runs per value.
+A stored value is `0x02 (format) || key id (4 bytes) || nonce (12) || ciphertext || tag (16)`: the value's
+UTF-8 bytes encrypted with AES-256-GCM-SIV (RFC 8452, `cryptography`'s AEAD) under the 32-byte column key and
+a random nonce. The associated data, authenticated but not stored, is
+`0x02 || key id || table length (2 bytes) || table || column length (2 bytes) || column || row key`: the row
+key is the row's key columns as bytes (`keyhash.key_bytes` of the columns recorded in the table property
+`medallion.encryptionRowKey`, the table's declared keys), empty for a table without keys, whose values are
+bound to their table and column only. A value altered, or moved to another row, column or table, fails
+authentication; nothing is ever returned for it. The key id is the first 4 bytes of
+HMAC-SHA256(key, "medallion column key id"); it picks the key among the current and previous ones, so keys
+rotate (`medallion maintain rotate-keys`). Values of the first format (`0x01`, `encryption_legacy.py`) are
+still read.
+
+The batch API is Arrow in, Arrow out, with 64-bit offsets (large_binary, large_string); the AEAD runs once
+per value, in a list comprehension (`benchmarks/encryption.py` measures it).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from engine.errors import GovernanceError
+from engine.governance.encryption_legacy import LEGACY_FORMAT, LegacyKey, open_legacy
+from engine.tables.keyhash import key_bytes
 
-FORMAT = 0x01
+FORMAT = 0x02
+KEY_BYTES = 32
 KEY_ID_BYTES = 4
 NONCE_BYTES = 12
 TAG_BYTES = 16
-HEADER_BYTES = 1 + KEY_ID_BYTES + NONCE_BYTES + TAG_BYTES
+HEAD_BYTES = 1 + KEY_ID_BYTES
+HEADER_BYTES = HEAD_BYTES + NONCE_BYTES
 ENCRYPTED_PROPERTY = "medallion.encryptedColumns"
+ROW_KEY_PROPERTY = "medallion.encryptionRowKey"
 KEY_VARIABLES = "MEDALLION_ENCRYPTION_KEY (or MEDALLION__ENCRYPTION__KEY), or `encryption.key_file`"
-_AES = 16
-_HMAC_BLOCK = 64
+GENERATE_KEY = "python -c \"import secrets; print(secrets.token_hex(32))\""
+_KEY_ID_INFO = b"medallion column key id"
+
+Open = Callable[[bytes, bytes, bytes], bytes]
+"""An AEAD's decrypt: nonce, ciphertext and tag, associated data -> plaintext; raises `InvalidTag`."""
 
 
 @dataclass(frozen=True)
 class ColumnKey:
-    """The column-encryption key.
+    """A 32-byte column-encryption key.
 
     Attributes:
-        key_id: 8 hex digits of HMAC-SHA256(MAC key, "medallion column key"): names the key in every stored
+        key_id: 8 hex digits of HMAC-SHA256(key, "medallion column key id"): names the key in every stored
             value and in messages without revealing it.
-        aes_key: the AES-256 key (HKDF-SHA256 of the secret); never shown by `repr`.
-        mac_key: the HMAC-SHA256 key (HKDF-SHA256 of the secret, another `info`); never shown by `repr`.
+        material: the key bytes; never shown by `repr`.
     """
 
     key_id: str
-    aes_key: bytes = field(repr=False)
-    mac_key: bytes = field(repr=False)
+    material: bytes = field(repr=False)
 
     @classmethod
-    def from_secret(cls, secret: str) -> ColumnKey:
-        """The AES and MAC keys derived from `secret` with HKDF-SHA256, and their key id."""
-        aes_key, mac_key = (HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret.encode())
-                            for info in (b"medallion column encryption", b"medallion column authentication"))
-        key_id = hmac.new(mac_key, b"medallion column key", hashlib.sha256).hexdigest()[:2 * KEY_ID_BYTES]
-        return cls(key_id, aes_key, mac_key)
+    def from_bytes(cls, material: bytes) -> ColumnKey:
+        """The key of 32 bytes of key material, with its key id."""
+        if len(material) != KEY_BYTES:
+            raise GovernanceError(f"a column-encryption key is {KEY_BYTES} bytes, not {len(material)}; generate one "
+                                  f"with `{GENERATE_KEY}`")
+        return cls(hmac.new(material, _KEY_ID_INFO, hashlib.sha256).hexdigest()[:2 * KEY_ID_BYTES], material)
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> ColumnKey:
+        """The key written as 64 hex digits or as the base64 of 32 bytes.
+
+        Raises:
+            GovernanceError: `text` is neither; the message names `source`, never the text.
+        """
+        material = key_material(text)
+        if material is None:
+            raise GovernanceError(f"the column-encryption key in {source} is not {KEY_BYTES} bytes written as 64 hex "
+                                  f"digits or as base64; generate one with `{GENERATE_KEY}` (a secret of the first "
+                                  "format goes under `encryption.previous_keys`)")
+        return cls.from_bytes(material)
+
+    @property
+    def header(self) -> bytes:
+        """The first 5 bytes of every value this key encrypts: the format and the key id."""
+        return bytes([FORMAT]) + bytes.fromhex(self.key_id)
 
 
-def encrypt(values: pa.Array | pa.ChunkedArray, key: ColumnKey) -> pa.BinaryArray:
-    """`values` (as text) encrypted and authenticated with `key`, nulls kept null; a fresh random nonce per
-    value, so equal values give different ciphertexts."""
-    text = _combined(pc.cast(values, pa.string()))
-    present = pc.drop_null(text)
-    data, offsets = _buffers(present)
-    lengths = np.diff(offsets)
-    nonces = np.frombuffer(os.urandom(NONCE_BYTES * len(present)), np.uint8).reshape(-1, NONCE_BYTES)
-    ciphertext = data ^ _keystream(key, nonces, offsets)
-    tags = _tags(key, nonces, ciphertext, lengths)
-    header = np.concatenate([np.full((len(present), 1), FORMAT, np.uint8),
-                             np.tile(np.frombuffer(bytes.fromhex(key.key_id), np.uint8), (len(present), 1)),
-                             nonces, tags], axis=1)
-    stored = _binary(*_pack([(header.ravel(), np.full(len(present), HEADER_BYTES)), (ciphertext, lengths)]))
-    return _scatter(stored, text)
+@dataclass(frozen=True)
+class ColumnKeys:
+    """The keys of column encryption.
+
+    Attributes:
+        current: encrypts; decrypts the values it wrote.
+        previous: decrypt the values they wrote, picked by key id.
+        legacy: the first format's derivations of every configured secret, for values of that format.
+    """
+
+    current: ColumnKey
+    previous: tuple[ColumnKey, ...] = ()
+    legacy: tuple[LegacyKey, ...] = ()
 
 
-def decrypt(values: pa.Array | pa.ChunkedArray, key: ColumnKey, table: str, column: str) -> pa.StringArray:
-    """The plaintext of values `encrypt` stored, nulls kept null.
+def key_material(text: str) -> bytes | None:
+    """The 32 bytes `text` writes as 64 hex digits or as (standard or URL-safe, padded or not) base64; None
+    otherwise."""
+    text = text.strip()
+    if len(text) == 2 * KEY_BYTES:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            return None
+    try:
+        padded = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+        material = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return material if len(material) == KEY_BYTES else None
+
+
+def encrypt(values: pa.Array | pa.ChunkedArray, key: ColumnKey, table: str, column: str,
+            row_key: pa.Array | None = None) -> pa.Array:
+    """`values` (as text) encrypted with `key` and bound to `table`, `column` and each row's `row_key` bytes
+    (None: a table without keys), as large_binary, nulls kept null; a fresh random nonce per value, so equal
+    values give different ciphertexts."""
+    plain = _large(_large(values, pa.large_string()), pa.large_binary()).to_pylist()
+    seal, head = AESGCMSIV(key.material).encrypt, key.header
+    prefix = head + _names(table, column)
+    pool = os.urandom(NONCE_BYTES * len(plain))
+    nonces = (pool[start:start + NONCE_BYTES] for start in range(0, len(pool), NONCE_BYTES))
+    rows = _row_bytes(row_key, len(plain))
+    stored = [None if value is None else head + nonce + seal(nonce, value, prefix + row)
+              for value, nonce, row in zip(plain, nonces, rows)]
+    return pa.array(stored, pa.large_binary())
+
+
+def decrypt(values: pa.Array | pa.ChunkedArray, keys: ColumnKeys, table: str, column: str,
+            row_key: pa.Array | None = None) -> pa.Array:
+    """The plaintext (large_string) of values `encrypt` stored for `table`, `column` and each row's `row_key`
+    bytes (None: a table without keys), nulls kept null.
 
     Raises:
-        GovernanceError: a value is not in the stored format, was encrypted with another key (the message
-            names the stored key id and the given one), or fails authentication (altered or corrupt).
+        GovernanceError: a value is not in a known format, was encrypted with a key `keys` lacks (the message
+            names its key id and the current one), or fails authentication: altered, corrupt, or moved from
+            another row, column or table (the message counts the rows).
     """
-    stored = _combined(pc.cast(values, pa.binary()))
-    present = pc.drop_null(stored)
-    data, offsets = _buffers(present)
-    lengths = np.diff(offsets) - HEADER_BYTES
-    if (lengths < 0).any() or (data[offsets[:-1]] != FORMAT).any():
-        raise GovernanceError(f"column `{column}` of table `{table}` holds values that are not column-encrypted "
-                              "(unknown format); is it declared `encrypt`?", table=table)
-    header = data[offsets[:-1, None] + np.arange(HEADER_BYTES)]
-    key_ids = np.ascontiguousarray(header[:, 1:1 + KEY_ID_BYTES]).view(">u4").ravel()
-    if (key_ids != int(key.key_id, 16)).any():
-        stored_ids = ", ".join(f"{key_id:08x}" for key_id in np.unique(key_ids))
-        raise GovernanceError(
-            f"column `{column}` of table `{table}` was encrypted with key {stored_ids}, not "
-            f"with the given key {key.key_id}; set {KEY_VARIABLES} to the key it was written with", table=table)
-    nonces = header[:, 1 + KEY_ID_BYTES:1 + KEY_ID_BYTES + NONCE_BYTES]
-    ciphertext = data[_positions(offsets[:-1] + HEADER_BYTES, lengths)]
-    bad = (_tags(key, nonces, ciphertext, lengths) != header[:, HEADER_BYTES - TAG_BYTES:]).any(axis=1)
-    if bad.any():
-        raise GovernanceError(f"{int(bad.sum())} rows of column `{column}` of table `{table}` fail authentication: "
-                              "they were altered or corrupted after encryption", table=table)
-    plain_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    plain = _binary(ciphertext ^ _keystream(key, nonces, plain_offsets), plain_offsets).cast(pa.string())
-    return _scatter(plain, stored)
+    array = _large(values, pa.large_binary())
+    sealed, legacy = _openers(keys, _heads(array), table, column)
+    stored, rows = array.to_pylist(), _row_bytes(row_key, len(array))
+    try:
+        if len(sealed) == 1 and not legacy:
+            ((open_with, prefix),) = sealed.values()
+            plain = [None if value is None else open_with(value[HEAD_BYTES:HEADER_BYTES], value[HEADER_BYTES:],
+                                                          prefix + row) for value, row in zip(stored, rows)]
+        else:
+            plain = [None if value is None else _open(sealed, legacy, value, row) for value, row in zip(stored, rows)]
+    except InvalidTag:
+        failing = sum(1 for value, row in zip(stored, rows)
+                      if value is not None and not _opens(sealed, legacy, value, row))
+        raise GovernanceError(f"{failing} rows of column `{column}` of table `{table}` fail authentication: they "
+                              "were altered or corrupted, or moved from another row, column or table",
+                              table=table) from None
+    return pa.array(plain, pa.large_binary()).cast(pa.large_string())
 
 
-def decrypt_columns(rows: pa.Table, columns: Iterable[str], key: ColumnKey, table: str) -> pa.Table:
-    """`rows` with each of the encrypted `columns` it has decrypted to text."""
+def rotate(values: pa.Array | pa.ChunkedArray, keys: ColumnKeys, table: str, column: str,
+           row_key: pa.Array | None = None) -> tuple[pa.Array, int]:
+    """`values` (large_binary) with every value not in the current format under the current key decrypted
+    and encrypted again with it, and how many were.
+
+    Raises:
+        GovernanceError: as `decrypt`, for the values it re-encrypts.
+    """
+    stored = _large(values, pa.large_binary())
+    stale = _stale(stored, keys.current)
+    count = pc.sum(stale).as_py() or 0
+    if not count:
+        return stored, 0
+    bound = None if row_key is None else row_key.filter(stale)
+    fresh = encrypt(decrypt(stored.filter(stale), keys, table, column, bound), keys.current, table, column, bound)
+    return pc.replace_with_mask(stored, stale, fresh), count
+
+
+def row_keys(rows: pa.Table, table: str, key_columns: Sequence[str]) -> pa.Array | None:
+    """The row key bytes of every row of `table` (`keyhash.key_bytes`), None for a table without keys.
+
+    Raises:
+        GovernanceError: `rows` lack a key column.
+    """
+    if not key_columns:
+        return None
+    missing = [c for c in key_columns if c not in rows.column_names]
+    if missing:
+        raise GovernanceError(f"table `{table}` binds its encrypted values to its key columns "
+                              f"{', '.join(f'`{c}`' for c in key_columns)}, and its rows lack "
+                              f"{', '.join(f'`{c}`' for c in missing)}; keep the key columns in the rows", table=table)
+    return key_bytes(rows, key_columns)
+
+
+def decrypt_columns(rows: pa.Table, columns: Iterable[str], keys: ColumnKeys, table: str,
+                    key_columns: Sequence[str] = ()) -> pa.Table:
+    """`rows` of `table` with each of the encrypted `columns` it has decrypted to text, bound to the rows'
+    `key_columns` (see `row_key_columns`)."""
+    row_key = row_keys(rows, table, key_columns)
     for column in columns:
         if column in rows.column_names:
             index = rows.column_names.index(column)
-            rows = rows.set_column(index, pa.field(column, pa.string()),
-                                   decrypt(rows.column(index), key, table, column))
+            rows = rows.set_column(index, pa.field(column, pa.large_string()),
+                                   decrypt(rows.column(index), keys, table, column, row_key))
     return rows
 
 
-def describe(columns: Mapping[str, str]) -> str:
-    """The value of the `medallion.encryptedColumns` table property: `column:key id`, comma-separated."""
-    return ",".join(f"{column}:{key_id}" for column, key_id in columns.items())
+def rotate_columns(rows: pa.Table, columns: Iterable[str], keys: ColumnKeys, table: str,
+                   key_columns: Sequence[str] = ()) -> tuple[pa.Table, int]:
+    """`rows` of `table` with the values of its encrypted `columns` not under the current key re-encrypted with
+    it (see `rotate`), and how many were."""
+    row_key = row_keys(rows, table, key_columns)
+    total = 0
+    for column in columns:
+        if column in rows.column_names:
+            index = rows.column_names.index(column)
+            rotated, count = rotate(rows.column(index), keys, table, column, row_key)
+            rows = rows.set_column(index, rows.schema.field(index).with_type(pa.large_binary()), rotated)
+            total += count
+    return rows, total
+
+
+def stale_values(rows: pa.Table, keys: ColumnKeys, table: str) -> int:
+    """How many values of `rows` (encrypted columns of `table`) are not in the current format under the current
+    key.
+
+    Raises:
+        GovernanceError: one of them is of no known format, or under a key `keys` lacks.
+    """
+    total = 0
+    for column, values in zip(rows.column_names, rows.columns):
+        stored = _large(values, pa.large_binary())
+        stale = stored.filter(_stale(stored, keys.current))
+        _openers(keys, _heads(stale), table, column)
+        total += len(stale)
+    return total
+
+
+def encryption_properties(columns: Mapping[str, str], key_columns: Sequence[str]) -> dict[str, str]:
+    """The table properties that record the encrypted `columns` (`column:key id`, comma-separated, in
+    `medallion.encryptedColumns`) and the key columns their values are bound to (`medallion.encryptionRowKey`,
+    empty for a table without keys)."""
+    return {ENCRYPTED_PROPERTY: ",".join(f"{column}:{key_id}" for column, key_id in columns.items()),
+            ROW_KEY_PROPERTY: ",".join(key_columns)}
 
 
 def encrypted_columns(configuration: Mapping[str, str]) -> dict[str, str]:
@@ -130,75 +263,81 @@ def encrypted_columns(configuration: Mapping[str, str]) -> dict[str, str]:
     return dict(item.split(":", 1) for item in recorded.split(",") if ":" in item)
 
 
-def _combined(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+def row_key_columns(configuration: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The key columns a table's properties record its encrypted values to be bound to; None when they record
+    none (a table written only in the first format)."""
+    recorded = configuration.get(ROW_KEY_PROPERTY)
+    return None if recorded is None else tuple(c for c in recorded.split(",") if c)
 
 
-def _buffers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """The value bytes and the offsets (from 0) of a string or binary array without nulls."""
-    if len(values) == 0:
-        return np.empty(0, np.uint8), np.zeros(1, np.int64)
-    _, offset_buffer, data_buffer = values.buffers()
-    offsets = np.frombuffer(offset_buffer, np.int32)[values.offset:values.offset + len(values) + 1].astype(np.int64)
-    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    return data[offsets[0]:offsets[-1]], offsets - offsets[0]
+def _openers(keys: ColumnKeys, heads: list[bytes], table: str, column: str) -> tuple[
+        dict[bytes, tuple[Open, bytes]], dict[bytes, LegacyKey]]:
+    """What opens the values of each of `heads` (format and key id): the AEAD's decrypt and the start of the
+    associated data for the current format, the key for the first.
+
+    Raises:
+        GovernanceError: a head is of no known format, or names a key `keys` lacks.
+    """
+    current = {key.header: key for key in (keys.current, *keys.previous)}
+    first = {key.header: key for key in keys.legacy}
+    sealed = {head: (AESGCMSIV(current[head].material).decrypt, head + _names(table, column))
+              for head in heads if head in current}
+    legacy = {head: first[head] for head in heads if head in first}
+    unknown = [head for head in heads if head not in sealed and head not in legacy]
+    if any(len(head) < HEAD_BYTES or head[0] not in (FORMAT, LEGACY_FORMAT) for head in unknown):
+        raise GovernanceError(f"column `{column}` of table `{table}` holds values that are not column-encrypted "
+                              "(unknown format); is it declared `encrypt`?", table=table)
+    if unknown:
+        named = ", ".join(sorted(head[1:].hex() + ("" if head[0] == FORMAT else " (first format)")
+                                 for head in unknown))
+        raise GovernanceError(
+            f"column `{column}` of table `{table}` holds values encrypted with key {named}, neither the current "
+            f"key {keys.current.key_id} nor a previous one; set {KEY_VARIABLES} to the key they were written "
+            "with, or list it in `encryption.previous_keys`", table=table)
+    return sealed, legacy
 
 
-def _positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The indexes `start, start + 1, ..., start + length - 1` of every run, concatenated."""
-    ends = np.cumsum(lengths)
-    return np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+def _heads(stored: pa.Array) -> list[bytes]:
+    """The distinct first 5 bytes (format and key id) of the values of `stored` (large_binary)."""
+    return pc.unique(pc.binary_slice(stored.drop_null(), 0, HEAD_BYTES)).to_pylist()
 
 
-def _keystream(key: ColumnKey, nonces: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The AES-256-CTR keystream bytes of values at `offsets`, each with its nonce, concatenated."""
-    lengths = np.diff(offsets)
-    blocks = -(-lengths // _AES)
-    counters = np.empty((int(blocks.sum()), _AES), np.uint8)
-    counters[:, :NONCE_BYTES] = np.repeat(nonces, blocks, axis=0)
-    first = np.cumsum(blocks) - blocks
-    index = np.arange(len(counters)) - np.repeat(first, blocks)
-    counters[:, NONCE_BYTES:] = index.astype(">u4").view(np.uint8).reshape(-1, 4)
-    stream = Cipher(algorithms.AES(key.aes_key), modes.ECB()).encryptor().update(counters.tobytes())
-    return np.frombuffer(stream, np.uint8)[_positions(first * _AES, lengths)]
+def _open(sealed: dict[bytes, tuple[Open, bytes]], legacy: dict[bytes, LegacyKey], value: bytes,
+          row: bytes) -> bytes:
+    """The plaintext of one value of any known head; raises `InvalidTag`."""
+    head = value[:HEAD_BYTES]
+    if head in legacy:
+        return open_legacy(legacy[head], value)
+    open_with, prefix = sealed[head]
+    return open_with(value[HEAD_BYTES:HEADER_BYTES], value[HEADER_BYTES:], prefix + row)
 
 
-def _tags(key: ColumnKey, nonces: np.ndarray, ciphertext: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The first 16 bytes of HMAC-SHA256(MAC key, nonce || ciphertext) of every value, one row each."""
-    if len(lengths) == 0:
-        return np.empty((0, TAG_BYTES), np.uint8)
-    messages = _binary(*_pack([(nonces.ravel(), np.full(len(lengths), NONCE_BYTES)), (ciphertext, lengths)]))
-    padded = key.mac_key.ljust(_HMAC_BLOCK, b"\0")
-    inner, outer = bytes(b ^ 0x36 for b in padded), bytes(b ^ 0x5C for b in padded)
-    with duckdb.connect() as db:
-        db.execute("SET enable_progress_bar = false")
-        db.register("batch", pa.table({"m": messages}))
-        tags = db.sql("SELECT unhex(substr(sha256(?::BLOB || unhex(sha256(?::BLOB || m))), 1, ?)) AS t FROM batch",
-                      params=[outer, inner, 2 * TAG_BYTES]).to_arrow_table()
-    data, _ = _buffers(_combined(tags.column("t")).cast(pa.binary()))
-    return data.reshape(-1, TAG_BYTES)
+def _opens(sealed: dict[bytes, tuple[Open, bytes]], legacy: dict[bytes, LegacyKey], value: bytes,
+           row: bytes) -> bool:
+    try:
+        _open(sealed, legacy, value, row)
+    except InvalidTag:
+        return False
+    return True
 
 
-def _pack(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per value, its bytes of each part one after the other: `parts` are (bytes, length per value)."""
-    total = sum(lengths for _, lengths in parts)
-    offsets = np.concatenate([[0], np.cumsum(total)]).astype(np.int64)
-    out = np.empty(int(offsets[-1]), np.uint8)
-    before = offsets[:-1].copy()
-    for data, lengths in parts:
-        out[_positions(before, lengths)] = data
-        before += lengths
-    return out, offsets
+def _stale(stored: pa.Array, key: ColumnKey) -> pa.Array:
+    """Which `stored` values are not in the current format under `key` (nulls are not)."""
+    current = pa.scalar(key.header, pa.large_binary())
+    return pc.fill_null(pc.not_equal(pc.binary_slice(stored, 0, HEAD_BYTES), current), False)
 
 
-def _binary(data: np.ndarray, offsets: np.ndarray) -> pa.BinaryArray:
-    return pa.Array.from_buffers(pa.binary(), len(offsets) - 1,
-                                 [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
+def _row_bytes(row_key: pa.Array | None, count: int) -> list[bytes]:
+    """The row key bytes of `count` rows, empty ones for a table without keys."""
+    return [b""] * count if row_key is None else row_key.to_pylist()
 
 
-def _scatter(present: pa.Array, like: pa.Array) -> pa.Array:
-    """`present` (the values of `like` that are not null) put back at their places, nulls where `like`'s are."""
-    if like.null_count == 0:
-        return present
-    valid = np.asarray(like.is_valid())
-    return present.take(pa.array(np.cumsum(valid) - 1, mask=~valid))
+def _names(table: str, column: str) -> bytes:
+    """The table and column names in the associated data, each after its length."""
+    return b"".join(struct.pack(">H", len(name)) + name for name in (table.encode(), column.encode()))
+
+
+def _large(values: pa.Array | pa.ChunkedArray, data_type: pa.DataType) -> pa.Array:
+    """`values` cast to `data_type` (a large type: 64-bit offsets) as one array."""
+    cast = values.cast(data_type)
+    return cast.combine_chunks() if isinstance(cast, pa.ChunkedArray) else cast

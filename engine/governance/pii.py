@@ -10,7 +10,7 @@ per value.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import duckdb
@@ -33,16 +33,20 @@ MASK = "***"
 _BLOCK = 64
 
 
-def check_declaration(table: str, pii: Mapping[str, str]) -> None:
-    """Raise when a table declares an unknown action for a personal-data column.
+def check_declaration(table: str, pii: Mapping[str, str], keys: Collection[str] = ()) -> None:
+    """Raise when a table declares an unknown action for a personal-data column, or encrypts one of its `keys`.
 
     Raises:
-        PipelineDefinitionError: an action other than `tokenize`, `mask` or `encrypt`.
+        PipelineDefinitionError: an action other than `tokenize`, `mask` or `encrypt`; `encrypt` on a key
+            column (encrypted values never compare equal, and they are bound to the key).
     """
     for column, action in pii.items():
         if action not in ACTIONS:
             raise PipelineDefinitionError(f"table `{table}` declares `{action}` for personal-data column `{column}`; "
                                   f"use one of {', '.join(ACTIONS)}", table=table)
+        if action == "encrypt" and column in keys:
+            raise PipelineDefinitionError(f"table `{table}` declares its key column `{column}` `encrypt`; keys "
+                                          "must compare equal: `tokenize` it instead", table=table)
 
 
 def tokenize(values: pa.Array | pa.ChunkedArray, key: PiiKey) -> pa.Array:
@@ -69,43 +73,38 @@ def mask(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def protect(batch: pa.Table, columns: Mapping[str, str], key: PiiKey, table: str = "",
-            column_key: ColumnKey | None = None) -> pa.Table:
-    """`batch` with each personal-data column tokenized, masked or encrypted (with `column_key`, as binary) as
-    declared, and the raw text of unparseable records (`_rescued_data`, bound for quarantine) tokenized, since
-    it may hold any of them.
+            column_key: ColumnKey | None = None, key_columns: Sequence[str] = ()) -> pa.Table:
+    """`batch` with each personal-data column tokenized, masked or encrypted (with `column_key`, as binary
+    bound to the table, the column and the row's `key_columns` as they are stored) as declared, and the raw
+    text of unparseable records (`_rescued_data`, bound for quarantine) tokenized, since it may hold any of them.
 
     Raises:
-        GovernanceError: a declared column is not in a batch that has rows, or one is declared `encrypt` and
-            no `column_key` is given.
+        GovernanceError: a declared column is not in a batch that has rows, one is declared `encrypt` and no
+            `column_key` is given, or the batch lacks a key column.
     """
     encrypted = [column for column, action in columns.items() if action == "encrypt"]
     if encrypted and column_key is None:
         raise GovernanceError(f"table `{table}` declares {', '.join(f'`{c}`' for c in encrypted)} `encrypt`, and "
                               "no column-encryption key was given", table=table)
-    for column, action in columns.items():
-        if column not in batch.column_names:
-            if batch.num_rows == 0:
-                continue
-            raise GovernanceError(f"table `{table}` declares personal-data column `{column}`, which its rows "
-                                  f"lack (columns: {', '.join(batch.column_names)}); fix the `pii` declaration",
-                                  table=table)
+    missing = [column for column in columns if column not in batch.column_names]
+    if missing and batch.num_rows:
+        raise GovernanceError(f"table `{table}` declares personal-data column `{missing[0]}`, which its rows lack "
+                              f"(columns: {', '.join(batch.column_names)}); fix the `pii` declaration", table=table)
+    present = [column for column in columns if column not in missing]
+    for column in (c for c in present if columns[c] != "encrypt"):
         index = batch.column_names.index(column)
-        batch = batch.set_column(index, *_protected(batch.column(index), column, action, key, column_key))
+        text = tokenize(batch.column(index), key) if columns[column] == "tokenize" else mask(batch.column(index))
+        batch = batch.set_column(index, pa.field(column, pa.string()), text)
+    row_key = encryption.row_keys(batch, table, key_columns) if encrypted and batch.num_rows else None
+    for column in (c for c in present if columns[c] == "encrypt"):
+        assert column_key is not None
+        index = batch.column_names.index(column)
+        batch = batch.set_column(index, pa.field(column, pa.large_binary()),
+                                 encryption.encrypt(batch.column(index), column_key, table, column, row_key))
     if columns and RESCUED_DATA in batch.column_names:
         index = batch.column_names.index(RESCUED_DATA)
         batch = batch.set_column(index, pa.field(RESCUED_DATA, pa.string()), tokenize(batch.column(index), key))
     return batch
-
-
-def _protected(values: pa.ChunkedArray, column: str, action: str, key: PiiKey,
-               column_key: ColumnKey | None) -> tuple[pa.Field, pa.Array]:
-    """The field and values of a personal-data column protected by `action`."""
-    if action == "tokenize":
-        return pa.field(column, pa.string()), tokenize(values, key)
-    if action == "mask":
-        return pa.field(column, pa.string()), mask(values)
-    assert column_key is not None
-    return pa.field(column, pa.binary()), encryption.encrypt(values, column_key)
 
 
 def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
@@ -115,22 +114,22 @@ def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
 
 
 def keep_out_of_stats(uri: str, personal: Collection[str], metadata: dict[str, Any],
-                      encrypted: Mapping[str, str] | None = None) -> bool:
+                      encrypted: Mapping[str, str] | None = None, key_columns: Sequence[str] = ()) -> bool:
     """Make the table at `uri` leave `personal` columns out of the statistics of the files it gets from now
     on (`delta.dataSkippingStatsColumns`), and strip their min/max from the files already logged; record the
-    `encrypted` columns (column: key id) in `medallion.encryptedColumns`, both in one commit carrying
-    `metadata`. Does nothing when the table is missing or already set; True when it set it."""
+    `encrypted` columns (column: key id) and the `key_columns` their values are bound to
+    (`encryption.encryption_properties`), all in one commit carrying `metadata`. Does nothing when the table is
+    missing or already set; True when it set it."""
     if not delta.table_exists(uri):
         return False
     table = DeltaTable(uri)
     schema = pa.schema(table.schema().to_arrow())
     present = [c for c in personal if c in schema.names]
     current = table.metadata().configuration
-    wanted = {STATS_PROPERTY: stats_columns(schema, present),
-              encryption.ENCRYPTED_PROPERTY: encryption.describe(
-                  {c: key_id for c, key_id in (encrypted or {}).items() if c in schema.names})}
-    if not wanted[encryption.ENCRYPTED_PROPERTY] and encryption.ENCRYPTED_PROPERTY not in current:
-        del wanted[encryption.ENCRYPTED_PROPERTY]
+    wanted = {STATS_PROPERTY: stats_columns(schema, present)}
+    recorded = {c: key_id for c, key_id in (encrypted or {}).items() if c in schema.names}
+    if recorded or encryption.ENCRYPTED_PROPERTY in current:
+        wanted |= encryption.encryption_properties(recorded, key_columns)
     changed = {name: value for name, value in wanted.items() if current.get(name) != value}
     if not present or not changed:
         return False

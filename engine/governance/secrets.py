@@ -11,7 +11,8 @@ from pathlib import Path
 from engine import redact
 from engine.config import EncryptionSettings, PiiSettings
 from engine.errors import GovernanceError
-from engine.governance.encryption import ColumnKey
+from engine.governance.encryption import ColumnKey, ColumnKeys, key_material
+from engine.governance.encryption_legacy import LegacyKey
 
 PII_KEY_ENV = "MEDALLION_PII_KEY"
 ENCRYPTION_KEY_ENV = "MEDALLION_ENCRYPTION_KEY"
@@ -72,23 +73,37 @@ def pii_key(settings: PiiSettings, needed_by: str, root: str | None = None) -> P
     return PiiKey(settings.key_version, value.encode())
 
 
-def column_key(settings: EncryptionSettings, needed_by: str) -> ColumnKey:
-    """The column-encryption key: `encryption.key` (env `MEDALLION__ENCRYPTION__KEY`), else
-    `$MEDALLION_ENCRYPTION_KEY`, else the secret file `encryption.key_file`. There is no development key:
-    data encrypted with a key nobody keeps could never be read back.
+def column_keys(settings: EncryptionSettings, needed_by: str) -> ColumnKeys:
+    """The column-encryption keys. The current one: `encryption.key` (env `MEDALLION__ENCRYPTION__KEY`), else
+    `$MEDALLION_ENCRYPTION_KEY`, else the secret file `encryption.key_file`; there is no development key: data
+    encrypted with a key nobody keeps could never be read back. The previous ones: `encryption.previous_keys`
+    and the files `encryption.previous_key_files`. Every configured secret also reads the values of the first
+    format it wrote.
 
     Raises:
-        GovernanceError: no key is configured; the message names `needed_by` (the table or operation).
+        GovernanceError: no current key is configured (the message names `needed_by`, the table or
+            operation), the current key is not 32 bytes as 64 hex digits or base64, or a file cannot be read.
     """
-    value = settings.key.get_secret_value() if settings.key is not None else os.environ.get(ENCRYPTION_KEY_ENV, "")
+    source = "`encryption.key` (MEDALLION__ENCRYPTION__KEY)"
+    value = settings.key.get_secret_value() if settings.key is not None else ""
+    if not value and os.environ.get(ENCRYPTION_KEY_ENV):
+        source, value = ENCRYPTION_KEY_ENV, os.environ[ENCRYPTION_KEY_ENV]
     if not value and settings.key_file:
-        value = read_secret_file(settings.key_file, "encryption.key_file")
+        source, value = f"`{settings.key_file}` (`encryption.key_file`)", read_secret_file(
+            settings.key_file, "encryption.key_file")
     if not value:
         raise GovernanceError(
             f"{needed_by} needs the column-encryption key, and none is set; set {ENCRYPTION_KEY_ENV} (or "
             "MEDALLION__ENCRYPTION__KEY), or point `encryption.key_file` at a secret file")
     redact.hide(value)
-    return ColumnKey.from_secret(value)
+    previous = [key.get_secret_value() for key in settings.previous_keys] + [
+        read_secret_file(path, "encryption.previous_key_files") for path in settings.previous_key_files]
+    for secret in previous:
+        redact.hide(secret)
+    material = [key_material(secret) for secret in previous]
+    return ColumnKeys(ColumnKey.parse(value, source),
+                      tuple(ColumnKey.from_bytes(m) for m in material if m is not None),
+                      tuple(LegacyKey.from_secret(secret) for secret in [value, *previous]))
 
 
 def _local_key_file(root: str) -> Path:

@@ -1,26 +1,34 @@
-"""`medallion maintain ...` (optimize, vacuum, pins) and `medallion backup ...` (take, verify, restore)."""
+"""`medallion maintain ...` (optimize, vacuum, rotate-keys, pins) and `medallion backup ...` (take, verify,
+restore)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import UTC, datetime, timedelta
 
 import click
 from rich.table import Table
 
 from engine.cli import _reported, _settings, console
+from engine.config import Settings
 from engine.entrypoints import load_pipeline
 from engine.errors import EngineError, MaintenanceError
 from engine.governance.access import authorize
+from engine.governance.secrets import column_keys
+from engine.kinds import key_columns
 from engine.maintenance.backup import backup as take_backup
 from engine.maintenance.backup import restore_backup, verify_backup
 from engine.maintenance.optimize import optimize_table
 from engine.maintenance.pins import list_pins, pin, unpin
 from engine.maintenance.policy import Maintenance
+from engine.maintenance.rotate import rotate_table
 from engine.maintenance.vacuum import vacuum_table
+from engine.pipeline import TableDefinition
+from engine.runner import new_run_id
 from engine.runtime import ray_session
 from engine.status import list_tables
-from engine.tables.delta import last_commit_value
+from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import version_as_of
 
@@ -37,19 +45,25 @@ def _tables(layout: Layout, table: str | None) -> list[str]:
     return tables
 
 
-def _declared(layout: Layout, table: str, pipeline_name: str | None) -> Maintenance:
-    """The table's maintenance declaration in `pipeline_name`, else in the pipeline its last commit names;
-    the defaults when neither is known or loadable."""
-    name = pipeline_name or last_commit_value(layout.location(table), table, "pipeline")
+def _definition(settings: Settings, table: str, pipeline_name: str | None, instead: str) -> TableDefinition | None:
+    """The table's declaration in `pipeline_name`, else in the pipeline its last commit names; None when
+    neither is known or loadable (saying so, and what is done `instead`)."""
+    uri = Layout.at(settings.storage.root).location(table)
+    name = pipeline_name or TableFormats(settings).at(uri).last_commit_value(uri, table, "pipeline")
     if name is None:
-        return Maintenance()
+        return None
     try:
-        definition = load_pipeline(name).tables.get(table)
+        return load_pipeline(name).tables.get(table)
     except EngineError as err:
         if pipeline_name is not None:
             raise
-        console.print(f"{table}: pipeline `{name}` cannot be loaded ({err}); using the default maintenance")
-        return Maintenance()
+        console.print(f"{table}: pipeline `{name}` cannot be loaded ({err}); {instead}")
+        return None
+
+
+def _declared(settings: Settings, table: str, pipeline_name: str | None) -> Maintenance:
+    """The table's maintenance declaration (see `_definition`); the defaults when it is unknown."""
+    definition = _definition(settings, table, pipeline_name, "using the default maintenance")
     return definition.maintenance if definition is not None else Maintenance()
 
 
@@ -72,7 +86,7 @@ def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z
     authorize(settings.access, "manage", tables, "`medallion maintain optimize`")
     with ray_session(settings.ray):
         for name in tables:
-            policy = _declared(layout, name, pipeline_name)
+            policy = _declared(settings, name, pipeline_name)
             if z_order is not None:
                 policy = dataclasses.replace(policy, z_order=tuple(c.strip() for c in z_order.split(",") if c.strip()))
             if target_file_mb is not None:
@@ -110,6 +124,39 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
         console.print(f"{name}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h ago{kept}")
         for path in done.files if dry_run else []:
             console.print(f"  {path}")
+
+
+@maintain.command("rotate-keys")
+@click.argument("table", required=False)
+@click.option("--pipeline", "pipeline_name", default=None,
+              help="Pipeline declaring the tables (default: the one named in each table's last commit); its keys "
+                   "bind the values of tables written only in the first encryption format.")
+@click.option("--reason", default="key rotation", show_default=True, help="Recorded in each rewrite commit.")
+@click.pass_context
+@_reported
+def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None, reason: str) -> None:
+    """Re-encrypt the encrypted columns of TABLE (default: every table) and its change log under the current
+    column key, reading older values with `encryption.previous_keys`."""
+    settings = _settings(ctx)
+    layout = Layout.at(settings.storage.root)
+    tables = _tables(layout, table)
+    authorize(settings.access, "manage", tables, "`medallion maintain rotate-keys`")
+    keys = column_keys(settings.encryption, "`medallion maintain rotate-keys`")
+    run_id = new_run_id()
+    for name in tables:
+        @functools.cache
+        def declared(name: str = name) -> tuple[str, ...] | None:
+            definition = _definition(settings, name, pipeline_name, "its key columns are unknown")
+            return None if definition is None else key_columns(definition.kind)
+
+        done = rotate_table(settings, name, keys, declared_keys=declared, run_id=run_id, reason=reason)
+        if done is None:
+            if table is not None:
+                console.print(f"{name}: no encrypted columns")
+            continue
+        version = f" (v{done.version})" if done.version is not None else ""
+        console.print(f"{name}: {done.values:,} value(s) re-encrypted{version}, {done.change_log_values:,} in its "
+                      f"change log; every value is under key {keys.current.key_id}")
 
 
 @maintain.command("pin")

@@ -148,8 +148,9 @@ def read_added_files(
 ) -> tuple[ray.data.Dataset, int] | None:
     """The rows added to the table after version `since` up to `until`, and their count.
 
-    Compactions in between (`medallion.operation` = `optimize` or deltalake's OPTIMIZE: files rewritten,
-    rows unchanged) and erasures (rows of a subject removed) are seen through: the files appended before
+    Compactions and key rotations in between (`medallion.operation` = `optimize` or `rotate-keys`, or
+    deltalake's OPTIMIZE: files rewritten, rows unchanged) and erasures (rows of a subject removed) are seen
+    through: the files appended before
     them are read where they still lie, until a vacuum or the erasure deletes them. Returns None when those
     versions did more than add files (an overwrite, merge or delete rewrote or removed data), or an appended
     file is gone, so the caller must read the table in full.
@@ -210,10 +211,12 @@ def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Tabl
 
 def _appended_through_compactions(uri: str, table: str, since: int, until: int) -> list[DataFileEntry] | None:
     """The data files appended after `since` up to `until`, when every commit in between only appended files,
-    only compacted them or erased a subject from them (`medallion.operation` = `erase`: rows only removed,
-    from the downstream tables too) and those files are still on disk; else None."""
+    only compacted them, re-encrypted them under another key (`rotate-keys`: the same rows) or erased a subject
+    from them (`medallion.operation` = `erase`: rows only removed, from the downstream tables too) and those
+    files are still on disk; else None."""
     rewrites = {c["version"] for c in history(uri, table) if since < c["version"] <= until
-                and (c.get("operation") == "OPTIMIZE" or commit_info_value(c, "operation") in ("optimize", "erase"))}
+                and (c.get("operation") == "OPTIMIZE"
+                     or commit_info_value(c, "operation") in ("optimize", "rotate-keys", "erase"))}
     previous = data_files(uri, open_table(uri, table, since))
     added: list[DataFileEntry] = []
     for version in range(since + 1, until + 1):

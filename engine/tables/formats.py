@@ -7,6 +7,7 @@ format; a table whose location already holds a table of the other format is refu
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -15,14 +16,16 @@ import pyarrow.fs as pafs
 import ray.data
 from deltalake.transaction import Transaction
 
+from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
 from engine.governance import encryption, pii
 from engine.tables import delta, progress
-from engine.tables.files import DataFile
+from engine.tables.files import DataFile, RollingParquetWriter
 from engine.tables.iceberg import without_metrics
 from engine.tables.layout import Layout
 from engine.tables.replace import Replacement, Slice, replace_slice
+from engine.tables.staging import discard_files
 
 if TYPE_CHECKING:
     from engine.config import Settings
@@ -81,8 +84,10 @@ class TableStore(Protocol):
                 storage: StorageSettings, prefix: str, metadata: dict[str, Any],
                 transaction: Transaction | None) -> Replacement: ...
     def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool: ...
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool: ...
     def table_properties(self, uri: str, table: str, version: int | None = None) -> Mapping[str, str]: ...
+    def set_table_properties(self, uri: str, table: str, properties: Mapping[str, str],
+                             metadata: dict[str, Any]) -> None: ...
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
                 metadata: dict[str, Any]) -> int: ...
     def changed_keys(self, uri: str, table: str, since: int, until: int,
@@ -150,14 +155,24 @@ class DeltaStore:
 
     @staticmethod
     def keep_out_of_stats(uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool:
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool:
         """`pii.keep_out_of_stats`: True when it committed to the table."""
-        return pii.keep_out_of_stats(uri, personal, metadata, encrypted)
+        return pii.keep_out_of_stats(uri, personal, metadata, encrypted, key_columns)
 
     @staticmethod
     def table_properties(uri: str, table: str, version: int | None = None) -> Mapping[str, str]:
         """The table's configuration at `version`."""
         return delta.open_table(uri, table, version).metadata().configuration
+
+    @staticmethod
+    def set_table_properties(uri: str, table: str, properties: Mapping[str, str], metadata: dict[str, Any]) -> None:
+        """Set `properties` on the table in a commit carrying `metadata`, unless it has them already."""
+        loaded = delta.open_table(uri, table)
+        current = loaded.metadata().configuration
+        changed = {name: value for name, value in properties.items() if current.get(name) != value}
+        if changed:
+            loaded.alter.set_table_properties(changed, raise_if_not_exists=False,
+                                              commit_properties=delta.commit_metadata(metadata))
 
 
 class IcebergStore:
@@ -167,8 +182,9 @@ class IcebergStore:
 
     name = ICEBERG
 
-    def __init__(self, tables: IcebergTables, personal: Collection[str] = ()) -> None:
+    def __init__(self, tables: IcebergTables, storage: StorageSettings, personal: Collection[str] = ()) -> None:
         self.tables = tables
+        self.storage = storage
         self.properties = without_metrics(personal)
 
     def __getattr__(self, attribute: str) -> Any:
@@ -202,18 +218,19 @@ class IcebergStore:
                                          metadata=metadata, transaction=transaction, table_properties=self.properties)
 
     def keep_out_of_stats(self, uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
-                          encrypted: Mapping[str, str]) -> bool:
+                          encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool:
         """Keep `personal` columns out of the column metrics of the files the table gets from now on, and record
-        the `encrypted` columns (column: key id) in `medallion.encryptedColumns`, in a commit without a snapshot;
-        always False (the table's version does not change)."""
+        the `encrypted` columns (column: key id) and the `key_columns` their values are bound to
+        (`encryption.encryption_properties`), in a commit without a snapshot; always False (the table's version
+        does not change)."""
         if not self.tables.table_exists(uri):
             return False
         current = self.tables.table_properties(uri, table)
         names = set(self.tables.schema(uri, table).names)
         wanted = without_metrics([c for c in personal if c in names])
-        described = encryption.describe({c: key for c, key in encrypted.items() if c in names})
-        if described or encryption.ENCRYPTED_PROPERTY in current:
-            wanted[encryption.ENCRYPTED_PROPERTY] = described
+        recorded = {c: key for c, key in encrypted.items() if c in names}
+        if recorded or encryption.ENCRYPTED_PROPERTY in current:
+            wanted |= encryption.encryption_properties(recorded, key_columns)
         self.tables.set_table_properties(uri, wanted)
         return False
 
@@ -221,11 +238,35 @@ class IcebergStore:
         """The table's current properties (Iceberg keeps no history of them)."""
         return self.tables.table_properties(uri, table)
 
+    def set_table_properties(self, uri: str, table: str, properties: Mapping[str, str],
+                             metadata: dict[str, Any]) -> None:
+        """Set `properties` on the table, in a commit without a snapshot (`metadata` goes into none)."""
+        self.tables.set_table_properties(uri, properties)
+
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
                 metadata: dict[str, Any]) -> int:
-        raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is not "
-                               "supported on Iceberg tables yet; declare the table with `table_format=\"delta\"`",
-                               table=table, path=uri)
+        """Rewrite every row of the table through `transform`, which keeps the schema, in one overwrite snapshot;
+        returns the new version. The rows pass through this process's memory.
+
+        Raises:
+            TableFormatError: `transform` changes the schema (a declared schema migration), which Iceberg tables
+                do not support yet.
+        """
+        rows = self.tables.read_table(uri, table)
+        rewritten = to_storage(transform(rows))
+        if not rewritten.schema.equals(storage_schema(rows.schema)):
+            raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is "
+                                   "not supported on Iceberg tables yet; declare the table with "
+                                   "`table_format=\"delta\"`", table=table, path=uri)
+        writer = RollingParquetWriter(uri, self.storage, f"rewrite-{uuid.uuid4().hex[:8]}")
+        try:
+            writer.write(rewritten)
+            version = self.commit_files(uri, writer.close(), mode="overwrite", metadata=metadata)
+        except BaseException:
+            discard_files(uri, writer.close())
+            raise
+        assert version is not None
+        return version
 
 
 @functools.lru_cache(maxsize=16)
@@ -239,7 +280,7 @@ def iceberg_store(storage: StorageSettings, personal: Collection[str] = ()) -> I
     """The Iceberg tables of the storage root, in its catalog (one catalog connection per root and URI), for a
     table with `personal` columns."""
     uri = storage.iceberg_catalog_uri.get_secret_value() if storage.iceberg_catalog_uri else None
-    return IcebergStore(_iceberg_tables(Layout.at(storage.root).root, uri), personal)
+    return IcebergStore(_iceberg_tables(Layout.at(storage.root).root, uri), storage, personal)
 
 
 def found_format(uri: str) -> str | None:

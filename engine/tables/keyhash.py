@@ -1,4 +1,5 @@
-"""The one hash of key columns that routes rows: shuffle partitions, merge buckets and backup content hashes.
+"""The one hash of key columns that routes rows: shuffle partitions, merge buckets and backup content hashes;
+and the key columns of a row as bytes, which bind an encrypted value to its row (`engine/governance/encryption.py`).
 
 Equal key values hash alike whatever type carries them: integers of any width or signedness hash by their
 value, string and binary variants by their bytes, timestamps by their instant in microseconds (any unit or
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from engine.errors import KeyMismatch
 
@@ -21,6 +23,7 @@ _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)
 _SLICE_ROWS = 1 << 16
 _UNIT = "us"
+_NULL, _WORD, _BYTES, _EMPTY = (pa.scalar(token, pa.large_binary()) for token in (b"\x00", b"\x01", b"\x02", b""))
 
 
 def key_hash(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
@@ -37,6 +40,15 @@ def key_hash(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
         with np.errstate(over="ignore"):
             combined = _mix(combined * _BASE + (np.concatenate(chunks) if chunks else combined))
     return combined
+
+
+def key_bytes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
+    """The key columns of every row as bytes (large_binary), alike for key values that compare equal across
+    types as in `key_hash`, and unlike the hash never alike for different keys (but for unsigned values above
+    the int64 range, as there). Per column, in the order of `keys` (at least one): a null is `0x00`, a 64-bit
+    word `0x01` and its 8 bytes, a string or binary `0x02`, its length in 8 bytes and its bytes.
+    """
+    return pc.binary_join_element_wise(*[_key_tokens(table.column(name).combine_chunks()) for name in keys], _EMPTY)
 
 
 def bucket_of(table: pa.Table, keys: Sequence[str], buckets: int) -> np.ndarray:
@@ -112,30 +124,59 @@ def _canonical(array: pa.Array) -> pa.Array:
     return array
 
 
-def _array_hash(array: pa.Array) -> np.ndarray:
-    """The hash of every value of one key column chunk; nulls share one value."""
+def _key_values(array: pa.Array) -> pa.Array | np.ndarray:
+    """One key column chunk as the values it compares by: a large_binary array (strings and binaries by their
+    bytes, other types by their text form), or 64-bit words (integers, booleans and temporal values as int64 in
+    a common unit, floats as their float64 bits with one zero and one NaN) with nulls as zero."""
     data_type = array.type
     if pa.types.is_dictionary(data_type):
-        return _array_hash(array.dictionary_decode())
+        return _key_values(array.dictionary_decode())
     if _is_string(data_type) or _is_binary(data_type):
-        slices = [_bytes_hash(array.slice(start, _SLICE_ROWS).cast(pa.large_binary()))
-                  for start in range(0, len(array), _SLICE_ROWS)]
-        hashed = np.concatenate(slices) if slices else np.zeros(0, np.uint64)
-    elif pa.types.is_floating(data_type):
+        return array.cast(pa.large_binary())
+    if pa.types.is_floating(data_type):
         values = array.cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False) + 0.0
         values[np.isnan(values)] = np.nan
-        hashed = _mix(values.view(np.uint64))
-    elif pa.types.is_temporal(data_type) or pa.types.is_integer(data_type) or pa.types.is_boolean(data_type):
+        return values.view(np.uint64)
+    if pa.types.is_temporal(data_type) or pa.types.is_integer(data_type) or pa.types.is_boolean(data_type):
         if pa.types.is_temporal(data_type):
             array = _canonical(array)
             array = array.view(pa.int32() if array.type.bit_width == 32 else pa.int64())
-        values = array.cast(pa.int64(), safe=False).fill_null(0).to_numpy(zero_copy_only=False)
-        hashed = _mix(values.view(np.uint64))
+        return array.cast(pa.int64(), safe=False).fill_null(0).to_numpy(zero_copy_only=False).view(np.uint64)
+    return _key_values(array.cast(pa.string()))
+
+
+def _array_hash(array: pa.Array) -> np.ndarray:
+    """The hash of every value of one key column chunk; nulls share one value."""
+    if pa.types.is_dictionary(array.type):
+        return _array_hash(array.dictionary_decode())
+    values = _key_values(array)
+    if isinstance(values, np.ndarray):
+        hashed = _mix(values)
     else:
-        return _array_hash(array.cast(pa.string()))
+        slices = [_bytes_hash(values.slice(start, _SLICE_ROWS)) for start in range(0, len(values), _SLICE_ROWS)]
+        hashed = np.concatenate(slices) if slices else np.zeros(0, np.uint64)
     if array.null_count:
         hashed[array.is_null().to_numpy(zero_copy_only=False)] = _NULL_HASH
     return hashed
+
+
+def _key_tokens(array: pa.Array) -> pa.Array:
+    """Every value of one key column as bytes that tell it apart from any other (see `key_bytes`)."""
+    if pa.types.is_dictionary(array.type):
+        return _key_tokens(array.dictionary_decode())
+    values = _key_values(array)
+    if isinstance(values, np.ndarray):
+        token = pc.binary_join_element_wise(_WORD, _fixed_words(values), _EMPTY)
+    else:
+        lengths = _fixed_words(pc.binary_length(values).fill_null(0).to_numpy(zero_copy_only=False))
+        token = pc.binary_join_element_wise(_BYTES, lengths, values.fill_null(b""), _EMPTY)
+    return pc.if_else(array.is_null(), _NULL, token)
+
+
+def _fixed_words(values: np.ndarray) -> pa.Array:
+    """64-bit words as 8 big-endian bytes each, in a large_binary array."""
+    data = pa.py_buffer(values.astype(">u8").tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(8), len(values), [None, data]).cast(pa.large_binary())
 
 
 def _bytes_hash(array: pa.Array) -> np.ndarray:

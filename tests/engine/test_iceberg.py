@@ -355,6 +355,7 @@ def test_an_absent_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.Monke
 
 
 PEOPLE_PII = {"email": "encrypt", "phone": "tokenize", "name": "mask"}
+ICEBERG_KEY = "5a" * 32
 
 
 def people_pipeline() -> Pipeline:
@@ -390,9 +391,9 @@ def manifest_metrics(tables: IcebergTables, uri: str, table: str) -> list[dict[s
 
 
 def test_personal_columns_stay_out_of_iceberg_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.governance.encryption import ENCRYPTED_PROPERTY, ColumnKey
+    from engine.governance.encryption import ENCRYPTED_PROPERTY, ROW_KEY_PROPERTY, ColumnKey
 
-    monkeypatch.setenv("MEDALLION_ENCRYPTION_KEY", "iceberg-key")
+    monkeypatch.setenv("MEDALLION_ENCRYPTION_KEY", ICEBERG_KEY)
     people = [{"id": i, "email": f"p{i}@hidden.example", "phone": f"0770{i:04d}", "name": f"Name{i}",
                "city": "Leeds", "seq": 1} for i in range(10)]
     write_people(tmp_path, "people-1.jsonl", people)
@@ -404,7 +405,7 @@ def test_personal_columns_stay_out_of_iceberg_manifests(tmp_path: Path, monkeypa
     assert record(second, "silver.people").details["merge"]["num_target_files_removed"] == 1
 
     tables, layout = IcebergTables(str(tmp_path)), Layout.at(str(tmp_path))
-    key = ColumnKey.from_secret("iceberg-key")
+    key = ColumnKey.parse(ICEBERG_KEY, "test")
     for table in ("silver.people", "gold.people_history"):
         uri = layout.table(table)
         assert [h["version"] for h in tables.history(uri, table)] == [1, 0]
@@ -413,7 +414,7 @@ def test_personal_columns_stay_out_of_iceberg_manifests(tmp_path: Path, monkeypa
         assert all(not (m["bounds"] | m["counts"]) & set(PEOPLE_PII) for m in metrics), metrics
         assert all({"id", "city"} <= m["bounds"] for m in metrics)
         properties = tables.table_properties(uri, table)
-        assert properties[ENCRYPTED_PROPERTY] == f"email:{key.key_id}"
+        assert properties[ENCRYPTED_PROPERTY] == f"email:{key.key_id}" and properties[ROW_KEY_PROPERTY] == "id"
         assert {properties[f"write.metadata.metrics.column.{c}"] for c in PEOPLE_PII} == {"none"}
         stored = tables.read_table(uri, table)
         assert stored.schema.field("email").type == pa.binary()

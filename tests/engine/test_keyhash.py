@@ -1,5 +1,5 @@
 """The engine's one key hash: equal values hash alike across the types that carry them, and key types whose
-values never compare equal are refused."""
+values never compare equal are refused; the key bytes that bind encrypted values to their rows."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine.errors import KeyMismatch
-from engine.tables.keyhash import check_comparable, key_hash
+from engine.tables.keyhash import check_comparable, key_bytes, key_hash
 
 INTEGERS = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
 
@@ -57,3 +57,19 @@ def test_key_types_of_one_family_pass_and_others_are_refused_naming_inputs_colum
     assert hashes([Decimal("1.50")], pa.decimal128(10, 2)) != hashes([Decimal("1.500")], pa.decimal128(12, 3))
     with pytest.raises(KeyMismatch, match=r"is decimal128\(10, 2\) in input `x` but decimal128\(12, 3\) in input `y`"):
         check_comparable(decimals, ["k"], "co_partition")
+
+
+def test_key_bytes_are_alike_for_equal_keys_of_any_comparable_types_and_unlike_for_different_keys() -> None:
+    narrow = pa.table({"n": pa.array([1, None, 3, 1], pa.int8()), "s": ["a", "b", None, ""],
+                       "t": pa.array([dt.datetime(2026, 3, 1)] * 4, pa.timestamp("ms"))})
+    wide = pa.table({"n": pa.array([1, None, 3, 1], pa.int64()),
+                     "s": pa.array(["a", "b", None, ""], pa.dictionary(pa.int8(), pa.large_string())),
+                     "t": pa.array([dt.datetime(2026, 3, 1)] * 4, pa.timestamp("us", "UTC"))})
+    keys = key_bytes(narrow, ["n", "s", "t"])
+    assert keys.type == pa.large_binary() and keys.equals(key_bytes(wide, ["n", "s", "t"]))
+    assert len(set(keys.to_pylist())) == 4
+    assert keys[0].as_py()[:10] == b"\x01" + (1).to_bytes(8, "big") + b"\x02"
+    shifted = pa.table({"a": ["ab", "a"], "b": ["c", "bc"]})
+    assert len(set(key_bytes(shifted, ["a", "b"]).to_pylist())) == 2
+    assert key_bytes(pa.table({"f": [0.0, -0.0]}), ["f"]).to_pylist()[0] == key_bytes(
+        pa.table({"f": [-0.0]}), ["f"]).to_pylist()[0]
