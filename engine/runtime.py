@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import ray
-from ray._common.network_utils import is_localhost
+from ray._common.network_utils import is_localhost, node_ip_address_from_perspective
 from ray._private import ray_constants
 
 from engine.config import RaySettings
@@ -53,11 +54,8 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     if target:
         env = {} if JOB_CONFIG_ENV in os.environ else _cluster_worker_env(settings)
         log.info("connecting to the Ray cluster at %s", redact_url(target))
-        loopback = _is_loopback_address(target)
-        with _single_node_mode() if loopback else contextlib.nullcontext():
-            ray.init(address=target, logging_level=_log_level(settings),
-                     runtime_env={"env_vars": env} if env else None, log_to_driver=not json_logs(),
-                     _node_ip_address=LOOPBACK if loopback else None)
+        join_ray(target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
+                 log_to_driver=not json_logs())
     else:
         # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
         # write in clear to its session logs, carries the storage credentials.
@@ -111,6 +109,14 @@ def start_private_ray(**init_options: Any) -> None:
                           "servers would listen on every interface")
 
 
+def join_ray(address: str, **init_options: Any) -> None:
+    """Join the Ray instance at `address`: a cluster as it is, another process's private instance (listening on
+    loopback only) with this process's node on loopback too. `init_options` go to `ray.init`."""
+    loopback = _is_loopback_address(address)
+    with _single_node_mode() if loopback else contextlib.nullcontext():
+        ray.init(address=address, _node_ip_address=LOOPBACK if loopback else None, **init_options)
+
+
 @contextmanager
 def _single_node_mode() -> Iterator[None]:
     """Ray's single-node mode for the duration of the block: a loopback node address stays loopback."""
@@ -123,13 +129,20 @@ def _single_node_mode() -> Iterator[None]:
 
 
 def _is_loopback_address(address: str) -> bool:
-    """Whether `address` (`host:port`) names an instance on this machine's loopback, such as another process's
-    private instance: joining it, this process's node address must be loopback too, or Ray would look for the
-    GCS at the host's address, where nothing listens."""
+    """Whether `address` (`host:port`) names an instance that listens on this machine's loopback only, such as
+    another process's private instance: joining it, this process's node address must be loopback too, or Ray
+    would look for the GCS at the host's address, where nothing listens. (A node started by `ray start` on this
+    machine listens on the host's address as well, and is joined as any cluster.)"""
     if "://" in address or ":" not in address:
         return False
-    host = address.rpartition(":")[0].strip("[]")
-    return is_localhost(host)
+    host, _, port = address.rpartition(":")
+    if not is_localhost(host.strip("[]")) or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((node_ip_address_from_perspective(), int(port)), timeout=2):
+            return False
+    except OSError:
+        return True
 
 
 def _log_level(settings: RaySettings) -> int:

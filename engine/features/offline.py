@@ -38,7 +38,7 @@ from engine.features.pit import CREATED_TS, ENTITY_TS, FEATURE_TS, ROW, ViewJoin
 from engine.features.snapshot import Snapshot, read_snapshot
 from engine.features.source import DeltaSource
 from engine.partitioning import co_partition, map_partitions
-from engine.runtime import start_private_ray
+from engine.runtime import join_ray, start_private_ray
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def ensure_ray(address: str | None = None) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if address := address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        join_ray(address, logging_level=logging.WARNING)
     else:
         start_private_ray(logging_level=logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False
