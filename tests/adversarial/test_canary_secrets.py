@@ -11,6 +11,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -58,12 +61,37 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
+def serve_and_ask(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Start `medallion features serve`, ask it for its health and one bad request, stop it; its output."""
+    port = closed_port()
+    server = subprocess.Popen([*command, "serve", "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the feature server did not start"
+                time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/get-online-features", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 415
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=60)
+    return output
+
+
 def test_no_secret_the_engine_reads_reaches_any_file_log_or_output(tmp_path: Path) -> None:
     """Attacks: "no secret in any log, file or error message", with a canary value for every secret the engine
     reads: the PII and encryption keys (and a previous key), AWS keys, a webhook URL with a token in its userinfo,
     path and query, an OpenLineage URL with a token in its query and an API key. It runs the demo (tokenizing,
     alerting to the webhook, sending lineage, both failing on closed ports), a run that encrypts and then fails a
-    table, and the read commands, at DEBUG; then scans every file under the root, Ray's session folders and all
+    table, the read commands and the feature server, at DEBUG; then scans every file under the root, Ray's session folders and all
     output."""
     mark = uuid.uuid4().hex
     pii_key, encryption_key, previous_key = secrets.token_hex(32), secrets.token_hex(32), secrets.token_hex(32)
@@ -90,6 +118,8 @@ def test_no_secret_the_engine_reads_reaches_any_file_log_or_output(tmp_path: Pat
                 (["show", "silver.people", "--decrypt"], 0), (["show", "quarantine.silver.customers"], 0),
                 (["status"], 0), (["catalog"], 0), (["quality"], 0), (["lineage", "silver.customers"], 0),
                 (["report", "--out", str(root / "report.html")], 0), (["history", "silver.people"], 0)]
+    features = ["features", "--repo", str(REPO / "features")]
+    commands += [([*features, "apply"], 0), ([*features, "materialize"], 0)]
     output = []
     try:
         for arguments, expected in commands:
@@ -97,6 +127,7 @@ def test_no_secret_the_engine_reads_reaches_any_file_log_or_output(tmp_path: Pat
                                   timeout=600)
             output.append(done.stdout + done.stderr)
             assert done.returncode == expected, f"{arguments}: {done.stdout}{done.stderr}"
+        output.append(serve_and_ask([*medallion, *features], tmp_path, env))
         text = "\n".join(output)
         assert "alert" in text.lower() and "not sent" in text, "the webhook and lineage deliveries were tried"
         assert "+15550000000" in text, "show --decrypt read the encrypted phone numbers back"
