@@ -22,6 +22,8 @@ REDACTED = "<redacted>"
 MIN_SECRET = 4
 """Shorter values are not replaced in log records: they would garble every message and protect little."""
 
+_TOKEN_USER = 16
+"""A URL's user name this long, without a password, is taken for a token and hidden."""
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/]*@")
 _hidden: tuple[str, ...] = ()
@@ -72,8 +74,11 @@ def _url_secrets(url: str, secret_path: bool) -> list[str]:
     except ValueError:
         return [url]
     userinfo = parts.netloc.rpartition("@")[0]
-    secrets = [userinfo, userinfo.partition(":")[2], parts.query, parts.fragment,
-               url.partition("://")[2].rpartition("@")[0]]  # what precedes the last `@`, were it mis-encoded
+    raw_userinfo = url.partition("://")[2].rpartition("@")[0]  # what precedes the last `@`, were it mis-encoded
+    # A user name alone (`postgres://root@host`) is no secret, and hiding it would garble every message that
+    # names that word; a long one is taken for a token (`https://<token>@host`).
+    secrets = [value for value in (userinfo, raw_userinfo) if ":" in value or len(value) >= _TOKEN_USER]
+    secrets += [userinfo.partition(":")[2], parts.query, parts.fragment]
     if secret_path and parts.path not in ("", "/"):
         secrets.append(parts.path)
     return secrets

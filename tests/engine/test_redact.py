@@ -165,3 +165,12 @@ def test_a_library_logging_before_the_settings_exist_is_redacted_once_they_do(tm
         logger.removeHandler(handler)
 
     assert stream.getvalue() == f"connecting with password {REDACTED}\n"
+
+
+def test_a_user_name_alone_is_not_hidden_but_a_token_used_as_one_is() -> None:
+    token = "ghp" + "x7" * 12
+    hide("postgresql+psycopg://root@127.0.0.1:5432/catalog")
+    hide(f"https://{token}@github.example/repo.git")
+    assert redact_text("backup `/tmp/pytest-of-root/backup` is incomplete") == \
+        "backup `/tmp/pytest-of-root/backup` is incomplete"
+    assert token not in redact_text(f"cloning with {token}")
