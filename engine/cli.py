@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -91,17 +91,29 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn engine errors into a one-line reason on stderr (hidden values and URL credentials redacted) and exit
-    status 1."""
+    status 1; any other exception likewise, named by its type, with the traceback only under --verbose."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except EngineError as err:
-            errors.print(f"[red]error:[/red] {redact_text(str(err))}", soft_wrap=True)
-            sys.exit(1)
+            _fail(str(err))
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if click.get_current_context().find_root().params.get("verbose"):
+                raise
+            _fail(f"unexpected {type(err).__name__}: {err}; run with --verbose for the traceback")
 
     return run
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `message` as one `error:` line on stderr (secrets redacted, markup escaped) and exit with status 1."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(f"[red]error:[/red] {escape(redact_text(line))}", soft_wrap=True)
+    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -174,12 +174,39 @@ def get(ctx: click.Context, entities: tuple[str, ...], refs: tuple[str, ...], se
     if bool(refs) == bool(service):
         raise FeatureStoreError("give either --feature (one or more) or --service")
     row = dict(_pair(item) for item in entities)
+    _check_lookup(store, row, refs, service)
     wanted: Any = store.get_feature_service(service) if service else list(refs)
     try:
         values = store.get_online_features(features=wanted, entity_rows=[row]).to_dict()
     except FeastError as err:
         raise FeatureStoreError(f"online lookup failed: {err}") from None
     console.print_json(json.dumps({k: v[0] for k, v in values.items()}, default=str))
+
+
+def _check_lookup(store: FeatureStore, row: dict[str, Any], refs: tuple[str, ...], service: str | None) -> None:
+    """Check a lookup against the registry as the feature server checks a request.
+
+    Raises:
+        FeatureStoreError: naming the option at fault (`--service`, `--feature`, `--entity`) and what it accepts.
+    """
+    from engine.features.server import RequestProblem, catalog_of, check_request
+
+    request = {"feature_service": service} if service else {"features": list(refs)}
+    try:
+        check_request({**request, "entities": {key: [value] for key, value in row.items()}}, catalog_of(store))
+    except RequestProblem as problem:
+        details = problem.details
+        if problem.code == "unknown_feature_service":
+            known = ", ".join(details["known"]) or "none"
+            message = (f"--service `{service}`: no such feature service in project `{store.project}` (known: {known}); "
+                       "define it and run `medallion features apply`")
+        elif problem.code == "wrong_type" and "entity" in details:
+            key, kind = details["entity"], details["expected"].lower()
+            message = f"--entity {key}={row[key]}: `{key}` is a key of type {kind}; pass a value of that type"
+        else:
+            listed = details.get("known") or details.get("expected")
+            message = str(problem) + (f" (expected: {', '.join(listed)})" if listed else "")
+        raise FeatureStoreError(message, feature=service) from None
 
 
 def _pair(item: str) -> tuple[str, Any]:
