@@ -36,6 +36,7 @@ from engine.governance.encryption import decrypt_columns, encrypted_columns, row
 from engine.governance.secrets import column_keys
 from engine.maintenance.due import Done, run_due_maintenance
 from engine.pipeline import Pipeline
+from engine.preflight import require_landing
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
@@ -43,7 +44,7 @@ from engine.redact import redact_text
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult, new_run_id
 from engine.runtime import ADDRESS_ENV, ray_session
-from engine.status import list_tables, table_history, table_statuses
+from engine.status import list_tables, table_history, table_location, table_statuses
 from engine.storage import check_root, is_local, upload
 from engine.tables.delta import open_table
 from engine.tables.formats import TableFormats
@@ -242,6 +243,7 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
          change_kind: ChangeKindOption = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
+    require_landing(pipeline, Layout.at(settings.storage.root))
     console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
     runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
     with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
@@ -537,7 +539,7 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion history`")
     layout, formats = Layout.at(settings.storage.root), TableFormats(settings)
-    uri = layout.location(table)
+    uri = table_location(layout, table)
     store = formats.at(uri)
     newest = version_as_of(uri, table, as_of, store)
     view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
@@ -562,7 +564,7 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     columns show as bytes, or as text with --decrypt."""
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion show`")
-    uri = Layout.at(settings.storage.root).location(table)
+    uri = table_location(Layout.at(settings.storage.root), table)
     store = TableFormats(settings).at(uri)
     version = version_as_of(uri, table, as_of, store)
     rows = store.head(uri, table, version, limit)
