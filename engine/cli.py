@@ -105,7 +105,7 @@ def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as err:
             if click.get_current_context().find_root().params.get("verbose"):
                 raise
-            _fail(f"unexpected {type(err).__name__}: {err}; run with --verbose for the traceback")
+            _fail(f"unexpected {type(err).__name__}: {err}; run with `medallion --verbose ...` for the traceback")
 
     return run
 
