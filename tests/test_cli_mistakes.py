@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from deltalake import write_deltalake
 
+from engine import cli
 from engine.quality.metrics import append_metrics
 from engine.quality.results import CheckResult
 from engine.tables.layout import Layout
@@ -121,3 +123,17 @@ def test_a_check_pattern_holding_brackets_is_shown_as_it_is(tmp_path: Path) -> N
     done = medallion(tmp_path, "--root", str(tmp_path), "quality")
     assert done.returncode == 0, done.stdout + done.stderr
     assert check in done.stdout
+
+
+def test_an_unexpected_exception_ends_in_one_line_and_its_traceback_is_shown_with_verbose(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the [bold]disk[/bold] is gone")
+
+    monkeypatch.setattr(cli, "table_statuses", broken)
+    quiet = CliRunner().invoke(cli.main, ["--root", str(tmp_path), "status"])
+    assert quiet.exit_code == 1 and quiet.output.splitlines() == [
+        "error: unexpected RuntimeError: the [bold]disk[/bold] is gone; run with `medallion --verbose ...` for the "
+        "traceback"]
+    verbose = CliRunner().invoke(cli.main, ["--root", str(tmp_path), "--verbose", "status"])
+    assert isinstance(verbose.exception, RuntimeError)
