@@ -46,8 +46,8 @@ def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...
 
 def _print_entry(entry: CatalogEntry) -> None:
     size = "not built" if entry.version is None else f"v{entry.version}, {entry.rows:,} rows"
-    console.print(f"[bold]{escape(entry.table)}[/bold]  ({size}" + (f", pipeline {escape(entry.pipeline)})" if entry.pipeline
-                                                             else ")"))
+    pipeline = f", pipeline {escape(entry.pipeline)})" if entry.pipeline else ")"
+    console.print(f"[bold]{escape(entry.table)}[/bold]  ({size}{pipeline}")
     if entry.description:
         console.print(f"  {escape(entry.description)}", soft_wrap=True)
     lines = [("owner", escape(entry.owner or "")), ("tags", escape(", ".join(entry.tags))),
@@ -56,7 +56,8 @@ def _print_entry(entry: CatalogEntry) -> None:
         colour = {LATE: "red", UNKNOWN: "yellow"}.get(entry.freshness.state, "green")
         target = escape(entry.freshness.target.describe()) if entry.freshness.target else ""
         detail = f" ({escape(entry.freshness.reason)})" if entry.freshness.reason else ""
-        lines.append(("freshness", f"[{colour}]{escape(entry.freshness.summary())}[/{colour}], target {target}{detail}"))
+        summary = escape(entry.freshness.summary())
+        lines.append(("freshness", f"[{colour}]{summary}[/{colour}], target {target}{detail}"))
     elif entry.freshness is not None and entry.freshness.age is not None:
         lines.append(("freshness", f"{escape(entry.freshness.summary())}, no target"))
     if entry.matches:

@@ -158,7 +158,8 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
     except ValueError as err:
         raise EngineError(f"cannot generate `{generator}` data: {err}") from None
     total = sum(source.records for source in written.values())
-    console.print(f"generated {total:,} records in {sum(len(s.files) for s in written.values())} files under {escape(landing)}")
+    files = sum(len(s.files) for s in written.values())
+    console.print(f"generated {total:,} records in {files} files under {escape(landing)}")
 
 
 @main.command()
@@ -447,7 +448,8 @@ def _print_record(record: RunRecord, done: int, total: int) -> None:
         counts += f", {record.rows_quarantined:,} quarantined"
     if record.rows_duplicate:
         counts += f", {record.rows_duplicate:,} duplicates"
-    console.print(f"[{done:>2}/{total}] [{colour}]{record.status:<9}[/{colour}] {escape(record.table.ljust(28))} {version:>5}  "
+    console.print(f"[{done:>2}/{total}] [{colour}]{record.status:<9}[/{colour}] {escape(record.table.ljust(28))} "
+                  f"{version:>5}  "
                   f"{counts}  ({record.duration_s:.1f}s)")
     if record.error:
         console.print(f"        {escape(record.error)}", style="red", soft_wrap=True)
@@ -608,7 +610,8 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
     for item in shown:
         style = "red" if item.rows_failed and item.action == "fail" else "yellow" if item.rows_failed else ""
         trend = " → ".join(f"{rate:.2%}" for rate in item.trend)
-        view.add_row(escape(item.table), escape(item.check), item.action, f"{item.rows_checked:,}", f"{item.rows_failed:,}",
+        view.add_row(escape(item.table), escape(item.check), item.action, f"{item.rows_checked:,}",
+                     f"{item.rows_failed:,}",
                      f"{item.failure_rate:.2%}", trend, style=style)
     console.print(view)
     failed = sum(1 for s in summaries if s.rows_failed)

@@ -91,13 +91,14 @@ def _print_reports(reports: list[MaterializationReport], incremental: bool) -> N
     for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
         view.add_column(column, justify="right" if column not in ("view", "table", "end (UTC)") else "left")
     for r in reports:
-        view.add_row(escape(r.view), escape(r.table), str(r.version), r.end.strftime("%Y-%m-%d %H:%M:%S"), f"{r.written:,}",
+        view.add_row(escape(r.view), escape(r.table), str(r.version), r.end.strftime("%Y-%m-%d %H:%M:%S"),
+                     f"{r.written:,}",
                      f"{r.deleted:,}", f"{r.unchanged:,}", f"{r.online_rows:,}")
     console.print(view)
     for r in reports:
         if not r.online_rows:
-            console.print(f"`{escape(r.view)}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; pass --end "
-                          f"to materialize as of a time the table covers", style="yellow")
+            console.print(f"`{escape(r.view)}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; "
+                          "pass --end to materialize as of a time the table covers", style="yellow")
 
 
 def materialize_after_run(settings: Settings, committed: Collection[str]) -> list[MaterializationReport]:

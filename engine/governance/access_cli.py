@@ -29,7 +29,8 @@ def show_command(ctx: click.Context, actor: str | None) -> None:
     settings = _settings(ctx).access
     who = principal(settings, actor)
     state = "enforced" if settings.enforce else "not enforced (access.enforce is false: everything is allowed)"
-    console.print(f"actor `{escape(who.actor)}`, roles: {escape(', '.join(who.roles)) or 'none'}; access control {state}")
+    roles = escape(', '.join(who.roles)) or 'none'
+    console.print(f"actor `{escape(who.actor)}`, roles: {roles}; access control {state}")
     view = Table()
     for column in ("role", *ACTIONS):
         view.add_column(column)

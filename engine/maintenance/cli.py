@@ -98,7 +98,8 @@ def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z
             if done.version is None:
                 console.print(f"{escape(name)}: nothing to compact ({done.files_before} files)")
             else:
-                console.print(f"{escape(name)}: {done.files_before} files -> {done.files_after}{escape(how)} (v{done.version})")
+                console.print(f"{escape(name)}: {done.files_before} files -> {done.files_after}{escape(how)} "
+                              f"(v{done.version})")
 
 
 @maintain.command()
@@ -122,7 +123,8 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
                             reason=reason)
         kept = f"; kept pinned version(s) {', '.join(map(str, done.kept_versions))}" if done.kept_versions else ""
         verb = "would delete" if dry_run else "deleted"
-        console.print(f"{escape(name)}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h ago{kept}")
+        console.print(f"{escape(name)}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h "
+                      f"ago{kept}")
         for path in done.files if dry_run else []:
             console.print(f"  {escape(path)}")
 
@@ -156,7 +158,8 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
                 console.print(f"{escape(name)}: no encrypted columns")
             continue
         version = f" (v{done.version})" if done.version is not None else ""
-        console.print(f"{escape(name)}: {done.values:,} value(s) re-encrypted{version}, {done.change_log_values:,} in its "
+        console.print(f"{escape(name)}: {done.values:,} value(s) re-encrypted{version}, "
+                      f"{done.change_log_values:,} in its "
                       f"change log; every value is under key {escape(keys.current.key_id)}")
 
 
@@ -176,8 +179,8 @@ def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hou
     version = version_as_of(layout.location(table), table, as_of)
     until = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
     made = pin(layout, table, version, who=who, until=until)
-    console.print(f"pinned {escape(table)} v{version} for {escape(who)} as `{escape(made.id)}`" + (f" until {until:%Y-%m-%d %H:%M} UTC"
-                                                                             if until else ""))
+    console.print(f"pinned {escape(table)} v{version} for {escape(who)} as `{escape(made.id)}`"
+                  + (f" until {until:%Y-%m-%d %H:%M} UTC" if until else ""))
 
 
 @maintain.command("unpin")
@@ -248,4 +251,5 @@ def restore_command(ctx: click.Context, source: str) -> None:
     authorize(settings.access, "manage", ["*"], "restoring a backup")
     root = Layout.at(settings.storage.root).root
     manifest = restore_backup(source, root)
-    console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into {escape(root)}")
+    console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into "
+                  f"{escape(root)}")
