@@ -36,7 +36,7 @@ def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...
         click.echo(json.dumps([e.to_json() for e in entries], indent=2, default=str))
         return
     if not entries:
-        console.print(f"no table under {layout.root}" + (f" matches `{escape(text)}`" if text else ""))
+        console.print(f"no table under {escape(layout.root)}" + (f" matches `{escape(text)}`" if text else ""))
         return
     for entry in entries:
         _print_entry(entry)
@@ -46,21 +46,22 @@ def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...
 
 def _print_entry(entry: CatalogEntry) -> None:
     size = "not built" if entry.version is None else f"v{entry.version}, {entry.rows:,} rows"
-    console.print(f"[bold]{entry.table}[/bold]  ({size}" + (f", pipeline {entry.pipeline})" if entry.pipeline
-                                                             else ")"))
+    pipeline = f", pipeline {escape(entry.pipeline)})" if entry.pipeline else ")"
+    console.print(f"[bold]{escape(entry.table)}[/bold]  ({size}{pipeline}")
     if entry.description:
         console.print(f"  {escape(entry.description)}", soft_wrap=True)
-    lines = [("owner", entry.owner), ("tags", ", ".join(entry.tags)),
-             ("upstream", ", ".join(entry.upstream)), ("downstream", ", ".join(entry.downstream))]
+    lines = [("owner", escape(entry.owner or "")), ("tags", escape(", ".join(entry.tags))),
+             ("upstream", escape(", ".join(entry.upstream))), ("downstream", escape(", ".join(entry.downstream)))]
     if entry.freshness is not None and entry.freshness.state != "untracked":
         colour = {LATE: "red", UNKNOWN: "yellow"}.get(entry.freshness.state, "green")
-        target = entry.freshness.target.describe() if entry.freshness.target else ""
+        target = escape(entry.freshness.target.describe()) if entry.freshness.target else ""
         detail = f" ({escape(entry.freshness.reason)})" if entry.freshness.reason else ""
-        lines.append(("freshness", f"[{colour}]{entry.freshness.summary()}[/{colour}], target {target}{detail}"))
+        summary = escape(entry.freshness.summary())
+        lines.append(("freshness", f"[{colour}]{summary}[/{colour}], target {target}{detail}"))
     elif entry.freshness is not None and entry.freshness.age is not None:
-        lines.append(("freshness", f"{entry.freshness.summary()}, no target"))
+        lines.append(("freshness", f"{escape(entry.freshness.summary())}, no target"))
     if entry.matches:
-        lines.append(("matched", ", ".join(entry.matches)))
+        lines.append(("matched", escape(", ".join(entry.matches))))
     for label, value in lines:
         if value:
             console.print(f"  {label:<10} {value}", soft_wrap=True)
@@ -71,6 +72,6 @@ def _print_entry(entry: CatalogEntry) -> None:
         for heading in ("column", "type", "doc"):
             view.add_column(heading)
         for column in entry.columns:
-            view.add_row(column.name, column.type or "?", escape(column.doc))
+            view.add_row(escape(column.name), escape(column.type or "?"), escape(column.doc))
         console.print(view)
     console.print()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -36,6 +36,7 @@ from engine.governance.encryption import decrypt_columns, encrypted_columns, row
 from engine.governance.secrets import column_keys
 from engine.maintenance.due import Done, run_due_maintenance
 from engine.pipeline import Pipeline
+from engine.preflight import require_landing
 from engine.quality.metrics import read_metrics
 from engine.quality.report import summarize
 from engine.recovery import restore_before_run, restore_table
@@ -43,7 +44,7 @@ from engine.redact import redact_text
 from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult, new_run_id
 from engine.runtime import ADDRESS_ENV, ray_session
-from engine.status import list_tables, table_history, table_statuses
+from engine.status import list_tables, table_history, table_location, table_statuses
 from engine.storage import check_root, is_local, upload
 from engine.tables.delta import open_table
 from engine.tables.formats import TableFormats
@@ -91,17 +92,29 @@ def _settings(ctx: click.Context) -> Settings:
 
 def _reported(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn engine errors into a one-line reason on stderr (hidden values and URL credentials redacted) and exit
-    status 1."""
+    status 1; any other exception likewise, named by its type, with the traceback only under --verbose."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except EngineError as err:
-            errors.print(f"[red]error:[/red] {redact_text(str(err))}", soft_wrap=True)
-            sys.exit(1)
+            _fail(str(err))
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if click.get_current_context().find_root().params.get("verbose"):
+                raise
+            _fail(f"unexpected {type(err).__name__}: {err}; run with `medallion --verbose ...` for the traceback")
 
     return run
+
+
+def _fail(message: str) -> NoReturn:
+    """Print `message` as one `error:` line on stderr (secrets redacted, markup escaped) and exit with status 1."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(f"[red]error:[/red] {escape(redact_text(line))}", soft_wrap=True)
+    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,7 +158,8 @@ def _generate(settings: Settings, generator: str, scale: float, seed: int, batch
     except ValueError as err:
         raise EngineError(f"cannot generate `{generator}` data: {err}") from None
     total = sum(source.records for source in written.values())
-    console.print(f"generated {total:,} records in {sum(len(s.files) for s in written.values())} files under {landing}")
+    files = sum(len(s.files) for s in written.values())
+    console.print(f"generated {total:,} records in {files} files under {escape(landing)}")
 
 
 @main.command()
@@ -197,7 +211,7 @@ def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, f
             server = metrics.serve(metrics_port, metrics_host)
         except OSError as err:
             raise EngineError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {err.strerror or err}") from None
-        console.print(f"metrics on http://{metrics_host}:{server.server_port}/metrics")
+        console.print(f"metrics on http://{escape(metrics_host)}:{server.server_port}/metrics")
     try:
         _run(settings, pipeline, selection, force, full_refresh, watch_interval, reason, quiet=quiet,
              metrics_file=metrics_file, take_over=take_over, change_kind=change_kind)
@@ -230,14 +244,16 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
          change_kind: ChangeKindOption = None) -> RunResult:
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
-    console.print(f"run of `{pipeline.name}`: {len(tables)} tables, root {Layout.at(settings.storage.root).root}")
+    require_landing(pipeline, Layout.at(settings.storage.root))
+    console.print(f"run of `{escape(pipeline.name)}`: {len(tables)} tables, root "
+                  f"{escape(Layout.at(settings.storage.root).root)}")
     runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
     with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
         if watch_interval is None:
             with reserved_capacity(pipeline, settings, selection) as reservation, \
                     _display(len(tables), quiet) as status:
                 if reservation:
-                    console.print(reservation.describe(), soft_wrap=True)
+                    console.print(escape(reservation.describe()), soft_wrap=True)
                 runner.on_record = _progress(len(tables), status, quiet)
                 return _run_once(runner, selection, force=force, full_refresh=full_refresh, quiet=quiet,
                                  run_id=run_id, change_kind=change_kind)
@@ -324,10 +340,12 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
 
 def _print_maintenance(done: Done) -> None:
     if done.error is not None:
-        console.print(f"maintenance: {done.operation} of {done.table} failed: {done.error}", style="yellow",
+        console.print(f"maintenance: {done.operation} of {escape(done.table)} failed: {escape(str(done.error))}",
+                      style="yellow",
                       soft_wrap=True)
     elif done.result is not None and done.result.version is not None:
-        console.print(f"maintenance: {done.operation} of {done.table} ({done.reason}): v{done.result.version}")
+        console.print(f"maintenance: {done.operation} of {escape(done.table)} ({escape(done.reason)}): "
+                      f"v{done.result.version}")
 
 
 def _watch(runner: Runner, tables: int, selection: str | None, interval: float, *, force: bool,
@@ -377,7 +395,8 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
         raise EngineError(f"table `{table}` has no commit naming its pipeline under {layout.root}; "
                           "pass --pipeline")
     pipeline = load_pipeline(name)
-    console.print(f"backfill of `{table}` from {start:%Y-%m-%d} to {end:%Y-%m-%d}, pipeline `{pipeline.name}`")
+    console.print(f"backfill of `{escape(table)}` from {start:%Y-%m-%d} to {end:%Y-%m-%d}, pipeline "
+                  f"`{escape(pipeline.name)}`")
     with ray_session(settings.ray):
         result = Runner(pipeline, settings, on_record=_progress(1)).backfill(table, start.date(), end.date())
     if not result.succeeded:
@@ -417,7 +436,7 @@ def restore(ctx: click.Context, table: str | None, version: int | None, timestam
         restored = [restore_table(uri, version, reason=reason)]
     for item in restored:
         state = "emptied" if item.restored_to == -1 else f"back to version {item.restored_to}"
-        console.print(f"{item.path.removeprefix(layout.root + '/')}: {state} (v{item.version})")
+        console.print(f"{escape(item.path.removeprefix(layout.root + '/'))}: {state} (v{item.version})")
     console.print("run the pipeline again to rebuild from the restored state")
 
 
@@ -429,10 +448,11 @@ def _print_record(record: RunRecord, done: int, total: int) -> None:
         counts += f", {record.rows_quarantined:,} quarantined"
     if record.rows_duplicate:
         counts += f", {record.rows_duplicate:,} duplicates"
-    console.print(f"[{done:>2}/{total}] [{colour}]{record.status:<9}[/{colour}] {record.table:<28} {version:>5}  "
+    console.print(f"[{done:>2}/{total}] [{colour}]{record.status:<9}[/{colour}] {escape(record.table.ljust(28))} "
+                  f"{version:>5}  "
                   f"{counts}  ({record.duration_s:.1f}s)")
     if record.error:
-        console.print(f"        {record.error}", style="red", soft_wrap=True)
+        console.print(f"        {escape(record.error)}", style="red", soft_wrap=True)
 
 
 @main.command()
@@ -477,10 +497,10 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
     shown = {s.table for s in statuses}
     never_built = [name for name, target in targets.items() if target is not None and name not in shown]
     if not statuses and not never_built:
-        console.print(f"no tables under {layout.root}; run `medallion demo` or `medallion run PIPELINE`")
+        console.print(f"no tables under {escape(layout.root)}; run `medallion demo` or `medallion run PIPELINE`")
         return []
     now = as_of or datetime.now(UTC)
-    view = Table(title=f"tables under {layout.root}" + (f" as of {as_of.isoformat()}" if as_of else ""))
+    view = Table(title=f"tables under {escape(layout.root)}" + (f" as of {as_of.isoformat()}" if as_of else ""))
     for column in ("table", "version", "rows", "last run", "status", "finished (UTC)", "freshness"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
     freshness: list[TableFreshness] = []
@@ -491,19 +511,20 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
             fresh = table_freshness(layout.table(item.table), item.table, targets.get(item.table), now=now,
                                     version=item.version)
             freshness.append(fresh)
-        view.add_row(item.table, str(item.version), f"{item.rows:,}", item.last_run_id or "",
-                     item.last_status or "", finished, _freshness_cell(fresh))
+        view.add_row(escape(item.table), str(item.version), f"{item.rows:,}", escape(item.last_run_id or ""),
+                     escape(item.last_status or ""), finished, _freshness_cell(fresh))
     for name in never_built:
         fresh = table_freshness(layout.table(name), name, targets[name], now=now)
         freshness.append(fresh)
-        view.add_row(name, "-", "-", "", "", "", _freshness_cell(fresh))
+        view.add_row(escape(name), "-", "-", "", "", "", _freshness_cell(fresh))
     console.print(view)
     late = [f for f in freshness if f.state == LATE]
     for overdue in late:
-        console.print(f"late: {overdue.table}: {overdue.reason}", style="red", soft_wrap=True)
+        console.print(f"late: {escape(overdue.table)}: {escape(overdue.reason)}", style="red", soft_wrap=True)
     for measured in freshness:
         if measured.state == UNKNOWN:
-            console.print(f"freshness unknown: {measured.table}: {measured.reason}", style="yellow", soft_wrap=True)
+            console.print(f"freshness unknown: {escape(measured.table)}: {escape(measured.reason)}", style="yellow",
+                          soft_wrap=True)
     return late
 
 
@@ -511,7 +532,7 @@ def _freshness_cell(fresh: TableFreshness | None) -> str:
     if fresh is None:
         return ""
     colour = {LATE: "red", UNKNOWN: "yellow", FRESH: "green"}.get(fresh.state)
-    return f"[{colour}]{fresh.summary()}[/{colour}]" if colour else fresh.summary()
+    return f"[{colour}]{escape(fresh.summary())}[/{colour}]" if colour else escape(fresh.summary())
 
 
 @main.command()
@@ -525,16 +546,16 @@ def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> No
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion history`")
     layout, formats = Layout.at(settings.storage.root), TableFormats(settings)
-    uri = layout.location(table)
+    uri = table_location(layout, table)
     store = formats.at(uri)
     newest = version_as_of(uri, table, as_of, store)
-    view = Table(title=f"history of {table}" + (f" as of {as_of}" if as_of else ""))
+    view = Table(title=f"history of {escape(table)}" + (f" as of {escape(as_of)}" if as_of else ""))
     for column in ("version", "committed (UTC)", "operation", "run", "rows"):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
     skipped = store.version(uri, table) - newest
     for item in [i for i in table_history(layout, table, skipped + limit, formats) if i.version <= newest][:limit]:
-        view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), item.operation,
-                     item.run_id or "", f"{item.rows:,}")
+        view.add_row(str(item.version), item.timestamp.strftime("%Y-%m-%d %H:%M:%S"), escape(item.operation),
+                     escape(item.run_id or ""), f"{item.rows:,}")
     console.print(view)
 
 
@@ -550,7 +571,7 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     columns show as bytes, or as text with --decrypt."""
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion show`")
-    uri = Layout.at(settings.storage.root).location(table)
+    uri = table_location(Layout.at(settings.storage.root), table)
     store = TableFormats(settings).at(uri)
     version = version_as_of(uri, table, as_of, store)
     rows = store.head(uri, table, version, limit)
@@ -561,10 +582,10 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
         rows = decrypt_columns(rows, encrypted, keys, table, row_key_columns(properties) or ())
     view = Table()
     for name in rows.column_names:
-        view.add_column(name)
+        view.add_column(escape(name))
     for row in rows.to_pylist():
-        view.add_row(*("" if value is None else str(value) for value in row.values()))
-    console.print(f"{table} v{version}, first {rows.num_rows} rows")
+        view.add_row(*("" if value is None else escape(str(value)) for value in row.values()))
+    console.print(f"{escape(table)} v{version}, first {rows.num_rows} rows")
     console.print(view)
 
 
@@ -580,16 +601,17 @@ def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_run
     layout = Layout.at(_settings(ctx).storage.root)
     chosen, summaries = summarize(read_metrics(layout.quality()), table, run_id, trend_runs)
     if chosen is None:
-        console.print(f"no check results under {layout.root}; run a pipeline whose tables declare checks")
+        console.print(f"no check results under {escape(layout.root)}; run a pipeline whose tables declare checks")
         return
     shown = [s for s in summaries if s.rows_failed or not failing]
-    view = Table(title=f"quality of run {chosen}" + (f", table {table}" if table else ""))
+    view = Table(title=f"quality of run {escape(chosen)}" + (f", table {escape(table)}" if table else ""))
     for column in ("table", "check", "action", "checked", "failed", "rate", f"trend (last {trend_runs} runs)"):
         view.add_column(column, justify="right" if column in ("checked", "failed", "rate") else "left")
     for item in shown:
         style = "red" if item.rows_failed and item.action == "fail" else "yellow" if item.rows_failed else ""
         trend = " → ".join(f"{rate:.2%}" for rate in item.trend)
-        view.add_row(item.table, item.check, item.action, f"{item.rows_checked:,}", f"{item.rows_failed:,}",
+        view.add_row(escape(item.table), escape(item.check), item.action, f"{item.rows_checked:,}",
+                     f"{item.rows_failed:,}",
                      f"{item.failure_rate:.2%}", trend, style=style)
     console.print(view)
     failed = sum(1 for s in summaries if s.rows_failed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from engine.capacity import DEFAULT_BYTES_PER_TASK, measure_backlog, plan, request, task_shape
@@ -31,10 +32,10 @@ def validate(files: tuple[str, ...]) -> None:
             specs = validate_file(path)
         except ClusterConfigError as err:
             failed += 1
-            errors.print(f"[red]invalid[/red] {err}", soft_wrap=True)
+            errors.print(f"[red]invalid[/red] {escape(str(err))}", soft_wrap=True)
             continue
         for spec in specs:
-            console.print(f"[green]valid[/green]   {path}: {spec.describe()}", soft_wrap=True)
+            console.print(f"[green]valid[/green]   {escape(path)}: {escape(spec.describe())}", soft_wrap=True)
     if failed:
         raise ClusterConfigError(f"{failed} of {len(files)} file(s) invalid; see the reasons above")
 
@@ -53,12 +54,12 @@ def backlog(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_
     if not waiting.steps:
         console.print("nothing waiting: a run would commit nothing")
         return
-    view = Table(title=f"backlog of `{pipeline}` under {Layout.at(settings.storage.root).root}")
+    view = Table(title=f"backlog of `{escape(pipeline)}` under {escape(Layout.at(settings.storage.root).root)}")
     for column in ("table", "input MiB", "files", "versions behind", "task shape"):
         view.add_column(column, justify="left" if column in ("table", "task shape") else "right")
     for step in waiting.steps:
         shape = ", ".join(f"{k} {v:g}" for k, v in task_shape(step.ray_options).items())
-        view.add_row(step.table, f"{step.bytes / 2**20:.2f}", str(step.files), str(step.versions_behind), shape)
+        view.add_row(escape(step.table), f"{step.bytes / 2**20:.2f}", str(step.files), str(step.versions_behind), shape)
     console.print(view)
     reservation = plan(waiting, bytes_per_task)
     if reservation:

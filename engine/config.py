@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -265,6 +266,8 @@ def load_settings(
         ConfigError: a value is missing or invalid; the message lists every place that was looked at.
     """
     yaml_file = resolve_config_file(config_file)
+    if yaml_file is not None:
+        check_config_file(yaml_file)
 
     class _FromFile(Settings):
         model_config = SettingsConfigDict(yaml_file=yaml_file)
@@ -279,6 +282,28 @@ def load_settings(
         raise ConfigError(_describe(err, yaml_file)) from None
     hide_secrets(settings)
     return settings
+
+
+def check_config_file(path: Path) -> None:
+    """Refuse a YAML settings file that does not parse, or whose top level is not a mapping of sections.
+
+    Raises:
+        ConfigError: naming the file, where it stops parsing, and what to fix.
+    """
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file `{path}` cannot be read ({err}); fix it or pass --config another file",
+                          path=str(path)) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise ConfigError(f"config file `{path}` is not valid YAML{where}: {problem}; fix the YAML or pass --config "
+                          "another file", path=str(path)) from None
+    if content is not None and not isinstance(content, dict):
+        raise ConfigError(f"config file `{path}` holds a {type(content).__name__} at its top level; it must be a "
+                          "mapping of sections such as `storage:` and `run:`", path=str(path))
 
 
 def hide_secrets(settings: Settings) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from difflib import get_close_matches
 
 import polars as pl
 import pyarrow.fs as pafs
 
 from engine.config import StorageSettings
+from engine.errors import TableNotFound
 from engine.runlog import read_records
 from engine.storage import filesystem_of
 from engine.tables.formats import TableFormats, found_format
@@ -73,6 +75,21 @@ def list_tables(layout: Layout) -> dict[str, str]:
             elif found_format(f"{layout.root}/{layer}/{name}") is not None:
                 found[f"{layer}.{name}"] = f"{layout.root}/{layer}/{name}"
     return found
+
+
+def table_location(layout: Layout, table: str) -> str:
+    """Where `table` (a layer table or `quarantine.<layer>.<name>`) lies under the root.
+
+    Raises:
+        TableNotFound: no table of that name is there; the message names the closest names that are.
+    """
+    uri = layout.location(table)
+    if found_format(uri) is None:
+        close = get_close_matches(table, list(list_tables(layout)), n=3)
+        hint = (f"did you mean {' or '.join(f'`{name}`' for name in close)}?" if close
+                else "`medallion status` lists the tables there")
+        raise TableNotFound(f"no table `{table}` under {layout.root}; {hint}", table=table, path=uri)
+    return uri
 
 
 def _children(layout: Layout, layer: str) -> dict[str, str]:

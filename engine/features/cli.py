@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -62,9 +63,9 @@ def apply(ctx: click.Context) -> None:
     report = apply_repo(store, load_definitions(_repo(ctx)), access=_settings(ctx).access)
     for change, kinds in report.changes.items():
         for kind, names in kinds.items():
-            console.print(f"{change} {kind}: {', '.join(names)}")
+            console.print(f"{change} {kind}: {escape(', '.join(names))}")
     if not report.changes:
-        console.print(f"registry of project `{store.project}` is up to date")
+        console.print(f"registry of project `{escape(store.project)}` is up to date")
 
 
 @features.command()
@@ -90,13 +91,14 @@ def _print_reports(reports: list[MaterializationReport], incremental: bool) -> N
     for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
         view.add_column(column, justify="right" if column not in ("view", "table", "end (UTC)") else "left")
     for r in reports:
-        view.add_row(r.view, r.table, str(r.version), r.end.strftime("%Y-%m-%d %H:%M:%S"), f"{r.written:,}",
+        view.add_row(escape(r.view), escape(r.table), str(r.version), r.end.strftime("%Y-%m-%d %H:%M:%S"),
+                     f"{r.written:,}",
                      f"{r.deleted:,}", f"{r.unchanged:,}", f"{r.online_rows:,}")
     console.print(view)
     for r in reports:
         if not r.online_rows:
-            console.print(f"`{r.view}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; pass --end "
-                          f"to materialize as of a time the table covers", style="yellow")
+            console.print(f"`{escape(r.view)}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; "
+                          "pass --end to materialize as of a time the table covers", style="yellow")
 
 
 def materialize_after_run(settings: Settings, committed: Collection[str]) -> list[MaterializationReport]:
@@ -109,7 +111,7 @@ def materialize_after_run(settings: Settings, committed: Collection[str]) -> lis
     store = open_store(settings.storage.root, settings.features.repo, overlay=settings.features.feast_config)
     online = [v for v in store.list_feature_views() if v.online]
     if not online:
-        console.print(f"features: project `{store.project}` has no online feature view to materialize; run "
+        console.print(f"features: project `{escape(store.project)}` has no online feature view to materialize; run "
                       "`medallion features apply`", style="yellow")
         return []
     views = sorted(v.name for v in online if isinstance(v.batch_source, DeltaSource) and v.batch_source.table in committed)
@@ -156,7 +158,7 @@ def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
 
     store, access = _store(ctx), _settings(ctx).access
     check_access(store, access)
-    console.print(f"serving online features on http://{host}:{port}/get-online-features")
+    console.print(f"serving online features on http://{escape(host)}:{port}/get-online-features")
     run(store, host, port, max_body=max_body, access=access)
 
 
@@ -174,12 +176,39 @@ def get(ctx: click.Context, entities: tuple[str, ...], refs: tuple[str, ...], se
     if bool(refs) == bool(service):
         raise FeatureStoreError("give either --feature (one or more) or --service")
     row = dict(_pair(item) for item in entities)
+    _check_lookup(store, row, refs, service)
     wanted: Any = store.get_feature_service(service) if service else list(refs)
     try:
         values = store.get_online_features(features=wanted, entity_rows=[row]).to_dict()
     except FeastError as err:
         raise FeatureStoreError(f"online lookup failed: {err}") from None
     console.print_json(json.dumps({k: v[0] for k, v in values.items()}, default=str))
+
+
+def _check_lookup(store: FeatureStore, row: dict[str, Any], refs: tuple[str, ...], service: str | None) -> None:
+    """Check a lookup against the registry as the feature server checks a request.
+
+    Raises:
+        FeatureStoreError: naming the option at fault (`--service`, `--feature`, `--entity`) and what it accepts.
+    """
+    from engine.features.server import RequestProblem, catalog_of, check_request
+
+    request = {"feature_service": service} if service else {"features": list(refs)}
+    try:
+        check_request({**request, "entities": {key: [value] for key, value in row.items()}}, catalog_of(store))
+    except RequestProblem as problem:
+        details = problem.details
+        if problem.code == "unknown_feature_service":
+            known = ", ".join(details["known"]) or "none"
+            message = (f"--service `{service}`: no such feature service in project `{store.project}` (known: {known}); "
+                       "define it and run `medallion features apply`")
+        elif problem.code == "wrong_type" and "entity" in details:
+            key, kind = details["entity"], details["expected"].lower()
+            message = f"--entity {key}={row[key]}: `{key}` is a key of type {kind}; pass a value of that type"
+        else:
+            listed = details.get("known") or details.get("expected")
+            message = str(problem) + (f" (expected: {', '.join(listed)})" if listed else "")
+        raise FeatureStoreError(message, feature=service) from None
 
 
 def _pair(item: str) -> tuple[str, Any]:

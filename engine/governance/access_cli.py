@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from engine.cli import _reported, _settings, console
@@ -28,12 +29,14 @@ def show_command(ctx: click.Context, actor: str | None) -> None:
     settings = _settings(ctx).access
     who = principal(settings, actor)
     state = "enforced" if settings.enforce else "not enforced (access.enforce is false: everything is allowed)"
-    console.print(f"actor `{who.actor}`, roles: {', '.join(who.roles) or 'none'}; access control {state}")
+    roles = escape(', '.join(who.roles)) or 'none'
+    console.print(f"actor `{escape(who.actor)}`, roles: {roles}; access control {state}")
     view = Table()
     for column in ("role", *ACTIONS):
         view.add_column(column)
     for role in who.roles:
-        view.add_row(role, *(", ".join(patterns(settings.roles[role], action)) or "-" for action in ACTIONS))
+        view.add_row(escape(role), *(escape(", ".join(patterns(settings.roles[role], action))) or "-"
+                                   for action in ACTIONS))
     console.print(view)
 
 
@@ -46,7 +49,7 @@ def check_command(ctx: click.Context, action: str, resources: tuple[str, ...]) -
     """Exit 0 when the current actor may ACTION every one of RESOURCES (tables, `quarantine.<table>`,
     `landing.<folder>`, `features.<view>`), else name what is refused and exit 1."""
     authorize(_settings(ctx).access, action, resources, "`medallion access check`")  # type: ignore[arg-type]
-    console.print(f"allowed: {action} {', '.join(resources)}")
+    console.print(f"allowed: {action} {escape(', '.join(resources))}")
 
 
 @access.command("policy")
@@ -68,12 +71,12 @@ def policy_command(ctx: click.Context, kind: str, principals: tuple[str, ...], o
         documents = {"bucket-policy.json": bucket_policy(settings.access, root, _principals(principals))}
     for name, document in documents.items():
         if out is None:
-            console.print(f"# {name}")
+            console.print(f"# {escape(name)}")
             console.print_json(data=document)
         else:
             out.mkdir(parents=True, exist_ok=True)
             (out / name).write_text(render(document))
-            console.print(f"wrote {out / name}")
+            console.print(f"wrote {escape(str(out / name))}")
 
 
 def _principals(given: tuple[str, ...]) -> dict[str, str]:

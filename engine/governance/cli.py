@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from engine.cli import _reported, _settings, console
@@ -46,13 +47,13 @@ def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_name
                                store=_store(layout.root, repo, feast_config))
     for item in report.tables:
         version = "-" if item.version is None else f"v{item.version}"
-        console.print(f"{item.table:<36} {version:>5}  {item.rows_removed:,} row(s) removed, "
+        console.print(f"{escape(item.table.ljust(36))} {version:>5}  {item.rows_removed:,} row(s) removed, "
                       f"{item.files_deleted} file(s) deleted")
     for path in report.landing_files:
-        console.print(f"landing/{path}: rewritten without the subject's records")
+        console.print(f"landing/{escape(path)}: rewritten without the subject's records")
     for view in report.online_views:
-        console.print(f"online store, view `{view}`: the subject's row deleted")
-    console.print(f"erasure {report.run_id} done; audited as subject {report.subject}")
+        console.print(f"online store, view `{escape(view)}`: the subject's row deleted")
+    console.print(f"erasure {report.run_id} done; audited as subject {escape(report.subject)}")
 
 
 @click.command()
@@ -66,15 +67,16 @@ def audit(ctx: click.Context, table: str | None, since: datetime | None) -> None
     root = _settings(ctx).storage.root
     entries = audit_trail(root, table, since.replace(tzinfo=UTC) if since else None)
     if not entries:
-        console.print(f"no audited operations under {Layout.at(root).root}" + (f" for `{table}`" if table else ""))
+        console.print(f"no audited operations under {escape(Layout.at(root).root)}"
+                      + (f" for `{escape(table)}`" if table else ""))
         return
-    view = Table(title="audit trail" + (f" of {table}" if table else ""))
+    view = Table(title="audit trail" + (f" of {escape(table)}" if table else ""))
     for column in ("when (UTC)", "table", "version", "operation", "actor", "reason", "run"):
         view.add_column(column, justify="right" if column == "version" else "left")
     for entry in entries:
-        view.add_row(entry.at.strftime("%Y-%m-%d %H:%M:%S"), entry.table,
-                     "" if entry.version is None else str(entry.version), entry.operation, entry.actor or "",
-                     entry.reason or "", entry.run_id or "")
+        view.add_row(entry.at.strftime("%Y-%m-%d %H:%M:%S"), escape(entry.table),
+                     "" if entry.version is None else str(entry.version), escape(entry.operation),
+                     escape(entry.actor or ""), escape(entry.reason or ""), escape(entry.run_id or ""))
     console.print(view)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from rich.markup import escape
 from rich.tree import Tree
 
 from engine.cli import _reported, _settings, console
@@ -49,12 +50,12 @@ def lineage(ctx: click.Context, target: str, version: int | None, upstream: bool
         console.print_json(json.dumps([{"direction": d, **n.as_dict()} for d, n in trees]))
         return
     for direction, node in trees:
-        console.print(_tree(Tree(f"[bold]{direction}[/bold] of {node.label()}"), node))
+        console.print(_tree(Tree(f"[bold]{direction}[/bold] of {escape(node.label())}"), node))
 
 
 def _tree(tree: Tree, node: Node) -> Tree:
     for child in node.children:
-        _tree(tree.add(child.label()), child)
+        _tree(tree.add(escape(child.label())), child)
     return tree
 
 

@@ -8,6 +8,7 @@ import functools
 from datetime import UTC, datetime, timedelta
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from engine.cli import _reported, _settings, console
@@ -57,7 +58,7 @@ def _definition(settings: Settings, table: str, pipeline_name: str | None, inste
     except EngineError as err:
         if pipeline_name is not None:
             raise
-        console.print(f"{table}: pipeline `{name}` cannot be loaded ({err}); {instead}")
+        console.print(f"{escape(table)}: pipeline `{escape(name)}` cannot be loaded ({escape(str(err))}); {instead}")
         return None
 
 
@@ -95,9 +96,10 @@ def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z
             how = (" within buckets" if done.bucketed else "") + (f", z-ordered by {', '.join(done.z_order)}"
                                                                    if done.z_order else "")
             if done.version is None:
-                console.print(f"{name}: nothing to compact ({done.files_before} files)")
+                console.print(f"{escape(name)}: nothing to compact ({done.files_before} files)")
             else:
-                console.print(f"{name}: {done.files_before} files -> {done.files_after}{how} (v{done.version})")
+                console.print(f"{escape(name)}: {done.files_before} files -> {done.files_after}{escape(how)} "
+                              f"(v{done.version})")
 
 
 @maintain.command()
@@ -121,9 +123,10 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
                             reason=reason)
         kept = f"; kept pinned version(s) {', '.join(map(str, done.kept_versions))}" if done.kept_versions else ""
         verb = "would delete" if dry_run else "deleted"
-        console.print(f"{name}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h ago{kept}")
+        console.print(f"{escape(name)}: {verb} {len(done.files)} file(s) removed more than {done.retention_hours} h "
+                      f"ago{kept}")
         for path in done.files if dry_run else []:
-            console.print(f"  {path}")
+            console.print(f"  {escape(path)}")
 
 
 @maintain.command("rotate-keys")
@@ -152,11 +155,12 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
         done = rotate_table(settings, name, keys, declared_keys=declared, run_id=run_id, reason=reason)
         if done is None:
             if table is not None:
-                console.print(f"{name}: no encrypted columns")
+                console.print(f"{escape(name)}: no encrypted columns")
             continue
         version = f" (v{done.version})" if done.version is not None else ""
-        console.print(f"{name}: {done.values:,} value(s) re-encrypted{version}, {done.change_log_values:,} in its "
-                      f"change log; every value is under key {keys.current.key_id}")
+        console.print(f"{escape(name)}: {done.values:,} value(s) re-encrypted{version}, "
+                      f"{done.change_log_values:,} in its "
+                      f"change log; every value is under key {escape(keys.current.key_id)}")
 
 
 @maintain.command("pin")
@@ -175,8 +179,8 @@ def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hou
     version = version_as_of(layout.location(table), table, as_of)
     until = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
     made = pin(layout, table, version, who=who, until=until)
-    console.print(f"pinned {table} v{version} for {who} as `{made.id}`" + (f" until {until:%Y-%m-%d %H:%M} UTC"
-                                                                             if until else ""))
+    console.print(f"pinned {escape(table)} v{version} for {escape(who)} as `{escape(made.id)}`"
+                  + (f" until {until:%Y-%m-%d %H:%M} UTC" if until else ""))
 
 
 @maintain.command("unpin")
@@ -186,7 +190,7 @@ def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hou
 def unpin_command(ctx: click.Context, pin_id: str) -> None:
     """Remove pin PIN_ID."""
     removed = unpin(Layout.at(_settings(ctx).storage.root), pin_id)
-    console.print(f"unpinned {removed.table} v{removed.version} ({removed.who})")
+    console.print(f"unpinned {escape(removed.table)} v{removed.version} ({escape(removed.who)})")
 
 
 @maintain.command("pins")
@@ -197,11 +201,11 @@ def pins_command(ctx: click.Context, table: str | None) -> None:
     """Pinned versions (of TABLE, or of every table)."""
     layout = Layout.at(_settings(ctx).storage.root)
     now = datetime.now(UTC)
-    view = Table(title=f"pins under {layout.root}")
+    view = Table(title=f"pins under {escape(layout.root)}")
     for column in ("pin", "table", "version", "who", "until (UTC)", "active"):
         view.add_column(column)
     for item in list_pins(layout, table):
-        view.add_row(item.id, item.table, str(item.version), item.who,
+        view.add_row(escape(item.id), escape(item.table), str(item.version), escape(item.who),
                      item.until.strftime("%Y-%m-%d %H:%M") if item.until else "", "yes" if item.active(now) else "no")
     console.print(view)
 
@@ -220,8 +224,8 @@ def backup(ctx: click.Context, destination: str | None) -> None:
     layout = Layout.at(settings.storage.root)
     authorize(settings.access, "read", list_tables(layout), "a backup")
     manifest = take_backup(layout, destination)
-    console.print(f"backed up {len(manifest.tables)} tables and {len(manifest.files)} metadata files of {layout.root} "
-                  f"to {destination}")
+    console.print(f"backed up {len(manifest.tables)} tables and {len(manifest.files)} metadata files of "
+                  f"{escape(layout.root)} to {escape(destination)}")
 
 
 @backup.command("verify")
@@ -234,7 +238,7 @@ def verify_command(ctx: click.Context, source: str) -> None:
     if problems:
         raise MaintenanceError(f"backup `{source}` failed verification ({len(problems)} problem(s)): "
                                + "; ".join(problems), path=source)
-    console.print(f"backup {source} verified: every table's rows and content hash match its manifest")
+    console.print(f"backup {escape(source)} verified: every table's rows and content hash match its manifest")
 
 
 @backup.command("restore")
@@ -247,4 +251,5 @@ def restore_command(ctx: click.Context, source: str) -> None:
     authorize(settings.access, "manage", ["*"], "restoring a backup")
     root = Layout.at(settings.storage.root).root
     manifest = restore_backup(source, root)
-    console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into {root}")
+    console.print(f"restored {len(manifest.tables)} tables of the backup taken {manifest.created_at} into "
+                  f"{escape(root)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from engine.cli import _reported, _settings, console
 from engine.entrypoints import load_pipeline
@@ -37,4 +38,4 @@ def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...],
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as stream:
         stream.write(page.encode())
-    console.print(f"report written to {target}")
+    console.print(f"report written to {escape(target)}")

@@ -101,12 +101,11 @@ def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
         return DeltaTable(uri, version=version)
     except DeltaError as err:
         if version is not None and table_exists(uri):
-            raise TableNotFound(
-                f"table `{table}` has no version {version} (latest is {DeltaTable(uri).version()}; a version whose "
-                f"commit files log cleanup deleted cannot be read): {err}",
-                table=table,
-                path=uri,
-            ) from None
+            latest = DeltaTable(uri).version()
+            reason = (f"its newest is version {latest}; give a version up to {latest} or an ISO-8601 time"
+                      if version > latest else
+                      f"log cleanup deleted its commit files; give a later version, up to {latest}")
+            raise TableNotFound(f"table `{table}` has no version {version}: {reason}", table=table, path=uri) from None
         if not isinstance(err, TableNotFoundError):
             raise
         raise TableNotFound(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 
 import click
+from rich.markup import escape
 
 from engine.cli import _reported, _settings, address_option, console
 from engine.runtime import ray_session
@@ -52,15 +53,15 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
                                   trials=trials)
     first, last = result.training_set.time_range()
     console.print(f"run {result.run_id}: {result.training_set.rows.num_rows:,} rows from {first:%Y-%m-%d} to "
-                  f"{last:%Y-%m-%d}, tables {result.training_set.versions}")
-    console.print("holdout " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+                  f"{last:%Y-%m-%d}, tables {escape(str(result.training_set.versions))}")
+    console.print("holdout " + ", ".join(f"{escape(k)} {v:.4f}" for k, v in result.metrics.items()))
     if run_id:
         console.print(f"training set identical to run {run_id}'s (fingerprint "
                       f"{result.training_set.fingerprint[:12]})")
         for note in result.warnings:
-            console.print(f"warning: {note}", style="yellow", soft_wrap=True)
+            console.print(f"warning: {escape(note)}", style="yellow", soft_wrap=True)
     else:
-        console.print(f"registered version {result.model_version}: {result.decision}")
+        console.print(f"registered version {result.model_version}: {escape(result.decision)}")
 
 
 @click.command("score")
@@ -101,5 +102,5 @@ def score(ctx: click.Context, job: str, model_version: str, reason: str | None, 
     if record.status != "succeeded":
         raise RunFailed(f"run {result.run_id}: table `{record.table}` {record.status}: {record.error}",
                         table=record.table, run_id=result.run_id)
-    console.print(f"{record.rows_written:,} scores by model `{training_job.model_name}` version {version} "
-                  f"written to `{record.table}` v{record.output_version} (run {result.run_id})")
+    console.print(f"{record.rows_written:,} scores by model `{escape(training_job.model_name)}` version {version} "
+                  f"written to `{escape(record.table)}` v{record.output_version} (run {result.run_id})")

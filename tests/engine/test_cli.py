@@ -68,7 +68,7 @@ def test_run_with_a_selection_reports_each_table_and_commits_only_what_changed(d
     [
         (("run", "nosuchpipeline"), "no pipeline named `nosuchpipeline`"),
         (("run", "retail", "--select", "gold.nope"), "selection `gold.nope` matches no table"),
-        (("history", "silver.nope"), "table `silver.nope` has no Delta log"),
+        (("history", "silver.nope"), "no table `silver.nope` under"),
         (("generate", "retail", "--scale", "0"), "scale must be"),
         (("generate", "retail", "--batch", "99"), "batch must be between 1 and"),
     ],

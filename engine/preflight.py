@@ -1,0 +1,25 @@
+"""Checks a run makes before it creates anything under the storage root."""
+
+from __future__ import annotations
+
+from engine.errors import IngestError
+from engine.ingest.sources import discover
+from engine.pipeline import Pipeline
+from engine.status import list_tables
+from engine.tables.layout import Layout
+
+
+def require_landing(pipeline: Pipeline, layout: Layout) -> None:
+    """Refuse a root where the pipeline has nothing to work on: none of its sources has a landing file and none
+    of its tables exists (an empty or mistyped root).
+
+    Raises:
+        IngestError: naming the landing folder, the command that fills it, and `--root`.
+    """
+    sources = [d.source for d in pipeline.tables.values() if d.source is not None]
+    if not sources or any(discover(layout.landing(s.directory), s) for s in sources):
+        return
+    if set(pipeline.tables) & set(list_tables(layout)):
+        return
+    raise IngestError(f"no landing files under {layout.landing()}; run `medallion generate {pipeline.name}` or "
+                      "point --root at your lakehouse", path=layout.landing())
