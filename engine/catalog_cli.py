@@ -11,7 +11,7 @@ from rich.table import Table
 from engine.catalog import CatalogEntry, build_catalog, search
 from engine.cli import _reported, _settings, console
 from engine.entrypoints import load_pipeline
-from engine.freshness import LATE, UNKNOWN
+from engine.freshness import LATE, NEVER_BUILT, UNKNOWN
 from engine.tables.layout import Layout
 
 
@@ -55,9 +55,10 @@ def _print_entry(entry: CatalogEntry) -> None:
     if entry.freshness is not None and entry.freshness.state != "untracked":
         colour = {LATE: "red", UNKNOWN: "yellow"}.get(entry.freshness.state, "green")
         target = escape(entry.freshness.target.describe()) if entry.freshness.target else ""
-        detail = f" ({escape(entry.freshness.reason)})" if entry.freshness.reason else ""
-        summary = escape(entry.freshness.summary())
-        lines.append(("freshness", f"[{colour}]{summary}[/{colour}], target {target}{detail}"))
+        shown = escape(entry.freshness.summary())
+        said = entry.freshness.reasons in ((), (NEVER_BUILT,))  # none, or in the summary already
+        detail = "" if said else f" ({escape(entry.freshness.reason)})"
+        lines.append(("freshness", f"[{colour}]{shown}[/{colour}], target {target}{detail}"))
     elif entry.freshness is not None and entry.freshness.age is not None:
         lines.append(("freshness", f"{escape(entry.freshness.summary())}, no target"))
     if entry.matches:

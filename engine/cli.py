@@ -29,7 +29,7 @@ from engine.changes.plan import plan as plan_run
 from engine.changes.render import print_plan
 from engine.config import Settings, load_settings
 from engine.entrypoints import load_generator, load_pipeline
-from engine.errors import EngineError, RunFailed
+from engine.errors import EngineError, LandingFileExists, RunFailed
 from engine.freshness import FRESH, LATE, UNKNOWN, TableFreshness, definitions_under, table_freshness
 from engine.governance.access import authorize
 from engine.governance.encryption import decrypt_columns, encrypted_columns, row_key_columns
@@ -45,7 +45,7 @@ from engine.runlog import RunRecord
 from engine.runner import Runner, RunResult, new_run_id
 from engine.runtime import ADDRESS_ENV, ray_session
 from engine.status import list_tables, table_history, table_location, table_statuses
-from engine.storage import check_root, is_local, upload
+from engine.storage import check_root, exists, files_under, is_local, upload
 from engine.tables.delta import open_table
 from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
@@ -133,27 +133,43 @@ def main(root: str | None, config: str | None, verbose: bool, log_format: str, l
     logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING)
 
 
+as_of_date_option = click.option(
+    "--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), default=None, metavar="DATE",
+    help="Last day of the data (UTC); the same scale, seed and date give the same files (default: today).")
+"""`--as-of DATE` of the commands that generate landing data."""
+
+
 @main.command()
 @click.argument("generator", default=DEMO_PIPELINE)
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Size of the data (1 = ~12k orders).")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--batch", type=int, default=None, help="Write only the K-th delivery of the feed (1, 2, ...).")
+@as_of_date_option
 @click.pass_context
 @_reported
-def generate(ctx: click.Context, generator: str, scale: float, seed: int, batch: int | None) -> None:
-    """Write deterministic landing data under <root>/landing."""
-    _generate(_settings(ctx), generator, scale, seed, batch)
+def generate(ctx: click.Context, generator: str, scale: float, seed: int, batch: int | None,
+             as_of: datetime | None) -> None:
+    """Write deterministic landing data under <root>/landing; an existing landing file is never replaced."""
+    _generate(_settings(ctx), generator, scale, seed, as_of, batch)
 
 
-def _generate(settings: Settings, generator: str, scale: float, seed: int, batch: int | None = None) -> None:
+def _generate(settings: Settings, generator: str, scale: float, seed: int, as_of: datetime | None,
+              batch: int | None = None) -> None:
     landing = Layout.at(settings.storage.root).landing()
-    options = {"scale": scale, "seed": seed} | ({"batch": batch} if batch is not None else {})
+    options = {"scale": scale, "seed": seed, "as_of": (as_of or datetime.now(UTC)).date()} | (
+        {"batch": batch} if batch is not None else {})
     try:
         if is_local(landing):
             written = load_generator(generator)(landing, **options)
         else:  # generators write local files: generate into a scratch folder, then upload it
             with tempfile.TemporaryDirectory(prefix="medallion-landing-") as scratch:
                 written = load_generator(generator)(scratch, **options)
+                for source, generated in written.items():
+                    for name in generated.files:
+                        if exists(f"{landing}/{source}/{name}"):
+                            raise LandingFileExists(f"landing file {landing}/{source}/{name} already exists and "
+                                                    "is never replaced; generate under a new --root, or the next "
+                                                    "delivery with another --batch")
                 upload(scratch, landing)
     except ValueError as err:
         raise EngineError(f"cannot generate `{generator}` data: {err}") from None
@@ -458,12 +474,17 @@ def _print_record(record: RunRecord, done: int, total: int) -> None:
 @main.command()
 @click.option("--scale", type=float, default=1.0, show_default=True, help="Size of the generated data.")
 @click.option("--seed", type=int, default=42, show_default=True)
+@as_of_date_option
 @click.pass_context
 @_reported
-def demo(ctx: click.Context, scale: float, seed: int) -> None:
-    """Generate retail landing data, run the whole retail pipeline, and summarise the tables."""
+def demo(ctx: click.Context, scale: float, seed: int, as_of: datetime | None) -> None:
+    """Generate retail landing data under a new root, run the whole retail pipeline, and summarise the tables."""
     settings = _settings(ctx)
-    _generate(settings, DEMO_PIPELINE, scale, seed)
+    layout = Layout.at(settings.storage.root)
+    if next(files_under(layout.landing()), None) is not None or list_tables(layout):
+        raise EngineError(f"{layout.root} already holds a lakehouse; use --root with a new folder, or run "
+                          f"`medallion run {DEMO_PIPELINE}` to process new files")
+    _generate(settings, DEMO_PIPELINE, scale, seed, as_of)
     _run(settings, DEMO_PIPELINE, None)
     _print_status(settings)
 
@@ -474,22 +495,25 @@ def demo(ctx: click.Context, scale: float, seed: int) -> None:
               help="Take freshness targets (and tables not built yet) from this pipeline (repeatable); by "
                    "default from the pipeline named in each table's last commit.")
 @click.option("--late", is_flag=True, help="Exit with status 1 when a table is late (for cron and alerting).")
+@click.option("--details", is_flag=True, help="Add a column with the measured ages and their targets.")
 @click.pass_context
 @_reported
-def status(ctx: click.Context, as_of: str | None, pipeline_names: tuple[str, ...], late: bool) -> None:
+def status(ctx: click.Context, as_of: str | None, pipeline_names: tuple[str, ...], late: bool,
+           details: bool) -> None:
     """Tables, latest versions, row counts, freshness and the last run of each."""
     moment = parse_as_of(as_of) if as_of is not None else None
     if isinstance(moment, int):
         raise EngineError(f"status --as-of takes an ISO-8601 time, not `{as_of}` (versions differ per table)")
     pipelines = [load_pipeline(name) for name in pipeline_names]
-    overdue = _print_status(_settings(ctx), moment, pipelines)
+    overdue = _print_status(_settings(ctx), moment, pipelines, details)
     if late and overdue:
         sys.exit(1)
 
 
-def _print_status(settings: Settings, as_of: datetime | None = None,
-                  pipelines: Sequence[Pipeline] = ()) -> list[TableFreshness]:
-    """Print every table's state and freshness; returns the late tables."""
+def _print_status(settings: Settings, as_of: datetime | None = None, pipelines: Sequence[Pipeline] = (),
+                  details: bool = False) -> list[TableFreshness]:
+    """Print every table's state and freshness (with the ages against their targets if `details`); returns the
+    late tables."""
     layout = Layout.at(settings.storage.root)
     statuses = table_statuses(layout, as_of, TableFormats(settings))
     definitions = definitions_under(list_tables(layout), pipelines)
@@ -501,7 +525,8 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
         return []
     now = as_of or datetime.now(UTC)
     view = Table(title=f"tables under {escape(layout.root)}" + (f" as of {as_of.isoformat()}" if as_of else ""))
-    for column in ("table", "version", "rows", "last run", "status", "finished (UTC)", "freshness"):
+    for column in ("table", "version", "rows", "last run", "status", "finished (UTC)", "freshness",
+                   *(("ages",) if details else ())):
         view.add_column(column, justify="right" if column in ("version", "rows") else "left")
     freshness: list[TableFreshness] = []
     for item in statuses:
@@ -512,11 +537,11 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
                                     version=item.version)
             freshness.append(fresh)
         view.add_row(escape(item.table), str(item.version), f"{item.rows:,}", escape(item.last_run_id or ""),
-                     escape(item.last_status or ""), finished, _freshness_cell(fresh))
+                     escape(item.last_status or ""), finished, *_freshness_cells(fresh, details))
     for name in never_built:
         fresh = table_freshness(layout.table(name), name, targets[name], now=now)
         freshness.append(fresh)
-        view.add_row(escape(name), "-", "-", "", "", "", _freshness_cell(fresh))
+        view.add_row(escape(name), "-", "-", "", "", "", *_freshness_cells(fresh, details))
     console.print(view)
     late = [f for f in freshness if f.state == LATE]
     for overdue in late:
@@ -528,11 +553,13 @@ def _print_status(settings: Settings, as_of: datetime | None = None,
     return late
 
 
-def _freshness_cell(fresh: TableFreshness | None) -> str:
+def _freshness_cells(fresh: TableFreshness | None, details: bool) -> list[str]:
+    """The freshness cell in words, and the ages cell if `details`."""
     if fresh is None:
-        return ""
+        return ["", ""][: 1 + details]
     colour = {LATE: "red", UNKNOWN: "yellow", FRESH: "green"}.get(fresh.state)
-    return f"[{colour}]{escape(fresh.summary())}[/{colour}]" if colour else escape(fresh.summary())
+    cell = f"[{colour}]{escape(fresh.summary())}[/{colour}]" if colour else escape(fresh.summary())
+    return [cell, escape(fresh.details())][: 1 + details]
 
 
 @main.command()

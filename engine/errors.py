@@ -65,6 +65,10 @@ class UnreadableFileError(IngestError):
     engine column's name."""
 
 
+class LandingFileExists(EngineError):
+    """Generated landing data would replace a landing file already there; landed files are never replaced."""
+
+
 class SchemaDriftError(IngestError):
     """A landing file's columns differ from its source's declared ones under the `fail` drift policy."""
 

@@ -37,6 +37,7 @@ DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 FRESH, LATE, UNKNOWN, UNTRACKED = "fresh", "late", "unknown", "untracked"
+NEVER_BUILT = "never built"
 DATA_OPERATIONS = frozenset({"run"})
 """`medallion.operation` values of commits that bring new data; commits without the key (other writers)
 count too, unless Delta calls them a restore."""
@@ -70,6 +71,11 @@ def format_duration(duration: dt.timedelta) -> str:
     minutes, seconds = divmod(rest, 60)
     parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (seconds, "s")) if n]
     return sign + (" ".join(parts[:2]) or "0s")
+
+
+def spell_duration(duration: dt.timedelta) -> str:
+    """`2 d 4 h`, `3 h`, `5 h 12 m`, `40 s`: the two largest units, for reading in a sentence."""
+    return " ".join(f"{part[:-1]} {part[-1]}" for part in format_duration(duration).split())
 
 
 @dataclass(frozen=True)
@@ -158,19 +164,36 @@ class TableFreshness:
         """The reasons joined in one line."""
         return "; ".join(self.reasons)
 
+    @property
+    def overdue(self) -> dt.timedelta | None:
+        """How far the table age or partition age is past its target, the larger; None when neither is."""
+        target = self.target
+        excesses = [age - limit for age, limit in (  # type: ignore[operator]
+            (self.age, target.max_age if target else None),
+            (self.partition_age, target.partition_max_age if target else None)) if age is not None and limit is not None]
+        worst = max(excesses, default=None)
+        return worst if worst is not None and worst > dt.timedelta(0) else None
+
     def summary(self) -> str:
-        """One short cell: `fresh 2h/6h`, `late 8h/6h`, `unknown`, `age 3h`."""
+        """One short cell in words: `fresh`, `late by 3 h`, `unknown (never built)`, `unknown`, `age 3h`."""
         if self.state == UNKNOWN:
-            return UNKNOWN
+            return f"{UNKNOWN} ({self.reason})" if self.reasons == (NEVER_BUILT,) else UNKNOWN
         if self.state == UNTRACKED:
             return f"age {format_duration(self.age)}" if self.age is not None else ""
+        if self.state == LATE and self.overdue is not None:
+            return f"{LATE} by {spell_duration(self.overdue)}"
+        return self.state
+
+    def details(self) -> str:
+        """The measured ages against their targets: `age 2h of 6h, order_date 1d 10h of 1d 12h`."""
         ages = []
-        if self.target is not None and self.target.max_age is not None and self.age is not None:
-            ages.append(f"{format_duration(self.age)}/{format_duration(self.target.max_age)}")  # type: ignore[arg-type]
+        if self.age is not None:
+            ages.append(f"age {format_duration(self.age)}" + (
+                f" of {format_duration(self.target.max_age)}" if self.target and self.target.max_age else ""))  # type: ignore[arg-type]
         if self.target is not None and self.target.partition_max_age is not None and self.partition_age is not None:
-            ages.append(f"{self.target.partition_column} {format_duration(self.partition_age)}/"
+            ages.append(f"{self.target.partition_column} {format_duration(self.partition_age)} of "
                         f"{format_duration(self.target.partition_max_age)}")  # type: ignore[arg-type]
-        return f"{self.state} " + ", ".join(ages)
+        return ", ".join(ages)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dictionary (ages in seconds)."""
@@ -307,7 +330,7 @@ def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.d
     now = _utc(now or dt.datetime.now(dt.UTC))
     if not delta.table_exists(uri):
         return TableFreshness(table, target, UNKNOWN if target else UNTRACKED,
-                              reasons=("never built",) if target else (), now=now)
+                              reasons=(NEVER_BUILT,) if target else (), now=now)
     opened = delta.open_table(uri, table, version)
     reasons: list[str] = []
     age = source = partition_age = newest_partition = None

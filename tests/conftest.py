@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from engine.config import Settings  # noqa: E402
 from engine.runtime import start_private_ray  # noqa: E402
 
 RETAIL_TEST_SCALE = 0.05
+RETAIL_AS_OF = date(2026, 5, 30)
+"""The last day of the retail test data, which the tests' expected dates and counts assume."""
 
 pytest_plugins = ["tests.receiver"]
 
@@ -73,7 +76,7 @@ def retail_build(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> R
     from pipelines.retail.pipeline import retail
 
     root = tmp_path_factory.mktemp("retail")
-    generate(root / "landing", scale=RETAIL_TEST_SCALE)
+    generate(root / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     settings = settings_at(root)
     result = Runner(retail, settings).run()
     assert result.succeeded, [r.error for r in result.records if r.error]

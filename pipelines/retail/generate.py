@@ -3,7 +3,8 @@
 :func:`generate` writes the five landing sources of ``docs/retail.md`` ("Landing data") to
 ``<landing_root>/<source>/<source>-NNNN.<ext>``. Every draw comes from ``numpy.random.default_rng`` seeded
 with ``(seed, stream)`` and every step is a numpy or polars column operation (no loop over rows), so the
-same scale and seed give byte-identical files and scale 10 takes a few seconds.
+same scale, seed and as-of date give byte-identical files and scale 10 takes a few seconds. The data covers
+the ``DAYS`` days through the as-of date (today, UTC, by default), so a fresh generation is fresh data.
 
 Each record has an arrival time: its change time plus a short lag, or days more for late and out-of-order
 records. A source is split into up to ``N_FILES`` files at quantiles of the on-time arrivals, and each
@@ -16,20 +17,19 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-START = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
-"""Start of the generated period (epoch seconds)."""
+from engine.errors import LandingFileExists
+
 HOUR, DAY, DAYS = 3_600, 86_400, 150
-END = START + DAYS * DAY
-"""End (exclusive) of the period: no change happens at or after it."""
-SIGNUP_FROM = (date(2023, 1, 1) - date(1970, 1, 1)).days
+"""The generated period is the ``DAYS`` days up to and including the as-of date (UTC)."""
+SIGNUP_DAYS = 1_096
+"""Customers existing at the start of the period signed up in the ``SIGNUP_DAYS`` days before it."""
 N_FILES = 6
 """Files per source, except products (one per snapshot, two)."""
 
@@ -84,6 +84,20 @@ TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
+class Period:
+    """The generated period, in epoch seconds: no change happens before ``start`` nor at or after ``end``."""
+
+    start: int
+    end: int
+
+    @classmethod
+    def through(cls, as_of: date) -> Period:
+        """The ``DAYS`` days ending with ``as_of`` (its end is midnight UTC after it)."""
+        end = int(datetime.combine(as_of, time(), UTC).timestamp()) + DAY
+        return cls(end - DAYS * DAY, end)
+
+
+@dataclass(frozen=True)
 class GeneratedSource:
     """What :func:`generate` wrote for one source.
 
@@ -99,12 +113,13 @@ class GeneratedSource:
 
 
 def generate(
-    landing_root: str | os.PathLike, *, scale: float = 1.0, seed: int = 42, batch: int | None = None
+    landing_root: str | os.PathLike, *, scale: float = 1.0, seed: int = 42, batch: int | None = None,
+    as_of: date | None = None,
 ) -> dict[str, GeneratedSource]:
-    """Writes the retail landing files for a scale and seed.
+    """Writes the retail landing files for a scale, seed and as-of date.
 
-    Replaces the ``<source>-NNNN.<ext>`` files of a previous generation in each source folder and leaves
-    every other file alone. Nothing is written if the arguments are invalid.
+    Never replaces a landing file: a delivery, once landed, is what the pipeline ingested. Files of other
+    names are left alone. Nothing is written if the arguments are invalid or a file to write exists.
 
     Args:
         landing_root: Folder that receives one sub-folder per source.
@@ -113,6 +128,8 @@ def generate(
         batch: Write only the ``batch``-th file (1-based) of each source, as the ``batch``-th delivery
             of a stream, keeping the files already there; sources with fewer files write nothing.
             Batches in order amount to the whole generation.
+        as_of: Last day of the data (UTC); today by default. The same scale, seed and as-of date give the
+            same bytes.
 
     Returns:
         Per source, in the order of ``SOURCES``: the files, record count and bytes written.
@@ -120,26 +137,35 @@ def generate(
     Raises:
         ValueError: If ``scale`` is not a finite number greater than 0, or ``batch`` is not one of the
             feed's batches.
+        LandingFileExists: If a file to write is already there.
     """
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number greater than 0, got {scale!r}")
     count = {what: max(1, round(base * scale)) for what, base in BASE_COUNTS.items()}
+    period = Period.through(as_of or datetime.now(UTC).date())
     rng = [np.random.default_rng([seed, stream]) for stream in range(7)]  # independent streams
-    customers = _customer_base(rng[0], count["customers"])
-    products = _product_base(rng[0], count["products"])
-    orders = _order_base(rng[1], customers, count["orders"])
+    customers = _customer_base(rng[0], period, count["customers"])
+    products = _product_base(rng[0], period, count["products"])
+    orders = _order_base(rng[1], period, customers, count["orders"])
     frames = {
-        "customers": _customer_feed(rng[2], customers),
+        "customers": _customer_feed(rng[2], period, customers),
         "products": _product_snapshots(rng[3], products),
-        "orders": _order_feed(rng[4], orders),
-        "order_items": _order_items(rng[5], orders, products),
-        "events": _events(rng[6], customers, orders, products, count["browse_sessions"]),
+        "orders": _order_feed(rng[4], period, orders),
+        "order_items": _order_items(rng[5], period, orders, products),
+        "events": _events(rng[6], period, customers, orders, products, count["browse_sessions"]),
     }
     batches = max(frame["_file"].n_unique() for frame in frames.values())
     if batch is not None and not 1 <= batch <= batches:
         raise ValueError(f"batch must be between 1 and {batches} at scale {scale}, got {batch}")
     root = Path(landing_root)
-    return {source: _write(root / source, source, frame, batch) for source, frame in frames.items()}
+    parts = {source: _parts(source, frame, batch) for source, frame in frames.items()}
+    for source, named in parts.items():
+        for name in named:
+            if (root / source / name).exists():
+                raise LandingFileExists(
+                    f"landing file {root / source / name} already exists and is never replaced; generate "
+                    "under a new root, or the next delivery with another batch", path=str(root / source / name))
+    return {source: _write(root / source, source, named) for source, named in parts.items()}
 
 
 def _all(n: int) -> np.ndarray:
@@ -256,37 +282,35 @@ def _arrange(rng: np.random.Generator | None, frame: pl.DataFrame, bounds: np.nd
     return frame.with_columns(_file=file, _seq=pl.int_range(pl.len())).sort("_file", "_arrival", "_seq")
 
 
-def _write(folder: Path, source: str, frame: pl.DataFrame, batch: int | None) -> GeneratedSource:
-    """Writes the source's files in ``folder`` (all of them, replacing a previous generation, or only the
-    ``batch``-th): JSON lines from ``_line``, or CSV of the plain columns."""
+def _parts(source: str, frame: pl.DataFrame, batch: int | None) -> dict[str, pl.DataFrame]:
+    """The source's files by name (all of them, or only the ``batch``-th): JSON lines from ``_line``, or CSV
+    of the plain columns."""
     ext = SOURCES[source]
-    folder.mkdir(parents=True, exist_ok=True)
-    if batch is None:
-        owned = re.compile(rf"{re.escape(source)}-\d+\.{ext}")
-        for path in sorted(folder.iterdir()):
-            if owned.fullmatch(path.name) and path.is_file():
-                path.unlink()
     columns = [column for column in frame.columns if not column.startswith("_")] if ext == "csv" else ["_line"]
-    names, records = [], 0
-    for number, part in enumerate(frame.partition_by("_file", maintain_order=True), start=1):
-        if batch is not None and number != batch:
-            continue
-        names.append(f"{source}-{number:04d}.{ext}")
-        records += part.height
-        part.select(columns).write_csv(folder / names[-1], include_header=ext == "csv",
-                                       quote_style="necessary" if ext == "csv" else "never")
-    size = sum((folder / name).stat().st_size for name in names)
-    return GeneratedSource(files=names, records=records, bytes=size)
+    return {f"{source}-{number:04d}.{ext}": part.select(columns)
+            for number, part in enumerate(frame.partition_by("_file", maintain_order=True), start=1)
+            if batch is None or number == batch}
 
 
-def _customer_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
+def _write(folder: Path, source: str, parts: dict[str, pl.DataFrame]) -> GeneratedSource:
+    """Writes the source's files in ``folder``."""
+    csv = SOURCES[source] == "csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        part.write_csv(folder / name, include_header=csv, quote_style="necessary" if csv else "never")
+    size = sum((folder / name).stat().st_size for name in parts)
+    return GeneratedSource(files=list(parts), records=sum(part.height for part in parts.values()), bytes=size)
+
+
+def _customer_base(rng: np.random.Generator, period: Period, n: int) -> pl.DataFrame:
     """Customers as first created: 60% before the period (initial load), the rest sign up during it."""
+    start = period.start
     existing = rng.random(n) < 0.6
-    created = np.where(existing, START + rng.integers(0, HOUR, n), START + rng.integers(HOUR, 135 * DAY, n))
+    created = np.where(existing, start + rng.integers(0, HOUR, n), start + rng.integers(HOUR, 135 * DAY, n))
     frame = pl.DataFrame({
         "customer_id": np.arange(1, n + 1),
         "created": created,
-        "signup_day": np.where(existing, rng.integers(SIGNUP_FROM, START // DAY, n), created // DAY),
+        "signup_day": np.where(existing, rng.integers(start // DAY - SIGNUP_DAYS, start // DAY, n), created // DAY),
         "first_name": _take(FIRST_NAMES, rng.integers(0, len(FIRST_NAMES), n)),
         "last_name": _take(LAST_NAMES, rng.integers(0, len(LAST_NAMES), n)),
         "domain": _take(DOMAINS, rng.integers(0, len(DOMAINS), n)),
@@ -299,7 +323,7 @@ def _customer_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
     return frame.with_columns(email=pl.concat_str(parts).str.to_lowercase())
 
 
-def _product_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
+def _product_base(rng: np.random.Generator, period: Period, n: int) -> pl.DataFrame:
     """Products with their name and price (cents) before and after their mid-period change."""
     category = rng.integers(0, len(CATEGORIES), n)
     noun = _take(NOUNS, category * 4 + rng.integers(0, 4, n))
@@ -309,7 +333,7 @@ def _product_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
     new_price = (price * rng.uniform(0.75, 1.3, n)).astype(np.int64) // 100 * 100 + 99
     new_price = np.where(changed, np.where(new_price == price, price + 100, new_price), price)
     new_adjective = np.where(renamed, (adjective + 1) % len(ADJECTIVES), adjective)
-    updated = START - rng.integers(DAY, 90 * DAY, n)
+    updated = period.start - rng.integers(DAY, 90 * DAY, n)
     return pl.DataFrame({
         "product_id": np.arange(1, n + 1),
         "name": _take(ADJECTIVES, adjective) + " " + noun,
@@ -319,34 +343,34 @@ def _product_base(rng: np.random.Generator, n: int) -> pl.DataFrame:
         "price": price,
         "new_price": new_price,
         "updated": updated,
-        "changed_at": np.where(changed | renamed, START + rng.integers(DAY, 70 * DAY, n), updated),
+        "changed_at": np.where(changed | renamed, period.start + rng.integers(DAY, 70 * DAY, n), updated),
         "popularity": rng.gamma(0.8, 1.0, n),
     })
 
 
-def _order_base(rng: np.random.Generator, customers: pl.DataFrame, n: int) -> pl.DataFrame:
+def _order_base(rng: np.random.Generator, period: Period, customers: pl.DataFrame, n: int) -> pl.DataFrame:
     """Orders numbered by ``order_ts``, by customers in proportion to their activity, after their signup."""
     created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
     who = rng.choice(len(weight), n, p=weight / weight.sum())
-    placed = _between(rng, created[who] + HOUR, END - HOUR)
+    placed = _between(rng, created[who] + HOUR, period.end - HOUR)
     order = np.lexsort((np.arange(n), placed))
     guest = _pick(rng, _all(n), RATES["null_customer"])
     customer = pl.Series(np.where(guest, 0, who[order] + 1)).replace(0, None)
     return pl.DataFrame({"order_id": np.arange(1, n + 1), "customer_id": customer, "order_ts": placed[order]})
 
 
-def _customer_feed(rng: np.random.Generator, base: pl.DataFrame) -> pl.DataFrame:
+def _customer_feed(rng: np.random.Generator, period: Period, base: pl.DataFrame) -> pl.DataFrame:
     """CDC feed: creates, updates of email, country or segment, deletes, and comebacks after a delete."""
-    n, created = base.height, base["created"].to_numpy()
+    n, created, end = base.height, base["created"].to_numpy(), period.end
     m = max(1, round(n * RATES["customer_updates"]))
     updated = rng.integers(0, n, m)
-    update_t = _between(rng, created[updated] + HOUR, END - HOUR)
+    update_t = _between(rng, created[updated] + HOUR, end - HOUR)
     gone = np.flatnonzero(_pick(rng, _all(n), RATES["delete"]))
-    delete_t = _between(rng, created[gone] + DAY, END - 3 * DAY)
+    delete_t = _between(rng, created[gone] + DAY, end - 3 * DAY)
     back = _pick(rng, _all(len(gone)), RATES["comeback"])
-    back_t = delete_t + ((END - delete_t) * rng.uniform(0.2, 0.9, len(gone))).astype(np.int64)
-    away_from, away_to = np.full(n, END), np.zeros(n, dtype=np.int64)
-    away_from[gone], away_to[gone] = delete_t, np.where(back, back_t, END)
+    back_t = delete_t + ((end - delete_t) * rng.uniform(0.2, 0.9, len(gone))).astype(np.int64)
+    away_from, away_to = np.full(n, end), np.zeros(n, dtype=np.int64)
+    away_from[gone], away_to[gone] = delete_t, np.where(back, back_t, end)
     keep = (update_t < away_from[updated]) | (update_t >= away_to[updated])  # no update while deleted
     idx = np.concatenate([np.arange(n), gone[back], updated[keep], gone])
     sizes = [n, int(back.sum()), int(keep.sum()), len(gone)]
@@ -412,7 +436,7 @@ def _product_snapshots(rng: np.random.Generator, products: pl.DataFrame) -> pl.D
     return pl.concat(snapshots)
 
 
-def _order_feed(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFrame:
+def _order_feed(rng: np.random.Generator, period: Period, orders: pl.DataFrame) -> pl.DataFrame:
     """One record per status change: placed, paid, shipped, delivered; or cancelled before or after payment."""
     n, placed = orders.height, orders["order_ts"].to_numpy()
     paid = placed + rng.integers(60, 2 * HOUR, n)
@@ -422,7 +446,7 @@ def _order_feed(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFrame:
     early = cancelled & (rng.random(n) < 0.5)
     cancel_t = np.where(early, placed + rng.integers(600, DAY, n), paid + rng.integers(HOUR, 2 * DAY, n))
     times = np.stack([placed, paid, shipped, delivered, cancel_t])
-    exists = np.stack([_all(n), ~early, ~cancelled, ~cancelled, cancelled]) & (times < END)
+    exists = np.stack([_all(n), ~early, ~cancelled, ~cancelled, cancelled]) & (times < period.end)
     status, row = np.nonzero(exists)
     order = np.lexsort((times[status, row], row))
     status, row = status[order], row[order]
@@ -447,7 +471,9 @@ def _order_feed(rng: np.random.Generator, orders: pl.DataFrame) -> pl.DataFrame:
     ]))
 
 
-def _order_items(rng: np.random.Generator, orders: pl.DataFrame, products: pl.DataFrame) -> pl.DataFrame:
+def _order_items(
+    rng: np.random.Generator, period: Period, orders: pl.DataFrame, products: pl.DataFrame
+) -> pl.DataFrame:
     """Order lines at the price in force when the order was placed; a few corrected later."""
     n = orders.height
     lines = rng.choice(np.arange(1, 6), n, p=[0.35, 0.28, 0.19, 0.11, 0.07])
@@ -463,7 +489,7 @@ def _order_items(rng: np.random.Generator, orders: pl.DataFrame, products: pl.Da
     price = np.where(current, products["new_price"].to_numpy()[product], products["price"].to_numpy()[product])
     fix = np.flatnonzero(_pick(rng, _all(m), RATES["line_correction"]))
     pick = np.concatenate([np.arange(m), fix])
-    t = np.concatenate([placed, np.minimum(placed[fix] + rng.integers(HOUR, 3 * DAY, len(fix)), END - 1)])
+    t = np.concatenate([placed, np.minimum(placed[fix] + rng.integers(HOUR, 3 * DAY, len(fix)), period.end - 1)])
     lag = rng.integers(0, 300, n)[row]  # the lines of an order arrive together, in line order
     arrival = t + np.concatenate([lag, lag[fix]])
     word, negative = _picks(rng, _all(len(t)), RATES["quantity_word"], RATES["negative_quantity"])
@@ -482,7 +508,7 @@ def _order_items(rng: np.random.Generator, orders: pl.DataFrame, products: pl.Da
 
 
 def _sessions(
-    rng: np.random.Generator, customers: pl.DataFrame, orders: pl.DataFrame, n: int
+    rng: np.random.Generator, period: Period, customers: pl.DataFrame, orders: pl.DataFrame, n: int
 ) -> tuple[np.ndarray, ...]:
     """Sessions of 5-15 events: one ending in a checkout at ``order_ts`` for some orders, plus ``n`` browse ones.
 
@@ -494,7 +520,7 @@ def _sessions(
     created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
     who = rng.choice(len(weight), n, p=0.5 / len(weight) + 0.5 * weight / weight.sum())
     anonymous = _pick(rng, _all(n), RATES["anonymous"])
-    start = _between(rng, np.where(anonymous, START, created[who]), END - 2 * HOUR)
+    start = _between(rng, np.where(anonymous, period.start, created[who]), period.end - 2 * HOUR)
     customer = np.concatenate([order_customer[from_orders], np.where(anonymous, 0, who + 1)])
     anchor = np.concatenate([orders["order_ts"].to_numpy()[from_orders], start])
     checkout = np.concatenate([_all(len(from_orders)), ~_all(n)])
@@ -502,10 +528,11 @@ def _sessions(
 
 
 def _events(
-    rng: np.random.Generator, customers: pl.DataFrame, orders: pl.DataFrame, products: pl.DataFrame, n_browse: int
+    rng: np.random.Generator, period: Period, customers: pl.DataFrame, orders: pl.DataFrame,
+    products: pl.DataFrame, n_browse: int,
 ) -> pl.DataFrame:
     """Clickstream events of checkout and browse sessions (some anonymous), numbered by time."""
-    customer, anchor, count, checkout = _sessions(rng, customers, orders, n_browse)
+    customer, anchor, count, checkout = _sessions(rng, period, customers, orders, n_browse)
     s, first = len(anchor), np.cumsum(count) - count
     sess = np.repeat(np.arange(s), count)
     pos = np.arange(len(sess)) - first[sess]

@@ -20,7 +20,7 @@ from engine.governance.erase import erase_subject, subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner, RunResult
 from engine.tables.layout import Layout
-from tests.conftest import RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
 from tests.engine.scan import findings
 from tests.engine.test_erase import _pick_subject
 
@@ -168,7 +168,7 @@ def spelled(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Spelle
     from pipelines.retail.generate import generate
 
     root = tmp_path_factory.mktemp("spelled")
-    generate(root / "landing", scale=RETAIL_TEST_SCALE)
+    generate(root / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     assert _run(root).succeeded
     subject_text, emails, person = _pick_subject(root)
     subject = int(subject_text)

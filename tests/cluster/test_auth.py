@@ -16,7 +16,7 @@ from engine.tables.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.cluster.helpers import BIN, RayHead, ray_environment, ray_head, wait_for
-from tests.conftest import RETAIL_TEST_SCALE
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE
 
 pytestmark = pytest.mark.cluster
 BRONZE = [t for t in retail.select() if t.startswith("bronze.")]
@@ -50,7 +50,7 @@ def test_a_driver_with_the_token_runs_on_the_cluster_and_one_without_is_refused(
     token_head: RayHead, tmp_path: Path
 ) -> None:
     assert token_head.token
-    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
 
     refused = medallion_run(token_head, tmp_path)
     assert refused.returncode != 0

@@ -27,7 +27,7 @@ from ray.util.state import list_tasks
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.cluster.helpers import BIN, GOLD_TABLES, RayHead, assert_same_tables, ray_environment, wait_for
-from tests.conftest import RETAIL_TEST_SCALE, RetailBuild
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, RetailBuild
 
 pytestmark = pytest.mark.cluster
 SCALE_DOWN_TIMEOUT_S = 120
@@ -99,7 +99,7 @@ def test_a_pipeline_job_scales_the_cluster_up_and_back_down(
 ) -> None:
     head = autoscaling_head
     wait_for(lambda: not workers(head), 60, "a cluster with no worker")
-    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     submission = f"medallion-retail-{uuid.uuid4().hex[:8]}"
     command = [str(BIN / "ray"), "job", "submit", "--address", head.dashboard_url, "--submission-id", submission,
                "--", "medallion", "--root", str(tmp_path), "run", "retail"]
@@ -138,7 +138,7 @@ def test_medallion_reserves_capacity_for_its_backlog_and_releases_it(
 ) -> None:
     head = autoscaling_head
     wait_for(lambda: not workers(head), SCALE_DOWN_TIMEOUT_S, "a cluster with no worker")
-    written = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    written = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     largest = max(source.bytes for source in written.values())
     per_task = math.ceil(largest / 2)
     medallion = [str(BIN / "medallion"), "--address", head.gcs_address, "--root", str(tmp_path), "cluster",

@@ -16,7 +16,7 @@ from engine.cli import main
 from engine.tables.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
-from tests.conftest import RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
 
 pytestmark = pytest.mark.slow
 SOURCES = ("customers", "products", "orders", "order_items", "events")
@@ -40,7 +40,7 @@ def bytes_to_read(uri: str, incremental: bool) -> int:
 
 def test_the_backlog_follows_deliveries_and_runs(ray_local: None, tmp_path: Path) -> None:
     layout = Layout.at(str(tmp_path))
-    first = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, batch=1)
+    first = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF, batch=1)
 
     backlog = measure_backlog(retail, layout)
     ingest = {s.table: s for s in backlog.steps if s.ingest}
@@ -54,7 +54,7 @@ def test_the_backlog_follows_deliveries_and_runs(ray_local: None, tmp_path: Path
     assert measure_backlog(retail, layout).steps == ()
     assert plan(measure_backlog(retail, layout)) is None
 
-    second = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, batch=2)
+    second = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF, batch=2)
     delivered = {f"bronze.{name}": g.bytes for name, g in second.items() if g.files}
     assert {s.table: s.bytes for s in measure_backlog(retail, layout).steps if s.ingest} == delivered
 

@@ -27,7 +27,7 @@ from tests.cluster.helpers import (
     ray_environment,
     ray_head,
 )
-from tests.conftest import RETAIL_TEST_SCALE, RetailBuild
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, RetailBuild
 
 pytestmark = pytest.mark.cluster
 
@@ -59,7 +59,7 @@ def submit(head: RayHead, *arguments: str) -> tuple[str, subprocess.CompletedPro
 def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     jobs_head: RayHead, retail_build: RetailBuild, tmp_path: Path
 ) -> None:
-    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     submission, job = submit(jobs_head, "--root", str(tmp_path), "run", "retail")
 
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]

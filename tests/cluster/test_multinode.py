@@ -29,7 +29,7 @@ from tests.cluster.helpers import (
     read_table,
     stop_process_group,
 )
-from tests.conftest import RETAIL_TEST_SCALE, RetailBuild
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, RetailBuild
 
 pytestmark = pytest.mark.cluster
 DRIVER = Path(__file__).with_name("multinode_driver.py")
@@ -39,7 +39,7 @@ DRIVER = Path(__file__).with_name("multinode_driver.py")
 def multinode(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """Run the driver once; its report and the storage root it wrote."""
     root = tmp_path_factory.mktemp("multinode")
-    generate(root / "retail" / "landing", scale=RETAIL_TEST_SCALE)
+    generate(root / "retail" / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     temp_dir = tempfile.mkdtemp(prefix="mdl-", dir="/tmp")
     output, log = root / "report.json", root / "driver.log"
     with open(log, "wb") as sink:

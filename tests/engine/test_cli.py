@@ -21,7 +21,7 @@ SCALE = "0.02"
 @pytest.fixture(scope="module")
 def demo_root(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    result = CliRunner().invoke(main, ["--root", str(root), "demo", "--scale", SCALE])
+    result = CliRunner().invoke(main, ["--root", str(root), "demo", "--scale", SCALE, "--as-of", "2026-05-30"])
     assert result.exit_code == 0, result.output
     return root
 

@@ -18,7 +18,7 @@ from engine.governance.erase import subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner
 from engine.tables.layout import Layout
-from tests.conftest import RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
 from tests.engine.scan import findings
 from tests.features.conftest import REPO, RETAIL_END
 
@@ -66,7 +66,7 @@ def built(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipelines.retail.pipeline import retail
 
     root = tmp_path_factory.mktemp("erase")
-    generate(root / "landing", scale=RETAIL_TEST_SCALE)
+    generate(root / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     assert Runner(retail, settings_at(root)).run().succeeded
     store = open_store(str(root), REPO)
     apply_repo(store, load_definitions(REPO))

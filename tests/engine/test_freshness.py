@@ -15,7 +15,7 @@ from deltalake.transaction import CommitProperties
 
 from engine.cli import main
 from engine.errors import PipelineDefinitionError
-from engine.freshness import Freshness, last_data_commit, parse_duration, table_freshness
+from engine.freshness import Freshness, TableFreshness, last_data_commit, parse_duration, table_freshness
 from engine.ingest.sources import FileSource
 from engine.pipeline import Pipeline
 from engine.tables import delta
@@ -85,7 +85,7 @@ def test_fresh_then_late_by_the_age_of_the_last_data_commit(tmp_path: Path) -> N
     late = table_freshness(str(uri), "silver.t", target, now=at + dt.timedelta(hours=7))
     assert late.state == "late" and late.age == dt.timedelta(hours=7)
     assert late.reason == f"data commit v0 at {at.isoformat()} is 7h old, target 6h"
-    assert late.summary() == "late 7h/6h"
+    assert late.summary() == "late by 1 h" and late.details() == "age 7h of 6h"
 
 
 def test_maintenance_restore_protect_and_backfill_commits_do_not_count(tmp_path: Path) -> None:
@@ -171,12 +171,13 @@ def test_a_backfill_of_an_old_partition_does_not_hide_a_stale_recent_partition(t
     fresh = table_freshness(str(uri), "gold.t", target, now=now)
     assert fresh.state == "fresh" and fresh.partition_age == dt.timedelta(hours=34)
     assert fresh.newest_partition == dt.date(2026, 1, 10)
-    assert fresh.summary().startswith("fresh ") and "order_date 1d 10h/1d 12h" in fresh.summary()
+    assert fresh.summary() == "fresh" and fresh.details().endswith(", order_date 1d 10h of 1d 12h")
     later = dt.datetime(2026, 1, 13, 10, tzinfo=UTC)
     commit(uri, orders(dt.date(2026, 1, 2)), "backfill", **options)   # commits now, for an old day
     stale = table_freshness(str(uri), "gold.t", target, now=later)
     assert stale.state == "late" and stale.newest_partition == dt.date(2026, 1, 10)
     assert stale.reasons == ("newest partition order_date=2026-01-10 is 3d 10h old, target 1d 12h",)
+    assert stale.summary() == "late by 1 d 22 h"
 
 
 def test_status_shows_freshness_and_late_exits_non_zero(tmp_path: Path) -> None:
@@ -191,11 +192,29 @@ def test_status_shows_freshness_and_late_exits_non_zero(tmp_path: Path) -> None:
     assert "freshness" in result.output and "late: gold.stale: newest order_ts 2020-01-01T12:00:00+00:00" in result.output
     assert "gold.recent" in result.output and "late: gold.recent" not in result.output
     assert "gold.unbuilt" in result.output and "freshness unknown: gold.unbuilt: never built" in result.output
+    assert "unknown (never built)" in result.output and "fresh " in result.output and "ages" not in result.output
+    result = runner.invoke(main, ["--root", str(tmp_path), "status", "--pipeline", reference, "--details"])
+    assert result.exit_code == 0 and "ages" in result.output and " of 3d" in result.output, result.output
     result = runner.invoke(main, ["--root", str(tmp_path), "status", "--pipeline", reference, "--late"])
     assert result.exit_code == 1, result.output
     (layer / "stale" / "_delta_log").rename(layer / "stale" / "_gone")
     result = runner.invoke(main, ["--root", str(tmp_path), "status", "--pipeline", reference, "--late"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("age", "partition_age", "expected"), [
+    (dt.timedelta(hours=9), None, "late by 3 h"),
+    (dt.timedelta(days=2, hours=10, minutes=5), None, "late by 2 d 4 h"),
+    (dt.timedelta(hours=1), dt.timedelta(hours=45, seconds=40), "late by 9 h 40 s"),
+    (dt.timedelta(hours=5), dt.timedelta(hours=30), "fresh"),
+])
+def test_summary_says_in_words_how_late(age: dt.timedelta, partition_age: dt.timedelta | None,
+                                         expected: str) -> None:
+    target = Freshness(max_age="6h", partition_column="day", partition_max_age="36h")
+    state = "fresh" if expected == "fresh" else "late"
+    assert TableFreshness("gold.t", target, state, age, partition_age=partition_age).summary() == expected
+    never = table_freshness("/nonexistent/t", "gold.t", target)
+    assert (never.summary(), never.details()) == ("unknown (never built)", "")
 
 
 def _status_pipeline() -> Pipeline:

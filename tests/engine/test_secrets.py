@@ -12,7 +12,7 @@ from engine.alerts import sinks_from_settings
 from engine.config import load_settings
 from engine.errors import ConfigError
 from engine.governance.secrets import pii_key
-from tests.conftest import RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
 from tests.engine.scan import findings
 from tests.features.conftest import REPO, RETAIL_END
 
@@ -66,7 +66,7 @@ def test_a_full_run_and_training_leave_no_secret_anywhere(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     caplog.set_level(logging.DEBUG)
-    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE)
+    generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
     settings = settings_at(tmp_path)
     assert Runner(retail, settings, reason="canary run").run().succeeded
     store = open_store(str(tmp_path), REPO)

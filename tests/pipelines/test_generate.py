@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.errors import LandingFileExists
 from pipelines.retail.generate import SOURCES, GeneratedSource, generate
 
 SCALE = 0.05
@@ -112,21 +113,16 @@ def test_rejects_a_scale_that_is_not_positive(tmp_path: Path, scale: float) -> N
     assert not any(tmp_path.iterdir())
 
 
-def test_replaces_own_files_and_leaves_others(tmp_path: Path) -> None:
-    reference, tmp_path = tmp_path / "reference", tmp_path / "landing"
-    generate(tmp_path, scale=2 * SCALE, seed=42)
-    (tmp_path / "customers" / "customers-0099.jsonl").write_text("stale\n")
-    (tmp_path / "customers" / "notes.txt").write_text("keep\n")
+def test_never_replaces_a_landing_file_and_leaves_others(tmp_path: Path) -> None:
+    generate(tmp_path, scale=SCALE, seed=42, batch=1)
     (tmp_path / "orders" / "orders-manual.jsonl").write_text("keep\n")
-    result = generate(tmp_path, scale=SCALE, seed=42)
-    assert not (tmp_path / "customers" / "customers-0099.jsonl").exists()
-    assert (tmp_path / "customers" / "notes.txt").read_text() == "keep\n"
+    before = _snapshot(tmp_path)
+    with pytest.raises(LandingFileExists, match="customers-0001.jsonl already exists"):
+        generate(tmp_path, scale=SCALE, seed=7)
+    assert _snapshot(tmp_path) == before
+    second = generate(tmp_path, scale=SCALE, seed=42, batch=2)
     assert (tmp_path / "orders" / "orders-manual.jsonl").read_text() == "keep\n"
-    generate(reference, scale=SCALE, seed=42)
-    for source in SOURCES:
-        assert [p.name for p in _files(tmp_path, source) if p.name != "orders-manual.jsonl"] == result[source].files
-        for name in result[source].files:
-            assert (tmp_path / source / name).read_bytes() == (reference / source / name).read_bytes()
+    assert all(source.files == [f"{name}-0002.{SOURCES[name]}"] for name, source in second.items())
 
 
 def test_every_line_is_valid_json_and_csv_rows_are_complete(landing) -> None:

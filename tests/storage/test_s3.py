@@ -262,7 +262,7 @@ def _gold(uri: str) -> pl.DataFrame:
 def retail_on_s3(s3: dict[str, str]) -> str:
     """The retail demo run once on the S3 endpoint; the root."""
     root = f"s3://{BUCKET}/retail"
-    _medallion(root, _subprocess_env(s3), "demo", "--scale", SCALE)
+    _medallion(root, _subprocess_env(s3), "demo", "--scale", SCALE, "--as-of", "2026-05-30")
     return root
 
 
@@ -270,7 +270,7 @@ def retail_on_s3(s3: dict[str, str]) -> str:
 def test_the_retail_pipeline_runs_on_s3_like_on_a_local_root(s3: dict[str, str], retail_on_s3: str,
                                                              tmp_path: Path) -> None:
     root, env = retail_on_s3, _subprocess_env(s3)
-    _medallion(str(tmp_path), env, "demo", "--scale", SCALE)
+    _medallion(str(tmp_path), env, "demo", "--scale", SCALE, "--as-of", "2026-05-30")
 
     on_s3 = delta_tables_under(root, skip=("_meta", "landing"))
     local = delta_tables_under(str(tmp_path), skip=("_meta", "landing"))
@@ -401,7 +401,7 @@ def test_the_retail_pipeline_on_iceberg_on_s3_gives_the_gold_of_the_delta_run(
     root = f"s3://{BUCKET}/retail-iceberg"
     env = _subprocess_env(s3) | {"MEDALLION__STORAGE__TABLE_FORMAT": "iceberg",
                                  "MEDALLION__STORAGE__ICEBERG_CATALOG_URI": postgres_catalog}
-    _medallion(root, env, "demo", "--scale", SCALE)
+    _medallion(root, env, "demo", "--scale", SCALE, "--as-of", "2026-05-30")
     assert not delta_tables_under(root, skip=("_meta", "landing", "quarantine", "_changes"))
     for table in ("gold.customer_features", "gold.customer_daily", "gold.fct_order_lines", "gold.dim_customer",
                   "gold.dim_product"):
