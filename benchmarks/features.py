@@ -38,19 +38,19 @@ import numpy as np
 from deltalake import DeltaTable
 from feast import FeatureStore
 
-from benchmarks.ingest import BenchmarkError, run_retail
+from benchmarks.ingest import RETAIL_AS_OF, BenchmarkError, run_retail
 from benchmarks.tpch.run import machine
 from engine import load_settings
 from engine.features.materialize import MaterializationReport, materialize
 from engine.features.repo import apply_repo, load_definitions, open_store
 from engine.runtime import ray_session
 from engine.tables.layout import Layout
-from pipelines.retail.generate import END
+from pipelines.retail.generate import Period
 
 FEATURE_REPO = Path(__file__).resolve().parents[1] / "features"
 SERVICE = "customer_training"
 ENTITY_TABLE, ENTITY_KEY = "gold.dim_customer", "customer_id"
-MATERIALIZE_END = dt.datetime.fromtimestamp(END, dt.UTC)
+MATERIALIZE_END = dt.datetime.fromtimestamp(Period.through(RETAIL_AS_OF).end, dt.UTC)
 """The end of the generated period: every view has rows within its TTL then."""
 WARMUP = 50
 SEED = 7

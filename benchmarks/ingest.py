@@ -16,6 +16,7 @@ Prints a Markdown table of table, files, MB, seconds, MB/s.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import tempfile
 from pathlib import Path
@@ -30,6 +31,9 @@ from engine.runtime import ray_session
 from engine.tables import delta
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY
+
+RETAIL_AS_OF = dt.date(2026, 5, 30)
+"""The last day of the retail data the benchmarks generate: fixed, so that runs on different days compare."""
 
 
 class BenchmarkError(EngineError):
@@ -46,7 +50,7 @@ def run_retail(scale: float, root: str | Path) -> RunResult:
     from pipelines.retail.pipeline import retail
 
     settings = load_settings(overrides={"storage": {"root": str(root)}})
-    generate(Layout.at(str(root)).landing(), scale=scale)
+    generate(Layout.at(str(root)).landing(), scale=scale, as_of=RETAIL_AS_OF)
     with ray_session(settings.ray):
         result = Runner(retail, settings).run()
     if not result.succeeded:

@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import ray  # noqa: E402
 
+from benchmarks.ingest import RETAIL_AS_OF  # noqa: E402
 from engine import Pipeline, Runner, load_settings  # noqa: E402
 from engine.runtime import start_private_ray  # noqa: E402
 from pipelines.retail.generate import generate  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(scratch)
-        generate(workdir / "landing", scale=args.scale)
+        generate(workdir / "landing", scale=args.scale, as_of=RETAIL_AS_OF)
         bare = without_checks(retail)
         silver_seconds(retail, workdir / "landing", workdir)
         runs: dict[str, list[dict[str, float]]] = {"checked": [], "bare": []}
