@@ -44,7 +44,7 @@ def closed_port() -> int:
     ("http://u:p@[::1]:8080/a/b?x=1", "http://[::1]:8080/a/b", f"http://[::1]:8080/{REDACTED}"),
     ("http://[fe80::1]/", "http://[fe80::1]/", "http://[fe80::1]/"),
     ("https://host", "https://host", "https://host"),
-    ("sqlite:////tmp/root/_meta/mlflow/mlflow.db", "sqlite:////tmp/root/_meta/mlflow/mlflow.db",
+    ("sqlite:////tmp/lake/_meta/mlflow/mlflow.db", "sqlite:////tmp/lake/_meta/mlflow/mlflow.db",
      f"sqlite:///{REDACTED}"),
     ("http://[::1/x?token=abc", f"http://{REDACTED}", f"http://{REDACTED}"),
     ("http://user:pa#ss@host/x", f"http://{REDACTED}", f"http://{REDACTED}"),
