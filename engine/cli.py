@@ -405,7 +405,7 @@ def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pip
     """Recompute TABLE's rows dated --from to --to from its inputs, and replace those rows alone."""
     settings = _settings(ctx)
     layout = Layout.at(settings.storage.root)
-    uri = layout.table(table)
+    uri = layout.table(table) if pipeline_name else table_location(layout, table)
     name = pipeline_name or TableFormats(settings).at(uri).last_commit_value(uri, table, "pipeline")
     if name is None:
         raise EngineError(f"table `{table}` has no commit naming its pipeline under {layout.root}; "
@@ -440,7 +440,7 @@ def restore(ctx: click.Context, table: str | None, version: int | None, timestam
     if run_id is not None:
         restored = restore_before_run(layout, run_id, reason=reason)
     else:
-        uri = layout.table(table)
+        uri = table_location(layout, table)
         if timestamp is not None:
             moment = parse_as_of(timestamp)
             if isinstance(moment, int):

@@ -63,10 +63,16 @@ def test_a_version_past_the_newest_names_the_newest(tmp_path: Path) -> None:
                     "0 or an ISO-8601 time")
 
 
-def test_a_mistyped_table_names_the_closest_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [("show",), ("history",), ("diff", "--from", "0"), ("restore", "--version", "0"),
+                                     ("maintain", "pin"), ("backfill", "--from", "2026-01-01", "--to", "2026-01-02")],
+                         ids=lambda command: command[0])
+def test_a_mistyped_table_names_the_closest_tables(tmp_path: Path, command: tuple[str, ...]) -> None:
     for table in ("silver.orders", "silver.order_items", "gold.revenue"):
         write_table(tmp_path, table, pa.table({"id": [1]}))
-    line = one_error(tmp_path, "--root", str(tmp_path), "show", "silver.ordrs")
+    name, *options = command
+    arguments = [name, "silver.ordrs", *options] if name != "maintain" else ["maintain", "pin", "silver.ordrs",
+                                                                            "--who", "a reader"]
+    line = one_error(tmp_path, "--root", str(tmp_path), *arguments)
     assert line.startswith(f"error: no table `silver.ordrs` under {tmp_path}; did you mean `silver.orders`")
     assert "gold.revenue" not in line
 

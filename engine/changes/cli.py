@@ -15,6 +15,7 @@ from engine.entrypoints import load_pipeline
 from engine.errors import EngineError
 from engine.governance.access import authorize
 from engine.runtime import ray_session
+from engine.status import table_location
 from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 
@@ -49,10 +50,8 @@ def diff(ctx: click.Context, table: str, start: int, end: int | None, keys: tupl
     added, removed and changed."""
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "`medallion diff`")
-    uri = Layout.at(settings.storage.root).location(table)
+    uri = table_location(Layout.at(settings.storage.root), table)
     store = TableFormats(settings).at(uri)
-    if not store.table_exists(uri):
-        raise EngineError(f"no table `{table}` under {settings.storage.root}", table=table)
     end = store.latest_version(uri) if end is None else end
     keys = keys or _declared_keys(store.last_commit_value(uri, table, "pipeline"), table)
     with ray_session(settings.ray):

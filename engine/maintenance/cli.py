@@ -28,7 +28,7 @@ from engine.maintenance.vacuum import vacuum_table
 from engine.pipeline import TableDefinition
 from engine.runner import new_run_id
 from engine.runtime import ray_session
-from engine.status import list_tables
+from engine.status import list_tables, table_location
 from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import version_as_of
@@ -176,7 +176,7 @@ def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hou
     settings = _settings(ctx)
     authorize(settings.access, "read", [table], "pinning a version")
     layout = Layout.at(settings.storage.root)
-    version = version_as_of(layout.location(table), table, as_of)
+    version = version_as_of(table_location(layout, table), table, as_of)
     until = datetime.now(UTC) + timedelta(hours=hours) if hours is not None else None
     made = pin(layout, table, version, who=who, until=until)
     console.print(f"pinned {escape(table)} v{version} for {escape(who)} as `{escape(made.id)}`"
