@@ -36,7 +36,7 @@ _SIMPLE = (str, int, float, bool, bytes, type(None))
 @dataclass(frozen=True)
 class DefinitionParts:
     """A table's declaration as canonical text per part (`code`, `kind`, `checks`, `pii`, `source`, `incremental`,
-    `evolution`); the fingerprint of each and of the whole."""
+    `evolution`), and its fingerprint."""
 
     table: str
     parts: Mapping[str, str] = field(default_factory=dict)
@@ -45,10 +45,6 @@ class DefinitionParts:
     def fingerprint(self) -> str:
         """16 hex digits over every part: equal declarations, equal fingerprints."""
         return digest(json.dumps(dict(sorted(self.parts.items()))))
-
-    def part_fingerprints(self) -> dict[str, str]:
-        """16 hex digits per part."""
-        return {name: digest(text) for name, text in sorted(self.parts.items())}
 
     def names(self) -> frozenset[str]:
         """The string constants of the code: the column names it can read."""
