@@ -25,9 +25,6 @@ from engine.tables import delta
 from engine.tables.built_from import consumed_versions
 from engine.tables.layout import Layout
 
-DEFAULT_BYTES_PER_TASK = 128 * 2**20
-"""Input bytes one task of a step is sized for: one CPU (or the table's declared task shape) per 128 MiB."""
-
 
 @dataclass(frozen=True)
 class StepBacklog:
@@ -117,8 +114,9 @@ def measure_backlog(pipeline: Pipeline, layout: Layout, selection: str | None = 
     return Backlog(tuple(steps))
 
 
-def plan(backlog: Backlog, bytes_per_task: int = DEFAULT_BYTES_PER_TASK) -> Reservation | None:
-    """One bundle of the largest step's task shape per `bytes_per_task` of its input; None when idle."""
+def plan(backlog: Backlog, bytes_per_task: int) -> Reservation | None:
+    """One bundle of the largest step's task shape (one CPU unless the table declares another) per
+    `bytes_per_task` of its input; None when idle."""
     step = backlog.largest
     if step is None:
         return None
@@ -139,7 +137,6 @@ def reserved_capacity(
     pipeline: Pipeline,
     settings: Settings,
     selection: str | None = None,
-    bytes_per_task: int = DEFAULT_BYTES_PER_TASK,
 ) -> Iterator[Reservation | None]:
     """Reserve capacity for a run on a named cluster while the block runs, and clear the request after.
 
@@ -149,7 +146,8 @@ def reserved_capacity(
     if resolve_address(settings.ray) is None:
         yield None
         return
-    reservation = plan(measure_backlog(pipeline, Layout.at(settings.storage.root), selection), bytes_per_task)
+    reservation = plan(measure_backlog(pipeline, Layout.at(settings.storage.root), selection),
+                       settings.ray.bytes_per_task)
     if reservation is None:
         yield None
         return

@@ -6,14 +6,17 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.freshness import TableFreshness, definitions_under, table_freshness
-from engine.pipeline import Pipeline, TableDefinition
+from engine.declarations import DeclaredPipeline, DeclaredTable, declarations_under
+from engine.freshness import TableFreshness, table_freshness
 from engine.status import list_tables
 from engine.tables import delta
 from engine.tables.layout import Layout
 from engine.tables.progress import INPUTS_KEY
+
+if TYPE_CHECKING:
+    from engine.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ def build_catalog(layout: Layout, pipelines: Sequence[Pipeline] = (), *, now: dt
     within each pipeline."""
     now = now or dt.datetime.now(dt.UTC)
     present = {name: uri for name, uri in list_tables(layout).items() if not name.startswith("quarantine.")}
-    definitions = definitions_under({} if only_pipelines else present, pipelines)
+    definitions = declarations_under(layout, {} if only_pipelines else present, pipelines)
     downstream: dict[str, list[str]] = {name: [] for name in definitions}
     for name, (_, definition) in definitions.items():
         for parent in definition.inputs:
@@ -113,7 +116,7 @@ def build_catalog(layout: Layout, pipelines: Sequence[Pipeline] = (), *, now: dt
     return entries
 
 
-def _entry(layout: Layout, name: str, pipeline: Pipeline | None, definition: TableDefinition | None,
+def _entry(layout: Layout, name: str, pipeline: DeclaredPipeline | None, definition: DeclaredTable | None,
            children: Sequence[str], now: dt.datetime) -> CatalogEntry:
     uri = layout.table(name)
     docs = dict(definition.columns) if definition is not None else {}
@@ -131,8 +134,8 @@ def _entry(layout: Layout, name: str, pipeline: Pipeline | None, definition: Tab
     upstream: tuple[str, ...] = ()
     if definition is not None:
         upstream = definition.inputs
-        if definition.source is not None:
-            upstream = (f"landing/{definition.source.directory}", *upstream)
+        if definition.landing is not None:
+            upstream = (f"landing/{definition.landing}", *upstream)
     elif version is not None:
         upstream = tuple(sorted(delta.last_commit_value(uri, name, INPUTS_KEY) or {}))
     target = definition.freshness if definition is not None else None

@@ -49,6 +49,10 @@ class StorageSettings(_Section):
                                   "SQLite at `<root>/_meta/iceberg/catalog.db`.")
 
 
+ADDRESS_ENV = "RAY_ADDRESS"
+"""The environment variable naming the Ray cluster to join, as `ray` itself reads it."""
+
+
 class RaySettings(_Section):
     """How the engine reaches Ray."""
 
@@ -60,6 +64,9 @@ class RaySettings(_Section):
     auth_mode: Literal["disabled", "token"] = Field(
         default="disabled", description="`RAY_AUTH_MODE` of instances started here; use `token` in production.")
     verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
+    bytes_per_task: int = Field(default=128 * 2**20, gt=0,
+                                description="Input bytes one task of a step is sized for when a run on a cluster "
+                                "asks the autoscaler for capacity ahead of its backlog.")
     forward_credentials: bool = Field(
         default=False, description="Pass `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` to a "
         "cluster's workers in the job's runtime env, where Ray writes them in clear to its logs; off: the nodes "

@@ -43,7 +43,7 @@ def _cell(text: str) -> str:
 def render_cli(root: click.Command | None = None) -> str:
     """Markdown for every command under `root` (default `engine.cli.main`): usage, help, arguments, options."""
     if root is None:
-        from engine.cli import main as root
+        from engine.cli.main import main as root
     lines = ["# `medallion` command reference", "", _GENERATED, "",
              "Every command's usage, help and options, as `medallion COMMAND --help` prints them. Options of "
              "`medallion` itself (`--root`, `--config`, `--address`, `-v`) go before the command; `run` and "

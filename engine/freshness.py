@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,33 +377,3 @@ def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.d
     state = LATE if late else UNKNOWN if reasons else FRESH
     return TableFreshness(table, target, state, age, source, partition_age, newest_partition,
                           tuple(late + reasons), now)
-
-
-def definitions_under(root_tables: Mapping[str, str], pipelines: Iterable[Any] = ()) -> dict[str, Any]:
-    """Table definitions by name: those of `pipelines`, then of the pipeline named by the last commit of
-    each table in `root_tables` (name -> location) that is not defined yet; pipelines that cannot be
-    loaded are skipped."""
-    from engine.entrypoints import load_pipeline
-    from engine.errors import EngineError
-
-    definitions: dict[str, Any] = {}
-    loaded: dict[str, Any] = {}
-    for pipeline in pipelines:
-        loaded[pipeline.name] = pipeline
-        for name, definition in pipeline.resolve().items():
-            definitions.setdefault(name, (pipeline, definition))
-    for name, uri in root_tables.items():
-        if name in definitions or name.startswith("quarantine."):
-            continue
-        pipeline_name = delta.last_commit_value(uri, name, "pipeline")
-        if not pipeline_name:
-            continue
-        if pipeline_name not in loaded:
-            try:
-                loaded[pipeline_name] = load_pipeline(pipeline_name)
-            except EngineError:
-                loaded[pipeline_name] = None
-            if loaded[pipeline_name] is not None:
-                for other, definition in loaded[pipeline_name].resolve().items():
-                    definitions.setdefault(other, (loaded[pipeline_name], definition))
-    return definitions

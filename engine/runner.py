@@ -32,6 +32,7 @@ from engine.changes.recorded import DEFINITION_KEY, save_parts
 from engine.columns import REJECTED_REASON
 from engine.config import Settings
 from engine.context import TableContext, building
+from engine.declarations import record_declarations
 from engine.errors import (
     CommitConflict,
     EngineError,
@@ -67,13 +68,13 @@ from engine.runlog import RunRecord, append_records
 from engine.storage import check_root, delete_tree, parquet_dataset
 from engine.tables import changelog, delta, progress, scd2
 from engine.tables.built_from import consumed_versions, schema_version_of
-from engine.tables.files import DataFile
+from engine.tables.files import DataFile, discard_files
 from engine.tables.formats import DELTA, DeltaStore, TableFormats, TableStore
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY, INPUTS_KEY, SCHEMA_KEY
 from engine.tables.quarantine import unrecorded
 from engine.tables.replace import Slice
-from engine.tables.staging import StagedFiles, Stager, StagingDatasink, discard_files
+from engine.tables.staging import StagedFiles, Stager, StagingDatasink
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class Runner:
         with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
                 self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
+            record_declarations(self.layout, self.pipeline)
             for name in selected:
                 if stop is not None and stop():
                     result.stopped = True

@@ -14,7 +14,7 @@ import ray
 from ray._common.network_utils import is_localhost, node_ip_address_from_perspective
 from ray._private import ray_constants
 
-from engine.config import RaySettings
+from engine.config import ADDRESS_ENV, RaySettings
 from engine.errors import EngineError
 from engine.logs import json_logs
 from engine.redact import redact_url
@@ -23,7 +23,6 @@ from engine.storage import CREDENTIAL_ENV, worker_env
 log = logging.getLogger(__name__)
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
-ADDRESS_ENV = "RAY_ADDRESS"
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 LOOPBACK = "127.0.0.1"
 

@@ -12,14 +12,16 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from engine.errors import StorageError
 from engine.redact import redact_url
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 S3_SCHEMES = ("s3", "s3a")
 # Read by delta-rs (object_store's `AmazonS3Builder::from_env`, deltalake_aws) and by the AWS SDK under pyarrow.
@@ -59,6 +61,8 @@ def filesystem_of(uri: str) -> tuple[pafs.FileSystem, str]:
 def parquet_dataset(files: Sequence[str], **options: Any) -> pads.Dataset:
     """A dataset over Parquet `files` given as local paths or URIs of one filesystem (pyarrow accepts a list
     of paths only, not of URIs)."""
+    import pyarrow.dataset as pads
+
     if not files:
         return pads.dataset([], **options)
     filesystem, _ = filesystem_of(files[0])

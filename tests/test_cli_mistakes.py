@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner
 from deltalake import write_deltalake
 
-from engine import cli
+from engine import status
+from engine.cli.main import main
 from engine.quality.metrics import append_metrics
 from engine.quality.results import CheckResult
 from engine.tables.layout import Layout
@@ -136,10 +137,10 @@ def test_an_unexpected_exception_ends_in_one_line_and_its_traceback_is_shown_wit
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("the [bold]disk[/bold] is gone")
 
-    monkeypatch.setattr(cli, "table_statuses", broken)
-    quiet = CliRunner().invoke(cli.main, ["--root", str(tmp_path), "status"])
+    monkeypatch.setattr(status, "table_statuses", broken)
+    quiet = CliRunner().invoke(main, ["--root", str(tmp_path), "status"])
     assert quiet.exit_code == 1 and quiet.output.splitlines() == [
         "error: unexpected RuntimeError: the [bold]disk[/bold] is gone; run with `medallion --verbose ...` for the "
         "traceback"]
-    verbose = CliRunner().invoke(cli.main, ["--root", str(tmp_path), "--verbose", "status"])
+    verbose = CliRunner().invoke(main, ["--root", str(tmp_path), "--verbose", "status"])
     assert isinstance(verbose.exception, RuntimeError)

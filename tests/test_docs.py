@@ -99,7 +99,7 @@ def test_generated_reference_is_current(name: str, render: Any) -> None:
 def test_references_cover_every_command_and_setting() -> None:
     import click
 
-    from engine.cli import main
+    from engine.cli.main import main
     from engine.config import Settings
 
     cli = (DOCS / "cli.md").read_text()
@@ -134,7 +134,7 @@ def test_snippet_parser_reads_markers_and_continuations(tmp_path: Path) -> None:
 
 
 def _run_shell(snippet: Snippet) -> None:
-    from engine.cli import main
+    from engine.cli.main import main
 
     for command in shell_commands(snippet.code, console=snippet.lang == "console"):
         words = shlex.split(command, comments=True)

@@ -13,11 +13,13 @@ import fnmatch
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from engine.config import AccessSettings, RoleGrant
 from engine.errors import AccessDenied
 from engine.governance.actor import current_actor
+
+if TYPE_CHECKING:
+    from engine.config import AccessSettings, RoleGrant
 
 Action = Literal["read", "write", "manage"]
 ACTIONS: tuple[Action, ...] = ("read", "write", "manage")

@@ -163,7 +163,7 @@ class Lineage:
         uri = self.layout.table(table)
         if not delta.table_exists(uri):  # landing files are traced through Delta bronze tables
             return []
-        rows = delta.open_table(uri, table, version).to_pyarrow_dataset()
+        rows = delta.rows_dataset(uri, table, version)
         if SOURCE_FILE not in rows.schema.names:
             return []
         detail = "ingested"

@@ -21,7 +21,7 @@ from engine.errors import EngineError, MaintenanceError
 from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
-from engine.tables.delta import open_table
+from engine.tables.delta import open_table, rows_dataset
 from engine.tables.keyhash import key_hash
 from engine.tables.layout import Layout, absolute_root
 
@@ -214,7 +214,7 @@ def content_hash(uri: str, table: str, version: int) -> tuple[int, str]:
     """The rows of the table at `version` and a hash of them that ignores row order: the sum (modulo 2**64)
     of a stable 64-bit hash of every row's columns, in column-name order. Columns of nested types are left
     out of the hash."""
-    dataset = open_table(uri, table, version).to_pyarrow_dataset()
+    dataset = rows_dataset(uri, table, version)
     columns = sorted(f.name for f in dataset.schema if not pa.types.is_nested(f.type))
     rows, total = 0, np.uint64(0)
     for batch in dataset.to_batches(columns=columns):

@@ -31,8 +31,7 @@ from engine.maintenance.policy import Maintenance
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.distributed_merge import BUCKET_FILE
-from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
-from engine.tables.staging import discard_files
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
 
 OPERATION = "optimize"
 _SLICE_ROWS = 1 << 16

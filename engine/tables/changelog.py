@@ -37,7 +37,7 @@ def read_for_keys(uri: str, table: str, keys: pa.Table) -> pa.Table | None:
     ever logged."""
     if not delta.table_exists(uri):
         return None
-    logged = pl.from_arrow(delta.open_table(uri, table).to_pyarrow_table())
+    logged = pl.from_arrow(delta.rows_dataset(uri, table).to_table())
     wanted = pl.from_arrow(keys).unique()
     assert isinstance(logged, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
     return logged.join(wanted, on=keys.column_names, how="semi", nulls_equal=True).to_arrow()

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import ray
-import ray.data
 from deltalake import DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.table import TableMerger
@@ -23,8 +21,12 @@ from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
 from engine.tables import progress
-from engine.tables.delta_files import DataFileEntry, data_files, read_files, readable_by_files
+from engine.tables.delta_files import DataFileEntry, data_files, readable_by_files
 from engine.tables.files import DataFile
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+    import ray.data
 
 METADATA_PREFIX = "medallion."
 DELETE_FLAG = "__medallion_delete"
@@ -115,6 +117,21 @@ def open_table(uri: str, table: str, version: int | None = None) -> DeltaTable:
         ) from None
 
 
+def rows_dataset(uri: str, table: str, version: int | None = None, opened: DeltaTable | None = None) -> pads.Dataset:
+    """An Arrow dataset over the table's rows at `version` (or of the already `opened` table), for reads in this
+    process: its data files through Arrow's own filesystem, with the table's schema; a table whose files do not
+    hold its rows as they are (`readable_by_files`) through deltalake's dataset.
+
+    Arrow's own filesystem also keeps the process clear of deltalake's Python filesystem handler, which Arrow's
+    I/O threads may still call into while the interpreter exits, aborting it.
+    """
+    opened = opened or open_table(uri, table, version)
+    if not readable_by_files(opened):
+        return opened.to_pyarrow_dataset()
+    return parquet_dataset([entry.uri for entry in data_files(uri, opened)],
+                           schema=pa.schema(opened.schema().to_arrow()), format="parquet")
+
+
 def table_exists(uri: str) -> bool:
     """Whether a Delta log exists at `uri`."""
     return DeltaTable.is_deltatable(uri)
@@ -135,7 +152,11 @@ def read_dataset(
     uri: str, table: str, version: int | None = None, ray_options: Mapping[str, Any] | None = None
 ) -> ray.data.Dataset:
     """A Ray Dataset over the table's files at `version`, read through the Delta log by tasks with the
-    resources `ray_options` (one per data file, see `engine.tables.delta_files`)."""
+    resources `ray_options` (one per data file, see `engine.tables.delta_read`)."""
+    import ray.data
+
+    from engine.tables.delta_read import read_files
+
     opened = open_table(uri, table, version)
     if not readable_by_files(opened):
         return ray.data.read_delta(uri, version=version, ray_remote_args=dict(ray_options or {}))
@@ -154,6 +175,8 @@ def read_added_files(
     versions did more than add files (an overwrite, merge or delete rewrote or removed data), or an appended
     file is gone, so the caller must read the table in full.
     """
+    from engine.tables.delta_read import read_files
+
     before = set(open_table(uri, table, since).file_uris())
     now = open_table(uri, table, until)
     if not readable_by_files(now):
@@ -199,6 +222,8 @@ def all_on_disk(uri: str, files: Sequence[str]) -> bool:
 def differing_keys(old: pa.Table, new: pa.Table, keys: Sequence[str]) -> pa.Table:
     """The distinct `keys` values of the rows (compared on their non-nested columns) that one of `old` and `new`
     (tables of the same columns) holds a different number of times than the other."""
+    import polars as pl
+
     before, after = pl.from_arrow(old), pl.from_arrow(new)
     assert isinstance(before, pl.DataFrame) and isinstance(after, pl.DataFrame)
     columns = [c for c in after.columns if not isinstance(after.schema[c], pl.List | pl.Struct | pl.Array)]
@@ -323,7 +348,7 @@ def rewrite(uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *, 
     """Rewrite every row of the table through `transform` in one overwrite commit that also replaces the
     schema (a declared rename, drop or type change); returns the new version. The rows pass through this
     process's memory."""
-    rows = transform(open_table(uri, table).to_pyarrow_table())
+    rows = transform(rows_dataset(uri, table).to_table())
     with commit_timer("rewrite"):
         write_deltalake(uri, to_storage(rows), mode="overwrite", schema_mode="overwrite",
                         commit_properties=commit_metadata(metadata))
@@ -365,7 +390,7 @@ def merge_changes(
     duplicates = changes.num_rows - latest.num_rows
     properties = commit_metadata(metadata, transaction)
     if not table_exists(uri):
-        rows = latest.filter(pl.from_arrow(latest)[DELETE_FLAG].not_().to_arrow()) if kind.delete_when else latest
+        rows = latest.filter(pc.invert(latest[DELETE_FLAG])) if kind.delete_when else latest
         with commit_timer("create"):
             write_deltalake(uri, to_storage(rows.drop_columns([c for c in [DELETE_FLAG] if c in rows.column_names])),
                             mode="error", commit_properties=properties)
@@ -396,6 +421,8 @@ def align_with_table(
 
 def _latest_per_key(changes: pa.Table, kind: Merge) -> pa.Table:
     """One row per key, the last by `sequence_by`, with the delete flag computed and steering columns gone."""
+    import polars as pl
+
     frame = pl.from_arrow(changes)
     assert isinstance(frame, pl.DataFrame)
     if kind.delete_when:

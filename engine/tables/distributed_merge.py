@@ -54,9 +54,8 @@ from engine.tables.delta import (
     ensure_not_committed,
     table_exists,
 )
-from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
 from engine.tables.keyhash import bucket_of, check_comparable
-from engine.tables.staging import discard_files
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -183,3 +184,11 @@ class RollingParquetWriter:
             compression=compression,
             compression_level=self.storage.compression_level if compression in ("zstd", "gzip") else None,
         )
+
+
+def discard_files(folder: str, files: Iterable[DataFile]) -> None:
+    """Delete files written under `folder` that will never be committed; a file already gone is fine."""
+    for file in files:
+        filesystem, path = filesystem_of(f"{folder}/{file.path}")
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)

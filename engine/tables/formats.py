@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import ray.data
 from deltalake.transaction import Transaction
 
 from engine.arrow import storage_schema, to_storage
@@ -21,17 +20,17 @@ from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
 from engine.governance import encryption, pii
 from engine.tables import delta, progress
-from engine.tables.files import DataFile, RollingParquetWriter
-from engine.tables.iceberg import without_metrics
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 from engine.tables.layout import Layout
-from engine.tables.replace import Replacement, Slice, replace_slice
-from engine.tables.staging import discard_files
 
 if TYPE_CHECKING:
+    import ray.data
+
     from engine.config import Settings
     from engine.kinds import Merge
     from engine.tables.delta import MergeOutcome
     from engine.tables.iceberg import IcebergTables
+    from engine.tables.replace import Replacement, Slice
 
 DELTA = "delta"
 ICEBERG = "iceberg"
@@ -127,12 +126,12 @@ class DeltaStore:
     @staticmethod
     def read_columns(uri: str, table: str, columns: Sequence[str]) -> pa.Table:
         """`columns` of every row at the latest version, in this process."""
-        return delta.open_table(uri, table).to_pyarrow_dataset().to_table(columns=list(columns))
+        return delta.rows_dataset(uri, table).to_table(columns=list(columns))
 
     @staticmethod
     def head(uri: str, table: str, version: int | None, limit: int) -> pa.Table:
         """The first `limit` rows of the table at `version`."""
-        return delta.open_table(uri, table, version).to_pyarrow_dataset().head(limit)
+        return delta.rows_dataset(uri, table, version).head(limit)
 
     @staticmethod
     def merge(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
@@ -150,6 +149,8 @@ class DeltaStore:
     @staticmethod
     def replace(uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *, storage: StorageSettings,
                 prefix: str, metadata: dict[str, Any], transaction: Transaction | None) -> Replacement:
+        from engine.tables.replace import replace_slice
+
         return replace_slice(uri, table, where, new_files, storage=storage, prefix=prefix, metadata=metadata,
                              transaction=transaction)
 
@@ -185,6 +186,8 @@ class IcebergStore:
     def __init__(self, tables: IcebergTables, storage: StorageSettings, personal: Collection[str] = ()) -> None:
         self.tables = tables
         self.storage = storage
+        from engine.tables.iceberg import without_metrics
+
         self.properties = without_metrics(personal)
 
     def __getattr__(self, attribute: str) -> Any:
@@ -227,6 +230,8 @@ class IcebergStore:
             return False
         current = self.tables.table_properties(uri, table)
         names = set(self.tables.schema(uri, table).names)
+        from engine.tables.iceberg import without_metrics
+
         wanted = without_metrics([c for c in personal if c in names])
         recorded = {c: key for c, key in encrypted.items() if c in names}
         if recorded or encryption.ENCRYPTED_PROPERTY in current:

@@ -45,9 +45,8 @@ from engine.tables.delta import (
     all_on_disk,
     differing_keys,
 )
-from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 from engine.tables.replace import Replacement, Slice, remainder
-from engine.tables.staging import discard_files
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog

@@ -11,6 +11,7 @@ for its life. Inputs whose key types cannot be compared (an integer and a string
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,7 +24,13 @@ _NULL_HASH = np.uint64(0x9E3779B97F4A7C15)
 _BASE = np.uint64(0x100000001B3)
 _SLICE_ROWS = 1 << 16
 _UNIT = "us"
-_NULL, _WORD, _BYTES, _EMPTY = (pa.scalar(token, pa.large_binary()) for token in (b"\x00", b"\x01", b"\x02", b""))
+_NULL, _WORD, _BYTES, _EMPTY = b"\x00", b"\x01", b"\x02", b""
+
+
+@functools.cache
+def _token(raw: bytes) -> pa.Scalar:
+    """`raw` as a large-binary scalar, made on first use (making one imports pandas, which a module need not)."""
+    return pa.scalar(raw, pa.large_binary())
 
 
 def key_hash(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
@@ -48,7 +55,7 @@ def key_bytes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
     the int64 range, as there). Per column, in the order of `keys` (at least one): a null is `0x00`, a 64-bit
     word `0x01` and its 8 bytes, a string or binary `0x02`, its length in 8 bytes and its bytes.
     """
-    return pc.binary_join_element_wise(*[_key_tokens(table.column(name).combine_chunks()) for name in keys], _EMPTY)
+    return pc.binary_join_element_wise(*[_key_tokens(table.column(name).combine_chunks()) for name in keys], _token(_EMPTY))
 
 
 def bucket_of(table: pa.Table, keys: Sequence[str], buckets: int) -> np.ndarray:
@@ -166,11 +173,11 @@ def _key_tokens(array: pa.Array) -> pa.Array:
         return _key_tokens(array.dictionary_decode())
     values = _key_values(array)
     if isinstance(values, np.ndarray):
-        token = pc.binary_join_element_wise(_WORD, _fixed_words(values), _EMPTY)
+        token = pc.binary_join_element_wise(_token(_WORD), _fixed_words(values), _token(_EMPTY))
     else:
         lengths = _fixed_words(pc.binary_length(values).fill_null(0).to_numpy(zero_copy_only=False))
-        token = pc.binary_join_element_wise(_BYTES, lengths, values.fill_null(b""), _EMPTY)
-    return pc.if_else(array.is_null(), _NULL, token)
+        token = pc.binary_join_element_wise(_token(_BYTES), lengths, values.fill_null(b""), _token(_EMPTY))
+    return pc.if_else(array.is_null(), _token(_NULL), token)
 
 
 def _fixed_words(values: np.ndarray) -> pa.Array:

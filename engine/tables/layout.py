@@ -83,6 +83,10 @@ class Layout:
         per fingerprint."""
         return f"{self.root}/_meta/definitions/{table}"
 
+    def declarations(self, pipeline: str) -> str:
+        """`<root>/_meta/declarations/<pipeline>.json`: what the pipeline's last run declared of its tables."""
+        return f"{self.root}/_meta/declarations/{pipeline}.json"
+
     def runs(self) -> str:
         """`<root>/_meta/runs`, the run records table."""
         return f"{self.root}/_meta/runs"

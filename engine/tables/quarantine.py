@@ -15,8 +15,7 @@ from engine.columns import RUN_ID, SOURCE_FILE
 from engine.config import StorageSettings
 from engine.storage import parquet_dataset
 from engine.tables import delta
-from engine.tables.files import DataFile, RollingParquetWriter
-from engine.tables.staging import discard_files
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 
 COPY = "__medallion_copy"
 
@@ -65,7 +64,7 @@ def _unrecorded_files(
 def _recorded(uri: str, rejected: pa.Table) -> pa.Table:
     """The quarantine's rows that may equal some of `rejected`: those of the same landing files when the rows
     carry their source file."""
-    dataset = delta.open_table(uri, uri).to_pyarrow_dataset()
+    dataset = delta.rows_dataset(uri, uri)
     if SOURCE_FILE in rejected.column_names and SOURCE_FILE in dataset.schema.names:
         sources = pc.unique(rejected.column(SOURCE_FILE).drop_null())
         return dataset.to_table(filter=pc.field(SOURCE_FILE).isin(sources))

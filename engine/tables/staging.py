@@ -6,7 +6,6 @@ files of a table in one Delta transaction (see `engine.tables.delta`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -21,8 +20,7 @@ from engine.config import StorageSettings
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult, combine_results
 from engine.quality.validate import validate_batch
-from engine.storage import filesystem_of
-from engine.tables.files import DataFile, RollingParquetWriter
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 
 
 @dataclass(frozen=True)
@@ -64,14 +62,6 @@ def data_schema(files: Iterable[DataFile]) -> pa.Schema | None:
     """The unified schema of `files`, or None when there are none."""
     schemas = [f.schema for f in files]
     return unify(schemas) if schemas else None
-
-
-def discard_files(folder: str, files: Iterable[DataFile]) -> None:
-    """Delete files written under `folder` that will never be committed; a file already gone is fine."""
-    for file in files:
-        filesystem, path = filesystem_of(f"{folder}/{file.path}")
-        with contextlib.suppress(FileNotFoundError):
-            filesystem.delete_file(path)
 
 
 def split_rejected(table: pa.Table, run_id: str) -> tuple[pa.Table, pa.Table]:

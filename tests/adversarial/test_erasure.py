@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.governance.erase import erase_subject, subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner, RunResult

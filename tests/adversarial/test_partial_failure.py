@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 
 import engine.runner as runner_module
 from engine import FileSource, Overwrite, Pipeline, Runner
-from engine.cli import main
+from engine.cli.main import main
 from tests.conftest import settings_at
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.usefixtures("ray_local")]

@@ -12,7 +12,7 @@ from deltalake import DeltaTable
 
 from engine import Runner
 from engine.capacity import measure_backlog, plan, task_shape
-from engine.cli import main
+from engine.cli.main import main
 from engine.tables.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
@@ -52,7 +52,7 @@ def test_the_backlog_follows_deliveries_and_runs(ray_local: None, tmp_path: Path
 
     assert Runner(retail, settings_at(tmp_path)).run().succeeded
     assert measure_backlog(retail, layout).steps == ()
-    assert plan(measure_backlog(retail, layout)) is None
+    assert plan(measure_backlog(retail, layout), bytes_per_task=4096) is None
 
     second = generate(tmp_path / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF, batch=2)
     delivered = {f"bronze.{name}": g.bytes for name, g in second.items() if g.files}

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.cluster_config import ClusterSpec, validate_file
 from engine.config import FeatureSettings
 from engine.errors import ClusterConfigError

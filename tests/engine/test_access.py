@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from engine import Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import Settings, load_settings
 from engine.errors import AccessDenied, ConfigError, GovernanceError
 from engine.governance.access import allowed, authorize, principal

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from engine import FileSource, Merge, Pipeline, Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.governance.audit import audit_trail
 from engine.governance.erase import erase_subject
 from engine.recovery import restore_table

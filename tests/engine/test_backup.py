@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable, WriterProperties, write_deltalake
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import MaintenanceError
 from engine.kinds import Merge
 from engine.lease import RunLease

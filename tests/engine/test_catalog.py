@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from deltalake.transaction import CommitProperties
 
 from engine import FileSource, Freshness, Merge, Overwrite, Pipeline, Runner
 from engine.catalog import build_catalog, search
-from engine.cli import main
+from engine.cli.main import main
+from engine.declarations import DeclaredPipeline, record_declarations, recorded_declarations
 from engine.errors import PipelineDefinitionError
 from engine.runlog import read_records
 from engine.tables.layout import Layout
@@ -27,13 +30,13 @@ from tests.engine.test_runner import parse_orders, write_orders
 REFERENCE = f"{__name__}:SHOP"
 
 
-def _shop() -> Pipeline:
-    shop = Pipeline("catalog_shop")
+def _shop(name: str = "catalog_shop", silver_owner: str = "Order Squad") -> Pipeline:
+    shop = Pipeline(name)
     shop.ingest("bronze.orders", FileSource("orders", "jsonl"), description="Order feed as received.",
                 owner="ingest-team", tags=("raw",))
 
     @shop.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at"), incremental=True,
-                owner="Order Squad", tags=("sales", "orders"),
+                owner=silver_owner, tags=("sales", "orders"),
                 columns={"order_id": "the order's id", "status": "latest STATUS of the order"})
     def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
         """Orders with their latest status."""
@@ -165,7 +168,52 @@ def test_a_run_reports_documented_columns_the_built_table_lacks(ray_local: None,
     details = {row["table"]: json.loads(row["details"]) for row in records.iter_rows(named=True)}
     assert details["gold.status_counts"]["unknown_documented_columns"] == ["margin"]
     assert "unknown_documented_columns" not in details["silver.orders"]
-    entries = {e.table: e for e in build_catalog(Layout.at(str(tmp_path)), [SHOP])}  # commits name `catalog_shop`
+    now = dt.datetime.now(dt.UTC)
+    entries = {e.table: e for e in build_catalog(Layout.at(str(tmp_path)), [SHOP], now=now)}
     assert entries["gold.status_counts"].freshness.state == "fresh"  # type: ignore[union-attr]
     assert entries["silver.orders"].downstream == ("gold.status_counts",)
     assert [c.doc for c in entries["gold.status_counts"].columns if c.name == "len"] == ["orders in that status"]
+    recorded = {e.table: e for e in build_catalog(Layout.at(str(tmp_path)), now=now)}  # as the run recorded it
+    assert [e.to_json() for e in recorded.values()] == [e.to_json() for e in entries.values()]
+    assert recorded["gold.status_counts"].pipeline == "catalog_shop"
+
+
+def test_declarations_round_trip_and_a_changed_declaration_is_recorded_only_by_a_run(tmp_path: Path) -> None:
+    layout = Layout.at(str(tmp_path))
+    assert recorded_declarations(layout, SHOP.name) is None
+    record_declarations(layout, SHOP)
+    assert recorded_declarations(layout, SHOP.name) == DeclaredPipeline.of(SHOP)
+    assert recorded_declarations(layout, SHOP.name).tables[2].freshness == Freshness(max_age="1d")  # type: ignore[union-attr]
+    written = Path(layout.declarations(SHOP.name)).stat().st_mtime_ns
+    record_declarations(layout, _shop())  # the same declarations: the file is left as it is
+    assert Path(layout.declarations(SHOP.name)).stat().st_mtime_ns == written
+    for table in ("bronze.orders", "silver.orders"):
+        write(tmp_path, table, {"order_id": ["1"], "status": ["placed"]}, pipeline=SHOP.name)
+    changed = _shop(silver_owner="New Owners")
+    assert build_catalog(layout)[1].owner == "Order Squad"  # recorded by the last run
+    assert build_catalog(layout, [changed])[1].owner == "New Owners"  # --pipeline: the current code
+    record_declarations(layout, changed)
+    assert build_catalog(layout)[1].owner == "New Owners"
+    Path(layout.declarations(SHOP.name)).write_text("{not json")
+    assert [e.pipeline for e in build_catalog(layout)] == [None, None]  # unreadable, and not loadable by name
+
+
+def test_status_and_catalog_answer_from_the_root_without_importing_the_pipeline(tmp_path: Path) -> None:
+    from engine.entrypoints import load_pipeline
+
+    retail = load_pipeline("retail")
+    for table in ("bronze.orders", "silver.orders"):
+        write(tmp_path, table, {"order_id": ["1"], "status": ["placed"]}, pipeline=retail.name)
+    record_declarations(Layout.at(str(tmp_path)), retail)
+    code = f"""
+import json, sys
+from engine.cli.main import main
+for command in (["status"], ["catalog", "--json"]):
+    main.main(["--root", {str(tmp_path)!r}, *command], prog_name="medallion", standalone_mode=False)
+print(json.dumps([m for m in ("ray", "pandera", "pipelines.retail") if m in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+    description = retail.tables["silver.orders"].description
+    assert "gold.customer_daily" in done.stdout and "never built" in done.stdout and description in done.stdout

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-from engine.cli import main
+from engine.cli.main import main
 from pipelines.retail.pipeline import retail
 
 SCALE = "0.02"

@@ -24,7 +24,7 @@ from deltalake import DeltaTable
 
 from engine import Runner, RunResult, load_settings
 from engine.changes.plan import TablePlan, plan
-from engine.cli import main
+from engine.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Tests of engine.tables.delta_files: a Delta table's data files read by whole-file tasks, columns pruned."""
+"""Tests of engine.tables.delta_files and delta_read: a Delta table's data files read by whole-file tasks, columns
+pruned."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import ray.data
 from deltalake import DeltaTable, write_deltalake
 
-from engine.tables import delta, delta_files
-from engine.tables.delta_files import DataFileEntry, DeltaFilesDatasource, task_groups
+from engine.tables import delta, delta_files, delta_read
+from engine.tables.delta_files import DataFileEntry
+from engine.tables.delta_read import DeltaFilesDatasource, task_groups
 from tests.engine.test_delta import ids, staged
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -58,7 +60,7 @@ def test_small_files_share_a_read_task_and_a_large_file_has_its_own() -> None:
 
 
 def test_every_file_is_read_once_across_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delta_files, "TASK_BYTES", 1)
+    monkeypatch.setattr(delta_read, "TASK_BYTES", 1)
     uri = str(tmp_path / "t")
     for start in range(0, 6, 2):
         delta.commit_files(uri, staged(uri, pa.table({"id": ids(start, start + 1)})), mode="append", metadata={})

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 from deltalake import DeltaTable, write_deltalake
 
 from engine import FileSource, Merge, Pipeline, Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import EncryptionSettings
 from engine.errors import GovernanceError, PipelineDefinitionError
 from engine.governance.encryption import (

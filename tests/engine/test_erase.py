@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.governance.erase import subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner

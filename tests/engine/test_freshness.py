@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import CommitProperties
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import PipelineDefinitionError
 from engine.freshness import Freshness, TableFreshness, last_data_commit, parse_duration, table_freshness
 from engine.ingest.sources import FileSource

@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal
 
 from engine import SCD2, Append, FileSource, Merge, Overwrite, Pipeline, Runner, load_settings
 from engine.arrow import to_storage
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import Settings
 from engine.errors import CommitConflict, PipelineDefinitionError, TableFormatError
 from engine.quality.checks import Quality, References

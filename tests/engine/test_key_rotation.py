@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 
 from engine import Merge, Pipeline, Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.governance.encryption import (
     ColumnKey,
     ColumnKeys,

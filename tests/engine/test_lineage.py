@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine import Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import load_settings
 from engine.lineage.events import EVENT_FILE
 from engine.lineage.graph import Lineage, Node, mlflow_search

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import MaintenanceSettings, StorageSettings
 from engine.errors import MaintenanceError, TableFailed
 from engine.kinds import Merge

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine import logs
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import load_settings
 from engine.runlog import read_records
 from engine.tables.layout import Layout
@@ -271,7 +271,7 @@ def test_run_shows_a_progress_bar_on_a_terminal_and_nothing_when_quiet(monkeypat
 
     from rich.console import Console
 
-    from engine import cli
+    from engine.cli import common, running
     from engine.runlog import RunRecord
 
     def records() -> list[RunRecord]:
@@ -281,14 +281,15 @@ def test_run_shows_a_progress_bar_on_a_terminal_and_nothing_when_quiet(monkeypat
 
     def show(quiet: bool, terminal: bool) -> tuple[str, str]:
         out, err = io.StringIO(), io.StringIO()
-        monkeypatch.setattr(cli, "console", Console(file=out, width=160, force_terminal=terminal))
-        monkeypatch.setattr(cli, "errors", Console(file=err, width=160, force_terminal=terminal))
-        with cli._display(len(TABLES), quiet) as status:
-            report = cli._progress(len(TABLES), status, quiet)
+        for module in (common, running):
+            monkeypatch.setattr(module, "console", Console(file=out, width=160, force_terminal=terminal))
+            monkeypatch.setattr(module, "errors", Console(file=err, width=160, force_terminal=terminal))
+        with common.display(len(TABLES), quiet) as status:
+            report = running._progress(len(TABLES), status, quiet)
             for record in records():
                 report(record)
             if status is not None:
-                assert isinstance(status, cli._Bar) == terminal
+                assert isinstance(status, common.Bar) == terminal
                 if terminal:
                     assert status.progress.tasks[0].completed == len(TABLES)
         return out.getvalue(), err.getvalue()

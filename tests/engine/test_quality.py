@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 
 from engine import FileSource, Merge, Overwrite, Pipeline, Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.columns import REJECTED_REASON
 from engine.config import load_settings
 from engine.errors import PipelineDefinitionError, QualityFailed

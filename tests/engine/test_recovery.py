@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import EngineError
 from engine.recovery import restore_table
 from tests.engine.cdc_pipeline import assert_same_tables, run_to_completion, write_batch

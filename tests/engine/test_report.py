@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from matplotlib.image import imread
 
 from engine import Runner
-from engine.cli import main
+from engine.cli.main import main
 from engine.report import graph
 from engine.report.data import NEVER_RUN, gather
 from engine.report.html import render
@@ -117,11 +117,21 @@ def test_the_report_renders_in_chromium_with_graph_and_plots(shop_root: Path, tm
         assert pixels_of(image, status_colour(status)) > 500, status
 
 
-def test_without_the_pipeline_the_graph_follows_the_inputs_recorded_in_commits(shop_root: Path) -> None:
-    report = gather(Layout.at(str(shop_root)))
-    _, edges = graph.layout(report.tables)
-    assert sorted(edges) == sorted([("bronze.orders", "silver.orders"), ("silver.orders", "gold.status_counts"),
-                                    ("gold.status_counts", "gold.after_counts")])
+def test_without_the_pipeline_the_graph_follows_the_declarations_then_the_inputs_recorded_in_commits(
+        shop_root: Path) -> None:
+    layout = Layout.at(str(shop_root))
+    built = [("bronze.orders", "silver.orders"), ("silver.orders", "gold.status_counts"),
+             ("gold.status_counts", "gold.after_counts")]
+    _, edges = graph.layout(gather(layout).tables)  # the declarations the last run recorded
+    assert sorted(edges) == sorted([("landing/orders", "bronze.orders"), *built])
+    declarations = Path(layout.declarations("shop"))
+    recorded = declarations.read_bytes()
+    declarations.unlink()
+    try:
+        _, edges = graph.layout(gather(layout).tables)  # no declarations: the inputs each commit recorded
+    finally:
+        declarations.write_bytes(recorded)
+    assert sorted(edges) == sorted(built)
 
 
 def test_the_report_of_the_retail_pipeline_lists_every_table(retail_build: RetailBuild) -> None:

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import EngineError, TableNotFound
 from engine.tables.timetravel import parse_as_of, version_as_of
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable, write_deltalake
 from polars.testing import assert_frame_equal
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.features.lineage import read_lineage
 from engine.features.repo import open_store
 from tests.conftest import RetailBuild

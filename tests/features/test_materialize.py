@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import FeatureStoreError
 from engine.features.lineage import read_lineage
 from engine.features.materialize import legacy_state_folder, materialize, state_folder

@@ -30,7 +30,7 @@ from feast.permissions.permission import Permission
 from feast.permissions.policy import RoleBasedPolicy
 from feast.permissions.security_manager import no_security_manager
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.config import AccessSettings, RoleGrant
 from engine.errors import FeatureStoreError
 from engine.features.permissions import feast_permissions, served_views, view_patterns

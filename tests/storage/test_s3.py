@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
-from engine.cli import main
+from engine.cli.main import main
 from engine.errors import LeaseHeld, StorageError
 from engine.lease import RunLease
 from engine.runlog import RunRecord, append_records, read_records

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-from engine.cli import main
+from engine.cli.main import main
 from tests.features.conftest import REPO
 from tests.training.conftest import ChurnRoot
 

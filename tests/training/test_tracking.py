@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,10 +24,3 @@ def test_tracking_uri_is_configured_else_environment_else_embedded_sqlite(
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(TrainingError, match="storage root `s3://lake` is remote.*set MLFLOW_TRACKING_URI"):
         resolve_tracking_uri("s3://lake")
-
-
-def test_importing_the_engine_and_its_command_loads_no_mlflow_sklearn_or_feast() -> None:
-    heavy = ("mlflow", "sklearn", "feast", "ray.tune")
-    code = f"import sys, engine, engine.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "[]"

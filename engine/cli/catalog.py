@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.catalog import CatalogEntry, build_catalog, search
-from engine.cli import _reported, _settings, console
-from engine.entrypoints import load_pipeline
-from engine.freshness import LATE, NEVER_BUILT, UNKNOWN
+from engine.cli.common import console, reported, settings_of
 from engine.tables.layout import Layout
+
+if TYPE_CHECKING:
+    from engine.catalog import CatalogEntry
 
 
 @click.command()
@@ -24,10 +25,13 @@ from engine.tables.layout import Layout
                    "the root, with the declarations of the pipeline named in its last commit.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
 @click.pass_context
-@_reported
+@reported
 def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...], as_json: bool) -> None:
     """Tables with description, owner, tags, schema and column docs, freshness, size and lineage."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    from engine.catalog import build_catalog, search
+    from engine.entrypoints import load_pipeline
+
+    layout = Layout.at(settings_of(ctx).storage.root)
     pipelines = [load_pipeline(name) for name in pipeline_names]
     entries = build_catalog(layout, pipelines, only_pipelines=bool(pipelines))
     if text is not None:
@@ -45,6 +49,8 @@ def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...
 
 
 def _print_entry(entry: CatalogEntry) -> None:
+    from engine.freshness import LATE, NEVER_BUILT, UNKNOWN
+
     size = "not built" if entry.version is None else f"v{entry.version}, {entry.rows:,} rows"
     pipeline = f", pipeline {escape(entry.pipeline)})" if entry.pipeline else ")"
     console.print(f"[bold]{escape(entry.table)}[/bold]  ({size}{pipeline}")

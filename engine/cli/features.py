@@ -14,10 +14,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from engine.cli import _Bar, _reported, _settings, console, errors
-from engine.config import Settings
+from engine.cli.common import Bar, console, errors, reported, settings_of
 from engine.errors import FeatureStoreError
-from engine.runtime import ray_session
+
+if TYPE_CHECKING:
+    from engine.config import Settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -41,26 +42,26 @@ def features(ctx: click.Context, repo: str | None, feast_config: str | None) -> 
 
 def _repo(ctx: click.Context) -> str:
     """The feature repository: --repo (or MEDALLION_FEATURE_REPO), else the `features.repo` setting."""
-    return ctx.find_object(dict)["repo"] or _settings(ctx).features.repo
+    return ctx.find_object(dict)["repo"] or settings_of(ctx).features.repo
 
 
 def _store(ctx: click.Context) -> FeatureStore:
     from engine.features.repo import open_store
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     overlay = ctx.find_object(dict)["overlay"] or settings.features.feast_config
     return open_store(settings.storage.root, _repo(ctx), overlay=overlay)
 
 
 @features.command()
 @click.pass_context
-@_reported
+@reported
 def apply(ctx: click.Context) -> None:
     """Register the repository's entities, views and services (and drop the ones it no longer defines)."""
     from engine.features.repo import apply_repo, load_definitions
 
     store = _store(ctx)
-    report = apply_repo(store, load_definitions(_repo(ctx)), access=_settings(ctx).access)
+    report = apply_repo(store, load_definitions(_repo(ctx)), access=settings_of(ctx).access)
     for change, kinds in report.changes.items():
         for kind, names in kinds.items():
             console.print(f"{change} {kind}: {escape(', '.join(names))}")
@@ -73,12 +74,13 @@ def apply(ctx: click.Context) -> None:
 @click.option("--end", "end", default=None, help="Point in time the online rows represent (ISO 8601; default now).")
 @click.option("--view", "views", multiple=True, help="Feature view to materialize (repeatable; default all).")
 @click.pass_context
-@_reported
+@reported
 def materialize(ctx: click.Context, incremental: bool, end: str | None, views: tuple[str, ...]) -> None:
     """Bring the online store to the features at END of the tables' current versions."""
     from engine.features.materialize import materialize as run
+    from engine.runtime import ray_session
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     moment = _timestamp(end) if end else None
     with ray_session(settings.ray), _view_progress() as on_view:
         reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None, on_view=on_view)
@@ -131,12 +133,12 @@ def _view_progress() -> Iterator[Callable[[str | None, int, int], None] | None]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=errors, transient=True, redirect_stdout=console.is_terminal,
                   redirect_stderr=True) as progress:
-        bar: _Bar | None = None
+        bar: Bar | None = None
 
         def on_view(view: str | None, done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
-                bar = _Bar(progress, total, "materializing")
+                bar = Bar(progress, total, "materializing")
             bar.update(f"materializing `{view}`" if view else "materialized", done)
 
         yield on_view
@@ -147,7 +149,7 @@ def _view_progress() -> Iterator[Callable[[str | None, int, int], None] | None]:
 @click.option("--port", type=int, default=6566, show_default=True)
 @click.option("--max-body", type=int, default=1 << 20, show_default=True, help="Largest request body in bytes.")
 @click.pass_context
-@_reported
+@reported
 def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
     """Serve online features over HTTP (POST /get-online-features, GET /health, GET /metrics).
 
@@ -156,7 +158,7 @@ def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
     from engine.features.server import check_access
     from engine.features.server import serve as run
 
-    store, access = _store(ctx), _settings(ctx).access
+    store, access = _store(ctx), settings_of(ctx).access
     check_access(store, access)
     console.print(f"serving online features on http://{escape(host)}:{port}/get-online-features")
     run(store, host, port, max_body=max_body, access=access)
@@ -167,7 +169,7 @@ def serve(ctx: click.Context, host: str, port: int, max_body: int) -> None:
 @click.option("--feature", "refs", multiple=True, help="view:feature (repeatable).")
 @click.option("--service", default=None, help="A feature service instead of --feature.")
 @click.pass_context
-@_reported
+@reported
 def get(ctx: click.Context, entities: tuple[str, ...], refs: tuple[str, ...], service: str | None) -> None:
     """Look up online features of one entity row and print them as JSON."""
     from feast.errors import FeastError

@@ -8,10 +8,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli import _reported, _settings, console
+from engine.cli.common import console, reported, settings_of
 from engine.errors import GovernanceError
-from engine.governance.access import ACTIONS, authorize, patterns, principal
-from engine.governance.policies import bucket_policy, identity_policies, render
+from engine.governance.access import ACTIONS
 from engine.tables.layout import Layout
 
 
@@ -23,10 +22,12 @@ def access() -> None:
 @access.command("show")
 @click.option("--actor", default=None, help="Whose roles to show (default: the current actor).")
 @click.pass_context
-@_reported
+@reported
 def show_command(ctx: click.Context, actor: str | None) -> None:
     """The actor's roles and what each lets it read, write and manage."""
-    settings = _settings(ctx).access
+    from engine.governance.access import patterns, principal
+
+    settings = settings_of(ctx).access
     who = principal(settings, actor)
     state = "enforced" if settings.enforce else "not enforced (access.enforce is false: everything is allowed)"
     roles = escape(', '.join(who.roles)) or 'none'
@@ -44,11 +45,13 @@ def show_command(ctx: click.Context, actor: str | None) -> None:
 @click.argument("action", type=click.Choice(ACTIONS))
 @click.argument("resources", nargs=-1, required=True)
 @click.pass_context
-@_reported
+@reported
 def check_command(ctx: click.Context, action: str, resources: tuple[str, ...]) -> None:
     """Exit 0 when the current actor may ACTION every one of RESOURCES (tables, `quarantine.<table>`,
     `landing.<folder>`, `features.<view>`), else name what is refused and exit 1."""
-    authorize(_settings(ctx).access, action, resources, "`medallion access check`")  # type: ignore[arg-type]
+    from engine.governance.access import authorize
+
+    authorize(settings_of(ctx).access, action, resources, "`medallion access check`")  # type: ignore[arg-type]
     console.print(f"allowed: {action} {escape(', '.join(resources))}")
 
 
@@ -60,10 +63,12 @@ def check_command(ctx: click.Context, action: str, resources: tuple[str, ...]) -
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write the documents into this folder instead of printing them.")
 @click.pass_context
-@_reported
+@reported
 def policy_command(ctx: click.Context, kind: str, principals: tuple[str, ...], out: Path | None) -> None:
     """Render the roles as S3 policy documents for the `s3://` root (--root)."""
-    settings = _settings(ctx)
+    from engine.governance.policies import bucket_policy, identity_policies, render
+
+    settings = settings_of(ctx)
     root = Layout.at(settings.storage.root).root
     if kind == "iam":
         documents = {f"{role}.json": document for role, document in identity_policies(settings.access, root).items()}

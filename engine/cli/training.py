@@ -8,8 +8,7 @@ import warnings
 import click
 from rich.markup import escape
 
-from engine.cli import _reported, _settings, address_option, console
-from engine.runtime import ray_session
+from engine.cli.common import address_option, console, reported, settings_of
 
 _REPO = click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
                      type=click.Path(file_okay=False), help="Feature repository (applied with `features apply`).")
@@ -36,15 +35,16 @@ def _quiet() -> None:
 @_TRACKING
 @address_option
 @click.pass_context
-@_reported
+@reported
 def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: str, feast_config: str | None,
           tracking_uri: str | None) -> None:
     """Train JOB (`pipeline/job`, or `pipeline` with one job), track it in MLflow and register the model."""
+    from engine.runtime import ray_session
     from engine.training.train import reproduce
     from engine.training.train import train as run_training
 
     _quiet()
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     with ray_session(settings.ray):
         if run_id:
             result = reproduce(run_id, settings, repo=repo, overlay=feast_config, tracking_uri=tracking_uri)
@@ -72,7 +72,7 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
 @_FEAST_CONFIG
 @_TRACKING
 @click.pass_context
-@_reported
+@reported
 def score(ctx: click.Context, job: str, model_version: str, reason: str | None, repo: str,
           feast_config: str | None, tracking_uri: str | None) -> None:
     """Run JOB's scores table alone, such as `gold.churn_scores`: a pipeline run that appends the scores of a
@@ -80,13 +80,14 @@ def score(ctx: click.Context, job: str, model_version: str, reason: str | None, 
     from engine.entrypoints import load_pipeline
     from engine.errors import RunFailed, TrainingError
     from engine.runner import Runner
+    from engine.runtime import ray_session
     from engine.training.job import load_job
     from engine.training.registry import load_model
     from engine.training.scoring import ScoringOptions, scoring_with
     from engine.training.tracking import configured_uri, resolve_tracking_uri, use_tracking
 
     _quiet()
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     name, training_job = load_job(job)
     if training_job.scores_table is None:
         raise TrainingError(f"training job `{name}` declares no `scores_table`; declare the pipeline table that "

@@ -5,9 +5,7 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from engine.cli import _reported, _settings, console
-from engine.entrypoints import load_pipeline
-from engine.storage import filesystem_of
+from engine.cli.common import console, reported, settings_of
 from engine.tables.layout import Layout
 
 
@@ -23,14 +21,16 @@ from engine.tables.layout import Layout
 @click.option("--versions", type=click.IntRange(min=1), default=10, show_default=True,
               help="Newest versions to list per table.")
 @click.pass_context
-@_reported
+@reported
 def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...], runs: int, versions: int) -> None:
     """A static HTML page: the pipeline graph coloured by status, and per table its versions, rows, quality
     trends, freshness and durations, with plots over the latest runs. Opens in any browser, no server."""
+    from engine.entrypoints import load_pipeline
     from engine.report.data import gather  # matplotlib and jinja2 load only for this command
     from engine.report.html import render
+    from engine.storage import filesystem_of
 
-    layout = Layout.at(_settings(ctx).storage.root)
+    layout = Layout.at(settings_of(ctx).storage.root)
     pipelines = [load_pipeline(name) for name in pipeline_names]
     page = render(gather(layout, pipelines, runs=runs, versions=versions))
     target = out or f"{layout.root}/_meta/report/index.html"

@@ -6,17 +6,9 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from engine.changes.diff import diff_versions
 from engine.changes.options import ChangeKindOption, change_kind_option
-from engine.changes.plan import plan as plan_run
-from engine.changes.render import print_plan
-from engine.cli import _reported, _settings, address_option, console
-from engine.entrypoints import load_pipeline
+from engine.cli.common import address_option, console, reported, settings_of
 from engine.errors import EngineError
-from engine.governance.access import authorize
-from engine.runtime import ray_session
-from engine.status import table_location
-from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 
 
@@ -26,13 +18,17 @@ from engine.tables.layout import Layout
 @click.option("--full-refresh", is_flag=True, help="Plan a run with --full-refresh.")
 @change_kind_option
 @click.pass_context
-@_reported
+@reported
 def plan(ctx: click.Context, pipeline: str, selection: str | None, full_refresh: bool,
          change_kind: ChangeKindOption) -> None:
     """What the next run of PIPELINE will do to each table and why: new landing files, inputs moved, changed
     definitions (breaking or not, with a diff), and the rows it will read; reads only logs, writes nothing."""
+    from engine.changes.plan import plan as plan_run
+    from engine.changes.render import print_plan
+    from engine.entrypoints import load_pipeline
+
     loaded = load_pipeline(pipeline)
-    print_plan(console, loaded.name, plan_run(loaded, _settings(ctx), selection, full_refresh=full_refresh,
+    print_plan(console, loaded.name, plan_run(loaded, settings_of(ctx), selection, full_refresh=full_refresh,
                                               change_kind=change_kind))
 
 
@@ -44,11 +40,17 @@ def plan(ctx: click.Context, pipeline: str, selection: str | None, full_refresh:
               help="Key column to compare rows by (repeatable; default: the keys the table's pipeline declares).")
 @address_option
 @click.pass_context
-@_reported
+@reported
 def diff(ctx: click.Context, table: str, start: int, end: int | None, keys: tuple[str, ...]) -> None:
     """Schema and row-count changes of TABLE between two versions, and for a keyed table how many keys were
     added, removed and changed."""
-    settings = _settings(ctx)
+    from engine.changes.diff import diff_versions
+    from engine.governance.access import authorize
+    from engine.runtime import ray_session
+    from engine.status import table_location
+    from engine.tables.formats import TableFormats
+
+    settings = settings_of(ctx)
     authorize(settings.access, "read", [table], "`medallion diff`")
     uri = table_location(Layout.at(settings.storage.root), table)
     store = TableFormats(settings).at(uri)
@@ -72,6 +74,8 @@ def diff(ctx: click.Context, table: str, start: int, end: int | None, keys: tupl
 
 def _declared_keys(pipeline_name: str | None, table: str) -> tuple[str, ...]:
     """The keys the table's write kind declares in the pipeline that last wrote it, none when it has none."""
+    from engine.entrypoints import load_pipeline
+
     if not pipeline_name:
         return ()
     try:

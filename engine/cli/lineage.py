@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.tree import Tree
 
-from engine.cli import _reported, _settings, console
+from engine.cli.common import console, reported, settings_of
 from engine.errors import EngineError
-from engine.governance.access import authorize
-from engine.lineage.graph import FEATURES_PREFIX, Lineage, Node, mlflow_search
-from engine.training.tracking import configured_uri, resolve_tracking_uri
+
+if TYPE_CHECKING:
+    from engine.lineage.graph import Node
 
 
 @click.command()
@@ -25,11 +26,15 @@ from engine.training.tracking import configured_uri, resolve_tracking_uri
               help="Narrow landing files to those holding rows with this value (e.g. customer_id=42).")
 @click.option("--json", "as_json", is_flag=True, help="Print the lineage as JSON.")
 @click.pass_context
-@_reported
+@reported
 def lineage(ctx: click.Context, target: str, version: int | None, upstream: bool, downstream: bool,
             key: str | None, as_json: bool) -> None:
     """Lineage of TARGET: a table (`silver.orders`), a feature view (`features.customer_stats`) or a run id."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.lineage.graph import FEATURES_PREFIX, Lineage, mlflow_search
+    from engine.training.tracking import configured_uri, resolve_tracking_uri
+
+    settings = settings_of(ctx)
     root = settings.storage.root
     narrow = _key(key)
     graph = Lineage(root, mlflow_search(resolve_tracking_uri(root, configured_uri(settings))))

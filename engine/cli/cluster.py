@@ -6,12 +6,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.capacity import DEFAULT_BYTES_PER_TASK, measure_backlog, plan, request, task_shape
-from engine.cli import _reported, _settings, console, errors
-from engine.cluster_config import validate_file
-from engine.entrypoints import load_pipeline
+from engine.cli.common import console, errors, reported, settings_of
 from engine.errors import ClusterConfigError
-from engine.runtime import ray_session, resolve_address
 from engine.tables.layout import Layout
 
 
@@ -22,10 +18,12 @@ def cluster() -> None:
 
 @cluster.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@_reported
+@reported
 def validate(files: tuple[str, ...]) -> None:
     """Check cluster-launcher YAMLs as `ray up` does and KubeRay manifests structurally, plus the project's rules
     (the locked Ray version, token authentication, nothing exposed publicly)."""
+    from engine.cluster_config import validate_file
+
     failed = 0
     for path in files:
         try:
@@ -43,13 +41,16 @@ def validate(files: tuple[str, ...]) -> None:
 @cluster.command()
 @click.argument("pipeline")
 @click.option("--select", "selection", default=None, help="Tables to consider, as for `medallion run`.")
-@click.option("--bytes-per-task", type=click.IntRange(min=1), default=DEFAULT_BYTES_PER_TASK, show_default=True,
-              help="Input bytes one task of a step is sized for.")
+@click.option("--bytes-per-task", type=click.IntRange(min=1), default=None,
+              help="Input bytes one task of a step is sized for (default: the `ray.bytes_per_task` setting).")
 @click.pass_context
-@_reported
-def backlog(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_task: int) -> None:
+@reported
+def backlog(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_task: int | None) -> None:
     """What a run of PIPELINE would process now, step by step, and the capacity `run` would ask for."""
-    settings = _settings(ctx)
+    from engine.capacity import measure_backlog, plan, task_shape
+    from engine.entrypoints import load_pipeline
+
+    settings = settings_of(ctx)
     waiting = measure_backlog(load_pipeline(pipeline), Layout.at(settings.storage.root), selection)
     if not waiting.steps:
         console.print("nothing waiting: a run would commit nothing")
@@ -61,7 +62,7 @@ def backlog(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_
         shape = ", ".join(f"{k} {v:g}" for k, v in task_shape(step.ray_options).items())
         view.add_row(escape(step.table), f"{step.bytes / 2**20:.2f}", str(step.files), str(step.versions_behind), shape)
     console.print(view)
-    reservation = plan(waiting, bytes_per_task)
+    reservation = plan(waiting, bytes_per_task or settings.ray.bytes_per_task)
     if reservation:
         console.print(reservation.describe(planned=True), soft_wrap=True)
 
@@ -69,24 +70,29 @@ def backlog(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_
 @cluster.command()
 @click.argument("pipeline")
 @click.option("--select", "selection", default=None, help="Tables to consider, as for `medallion run`.")
-@click.option("--bytes-per-task", type=click.IntRange(min=1), default=DEFAULT_BYTES_PER_TASK, show_default=True,
-              help="Input bytes one task of a step is sized for.")
+@click.option("--bytes-per-task", type=click.IntRange(min=1), default=None,
+              help="Input bytes one task of a step is sized for (default: the `ray.bytes_per_task` setting).")
 @click.option("--release", is_flag=True, help="Clear the request instead, so that idle nodes are removed.")
 @click.pass_context
-@_reported
-def reserve(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_task: int, release: bool) -> None:
+@reported
+def reserve(ctx: click.Context, pipeline: str, selection: str | None, bytes_per_task: int | None,
+            release: bool) -> None:
     """Ask the cluster's autoscaler now for the nodes PIPELINE's backlog needs (until a run ends or --release).
 
     Needs a cluster: --address, RAY_ADDRESS or `ray.address` in the settings.
     """
-    settings = _settings(ctx)
+    from engine.capacity import measure_backlog, plan, request
+    from engine.entrypoints import load_pipeline
+    from engine.runtime import ray_session, resolve_address
+
+    settings = settings_of(ctx)
     if resolve_address(settings.ray) is None:
         raise ClusterConfigError("`medallion cluster reserve` needs a cluster with an autoscaler: pass "
                                  "`--address HOST:PORT` before `cluster`, or set RAY_ADDRESS")
     reservation = None
     if not release:
         reservation = plan(measure_backlog(load_pipeline(pipeline), Layout.at(settings.storage.root), selection),
-                           bytes_per_task)
+                           bytes_per_task or settings.ray.bytes_per_task)
     with ray_session(settings.ray):
         request(reservation)
     if reservation:

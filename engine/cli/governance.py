@@ -10,15 +10,12 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli import _reported, _settings, console
-from engine.entrypoints import load_pipeline
+from engine.cli.common import console, reported, settings_of
 from engine.errors import GovernanceError
-from engine.governance.audit import audit_trail
-from engine.governance.erase import erase_subject
-from engine.pipeline import Pipeline
-from engine.runlog import read_records
-from engine.runtime import ray_session
 from engine.tables.layout import Layout
+
+if TYPE_CHECKING:
+    from engine.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -35,11 +32,14 @@ if TYPE_CHECKING:
 @click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", default=None, type=click.Path(dir_okay=False),
               help="YAML merged over the Feast defaults (e.g. features/production.yaml).")
 @click.pass_context
-@_reported
+@reported
 def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_names: tuple[str, ...], repo: str,
           feast_config: str | None) -> None:
     """Erase a data subject from every table, change log, quarantine, landing file and the online store."""
-    settings = _settings(ctx)
+    from engine.governance.erase import erase_subject
+    from engine.runtime import ray_session
+
+    settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     pipelines = _pipelines(layout, pipeline_names)
     with ray_session(settings.ray):
@@ -61,10 +61,12 @@ def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_name
 @click.option("--since", type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]), default=None,
               help="Only operations at or after this UTC time.")
 @click.pass_context
-@_reported
+@reported
 def audit(ctx: click.Context, table: str | None, since: datetime | None) -> None:
     """Who wrote, maintained or erased TABLE (a name or glob; default every table), when, which version, why."""
-    root = _settings(ctx).storage.root
+    from engine.governance.audit import audit_trail
+
+    root = settings_of(ctx).storage.root
     entries = audit_trail(root, table, since.replace(tzinfo=UTC) if since else None)
     if not entries:
         console.print(f"no audited operations under {escape(Layout.at(root).root)}"
@@ -82,6 +84,9 @@ def audit(ctx: click.Context, table: str | None, since: datetime | None) -> None
 
 def _pipelines(layout: Layout, names: tuple[str, ...]) -> list[Pipeline]:
     """The pipelines named, else every pipeline with a run record under the root."""
+    from engine.entrypoints import load_pipeline
+    from engine.runlog import read_records
+
     chosen = list(names) or sorted(set(read_records(layout.runs())["pipeline"].to_list()))
     if not chosen:
         raise GovernanceError(f"no pipeline ever ran under {layout.root}; name one with --pipeline")

@@ -6,32 +6,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli import _reported, _settings, console
-from engine.config import Settings
-from engine.entrypoints import load_pipeline
+from engine.cli.common import console, reported, settings_of
 from engine.errors import EngineError, MaintenanceError
-from engine.governance.access import authorize
-from engine.governance.secrets import column_keys
-from engine.kinds import key_columns
-from engine.maintenance.backup import backup as take_backup
-from engine.maintenance.backup import restore_backup, verify_backup
-from engine.maintenance.optimize import optimize_table
-from engine.maintenance.pins import list_pins, pin, unpin
 from engine.maintenance.policy import Maintenance
-from engine.maintenance.rotate import rotate_table
-from engine.maintenance.vacuum import vacuum_table
-from engine.pipeline import TableDefinition
-from engine.runner import new_run_id
-from engine.runtime import ray_session
-from engine.status import list_tables, table_location
-from engine.tables.formats import TableFormats
 from engine.tables.layout import Layout
 from engine.tables.timetravel import version_as_of
+
+if TYPE_CHECKING:
+    from engine.config import Settings
+    from engine.pipeline import TableDefinition
 
 
 @click.group()
@@ -40,6 +29,8 @@ def maintain() -> None:
 
 
 def _tables(layout: Layout, table: str | None) -> list[str]:
+    from engine.status import list_tables
+
     tables = [table] if table else list(list_tables(layout))
     if not tables:
         raise MaintenanceError(f"no tables under {layout.root}; run a pipeline first")
@@ -49,6 +40,9 @@ def _tables(layout: Layout, table: str | None) -> list[str]:
 def _definition(settings: Settings, table: str, pipeline_name: str | None, instead: str) -> TableDefinition | None:
     """The table's declaration in `pipeline_name`, else in the pipeline its last commit names; None when
     neither is known or loadable (saying so, and what is done `instead`)."""
+    from engine.entrypoints import load_pipeline
+    from engine.tables.formats import TableFormats
+
     uri = Layout.at(settings.storage.root).location(table)
     name = pipeline_name or TableFormats(settings).at(uri).last_commit_value(uri, table, "pipeline")
     if name is None:
@@ -77,11 +71,15 @@ def _declared(settings: Settings, table: str, pipeline_name: str | None) -> Main
               help="Size of compacted files (default: the declaration, else storage.target_file_mb).")
 @click.option("--reason", default="manual optimize", show_default=True, help="Recorded in each optimize commit.")
 @click.pass_context
-@_reported
+@reported
 def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z_order: str | None,
              target_file_mb: int | None, reason: str) -> None:
     """Compact TABLE's (default: every table's) small files and z-order them by the declared columns."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.maintenance.optimize import optimize_table
+    from engine.runtime import ray_session
+
+    settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     tables = _tables(layout, table)
     authorize(settings.access, "manage", tables, "`medallion maintain optimize`")
@@ -110,11 +108,14 @@ def optimize(ctx: click.Context, table: str | None, pipeline_name: str | None, z
 @click.option("--dry-run", is_flag=True, help="List the files that would be deleted; delete nothing.")
 @click.option("--reason", default="manual vacuum", show_default=True, help="Recorded in each vacuum commit.")
 @click.pass_context
-@_reported
+@reported
 def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool, dry_run: bool, reason: str) -> None:
     """Delete data files TABLE (default: every table) no longer references, older than the retention; the
     files of pinned versions are kept."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.maintenance.vacuum import vacuum_table
+
+    settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     tables = _tables(layout, table)
     authorize(settings.access, "manage", tables, "`medallion maintain vacuum`")
@@ -136,11 +137,17 @@ def vacuum(ctx: click.Context, table: str | None, hours: int | None, force: bool
                    "bind the values of tables written only in the first encryption format.")
 @click.option("--reason", default="key rotation", show_default=True, help="Recorded in each rewrite commit.")
 @click.pass_context
-@_reported
+@reported
 def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None, reason: str) -> None:
     """Re-encrypt the encrypted columns of TABLE (default: every table) and its change log under the current
     column key, reading older values with `encryption.previous_keys`."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.governance.secrets import column_keys
+    from engine.kinds import key_columns
+    from engine.maintenance.rotate import rotate_table
+    from engine.runner import new_run_id
+
+    settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     tables = _tables(layout, table)
     authorize(settings.access, "manage", tables, "`medallion maintain rotate-keys`")
@@ -170,10 +177,14 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
 @click.option("--hours", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Lapse after this many hours (default: until unpinned).")
 @click.pass_context
-@_reported
+@reported
 def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hours: float | None) -> None:
     """Keep a version of TABLE readable through vacuums."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.maintenance.pins import pin
+    from engine.status import table_location
+
+    settings = settings_of(ctx)
     authorize(settings.access, "read", [table], "pinning a version")
     layout = Layout.at(settings.storage.root)
     version = version_as_of(table_location(layout, table), table, as_of)
@@ -186,20 +197,24 @@ def pin_command(ctx: click.Context, table: str, as_of: str | None, who: str, hou
 @maintain.command("unpin")
 @click.argument("pin_id")
 @click.pass_context
-@_reported
+@reported
 def unpin_command(ctx: click.Context, pin_id: str) -> None:
     """Remove pin PIN_ID."""
-    removed = unpin(Layout.at(_settings(ctx).storage.root), pin_id)
+    from engine.maintenance.pins import unpin
+
+    removed = unpin(Layout.at(settings_of(ctx).storage.root), pin_id)
     console.print(f"unpinned {escape(removed.table)} v{removed.version} ({escape(removed.who)})")
 
 
 @maintain.command("pins")
 @click.argument("table", required=False)
 @click.pass_context
-@_reported
+@reported
 def pins_command(ctx: click.Context, table: str | None) -> None:
     """Pinned versions (of TABLE, or of every table)."""
-    layout = Layout.at(_settings(ctx).storage.root)
+    from engine.maintenance.pins import list_pins
+
+    layout = Layout.at(settings_of(ctx).storage.root)
     now = datetime.now(UTC)
     view = Table(title=f"pins under {escape(layout.root)}")
     for column in ("pin", "table", "version", "who", "until (UTC)", "active"):
@@ -213,14 +228,18 @@ def pins_command(ctx: click.Context, table: str | None) -> None:
 @click.group(invoke_without_command=True)
 @click.option("--to", "destination", default=None, help="Folder or URI to write the backup to (new or empty).")
 @click.pass_context
-@_reported
+@reported
 def backup(ctx: click.Context, destination: str | None) -> None:
     """Back up every table's current version and the metadata under --root to --to DEST."""
     if ctx.invoked_subcommand is not None:
         return
+    from engine.governance.access import authorize
+    from engine.maintenance.backup import backup as take_backup
+    from engine.status import list_tables
+
     if destination is None:
         raise MaintenanceError("give --to DEST (a new folder or URI), or a subcommand: verify, restore")
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     authorize(settings.access, "read", list_tables(layout), "a backup")
     manifest = take_backup(layout, destination)
@@ -231,9 +250,11 @@ def backup(ctx: click.Context, destination: str | None) -> None:
 @backup.command("verify")
 @click.argument("source")
 @click.pass_context
-@_reported
+@reported
 def verify_command(ctx: click.Context, source: str) -> None:
     """Restore the backup at SOURCE into a scratch root and compare it with its manifest."""
+    from engine.maintenance.backup import verify_backup
+
     problems = verify_backup(source)
     if problems:
         raise MaintenanceError(f"backup `{source}` failed verification ({len(problems)} problem(s)): "
@@ -244,10 +265,13 @@ def verify_command(ctx: click.Context, source: str) -> None:
 @backup.command("restore")
 @click.argument("source")
 @click.pass_context
-@_reported
+@reported
 def restore_command(ctx: click.Context, source: str) -> None:
     """Copy the backup at SOURCE into --root, which must hold no table yet."""
-    settings = _settings(ctx)
+    from engine.governance.access import authorize
+    from engine.maintenance.backup import restore_backup
+
+    settings = settings_of(ctx)
     authorize(settings.access, "manage", ["*"], "restoring a backup")
     root = Layout.at(settings.storage.root).root
     manifest = restore_backup(source, root)

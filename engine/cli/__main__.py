@@ -1,0 +1,5 @@
+"""`python -m engine.cli`: the `medallion` command."""
+
+from engine.cli.main import main
+
+main()
