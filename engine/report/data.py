@@ -1,5 +1,5 @@
 """What the report shows, gathered from a storage root: the catalog (graph, owners, freshness), run records,
-table versions and quality check trends."""
+table versions, quality check trends and quarantined rows by reason."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from engine.catalog import CatalogEntry, build_catalog
 from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import CheckSummary, summarize
+from engine.report.quarantine import Quarantine, read_quarantine
 from engine.runlog import read_records
 from engine.status import TableVersion, table_history
 from engine.tables.layout import Layout
@@ -49,13 +50,15 @@ class TableRun:
 
 @dataclass(frozen=True)
 class TableReport:
-    """One table: its catalog entry, its recent runs (oldest first), its newest versions (newest first) and
-    the checks of its latest checked run, each with its failure-rate trend over the recent runs."""
+    """One table: its catalog entry, its recent runs (oldest first), its newest versions (newest first), the
+    checks of its latest checked run, each with its failure-rate trend over the recent runs, and its
+    quarantine by reason."""
 
     entry: CatalogEntry
     runs: tuple[TableRun, ...]
     versions: tuple[TableVersion, ...]
     checks: tuple[CheckSummary, ...]
+    quarantine: Quarantine | None
 
     @property
     def worked_runs(self) -> tuple[TableRun, ...]:
@@ -176,7 +179,8 @@ def gather(layout: Layout, pipelines: Sequence[Pipeline] = (), *, runs: int = 20
         TableReport(entry=entry,
                     runs=_table_runs(records.filter(pl.col("table") == entry.table)),
                     versions=tuple(table_history(layout, entry.table, versions)) if entry.version is not None else (),
-                    checks=_checks(metrics, entry.table, runs))
+                    checks=_checks(metrics, entry.table, runs),
+                    quarantine=read_quarantine(layout, entry.table))
         for entry in entries
     )
     return Report(root=layout.root, generated_at=now, tables=tables, runs=_run_summaries(records, metrics))

@@ -9,16 +9,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
+from deltalake import DeltaTable
 from matplotlib.image import imread
 
 from engine import Runner
 from engine.cli import main
+from engine.columns import REJECTED_REASON, RUN_ID
 from engine.quality.report import CheckSummary
 from engine.report import graph
 from engine.report.data import NEVER_RUN, gather
 from engine.report.html import render
+from engine.report.quarantine import read_quarantine
 from engine.runlog import read_records
 from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
@@ -94,6 +98,38 @@ def test_runs_that_changed_nothing_are_not_plotted(shop_root: Path) -> None:
     assert 'id="chart-table-silver-orders"' in silver_section
 
 
+def test_quarantined_rows_are_grouped_by_reason_with_an_example(shop_root: Path, retail_build: RetailBuild) -> None:
+    for root, pipelines in ((shop_root, [build_pipeline()]), (retail_build.root, [])):
+        layout = Layout.at(str(root))
+        for table in gather(layout, pipelines).tables:
+            uri = layout.quarantine(table.name)
+            if not DeltaTable.is_deltatable(uri):
+                assert table.quarantine is None
+                continue
+            rows = DeltaTable(uri).to_pyarrow_table()
+            counted = {c["values"]: c["counts"] for c in pc.value_counts(rows[REJECTED_REASON]).to_pylist()}
+            assert table.quarantine is not None and table.quarantine.rows == rows.num_rows
+            assert {r.reason: r.rows for r in table.quarantine.reasons} == counted, table.name
+            for reason in table.quarantine.reasons:
+                matching = rows.filter(pc.equal(rows[REJECTED_REASON], reason.reason))
+                assert reason.run_id in matching[RUN_ID].to_pylist()
+                assert set(reason.example) == set(rows.column_names) - {REJECTED_REASON, RUN_ID}
+    silver = read_quarantine(Layout.at(str(shop_root)), "silver.orders")
+    assert silver is not None
+    assert [(r.reason, r.rows) for r in silver.reasons] == [("order_id: not an integer", 2)]
+    assert silver.reasons[0].example["order_id"] == "null"
+    lines = read_quarantine(Layout.at(str(retail_build.root)), "silver.order_items", max_reasons=2)
+    assert lines is not None and len(lines.reasons) == 2
+    assert [r.rows for r in lines.reasons] == sorted([r.rows for r in lines.reasons], reverse=True)
+    assert lines.more_reasons == len(counted_reasons(retail_build.root, "silver.order_items")) - 2
+    assert lines.more_rows == lines.rows - sum(r.rows for r in lines.reasons)
+
+
+def counted_reasons(root: Path, table: str) -> dict[str, int]:
+    rows = DeltaTable(Layout.at(str(root)).quarantine(table)).to_pyarrow_table()
+    return {c["values"]: c["counts"] for c in pc.value_counts(rows[REJECTED_REASON]).to_pylist()}
+
+
 def test_only_failing_checks_get_a_trend_and_every_name_is_escaped(shop_root: Path) -> None:
     report = gather(Layout.at(str(shop_root)), [build_pipeline()])
     failing = CheckSummary("silver.orders", "status:<b>not_null</b>", "warn", 3, 1, (0.0, 1 / 3))
@@ -104,6 +140,7 @@ def test_only_failing_checks_get_a_trend_and_every_name_is_escaped(shop_root: Pa
     collapsed = page.split('<details class="passing-checks">')[1].split("</details>")[0]
     assert "1 check passed in every recent run" in collapsed and "order_id:not_nullable" in collapsed
     assert "<b>not_null</b>" not in page and "status:&lt;b&gt;not_null&lt;/b&gt;" in page
+    assert "order_id: not an integer" in page.split('class="data quarantine"')[1]
 
 
 def test_the_graph_places_sources_first_and_draws_every_declared_input(shop_root: Path) -> None:
@@ -137,6 +174,10 @@ const graph = document.getElementById('pipeline-graph').getBoundingClientRect();
 return {scrollWidth: document.documentElement.scrollWidth, width: window.innerWidth, height: window.innerHeight,
         pageHeight: document.documentElement.scrollHeight, ratio: window.devicePixelRatio,
         graphLeft: graph.left, graphRight: graph.right};
+"""
+QUARANTINE_ROWS = """
+return [...document.querySelectorAll(arguments[0] + ' table.quarantine tr')].slice(1)
+    .map(row => [row.cells[0].innerText, row.cells[1].innerText]);
 """
 
 
@@ -187,6 +228,7 @@ def test_the_report_renders_in_chromium_with_graph_and_plots(shop_root: Path, tm
         plotted = browser.execute_script(
             "return document.querySelectorAll('#chart-runs path, #chart-runs use').length")
         assert plotted > 10
+        assert browser.execute_script(QUARANTINE_ROWS, "#table-silver-orders") == [["order_id: not an integer", "2"]]
         oldest = browser.find_element("id", report.runs[0].run_id)
         assert not oldest.is_displayed(), "older runs start collapsed"
         follow_run_link(browser, report.runs[0].run_id)
@@ -216,6 +258,9 @@ def test_the_report_of_a_pipeline_of_many_tables_fits_the_window(retail_build: R
         assert browser.find_elements("css selector", "svg[id^=trend-]") == []
         collapsed = browser.find_elements("css selector", "details.passing-checks:not([open])")
         assert len(collapsed) == sum(1 for t in report.tables if t.checks)
+        counted = counted_reasons(retail_build.root, "silver.order_items")
+        assert browser.execute_script(QUARANTINE_ROWS, "#table-silver-order_items") == \
+            [[reason, f"{rows:,}"] for reason, rows in sorted(counted.items(), key=lambda c: (-c[1], c[0]))]
         follow_run_link(browser, report.runs[-1].run_id)
         browser.execute_script("window.scrollTo(0, 0)")
         screenshot(browser, tmp_path / "report.png", layout)
