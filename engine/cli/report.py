@@ -23,16 +23,20 @@ from engine.tables.layout import Layout
 @click.pass_context
 @reported
 def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...], runs: int, versions: int) -> None:
-    """A static HTML page: the pipeline graph coloured by status, and per table its versions, rows, quality
-    trends, freshness and durations, with plots over the latest runs. Opens in any browser, no server."""
+    """A static HTML page: the pipeline graph coloured by status; per table its versions, rows, failing checks
+    and their trends, quarantined rows by reason (with an example row where the reader may read the
+    quarantine), freshness and durations; a section per run. Opens in any browser, no server."""
     from engine.entrypoints import load_pipeline
+    from engine.governance.access import allowed
     from engine.report.data import gather  # matplotlib and jinja2 load only for this command
     from engine.report.html import render
     from engine.storage import filesystem_of
 
-    layout = Layout.at(settings_of(ctx).storage.root)
+    settings = settings_of(ctx)
+    layout = Layout.at(settings.storage.root)
     pipelines = [load_pipeline(name) for name in pipeline_names]
-    page = render(gather(layout, pipelines, runs=runs, versions=versions))
+    page = render(gather(layout, pipelines, runs=runs, versions=versions,
+                         may_read=lambda resource: allowed(settings.access, "read", resource)))
     target = out or f"{layout.root}/_meta/report/index.html"
     filesystem, path = filesystem_of(target)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -1,5 +1,6 @@
 """The report's plots, drawn with matplotlib as inline SVG: rows and failures over runs, time per step, and
-per table its rows, durations and check failure rates."""
+per table its rows, durations and the failure rates of its failing checks. Runs that did nothing are left
+out by the caller."""
 
 from __future__ import annotations
 
@@ -81,8 +82,8 @@ def durations_chart(runs: Sequence[RunSummary]) -> str:
 
 
 def table_chart(table: TableReport) -> str:
-    """Rows written and quarantined, and seconds, over the table's recent runs."""
-    runs = table.runs
+    """Rows written and quarantined, and seconds, over the table's recent runs that did something to it."""
+    runs = table.worked_runs
     with matplotlib.rc_context(STYLE):
         figure, (rows, seconds) = _figure(5.5, 2.8, rows=2)
         positions = list(range(len(runs)))

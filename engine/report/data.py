@@ -1,10 +1,10 @@
 """What the report shows, gathered from a storage root: the catalog (graph, owners, freshness), run records,
-table versions and quality check trends."""
+table versions, quality check trends and quarantined rows by reason."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -13,11 +13,18 @@ from engine.catalog import CatalogEntry, build_catalog
 from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import CheckSummary, summarize
+from engine.report.quarantine import Quarantine, read_quarantine
 from engine.runlog import read_records
 from engine.status import TableVersion, table_history
 from engine.tables.layout import Layout
 
 NEVER_RUN = "never run"
+IDLE = ("unchanged", "skipped")
+
+
+def anchor(table: str) -> str:
+    """The HTML id of the section of `table`."""
+    return "table-" + table.replace(".", "-")
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class TableRun:
     """What one run did to one table."""
 
     run_id: str
+    table: str
     status: str
     started_at: dt.datetime
     duration_s: float
@@ -33,16 +41,39 @@ class TableRun:
     output_version: int | None
     error: str | None
 
+    @property
+    def did_work(self) -> bool:
+        """Whether the run did something to the table: it was neither unchanged nor skipped, or it wrote or
+        quarantined rows."""
+        return self.status not in IDLE or self.rows_written > 0 or self.rows_quarantined > 0
+
 
 @dataclass(frozen=True)
 class TableReport:
-    """One table: its catalog entry, its recent runs (oldest first), its newest versions (newest first) and
-    the checks of its latest checked run, each with its failure-rate trend."""
+    """One table: its catalog entry, its recent runs (oldest first), its newest versions (newest first), the
+    checks of its latest checked run, each with its failure-rate trend over the recent runs, and its
+    quarantine by reason."""
 
     entry: CatalogEntry
     runs: tuple[TableRun, ...]
     versions: tuple[TableVersion, ...]
     checks: tuple[CheckSummary, ...]
+    quarantine: Quarantine | None
+
+    @property
+    def worked_runs(self) -> tuple[TableRun, ...]:
+        """The recent runs that did something to the table: the ones plotted."""
+        return tuple(r for r in self.runs if r.did_work)
+
+    @property
+    def failing_checks(self) -> tuple[CheckSummary, ...]:
+        """Checks that failed rows in some run of their trend."""
+        return tuple(c for c in self.checks if _failed(c))
+
+    @property
+    def passing_checks(self) -> tuple[CheckSummary, ...]:
+        """Checks that failed no row in any run of their trend."""
+        return tuple(c for c in self.checks if not _failed(c))
 
     @property
     def name(self) -> str:
@@ -57,27 +88,46 @@ class TableReport:
     @property
     def anchor(self) -> str:
         """The HTML id of the table's section."""
-        return "table-" + self.name.replace(".", "-")
+        return anchor(self.name)
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One run over all its tables: duration per table, rows written and quarantined, failed check rows."""
+    """One run over all its tables: what it did to each (in the order they started) and its failed check
+    rows."""
 
     run_id: str
     pipeline: str
     started_at: dt.datetime
     finished_at: dt.datetime
     status: str
-    durations: dict[str, float]
-    rows_written: int
-    rows_quarantined: int
+    tables: tuple[TableRun, ...]
     rows_failing_checks: int
 
     @property
     def duration_s(self) -> float:
         """Seconds from the first table's start to the last table's finish."""
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def durations(self) -> dict[str, float]:
+        """Seconds per table."""
+        return {t.table: t.duration_s for t in self.tables}
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written to all tables."""
+        return sum(t.rows_written for t in self.tables)
+
+    @property
+    def rows_quarantined(self) -> int:
+        """Rows quarantined from all tables."""
+        return sum(t.rows_quarantined for t in self.tables)
+
+    @property
+    def did_work(self) -> bool:
+        """Whether the run did something to some table."""
+        return any(t.did_work for t in self.tables)
 
 
 @dataclass(frozen=True)
@@ -88,6 +138,16 @@ class Report:
     generated_at: dt.datetime
     tables: tuple[TableReport, ...]
     runs: tuple[RunSummary, ...]
+
+    @property
+    def worked_runs(self) -> tuple[RunSummary, ...]:
+        """The runs that did something to some table: the ones plotted."""
+        return tuple(r for r in self.runs if r.did_work)
+
+    @property
+    def run_ids(self) -> frozenset[str]:
+        """The ids of the runs the page has a section for."""
+        return frozenset(r.run_id for r in self.runs)
 
     @property
     def late(self) -> list[TableReport]:
@@ -103,10 +163,10 @@ class Report:
 
 
 def gather(layout: Layout, pipelines: Sequence[Pipeline] = (), *, runs: int = 20, versions: int = 10,
-           now: dt.datetime | None = None) -> Report:
+           now: dt.datetime | None = None, may_read: Callable[[str], bool] = lambda _: True) -> Report:
     """The report of the root at `layout`: the tables of `pipelines` (every table under the root, with the
     declarations of the pipeline named in its last commit, when none is given), their last `runs` runs and
-    `versions` versions."""
+    `versions` versions; a quarantine's example rows only when `may_read` its name (`quarantine.<table>`)."""
     now = now or dt.datetime.now(dt.UTC)
     entries = build_catalog(layout, pipelines, now=now, only_pipelines=bool(pipelines))
     records = read_records(layout.runs())
@@ -119,15 +179,21 @@ def gather(layout: Layout, pipelines: Sequence[Pipeline] = (), *, runs: int = 20
         TableReport(entry=entry,
                     runs=_table_runs(records.filter(pl.col("table") == entry.table)),
                     versions=tuple(table_history(layout, entry.table, versions)) if entry.version is not None else (),
-                    checks=_checks(metrics, entry.table))
+                    checks=_checks(metrics, entry.table, runs),
+                    quarantine=read_quarantine(layout, entry.table,
+                                               examples=may_read(f"quarantine.{entry.table}")))
         for entry in entries
     )
     return Report(root=layout.root, generated_at=now, tables=tables, runs=_run_summaries(records, metrics))
 
 
+def _failed(check: CheckSummary) -> bool:
+    return check.rows_failed > 0 or any(rate > 0 for rate in check.trend)
+
+
 def _table_runs(records: pl.DataFrame) -> tuple[TableRun, ...]:
     return tuple(
-        TableRun(run_id=row["run_id"], status=row["status"], started_at=row["started_at"],
+        TableRun(run_id=row["run_id"], table=row["table"], status=row["status"], started_at=row["started_at"],
                  duration_s=row["duration_s"] or 0.0, rows_written=row["rows_written"] or 0,
                  rows_quarantined=row["rows_quarantined"] or 0, output_version=row["output_version"],
                  error=row["error"])
@@ -135,11 +201,11 @@ def _table_runs(records: pl.DataFrame) -> tuple[TableRun, ...]:
     )
 
 
-def _checks(metrics: pl.DataFrame, table: str) -> tuple[CheckSummary, ...]:
+def _checks(metrics: pl.DataFrame, table: str, runs: int) -> tuple[CheckSummary, ...]:
     mine = metrics.filter(pl.col("table") == table)
     if mine.is_empty():
         return ()
-    return tuple(summarize(mine, table)[1])
+    return tuple(summarize(mine, table, trend_runs=runs)[1])
 
 
 def _run_summaries(records: pl.DataFrame, metrics: pl.DataFrame) -> tuple[RunSummary, ...]:
@@ -154,9 +220,7 @@ def _run_summaries(records: pl.DataFrame, metrics: pl.DataFrame) -> tuple[RunSum
             started_at=rows["started_at"].min(),  # type: ignore[arg-type]
             finished_at=rows["finished_at"].max(),  # type: ignore[arg-type]
             status=status,
-            durations=dict(zip(rows["table"], rows["duration_s"].fill_null(0.0), strict=True)),
-            rows_written=int(rows["rows_written"].sum()),
-            rows_quarantined=int(rows["rows_quarantined"].sum()),
+            tables=_table_runs(rows),
             rows_failing_checks=int(failing.get(run_id, 0) or 0),
         ))
     return tuple(summaries)

@@ -1,5 +1,6 @@
 """The pipeline graph as inline SVG: landing folders and tables in columns by depth, edges from each input
-to its reader, every table coloured by the status of its latest run and outlined when it is late."""
+to its reader, every table coloured by the status of its latest run and outlined when it is late. The drawing
+scales down to the width of the page, never wider than its natural size."""
 
 from __future__ import annotations
 
@@ -86,8 +87,8 @@ def render(tables: Sequence[TableReport]) -> str:
     by_name = {n.name: n for n in nodes}
     width = max(n.x for n in nodes) + NODE_WIDTH + MARGIN
     height = max(n.y for n in nodes) + NODE_HEIGHT + MARGIN
-    parts = [f'<svg id="pipeline-graph" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" aria-label="pipeline graph">']
+    parts = [f'<svg id="pipeline-graph" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+             f'style="width: 100%; max-width: {width}px; height: auto" role="img" aria-label="pipeline graph">']
     for source, target in edges:
         a, b = by_name[source], by_name[target]
         x1, y1 = a.x + NODE_WIDTH, a.y + NODE_HEIGHT / 2
