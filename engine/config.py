@@ -59,7 +59,8 @@ class RaySettings(_Section):
                                                description="Object store size of the private local instance, MB.")
     auth_mode: Literal["disabled", "token"] = Field(
         default="disabled", description="`RAY_AUTH_MODE` of instances started here; use `token` in production.")
-    verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
+    verbose: bool = Field(default=False, description="Show the libraries' output too: Ray's logs, Ray Data's progress "
+                          "bars, Tune's progress, MLflow's messages, the Ray workers' output (`--verbose`).")
     forward_credentials: bool = Field(
         default=False, description="Pass `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` to a "
         "cluster's workers in the job's runtime env, where Ray writes them in clear to its logs; off: the nodes "
