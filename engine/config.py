@@ -63,7 +63,8 @@ class RaySettings(_Section):
                                                description="Object store size of the private local instance, MB.")
     auth_mode: Literal["disabled", "token"] = Field(
         default="disabled", description="`RAY_AUTH_MODE` of instances started here; use `token` in production.")
-    verbose: bool = Field(default=False, description="Show Ray Data logs and progress bars.")
+    verbose: bool = Field(default=False, description="Show the libraries' output too: Ray's logs, Ray Data's progress "
+                          "bars, Tune's progress, MLflow's messages, the Ray workers' output (`--verbose`).")
     bytes_per_task: int = Field(default=128 * 2**20, gt=0,
                                 description="Input bytes one task of a step is sized for when a run on a cluster "
                                 "asks the autoscaler for capacity ahead of its backlog.")

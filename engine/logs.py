@@ -7,6 +7,9 @@ executor), which see the context of the innermost block open in the process. Rec
 context and `extra=` fields only: settings hold their secrets as pydantic `SecretStr`, which renders as
 `**********`, so a message or an `extra=` value made from them shows no secret; and `configure` has every
 record, whoever logs it, made with the configured secrets and any URL's credentials replaced (`engine.redact`).
+
+The command shows its own records only: those of libraries (and Python warnings, which become records of
+`py.warnings`) are dropped below ERROR unless `configure` is asked to show them (`--verbose`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextvars
 import json
 import logging
 import sys
+import sysconfig
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +35,7 @@ _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar
 _process_context: list[dict[str, str]] = []
 """Contexts of the `log_context` blocks open in the process, innermost last, for records of other threads."""
 _format = HUMAN
+_LIBRARY_DIRS = tuple(sorted({sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}))
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
@@ -67,6 +72,15 @@ class ContextFilter(logging.Filter):
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+class LibraryFilter(logging.Filter):
+    """Drops the records below ERROR made by code of the Python installation (libraries, the standard library,
+    Python warnings), except the engine's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno >= logging.ERROR or record.name == "engine" or record.name.startswith("engine.")
+                or not record.pathname.startswith(_LIBRARY_DIRS))
 
 
 class JsonFormatter(logging.Formatter):
@@ -115,8 +129,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure(log_format: str = HUMAN, level: int | str = logging.WARNING) -> logging.Handler:
-    """Send log records at `level` and above to stderr in `log_format` (`human` or `json`).
+def configure(log_format: str = HUMAN, level: int | str = logging.WARNING, libraries: bool = False) -> logging.Handler:
+    """Send log records at `level` and above to stderr in `log_format` (`human` or `json`), Python warnings
+    included; those of libraries only at ERROR and above unless `libraries` (`LibraryFilter`).
 
     Replaces the handler a previous call installed and leaves other handlers (a test runner's) alone. In the
     JSON format, the console handlers libraries gave their own non-propagating loggers (Ray's `ray` and
@@ -129,6 +144,9 @@ def configure(log_format: str = HUMAN, level: int | str = logging.WARNING) -> lo
     _format = log_format
     redact.protect_logs()
     handler = _StderrHandler(JsonFormatter() if log_format == JSON else logging.Formatter(HUMAN_FORMAT))
+    if not libraries:
+        handler.addFilter(LibraryFilter())
+    logging.captureWarnings(True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_medallion", False)]:
         root.removeHandler(old)

@@ -1,4 +1,8 @@
-"""Connecting to Ray: a private local instance listening on loopback only by default, or an existing cluster."""
+"""Connecting to Ray: a private local instance listening on loopback only by default, or an existing cluster.
+
+Ray's own output (its log records, Ray Data's progress bars and execution summaries, the workers' stdout and
+stderr) shows only with `ray.verbose` (`--verbose`); without it, only Ray's errors do.
+"""
 
 from __future__ import annotations
 
@@ -54,13 +58,13 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
         env = {} if JOB_CONFIG_ENV in os.environ else _cluster_worker_env(settings)
         log.info("connecting to the Ray cluster at %s", redact_url(target))
         join_ray(target, logging_level=_log_level(settings), runtime_env={"env_vars": env} if env else None,
-                 log_to_driver=not json_logs())
+                 log_to_driver=_log_to_driver(settings))
     else:
         # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
         # write in clear to its session logs, carries the storage credentials.
         start_private_ray(num_cpus=settings.num_cpus,
                           object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
-                          logging_level=_log_level(settings), log_to_driver=not json_logs())
+                          logging_level=_log_level(settings), log_to_driver=_log_to_driver(settings))
     try:
         _configure_data_context(settings)
         yield
@@ -145,7 +149,13 @@ def _is_loopback_address(address: str) -> bool:
 
 
 def _log_level(settings: RaySettings) -> int:
-    return logging.INFO if settings.verbose else logging.WARNING
+    return logging.INFO if settings.verbose else logging.ERROR
+
+
+def _log_to_driver(settings: RaySettings) -> bool:
+    """Whether the workers' stdout and stderr are printed by this process: with `verbose`, and not in the JSON
+    log format, whose every line on stderr is a JSON record."""
+    return settings.verbose and not json_logs()
 
 
 def _configure_data_context(settings: RaySettings) -> None:
@@ -153,4 +163,4 @@ def _configure_data_context(settings: RaySettings) -> None:
     context.enable_progress_bars = settings.verbose
     context.print_on_execution_start = settings.verbose
     logging.getLogger("ray.data").setLevel(_log_level(settings))
-    logging.getLogger("ray.data._internal.progress").setLevel(_log_level(settings) if settings.verbose else logging.ERROR)
+    logging.getLogger("ray.data._internal.progress").setLevel(_log_level(settings))

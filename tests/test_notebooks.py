@@ -1,9 +1,11 @@
 """The notebooks of `notebooks/` run top to bottom against the session's retail build, and what they print
-(the JSON summary of their last cell) agrees with the tables read independently here."""
+(the JSON summary of their last cell) agrees with the tables read independently here; no cell warns of a
+missing widget library (tqdm, Ray)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +39,8 @@ def execute(name: str, monkeypatch: pytest.MonkeyPatch, env: Mapping[str, str]) 
     NotebookClient(notebook, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     printed = [out["text"] for out in notebook.cells[-1].outputs if out.get("name") == "stdout"]
+    stderr = [out["text"] for cell in notebook.cells for out in cell.get("outputs", []) if out.get("name") == "stderr"]
+    assert not [text for text in stderr if re.search(r"tqdm|ipywidgets|IProgress", text)], stderr
     return json.loads(printed[-1])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import warnings
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +34,6 @@ if TYPE_CHECKING:
 @click.pass_context
 def features(ctx: click.Context, repo: str | None, feast_config: str | None) -> None:
     """The Feast feature store over the gold tables under --root."""
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     ctx.obj = {"repo": repo, "overlay": feast_config}
 
 

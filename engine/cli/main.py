@@ -28,14 +28,17 @@ from engine.cli.training import score, train
 @click.option("--config", type=click.Path(dir_okay=False), default=None,
               help="YAML settings file (default ./medallion.yaml when present).")
 @address_option
-@click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress bars.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show the libraries' output: Ray's, Feast's and MLflow's logs and warnings, Ray Data's "
+                   "progress bars, Tune's progress, the Ray workers' output.")
 @click.option("--log-format", type=click.Choice(logs.FORMATS), envvar="MEDALLION_LOG_FORMAT", default=logs.HUMAN,
               show_default=True, help="Log records on stderr as text, or one JSON object per line.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               envvar="MEDALLION_LOG_LEVEL", default=None, help="Lowest level logged (default WARNING, INFO with -v).")
 def main(root: str | None, config: str | None, verbose: bool, log_format: str, log_level: str | None) -> None:
     """Medallion lakehouse pipelines on Ray."""
-    logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING)
+    logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING,
+                   libraries=verbose)
 
 
 for command in (generate, run, backfill, restore, demo, status, history, show, quality, catalog, plan, diff,

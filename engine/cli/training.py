@@ -3,8 +3,6 @@ product's models."""
 
 from __future__ import annotations
 
-import warnings
-
 import click
 from rich.markup import escape
 
@@ -16,11 +14,6 @@ _FEAST_CONFIG = click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", 
                              type=click.Path(dir_okay=False), help="YAML merged over the Feast defaults.")
 _TRACKING = click.option("--tracking-uri", default=None,
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <root>/_meta/mlflow).")
-
-
-def _quiet() -> None:
-    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @click.command("train")
@@ -43,7 +36,6 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
     from engine.training.train import reproduce
     from engine.training.train import train as run_training
 
-    _quiet()
     settings = settings_of(ctx)
     with ray_session(settings.ray):
         if run_id:
@@ -86,13 +78,13 @@ def score(ctx: click.Context, job: str, model_version: str, reason: str | None, 
     from engine.training.scoring import ScoringOptions, scoring_with
     from engine.training.tracking import configured_uri, resolve_tracking_uri, use_tracking
 
-    _quiet()
     settings = settings_of(ctx)
     name, training_job = load_job(job)
     if training_job.scores_table is None:
         raise TrainingError(f"training job `{name}` declares no `scores_table`; declare the pipeline table that "
                             "scores with it", job=name)
-    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)))
+    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)),
+                 verbose=settings.ray.verbose)
     version = load_model(training_job.model_name, model_version).version
     options = ScoringOptions(version, tracking_uri, repo, feast_config)
     runner = Runner(load_pipeline(name.partition("/")[0]), settings,

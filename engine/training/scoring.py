@@ -88,7 +88,7 @@ def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Datase
         raise TrainingError(f"no model `{job.model_name}` to build `{context.table}` with: no tracking URI is "
                             f"configured and nothing was tracked under {mlflow_dir(root)}; train one with "
                             "`medallion train`", model=job.model_name, table=context.table)
-    use_tracking(uri)
+    use_tracking(uri, verbose=context.settings.ray.verbose)
     model = load_model(job.model_name, options.model_version)
     store = open_store(root, options.repo or os.environ.get(REPO_ENV, DEFAULT_REPO),
                        overlay=options.overlay or os.environ.get(OVERLAY_ENV))

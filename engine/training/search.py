@@ -3,7 +3,9 @@ scored on the newer part (never on the holdout), within the job's declared resou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,8 @@ from engine.errors import TrainingError
 from engine.training.dataset import time_split
 from engine.training.fit import fit
 from engine.training.job import TrainingJob
+
+AIR_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,26 @@ def _trial(config: Mapping[str, Any], job: TrainingJob, base: Mapping[str, Any],
     tune.report(fitted.metrics)
 
 
+@contextmanager
+def _tune_output(verbose: bool) -> Iterator[None]:
+    """Tune's progress output for the block: its default one when `verbose`, else the legacy one, which prints
+    nothing at verbosity 0 (the default one prints its experiment banner at any verbosity)."""
+    previous = os.environ.get(AIR_NEW_OUTPUT_ENV)
+    os.environ[AIR_NEW_OUTPUT_ENV] = "1" if verbose else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[AIR_NEW_OUTPUT_ENV]
+        else:
+            os.environ[AIR_NEW_OUTPUT_ENV] = previous
+
+
 def search(job: TrainingJob, params: Mapping[str, Any], rows: pa.Table, numeric: Sequence[str],
-           categorical: Sequence[str], *, trials: int, storage: str, name: str, seed: int = 0) -> list[Trial]:
+           categorical: Sequence[str], *, trials: int, storage: str, name: str, seed: int = 0,
+           verbose: bool = False) -> list[Trial]:
     """Run `trials` samples of `job.search_space` (each a Ray Tune trial reserving `job.resources`), ranked
-    by validation AUC, best first.
+    by validation AUC, best first. Tune prints its experiment banner and progress only when `verbose`.
 
     Raises:
         TrainingError: the job declares no search space, or every trial failed.
@@ -56,9 +76,10 @@ def search(job: TrainingJob, params: Mapping[str, Any], rows: pa.Table, numeric:
         param_space={key: tune.choice(list(values)) for key, values in job.search_space.items()},
         tune_config=tune.TuneConfig(num_samples=trials, metric="auc", mode="max",
                                     search_alg=BasicVariantGenerator(random_state=seed)),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1 if verbose else 0),
     )
-    results = tuner.fit()
+    with _tune_output(verbose):
+        results = tuner.fit()
     done = [Trial(dict(r.config), {k: float(v) for k, v in r.metrics.items() if k in ("auc", "log_loss", "brier",
                                                                                        "ece")})
             for r in results if r.error is None and r.metrics and "auc" in r.metrics]

@@ -3,11 +3,15 @@ version a run records."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,13 +68,26 @@ def existing_tracking_uri(root: str, configured: str | None = None) -> str | Non
     return f"sqlite:///{database}" if "://" not in database and Path(database).is_file() else None
 
 
-def use_tracking(uri: str) -> None:
-    """Point MLflow's tracking and model registry at `uri`, whose credentials no log record shows."""
+def use_tracking(uri: str, *, verbose: bool = False) -> None:
+    """Point MLflow's tracking and model registry at `uri`, whose credentials no log record shows. MLflow logs
+    at INFO when `verbose`, else its errors only."""
     import mlflow
 
     hide(uri)
+    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.ERROR)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+@contextmanager
+def mlflow_messages(verbose: bool) -> Iterator[None]:
+    """MLflow's messages printed in the block (such as "Successfully registered model ..."), which bypass its
+    logger, only when `verbose`."""
+    if verbose:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 def experiment_id(name: str, uri: str, root: str) -> str:

@@ -23,6 +23,7 @@ from engine.training.tracking import (
     configured_uri,
     experiment_id,
     lineage_tags,
+    mlflow_messages,
     resolve_tracking_uri,
     use_tracking,
 )
@@ -91,7 +92,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     root = Layout.at(settings.storage.root).root
     store = open_store(root, repo, overlay=overlay)
     uri = resolve_tracking_uri(root, tracking_uri or configured_uri(settings))
-    use_tracking(uri)
+    use_tracking(uri, verbose=settings.ray.verbose)
     chosen = {**job.params, **(params or {})}
     training = build_training_set(store, job, TableReader(root, pins, settings.access), chosen)
     if expected_fingerprint is not None and training.fingerprint != expected_fingerprint:
@@ -105,7 +106,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     with mlflow.start_run(experiment_id=experiment) as run:
         if trials:
             found = search(job, chosen, split.train, training.numeric, training.categorical, trials=trials,
-                           storage=f"{root}/_meta/tune", name=run.info.run_id)
+                           storage=f"{root}/_meta/tune", name=run.info.run_id, verbose=settings.ray.verbose)
             for number, trial in enumerate(found):
                 with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{number}", nested=True):
                     mlflow.log_params(trial.params)
@@ -129,7 +130,8 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
         if reproduces:
             lineage |= {"reproduces": reproduces, "reproduction_warnings": list(notes)}
         mlflow.set_tags(lineage_tags(lineage))
-        version = _log_model(job, fitted.model, training, split.holdout, register=reproduces is None)
+        with mlflow_messages(settings.ray.verbose):
+            version = _log_model(job, fitted.model, training, split.holdout, register=reproduces is None)
         if version is None:
             return TrainingResult(run.info.run_id, None, fitted.metrics, chosen, False,
                                   f"reproduction of run {reproduces}: nothing registered", training, notes)
@@ -176,7 +178,8 @@ def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)))
+    use_tracking(resolve_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings)),
+                 verbose=settings.ray.verbose)
     try:
         recorded = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:

@@ -111,7 +111,7 @@ def test_no_secret_the_engine_reads_reaches_any_file_log_or_output(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_ADDRESS", "MEDALLION"))} | {
         "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": str(ray_temp), "PYTHONPATH": str(REPO),
         "MEDALLION__RAY__NUM_CPUS": "1"} | canaries
-    medallion = [str(Path(sys.executable).parent / "medallion"), "--root", str(root), "--log-level", "debug"]
+    medallion = [str(Path(sys.executable).parent / "medallion"), "--root", str(root), "--log-level", "debug", "--verbose"]
     commands = [(["demo", "--scale", "0.02"], 0),
                 (["run", "tests.adversarial.canary_pipeline:pipeline"], 1),
                 (["show", "silver.people", "--decrypt"], 0), (["show", "quarantine.silver.customers"], 0),

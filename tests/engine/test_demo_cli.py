@@ -1,10 +1,12 @@
-"""The installed `medallion` command on a fresh root: `demo` builds fresh data once and refuses a used root,
-`generate` is deterministic for an as-of date and never replaces a landing file."""
+"""The installed `medallion` command on a fresh root: `demo` builds fresh data once, printing nothing of the
+libraries it runs on, and refuses a used root; `generate` is deterministic for an as-of date and never replaces a
+landing file."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -31,6 +33,9 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     done = medallion(root, "demo", "--scale", SCALE)
     assert done.returncode == 0, done.stdout + done.stderr
+    foreign = [line for line in done.stderr.splitlines() if not line.startswith(("WARNING engine.", "ERROR engine."))]
+    assert foreign == [], "without --verbose, stderr holds the engine's records only"
+    assert not re.search(r"available CPUs|deprecat|experimental|Warning:|it/s\]", done.stdout + done.stderr)
     return root
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,45 @@ def test_json_formatter_renders_context_extras_and_secrets_masked(monkeypatch: p
     assert (line["run_id"], line["pipeline"], line["table"], line["level"]) == ("r1", "shop", "gold.x", "WARNING")
     assert line["message"] == "alerts go to **********" and "webhook_url=SecretStr('**********')" in line["alerts"]
     assert CANARY not in json.dumps(line)
+
+
+@pytest.mark.parametrize("libraries", [False, True])
+def test_library_records_and_warnings_show_only_when_asked(libraries: bool) -> None:
+    library = str(Path(pytest.__file__))  # a file of the installed packages
+    handler = logs.configure(logs.HUMAN, logging.INFO, libraries=libraries)
+    try:
+        def record(name: str, level: int, path: str) -> logging.LogRecord:
+            return logging.LogRecord(name, level, path, 1, "message", None, None)
+
+        assert handler.filter(record("engine.runner", logging.WARNING, library))
+        assert handler.filter(record("shop.pipeline", logging.WARNING, __file__))
+        assert handler.filter(record("ray.data.dataset", logging.ERROR, library))
+        assert handler.filter(record("ray.data.dataset", logging.WARNING, library)) is libraries
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            logging.captureWarnings(False)  # pytest records warnings in place of the handler `configure` installed
+            logging.captureWarnings(True)
+            with CapturedRecords() as captured:
+                warnings.warn("is an experimental feature", RuntimeWarning, stacklevel=1)
+        assert [handler.filter(r) for r in captured.records] == [libraries]
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logs.configure(logs.HUMAN)
+
+
+class CapturedRecords(logging.Handler):
+    """The records of the `py.warnings` logger (Python warnings) while the block runs."""
+
+    def __enter__(self) -> CapturedRecords:
+        self.records: list[logging.LogRecord] = []
+        logging.getLogger("py.warnings").addHandler(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        logging.getLogger("py.warnings").removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def test_records_of_threads_a_table_started_carry_its_context() -> None:
