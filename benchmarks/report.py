@@ -9,7 +9,8 @@ Usage: python -m benchmarks.report [--sf 0.1,0.3,1] [--large-sf 3] [--runs 3] [-
 Measures, in this order: the TPC-H medallion workload at every scale factor with the engine and every peer
 (`benchmarks/tpch/run.py`: alternating runs, every output checked against DuckDB's before any time counts),
 and at a larger one with the engine and DuckDB;
-the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the engine on 1, 2 and 3
+the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the everyday commands
+(`benchmarks/commands.py`: `--help`, `status`, `history`, `catalog`, `show` on the demo); the engine on 1, 2 and 3
 local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
 Feast materialization throughput and online latency (`benchmarks/features.py`); column encryption per value
 (`benchmarks/encryption.py`). Raw numbers go to
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import encryption, features, ingest, merge
+from benchmarks import commands, encryption, features, ingest, merge
 from benchmarks.tpch.run import (
     COMMANDS,
     Measurement,
@@ -145,7 +146,7 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-STEPS = ("tpch", "large", "startup", "ingest", "nodes", "merge", "features", "encryption")
+STEPS = ("tpch", "large", "startup", "commands", "ingest", "nodes", "merge", "features", "encryption")
 
 
 def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
@@ -154,6 +155,7 @@ def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
         "tpch": lambda: tpch(args.sf, args.runs, args.data, args.work),
         "large": lambda: large(args.large_sf, args.runs, args.data, args.work),
         "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
+        "commands": lambda: commands.measure_commands(args.work),
         "ingest": lambda: ingestion(max(args.sf), args.work),
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
         "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
@@ -346,6 +348,14 @@ def render(results: dict[str, Any]) -> str:
         f"- importing the engine's CLI: {results['startup']['import_s']:.1f} s",
         f"- a whole `medallion run tpch` with nothing new to ingest (Ray start-up, change detection on every table, "
         f"shut-down): {results['startup']['noop_run_s']:.1f} s",
+        "",
+        "## Everyday commands",
+        "",
+        "`medallion --help`, and the reading commands on the demo's root (`python -m benchmarks.commands`), each in "
+        "its own process; the median of several runs. They load no Ray, and read the declarations a run recorded "
+        "instead of importing the pipeline's code.",
+        "",
+        *_measured(results, "commands", commands.table),
         "",
         "## The engine on 1, 2 and 3 local Ray nodes",
         "",

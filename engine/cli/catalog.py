@@ -22,7 +22,7 @@ if TYPE_CHECKING:
                    "names or column docs.")
 @click.option("--pipeline", "pipeline_names", multiple=True,
               help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
-                   "the root, with the declarations of the pipeline named in its last commit.")
+                   "the root, with the declarations the last run of the pipeline named in its last commit recorded.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
 @click.pass_context
 @reported

@@ -15,7 +15,7 @@ from engine.tables.layout import Layout
                    "`<root>/_meta/report/index.html`.")
 @click.option("--pipeline", "pipeline_names", multiple=True,
               help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
-                   "the root, with the declarations of the pipeline named in its last commit.")
+                   "the root, with the declarations the last run of the pipeline named in its last commit recorded.")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Latest runs to plot and list.")
 @click.option("--versions", type=click.IntRange(min=1), default=10, show_default=True,

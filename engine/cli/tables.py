@@ -69,7 +69,7 @@ def restore(ctx: click.Context, table: str | None, version: int | None, timestam
 @click.option("--as-of", "as_of", default=None, help="ISO-8601 time: every table's state and last run then.")
 @click.option("--pipeline", "pipeline_names", multiple=True,
               help="Take freshness targets (and tables not built yet) from this pipeline (repeatable); by "
-                   "default from the pipeline named in each table's last commit.")
+                   "default from what the last run of the pipeline named in each table's last commit declared.")
 @click.option("--late", is_flag=True, help="Exit with status 1 when a table is late (for cron and alerting).")
 @click.option("--details", is_flag=True, help="Add a column with the measured ages and their targets.")
 @click.pass_context
