@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from engine.config import Settings
 from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
 from engine.ingest.sources import discover
@@ -23,6 +21,7 @@ from engine.pipeline import Pipeline, TableDefinition
 from engine.runtime import resolve_address
 from engine.tables import delta
 from engine.tables.built_from import consumed_versions
+from engine.tables.delta_files import add_actions
 from engine.tables.layout import Layout
 
 
@@ -196,5 +195,5 @@ def _input_files(uri: str, table: str, version: int, since: int | None) -> list[
 
 
 def _file_sizes(uri: str, table: str, version: int) -> dict[str, int]:
-    actions = pa.table(delta.open_table(uri, table, version).get_add_actions(flatten=True))
+    actions = add_actions(delta.open_table(uri, table, version))
     return dict(zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()))

@@ -24,13 +24,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from engine.errors import PipelineDefinitionError
 from engine.tables import delta
+from engine.tables.delta_files import add_actions
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -283,7 +283,7 @@ def newest_value(table: DeltaTable, column: str) -> Any:
     """
     if column not in table.schema().to_arrow().names:  # type: ignore[union-attr]
         raise KeyError(column)
-    actions = pa.table(table.get_add_actions(flatten=True))
+    actions = add_actions(table)
     if f"partition.{column}" in actions.column_names:
         values = [v for v in actions.column(f"partition.{column}").to_pylist() if v is not None]
         return max(values, default=None)

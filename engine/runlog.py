@@ -13,7 +13,7 @@ from deltalake import write_deltalake
 
 from engine.governance.actor import audit_fields
 from engine.quality.results import CheckResult
-from engine.tables.delta import rows_dataset, table_exists
+from engine.tables.delta import read_rows, table_exists
 
 RUN_RECORD_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -105,6 +105,6 @@ def read_records(uri: str) -> pl.DataFrame:
     """Every run record, oldest first; an empty frame when no run was recorded."""
     if not table_exists(uri):
         return pl.from_arrow(RUN_RECORD_SCHEMA.empty_table())  # type: ignore[return-value]
-    frame = pl.from_arrow(rows_dataset(uri, uri).to_table())
+    frame = pl.from_arrow(read_rows(uri, uri))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("started_at", "table")

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -158,8 +159,28 @@ def _log_to_driver(settings: RaySettings) -> bool:
     return settings.verbose and not json_logs()
 
 
+def ensure_ray(address: str | None = None) -> None:
+    """For library callers that need Ray (Feast's offline store, in a notebook or a script): use the Ray already
+    initialised, else join `address` / `$RAY_ADDRESS`, else start a private instance on loopback; quiet as the
+    default settings are (`RaySettings`: Ray's errors only, no progress bars)."""
+    if ray.is_initialized():
+        return
+    settings = RaySettings()
+    os.environ.setdefault(AUTH_MODE_ENV, settings.auth_mode)
+    if target := resolve_address(settings, address):
+        join_ray(target, logging_level=_log_level(settings), log_to_driver=_log_to_driver(settings))
+    else:
+        start_private_ray(logging_level=_log_level(settings), log_to_driver=_log_to_driver(settings))
+    _configure_data_context(settings)
+
+
 def _configure_data_context(settings: RaySettings) -> None:
-    context = ray.data.DataContext.get_current()
+    """Ray Data's progress bars and execution summaries, and its log level, as `settings.verbose` asks. The
+    context is made with the deprecation warnings Ray raises about its own defaults silenced: nothing a user
+    can act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
     context.enable_progress_bars = settings.verbose
     context.print_on_execution_start = settings.verbose
     logging.getLogger("ray.data").setLevel(_log_level(settings))

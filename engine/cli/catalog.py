@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli.common import console, reported, settings_of
+from engine.cli.common import console, loaded_pipelines, reported, settings_of
 from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
@@ -29,10 +29,9 @@ if TYPE_CHECKING:
 def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...], as_json: bool) -> None:
     """Tables with description, owner, tags, schema and column docs, freshness, size and lineage."""
     from engine.catalog import build_catalog, search
-    from engine.entrypoints import load_pipeline
 
     layout = Layout.at(settings_of(ctx).storage.root)
-    pipelines = [load_pipeline(name) for name in pipeline_names]
+    pipelines = loaded_pipelines(pipeline_names)
     entries = build_catalog(layout, pipelines, only_pipelines=bool(pipelines))
     if text is not None:
         entries = search(entries, text)

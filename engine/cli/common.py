@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -26,6 +26,7 @@ from engine.redact import redact_text
 
 if TYPE_CHECKING:
     from engine.config import Settings
+    from engine.pipeline import Pipeline
 
 WIDE = 160
 console = Console(highlight=False, width=None if sys.stdout.isatty() else WIDE)
@@ -73,6 +74,15 @@ def settings_of(ctx: click.Context) -> Settings:
     log.debug("settings: %s", settings.model_dump_json())
     check_root(settings.storage.root, allow_unsafe_writes=settings.storage.allow_unsafe_writes)
     return settings
+
+
+def loaded_pipelines(names: Sequence[str]) -> list[Pipeline]:
+    """The pipelines named (`--pipeline`), loaded; their code, and the engine's, imported only when some are."""
+    if not names:
+        return []
+    from engine.entrypoints import load_pipeline
+
+    return [load_pipeline(name) for name in names]
 
 
 def reported(command: Callable[..., Any]) -> Callable[..., Any]:

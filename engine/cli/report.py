@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from engine.cli.common import console, reported, settings_of
+from engine.cli.common import console, loaded_pipelines, reported, settings_of
 from engine.tables.layout import Layout
 
 
@@ -26,7 +26,6 @@ def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...],
     """A static HTML page: the pipeline graph coloured by status; per table its versions, rows, failing checks
     and their trends, quarantined rows by reason (with an example row where the reader may read the
     quarantine), freshness and durations; a section per run. Opens in any browser, no server."""
-    from engine.entrypoints import load_pipeline
     from engine.governance.access import allowed
     from engine.report.data import gather  # matplotlib and jinja2 load only for this command
     from engine.report.html import render
@@ -34,7 +33,7 @@ def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...],
 
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
-    pipelines = [load_pipeline(name) for name in pipeline_names]
+    pipelines = loaded_pipelines(pipeline_names)
     page = render(gather(layout, pipelines, runs=runs, versions=versions,
                          may_read=lambda resource: allowed(settings.access, "read", resource)))
     target = out or f"{layout.root}/_meta/report/index.html"

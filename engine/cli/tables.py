@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli.common import console, reported, settings_of
+from engine.cli.common import console, loaded_pipelines, reported, settings_of
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
@@ -77,13 +77,12 @@ def restore(ctx: click.Context, table: str | None, version: int | None, timestam
 def status(ctx: click.Context, as_of: str | None, pipeline_names: tuple[str, ...], late: bool,
            details: bool) -> None:
     """Tables, latest versions, row counts, freshness and the last run of each."""
-    from engine.entrypoints import load_pipeline
     from engine.tables.timetravel import parse_as_of
 
     moment = parse_as_of(as_of) if as_of is not None else None
     if isinstance(moment, int):
         raise EngineError(f"status --as-of takes an ISO-8601 time, not `{as_of}` (versions differ per table)")
-    pipelines = [load_pipeline(name) for name in pipeline_names]
+    pipelines = loaded_pipelines(pipeline_names)
     overdue = print_status(settings_of(ctx), moment, pipelines, details)
     if late and overdue:
         sys.exit(1)

@@ -19,7 +19,7 @@ from feast.infra.compute_engines.ray.job import RayMaterializationJob
 from feast.infra.registry.base_registry import BaseRegistry
 
 from engine.features.materialize import sync_view
-from engine.features.offline import ensure_ray
+from engine.runtime import ensure_ray
 
 
 class DeltaRayComputeEngineConfig(RayComputeEngineConfig):

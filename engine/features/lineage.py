@@ -10,7 +10,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from engine.features.snapshot import Snapshot
-from engine.tables.delta import rows_dataset
+from engine.tables.delta import read_rows
 from engine.tables.layout import Layout
 
 SCHEMA = pa.schema([
@@ -51,6 +51,6 @@ def read_lineage(root: str) -> pl.DataFrame:
     path = lineage_path(root)
     if not DeltaTable.is_deltatable(path):
         return pl.from_arrow(SCHEMA.empty_table())  # type: ignore[return-value]
-    frame = pl.from_arrow(rows_dataset(path, path).to_table())
+    frame = pl.from_arrow(read_rows(path, path))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("at")

@@ -41,12 +41,14 @@ from feast.utils import _build_entity_keys, _columns_to_proto_values, _convert_a
 
 from engine.errors import FeatureStoreError
 from engine.features import lineage, online
-from engine.features.offline import delta_source, ensure_ray, latest_rows, store_config, task_errors, utc
+from engine.features.offline import delta_source, latest_rows, store_config, task_errors, utc
 from engine.features.pit import ROW_HASH
 from engine.features.repo import features_dir
 from engine.maintenance.pins import pinned
 from engine.partitioning import co_partition
+from engine.runtime import ensure_ray
 from engine.storage import delete_tree
+from engine.tables.delta_files import add_actions
 from engine.tables.layout import Layout
 
 ACTION = "__action"
@@ -354,7 +356,7 @@ def _fingerprint(view: FeatureView) -> str:
 
 
 def _state_rows(uri: str) -> int:
-    counts = pa.table(DeltaTable(uri).get_add_actions(flatten=True)).column("num_records")
+    counts = add_actions(DeltaTable(uri)).column("num_records")
     return int(pc.sum(counts).as_py() or 0)
 
 

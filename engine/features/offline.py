@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from engine.features.pit import CREATED_TS, ENTITY_TS, FEATURE_TS, ROW, ViewJoin
 from engine.features.snapshot import Snapshot, read_snapshot
 from engine.features.source import DeltaSource
 from engine.partitioning import co_partition, map_partitions
-from engine.runtime import join_ray, start_private_ray
+from engine.runtime import ensure_ray
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +56,6 @@ class DeltaOfflineStoreConfig(FeastConfigBaseModel):
     """Hash partitions of a point-in-time join (default: twice the cluster's CPUs)."""
     record_lineage: bool = True
     """Append the table versions every retrieval used to `<root>/_meta/features/lineage`."""
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Use the Ray already initialised, else join `address` / `$RAY_ADDRESS`, else start a private instance."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address := address or os.environ.get("RAY_ADDRESS"):
-        join_ray(address, logging_level=logging.WARNING)
-    else:
-        start_private_ray(logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def delta_source(view: FeatureView) -> DeltaSource:

@@ -23,6 +23,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from engine.errors import FeatureStoreError
+from engine.tables.delta_files import add_actions
 from engine.tables.layout import Layout
 
 UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
@@ -100,7 +101,7 @@ def open_snapshot(root: str, table: str, version: int | None = None) -> Snapshot
                                 "which this reader does not apply; rewrite the table without them",
                                 table=table, path=uri)
     schema = pa.schema(delta.schema().to_arrow())
-    actions = pa.table(delta.get_add_actions(flatten=True))
+    actions = add_actions(delta)
     partition_columns = [c for c in actions.column_names if c.startswith("partition.")]
     partitions = [actions.column(c).to_pylist() for c in partition_columns]
     files = tuple(

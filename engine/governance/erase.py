@@ -36,6 +36,7 @@ from engine.runlog import RunRecord, append_records
 from engine.runner import new_run_id
 from engine.storage import filesystem_of
 from engine.tables import delta
+from engine.tables.delta_files import add_actions
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY
 from engine.tables.replace import Slice, replace_slice
@@ -244,7 +245,7 @@ def _subject_values(uri: str, path: str, column: pa.Field, subject: SubjectId) -
 
 
 def _live_paths(uri: str, table: str) -> list[str]:
-    return delta.open_table(uri, table).get_add_actions(flatten=True).column("path").to_pylist()
+    return add_actions(delta.open_table(uri, table)).column("path").to_pylist()
 
 
 def _exists(uri: str, path: str) -> bool:

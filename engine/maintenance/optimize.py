@@ -30,6 +30,7 @@ from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
+from engine.tables.delta_files import add_actions
 from engine.tables.distributed_merge import BUCKET_FILE
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
 
@@ -224,7 +225,7 @@ def _groups(paths: Sequence[str]) -> dict[str, list[str]]:
 
 def _files(delta_table: DeltaTable) -> tuple[list[str], list[int]]:
     """The relative paths and sizes of the table's data files."""
-    actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+    actions = add_actions(delta_table).select(["path", "size_bytes"])
     return actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from engine.quality.results import CheckResult
-from engine.tables.delta import rows_dataset, table_exists
+from engine.tables.delta import read_rows, table_exists
 
 QUALITY_METRICS_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -53,6 +53,6 @@ def read_metrics(uri: str) -> pl.DataFrame:
     """Every recorded metric, oldest first; an empty frame with the metrics schema when none was recorded."""
     if not table_exists(uri):
         return pl.from_arrow(QUALITY_METRICS_SCHEMA.empty_table())  # type: ignore[return-value]
-    frame = pl.from_arrow(rows_dataset(uri, uri).to_table())
+    frame = pl.from_arrow(read_rows(uri, uri))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("recorded_at", "table", "check")

@@ -18,9 +18,15 @@ class DataFileEntry:
     num_rows: int | None
 
 
+def add_actions(table: DeltaTable) -> pa.Table:
+    """The add actions of `table`'s version (one row per data file: path, size, statistics, partition values), as
+    an Arrow table read from deltalake's stream (`pa.table` of it would import pandas to check its type)."""
+    return pa.RecordBatchReader.from_stream(table.get_add_actions(flatten=True)).read_all()
+
+
 def data_files(uri: str, table: DeltaTable) -> list[DataFileEntry]:
     """The data files of `table` (opened at the version to read), with their sizes and row counts."""
-    actions = pa.table(table.get_add_actions(flatten=True)).select(["path", "size_bytes", "num_records"])
+    actions = add_actions(table).select(["path", "size_bytes", "num_records"])
     return [DataFileEntry(f"{uri}/{a['path']}", a["size_bytes"], a["num_records"]) for a in actions.to_pylist()]
 
 

@@ -54,6 +54,7 @@ from engine.tables.delta import (
     ensure_not_committed,
     table_exists,
 )
+from engine.tables.delta_files import add_actions
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
 from engine.tables.keyhash import bucket_of, check_comparable
 
@@ -237,7 +238,7 @@ class _MergeJob:
         self.opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
         check_comparable({f"table `{self.table}`": schema, "the changes": changes.schema}, self.kind.keys,
                          f"merge into `{self.table}`")
-        actions = pa.table(delta_table.get_add_actions(flatten=True)).select(["path", "size_bytes"])
+        actions = add_actions(delta_table).select(["path", "size_bytes"])
         paths, sizes = actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
         layout = _Layout.recorded(self.kind.keys, paths, self.buckets)
         by_bucket: dict[int, list[str]] = {}

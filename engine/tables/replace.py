@@ -21,6 +21,7 @@ from engine.arrow import unify
 from engine.config import StorageSettings
 from engine.metrics import commit_timer
 from engine.tables import delta
+from engine.tables.delta_files import add_actions
 from engine.tables.files import DataFile, RollingParquetWriter, opaque_columns
 
 
@@ -98,7 +99,7 @@ def replace_slice(
     rewrites = ray.get([_without_slice.remote(uri, path, schema, where.selector, storage, prefix, opaque)
                         for path in candidates])
     touched = [(path, result) for path, result in zip(candidates, rewrites) if result is not None]
-    actions = pa.table(snapshot.get_add_actions(flatten=True))
+    actions = add_actions(snapshot)
     sizes = dict(zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()))
     now = int(time.time() * 1000)
     removes = [RemoveAction(path, True, now, sizes[path]) for path, _ in touched]
@@ -119,7 +120,7 @@ def replace_slice(
 
 def _candidates(snapshot: DeltaTable, where: Slice) -> tuple[list[str], int]:
     """Files that may hold rows of the slice, and how many the statistics excluded."""
-    actions = pa.table(snapshot.get_add_actions(flatten=True))
+    actions = add_actions(snapshot)
     paths = actions.column("path").to_pylist()
     if where.column is None or f"min.{where.column}" not in actions.column_names:
         return paths, 0

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -70,11 +71,14 @@ def existing_tracking_uri(root: str, configured: str | None = None) -> str | Non
 
 def use_tracking(uri: str, *, verbose: bool = False) -> None:
     """Point MLflow's tracking and model registry at `uri`, whose credentials no log record shows. MLflow logs
-    at INFO when `verbose`, else its errors only."""
+    at INFO when `verbose`, else its errors only, and the deprecation warnings its own code raises (about how it
+    uses SQLAlchemy and others: nothing its user can act on) show only when `verbose`."""
     import mlflow
 
     hide(uri)
     logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 

@@ -545,3 +545,21 @@ def test_concurrent_writer_of_the_same_batch_loses_in_the_commit(tmp_path: Path)
         snapshot.create_write_transaction(actions, "append", snapshot.schema(),
                                           commit_properties=delta.commit_metadata({}, planned))
     assert [r["id"] for r in rows(uri)] == [0, 1]
+
+
+def test_in_process_reads_give_deltalakes_rows_with_columns_added_later_as_nulls(tmp_path: Path) -> None:
+    from deltalake import write_deltalake
+
+    uri = str(tmp_path / "t")
+    write_deltalake(uri, pa.table({"id": [1, 2], "name": ["a", "b"]}))
+    write_deltalake(uri, pa.table({"id": [3], "name": ["c"], "score": [0.5]}), mode="append", schema_mode="merge")
+    write_deltalake(uri, pa.table({"id": [4], "name": ["d"], "score": [1.5]}), mode="append")
+    expected = DeltaTable(uri).to_pyarrow_table().sort_by("id")
+    assert delta.read_rows(uri, "t").sort_by("id").equals(expected)
+    assert delta.rows_dataset(uri, "t").to_table().sort_by("id").equals(expected)
+    assert delta.read_rows(uri, "t", version=0).sort_by("id").to_pydict() == {"id": [1, 2], "name": ["a", "b"]}
+    assert delta.rows_dataset(uri, "t").head(1, filter=pc.field("score") > 1).to_pydict() == {
+        "id": [4], "name": ["d"], "score": [1.5]}
+    write_deltalake(str(tmp_path / "parted"), pa.table({"id": [1, 2], "day": ["x", "y"]}), partition_by=["day"])
+    assert sorted(delta.read_rows(str(tmp_path / "parted"), "parted").to_pylist(), key=lambda r: r["id"]) == [
+        {"id": 1, "day": "x"}, {"id": 2, "day": "y"}]  # partition values live in the log: deltalake's reader
