@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from difflib import get_close_matches
+
 
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose.
@@ -152,3 +155,9 @@ class TrainingError(EngineError):
         self.job = job
         self.model = model
         self.mlflow_run = mlflow_run
+
+
+def name_hint(name: str, known: Iterable[str], otherwise: str) -> str:
+    """`did you mean `a` or `b`?` with the known names closest to a mistyped `name`, else `otherwise`."""
+    close = get_close_matches(name, sorted(set(known)), n=3)
+    return f"did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else otherwise

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from difflib import get_close_matches
 
 import polars as pl
 import pyarrow.fs as pafs
 
 from engine.config import StorageSettings
-from engine.errors import TableNotFound
+from engine.errors import TableNotFound, name_hint
 from engine.runlog import read_records
 from engine.storage import filesystem_of
 from engine.tables.formats import TableFormats, found_format
@@ -85,9 +84,7 @@ def table_location(layout: Layout, table: str) -> str:
     """
     uri = layout.location(table)
     if found_format(uri) is None:
-        close = get_close_matches(table, list(list_tables(layout)), n=3)
-        hint = (f"did you mean {' or '.join(f'`{name}`' for name in close)}?" if close
-                else "`medallion status` lists the tables there")
+        hint = name_hint(table, list_tables(layout), "`medallion status` lists the tables there")
         raise TableNotFound(f"no table `{table}` under {layout.root}; {hint}", table=table, path=uri)
     return uri
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +19,7 @@ from engine import status
 from engine.cli.main import main
 from engine.quality.metrics import append_metrics
 from engine.quality.results import CheckResult
+from engine.runlog import RunRecord, append_records
 from engine.tables.layout import Layout
 
 MEDALLION = str(Path(sys.executable).parent / "medallion")
@@ -121,6 +123,21 @@ def test_a_cell_holding_markup_is_shown_as_it_is(tmp_path: Path) -> None:
     done = medallion(tmp_path, "--root", str(tmp_path), "show", "silver.notes")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[/]" in done.stdout and "[bold]loud[/bold]" in done.stdout
+
+
+def test_lineage_and_quality_of_a_mistyped_table_name_the_closest_recorded_ones(tmp_path: Path) -> None:
+    layout = Layout.at(str(tmp_path))
+    now = datetime.now(UTC)
+    append_records(layout.runs(), [RunRecord("run-1", "shop", table, "succeeded", now, now, output_version=0)
+                                   for table in ("silver.orders", "silver.order_items", "gold.revenue")])
+    append_metrics(layout.quality(), "shop", "run-1", [
+        CheckResult(table=table, check="id:not_null", action="warn", rows_checked=1, rows_failed=0)
+        for table in ("silver.orders", "gold.revenue")])
+    for command, start in ((("lineage", "silver.ordrs"), "no run built `silver.ordrs`"),
+                           (("quality", "silver.ordrs"), "no check results recorded for table `silver.ordrs`")):
+        line = one_error(tmp_path, "--root", str(tmp_path), *command)
+        assert line.startswith(f"error: {start}") and "did you mean `silver.orders`" in line, line
+        assert "gold.revenue" not in line
 
 
 def test_a_check_pattern_holding_brackets_is_shown_as_it_is(tmp_path: Path) -> None:

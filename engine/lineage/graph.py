@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow.compute as pc
 
 from engine.columns import SOURCE_FILE
-from engine.errors import TableNotFound
+from engine.errors import TableNotFound, name_hint
 from engine.features.lineage import read_lineage
 from engine.runlog import read_records
 from engine.tables import delta
@@ -85,8 +85,8 @@ class Lineage:
         built = self.records.filter(pl.col("table") == table)
         if built.height:
             return int(built["output_version"].max())  # type: ignore[arg-type]
-        raise TableNotFound(f"no run built `{table}` under {self.layout.root}; check the name with "
-                            "`medallion status`", table=table)
+        hint = name_hint(table, self.records["table"].to_list(), "check the name with `medallion status`")
+        raise TableNotFound(f"no run built `{table}` under {self.layout.root}; {hint}", table=table)
 
     def upstream(self, table: str, version: int, key: tuple[str, str] | None = None) -> Node:
         """What `table` at `version` was built from, down to landing files; `key` (column, value) narrows the

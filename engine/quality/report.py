@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from engine.errors import EngineError
+from engine.errors import EngineError, name_hint
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,13 @@ def summarize(
     Raises:
         EngineError: `run_id` recorded no check (of `table`, when given).
     """
+    checked = metrics["table"].unique().to_list()
     if table is not None:
         metrics = metrics.filter(pl.col("table") == table)
     if metrics.is_empty():
+        if table is not None and table not in checked:
+            hint = name_hint(table, checked, "run the pipeline first, or check the name with `medallion status`")
+            raise EngineError(f"no check results recorded for table `{table}`; {hint}", table=table)
         if run_id is not None or table is not None:
             raise EngineError(f"no check results recorded for {_scope(table, run_id)}; run the pipeline first",
                               table=table, run_id=run_id)
