@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from engine.config import AccessSettings
 from engine.errors import TrainingError
 from engine.governance.access import authorize
+from engine.tables.delta import rows_dataset
 from engine.tables.layout import Layout
 from engine.training.job import ENTITY_TIME, TrainingJob
 
@@ -56,7 +57,7 @@ class TableReader:
             raise TrainingError(f"cannot read table `{table}` at version {version}: {err}; the version may have "
                                 "been vacuumed (restore it or train on the latest versions)", table=table) from None
         self.versions[table] = delta.version()
-        return delta.to_pyarrow_table(columns=list(columns))
+        return rows_dataset(path, table, opened=delta).to_table(columns=list(columns))
 
 
 @dataclass(frozen=True)

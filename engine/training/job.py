@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.entrypoints import load_training_jobs
 from engine.errors import PipelineDefinitionError, TrainingError
@@ -13,9 +13,16 @@ from engine.errors import PipelineDefinitionError, TrainingError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from engine.training.dataset import TableReader
-
 ENTITY_TIME = "event_timestamp"
+
+
+class TableSource(Protocol):
+    """What a job's `examples` reads tables with (`engine.training.dataset.TableReader`: each table at one
+    version, recorded for the training set)."""
+
+    def read(self, table: str, columns: Sequence[str]) -> pa.Table:
+        """`columns` of `table`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,7 @@ class TrainingJob:
     feature_service: str
     entity_key: str
     label: str
-    examples: Callable[[TableReader, Mapping[str, Any]], pa.Table]
+    examples: Callable[[TableSource, Mapping[str, Any]], pa.Table]
     model: Callable[[Mapping[str, Any], Sequence[str], Sequence[str]], Any]
     params: Mapping[str, Any] = field(default_factory=dict)
     search_space: Mapping[str, Sequence[Any]] = field(default_factory=dict)
