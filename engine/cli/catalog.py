@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from engine.cli.common import console, loaded_pipelines, reported, settings_of
+from engine.cli.common import console, loaded_pipelines, pipelines_option, reported, settings_of
 from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
@@ -20,9 +20,7 @@ if TYPE_CHECKING:
 @click.option("--search", "text", default=None,
               help="Only tables where TEXT occurs (any case) in the name, description, tags, owner, column "
                    "names or column docs.")
-@click.option("--pipeline", "pipeline_names", multiple=True,
-              help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
-                   "the root, with the declarations the last run of the pipeline named in its last commit recorded.")
+@pipelines_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of tables.")
 @click.pass_context
 @reported

@@ -55,6 +55,14 @@ as_of_date_option = click.option(
 """`--as-of DATE` of the commands that generate landing data."""
 
 
+pipelines_option = click.option(
+    "--pipeline", "pipeline_names", multiple=True,
+    help="Only the tables of this pipeline, built or not, with its current declarations (repeatable); by default "
+         "every table under the root, with the declarations the last run of the pipeline named in its last commit "
+         "recorded.")
+"""`--pipeline NAME` of the commands that describe a root's tables (`catalog`, `report`)."""
+
+
 def settings_of(ctx: click.Context) -> Settings:
     """The settings of this invocation: the configuration file, then the environment, then the command line's
     `--root`, `--address` and `--verbose`; the storage root checked."""

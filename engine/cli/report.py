@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.markup import escape
 
-from engine.cli.common import console, loaded_pipelines, reported, settings_of
+from engine.cli.common import console, loaded_pipelines, pipelines_option, reported, settings_of
 from engine.tables.layout import Layout
 
 
@@ -13,9 +13,7 @@ from engine.tables.layout import Layout
 @click.option("--out", "out", default=None,
               help="Where to write the page (a local path or a URI under the root's storage); default "
                    "`<root>/_meta/report/index.html`.")
-@click.option("--pipeline", "pipeline_names", multiple=True,
-              help="Only the tables of this pipeline, built or not (repeatable); by default every table under "
-                   "the root, with the declarations the last run of the pipeline named in its last commit recorded.")
+@pipelines_option
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Latest runs to plot and list.")
 @click.option("--versions", type=click.IntRange(min=1), default=10, show_default=True,
