@@ -14,7 +14,7 @@ from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import CheckSummary, summarize
 from engine.report.quarantine import Quarantine, read_quarantine
-from engine.runlog import read_records
+from engine.runlog import read_records, run_status
 from engine.status import TableVersion, table_history
 from engine.tables.layout import Layout
 
@@ -212,14 +212,12 @@ def _run_summaries(records: pl.DataFrame, metrics: pl.DataFrame) -> tuple[RunSum
     failing = dict(metrics.group_by("run_id").agg(pl.col("rows_failed").sum()).iter_rows())
     summaries = []
     for (run_id,), rows in records.sort("started_at").group_by("run_id", maintain_order=True):
-        statuses = set(rows["status"])
-        status = next((s for s in ("failed", "skipped", "succeeded") if s in statuses), "unchanged")
         summaries.append(RunSummary(
             run_id=str(run_id),
             pipeline=rows["pipeline"][0],
             started_at=rows["started_at"].min(),  # type: ignore[arg-type]
             finished_at=rows["finished_at"].max(),  # type: ignore[arg-type]
-            status=status,
+            status=run_status(rows["status"]),
             tables=_table_runs(rows),
             rows_failing_checks=int(failing.get(run_id, 0) or 0),
         ))
