@@ -19,7 +19,7 @@ from engine.status import TableVersion, table_history
 from engine.tables.layout import Layout
 
 NEVER_RUN = "never run"
-IDLE = ("unchanged", "skipped")
+IDLE = ("unchanged", "skipped", "interrupted")
 
 
 def anchor(table: str) -> str:
@@ -43,7 +43,7 @@ class TableRun:
 
     @property
     def did_work(self) -> bool:
-        """Whether the run did something to the table: it was neither unchanged nor skipped, or it wrote or
+        """Whether the run did something to the table: it was not unchanged, skipped or interrupted, or it wrote or
         quarantined rows."""
         return self.status not in IDLE or self.rows_written > 0 or self.rows_quarantined > 0
 
