@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from importlib.util import find_spec
 from pathlib import Path
 from string import Template
 
@@ -25,11 +26,15 @@ def package_name(name: str) -> str:
     digits and `_` made one `_`.
 
     Raises:
-        EngineError: nothing of `name` makes an identifier.
+        EngineError: nothing of `name` makes an identifier, or a module of that name is importable already (the
+            project's package would hide it).
     """
     package = re.sub(r"\W+", "_", name.lower()).strip("_")
     if not package or package[0].isdigit():
         raise EngineError(f"cannot name a Python package after `{name}`: give a name starting with a letter")
+    if find_spec(package) is not None:
+        raise EngineError(f"a module `{package}` is installed already and the project's package would hide it; "
+                          "choose another NAME")
     return package
 
 

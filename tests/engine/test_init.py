@@ -56,6 +56,10 @@ def test_init_refuses_a_folder_that_is_not_empty_and_a_name_that_makes_no_packag
     numeric = medallion(tmp_path, "init", "42")
     assert numeric.returncode == 1 and numeric.stderr.startswith("error: cannot name a Python package after `42`")
     assert not (tmp_path / "42").exists()
+    hiding = medallion(tmp_path, "init", "Engine")
+    assert hiding.returncode == 1
+    assert hiding.stderr.strip() == ("error: a module `engine` is installed already and the project's package would "
+                                     "hide it; choose another NAME")
     (tmp_path / "empty").mkdir()
     assert medallion(tmp_path, "init", "empty").returncode == 0
     assert (tmp_path / "empty" / "empty" / "pipeline.py").exists()
