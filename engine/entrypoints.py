@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
@@ -18,6 +20,7 @@ TRAINING_GROUP = "medallion.training"
 def _load(reference: str, group: str, what: str) -> Any:
     if ":" in reference:
         module_name, _, attribute = reference.partition(":")
+        _importable_from_working_directory()
         try:
             return getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as err:
@@ -31,8 +34,17 @@ def _load(reference: str, group: str, what: str) -> Any:
     return found[reference].load()
 
 
+def _importable_from_working_directory() -> None:
+    """Put the working directory first on the import path, as `python -m` does, so that a `module:attribute`
+    reference finds a module of the current folder (and Ray's workers, started later, find it too)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def load_pipeline(reference: str) -> Pipeline:
-    """The pipeline registered as `reference`, or at `package.module:attribute`."""
+    """The pipeline registered as `reference`, or at `package.module:attribute` (the working directory first on
+    the import path)."""
     pipeline = _load(reference, PIPELINES_GROUP, "pipeline")
     if not isinstance(pipeline, Pipeline):
         raise PipelineDefinitionError(f"`{reference}` is a {type(pipeline).__name__}, not an engine Pipeline")

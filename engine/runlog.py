@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +43,8 @@ class RunRecord:
     """What one run did to one table.
 
     Attributes:
-        status: `succeeded`, `failed`, `skipped` (an upstream table failed) or `unchanged` (nothing new).
+        status: `succeeded`, `failed`, `skipped` (an upstream table failed), `unchanged` (nothing new) or
+            `interrupted` (a signal stopped the run before the table started).
         input_versions: version read of every upstream table.
         output_version: version committed, None when nothing was committed.
         rows_in: rows read from the inputs (landing records for an ingested table).
@@ -108,3 +110,60 @@ def read_records(uri: str) -> pl.DataFrame:
     frame = pl.from_arrow(read_rows(uri, uri))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("started_at", "table")
+
+
+RUN_STATUSES = ("failed", "interrupted", "skipped", "succeeded")
+"""Record statuses that decide a run's status, first found first; a run with none of them is `unchanged`."""
+
+
+def run_status(statuses: Iterable[str]) -> str:
+    """The status of a run from its tables' record statuses: `failed` when a table failed, `interrupted` when a
+    signal stopped it before some tables started, `succeeded` when it committed, else `unchanged`."""
+    present = set(statuses)
+    return next((status for status in RUN_STATUSES if status in present), "unchanged")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run, from its tables' records."""
+
+    run_id: str
+    pipeline: str
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    committed: int
+    failed: int
+    not_run: int
+    rows_written: int
+    operation: str | None
+    actor: str | None
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first table's start to the last one's finish."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+def summarize_runs(records: pl.DataFrame, limit: int | None = None, pipeline: str | None = None) -> list[RunSummary]:
+    """One summary per run in `records` (of `pipeline` alone when given), newest first, at most `limit`."""
+    if pipeline is not None:
+        records = records.filter(pl.col("pipeline") == pipeline)
+    summaries = []
+    for (run_id,), rows in records.group_by("run_id"):
+        statuses = rows["status"].to_list()
+        summaries.append(RunSummary(
+            run_id=str(run_id), pipeline=rows["pipeline"][0], started_at=rows["started_at"].min(),  # type: ignore[arg-type]
+            finished_at=rows["finished_at"].max(), status=run_status(statuses),  # type: ignore[arg-type]
+            committed=rows.filter(pl.col("output_version").is_not_null()).height,
+            failed=statuses.count("failed"), not_run=statuses.count("skipped") + statuses.count("interrupted"),
+            rows_written=int(rows["rows_written"].fill_null(0).sum()),
+            operation=_one_of(rows["operation"]), actor=_one_of(rows["actor"])))
+    summaries.sort(key=lambda s: (s.started_at, s.run_id), reverse=True)
+    return summaries[:limit]
+
+
+def _one_of(values: pl.Series) -> str | None:
+    """The distinct non-null values, comma-separated; None when there is none."""
+    distinct = sorted(set(values.drop_nulls().to_list()))
+    return ", ".join(distinct) or None

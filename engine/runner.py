@@ -178,7 +178,8 @@ class Runner:
         `full_refresh` rebuilds the selected derived tables from their inputs alone, emptying them (and
         their change logs) first; ingested tables keep what they hold, unless the selection names one exactly:
         that one is emptied and ingests every landing file again, when none it ingested is gone. When `stop` returns True before a
-        table starts, the run ends there (`RunResult.stopped`); a table once started is committed whole.
+        table starts, the run ends there (`RunResult.stopped`), recording the tables not started as `interrupted`;
+        a table once started is committed whole.
         The run holds the pipeline's run lease on the root throughout (`take_over` takes it from a live holder).
         A derived table whose definition changed since it was built is rebuilt, and so are the tables downstream
         when the change is breaking (`engine.changes`); `change_kind` (for every table, or by table name) says
@@ -204,9 +205,11 @@ class Runner:
                 self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
             record_declarations(self.layout, self.pipeline)
-            for name in selected:
+            for index, name in enumerate(selected):
                 if stop is not None and stop():
                     result.stopped = True
+                    pending_records += [self._record(result.run_id, rest, "interrupted", datetime.now(UTC))
+                                        for rest in selected[index:]]
                     break
                 lease.check()
                 with log_context(table=name):
@@ -226,7 +229,7 @@ class Runner:
                     self._report_quality(result.run_id, record)
                     result.records.append(record)
                     self._observe(record)
-            if len(pending_records) < len(result.records):
+            if len(pending_records) < len(result.records) or any(_did_something(r) for r in pending_records):
                 append_records(self.layout.runs(), pending_records)
             _remove_empty_folders(self.layout.run_staging(result.run_id))
             self._send_lineage(definitions, result.records)
@@ -898,7 +901,7 @@ def _discarded_on_conflict(folder: str, files: Iterable[DataFile]) -> Iterator[N
 
 
 def _did_something(record: RunRecord) -> bool:
-    """Whether a table's record says anything happened: a commit, a failure, a skip."""
+    """Whether a table's record says anything happened: a commit, a failure, a skip, an interruption."""
     return record.status != "unchanged" or record.output_version is not None
 
 

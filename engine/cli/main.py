@@ -18,8 +18,10 @@ from engine.cli.lineage import lineage
 from engine.cli.maintenance import backup, maintain
 from engine.cli.report import report
 from engine.cli.running import backfill, demo, generate, run
+from engine.cli.runs import runs
+from engine.cli.scaffold import init
 from engine.cli.tables import history, quality, restore, show, status
-from engine.cli.training import score, train
+from engine.cli.training import mlflow_ui, score, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +43,6 @@ def main(root: str | None, config: str | None, verbose: bool, log_format: str, l
                    libraries=verbose)
 
 
-for command in (generate, run, backfill, restore, demo, status, history, show, quality, catalog, plan, diff,
-                cluster, features, train, score, maintain, backup, erase, audit, access, lineage, report):
+for command in (init, generate, run, backfill, restore, demo, status, runs, history, show, quality, catalog, plan, diff,
+                cluster, features, train, score, mlflow_ui, maintain, backup, erase, audit, access, lineage, report):
     main.add_command(command)

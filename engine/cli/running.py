@@ -109,7 +109,8 @@ def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, f
         watch_interval: float | None, reason: str | None, quiet: bool, metrics_port: int | None,
         metrics_host: str, metrics_file: str | None, take_over: bool, change_kind: ChangeKindOption,
         dry_run: bool, yes: bool) -> None:
-    """Run PIPELINE on whatever is in <root>/landing."""
+    """Run PIPELINE on whatever is in <root>/landing. Ctrl-C or SIGTERM stops the run once the running table has
+    committed (exit status 130 or 143); running again continues with the tables not built."""
     from engine import metrics
     from engine.changes.plan import plan as plan_run
     from engine.changes.render import print_plan
@@ -182,17 +183,52 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
     console.print(f"run of `{escape(pipeline.name)}`: {len(tables)} tables, root "
                   f"{escape(Layout.at(settings.storage.root).root)}")
     runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
-    with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
-        if watch_interval is None:
-            with reserved_capacity(pipeline, settings, selection) as reservation, \
-                    display(len(tables), quiet) as status:
-                if reservation:
-                    console.print(escape(reservation.describe()), soft_wrap=True)
-                runner.on_record = _progress(len(tables), status, quiet)
-                return _run_once(runner, selection, force=force, full_refresh=full_refresh, quiet=quiet,
-                                 run_id=run_id, change_kind=change_kind)
-        return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,
-                      metrics_file=metrics_file, change_kind=change_kind)
+    if watch_interval is not None:
+        with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
+            return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,
+                          metrics_file=metrics_file, change_kind=change_kind)
+    with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray), \
+            _Interruption() as interruption:  # after Ray's start, which sets its own SIGTERM handler
+        with reserved_capacity(pipeline, settings, selection) as reservation, display(len(tables), quiet) as status:
+            if reservation:
+                console.print(escape(reservation.describe()), soft_wrap=True)
+            runner.on_record = _progress(len(tables), status, quiet)
+            result = _run_once(runner, selection, force=force, full_refresh=full_refresh, quiet=quiet,
+                               run_id=run_id, change_kind=change_kind, stop=interruption.is_set)
+        if interruption.signal is not None:
+            errors.print(f"run {result.run_id} interrupted after {len(result.records)} of {len(tables)} tables; "
+                         "run again to continue", soft_wrap=True)
+            sys.exit(128 + interruption.signal)
+        return result
+
+
+class _Interruption:
+    """SIGINT and SIGTERM while a run goes on: the first asks the run to stop after the running table and puts the
+    previous handlers back, so that a second one acts at once as it would have."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Callable[..., object] | int | None] = {}
+
+    def __enter__(self) -> _Interruption:
+        self._previous = {sig: signal.signal(sig, self._caught) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._restore()
+
+    def _caught(self, signum: int, _frame: object) -> None:
+        self.signal = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def is_set(self) -> bool:
+        """Whether a signal asked the run to stop."""
+        return self.signal is not None
 
 
 def _progress(total: int, status: Status | Bar | None = None, quiet: bool = False) -> Callable[[RunRecord], None]:
@@ -224,7 +260,7 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
                         change_kind=change_kind)
     changed = sum(1 for r in result.records if r.status == "succeeded")
     summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
-    if changed or not quiet:
+    if not result.stopped and (changed or not quiet):
         console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
     if not result.succeeded:
         failed = result.failures()
@@ -236,6 +272,8 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
                         + (f", {len(skipped)} skipped as they depend on them" if skipped else "")
                         + f", {built} built or unchanged", table=(failed or result.records)[0].table,
                         run_id=result.run_id)
+    if result.stopped:
+        return result
     committed = [r.table for r in result.records if r.status == "succeeded"]
     if runner.settings.maintenance.after_runs:
         for done in run_due_maintenance(runner.pipeline, runner.settings, committed):

@@ -1,7 +1,10 @@
-"""`medallion train` and `medallion score`: tracked training, reproduction and batch scoring of a data
-product's models."""
+"""`medallion train`, `score` and `mlflow-ui`: tracked training, reproduction and batch scoring of a data
+product's models, and the tracking UI."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import click
 from rich.markup import escape
@@ -54,6 +57,18 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
             console.print(f"warning: {escape(note)}", style="yellow", soft_wrap=True)
     else:
         console.print(f"registered version {result.model_version}: {escape(result.decision)}")
+    _print_run_url(result.run_id)
+
+
+def _print_run_url(run_id: str) -> None:
+    """The MLflow run's page in the tracking UI, with how to serve the UI when no tracking server does."""
+    import mlflow
+
+    from engine.training.tracking import is_server, run_url
+
+    served = is_server(mlflow.get_tracking_uri())
+    console.print(f"tracked at {escape(run_url(run_id))}" + ("" if served else " (serve it: `medallion mlflow-ui`)"),
+                  soft_wrap=True)
 
 
 @click.command("score")
@@ -97,3 +112,30 @@ def score(ctx: click.Context, job: str, model_version: str, reason: str | None, 
                         table=record.table, run_id=result.run_id)
     console.print(f"{record.rows_written:,} scores by model `{escape(training_job.model_name)}` version {version} "
                   f"written to `{escape(record.table)}` v{record.output_version} (run {result.run_id})")
+
+
+@click.command("mlflow-ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the UI binds (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@_TRACKING
+@click.pass_context
+@reported
+def mlflow_ui(ctx: click.Context, host: str, port: int, tracking_uri: str | None) -> None:
+    """Serve MLflow's UI over the root's tracking store (the runs of `medallion train`) until Ctrl-C; a tracking
+    server serves its own, whose address is printed."""
+    from engine.errors import TrainingError
+    from engine.redact import redact_url
+    from engine.training.tracking import configured_uri, existing_tracking_uri, is_server, ui_command, ui_url
+
+    settings = settings_of(ctx)
+    uri = existing_tracking_uri(settings.storage.root, tracking_uri or configured_uri(settings))
+    if uri is None:
+        raise TrainingError(f"nothing tracked under {settings.storage.root} yet; run `medallion train` first, or "
+                            "give --tracking-uri")
+    if is_server(uri):
+        console.print(f"runs are tracked by the server at {escape(redact_url(uri))}; open it in a browser")
+        return
+    console.print(f"MLflow UI of {escape(redact_url(uri))} on {ui_url(host, port)}; stop with Ctrl-C", soft_wrap=True)
+    sys.stdout.flush()
+    command = ui_command(uri, host, port)
+    os.execv(command[0], command)

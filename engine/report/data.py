@@ -14,12 +14,12 @@ from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import CheckSummary, summarize
 from engine.report.quarantine import Quarantine, read_quarantine
-from engine.runlog import read_records
+from engine.runlog import read_records, run_status
 from engine.status import TableVersion, table_history
 from engine.tables.layout import Layout
 
 NEVER_RUN = "never run"
-IDLE = ("unchanged", "skipped")
+IDLE = ("unchanged", "skipped", "interrupted")
 
 
 def anchor(table: str) -> str:
@@ -43,7 +43,7 @@ class TableRun:
 
     @property
     def did_work(self) -> bool:
-        """Whether the run did something to the table: it was neither unchanged nor skipped, or it wrote or
+        """Whether the run did something to the table: it was not unchanged, skipped or interrupted, or it wrote or
         quarantined rows."""
         return self.status not in IDLE or self.rows_written > 0 or self.rows_quarantined > 0
 
@@ -212,14 +212,12 @@ def _run_summaries(records: pl.DataFrame, metrics: pl.DataFrame) -> tuple[RunSum
     failing = dict(metrics.group_by("run_id").agg(pl.col("rows_failed").sum()).iter_rows())
     summaries = []
     for (run_id,), rows in records.sort("started_at").group_by("run_id", maintain_order=True):
-        statuses = set(rows["status"])
-        status = next((s for s in ("failed", "skipped", "succeeded") if s in statuses), "unchanged")
         summaries.append(RunSummary(
             run_id=str(run_id),
             pipeline=rows["pipeline"][0],
             started_at=rows["started_at"].min(),  # type: ignore[arg-type]
             finished_at=rows["finished_at"].max(),  # type: ignore[arg-type]
-            status=status,
+            status=run_status(rows["status"]),
             tables=_table_runs(rows),
             rows_failing_checks=int(failing.get(run_id, 0) or 0),
         ))

@@ -18,6 +18,7 @@ STATUS_COLOURS = {
     "unchanged": ("#e8f0fe", "#1a56c4"),
     "failed": ("#fce8e6", "#c5221f"),
     "skipped": ("#f1f3f4", "#5f6368"),
+    "interrupted": ("#fdecd8", "#b45309"),
     NEVER_RUN: ("#ffffff", "#9aa0a6"),
     "landing": ("#fef7e0", "#a06a00"),
 }

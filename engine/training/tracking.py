@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import Settings
 from engine.errors import TrainingError
-from engine.redact import hide
+from engine.redact import hide, redact_url
 from engine.storage import is_local
 from engine.tables.layout import Layout
 
@@ -67,6 +68,38 @@ def existing_tracking_uri(root: str, configured: str | None = None) -> str | Non
         return uri
     database = f"{mlflow_dir(root)}/{DATABASE}"
     return f"sqlite:///{database}" if "://" not in database and Path(database).is_file() else None
+
+
+UI_HOST, UI_PORT = "127.0.0.1", 5000
+"""Where `medallion mlflow-ui` serves the tracking UI by default: loopback only."""
+
+
+def is_server(uri: str) -> bool:
+    """Whether `uri` is a tracking server's, which serves its own UI."""
+    return uri.startswith(("http://", "https://"))
+
+
+def ui_url(host: str = UI_HOST, port: int = UI_PORT) -> str:
+    """The address of a tracking UI served on `host`:`port`."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def ui_command(uri: str, host: str = UI_HOST, port: int = UI_PORT) -> list[str]:
+    """The command line serving MLflow's UI over the tracking store at `uri`, on `host`:`port`, with one worker
+    (for one reader)."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--registry-store-uri", uri,
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
+def run_url(run_id: str) -> str:
+    """The page of MLflow run `run_id` in the tracking UI: on the tracking server when MLflow tracks to one,
+    else where `medallion mlflow-ui` serves it by default."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    base = redact_url(uri).rstrip("/") if is_server(uri) else ui_url()
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def use_tracking(uri: str, *, verbose: bool = False) -> None:

@@ -26,6 +26,9 @@ def test_train_reproduce_and_score_from_the_command_line(ray_local: None, churn:
     trained = medallion(churn, "train", "retail/churn", "--repo", str(REPO))
     assert "registered version 1: no champion yet" in trained
     run_id = re.search(r"run ([0-9a-f]{32}):", trained).group(1)  # type: ignore[union-attr]
+    experiment = mlflow.MlflowClient().get_run(run_id).info.experiment_id
+    assert (f"tracked at http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id} (serve it: `medallion "
+            "mlflow-ui`)") in trained
 
     again = medallion(churn, "train", "--reproduce", run_id, "--repo", str(REPO))
     assert f"training set identical to run {run_id}'s" in again and "warning" not in again
