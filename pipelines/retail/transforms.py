@@ -327,6 +327,12 @@ def _activity_frame(activity: pa.Table) -> pl.DataFrame:
     return pl.DataFrame(activity.select(ACTIVITY_SCHEMA.names).cast(ACTIVITY_SCHEMA))
 
 
+def _sum(name: str) -> pl.Expr:
+    """The sum of column ``name``, added in value order: a float sum then does not depend on the order the rows
+    arrive in from the Ray tasks, so a table recomputed from the same inputs is equal to the last bit."""
+    return pl.col(name).sort().sum()
+
+
 def _distinct_count(name: str) -> pl.Expr:
     """Number of distinct non-null values of column ``name``."""
     return pl.col(name).drop_nulls().n_unique()
@@ -347,8 +353,8 @@ def customer_daily(activity: pa.Table) -> pa.Table:
         .group_by("customer_id", pl.col("activity_date").alias("date"))
         .agg(
             _distinct_count("order_id").alias("orders"),
-            pl.col("revenue").sum(),
-            pl.col("quantity").sum().alias("items"),
+            _sum("revenue"),
+            _sum("quantity").alias("items"),
             _distinct_count("session_id").alias("sessions"),
         )
         .sort("customer_id", "date")
@@ -417,13 +423,13 @@ def customer_features(activity: pa.Table, last_date: dt.date) -> pa.Table:
             orders,
             7,
             _distinct_count("order_id").alias("order_count_7d"),
-            pl.col("revenue").sum().alias("revenue_7d"),
+            _sum("revenue").alias("revenue_7d"),
         ),
         _window_totals(
             orders,
             30,
             _distinct_count("order_id").alias("order_count_30d"),
-            pl.col("revenue").sum().alias("revenue_30d"),
+            _sum("revenue").alias("revenue_30d"),
             _distinct_count("product_id").alias("distinct_products_30d"),
         ),
         _window_totals(sessions, 7, _distinct_count("session_id").alias("sessions_7d")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from typing import Any
 
 import numpy as np
@@ -470,6 +471,29 @@ def test_customer_features(silver: tuple[pa.Table, pa.Table, pa.Table]) -> None:
     assert first_day_of_2["revenue_30d"] == 0.0
     assert rows[2, end_of(dt.date(2026, 4, 2))]["days_since_last_order"] == 11
     assert_tables_equal(features, reference_customer_features(*silver), ["customer_id", "event_timestamp"])
+
+
+def test_gold_is_equal_to_the_last_bit_whatever_order_the_activity_rows_arrive_in() -> None:
+    rng = random.Random(7)
+    revenue = [round(rng.uniform(0.01, 999.99), 2) for _ in range(400)]
+    activity = pa.table({
+        "customer_id": pa.array([i % 3 for i in range(400)], pa.int64()),
+        "activity_date": pa.array([dt.date(2026, 3, 1) + dt.timedelta(days=i % 20) for i in range(400)]),
+        "order_id": pa.array(list(range(400)), pa.int64()),
+        "product_id": pa.array([i % 7 for i in range(400)], pa.int64()),
+        "revenue": pa.array(revenue, pa.float64()),
+        "quantity": pa.array([1 + i % 4 for i in range(400)], pa.int64()),
+        "session_id": pa.nulls(400, pa.string()),
+    }).select(ACTIVITY_SCHEMA.names).cast(ACTIVITY_SCHEMA)
+    orders = list(range(400))
+    shuffled = []
+    for _ in range(5):
+        rng.shuffle(orders)
+        shuffled.append(activity.take(orders))
+    for compute in (customer_daily, lambda rows: customer_features(rows, dt.date(2026, 3, 31))):
+        expected = compute(activity)
+        for rows in shuffled:
+            assert compute(rows).equals(expected)
 
 
 def test_gold_of_empty_activity() -> None:
