@@ -337,19 +337,24 @@ SHOP_DRIVER = textwrap.dedent("""
     import sys
 
     from engine import Runner, load_settings
+    from engine.runtime import ray_session
     from tests.engine.test_iceberg import shop
 
-    root, table_format, catalog = sys.argv[1], sys.argv[2], sys.argv[3] or None
-    settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": catalog}})
-    result = Runner(shop(table_format), settings).run()
-    print(json.dumps([[r.table, r.status, r.error] for r in result.records]))
+    outcomes = []
+    with ray_session(load_settings().ray):
+        for root, table_format, catalog in json.loads(sys.argv[1]):
+            settings = load_settings(overrides={"storage": {"root": root, "iceberg_catalog_uri": catalog}})
+            result = Runner(shop(table_format), settings).run()
+            outcomes.append([[r.table, r.status, r.error] for r in result.records])
+    print(json.dumps(outcomes))
 """)
 
 
-def _run_shop(root: str, table_format: str, catalog: str | None, env: dict[str, str], script: Path) -> list[list[Any]]:
-    """The shop pipeline of the Iceberg tests run once in a process of its own (its Ray workers get the AWS
-    variables); each table's [name, status, error]."""
-    done = subprocess.run([sys.executable, str(script), root, table_format, catalog or ""], env=env, timeout=900,
+def _run_shop(runs: list[tuple[str, str, str | None]], env: dict[str, str], script: Path) -> list[list[list[Any]]]:
+    """The shop pipeline of the Iceberg tests run once per (root, table format, catalog), one run after the
+    other in a process of their own on one private Ray instance (its workers get the AWS variables); per run,
+    each table's [name, status, error]."""
+    done = subprocess.run([sys.executable, str(script), json.dumps(runs)], env=env, timeout=900,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -383,10 +388,11 @@ def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
     script.write_text(SHOP_DRIVER)
     env = _subprocess_env(s3) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
-    refused = _run_shop(root, "iceberg", None, env, script)
+    refused, on_s3, local = _run_shop([(root, "iceberg", None), (root, "iceberg", postgres_catalog),
+                                       (str(tmp_path), "delta", None)], env, script)
     assert refused[0][1] == "failed" and "set storage.iceberg_catalog_uri" in refused[0][2]
-    assert all(status == "succeeded" for _, status, _ in _run_shop(root, "iceberg", postgres_catalog, env, script))
-    assert all(status == "succeeded" for _, status, _ in _run_shop(str(tmp_path), "delta", None, env, script))
+    assert all(status == "succeeded" for _, status, _ in on_s3)
+    assert all(status == "succeeded" for _, status, _ in local)
     for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
         local = pl.from_arrow(DeltaTable(f"{tmp_path}/{table.replace('.', '/')}").to_pyarrow_table())
         assert isinstance(local, pl.DataFrame)
