@@ -220,11 +220,11 @@ def test_iceberg_tables_on_the_endpoint_through_a_postgresql_catalog(
     script.write_text(SHOP_DRIVER)
     env = subprocess_env(s3) | {"PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
-    refused, on_s3, local = _run_shop([(root, "iceberg", None), (root, "iceberg", postgres_catalog),
-                                       (str(tmp_path), "delta", None)], env, script)
+    refused, on_s3, on_local = _run_shop([(root, "iceberg", None), (root, "iceberg", postgres_catalog),
+                                          (str(tmp_path), "delta", None)], env, script)
     assert refused[0][1] == "failed" and "set storage.iceberg_catalog_uri" in refused[0][2]
     assert all(status == "succeeded" for _, status, _ in on_s3)
-    assert all(status == "succeeded" for _, status, _ in local)
+    assert all(status == "succeeded" for _, status, _ in on_local)
     for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
         local = pl.from_arrow(DeltaTable(f"{tmp_path}/{table.replace('.', '/')}").to_pyarrow_table())
         assert isinstance(local, pl.DataFrame)
