@@ -4,6 +4,7 @@ one uninterrupted run leaves it, with no landing file ingested twice and no reje
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,12 +50,21 @@ def assert_conserved(root: Path) -> None:
     assert silver["rows_in"].sum() == rows(root, "bronze/changes")
 
 
-def reference_root(tmp_path: Path, batches: tuple[int, ...]) -> Path:
-    """A root where the batches were run once, uninterrupted."""
-    reference = tmp_path / "reference"
-    for batch in batches:
-        write_batch(reference / "landing", batch)
-    run_to_completion(reference)
+@pytest.fixture(scope="module")
+def reference_root(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Callable[[tuple[int, ...]], Path]:
+    """A root where the given batches were run once, uninterrupted: built once per batches for the module's
+    tests, which only read it (or copy it)."""
+    built: dict[tuple[int, ...], Path] = {}
+
+    def reference(batches: tuple[int, ...]) -> Path:
+        if batches not in built:
+            root = tmp_path_factory.mktemp("reference") / "root"
+            for batch in batches:
+                write_batch(root / "landing", batch)
+            run_to_completion(root)
+            built[batches] = root
+        return built[batches]
+
     return reference
 
 
@@ -66,14 +76,15 @@ def medallion(root: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_run_processes_started_together_ingest_every_file_once(tmp_path: Path) -> None:
+def test_two_run_processes_started_together_ingest_every_file_once(
+        tmp_path: Path, reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "each landing file is ingested once" and "exactly-once commits", with two `medallion run`
     processes started at the same moment on one root. One holds the run lease; the other refuses at once in one
     line naming the holder; the tables equal one uninterrupted run's."""
     root = tmp_path / "root"
     for batch in (1, 2):
         write_batch(root / "landing", batch)
-    reference = reference_root(tmp_path, (1, 2))
+    reference = reference_root((1, 2))
     processes = [medallion(root), medallion(root)]
     outcomes = [(process.wait(timeout=600), process.communicate()[0]) for process in processes]
     for code, output in outcomes:
@@ -117,14 +128,14 @@ def another_writer(outer: Runner, settings: Settings) -> Callable[[], None]:
     return run
 
 
-def test_a_writer_bypassing_the_lease_cannot_ingest_a_file_twice(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_bypassing_the_lease_cannot_ingest_a_file_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "each landing file is ingested once", with a second writer that skips the lease and commits the
     same landing files while the first is between staging and its commit. The first one's commit is refused
     because the table moved since its checkpoint was read."""
     root = tmp_path / "root"
     write_batch(root / "landing", 1)
-    reference = reference_root(tmp_path, (1,))
+    reference = reference_root((1,))
     settings = settings_at(root)
     outer = Runner(pipeline, settings)
     race_once(monkeypatch, "ingest_new_files", another_writer(outer, settings))
@@ -139,14 +150,14 @@ def test_a_writer_bypassing_the_lease_cannot_ingest_a_file_twice(tmp_path: Path,
     assert staged == live, "the refused writer's staged files were left behind"
 
 
-def test_a_writer_bypassing_the_lease_cannot_quarantine_rows_twice(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_bypassing_the_lease_cannot_quarantine_rows_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "rejected rows go to quarantine" once, with a second writer that, while the first has staged
     the silver table of delivery 1, ingests delivery 2 and builds silver (quarantining the bad rows of both). The
     first one's quarantine commit is refused: the quarantine moved since the work began."""
     root = tmp_path / "root"
     write_batch(root / "landing", 1)
-    reference = reference_root(tmp_path, (1, 2))
+    reference = reference_root((1, 2))
     settings = settings_at(root)
     outer = Runner(pipeline, settings)
     inner = another_writer(outer, settings)
@@ -165,16 +176,16 @@ def test_a_writer_bypassing_the_lease_cannot_quarantine_rows_twice(tmp_path: Pat
     assert_conserved(root)
 
 
-def test_maintenance_between_staging_and_commit_loses_and_duplicates_nothing(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_maintenance_between_staging_and_commit_loses_and_duplicates_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "exactly-once commits" with `maintain optimize` and `vacuum` running on every table of the
     pipeline while a run has staged its next delivery and not yet committed it."""
     root = tmp_path / "root"
-    for batch in (1, 2):
-        write_batch(root / "landing", batch)
-        run_to_completion(root)
+    shutil.copytree(reference_root((1,)), root)  # batch 1, run
+    write_batch(root / "landing", 2)
+    run_to_completion(root)
     write_batch(root / "landing", 3)
-    reference = reference_root(tmp_path, (1, 2, 3))
+    reference = reference_root((1, 2, 3))
     settings = settings_at(root)
     layout = Layout.at(str(root))
     compacted: list[int | None] = []
@@ -215,12 +226,12 @@ def test_a_delivery_whose_rows_are_all_rejected_is_quarantined_once(tmp_path: Pa
     assert_same_tables(root, reference)
 
 
-def test_a_run_with_nothing_new_writes_nothing(tmp_path: Path) -> None:
+def test_a_run_with_nothing_new_writes_nothing(tmp_path: Path,
+                                               reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "a run with nothing to do writes nothing", with runs repeated on an unchanged root: no run
     record, no commit, no file of any table changes (the run lease, in `_meta/leases`, aside)."""
     root = tmp_path / "root"
-    write_batch(root / "landing", 1)
-    run_to_completion(root)
+    shutil.copytree(reference_root((1,)), root)  # batch 1, run
 
     def files() -> dict[str, tuple[int, int]]:
         return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
@@ -233,12 +244,12 @@ def test_a_run_with_nothing_new_writes_nothing(tmp_path: Path) -> None:
     assert files() == before
 
 
-def test_an_idle_watch_writes_nothing_and_prints_nothing(tmp_path: Path) -> None:
+def test_an_idle_watch_writes_nothing_and_prints_nothing(
+        tmp_path: Path, reference_root: Callable[[tuple[int, ...]], Path]) -> None:
     """Attacks: "`--watch` stays quiet when idle", with a watch over a root that has nothing new for many
     micro-batches: the run records and every table stay at their versions, and it prints nothing per batch."""
     root = tmp_path / "root"
-    write_batch(root / "landing", 1)
-    run_to_completion(root)
+    shutil.copytree(reference_root((1,)), root)  # batch 1, run
     records = DeltaTable(str(root / "_meta" / "runs")).version()
     metrics = tmp_path / "metrics.prom"
     watch = medallion(root, "--watch", "0.05", "--metrics-file", str(metrics))

@@ -20,7 +20,7 @@ from engine.governance.erase import erase_subject, subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner, RunResult
 from engine.tables.layout import Layout
-from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RetailBuild, settings_at
 from tests.engine.scan import findings
 from tests.engine.test_erase import _pick_subject
 
@@ -162,14 +162,11 @@ def _leftovers(root: Path, spelled: Spelled) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def spelled(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Spelled:
-    """A retail build, then a delivery spelling the subject's id five ways, run: silver merges them into the
-    subject (checked here, so the erasure below has something to miss)."""
-    from pipelines.retail.generate import generate
-
-    root = tmp_path_factory.mktemp("spelled")
-    generate(root / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
-    assert _run(root).succeeded
+def spelled(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> Spelled:
+    """A copy of the session's retail build, then a delivery spelling the subject's id five ways, run: silver
+    merges them into the subject (checked here, so the erasure below has something to miss)."""
+    root = tmp_path_factory.mktemp("spelled") / "root"
+    shutil.copytree(retail_build.root, root)
     subject_text, emails, person = _pick_subject(root)
     subject = int(subject_text)
     _deliver(root / "landing", subject, emails, person, "9001")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +19,7 @@ from engine.governance.erase import subject_hash
 from engine.runlog import read_records
 from engine.runner import Runner
 from engine.tables.layout import Layout
-from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at
+from tests.conftest import RetailBuild, settings_at
 from tests.engine.scan import findings
 from tests.features.conftest import REPO, RETAIL_END
 
@@ -58,16 +59,14 @@ def _rows(root: Path, table: str, customer: int) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def built(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private retail root, run once, with the feature repository applied and materialized."""
+def built(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the session's retail root (run once), with the feature repository applied and
+    materialized."""
     from engine.features.materialize import materialize
     from engine.features.repo import apply_repo, load_definitions, open_store
-    from pipelines.retail.generate import generate
-    from pipelines.retail.pipeline import retail
 
-    root = tmp_path_factory.mktemp("erase")
-    generate(root / "landing", scale=RETAIL_TEST_SCALE, as_of=RETAIL_AS_OF)
-    assert Runner(retail, settings_at(root)).run().succeeded
+    root = tmp_path_factory.mktemp("erase") / "root"
+    shutil.copytree(retail_build.root, root)
     store = open_store(str(root), REPO)
     apply_repo(store, load_definitions(REPO))
     materialize(store, end=RETAIL_END)

@@ -23,9 +23,12 @@ from tests.engine.cdc_pipeline import assert_same_tables, run_to_completion, sta
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-KILLS = 20
-MAX_ATTEMPTS = 32
 PLACES = ("before", "during", "after")
+AIMS = ("before", "during", "during", "after")
+SCHEDULE = tuple((name, aim) for aim in AIMS for name in ("fresh", "incremental"))
+"""Every start gets every aim (and two kills during its commits), alternating between the starts."""
+KILLS = len(SCHEDULE)
+MAX_ATTEMPTS = 2 * KILLS
 
 
 def test_a_late_change_never_brings_a_deleted_key_back(tmp_path: Path) -> None:
@@ -75,7 +78,8 @@ def test_runs_killed_at_random_points_then_resumed_equal_an_uninterrupted_run(tm
     Half the runs start from nothing, half from a root where an earlier batch was processed. Each is killed
     before its first commit (after a random part of the time an uninterrupted run takes to get there), during
     its commits (once a random number of them is written) or after its last commit, then run again to
-    completion. Where each kill landed is read from the commit logs, and every place must be hit."""
+    completion; both starts are aimed at every place. Where each kill landed is read from the commit logs, and
+    every place must be hit."""
     starts = {"fresh": tmp_path / "fresh", "incremental": tmp_path / "incremental"}
     for batch in (1, 2):
         write_batch(starts["fresh"] / "landing", batch)
@@ -99,7 +103,7 @@ def test_runs_killed_at_random_points_then_resumed_equal_an_uninterrupted_run(tm
     for attempt in range(MAX_ATTEMPTS):
         if sum(landed.values()) >= KILLS and all(landed.values()):
             break
-        name, aim = ("fresh", "incremental")[attempt % 2], ("before", "during", "during", "after")[attempt % 4]
+        name, aim = SCHEDULE[attempt % len(SCHEDULE)]
         root = tmp_path / f"attempt-{attempt}"
         shutil.copytree(starts[name], root)
         process = start_run(root)
