@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
@@ -287,19 +288,40 @@ def newest_value(table: DeltaTable, column: str) -> Any:
     if f"partition.{column}" in actions.column_names:
         values = [v for v in actions.column(f"partition.{column}").to_pylist() if v is not None]
         return max(values, default=None)
-    rows = actions.to_pylist()
+    stats = actions.column(f"max.{column}") if f"max.{column}" in actions.column_names else None
+    maxes = _python_values(stats) if stats is not None else [None] * actions.num_rows
+    nulls = (actions.column(f"null_count.{column}").to_pylist() if f"null_count.{column}" in actions.column_names
+             else [None] * actions.num_rows)
     values, unknown = [], []
-    for row in rows:
-        if row.get("num_records") == 0:
+    for path, records, value, null_count in zip(actions.column("path").to_pylist(),
+                                                actions.column("num_records").to_pylist(), maxes, nulls, strict=True):
+        if records == 0:
             continue
-        value = row.get(f"max.{column}")
-        nulls, records = row.get(f"null_count.{column}"), row.get("num_records")
         if value is not None:
             values.append(value)
-        elif not (nulls is not None and records is not None and nulls >= records):
-            unknown.append(row["path"])
+        elif not (null_count is not None and records is not None and null_count >= records):
+            unknown.append(path)
     values.extend(v for v in (_footer_max(table.table_uri, path, column) for path in unknown) if v is not None)
     return max(values, key=lambda v: as_instant(v) or dt.datetime.min.replace(tzinfo=dt.UTC), default=None)
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """`column`'s values as Python values; timestamps made here from their integer values (pyarrow's own
+    conversion of a zoned timestamp imports pandas, which a reading command does not otherwise need)."""
+    if not pa.types.is_timestamp(column.type):
+        return column.to_pylist()
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[column.type.unit]
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    zone = None if column.type.tz is None else dt.UTC if column.type.tz in ("UTC", "+00:00") else _zone(column.type.tz)
+    instants = [None if ticks is None else epoch + dt.timedelta(microseconds=ticks * 1_000_000 // per_second)
+                for ticks in column.cast(pa.int64()).to_pylist()]
+    return [None if i is None else i.replace(tzinfo=None) if zone is None else i.astimezone(zone) for i in instants]
+
+
+def _zone(name: str) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
 
 
 def _footer_max(uri: str, path: str, column: str) -> Any:

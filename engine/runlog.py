@@ -106,7 +106,7 @@ def append_records(uri: str, records: list[RunRecord]) -> None:
 def read_records(uri: str) -> pl.DataFrame:
     """Every run record, oldest first; an empty frame when no run was recorded."""
     if not table_exists(uri):
-        return pl.from_arrow(RUN_RECORD_SCHEMA.empty_table())  # type: ignore[return-value]
+        return pl.from_arrow(pa.Table.from_batches([], RUN_RECORD_SCHEMA))  # type: ignore[return-value]
     frame = pl.from_arrow(read_rows(uri, uri))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("started_at", "table")

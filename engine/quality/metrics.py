@@ -52,7 +52,7 @@ def append_metrics(uri: str, pipeline: str, run_id: str, results: list[CheckResu
 def read_metrics(uri: str) -> pl.DataFrame:
     """Every recorded metric, oldest first; an empty frame with the metrics schema when none was recorded."""
     if not table_exists(uri):
-        return pl.from_arrow(QUALITY_METRICS_SCHEMA.empty_table())  # type: ignore[return-value]
+        return pl.from_arrow(pa.Table.from_batches([], QUALITY_METRICS_SCHEMA))  # type: ignore[return-value]
     frame = pl.from_arrow(read_rows(uri, uri))
     assert isinstance(frame, pl.DataFrame)
     return frame.sort("recorded_at", "table", "check")

@@ -149,7 +149,7 @@ def read_rows(uri: str, table: str, version: int | None = None) -> pa.Table:
             rows = pq.ParquetFile(source).read()
         parts.append(pa.table({f.name: rows[f.name] if f.name in rows.column_names
                                else pa.nulls(rows.num_rows, f.type) for f in schema}).cast(schema))
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return pa.concat_tables(parts) if parts else pa.Table.from_batches([], schema)
 
 
 def table_exists(uri: str) -> bool:

@@ -210,7 +210,7 @@ import json, sys
 from engine.cli.main import main
 for command in (["status"], ["catalog", "--json"]):
     main.main(["--root", {str(tmp_path)!r}, *command], prog_name="medallion", standalone_mode=False)
-print(json.dumps([m for m in ("ray", "pandera", "pipelines.retail") if m in sys.modules]))
+print(json.dumps([m for m in ("ray", "pandera", "pandas", "pipelines.retail") if m in sys.modules]))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
