@@ -27,7 +27,7 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV, ChaCha20Poly1305
 
 from engine.governance.encryption import NONCE_BYTES, ColumnKey, ColumnKeys, decrypt, encrypt
-from engine.tables.keyhash import key_bytes
+from engine.keyhash import key_bytes
 
 TABLE, COLUMN = "silver.customers", "email"
 CIPHERS = {"AES-256-GCM-SIV": AESGCMSIV, "AES-256-GCM": AESGCM, "ChaCha20-Poly1305": ChaCha20Poly1305}

@@ -27,7 +27,7 @@ EXPORTS = {
     "map_partitions": "engine.partitioning",
     "Pipeline": "engine.pipeline",
     "Runner": "engine.runner",
-    "RunResult": "engine.runner",
+    "RunResult": "engine.run.outcome",
     "ray_session": "engine.runtime",
     "SchemaEvolution": "engine.schema",
 }

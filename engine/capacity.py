@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.config import Settings
 from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
-from engine.ingest.sources import discover
+from engine.ingest.discovery import discover
 from engine.pipeline import Pipeline, TableDefinition
 from engine.runtime import resolve_address
 from engine.tables import delta

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.declarations import DeclaredPipeline, DeclaredTable, declarations_under
-from engine.freshness import TableFreshness, table_freshness
+from engine.staleness import TableFreshness, table_freshness
 from engine.status import list_tables
 from engine.tables import delta
 from engine.tables.layout import Layout
@@ -41,7 +41,7 @@ class CatalogEntry:
             reported in `problems`); the documented columns when the table was never built.
         version: latest version, None when never built.
         rows: rows at that version (from the log's statistics).
-        freshness: against the declared target (`engine.freshness`).
+        freshness: against the declared target (`engine.staleness`).
         upstream: tables it reads (and, for an ingested table, `landing/<folder>`); for a table no loadable
             pipeline declares, the inputs its last commit recorded.
         downstream: tables that read it.

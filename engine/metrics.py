@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,10 +25,6 @@ from prometheus_client import (
     start_http_server,
     write_to_textfile,
 )
-
-if TYPE_CHECKING:
-    from engine.runlog import RunRecord
-    from engine.runner import RunResult
 
 disable_created_metrics()  # no `*_created` series next to every counter and histogram: half the exposition
 
@@ -65,26 +61,6 @@ commit_seconds = Histogram(
     "replace, bucket_merge, ...).", ["operation"], buckets=COMMIT_SECONDS, registry=REGISTRY)
 
 
-def observe(record: RunRecord) -> None:
-    """Count one table's run record."""
-    pipeline, table = record.pipeline, record.table
-    for kind, value in zip(ROW_KINDS, (record.rows_in, record.rows_written, record.rows_quarantined,
-                                       record.rows_duplicate)):
-        rows_processed.labels(pipeline, table, kind).inc(max(value or 0, 0))
-    for check in record.checks:
-        quality_failures.labels(pipeline, table, check.check).inc(max(check.rows_failed, 0))
-    table_runs.labels(pipeline, table, record.status).inc()
-    table_seconds.labels(pipeline, table, record.status).observe(max(record.duration_s, 0.0))
-    if record.status in ("succeeded", "unchanged"):
-        table_last_success.labels(pipeline, table).set(record.finished_at.timestamp())
-
-
-def observe_run(result: RunResult, seconds: float) -> None:
-    """Count one run of a pipeline that took `seconds`."""
-    status = "stopped" if result.stopped and result.succeeded else "succeeded" if result.succeeded else "failed"
-    run_seconds.labels(result.pipeline, status).observe(max(seconds, 0.0))
-
-
 @contextlib.contextmanager
 def commit_timer(operation: str) -> Iterator[None]:
     """Time the Delta commit made in the block (also when it fails)."""
@@ -93,12 +69,6 @@ def commit_timer(operation: str) -> Iterator[None]:
         yield
     finally:
         commit_seconds.labels(operation).observe(time.perf_counter() - started)
-
-
-def timed_commit(operation: str, commit: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`commit(*args, **kwargs)` timed as a commit of `operation`."""
-    with commit_timer(operation):
-        return commit(*args, **kwargs)
 
 
 def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:

@@ -21,7 +21,7 @@ from ray.data.block import BlockAccessor
 
 from engine.context import table_context
 from engine.errors import PipelineDefinitionError
-from engine.tables.keyhash import bucket_of, check_comparable
+from engine.keyhash import bucket_of, check_comparable
 
 SPLIT_TASK_BYTES = 256 * 2**20
 """Input bytes one split task hashes and splits."""

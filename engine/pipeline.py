@@ -11,20 +11,20 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any, TypeVar
 
-from engine.changes.fingerprint import code_text
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
-from engine.governance.pii import check_declaration
 from engine.ingest.sources import FileSource
 from engine.kinds import AnyKind, Append, Overwrite, key_columns
 from engine.maintenance.policy import Maintenance
+from engine.names import check_format, split_table_name
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
-from engine.tables.formats import check_format
-from engine.tables.layout import split_table_name
+from engine.source_code import code_text
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
 WriteKindType = AnyKind
+PII_ACTIONS = ("tokenize", "mask", "encrypt")
+"""What a table may declare for a personal-data column."""
 
 
 def parameter_name(table: str) -> str:
@@ -41,7 +41,7 @@ class TableDefinition:
         kind: how new rows are written.
         inputs: upstream tables, in the order of the function's parameters.
         function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
-        code: the function's code as declared (`engine.changes.fingerprint.code_text`): the values its closure and
+        code: the function's code as declared (`engine.source_code.code_text`): the values its closure and
             the project's constants hold then, not what later calls make of them.
         source: landing files an ingested (bronze) table reads.
         ray_options: Ray resource options for the table's tasks (e.g. `{"num_cpus": 1}`): the reads of its inputs
@@ -170,7 +170,7 @@ class Pipeline:
                 pipeline has none, the settings' `storage.table_format`).
             on_demand: build the table only when a selection names it (see `TableDefinition.on_demand`).
         """
-        check_declaration(name, pii or {}, key_columns(kind) if kind is not None else ())
+        check_pii_declaration(name, pii or {}, key_columns(kind) if kind is not None else ())
         catalog = _catalog_fields(name, owner, tags, columns, freshness)
 
         def register(function: TableFunction) -> TableFunction:
@@ -412,3 +412,19 @@ def _select_term(term: str, resolved: Mapping[str, TableDefinition]) -> set[str]
     if downstream:
         expanded |= _closure(matched, children)
     return matched | {name for name in expanded if not resolved[name].on_demand}
+
+
+def check_pii_declaration(table: str, pii: Mapping[str, str], keys: Collection[str] = ()) -> None:
+    """Raise when a table declares an unknown action for a personal-data column, or encrypts one of its `keys`.
+
+    Raises:
+        PipelineDefinitionError: an action other than `tokenize`, `mask` or `encrypt`; `encrypt` on a key
+            column (encrypted values never compare equal, and they are bound to the key).
+    """
+    for column, action in pii.items():
+        if action not in PII_ACTIONS:
+            raise PipelineDefinitionError(f"table `{table}` declares `{action}` for personal-data column `{column}`; "
+                                          f"use one of {', '.join(PII_ACTIONS)}", table=table)
+        if action == "encrypt" and column in keys:
+            raise PipelineDefinitionError(f"table `{table}` declares its key column `{column}` `encrypt`; keys "
+                                          "must compare equal: `tokenize` it instead", table=table)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from engine.errors import IngestError
-from engine.ingest.sources import discover
+from engine.ingest.discovery import discover
 from engine.pipeline import Pipeline
 from engine.status import list_tables
 from engine.tables.layout import Layout

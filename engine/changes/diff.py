@@ -17,9 +17,9 @@ import pyarrow as pa
 import ray.data
 
 from engine.errors import EngineError
+from engine.keyhash import key_hash
 from engine.partitioning import co_partition
 from engine.tables.formats import TableStore
-from engine.tables.keyhash import key_hash
 
 _SUM = "_row_hash_sum"
 

@@ -11,26 +11,18 @@ are left out.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
-import inspect
 import json
-import sys
-import sysconfig
-import textwrap
-import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from engine.source_code import canonical, code_text
 
 if TYPE_CHECKING:
     from engine.pipeline import TableDefinition
 
 CODE_PART = "code"
-_LIBRARY_FOLDERS = tuple(Path(p).resolve() for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-                                                     sysconfig.get_paths()["stdlib"]})
-_SIMPLE = (str, int, float, bool, bytes, type(None))
 
 
 @dataclass(frozen=True)
@@ -64,131 +56,17 @@ class DefinitionParts:
 def definition_parts(definition: TableDefinition) -> DefinitionParts:
     """The canonical parts of `definition`."""
     parts = {
-        "kind": _canonical(definition.kind),
-        "checks": _canonical(definition.quality),
-        "pii": _canonical(dict(definition.pii)),
-        "incremental": _canonical(definition.incremental),
-        "evolution": _canonical(definition.evolution),
+        "kind": canonical(definition.kind),
+        "checks": canonical(definition.quality),
+        "pii": canonical(dict(definition.pii)),
+        "incremental": canonical(definition.incremental),
+        "evolution": canonical(definition.evolution),
     }
     if definition.function is not None:
         parts[CODE_PART] = definition.code or code_text(definition.function)
     if definition.source is not None:
-        parts["source"] = _canonical(definition.source)
+        parts["source"] = canonical(definition.source)
     return DefinitionParts(definition.name, parts)
-
-
-def code_text(function: Callable[..., Any]) -> str:
-    """The canonical code of `function` and of the project's functions, classes and constants it reaches."""
-    seen: dict[str, str] = {}
-    _collect(function, seen)
-    return "\n\n".join(seen[name] for name in sorted(seen))
-
-
-def _collect(obj: Any, seen: dict[str, str]) -> None:
-    target = inspect.unwrap(obj) if callable(obj) else obj
-    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
-    if name in seen or not _in_project(target):
-        return
-    tree = _syntax_tree(target)
-    if tree is None:
-        code = getattr(target, "__code__", None)
-        if code is not None:  # defined where its source cannot be read (exec'd text): its bytecode stands in
-            seen[name] = f"{name} = {_bytecode(code)}"
-        return
-    seen[name] = ast.unparse(tree)
-    for referenced, value in _references(target, tree):
-        if isinstance(value, (types.FunctionType, type)):
-            _collect(value, seen)
-        elif _is_constant(value):
-            seen.setdefault(f"{name}:{referenced}", f"{referenced} = {_canonical(value)}")
-
-
-def _references(target: Any, tree: ast.AST) -> Iterator[tuple[str, Any]]:
-    """The global and closure names `tree` reads, with their values; `module.attribute` through project modules.
-    Of module globals only immutable constants count (a module-level list or dict is state, not code); a
-    closure's lists and dicts are the arguments of the function that made it, so they count."""
-    scope: dict[str, Any] = {name: value for name, value in (
-        getattr(target, "__globals__", None) or vars(sys.modules.get(target.__module__, sys))).items()
-        if not _is_constant(value) or _is_constant(value, mutable=False)}
-    closure = getattr(target, "__closure__", None) or ()
-    free = getattr(getattr(target, "__code__", None), "co_freevars", ())
-    for variable, cell in zip(free, closure, strict=False):
-        try:
-            scope[variable] = cell.cell_contents
-        except ValueError:
-            continue
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-            module = scope.get(node.value.id)
-            if isinstance(module, types.ModuleType) and _in_project(module) and hasattr(module, node.attr):
-                yield f"{node.value.id}.{node.attr}", getattr(module, node.attr)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in scope:
-            yield node.id, scope[node.id]
-
-
-def _syntax_tree(target: Any) -> ast.AST | None:
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(target)))
-    except (OSError, TypeError, SyntaxError):
-        return None
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            node.decorator_list = []
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
-    return tree
-
-
-def _bytecode(code: types.CodeType) -> str:
-    """The instructions, names and constants of `code` and of the code nested in it, without line numbers."""
-    constants = [_bytecode(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
-    return json.dumps([code.co_code.hex(), list(code.co_names), constants])
-
-
-def _in_project(obj: Any) -> bool:
-    """Whether `obj` is defined in a source file outside the interpreter's and the installed packages' folders."""
-    try:
-        path = inspect.getsourcefile(obj)
-    except TypeError:
-        return False
-    if not path:
-        return isinstance(obj, types.FunctionType)
-    resolved = Path(path).resolve()
-    return not any(resolved.is_relative_to(folder) for folder in _LIBRARY_FOLDERS)
-
-
-def _is_constant(value: Any, *, mutable: bool = True) -> bool:
-    """Whether `value` is plain data: simple values in tuples and frozensets, or (`mutable`) lists, sets, dicts."""
-    if isinstance(value, _SIMPLE):
-        return True
-    if isinstance(value, (tuple, frozenset)) or (mutable and isinstance(value, (list, set))):
-        return all(_is_constant(item, mutable=mutable) for item in value)
-    if mutable and isinstance(value, dict):
-        return all(_is_constant(k, mutable=mutable) and _is_constant(v, mutable=mutable) for k, v in value.items())
-    return False
-
-
-def _canonical(value: Any) -> str:
-    """A stable text for declaration values: pydantic models and dataclasses by their fields, classes (a pandera
-    contract) and functions by their code."""
-    return json.dumps(_plain(value), sort_keys=True, default=str)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (type, types.FunctionType)):
-        return code_text(value) if _in_project(value) else f"{value.__module__}.{value.__qualname__}"
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [_plain(v) for v in value]
-        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
-    return value
 
 
 def digest(text: str) -> str:

@@ -17,7 +17,8 @@ from engine.changes.assess import Assessment, assess
 from engine.changes.classify import ChangeCategory
 from engine.config import Settings
 from engine.ingest.checkpoint import every_ingested_file, files_to_ingest, ingestion_checkpoint
-from engine.ingest.sources import FileSource, discover
+from engine.ingest.discovery import discover
+from engine.ingest.sources import FileSource
 from engine.pipeline import Pipeline, TableDefinition
 from engine.tables.built_from import consumed_versions
 from engine.tables.formats import TableFormats

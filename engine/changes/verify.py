@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from engine.keyhash import key_hash
 from engine.tables.formats import TableStore
-from engine.tables.keyhash import key_hash
 
 
 def added_columns(before: pa.Schema, after: pa.Schema) -> tuple[str, ...] | None:

@@ -46,7 +46,7 @@ def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...
 
 
 def _print_entry(entry: CatalogEntry) -> None:
-    from engine.freshness import LATE, NEVER_BUILT, UNKNOWN
+    from engine.staleness import LATE, NEVER_BUILT, UNKNOWN
 
     size = "not built" if entry.version is None else f"v{entry.version}, {entry.rows:,} rows"
     pipeline = f", pipeline {escape(entry.pipeline)})" if entry.pipeline else ")"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -17,7 +17,7 @@ from engine.cli.common import Bar, console, errors, reported, settings_of
 from engine.errors import FeatureStoreError
 
 if TYPE_CHECKING:
-    from engine.config import Settings
+    pass
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -81,10 +81,10 @@ def materialize(ctx: click.Context, incremental: bool, end: str | None, views: t
     moment = _timestamp(end) if end else None
     with ray_session(settings.ray), _view_progress() as on_view:
         reports = run(_store(ctx), end=moment, incremental=incremental, views=list(views) or None, on_view=on_view)
-    _print_reports(reports, incremental)
+    print_reports(reports, incremental)
 
 
-def _print_reports(reports: list[MaterializationReport], incremental: bool) -> None:
+def print_reports(reports: list[MaterializationReport], incremental: bool) -> None:
     """A table of what each view's materialization did, and a warning for views left without rows."""
     view = Table(title="materialization" + (" (incremental)" if incremental else ""))
     for column in ("view", "table", "version", "end (UTC)", "written", "deleted", "unchanged", "online rows"):
@@ -98,27 +98,6 @@ def _print_reports(reports: list[MaterializationReport], incremental: bool) -> N
         if not r.online_rows:
             console.print(f"`{escape(r.view)}` has no row at or before {r.end:%Y-%m-%d %H:%M:%S} within its TTL; "
                           "pass --end to materialize as of a time the table covers", style="yellow")
-
-
-def materialize_after_run(settings: Settings, committed: Collection[str]) -> list[MaterializationReport]:
-    """After a run (`features.materialize_after_runs`): materialize incrementally, as of now, the online views
-    over the `committed` tables of the repository `features.repo`, and print what was done."""
-    from engine.features.materialize import materialize as run
-    from engine.features.repo import open_store
-    from engine.features.source import DeltaSource
-
-    store = open_store(settings.storage.root, settings.features.repo, overlay=settings.features.feast_config)
-    online = [v for v in store.list_feature_views() if v.online]
-    if not online:
-        console.print(f"features: project `{escape(store.project)}` has no online feature view to materialize; run "
-                      "`medallion features apply`", style="yellow")
-        return []
-    views = sorted(v.name for v in online if isinstance(v.batch_source, DeltaSource) and v.batch_source.table in committed)
-    if not views:
-        return []
-    reports = run(store, incremental=True, views=views)
-    _print_reports(reports, incremental=True)
-    return reports
 
 
 @contextlib.contextmanager

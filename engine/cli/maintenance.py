@@ -145,7 +145,7 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
     from engine.governance.secrets import column_keys
     from engine.kinds import key_columns
     from engine.maintenance.rotate import rotate_table
-    from engine.runner import new_run_id
+    from engine.run.outcome import new_run_id
 
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)

@@ -32,8 +32,9 @@ from engine.errors import EngineError, LandingFileExists, RunFailed
 if TYPE_CHECKING:
     from engine.config import Settings
     from engine.maintenance.due import Done
+    from engine.run.outcome import RunResult
     from engine.runlog import RunRecord
-    from engine.runner import Runner, RunResult
+    from engine.runner import Runner
 
 DEMO_PIPELINE = "retail"
 """The pipeline `medallion demo` generates data for and runs."""
@@ -253,8 +254,6 @@ def _progress(total: int, status: Status | Bar | None = None, quiet: bool = Fals
 def _run_once(runner: Runner, selection: str | None, *, force: bool = False, full_refresh: bool = False,
               stop: Callable[[], bool] | None = None, quiet: bool = False, run_id: str | None = None,
               change_kind: ChangeKindOption = None) -> RunResult:
-    from engine.maintenance.due import run_due_maintenance
-
     started = time.monotonic()
     result = runner.run(selection, run_id=run_id, force=force, full_refresh=full_refresh, stop=stop,
                         change_kind=change_kind)
@@ -274,14 +273,12 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
                         run_id=result.run_id)
     if result.stopped:
         return result
-    committed = [r.table for r in result.records if r.status == "succeeded"]
-    if runner.settings.maintenance.after_runs:
-        for done in run_due_maintenance(runner.pipeline, runner.settings, committed):
-            _print_maintenance(done)
-    if runner.settings.features.materialize_after_runs and committed:
-        from engine.cli.features import materialize_after_run
+    for done in result.maintenance:
+        _print_maintenance(done)
+    if result.materialized:
+        from engine.cli.features import print_reports
 
-        materialize_after_run(runner.settings, committed)
+        print_reports(result.materialized, incremental=True)
     return result
 
 

@@ -16,8 +16,8 @@ from engine.errors import EngineError
 
 if TYPE_CHECKING:
     from engine.config import Settings
-    from engine.freshness import TableFreshness
     from engine.pipeline import Pipeline
+    from engine.staleness import TableFreshness
 
 
 @click.command()
@@ -93,7 +93,7 @@ def print_status(settings: Settings, as_of: datetime | None = None, pipelines: S
     """Print every table's state and freshness (with the ages against their targets if `details`); returns the
     late tables."""
     from engine.declarations import declarations_under
-    from engine.freshness import LATE, UNKNOWN, table_freshness
+    from engine.staleness import LATE, UNKNOWN, table_freshness
     from engine.status import list_tables, table_statuses
     from engine.tables.formats import TableFormats
     from engine.tables.layout import Layout
@@ -139,7 +139,7 @@ def print_status(settings: Settings, as_of: datetime | None = None, pipelines: S
 
 def _freshness_cells(fresh: TableFreshness | None, details: bool) -> list[str]:
     """The freshness cell in words, and the ages cell if `details`."""
-    from engine.freshness import FRESH, LATE, UNKNOWN
+    from engine.staleness import FRESH, LATE, UNKNOWN
 
     if fresh is None:
         return ["", ""][: 1 + details]

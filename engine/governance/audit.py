@@ -7,9 +7,9 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from engine.governance.deltalog import delta_tables
 from engine.runlog import read_records
 from engine.tables import delta
+from engine.tables.deltalog import delta_tables
 from engine.tables.layout import Layout
 
 BOOKKEEPING = "_meta/"

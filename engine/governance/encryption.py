@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 from engine.errors import GovernanceError
 from engine.governance.encryption_legacy import LEGACY_FORMAT, LegacyKey, open_legacy
-from engine.tables.keyhash import key_bytes
+from engine.keyhash import key_bytes
 
 FORMAT = 0x02
 KEY_BYTES = 32

@@ -6,7 +6,7 @@ A row is the subject's when its subject column holds the id in any spelling the 
 the subject's rows are rewritten without them in one commit (`replace_slice`); then the files that held the
 subject, live before or removed by earlier commits but not vacuumed yet, are deleted at once whatever the
 retention; statistics of every file the table no longer references are stripped from its commit files, and
-checkpoints are rewritten (`engine/governance/deltalog.py`). The audit keeps a keyed hash of the id, never the
+checkpoints are rewritten (`engine/tables/deltalog.py`). The audit keeps a keyed hash of the id, never the
 id.
 """
 
@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import ray
 
 from engine.config import Settings
-from engine.governance import deltalog, pii
+from engine.governance import pii
 from engine.governance.access import authorize
 from engine.governance.actor import audit_fields
 from engine.governance.landing import erase_from_landing
@@ -32,10 +32,10 @@ from engine.governance.secrets import pii_key
 from engine.governance.subject import SubjectId
 from engine.ingest.checkpoint import ingested_files
 from engine.pipeline import Pipeline
+from engine.run.outcome import new_run_id
 from engine.runlog import RunRecord, append_records
-from engine.runner import new_run_id
 from engine.storage import filesystem_of
-from engine.tables import delta
+from engine.tables import delta, deltalog
 from engine.tables.delta_files import add_actions
 from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY

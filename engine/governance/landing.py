@@ -18,8 +18,9 @@ import pyarrow.csv as pacsv
 
 from engine.errors import GovernanceError
 from engine.governance.subject import SubjectId
+from engine.ingest.discovery import discover
 from engine.ingest.readers import read_text
-from engine.ingest.sources import FileSource, LandingFile, discover
+from engine.ingest.sources import FileSource, LandingFile
 from engine.storage import filesystem_of
 
 

@@ -10,43 +10,21 @@ per value.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 from engine.columns import RESCUED_DATA
-from engine.errors import GovernanceError, PipelineDefinitionError
-from engine.governance import deltalog, encryption
+from engine.errors import GovernanceError
+from engine.governance import encryption
 from engine.governance.encryption import ColumnKey
 from engine.governance.secrets import PiiKey
-from engine.tables import delta
-from engine.tables.files import STATS_PROPERTY
 
-PiiAction = Literal["tokenize", "mask", "encrypt"]
-ACTIONS: tuple[str, ...] = ("tokenize", "mask", "encrypt")
 TOKEN_DIGITS = 32
 MASK = "***"
 _BLOCK = 64
-
-
-def check_declaration(table: str, pii: Mapping[str, str], keys: Collection[str] = ()) -> None:
-    """Raise when a table declares an unknown action for a personal-data column, or encrypts one of its `keys`.
-
-    Raises:
-        PipelineDefinitionError: an action other than `tokenize`, `mask` or `encrypt`; `encrypt` on a key
-            column (encrypted values never compare equal, and they are bound to the key).
-    """
-    for column, action in pii.items():
-        if action not in ACTIONS:
-            raise PipelineDefinitionError(f"table `{table}` declares `{action}` for personal-data column `{column}`; "
-                                  f"use one of {', '.join(ACTIONS)}", table=table)
-        if action == "encrypt" and column in keys:
-            raise PipelineDefinitionError(f"table `{table}` declares its key column `{column}` `encrypt`; keys "
-                                          "must compare equal: `tokenize` it instead", table=table)
 
 
 def tokenize(values: pa.Array | pa.ChunkedArray, key: PiiKey) -> pa.Array:
@@ -105,37 +83,3 @@ def protect(batch: pa.Table, columns: Mapping[str, str], key: PiiKey, table: str
         index = batch.column_names.index(RESCUED_DATA)
         batch = batch.set_column(index, pa.field(RESCUED_DATA, pa.string()), tokenize(batch.column(index), key))
     return batch
-
-
-def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
-    """The value of `delta.dataSkippingStatsColumns` that keeps every column but `personal` in statistics."""
-    excluded = set(personal)
-    return ",".join(name for name in schema.names if name not in excluded)
-
-
-def keep_out_of_stats(uri: str, personal: Collection[str], metadata: dict[str, Any],
-                      encrypted: Mapping[str, str] | None = None, key_columns: Sequence[str] = ()) -> bool:
-    """Make the table at `uri` leave `personal` columns out of the statistics of the files it gets from now
-    on (`delta.dataSkippingStatsColumns`), and strip their min/max from the files already logged; record the
-    `encrypted` columns (column: key id) and the `key_columns` their values are bound to
-    (`encryption.encryption_properties`), all in one commit carrying `metadata`. Does nothing when the table is
-    missing or already set; True when it set it."""
-    if not delta.table_exists(uri):
-        return False
-    table = DeltaTable(uri)
-    schema = pa.schema(table.schema().to_arrow())
-    present = [c for c in personal if c in schema.names]
-    current = table.metadata().configuration
-    wanted = {STATS_PROPERTY: stats_columns(schema, present)}
-    recorded = {c: key_id for c, key_id in (encrypted or {}).items() if c in schema.names}
-    if recorded or encryption.ENCRYPTED_PROPERTY in current:
-        wanted |= encryption.encryption_properties(recorded, key_columns)
-    changed = {name: value for name, value in wanted.items() if current.get(name) != value}
-    if not present or not changed:
-        return False
-    table.alter.set_table_properties(changed, raise_if_not_exists=False,
-                                     commit_properties=delta.commit_metadata(metadata))
-    if STATS_PROPERTY in changed:
-        deltalog.strip_stats(uri, columns=present)
-        deltalog.refresh_checkpoints(uri)
-    return True

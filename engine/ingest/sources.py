@@ -1,16 +1,12 @@
-"""Declarations of landing sources and discovery of the files to ingest."""
+"""Declarations of landing sources, and the landing files found for them (`engine.ingest.discovery`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-import pyarrow.fs as pafs
-
-from engine.errors import IngestError, PipelineDefinitionError
-from engine.storage import filesystem_of
+from engine.errors import PipelineDefinitionError
 
 FileFormat = Literal["jsonl", "csv"]
 DriftPolicy = Literal["evolve", "rescue", "fail"]
@@ -91,26 +87,3 @@ class LandingFile:
         """What the ingestion checkpoint records of the file once ingested up to byte `end` (its size when
         None): name, size, modification time, end."""
         return [self.name, self.size, self.mtime_ns, self.size if end is None else end]
-
-
-def discover(folder: str, source: FileSource) -> list[LandingFile]:
-    """The files of `source` under `folder`, sorted by name. A missing folder has no files.
-
-    Files and folders whose name starts with `.` or `_` (markers, temporary uploads) are left out.
-    """
-    folder = folder.rstrip("/")
-    filesystem, base = filesystem_of(folder)
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except OSError as err:
-        raise IngestError(f"cannot list landing folder `{folder}`: {err}", path=folder) from err
-    files = []
-    for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
-        relative = info.path[len(base):].lstrip("/")
-        hidden = any(part.startswith((".", "_")) for part in relative.split("/"))
-        if hidden or not fnmatch.fnmatch(relative.rsplit("/", 1)[-1], source.pattern):
-            continue
-        files.append(LandingFile(relative, f"{folder}/{relative}", info.size, info.mtime_ns or 0))
-    return sorted(files)

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from engine.errors import EngineError, MaintenanceError
+from engine.keyhash import key_hash
 from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table, rows_dataset
-from engine.tables.keyhash import key_hash
 from engine.tables.layout import Layout, absolute_root
 
 MANIFEST = "manifest.json"

@@ -42,6 +42,7 @@ from deltalake.transaction import (
 from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import TableFailed
+from engine.keyhash import bucket_of, check_comparable
 from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of
@@ -56,7 +57,6 @@ from engine.tables.delta import (
 )
 from engine.tables.delta_files import add_actions
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
-from engine.tables.keyhash import bucket_of, check_comparable
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from deltalake.transaction import Transaction
 
 from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
-from engine.errors import PipelineDefinitionError, TableFormatError
-from engine.governance import encryption, pii
-from engine.tables import delta, progress
+from engine.errors import TableFormatError
+from engine.governance import encryption
+from engine.names import DELTA, ICEBERG
+from engine.tables import delta, deltalog, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 from engine.tables.layout import Layout
 
@@ -32,21 +33,6 @@ if TYPE_CHECKING:
     from engine.tables.iceberg import IcebergTables
     from engine.tables.replace import Replacement, Slice
 
-DELTA = "delta"
-ICEBERG = "iceberg"
-FORMATS = (DELTA, ICEBERG)
-
-
-def check_format(value: str, where: str) -> str:
-    """`value` when it names a table format.
-
-    Raises:
-        PipelineDefinitionError: it names none.
-    """
-    if value not in FORMATS:
-        raise PipelineDefinitionError(
-            f"{where}: table format `{value}` is unknown; use one of {', '.join(f'`{f}`' for f in FORMATS)}")
-    return value
 
 
 class TableStore(Protocol):
@@ -157,8 +143,8 @@ class DeltaStore:
     @staticmethod
     def keep_out_of_stats(uri: str, table: str, personal: Collection[str], metadata: dict[str, Any],
                           encrypted: Mapping[str, str], key_columns: Sequence[str]) -> bool:
-        """`pii.keep_out_of_stats`: True when it committed to the table."""
-        return pii.keep_out_of_stats(uri, personal, metadata, encrypted, key_columns)
+        """`deltalog.keep_out_of_stats`: True when it committed to the table."""
+        return deltalog.keep_out_of_stats(uri, personal, metadata, encrypted, key_columns)
 
     @staticmethod
     def table_properties(uri: str, table: str, version: int | None = None) -> Mapping[str, str]:

@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
-from engine.errors import PipelineDefinitionError
-
-TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
-
-
-def split_table_name(table: str) -> tuple[str, str]:
-    """`("silver", "orders")` for `"silver.orders"`.
-
-    Raises:
-        PipelineDefinitionError: the name is not `<layer>.<name>` in lower-case snake_case.
-    """
-    if not TABLE_NAME.match(table):
-        raise PipelineDefinitionError(
-            f"table name `{table}` is not of the form `<layer>.<name>` in lower-case snake_case "
-            "(for example `silver.orders`)",
-            table=table,
-        )
-    layer, name = table.split(".")
-    return layer, name
+from engine.names import split_table_name
 
 
 def absolute_root(root: str) -> str:

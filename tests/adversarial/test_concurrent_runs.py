@@ -18,7 +18,8 @@ import pytest
 import ray
 from deltalake import DeltaTable
 
-import engine.runner as runner_module
+import engine.run.build as build_module
+import engine.run.ingest as ingest_module
 from engine import Runner
 from engine.config import Settings
 from engine.maintenance.optimize import optimize_table
@@ -101,9 +102,9 @@ def test_two_run_processes_started_together_ingest_every_file_once(
 
 def race_once(monkeypatch: pytest.MonkeyPatch, target: str, before: Callable[..., Any], *,
               table: str | None = None) -> None:
-    """Make the runner's `target` (a name in `engine.runner`, or a `Runner` method with `table`) run `before`
-    right after its first call for `table` returned: another writer acting between staging and commit."""
-    owner: Any = runner_module.Runner if table else runner_module
+    """Make the runner's `target` (a name in `engine.run.ingest`, or in `engine.run.build` with `table`) run
+    `before` right after its first call for `table` returned: another writer acting between staging and commit."""
+    owner: Any = build_module if table else ingest_module
     original = getattr(owner, target)
 
     def racing(*args: Any, **kwargs: Any) -> Any:
@@ -166,7 +167,7 @@ def test_a_writer_bypassing_the_lease_cannot_quarantine_rows_twice(
         write_batch(root / "landing", 2)
         inner()
 
-    race_once(monkeypatch, "_stage", deliver_and_run, table="silver.accounts")
+    race_once(monkeypatch, "stage_rows", deliver_and_run, table="silver.accounts")
     result = outer.run()
     silver = next(r for r in result.records if r.table == "silver.accounts")
     assert silver.status == "failed" and "already committed" in (silver.error or "")

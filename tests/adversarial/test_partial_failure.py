@@ -11,7 +11,7 @@ import ray.data
 from click.testing import CliRunner
 from deltalake import DeltaTable
 
-import engine.runner as runner_module
+import engine.run.ingest as ingest_module
 from engine import FileSource, Overwrite, Pipeline, Runner
 from engine.cli.main import main
 from tests.conftest import settings_at
@@ -42,14 +42,14 @@ def land(root: Path) -> None:
 
 def crash_ingesting(monkeypatch: pytest.MonkeyPatch, directory: str) -> None:
     """An unexpected internal error (not one of the engine's own) while listing one source's landing files."""
-    original = runner_module.discover
+    original = ingest_module.discover
 
     def crashing(folder: str, source: FileSource) -> Any:
         if source.directory == directory:
             raise RuntimeError("Unable to merge: Field year has incompatible types\nsecond line of detail")
         return original(folder, source)
 
-    monkeypatch.setattr(runner_module, "discover", crashing)
+    monkeypatch.setattr(ingest_module, "discover", crashing)
 
 
 def test_a_crashing_table_fails_alone_and_independent_tables_are_built(tmp_path: Path,
@@ -78,7 +78,7 @@ def test_the_command_ends_with_one_line_per_failed_table_and_no_traceback(tmp_pa
     def crashing(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(runner_module, "discover", crashing)
+    monkeypatch.setattr(ingest_module, "discover", crashing)
     outcome = CliRunner().invoke(main, ["--root", str(tmp_path), "run", "tests.adversarial.test_partial_failure:shop"])
     assert outcome.exit_code == 1
     assert "Traceback" not in outcome.output

@@ -20,10 +20,10 @@ from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
 from engine.errors import CommitConflict, KeyMismatch, TableFailed
+from engine.keyhash import bucket_of, key_hash
 from engine.kinds import Merge
 from engine.tables import delta, distributed_merge
 from engine.tables.distributed_merge import merge_distributed
-from engine.tables.keyhash import bucket_of, key_hash
 
 CDC = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
 PLAIN = Merge(keys=["k1", "k2"])

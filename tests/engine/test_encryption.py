@@ -36,9 +36,12 @@ from engine.governance.encryption import (
     row_key_columns,
 )
 from engine.governance.encryption_legacy import LegacyKey
-from engine.governance.pii import STATS_PROPERTY, check_declaration, keep_out_of_stats, protect
+from engine.governance.pii import protect
 from engine.governance.secrets import PiiKey, column_keys
-from engine.tables.keyhash import key_bytes
+from engine.keyhash import key_bytes
+from engine.pipeline import check_pii_declaration
+from engine.tables.deltalog import keep_out_of_stats
+from engine.tables.files import STATS_PROPERTY
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.scan import findings
@@ -264,7 +267,7 @@ def test_protect_encrypts_declared_columns_bound_to_the_stored_keys() -> None:
 
 def test_a_key_column_cannot_be_encrypted() -> None:
     with pytest.raises(PipelineDefinitionError, match="key column `id` `encrypt`.*tokenize"):
-        check_declaration("silver.people", {"id": "encrypt"}, ["id"])
+        check_pii_declaration("silver.people", {"id": "encrypt"}, ["id"])
     with pytest.raises(PipelineDefinitionError, match="key column `id`"):
         Pipeline("p").table("silver.people", kind=Merge(keys=["id"]), pii={"id": "encrypt"})
 

@@ -15,9 +15,10 @@ from deltalake.transaction import CommitProperties
 
 from engine.cli.main import main
 from engine.errors import PipelineDefinitionError
-from engine.freshness import Freshness, TableFreshness, last_data_commit, parse_duration, table_freshness
+from engine.freshness import Freshness, parse_duration
 from engine.ingest.sources import FileSource
 from engine.pipeline import Pipeline
+from engine.staleness import TableFreshness, last_data_commit, table_freshness
 from engine.tables import delta
 from engine.tables.files import DataFile
 

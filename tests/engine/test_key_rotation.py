@@ -21,9 +21,11 @@ from engine.governance.encryption import (
     row_key_columns,
     stale_values,
 )
-from engine.governance.pii import STATS_PROPERTY, keep_out_of_stats, protect
+from engine.governance.pii import protect
 from engine.governance.secrets import PiiKey
 from engine.tables import delta
+from engine.tables.deltalog import keep_out_of_stats
+from engine.tables.files import STATS_PROPERTY
 from engine.tables.iceberg import IcebergTables
 from engine.tables.layout import Layout
 from tests.conftest import lease_held_elsewhere, settings_at

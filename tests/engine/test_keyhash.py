@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine.errors import KeyMismatch
-from engine.tables.keyhash import check_comparable, key_bytes, key_hash
+from engine.keyhash import check_comparable, key_bytes, key_hash
 
 INTEGERS = [pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()]
 

@@ -14,7 +14,7 @@ from engine import FileSource, Pipeline, Runner
 from engine.capacity import measure_backlog
 from engine.columns import RAW_FILE, REJECTED_REASON, RUN_ID, SOURCE_FILE
 from engine.ingest.checkpoint import ingestion_checkpoint
-from engine.ingest.sources import discover
+from engine.ingest.discovery import discover
 from engine.tables import formats
 from engine.tables.layout import Layout
 from tests.conftest import settings_at

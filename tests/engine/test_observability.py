@@ -347,8 +347,9 @@ def test_observe_counts_rows_checks_durations_and_the_last_success() -> None:
 
     from engine import metrics
     from engine.quality.results import CheckResult
+    from engine.run.outcome import RunResult
+    from engine.run.records import observe, observe_run
     from engine.runlog import RunRecord
-    from engine.runner import RunResult
 
     finished = datetime(2026, 11, 26, 9, tzinfo=UTC)
     checks = [CheckResult("silver.x", "amount:greater_than(0)", "quarantine", 10, 3),
@@ -357,8 +358,8 @@ def test_observe_counts_rows_checks_durations_and_the_last_success() -> None:
                    rows_written=7, rows_quarantined=3, checks=checks)
     failed = RunRecord("r5", "unit", "silver.x", "failed", finished, finished + timedelta(seconds=1), error="boom")
     for record in (ok, failed):
-        metrics.observe(record)
-    metrics.observe_run(RunResult("r5", "unit", [failed]), 1.5)
+        observe(record, on_record=lambda _: None)
+    observe_run(RunResult("r5", "unit", [failed]), 1.5)
 
     found = samples(metrics.exposition().decode())
     assert value(found, "medallion_rows_processed_total", pipeline="unit", table="silver.x", kind="written") == 7

@@ -19,8 +19,8 @@ from ray._common.test_utils import SignalActor
 
 from engine import partitioning
 from engine.errors import KeyMismatch
+from engine.keyhash import bucket_of
 from engine.partitioning import co_partition, coalesce, default_partitions, map_partitions
-from engine.tables.keyhash import bucket_of
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

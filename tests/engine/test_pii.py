@@ -14,10 +14,10 @@ from deltalake import DeltaTable
 
 from engine.config import PiiSettings
 from engine.errors import GovernanceError, PipelineDefinitionError
-from engine.governance.pii import STATS_PROPERTY, mask, protect, tokenize
+from engine.governance.pii import mask, protect, tokenize
 from engine.governance.secrets import PiiKey, pii_key
 from engine.pipeline import Pipeline
-from engine.tables.files import OPEN_MAX
+from engine.tables.files import OPEN_MAX, STATS_PROPERTY
 from engine.tables.layout import Layout
 from tests.conftest import RetailBuild
 from tests.engine.scan import findings

@@ -11,8 +11,9 @@ import pytest
 
 from engine.columns import RESCUED_DATA
 from engine.errors import IngestError, PipelineDefinitionError, UnreadableFileError
+from engine.ingest.discovery import discover
 from engine.ingest.readers import json_field_types, landing_bytes, read_landing_file
-from engine.ingest.sources import FileSource, LandingFile, discover
+from engine.ingest.sources import FileSource, LandingFile
 
 JSONL = FileSource("src", "jsonl")
 CSV = FileSource("src", "csv")

@@ -1,4 +1,5 @@
-"""Scrubbing a Delta log: file statistics of data files that held erased or personal values.
+"""Scrubbing a Delta log: file statistics of data files that held erased or personal values, and keeping
+personal columns out of the statistics of the files to come.
 
 Delta commit files keep the `stats` (min/max per column) of every file ever added, also after the file is
 removed, and checkpoints copy them. Statistics are optional in the Delta protocol (readers only lose data
@@ -12,14 +13,18 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
+from engine.governance import encryption
 from engine.storage import filesystem_of
-from engine.tables.files import OPEN_MAX
+from engine.tables.delta import commit_metadata, table_exists
+from engine.tables.files import OPEN_MAX, STATS_PROPERTY
 
 LOG = "_delta_log"
 COMMIT = re.compile(r"^\d{20}\.json$")
@@ -133,3 +138,37 @@ def delta_tables(folder: str) -> list[str]:
     prefix = folder[: len(folder) - len(base)]
     return sorted(prefix + i.path.rsplit("/", 1)[0] for i in infos
                   if i.type == pafs.FileType.Directory and i.path.endswith(f"/{LOG}"))
+
+
+def stats_columns(schema: pa.Schema, personal: Iterable[str]) -> str:
+    """The value of `delta.dataSkippingStatsColumns` that keeps every column but `personal` in statistics."""
+    excluded = set(personal)
+    return ",".join(name for name in schema.names if name not in excluded)
+
+
+def keep_out_of_stats(uri: str, personal: Collection[str], metadata: dict[str, Any],
+                      encrypted: Mapping[str, str] | None = None, key_columns: Sequence[str] = ()) -> bool:
+    """Make the table at `uri` leave `personal` columns out of the statistics of the files it gets from now
+    on (`delta.dataSkippingStatsColumns`), and strip their min/max from the files already logged; record the
+    `encrypted` columns (column: key id) and the `key_columns` their values are bound to
+    (`encryption.encryption_properties`), all in one commit carrying `metadata`. Does nothing when the table is
+    missing or already set; True when it set it."""
+    if not table_exists(uri):
+        return False
+    table = DeltaTable(uri)
+    schema = pa.schema(table.schema().to_arrow())
+    present = [c for c in personal if c in schema.names]
+    current = table.metadata().configuration
+    wanted = {STATS_PROPERTY: stats_columns(schema, present)}
+    recorded = {c: key_id for c, key_id in (encrypted or {}).items() if c in schema.names}
+    if recorded or encryption.ENCRYPTED_PROPERTY in current:
+        wanted |= encryption.encryption_properties(recorded, key_columns)
+    changed = {name: value for name, value in wanted.items() if current.get(name) != value}
+    if not present or not changed:
+        return False
+    table.alter.set_table_properties(changed, raise_if_not_exists=False,
+                                     commit_properties=commit_metadata(metadata))
+    if STATS_PROPERTY in changed:
+        strip_stats(uri, columns=present)
+        refresh_checkpoints(uri)
+    return True

@@ -1,0 +1,1 @@
+"""Ingestion: landing-file sources, readers, schema drift, checkpoints."""

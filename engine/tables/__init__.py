@@ -1,0 +1,1 @@
+"""Table formats and the storage operations on them: Delta Lake, Iceberg, staging, merges, quarantine."""

@@ -1,0 +1,110 @@
+"""The engine's imports point down its layers and form no cycle.
+
+Every import counts: at the top of a module, inside a function, and under `if TYPE_CHECKING:`, since each one
+is a dependency a reader must follow. The layers are the ones docs/architecture.md draws.
+"""
+
+from __future__ import annotations
+
+from graphlib import CycleError, TopologicalSorter
+
+import grimp
+import pytest
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    # foundation: settings, errors, storage access, logging, metrics collectors, small value helpers
+    ("engine.errors", "engine.ids", "engine.columns", "engine.lazy", "engine.redact", "engine.arrow",
+     "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash", "engine.cluster_config"),
+    # declarations: what a pipeline says, importing nothing of the engine but errors and config
+    ("engine.names", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
+     "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.maintenance.policy",
+     "engine.pipeline"),
+    # column protection and validation, applied while rows are written
+    ("engine.governance.actor", "engine.governance.encryption_legacy", "engine.governance.encryption",
+     "engine.governance.secrets", "engine.governance.pii",
+     "engine.quality.validate", "engine.context", "engine.partitioning"),
+    # table formats and their storage operations
+    ("engine.tables",),
+    # what one run does with tables: ingestion, checks, records, change detection, governance, leases
+    ("engine.ingest", "engine.quality", "engine.governance", "engine.changes", "engine.runlog", "engine.staleness",
+     "engine.declarations", "engine.entrypoints", "engine.guard", "engine.recovery", "engine.alerts",
+     "engine.lease", "engine.status", "engine.lineage.events", "engine.maintenance", "engine.features"),
+    # the runner
+    ("engine.run", "engine.runner"),
+    # products built on runs and tables
+    ("engine.governance.erase", "engine.governance.online", "engine.catalog", "engine.preflight", "engine.capacity", "engine.report",
+     "engine.lineage", "engine.training"),
+    # the command line
+    ("engine.cli", "engine.docgen"),
+)
+"""Bottom to top: a module may import from its own layer (without a cycle) and from the layers below."""
+
+DECLARATIONS = 1
+"""The index of the declaration layer, which may import only errors and config from below."""
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("engine", cache_dir=None)
+
+
+def layer_of(module: str) -> int:
+    """The layer of `module`: the one naming it or its nearest enclosing package (the longest prefix)."""
+    matches = [(len(prefix), index) for index, layer in enumerate(LAYERS) for prefix in layer
+               if module == prefix or module.startswith(prefix + ".")]
+    if not matches:
+        raise AssertionError(f"`{module}` is in no layer: add it to LAYERS and to docs/architecture.md")
+    return max(matches)[1]
+
+
+def engine_modules(graph: grimp.ImportGraph) -> list[str]:
+    """Every module but the package roots, whose `__init__` only re-exports names lazily."""
+    return sorted(m for m in graph.modules if m != "engine" and not _is_bare_package(graph, m))
+
+
+def _is_bare_package(graph: grimp.ImportGraph, module: str) -> bool:
+    return bool(graph.find_children(module)) and not graph.find_modules_directly_imported_by(module)
+
+
+def test_every_module_has_a_layer(graph: grimp.ImportGraph) -> None:
+    for module in engine_modules(graph):
+        layer_of(module)
+
+
+def test_no_import_runs_up_the_layers(graph: grimp.ImportGraph) -> None:
+    upward = []
+    for importer in engine_modules(graph):
+        for imported in graph.find_modules_directly_imported_by(importer):
+            if imported != "engine" and layer_of(imported) > layer_of(importer):
+                upward.append(f"{importer} -> {imported}")
+    assert not upward, "imports that run up the layers:\n" + "\n".join(sorted(upward))
+
+
+def test_declarations_import_only_errors_and_config_from_below(graph: grimp.ImportGraph) -> None:
+    allowed = {"engine.errors", "engine.config"}
+    outside = []
+    for importer in engine_modules(graph):
+        if layer_of(importer) != DECLARATIONS:
+            continue
+        for imported in graph.find_modules_directly_imported_by(importer):
+            if layer_of(imported) < DECLARATIONS and imported not in allowed:
+                outside.append(f"{importer} -> {imported}")
+    assert not outside, "declarations importing below errors and config:\n" + "\n".join(sorted(outside))
+
+
+def test_there_is_no_import_cycle(graph: grimp.ImportGraph) -> None:
+    sorter = TopologicalSorter({m: graph.find_modules_directly_imported_by(m) - {"engine"} for m in graph.modules})
+    try:
+        sorter.prepare()
+    except CycleError as cycle:
+        pytest.fail("import cycle: " + " -> ".join(reversed(cycle.args[1])))
+
+
+def test_the_checks_catch_a_cycle_and_an_upward_import() -> None:
+    """The checks above fail when the graph is broken on purpose (so they are not vacuous)."""
+    graph = grimp.build_graph("engine", cache_dir=None)
+    graph.add_import(importer="engine.errors", imported="engine.cli.main")
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_there_is_no_import_cycle(graph)
+    with pytest.raises(AssertionError, match="engine.errors -> engine.cli.main"):
+        test_no_import_runs_up_the_layers(graph)
