@@ -19,7 +19,7 @@ from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError, TableFormatError
 from engine.governance import encryption, pii
-from engine.tables import delta, progress
+from engine.tables import delta, delta_merge, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 from engine.tables.layout import Layout
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from engine.config import Settings
     from engine.kinds import Merge
-    from engine.tables.delta import MergeOutcome
+    from engine.tables.delta_merge import MergeOutcome
     from engine.tables.iceberg import IcebergTables
     from engine.tables.replace import Replacement, Slice
 
@@ -144,7 +144,7 @@ class DeltaStore:
     @staticmethod
     def merge_local(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
                     transaction: Transaction | None) -> MergeOutcome:
-        return delta.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
+        return delta_merge.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
 
     @staticmethod
     def replace(uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *, storage: StorageSettings,

@@ -1,6 +1,6 @@
 """Merges by key into an Iceberg table: the latest change per key applied copy-on-write in one snapshot.
 
-Same semantics as `engine.tables.delta.merge_changes` (see `engine.tables.iceberg.tables.IcebergTables.merge_changes`).
+Same semantics as `engine.tables.delta_merge.merge_changes` (see `engine.tables.iceberg.tables.IcebergTables.merge_changes`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from engine.arrow import to_storage
 from engine.kinds import Merge
-from engine.tables.delta import DELETE_FLAG
+from engine.tables.delta_merge import DELETE_FLAG
 from engine.tables.iceberg.scan import scan_tasks
 from engine.tables.iceberg.schema import evolve, plain, plain_schema
 

@@ -14,15 +14,8 @@ from engine.arrow import storage_schema, to_storage, unify
 from engine.config import StorageSettings
 from engine.errors import TableNotFound
 from engine.kinds import Merge
-from engine.tables.delta import (
-    DELETE_FLAG,
-    METADATA_PREFIX,
-    RESTORED_TO_KEY,
-    MergeOutcome,
-    _latest_per_key,
-    all_on_disk,
-    differing_keys,
-)
+from engine.tables.delta import METADATA_PREFIX, RESTORED_TO_KEY, all_on_disk, differing_keys
+from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, latest_per_key
 from engine.tables.files import DataFile, discard_files
 from engine.tables.iceberg.catalog import IcebergCatalog
 from engine.tables.iceberg.scan import read_tasks, scan_tasks, task_identity
@@ -263,7 +256,7 @@ class IcebergTables(IcebergCatalog):
         transaction: Transaction | None = None,
         table_properties: Mapping[str, str] | None = None,
     ) -> MergeOutcome:
-        """Apply `changes` by key with `delta.merge_changes`' semantics, in one snapshot (with
+        """Apply `changes` by key with `delta_merge.merge_changes`' semantics, in one snapshot (with
         `table_properties` set in the same commit).
 
         The latest change per key wins (`sequence_by`); a change applies to a stored row only when its
@@ -275,7 +268,7 @@ class IcebergTables(IcebergCatalog):
         Raises:
             CommitConflict: another writer committed `transaction` first, or the table kept changing.
         """
-        latest = to_storage(_latest_per_key(changes, kind))
+        latest = to_storage(latest_per_key(changes, kind))
         duplicates = changes.num_rows - latest.num_rows
         value_columns = [c for c in latest.column_names if c != DELETE_FLAG]
         properties = snapshot_properties(metadata, transaction)
