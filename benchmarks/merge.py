@@ -4,7 +4,7 @@ Usage: python benchmarks/merge.py [--rows N] [--changes M] [--nodes 1,2] [--buck
 
 Builds an N-row Delta table with `write_deltalake` and M changes (updates, inserts, deletes, duplicate
 keys), then times, each in a fresh process so the peak RSS is the merge's own:
-  deltalake      `delta.merge_changes` (deltalake's merge) on the table as written, once;
+  deltalake      `delta_merge.merge_changes` (deltalake's merge) on the table as written, once;
   bucketing      the first `merge_distributed` on that table, which also buckets it (a full rewrite, once);
   distributed    `merge_distributed` of the same M changes on the bucketed table;
 the last two on each Ray node count of `--nodes`: 1 runs Ray as one local node with 2 CPUs, 2 as a
@@ -174,7 +174,7 @@ def same_rows(table: Path, reference: Path) -> bool:
 
 def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageSettings) -> dict[str, Any]:
     """One merge in this process: wall time, RSS before it and peak RSS during it."""
-    from engine.tables import delta
+    from engine.tables import delta, delta_merge
     from engine.tables.distributed_merge import merge_distributed
 
     changes = pq.read_table(folder / "changes.parquet")
@@ -191,7 +191,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     if role == "deltalake":
-        outcome = delta.merge_changes(uri, changes, KIND, metadata={})
+        outcome = delta_merge.merge_changes(uri, changes, KIND, metadata={})
     else:
         outcome = merge_distributed(uri, "bench.orders", changes, KIND, metadata={}, buckets=buckets,
                                     storage=storage)

@@ -46,16 +46,9 @@ from engine.keyhash import bucket_of, check_comparable
 from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of
-from engine.tables.delta import (
-    DELETE_FLAG,
-    MergeOutcome,
-    _latest_per_key,
-    align_with_table,
-    commit_metadata,
-    ensure_not_committed,
-    table_exists,
-)
+from engine.tables.delta import commit_metadata, ensure_not_committed, table_exists
 from engine.tables.delta_files import add_actions
+from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, align_with_table, latest_per_key
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
 
 log = logging.getLogger(__name__)
@@ -85,7 +78,7 @@ def merge_distributed(
     storage: StorageSettings | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
 ) -> MergeOutcome:
-    """Apply `changes` to the table by key, as `delta.merge_changes` does, rewriting buckets in Ray tasks.
+    """Apply `changes` to the table by key, as `delta_merge.merge_changes` does, rewriting buckets in Ray tasks.
 
     The latest change per key wins; a change applies to a stored row only when its `sequence_by` value is
     at least the stored one; deletes remove the key; columns the table lacks are added first (a
@@ -266,7 +259,7 @@ class _MergeJob:
 
     def _source_schema(self, changes: pa.Table) -> pa.Schema:
         """The columns the changes bring once reduced to the latest per key: stored ones and the delete flag."""
-        return to_storage(_latest_per_key(changes.slice(0, 0), self.kind)).schema
+        return to_storage(latest_per_key(changes.slice(0, 0), self.kind)).schema
 
     def _split_changes(self, changes: pa.Table, layout: _Layout) -> list[pa.Table]:
         """The changes of every bucket, hashed on their keys in storage types (as the stored keys are); view
@@ -361,7 +354,7 @@ def _rewrite_bucket(
     bucket's new files."""
     started = time.monotonic()
     writer = RollingParquetWriter(uri, storage, prefix, opaque)
-    matcher = _Matcher(_conform(to_storage(_latest_per_key(changes, kind)), schema), schema, kind)
+    matcher = _Matcher(_conform(to_storage(latest_per_key(changes, kind)), schema), schema, kind)
     scan_s = 0.0
     try:
         for batch in _stored_batches(uri, paths, pieces, schema):

@@ -20,7 +20,7 @@ from engine.config import StorageSettings
 from engine.errors import TableFormatError
 from engine.governance import encryption
 from engine.names import DELTA, ICEBERG
-from engine.tables import delta, deltalog, progress
+from engine.tables import delta, delta_merge, deltalog, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 from engine.tables.layout import Layout
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from engine.config import Settings
     from engine.kinds import Merge
-    from engine.tables.delta import MergeOutcome
+    from engine.tables.delta_merge import MergeOutcome
     from engine.tables.iceberg import IcebergTables
     from engine.tables.replace import Replacement, Slice
 
@@ -130,7 +130,7 @@ class DeltaStore:
     @staticmethod
     def merge_local(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
                     transaction: Transaction | None) -> MergeOutcome:
-        return delta.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
+        return delta_merge.merge_changes(uri, changes, kind, metadata=metadata, transaction=transaction)
 
     @staticmethod
     def replace(uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *, storage: StorageSettings,

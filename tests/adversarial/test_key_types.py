@@ -20,7 +20,7 @@ from engine import partitioning
 from engine.errors import KeyMismatch
 from engine.kinds import Merge
 from engine.partitioning import co_partition, map_partitions
-from engine.tables import delta
+from engine.tables import delta_merge
 from engine.tables.distributed_merge import merge_distributed
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.usefixtures("ray_local")]
@@ -155,7 +155,7 @@ def test_merges_keyed_in_narrower_integers_update_an_int64_bucketed_table_like_d
         changes = pa.table({"k": keys(rng, 150, key_type), "seq": pa.array(rng.integers(0, 20, 150)),
                             "v": pa.array(rng.integers(0, 1000, 150)),
                             "op": pa.array(rng.choice(["u", "d"], 150, p=[0.8, 0.2]))})
-        delta.merge_changes(reference, changes.cast(changes.schema.set(0, pa.field("k", pa.int64()))), kind,
+        delta_merge.merge_changes(reference, changes.cast(changes.schema.set(0, pa.field("k", pa.int64()))), kind,
                             metadata={})
         merge_distributed(bucketed, "silver.t", changes, kind, metadata={}, buckets=8)
         stored = pl.from_arrow(DeltaTable(bucketed).to_pyarrow_table())
@@ -175,7 +175,7 @@ def test_merges_keyed_in_string_variants_update_a_string_bucketed_table_like_del
         key_type = pa.string() if batch == 0 else change_type
         changes = pa.table({"k": keys(rng, 120, key_type), "seq": pa.array(rng.integers(0, 20, 120)),
                             "v": pa.array(rng.integers(0, 1000, 120))})
-        delta.merge_changes(reference, changes.cast(changes.schema.set(0, pa.field("k", pa.string()))), kind,
+        delta_merge.merge_changes(reference, changes.cast(changes.schema.set(0, pa.field("k", pa.string()))), kind,
                             metadata={})
         merge_distributed(bucketed, "silver.t", changes, kind, metadata={}, buckets=4)
         stored = pl.from_arrow(DeltaTable(bucketed).to_pyarrow_table())

@@ -19,7 +19,7 @@ from engine.columns import REJECTED_REASON, RUN_ID
 from engine.config import StorageSettings
 from engine.errors import CommitConflict, TableNotFound
 from engine.kinds import Merge
-from engine.tables import delta
+from engine.tables import delta, delta_merge
 from engine.tables.files import DataFile, RollingParquetWriter
 from engine.tables.staging import StagedFiles, data_schema, split_rejected
 
@@ -248,7 +248,7 @@ def test_first_merge_creates_table_without_deletes(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     changes = pa.table({"id": ids(1, 1, 2, 3, 4), "v": ["a", "b", "c", "d", None], "seq": ids(1, 2, 1, 1, 1),
                         "op": ["c", "u", "c", "d", "c"]})
-    outcome = delta.merge_changes(uri, changes, CDC, metadata={"run_id": "m1"})
+    outcome = delta_merge.merge_changes(uri, changes, CDC, metadata={"run_id": "m1"})
     assert outcome.version == 0
     assert outcome.duplicates == 1
     assert outcome.metrics["num_target_rows_inserted"] == 3
@@ -264,7 +264,7 @@ def test_merge_latest_per_key_within_batch_regardless_of_row_order(tmp_path: Pat
     kind = Merge(keys=["id"], sequence_by="seq")
     changes = pa.table({"id": ids(1, 1, 1, 2, 2), "v": ["late", "first", "mid", "x", "y"],
                         "seq": ids(9, 1, 5, 3, 3)})
-    outcome = delta.merge_changes(uri, changes, kind, metadata={})
+    outcome = delta_merge.merge_changes(uri, changes, kind, metadata={})
     assert outcome.duplicates == 3
     assert rows(uri) == [{"id": 1, "v": "late", "seq": 9}, {"id": 2, "v": "y", "seq": 3}]
 
@@ -272,10 +272,10 @@ def test_merge_latest_per_key_within_batch_regardless_of_row_order(tmp_path: Pat
 def test_merge_older_change_never_overwrites_newer(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
-    delta.merge_changes(uri, first, CDC, metadata={})
+    delta_merge.merge_changes(uri, first, CDC, metadata={})
     later = pa.table({"id": ids(1, 2, 3, 4), "v": ["old", "same", "new", "ins"], "seq": ids(4, 5, 6, 1),
                       "op": ["u", "u", "u", "c"]})
-    outcome = delta.merge_changes(uri, later, CDC, metadata={"run_id": "m2"})
+    outcome = delta_merge.merge_changes(uri, later, CDC, metadata={"run_id": "m2"})
     assert outcome.version == 1
     assert outcome.duplicates == 0
     assert outcome.metrics["num_target_rows_inserted"] == 1
@@ -290,9 +290,9 @@ def test_merge_older_change_never_overwrites_newer(tmp_path: Path) -> None:
 def test_merge_delete_applies_only_when_not_older(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
-    delta.merge_changes(uri, first, CDC, metadata={})
+    delta_merge.merge_changes(uri, first, CDC, metadata={})
     deletes = pa.table({"id": ids(1, 2, 3, 9), "seq": ids(4, 5, 6, 1), "op": ["d", "d", "d", "d"]})
-    outcome = delta.merge_changes(uri, deletes, CDC, metadata={})
+    outcome = delta_merge.merge_changes(uri, deletes, CDC, metadata={})
     assert outcome.metrics["num_target_rows_deleted"] == 2
     assert outcome.metrics["num_target_rows_inserted"] == 0
     assert rows(uri) == [{"id": 1, "v": "a", "seq": 5}]
@@ -301,9 +301,9 @@ def test_merge_delete_applies_only_when_not_older(tmp_path: Path) -> None:
 
 def test_merge_delete_then_recreate_in_one_batch(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
-    delta.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "seq": ids(1), "op": ["c"]}), CDC, metadata={})
+    delta_merge.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "seq": ids(1), "op": ["c"]}), CDC, metadata={})
     changes = pa.table({"id": ids(1, 1), "v": [None, "back"], "seq": ids(2, 3), "op": ["d", "c"]})
-    outcome = delta.merge_changes(uri, changes, CDC, metadata={})
+    outcome = delta_merge.merge_changes(uri, changes, CDC, metadata={})
     assert outcome.duplicates == 1
     assert rows(uri) == [{"id": 1, "v": "back", "seq": 3}]
 
@@ -311,8 +311,8 @@ def test_merge_delete_then_recreate_in_one_batch(tmp_path: Path) -> None:
 def test_merge_except_columns_are_not_stored(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     kind = Merge(keys=["id"], except_columns=["op", "debug"])
-    delta.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "op": ["c"], "debug": [1]}), kind, metadata={})
-    delta.merge_changes(uri, pa.table({"id": ids(2), "v": ["b"], "op": ["c"], "debug": [2]}), kind, metadata={})
+    delta_merge.merge_changes(uri, pa.table({"id": ids(1), "v": ["a"], "op": ["c"], "debug": [1]}), kind, metadata={})
+    delta_merge.merge_changes(uri, pa.table({"id": ids(2), "v": ["b"], "op": ["c"], "debug": [2]}), kind, metadata={})
     assert DeltaTable(uri).schema().to_arrow().names == ["id", "v"]
     assert rows(uri) == [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]
 
@@ -320,10 +320,10 @@ def test_merge_except_columns_are_not_stored(tmp_path: Path) -> None:
 def test_merge_new_column_is_null_for_rows_not_updated(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     first = pa.table({"id": ids(1, 2, 3), "v": ["a", "b", "c"], "seq": ids(5, 5, 5), "op": ["c", "c", "c"]})
-    delta.merge_changes(uri, first, CDC, metadata={})
+    delta_merge.merge_changes(uri, first, CDC, metadata={})
     later = pa.table({"id": ids(1, 2, 4), "v": ["stale", "new", "ins"], "seq": ids(1, 6, 1),
                       "op": ["u", "u", "c"], "tier": ["x", "gold", "silver"]})
-    outcome = delta.merge_changes(uri, later, CDC, metadata={})
+    outcome = delta_merge.merge_changes(uri, later, CDC, metadata={})
     assert outcome.version == delta.latest_version(uri)
     assert DeltaTable(uri).schema().to_arrow().names == ["id", "v", "seq", "tier"]
     assert rows(uri) == [
@@ -338,8 +338,8 @@ def test_merge_new_column_is_null_for_rows_not_updated(tmp_path: Path) -> None:
 def test_merge_batch_without_a_column_stores_null_for_it(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     kind = Merge(keys=["id"], sequence_by="seq")
-    delta.merge_changes(uri, pa.table({"id": ids(1, 2), "v": ["a", "b"], "seq": ids(1, 1)}), kind, metadata={})
-    delta.merge_changes(uri, pa.table({"id": ids(2, 3), "seq": ids(2, 2)}), kind, metadata={})
+    delta_merge.merge_changes(uri, pa.table({"id": ids(1, 2), "v": ["a", "b"], "seq": ids(1, 1)}), kind, metadata={})
+    delta_merge.merge_changes(uri, pa.table({"id": ids(2, 3), "seq": ids(2, 2)}), kind, metadata={})
     assert rows(uri) == [{"id": 1, "v": "a", "seq": 1}, {"id": 2, "v": None, "seq": 2},
                          {"id": 3, "v": None, "seq": 2}]
 
@@ -348,11 +348,11 @@ def test_merge_without_sequence_last_row_wins(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     kind = Merge(keys=["k1", "k2"])
     first = pa.table({"k1": ids(1, 1, 1), "k2": ["a", "b", "a"], "v": ids(10, 20, 30)})
-    outcome = delta.merge_changes(uri, first, kind, metadata={})
+    outcome = delta_merge.merge_changes(uri, first, kind, metadata={})
     assert outcome.duplicates == 1
     assert rows(uri, key="k2") == [{"k1": 1, "k2": "a", "v": 30}, {"k1": 1, "k2": "b", "v": 20}]
     second = pa.table({"k1": ids(1, 2, 1), "k2": ["b", "a", "b"], "v": ids(1, 2, 3)})
-    outcome = delta.merge_changes(uri, second, kind, metadata={})
+    outcome = delta_merge.merge_changes(uri, second, kind, metadata={})
     assert outcome.duplicates == 1
     assert sorted(DeltaTable(uri).to_pyarrow_table().to_pylist(), key=lambda r: (r["k1"], r["k2"])) == [
         {"k1": 1, "k2": "a", "v": 30}, {"k1": 1, "k2": "b", "v": 3}, {"k1": 2, "k2": "a", "v": 2},
@@ -364,13 +364,13 @@ def test_merge_stores_storage_types(tmp_path: Path) -> None:
     uri = str(tmp_path / "t")
     kind = Merge(keys=["id"], sequence_by="at")
     at = pa.array([dt.datetime(2026, 1, 1, 12, 0)], pa.timestamp("ns"))
-    delta.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["a"], pa.large_string()), "at": at}),
+    delta_merge.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["a"], pa.large_string()), "at": at}),
                         kind, metadata={})
     schema = DeltaTable(uri).schema().to_arrow()
     assert pa.schema(schema).field("at").type == UTC_US
     assert pa.schema(schema).field("name").type == pa.string()
     later = pa.array([dt.datetime(2026, 1, 2, tzinfo=dt.UTC)], pa.timestamp("ms", tz="UTC"))
-    delta.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["b"], pa.string_view()), "at": later}),
+    delta_merge.merge_changes(uri, pa.table({"id": ids(1), "name": pa.array(["b"], pa.string_view()), "at": later}),
                         kind, metadata={})
     assert rows(uri) == [{"id": 1, "name": "b", "at": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)}]
 
@@ -511,7 +511,7 @@ def test_commits_carry_increasing_transaction_markers(tmp_path: Path) -> None:
                        transaction=delta.next_transaction(uri, app))
     second = delta.next_transaction(uri, app)
     assert second.version == 2
-    delta.merge_changes(uri, pa.table({"id": ids(2)}), Merge(keys=["id"]), metadata={}, transaction=second)
+    delta_merge.merge_changes(uri, pa.table({"id": ids(2)}), Merge(keys=["id"]), metadata={}, transaction=second)
     assert DeltaTable(uri).transaction_version(app) == 2
     assert delta.next_transaction(uri, "medallion/p/other").version == 1
 
@@ -527,7 +527,7 @@ def test_batch_already_committed_is_refused_and_nothing_changes(tmp_path: Path) 
         delta.commit_files(uri, staged(uri, pa.table({"id": ids(3)})), mode="append", metadata={},
                            transaction=planned)
     with pytest.raises(CommitConflict):
-        delta.merge_changes(uri, pa.table({"id": ids(4)}), Merge(keys=["id"]), metadata={}, transaction=planned)
+        delta_merge.merge_changes(uri, pa.table({"id": ids(4)}), Merge(keys=["id"]), metadata={}, transaction=planned)
     assert [r["id"] for r in rows(uri)] == [1, 2]
     assert DeltaTable(uri).version() == 1
 

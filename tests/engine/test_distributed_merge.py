@@ -22,7 +22,7 @@ from engine.arrow import to_storage
 from engine.errors import CommitConflict, KeyMismatch, TableFailed
 from engine.keyhash import bucket_of, key_hash
 from engine.kinds import Merge
-from engine.tables import delta, distributed_merge
+from engine.tables import delta, delta_merge, distributed_merge
 from engine.tables.distributed_merge import merge_distributed
 
 CDC = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
@@ -62,7 +62,7 @@ def test_same_result_as_deltalake_merge(tmp_path: Path, ray_local: None, seed: i
     shapes = [(True, False), (True, False), (False, True), (True, True), (True, False), (False, False)]
     for number, (with_v, with_tier) in enumerate(shapes):
         changes = cdc_batch(rng, 300, with_tier=with_tier, with_v=with_v or number == 0)
-        expected = delta.merge_changes(reference, changes, CDC, metadata={"batch": number})
+        expected = delta_merge.merge_changes(reference, changes, CDC, metadata={"batch": number})
         outcome = merge_distributed(bucketed, "silver.t", changes, CDC, metadata={"batch": number}, buckets=4)
         assert rows(bucketed) == rows(reference)
         assert (outcome.version, outcome.duplicates) == (expected.version, expected.duplicates)
@@ -80,7 +80,7 @@ def test_same_result_without_sequence_with_composite_and_null_keys(tmp_path: Pat
                             "k2": pa.array(rng.choice(["a", "b", "c", "d"], 80)),
                             "at": pa.array(rng.integers(0, 10**12, 80), pa.timestamp("ns")),
                             "n": pa.array(rng.integers(0, 100, 80), pa.int32())})
-        expected = delta.merge_changes(reference, changes, PLAIN, metadata={})
+        expected = delta_merge.merge_changes(reference, changes, PLAIN, metadata={})
         outcome = merge_distributed(bucketed, "silver.t", changes, PLAIN, metadata={}, buckets=3)
         assert rows(bucketed, ("k1", "k2")) == rows(reference, ("k1", "k2"))
         assert outcome.duplicates == expected.duplicates
@@ -92,12 +92,12 @@ def test_first_merge_buckets_a_table_written_by_deltalake(tmp_path: Path, ray_lo
     first = pa.table({"id": pa.array(range(200), pa.int64()), "v": [f"a{i}" for i in range(200)],
                       "seq": pa.array([1] * 200, pa.int64()), "op": ["c"] * 200})
     for uri in (reference, converted):
-        delta.merge_changes(uri, first, CDC, metadata={})
-    delta.merge_changes(converted, first.slice(0, 5), CDC, metadata={})
+        delta_merge.merge_changes(uri, first, CDC, metadata={})
+    delta_merge.merge_changes(converted, first.slice(0, 5), CDC, metadata={})
     loose = paths(converted)
     changes = pa.table({"id": pa.array([3, 250], pa.int64()), "v": ["b3", "new"], "seq": pa.array([2, 1], pa.int64()),
                         "op": ["u", "c"]})
-    delta.merge_changes(reference, changes, CDC, metadata={})
+    delta_merge.merge_changes(reference, changes, CDC, metadata={})
     outcome = merge_distributed(converted, "silver.t", changes, CDC, metadata={}, buckets=4)
     assert rows(converted) == rows(reference)
     assert outcome.metrics["num_buckets_rewritten"] == 4
@@ -206,9 +206,9 @@ def test_racing_merges_apply_every_change_exactly_once(
                                  [first, second]))
     assert sorted(o.version for o in outcomes) == [1, 2]
     assert sorted(o.metrics["attempts"] for o in outcomes) == [1, 2]
-    delta.merge_changes(reference, base, CDC, metadata={})
+    delta_merge.merge_changes(reference, base, CDC, metadata={})
     for changes in [first, second] if outcomes[0].version < outcomes[1].version else [second, first]:
-        delta.merge_changes(reference, changes, CDC, metadata={})
+        delta_merge.merge_changes(reference, changes, CDC, metadata={})
     assert rows(uri) == rows(reference)
     # keys 0-49: deleted when the deletes commit last; re-inserted by the older updates otherwise, as in a
     # sequential merge (a table keeps no tombstones)

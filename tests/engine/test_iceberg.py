@@ -26,7 +26,7 @@ from engine.errors import CommitConflict, PipelineDefinitionError, TableFormatEr
 from engine.quality.checks import Quality, References
 from engine.quality.gate import reference_keys
 from engine.runlog import read_records
-from engine.tables import delta
+from engine.tables import delta, delta_merge
 from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
 from engine.tables.iceberg import IcebergTables, without_metrics
@@ -247,7 +247,7 @@ def test_merge_keeps_the_latest_change_per_key_like_delta(tmp_path: Path) -> Non
     for number, batch in enumerate(batches, start=1):
         outcomes.append(tables.merge_changes(ice, "silver.t", batch, kind, metadata={"batch": number},
                                              transaction=Transaction("app", number)))
-        delta.merge_changes(dl, batch, kind, metadata={"batch": number})
+        delta_merge.merge_changes(dl, batch, kind, metadata={"batch": number})
     expected = pl.from_arrow(DeltaTable(dl).to_pyarrow_table()).sort("id", nulls_last=True)
     assert_frame_equal(pl.from_arrow(tables.read_table(ice, "silver.t")).sort("id", nulls_last=True), expected)
     assert [o.version for o in outcomes] == [0, 1, 2]

@@ -1,6 +1,6 @@
 """Merges by key into an Iceberg table: the latest change per key applied copy-on-write in one snapshot.
 
-Same semantics as `engine.tables.delta.merge_changes` (see `engine.tables.iceberg.IcebergTables.merge_changes`).
+Same semantics as `engine.tables.delta_merge.merge_changes` (see `engine.tables.iceberg.tables.IcebergTables.merge_changes`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import pyarrow as pa
 
 from engine.arrow import to_storage
 from engine.kinds import Merge
-from engine.tables.delta import DELETE_FLAG
-from engine.tables.iceberg import _evolve, _plain, _plain_schema, _scan_tasks
+from engine.tables.delta_merge import DELETE_FLAG
+from engine.tables.iceberg.scan import scan_tasks
+from engine.tables.iceberg.schema import evolve, plain, plain_schema
 
 if TYPE_CHECKING:
     from pyiceberg.table import Transaction as IcebergTransaction
@@ -58,8 +59,8 @@ def merge_into(
 
     keys, sequence = list(kind.keys), kind.sequence_by
     if not created:
-        _evolve(tx, latest.select(value_columns).schema, drop_missing=False)
-    target = _plain_schema(tx.table_metadata.schema().as_arrow())
+        evolve(tx, latest.select(value_columns).schema, drop_missing=False)
+    target = plain_schema(tx.table_metadata.schema().as_arrow())
     types = {f.name: f.type for f in target}
     changes = pl.from_arrow(pa.Table.from_arrays(
         [c.cast(types[n]) if n in types else c for n, c in zip(latest.column_names, latest.columns)],
@@ -67,12 +68,12 @@ def merge_into(
     assert isinstance(changes, pl.DataFrame)
     if DELETE_FLAG not in changes.columns:
         changes = changes.with_columns(pl.lit(False).alias(DELETE_FLAG))
-    candidates = [] if created else _scan_tasks(tx, _match_filter(latest, keys))
+    candidates = [] if created else scan_tasks(tx, _match_filter(latest, keys))
     io = tx._table.io
     scan = ArrowScan(tx.table_metadata, io, tx.table_metadata.schema(), AlwaysTrue())
     stored_parts = []
     for index, task in enumerate(candidates):
-        rows = _plain(scan.to_table([task]))
+        rows = plain(scan.to_table([task]))
         frame = pl.from_arrow(rows)
         assert isinstance(frame, pl.DataFrame)
         stored_parts.append(frame.with_columns(pl.lit(index, pl.Int64).alias("__file")))
