@@ -22,13 +22,13 @@ def cluster() -> None:
 def validate(files: tuple[str, ...]) -> None:
     """Check cluster-launcher YAMLs as `ray up` does and KubeRay manifests structurally, plus the project's rules
     (the locked Ray version, token authentication, nothing exposed publicly)."""
-    from engine.cluster_config import validate_file
+    from clusterlint import ConfigProblem, validate_file
 
     failed = 0
     for path in files:
         try:
             specs = validate_file(path)
-        except ClusterConfigError as err:
+        except ConfigProblem as err:
             failed += 1
             errors.print(f"[red]invalid[/red] {escape(str(err))}", soft_wrap=True)
             continue

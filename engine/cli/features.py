@@ -169,7 +169,8 @@ def _check_lookup(store: FeatureStore, row: dict[str, Any], refs: tuple[str, ...
     Raises:
         FeatureStoreError: naming the option at fault (`--service`, `--feature`, `--entity`) and what it accepts.
     """
-    from engine.features.server import RequestProblem, catalog_of, check_request
+    from engine.features.problems import RequestProblem
+    from engine.features.validation import catalog_of, check_request
 
     request = {"feature_service": service} if service else {"features": list(refs)}
     try:

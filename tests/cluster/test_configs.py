@@ -16,10 +16,9 @@ import yaml
 from click.testing import CliRunner
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from clusterlint import ClusterSpec, ConfigProblem, validate_file
 from engine.cli.main import main
-from engine.cluster_config import ClusterSpec, validate_file
 from engine.config import FeatureSettings
-from engine.errors import ClusterConfigError
 from tests.cluster.helpers import CLUSTER, REPO, lock_version
 
 RAY_VERSION = lock_version("ray")
@@ -246,7 +245,7 @@ def test_a_broken_config_fails_with_a_clear_message(case: str, tmp_path: Path) -
     mutate(docs[index])
     broken = tmp_path / Path(name).name
     broken.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    with pytest.raises(ClusterConfigError) as raised:
+    with pytest.raises(ConfigProblem) as raised:
         validate_file(broken, RAY_VERSION)
     assert expected in str(raised.value)
     assert str(raised.value).startswith(f"`{broken}`")

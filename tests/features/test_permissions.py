@@ -33,9 +33,10 @@ from feast.permissions.security_manager import no_security_manager
 from engine.cli.main import main
 from engine.config import AccessSettings, RoleGrant
 from engine.errors import FeatureStoreError
+from engine.features.guard import RequestGuard
 from engine.features.permissions import feast_permissions, served_views, view_patterns
 from engine.features.repo import apply_repo, load_definitions, open_store
-from engine.features.server import RequestGuard, build_app
+from engine.features.server import build_app
 from tests.features.conftest import REPO, RetailFeatures, serving
 from tests.features.test_server import as_columns, call, expected_online
 

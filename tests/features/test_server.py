@@ -18,7 +18,9 @@ import pytest
 from feast.value_type import ValueType
 from pydantic import BaseModel
 
-from engine.features.server import Catalog, RequestProblem, build_app, check_request, validation_problem
+from engine.features.problems import RequestProblem
+from engine.features.server import build_app, validation_problem
+from engine.features.validation import Catalog, check_request
 from tests.features.conftest import REPO, RETAIL_END, RetailFeatures, serving, store_over, write_table
 from tests.features.synthetic import customer, customer_rows, customer_view
 
