@@ -21,8 +21,8 @@ from engine.runlog import read_records
 from engine.runner import Runner, RunResult
 from engine.tables.layout import Layout
 from tests.conftest import RetailBuild, settings_at
+from tests.engine.governance.test_erase import _pick_subject
 from tests.engine.scan import findings
-from tests.engine.test_erase import _pick_subject
 
 pytestmark = [pytest.mark.adversarial]
 

@@ -189,7 +189,7 @@ SHOP_DRIVER = textwrap.dedent("""
 
     from engine import Runner, load_settings
     from engine.runtime import ray_session
-    from tests.engine.test_iceberg import shop
+    from tests.engine.tables.test_iceberg import shop
 
     outcomes = []
     with ray_session(load_settings().ray):

@@ -29,8 +29,8 @@ from engine.tables.files import STATS_PROPERTY
 from engine.tables.iceberg import IcebergTables
 from engine.tables.layout import Layout
 from tests.conftest import lease_held_elsewhere, settings_at
-from tests.engine.test_encryption import LEGACY_SECRET, LEGACY_VALUES
-from tests.engine.test_iceberg import PEOPLE_PII, manifest_metrics, people_pipeline, write_people
+from tests.engine.governance.test_encryption import LEGACY_SECRET, LEGACY_VALUES
+from tests.engine.tables.test_iceberg import PEOPLE_PII, manifest_metrics, people_pipeline, write_people
 
 KEY_A = "a1" * 32
 KEY_B = "b2" * 32
@@ -124,7 +124,7 @@ def test_values_of_the_first_format_are_migrated(tmp_path: Path, monkeypatch: py
     assert code == 1 and "records no key columns" in output and "--pipeline" in output, output
 
     code, output = _invoke(tmp_path, "maintain", "rotate-keys", "silver.people",
-                           "--pipeline", "tests.engine.test_key_rotation:LEGACY_PEOPLE")
+                           "--pipeline", "tests.engine.maintenance.test_key_rotation:LEGACY_PEOPLE")
     assert code == 0 and "2 value(s) re-encrypted" in output, output
     table = DeltaTable(uri)
     assert row_key_columns(table.metadata().configuration) == ("id",)

@@ -22,7 +22,7 @@ from engine.runlog import RunRecord, append_records
 from engine.tables.layout import Layout
 
 MEDALLION = str(Path(sys.executable).with_name("medallion"))
-REPOSITORY = str(Path(__file__).resolve().parents[2])
+REPOSITORY = str(Path(__file__).resolve().parents[3])
 RELEASE_ENV = "MEDALLION_TEST_RELEASE"
 SIGNAL_ENV = "MEDALLION_TEST_SIGNAL"
 

@@ -18,7 +18,7 @@ from engine.ingest.discovery import discover
 from engine.tables import formats
 from engine.tables.layout import Layout
 from tests.conftest import settings_at
-from tests.engine.test_log_cleanup import clean_up_log
+from tests.engine.tables.test_log_cleanup import clean_up_log
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

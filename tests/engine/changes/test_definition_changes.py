@@ -26,7 +26,7 @@ from engine import Runner, RunResult, load_settings
 from engine.changes.plan import TablePlan, plan
 from engine.cli.main import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 PIPELINE_SOURCE = '''
 import polars as pl

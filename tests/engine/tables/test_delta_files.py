@@ -14,7 +14,7 @@ from deltalake import DeltaTable, write_deltalake
 from engine.tables import delta, delta_files, delta_read
 from engine.tables.delta_files import DataFileEntry
 from engine.tables.delta_read import DeltaFilesDatasource, task_groups
-from tests.engine.test_delta import ids, staged
+from tests.engine.tables.test_delta import ids, staged
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
