@@ -6,7 +6,35 @@ function's `engine.columns`, say) does not also import the runner, pandera and d
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers see: the names below, from the modules that define them
+    from engine.config import Settings as Settings
+    from engine.config import load_settings as load_settings
+    from engine.context import TableContext as TableContext
+    from engine.context import table_context as table_context
+    from engine.errors import EngineError as EngineError
+    from engine.freshness import Freshness as Freshness
+    from engine.ingest.sources import FileSource as FileSource
+    from engine.kinds import SCD2 as SCD2
+    from engine.kinds import Append as Append
+    from engine.kinds import Merge as Merge
+    from engine.kinds import Overwrite as Overwrite
+    from engine.kinds import RecomputeKeys as RecomputeKeys
+    from engine.maintenance.policy import Maintenance as Maintenance
+    from engine.partitioning import co_partition as co_partition
+    from engine.partitioning import default_partitions as default_partitions
+    from engine.partitioning import map_partitions as map_partitions
+    from engine.pipeline import Pipeline as Pipeline
+    from engine.quality.checks import Expect as Expect
+    from engine.quality.checks import Quality as Quality
+    from engine.quality.checks import References as References
+    from engine.run.outcome import RunResult as RunResult
+    from engine.runner import Runner as Runner
+    from engine.runtime import ray_session as ray_session
+    from engine.schema import SchemaEvolution as SchemaEvolution
 
 EXPORTS = {
     "Settings": "engine.config",
@@ -14,6 +42,9 @@ EXPORTS = {
     "TableContext": "engine.context",
     "table_context": "engine.context",
     "EngineError": "engine.errors",
+    "Expect": "engine.quality.checks",
+    "Quality": "engine.quality.checks",
+    "References": "engine.quality.checks",
     "Freshness": "engine.freshness",
     "FileSource": "engine.ingest.sources",
     "SCD2": "engine.kinds",

@@ -6,7 +6,10 @@ is a dependency a reader must follow. The layers are the ones docs/architecture.
 
 from __future__ import annotations
 
+import ast
+import importlib
 from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
 
 import grimp
 import pytest
@@ -14,7 +17,7 @@ import pytest
 LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, errors, storage access, logging, metrics collectors, small value helpers
     ("engine.errors", "engine.ids", "engine.columns", "engine.lazy", "engine.redact", "engine.arrow",
-     "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash", "engine.cluster_config"),
+     "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash"),
     # declarations: what a pipeline says, importing nothing of the engine but errors and config
     ("engine.names", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
      "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.maintenance.policy",
@@ -108,3 +111,28 @@ def test_the_checks_catch_a_cycle_and_an_upward_import() -> None:
         test_there_is_no_import_cycle(graph)
     with pytest.raises(AssertionError, match="engine.errors -> engine.cli.main"):
         test_no_import_runs_up_the_layers(graph)
+
+
+def test_no_module_is_over_500_lines() -> None:
+    root = Path(__file__).resolve().parents[1]
+    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines())
+             for folder in ("engine", "cluster/clusterlint") for p in (root / folder).rglob("*.py")}
+    assert sizes and not {path: lines for path, lines in sizes.items() if lines > 500}
+
+
+@pytest.mark.parametrize("package", ["engine", "engine.features", "engine.training"])
+def test_lazy_exports_are_what_type_checkers_see(package: str) -> None:
+    """Every name a package loads on first use is imported under `TYPE_CHECKING` from the same module (so type
+    checkers see its real type, not `Any`), and loading it gives that module's object."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__ or "").read_text())
+    checked = {alias.name: node.module for block in ast.walk(tree)
+               if isinstance(block, ast.If) and ast.unparse(block.test) == "TYPE_CHECKING"
+               for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    lazy = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and node.keys and all(isinstance(k, ast.Constant) for k in node.keys):
+            lazy |= {k.value: v.value for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[union-attr]
+    assert lazy and checked == lazy
+    for name, defining in lazy.items():
+        assert getattr(module, name) is getattr(importlib.import_module(defining), name)

@@ -6,7 +6,17 @@ that need them. The names below are loaded on first use.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from engine.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers see: the names below, from the modules that define them
+    from engine.training.dataset import TableReader as TableReader
+    from engine.training.job import TrainingJob as TrainingJob
+    from engine.training.scoring import score_online as score_online
+    from engine.training.scoring import score_table as score_table
+    from engine.training.train import reproduce as reproduce
+    from engine.training.train import train as train
 
 __getattr__ = lazy_exports(__name__, {
     "TrainingJob": "engine.training.job",
