@@ -43,8 +43,8 @@ from benchmarks.tpch.run import machine
 from engine import load_settings
 from engine.features.materialize import MaterializationReport, materialize
 from engine.features.repo import apply_repo, load_definitions, open_store
+from engine.layout import Layout
 from engine.runtime import ray_session
-from engine.tables.layout import Layout
 from pipelines.retail.generate import Period
 
 FEATURE_REPO = Path(__file__).resolve().parents[1] / "features"

@@ -26,10 +26,10 @@ import polars as pl
 
 from engine import Runner, RunResult, load_settings
 from engine.errors import EngineError
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.runtime import ray_session
 from engine.tables import delta
-from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY
 
 RETAIL_AS_OF = dt.date(2026, 5, 30)

@@ -44,8 +44,8 @@ from benchmarks.tpch.run import (
     machine,
     measure,
 )
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE, RAW, PLOT = DOCS / "performance.md", DOCS / "performance.json", DOCS / "performance-scaling.png"

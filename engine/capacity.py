@@ -17,12 +17,12 @@ from typing import Any
 from engine.config import Settings
 from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
 from engine.ingest.discovery import discover
+from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
 from engine.runtime import resolve_address
 from engine.tables import delta
 from engine.tables.built_from import consumed_versions
 from engine.tables.delta_files import add_actions
-from engine.tables.layout import Layout
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.declarations import DeclaredPipeline, DeclaredTable, declarations_under
+from engine.layout import Layout
 from engine.staleness import TableFreshness, table_freshness
 from engine.status import list_tables
 from engine.tables import delta
-from engine.tables.layout import Layout
 from engine.tables.progress import INPUTS_KEY
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError
 from engine.freshness import Freshness
+from engine.layout import Layout
 from engine.storage import read_bytes, write_bytes
 from engine.tables import delta
-from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
     from engine.pipeline import Pipeline, TableDefinition

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 import psutil
 
 from engine.errors import LeaseHeld, LeaseLost
+from engine.layout import Layout
 from engine.storage import create_only, delete_file, files_under, read_bytes, write_bytes
-from engine.tables.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Holder:
 def other_live_holders(layout: Layout, timeout_s: float = 60.0) -> list[tuple[str, Holder]]:
     """Each pipeline whose run lease on the root is held by a live run of another process, with its holder."""
     latest: dict[str, int] = {}
-    for name in files_under(f"{layout.root}/_meta/leases"):
+    for name in files_under(layout.leases()):
         pipeline, _, file = name.rpartition("/")
         if pipeline and file.removesuffix(".json").isdigit():
             latest[pipeline] = max(latest.get(pipeline, 0), int(file.removesuffix(".json")))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from engine.errors import IngestError
 from engine.ingest.discovery import discover
+from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.status import list_tables
-from engine.tables.layout import Layout
 
 
 def require_landing(pipeline: Pipeline, layout: Layout) -> None:

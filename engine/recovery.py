@@ -8,9 +8,9 @@ from deltalake import DeltaTable
 
 from engine.errors import EngineError
 from engine.governance.actor import audit_fields
+from engine.layout import META, STAGING, Layout
 from engine.storage import delta_tables_under
 from engine.tables import delta, progress
-from engine.tables.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def check_restorable(uri: str, version: int) -> None:
 
 def tables_under(layout: Layout) -> list[str]:
     """Every Delta table of a root: layer tables, quarantines and change logs, not `_meta`."""
-    return delta_tables_under(layout.root, skip=("_meta", "_staging", "landing"))
+    return delta_tables_under(layout.root, skip=(META, STAGING, "landing"))
 
 
 def restore_before_run(layout: Layout, run_id: str, *, reason: str) -> list[Restored]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from engine.errors import EngineError, PipelineDefinitionError
 from engine.governance import access
 from engine.governance.actor import audit_fields
 from engine.kinds import key_columns
+from engine.layout import Layout
 from engine.lease import RunLease
 from engine.logs import log_context
 from engine.pipeline import Pipeline, TableDefinition
@@ -35,7 +37,6 @@ from engine.runlog import RunRecord, append_records
 from engine.storage import check_root
 from engine.tables import deltalog
 from engine.tables.formats import TableFormats
-from engine.tables.layout import Layout
 
 __all__ = ["RunResult", "Runner", "new_run_id"]
 
@@ -161,7 +162,8 @@ class Runner:
                 append_records(self.layout.runs(), pending_records)
             remove_empty_folders(self.layout.run_staging(result.run_id))
             send_lineage(self.settings, self.formats, definitions, result.records)
-            observe_run(result, time.monotonic() - clock)
+            result.seconds = time.monotonic() - clock
+            observe_run(result, result.seconds)
             log.info("run of `%s` %s: %d table(s)", self.pipeline.name,
                      "stopped" if result.stopped else "succeeded" if result.succeeded else "failed",
                      len(result.records), extra={"status": "succeeded" if result.succeeded else "failed",
@@ -170,6 +172,31 @@ class Runner:
             result.maintenance = hooks.maintain(self.pipeline, self.settings, result.committed)
             result.materialized = hooks.materialize(self.settings, result.committed)
         return result
+
+    def watch(
+        self,
+        interval: float,
+        stop: threading.Event,
+        select: str | None = None,
+        *,
+        force: bool = False,
+        full_refresh: bool = False,
+        change_kind: ChangeCategory | Mapping[str, ChangeCategory] | None = None,
+        after: Callable[[RunResult], None] | None = None,
+    ) -> RunResult:
+        """Run the selection again every `interval` seconds until `stop` is set (a set `stop` also lets the running
+        table commit, then ends the micro-batch). `force`, `full_refresh` and `change_kind` apply to the first
+        micro-batch only; `after` gets each micro-batch's result (an exception it raises ends the watch). Each
+        micro-batch runs the hooks a run does. Returns the last micro-batch's result."""
+        while True:
+            result = self.run(select, force=force, full_refresh=full_refresh, stop=stop.is_set,
+                              change_kind=change_kind)
+            if after is not None:
+                after(result)
+            force = full_refresh = False
+            change_kind = None
+            if stop.wait(interval):
+                return result
 
     def backfill(self, table: str, start: dt.date, end: dt.date, run_id: str | None = None) -> RunResult:
         """Recompute the rows of `table` whose time partition lies in [`start`, `end`] from its inputs'

@@ -10,10 +10,10 @@ import pyarrow.fs as pafs
 
 from engine.config import StorageSettings
 from engine.errors import TableNotFound, name_hint
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.storage import filesystem_of
 from engine.tables.formats import TableFormats, found_format
-from engine.tables.layout import Layout
 from engine.tables.timetravel import version_at
 
 DATA_LAYERS = ("bronze", "silver", "gold", "quarantine")

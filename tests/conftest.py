@@ -88,7 +88,7 @@ def lease_held_elsewhere(root: Path, pipeline: str, run_id: str) -> Iterator[sub
     """Another process, alive for the block, holding the run lease of `pipeline` on `root` as run `run_id`;
     the block may kill it."""
     script = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-              "from engine.lease import RunLease; from engine.tables.layout import Layout; "
+              "from engine.lease import RunLease; from engine.layout import Layout; "
               f"RunLease(Layout.at({str(root)!r}), {pipeline!r}).acquire({run_id!r}); "
               "print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

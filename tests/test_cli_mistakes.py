@@ -17,10 +17,10 @@ from deltalake import write_deltalake
 
 from engine import status
 from engine.cli.main import main
+from engine.layout import Layout
 from engine.quality.metrics import append_metrics
 from engine.quality.results import CheckResult
 from engine.runlog import RunRecord, append_records
-from engine.tables.layout import Layout
 
 MEDALLION = str(Path(sys.executable).parent / "medallion")
 REPO = Path(__file__).resolve().parents[1]

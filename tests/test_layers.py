@@ -18,8 +18,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, errors, storage access, logging, metrics collectors, small value helpers
     ("engine.errors", "engine.ids", "engine.columns", "engine.lazy", "engine.redact", "engine.arrow",
      "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash"),
-    # declarations: what a pipeline says, importing nothing of the engine but errors and config
-    ("engine.names", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
+    # declarations: what a pipeline says and where its tables live, importing nothing of the engine but errors and config
+    ("engine.names", "engine.layout", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
      "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.maintenance.policy",
      "engine.pipeline"),
     # column protection and validation, applied while rows are written

@@ -18,8 +18,8 @@ import ray
 from deltalake import DeltaTable
 from nbclient import NotebookClient
 
+from engine.layout import Layout
 from engine.quality.metrics import read_metrics
-from engine.tables.layout import Layout
 from engine.training.tracking import use_tracking
 from tests.conftest import RetailBuild, settings_at
 from tests.features.conftest import REPO

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from engine.changes.classify import ChangeCategory, DefinitionChange, compare
 from engine.changes.fingerprint import DefinitionParts, definition_parts, digest
 from engine.changes.recorded import Rebuilt, RecordedDefinition, load_parts, recorded_definition
+from engine.layout import Layout
 from engine.pipeline import TableDefinition
 from engine.tables.formats import TableStore
-from engine.tables.layout import Layout
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from engine.config import Settings
 from engine.ingest.checkpoint import every_ingested_file, files_to_ingest, ingestion_checkpoint
 from engine.ingest.discovery import discover
 from engine.ingest.sources import FileSource
+from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
 from engine.tables.built_from import consumed_versions
 from engine.tables.formats import TableFormats
-from engine.tables.layout import Layout
 
 Action = Literal["ingest", "build", "rebuild", "nothing"]
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.changes.fingerprint import DefinitionParts
+from engine.layout import Layout
 from engine.storage import create_only, read_bytes
 from engine.tables.formats import TableStore
-from engine.tables.layout import Layout
 
 DEFINITION_KEY = "built_by"
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from engine.cli.common import console, reported, settings_of
 from engine.errors import GovernanceError
 from engine.governance.access import ACTIONS
-from engine.tables.layout import Layout
+from engine.layout import Layout
 
 
 @click.group()

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.cli.common import console, loaded_pipelines, pipelines_option, reported, settings_of
-from engine.tables.layout import Layout
+from engine.layout import Layout
 
 if TYPE_CHECKING:
     from engine.catalog import CatalogEntry

@@ -9,7 +9,7 @@ from rich.markup import escape
 from engine.changes.options import ChangeKindOption, change_kind_option
 from engine.cli.common import address_option, console, reported, settings_of
 from engine.errors import EngineError
-from engine.tables.layout import Layout
+from engine.layout import Layout
 
 
 @click.command()

@@ -8,7 +8,7 @@ from rich.table import Table
 
 from engine.cli.common import console, errors, reported, settings_of
 from engine.errors import ClusterConfigError
-from engine.tables.layout import Layout
+from engine.layout import Layout
 
 
 @click.group()

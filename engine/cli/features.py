@@ -39,15 +39,15 @@ def features(ctx: click.Context, repo: str | None, feast_config: str | None) -> 
 
 def _repo(ctx: click.Context) -> str:
     """The feature repository: --repo (or MEDALLION_FEATURE_REPO), else the `features.repo` setting."""
-    return ctx.find_object(dict)["repo"] or settings_of(ctx).features.repo
+    from engine.features.repo import repo_of
+
+    return repo_of(settings_of(ctx), ctx.find_object(dict)["repo"])[0]
 
 
 def _store(ctx: click.Context) -> FeatureStore:
-    from engine.features.repo import open_store
+    from engine.features.repo import store_of
 
-    settings = settings_of(ctx)
-    overlay = ctx.find_object(dict)["overlay"] or settings.features.feast_config
-    return open_store(settings.storage.root, _repo(ctx), overlay=overlay)
+    return store_of(settings_of(ctx), ctx.find_object(dict)["repo"], ctx.find_object(dict)["overlay"])
 
 
 @features.command()

@@ -12,13 +12,13 @@ from rich.table import Table
 
 from engine.cli.common import console, reported, settings_of
 from engine.errors import GovernanceError
-from engine.tables.layout import Layout
-
-if TYPE_CHECKING:
-    from engine.pipeline import Pipeline
+from engine.layout import Layout
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+
+    from engine.config import Settings
+    from engine.pipeline import Pipeline
 
 
 @click.command()
@@ -27,13 +27,13 @@ if TYPE_CHECKING:
 @click.option("--reason", default=None, help="Why (recorded; default: data subject erasure request).")
 @click.option("--pipeline", "pipeline_names", multiple=True,
               help="Pipeline declaring the subject columns (repeatable; default: every pipeline run under --root).")
-@click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
-              type=click.Path(file_okay=False), help="Feature repository whose online store is erased too.")
+@click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default=None, type=click.Path(file_okay=False),
+              help="Feature repository whose online store is erased too (default `features.repo`: ./features).")
 @click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", default=None, type=click.Path(dir_okay=False),
               help="YAML merged over the Feast defaults (e.g. features/production.yaml).")
 @click.pass_context
 @reported
-def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_names: tuple[str, ...], repo: str,
+def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_names: tuple[str, ...], repo: str | None,
           feast_config: str | None) -> None:
     """Erase a data subject from every table, change log, quarantine, landing file and the online store."""
     from engine.governance.erase import erase_subject
@@ -44,7 +44,7 @@ def erase(ctx: click.Context, subject_id: str, reason: str | None, pipeline_name
     pipelines = _pipelines(layout, pipeline_names)
     with ray_session(settings.ray):
         report = erase_subject(settings, pipelines, subject_id.strip(), reason=reason,
-                               store=_store(layout.root, repo, feast_config))
+                               store=_store(settings, repo, feast_config))
     for item in report.tables:
         version = "-" if item.version is None else f"v{item.version}"
         console.print(f"{escape(item.table.ljust(36))} {version:>5}  {item.rows_removed:,} row(s) removed, "
@@ -93,13 +93,14 @@ def _pipelines(layout: Layout, names: tuple[str, ...]) -> list[Pipeline]:
     return [load_pipeline(name) for name in chosen]
 
 
-def _store(root: str, repo: str, overlay: str | None) -> FeatureStore | None:
+def _store(settings: Settings, repo: str | None, overlay: str | None) -> FeatureStore | None:
     """The Feast store of the root, None when no feature registry was ever applied there."""
     from feast import FeatureStore
 
-    from engine.features.repo import render_config
+    from engine.features.repo import render_config, repo_of
 
-    config = render_config(root, repo if Path(repo).is_dir() else None, overlay=overlay)
+    repo, overlay = repo_of(settings, repo, overlay)
+    config = render_config(settings.storage.root, repo if Path(repo).is_dir() else None, overlay=overlay)
     if config.registry.registry_type == "file" and not Path(config.registry.path).exists():
         return None
     return FeatureStore(config=config)

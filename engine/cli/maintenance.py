@@ -14,8 +14,8 @@ from rich.table import Table
 
 from engine.cli.common import console, reported, settings_of
 from engine.errors import EngineError, MaintenanceError
+from engine.layout import Layout
 from engine.maintenance.policy import Maintenance
-from engine.tables.layout import Layout
 from engine.tables.timetravel import version_as_of
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 
 from engine.cli.common import console, loaded_pipelines, pipelines_option, reported, settings_of
-from engine.tables.layout import Layout
+from engine.layout import Layout
 
 
 @click.command()
@@ -34,7 +34,7 @@ def report(ctx: click.Context, out: str | None, pipeline_names: tuple[str, ...],
     pipelines = loaded_pipelines(pipeline_names)
     page = render(gather(layout, pipelines, runs=runs, versions=versions,
                          may_read=lambda resource: allowed(settings.access, "read", resource)))
-    target = out or f"{layout.root}/_meta/report/index.html"
+    target = out or layout.report()
     filesystem, path = filesystem_of(target)
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as stream:

@@ -6,7 +6,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -57,8 +56,8 @@ def generate(ctx: click.Context, generator: str, scale: float, seed: int, batch:
 def _generate(settings: Settings, generator: str, scale: float, seed: int, as_of: datetime | None,
               batch: int | None = None) -> None:
     from engine.entrypoints import load_generator
+    from engine.layout import Layout
     from engine.storage import exists, is_local, upload
-    from engine.tables.layout import Layout
 
     landing = Layout.at(settings.storage.root).landing()
     options = {"scale": scale, "seed": seed, "as_of": (as_of or datetime.now(UTC)).date()} | (
@@ -173,10 +172,10 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
          change_kind: ChangeKindOption = None) -> RunResult:
     from engine.capacity import reserved_capacity
     from engine.entrypoints import load_pipeline
+    from engine.layout import Layout
     from engine.preflight import require_landing
     from engine.runner import Runner, new_run_id
     from engine.runtime import ray_session
-    from engine.tables.layout import Layout
 
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
@@ -254,13 +253,19 @@ def _progress(total: int, status: Status | Bar | None = None, quiet: bool = Fals
 def _run_once(runner: Runner, selection: str | None, *, force: bool = False, full_refresh: bool = False,
               stop: Callable[[], bool] | None = None, quiet: bool = False, run_id: str | None = None,
               change_kind: ChangeKindOption = None) -> RunResult:
-    started = time.monotonic()
     result = runner.run(selection, run_id=run_id, force=force, full_refresh=full_refresh, stop=stop,
                         change_kind=change_kind)
+    _report_run(result, quiet=quiet)
+    return result
+
+
+def _report_run(result: RunResult, *, quiet: bool = False) -> None:
+    """One line for the run (`quiet`: only when it committed something), the failed tables and a one-line error
+    when any failed, and what the hooks after it did."""
     changed = sum(1 for r in result.records if r.status == "succeeded")
     summary = f"{changed} table(s) committed" if changed else "nothing new: no table committed"
     if not result.stopped and (changed or not quiet):
-        console.print(f"run {result.run_id} finished in {time.monotonic() - started:.1f}s; {summary}")
+        console.print(f"run {result.run_id} finished in {result.seconds:.1f}s; {summary}")
     if not result.succeeded:
         failed = result.failures()
         skipped = [r.table for r in result.records if r.status == "skipped"]
@@ -271,15 +276,12 @@ def _run_once(runner: Runner, selection: str | None, *, force: bool = False, ful
                         + (f", {len(skipped)} skipped as they depend on them" if skipped else "")
                         + f", {built} built or unchanged", table=(failed or result.records)[0].table,
                         run_id=result.run_id)
-    if result.stopped:
-        return result
     for done in result.maintenance:
         _print_maintenance(done)
     if result.materialized:
         from engine.cli.features import print_reports
 
         print_reports(result.materialized, incremental=True)
-    return result
 
 
 def _print_maintenance(done: Done) -> None:
@@ -300,20 +302,21 @@ def _watch(runner: Runner, tables: int, selection: str | None, interval: float, 
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     console.print(f"watching for new landing files every {interval:g}s; stop with SIGTERM or Ctrl-C")
     batches = 0
-    try:
-        while True:
+
+    def report(result: RunResult) -> None:
+        nonlocal batches
+        batches += 1
+        try:
+            _report_run(result, quiet=True)
+        finally:
             runner.on_record = _progress(tables, quiet=True)
-            try:
-                result = _run_once(runner, selection, force=force, full_refresh=full_refresh, stop=stop.is_set,
-                                   quiet=True, change_kind=change_kind)
-            finally:
-                if metrics_file is not None:
-                    _write_metrics(metrics_file)
-            batches += 1
-            force = full_refresh = False
-            change_kind = None
-            if stop.wait(interval):
-                break
+            if metrics_file is not None:
+                _write_metrics(metrics_file)
+
+    runner.on_record = _progress(tables, quiet=True)
+    try:
+        result = runner.watch(interval, stop, selection, force=force, full_refresh=full_refresh,
+                              change_kind=change_kind, after=report)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -332,11 +335,11 @@ def _watch(runner: Runner, tables: int, selection: str | None, interval: float, 
 def backfill(ctx: click.Context, table: str, start: datetime, end: datetime, pipeline_name: str | None) -> None:
     """Recompute TABLE's rows dated --from to --to from its inputs, and replace those rows alone."""
     from engine.entrypoints import load_pipeline
+    from engine.layout import Layout
     from engine.runner import Runner
     from engine.runtime import ray_session
     from engine.status import table_location
     from engine.tables.formats import TableFormats
-    from engine.tables.layout import Layout
 
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
@@ -379,9 +382,9 @@ def _print_record(record: RunRecord, done: int, total: int) -> None:
 def demo(ctx: click.Context, scale: float, seed: int, as_of: datetime | None) -> None:
     """Generate retail landing data under a new root, run the whole retail pipeline, and summarise the tables."""
     from engine.cli.tables import print_status
+    from engine.layout import Layout
     from engine.status import list_tables
     from engine.storage import files_under
-    from engine.tables.layout import Layout
 
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)

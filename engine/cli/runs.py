@@ -20,8 +20,8 @@ STATUS_STYLES = {"succeeded": "green", "unchanged": "cyan", "failed": "red",
 def runs(ctx: click.Context, limit: int, pipeline_name: str | None) -> None:
     """Recent runs, newest first: status (succeeded, failed, interrupted or unchanged), duration, tables committed,
     failed and not run, rows written, and who ran what."""
+    from engine.layout import Layout
     from engine.runlog import read_records, summarize_runs
-    from engine.tables.layout import Layout
 
     layout = Layout.at(settings_of(ctx).storage.root)
     summaries = summarize_runs(read_records(layout.runs()), limit, pipeline_name)

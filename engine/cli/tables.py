@@ -33,10 +33,10 @@ def restore(ctx: click.Context, table: str | None, version: int | None, timestam
             reason: str) -> None:
     """Return TABLE to --version or --timestamp, or every table to its state before --before-run, as new commits."""
     from engine.governance.access import authorize
+    from engine.layout import Layout
     from engine.recovery import restore_before_run, restore_table
     from engine.status import list_tables, table_location
     from engine.tables.delta import open_table
-    from engine.tables.layout import Layout
     from engine.tables.timetravel import parse_as_of, version_as_of
 
     settings = settings_of(ctx)
@@ -93,10 +93,10 @@ def print_status(settings: Settings, as_of: datetime | None = None, pipelines: S
     """Print every table's state and freshness (with the ages against their targets if `details`); returns the
     late tables."""
     from engine.declarations import declarations_under
+    from engine.layout import Layout
     from engine.staleness import LATE, UNKNOWN, table_freshness
     from engine.status import list_tables, table_statuses
     from engine.tables.formats import TableFormats
-    from engine.tables.layout import Layout
 
     layout = Layout.at(settings.storage.root)
     statuses = table_statuses(layout, as_of, TableFormats(settings))
@@ -157,9 +157,9 @@ def _freshness_cells(fresh: TableFreshness | None, details: bool) -> list[str]:
 def history(ctx: click.Context, table: str, limit: int, as_of: str | None) -> None:
     """Versions of TABLE with the run that wrote each, the operation and the row count."""
     from engine.governance.access import authorize
+    from engine.layout import Layout
     from engine.status import table_history, table_location
     from engine.tables.formats import TableFormats
-    from engine.tables.layout import Layout
     from engine.tables.timetravel import version_as_of
 
     settings = settings_of(ctx)
@@ -191,9 +191,9 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
     from engine.governance.access import authorize
     from engine.governance.encryption import decrypt_columns, encrypted_columns, row_key_columns
     from engine.governance.secrets import column_keys
+    from engine.layout import Layout
     from engine.status import table_location
     from engine.tables.formats import TableFormats
-    from engine.tables.layout import Layout
     from engine.tables.timetravel import version_as_of
 
     settings = settings_of(ctx)
@@ -225,9 +225,9 @@ def show(ctx: click.Context, table: str, as_of: str | None, limit: int, decrypt:
 @reported
 def quality(ctx: click.Context, table: str | None, run_id: str | None, trend_runs: int, failing: bool) -> None:
     """Check results of a run (every table, or TABLE) with each check's failure-rate trend."""
+    from engine.layout import Layout
     from engine.quality.metrics import read_metrics
     from engine.quality.report import summarize
-    from engine.tables.layout import Layout
 
     layout = Layout.at(settings_of(ctx).storage.root)
     chosen, summaries = summarize(read_metrics(layout.quality()), table, run_id, trend_runs)

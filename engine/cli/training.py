@@ -11,10 +11,11 @@ from rich.markup import escape
 
 from engine.cli.common import address_option, console, reported, settings_of
 
-_REPO = click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default="features", show_default=True,
-                     type=click.Path(file_okay=False), help="Feature repository (applied with `features apply`).")
+_REPO = click.option("--repo", envvar="MEDALLION_FEATURE_REPO", default=None, type=click.Path(file_okay=False),
+                     help="Feature repository (applied with `features apply`; default `features.repo`: ./features).")
 _FEAST_CONFIG = click.option("--feast-config", envvar="MEDALLION_FEAST_CONFIG", default=None,
-                             type=click.Path(dir_okay=False), help="YAML merged over the Feast defaults.")
+                             type=click.Path(dir_okay=False),
+                             help="YAML merged over the Feast defaults (default `features.feast_config`).")
 _TRACKING = click.option("--tracking-uri", default=None,
                          help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else <root>/_meta/mlflow).")
 
@@ -36,8 +37,8 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
           tracking_uri: str | None) -> None:
     """Train JOB (`pipeline/job`, or `pipeline` with one job), track it in MLflow and register the model."""
     from engine.runtime import ray_session
-    from engine.training.train import reproduce
-    from engine.training.train import train as run_training
+    from engine.training.trainer import reproduce
+    from engine.training.trainer import train as run_training
 
     settings = settings_of(ctx)
     with ray_session(settings.ray):

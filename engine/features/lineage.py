@@ -10,8 +10,8 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 
 from engine.features.snapshot import Snapshot
+from engine.layout import Layout
 from engine.tables.delta import read_rows
-from engine.tables.layout import Layout
 
 SCHEMA = pa.schema([
     ("at", pa.timestamp("us", tz="UTC")),
@@ -21,11 +21,6 @@ SCHEMA = pa.schema([
     ("rows", pa.int64()),
     ("views", pa.list_(pa.string())),
 ])
-
-
-def lineage_path(root: str) -> str:
-    """`<root>/_meta/features/lineage`."""
-    return f"{Layout.at(root).root}/_meta/features/lineage"
 
 
 def record(root: str, kind: str, snapshots: Sequence[Snapshot], rows: int, *, views: Sequence[str]) -> None:
@@ -43,12 +38,12 @@ def record(root: str, kind: str, snapshots: Sequence[Snapshot], rows: int, *, vi
         "rows": [rows] * len(snapshots),
         "views": [list(views)] * len(snapshots),
     }, schema=SCHEMA)
-    write_deltalake(lineage_path(root), table, mode="append")
+    write_deltalake(Layout.at(root).feature_lineage(), table, mode="append")
 
 
 def read_lineage(root: str) -> pl.DataFrame:
     """Every recorded use, oldest first (an empty frame when nothing was recorded)."""
-    path = lineage_path(root)
+    path = Layout.at(root).feature_lineage()
     if not DeltaTable.is_deltatable(path):
         return pl.from_arrow(SCHEMA.empty_table())  # type: ignore[return-value]
     frame = pl.from_arrow(read_rows(path, path))

@@ -43,13 +43,12 @@ from engine.errors import FeatureStoreError
 from engine.features import lineage, online
 from engine.features.offline import delta_source, latest_rows, store_config, task_errors, utc
 from engine.features.pit import ROW_HASH
-from engine.features.repo import features_dir
+from engine.layout import Layout
 from engine.maintenance.pins import pinned
 from engine.partitioning import co_partition
 from engine.runtime import ensure_ray
 from engine.storage import delete_tree
 from engine.tables.delta_files import add_actions
-from engine.tables.layout import Layout
 
 ACTION = "__action"
 WRITE, REWRITE, KEEP, DELETE = "write", "rewrite", "keep", "delete"
@@ -315,7 +314,7 @@ def legacy_state_folder(config: RepoConfig, view: FeatureView) -> str:
 
 
 def _folder(config: RepoConfig, view: FeatureView, store_id: str) -> str:
-    return f"{features_dir(store_config(config).root)}/state/{config.project}/{store_id}/{view.name}"
+    return f"{Layout.at(store_config(config).root).feature_state()}/{config.project}/{store_id}/{view.name}"
 
 
 def _migrated_state(config: RepoConfig, view: FeatureView, *, keep: bool) -> str:

@@ -31,16 +31,18 @@ from feast.repo_config import FeastConfigError
 from feast.repo_contents import RepoContents
 from pydantic import ValidationError
 
-from engine.config import AccessSettings
+from engine.config import AccessSettings, Settings
 from engine.errors import FeatureStoreError
 from engine.features.offline import STORE_TYPE
 from engine.features.permissions import feast_permissions, is_managed, served_views
 from engine.features.source import DeltaSource
+from engine.layout import Layout
 from engine.redact import hide, redact_text
-from engine.tables.layout import Layout
 
 ENGINE_TYPE = "engine.features.compute.DeltaRayComputeEngine"
 CONFIG_FILE = "feature_store.yaml"
+REPO_ENV = "MEDALLION_FEATURE_REPO"
+OVERLAY_ENV = "MEDALLION_FEAST_CONFIG"
 ROOT_VARIABLE = "MEDALLION_ROOT"
 DEFAULT_PROJECT = "medallion"
 _UNSET = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -50,14 +52,9 @@ SECRET_WORDS = {"password", "secret", "token", "key"}
 FeastObject = Entity | FeatureView | OnDemandFeatureView | FeatureService | DataSource
 
 
-def features_dir(root: str) -> str:
-    """`<root>/_meta/features`: registry, SQLite online store, materialization state and lineage."""
-    return f"{Layout.at(root).root}/_meta/features"
-
-
 def default_config(root: str) -> dict[str, Any]:
     """The embedded defaults for a storage root."""
-    base = features_dir(root)
+    base = Layout.at(root).features()
     return {
         "project": DEFAULT_PROJECT,
         "provider": "local",
@@ -95,14 +92,14 @@ def render_config(
         merged = _merge(merged, _read_yaml(file, root))
     merged = _merge(merged, dict(overrides or {}))
     merged["offline_store"]["root"] = Layout.at(root).root
-    _resolve_local_paths(merged, features_dir(root))
+    _resolve_local_paths(merged, Layout.at(root).features())
     _hide_secrets(merged)
     try:
         config = RepoConfig(**merged)
     except (ValidationError, FeastConfigError) as err:
         raise FeatureStoreError(f"invalid Feast configuration (from {[str(f) for f in files] or 'defaults'}): "
                                 f"{_problems(err)}") from None
-    config.repo_path = Path(repo) if repo is not None else Path(features_dir(root))
+    config.repo_path = Path(repo) if repo is not None else Path(Layout.at(root).features())
     return config
 
 
@@ -116,8 +113,22 @@ def open_store(
     """A Feast `FeatureStore` over the tables under `root` (see `render_config`)."""
     config = render_config(root, repo, overlay=overlay, overrides=overrides)
     if "://" not in Layout.at(root).root:
-        Path(features_dir(root)).mkdir(parents=True, exist_ok=True)
+        Path(Layout.at(root).features()).mkdir(parents=True, exist_ok=True)
     return FeatureStore(config=config)
+
+
+def repo_of(settings: Settings, repo: str | None = None, overlay: str | None = None) -> tuple[str, str | None]:
+    """The feature repository and Feast overlay to use, the one way every caller resolves them: those given,
+    else `$MEDALLION_FEATURE_REPO` and `$MEDALLION_FEAST_CONFIG`, else the `features.repo` and
+    `features.feast_config` settings."""
+    return (repo or os.environ.get(REPO_ENV) or settings.features.repo,
+            overlay or os.environ.get(OVERLAY_ENV) or settings.features.feast_config)
+
+
+def store_of(settings: Settings, repo: str | None = None, overlay: str | None = None) -> FeatureStore:
+    """The Feast store over the settings' root, with the repository and overlay of `repo_of`."""
+    repo, overlay = repo_of(settings, repo, overlay)
+    return open_store(settings.storage.root, repo, overlay=overlay)
 
 
 def load_definitions(repo: str | os.PathLike[str]) -> list[FeastObject]:

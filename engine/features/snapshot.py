@@ -23,8 +23,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from engine.errors import FeatureStoreError
+from engine.layout import Layout
 from engine.tables.delta_files import add_actions
-from engine.tables.layout import Layout
 
 UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
 FILES_PER_TASK = 8

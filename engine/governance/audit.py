@@ -7,12 +7,12 @@ import fnmatch
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from engine.layout import META, Layout
 from engine.runlog import read_records
 from engine.tables import delta
 from engine.tables.deltalog import delta_tables
-from engine.tables.layout import Layout
 
-BOOKKEEPING = "_meta/"
+BOOKKEEPING = f"{META}/"
 """Tables under `<root>/_meta` other than the feature-store state are the engine's own records."""
 
 
@@ -49,7 +49,7 @@ def audit_trail(root: str, table: str | None = None, since: datetime | None = No
     entries = []
     for uri in delta_tables(layout.root):
         relative = uri.removeprefix(layout.root + "/")
-        if relative.startswith(BOOKKEEPING) and not relative.startswith("_meta/features/state/"):
+        if relative.startswith(BOOKKEEPING) and not relative.startswith(f"{META}/features/state/"):
             continue
         name = table_name(relative)
         for commit in delta.history(uri, name):
@@ -74,7 +74,7 @@ def audit_trail(root: str, table: str | None = None, since: datetime | None = No
 def table_name(relative: str) -> str:
     """The audit name of a table folder relative to the root: `silver/orders` -> `silver.orders`,
     `_changes/gold/x` -> `changes.gold.x`, `_meta/features/state/.../view` -> `features.view`."""
-    if relative.startswith("_meta/features/state/"):
+    if relative.startswith(f"{META}/features/state/"):
         return "features." + relative.rsplit("/", 1)[-1]
     return ".".join(relative.removeprefix("_").split("/"))
 

@@ -31,20 +31,19 @@ from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
 from engine.governance.subject import SubjectId
 from engine.ingest.checkpoint import ingested_files
+from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.run.outcome import new_run_id
 from engine.runlog import RunRecord, append_records
 from engine.storage import filesystem_of
 from engine.tables import delta, deltalog
 from engine.tables.delta_files import add_actions
-from engine.tables.layout import Layout
 from engine.tables.progress import FILES_KEY
 from engine.tables.replace import Slice, replace_slice
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-FEATURE_STATE = "_meta/features/state"
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def targets(layout: Layout, pipelines: Iterable[Pipeline]) -> list[Target]:
             found += [Target(name, layout.table(name), column, pipeline.name),
                       Target(f"quarantine.{name}", layout.quarantine(name), column, pipeline.name),
                       Target(f"changes.{name}", layout.changes(name), column, pipeline.name)]
-    for uri in deltalog.delta_tables(f"{layout.root}/{FEATURE_STATE}"):
+    for uri in deltalog.delta_tables(layout.feature_state()):
         schema = delta.open_table(uri, uri).schema().to_arrow()
         for column, pipeline_name in columns.items():
             if column in pa.schema(schema).names:

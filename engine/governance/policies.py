@@ -18,6 +18,7 @@ from typing import Any
 from engine.config import AccessSettings
 from engine.errors import GovernanceError
 from engine.governance.access import ACTIONS, Action, patterns
+from engine.layout import META, STAGING
 
 VERSION = "2012-10-17"
 OBJECT_ACTIONS: dict[Action, list[str]] = {
@@ -25,7 +26,7 @@ OBJECT_ACTIONS: dict[Action, list[str]] = {
     "write": ["s3:GetObject", "s3:PutObject"],
     "manage": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
 }
-WRITER_FOLDERS = ("_staging", "_meta")
+WRITER_FOLDERS = (STAGING, META)
 
 
 def split_s3_root(root: str) -> tuple[str, str]:
@@ -69,7 +70,7 @@ def role_statements(bucket: str, prefix: str, grants: dict[Action, Iterable[str]
     for action in ACTIONS:
         keys = [k for pattern in grants.get(action, ()) for k in key_prefixes(pattern, action)]
         if action != "read" and keys:
-            keys += [f"{folder}/*" if folder == "_staging" else f"{folder}/" for folder in WRITER_FOLDERS]
+            keys += [f"{folder}/*" if folder == STAGING else f"{folder}/" for folder in WRITER_FOLDERS]
         keys = list(dict.fromkeys(keys))
         if not keys:
             continue

@@ -13,10 +13,10 @@ from engine.config import EncryptionSettings, PiiSettings
 from engine.errors import GovernanceError
 from engine.governance.encryption import ColumnKey, ColumnKeys, key_material
 from engine.governance.encryption_legacy import LegacyKey
+from engine.layout import Layout
 
 PII_KEY_ENV = "MEDALLION_PII_KEY"
 ENCRYPTION_KEY_ENV = "MEDALLION_ENCRYPTION_KEY"
-LOCAL_KEY_FILE = "_meta/secrets/pii.key"
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +64,7 @@ def pii_key(settings: PiiSettings, needed_by: str, root: str | None = None) -> P
     elif settings.key_file:
         value = read_secret_file(settings.key_file)
     elif settings.local_key and root is not None and "://" not in root:
-        value = read_secret_file(str(_local_key_file(root)))
+        value = read_secret_file(str(_local_key_file(Layout.at(root))))
     else:
         raise GovernanceError(
             f"{needed_by} needs the personal-data key, and none is set; set {PII_KEY_ENV} (or "
@@ -106,9 +106,9 @@ def column_keys(settings: EncryptionSettings, needed_by: str) -> ColumnKeys:
                       tuple(LegacyKey.from_secret(secret) for secret in [value, *previous]))
 
 
-def _local_key_file(root: str) -> Path:
+def _local_key_file(layout: Layout) -> Path:
     """`<root>/_meta/secrets/pii.key`, created with a random key readable by its owner only when missing."""
-    path = Path(root) / LOCAL_KEY_FILE
+    path = Path(layout.pii_key())
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -34,13 +34,12 @@ from openlineage.client.transport.http import HttpConfig, HttpTransport
 from openlineage.client.transport.noop import NoopConfig, NoopTransport
 
 from engine.config import LineageSettings
+from engine.layout import Layout
 from engine.redact import describe_error, hide, redact_url
 from engine.runlog import RunRecord
-from engine.tables.layout import Layout
 
 PRODUCER = "urn:medallion-engine"
 RUN_NAMESPACE = uuid.UUID("6d1c1f58-6a3e-4d0a-9a44-6f1a5c1d2e10")
-EVENT_FILE = "_meta/lineage/events.jsonl"
 EMITTED = ("succeeded", "failed")
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def transport(settings: LineageSettings, root: str) -> Transport:
     if settings.transport == "console":
         return ConsoleTransport(ConsoleConfig())
     if settings.transport == "file" and (settings.path or "://" not in root):
-        path = settings.path or f"{root}/{EVENT_FILE}"
+        path = settings.path or Layout.at(root).lineage_events()
         if "://" not in path:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         return FileTransport(FileConfig(log_file_path=path, append=True))
@@ -147,7 +146,7 @@ def destination(settings: LineageSettings, root: str) -> str:
     if settings.transport == "http" and settings.url is not None:
         return redact_url(settings.url.get_secret_value(), secret_path=True)
     if settings.transport == "file":
-        return settings.path or f"{root}/{EVENT_FILE}"
+        return settings.path or Layout.at(root).lineage_events()
     return settings.transport
 
 

@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 from engine.columns import SOURCE_FILE
 from engine.errors import TableNotFound, name_hint
 from engine.features.lineage import read_lineage
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.tables import delta
-from engine.tables.layout import Layout
 
 Kind = Literal["landing", "table", "feature_view", "mlflow_run"]
 FEATURES_PREFIX = "features."

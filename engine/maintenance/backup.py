@@ -19,15 +19,14 @@ import pyarrow.fs as pafs
 
 from engine.errors import EngineError, MaintenanceError
 from engine.keyhash import key_hash
+from engine.layout import META, Layout, absolute_root
 from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table, rows_dataset
-from engine.tables.layout import Layout, absolute_root
 
 MANIFEST = "manifest.json"
 LOG = "_delta_log"
-META = "_meta"
 LEASES = "leases/"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -229,7 +228,7 @@ def _contents(layout: Layout) -> tuple[list[str], list[str]]:
     """The Delta tables under the root (data, quarantine, change logs, and `_meta` tables such as the run
     records), and the other files under `_meta` but the run leases (which belong to the processes running
     now, not to the data), relative to the root."""
-    meta = f"{layout.root}/{META}"
+    meta = layout.meta()
     meta_tables = delta_tables_under(meta)
     skipped = (*(t.removeprefix(meta + "/") + "/" for t in meta_tables), LEASES)
     files = [f"{META}/{name}" for name in files_under(meta) if not name.startswith(skipped)]

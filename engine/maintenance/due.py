@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 
 from engine.config import MaintenanceSettings, Settings
 from engine.errors import EngineError
+from engine.layout import Layout
 from engine.maintenance import optimize, vacuum
 from engine.maintenance.policy import Maintenance
 from engine.pipeline import Pipeline
 from engine.tables import delta
-from engine.tables.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.fs as pafs
 
 from engine.errors import MaintenanceError
+from engine.layout import Layout
 from engine.storage import filesystem_of
-from engine.tables.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ class Pin:
         return self.until is None or self.until > now
 
 
-def pins_folder(layout: Layout) -> str:
-    """`<root>/_meta/pins`."""
-    return f"{layout.root}/_meta/pins"
-
-
 def pin(layout: Layout, table: str, version: int, *, who: str, until: datetime | None = None) -> Pin:
     """Keep `version` of `table` readable through vacuums until `until` (or until `unpin`)."""
     return pin_versions(layout, {table: version}, who=who, until=until)[0]
@@ -56,7 +51,7 @@ def pin_versions(layout: Layout, versions: Mapping[str, int], *, who: str, until
     """Pin every table's version of `versions` for the reader `who`."""
     created = datetime.now(UTC)
     made = [Pin(uuid.uuid4().hex[:12], table, int(version), who, until, created) for table, version in versions.items()]
-    filesystem, folder = filesystem_of(pins_folder(layout))
+    filesystem, folder = filesystem_of(layout.pins())
     filesystem.create_dir(folder, recursive=True)
     for item in made:
         record = asdict(item) | {"until": item.until.isoformat() if item.until else None,
@@ -85,16 +80,16 @@ def unpin(layout: Layout, pin_id: str) -> Pin:
     """
     found = [p for p in list_pins(layout) if p.id == pin_id]
     if not found:
-        raise MaintenanceError(f"no pin `{pin_id}` under {pins_folder(layout)}; `medallion maintain pins` lists them",
-                               path=pins_folder(layout))
-    filesystem, folder = filesystem_of(pins_folder(layout))
+        raise MaintenanceError(f"no pin `{pin_id}` under {layout.pins()}; `medallion maintain pins` lists them",
+                               path=layout.pins())
+    filesystem, folder = filesystem_of(layout.pins())
     filesystem.delete_file(f"{folder}/{pin_id}.json")
     return found[0]
 
 
 def list_pins(layout: Layout, table: str | None = None, *, active_at: datetime | None = None) -> list[Pin]:
     """The pins (of `table` only, when given; only those holding at `active_at`, when given), oldest first."""
-    filesystem, folder = filesystem_of(pins_folder(layout))
+    filesystem, folder = filesystem_of(layout.pins())
     infos = filesystem.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
     found = []
     for info in infos:

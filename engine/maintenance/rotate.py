@@ -32,9 +32,9 @@ from engine.governance.encryption import (
     row_key_columns,
     stale_values,
 )
+from engine.layout import Layout
 from engine.lease import RunLease
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
-from engine.tables.layout import Layout
 
 OPERATION = "rotate-keys"
 

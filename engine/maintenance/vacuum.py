@@ -13,11 +13,11 @@ from deltalake.exceptions import DeltaError
 from engine.config import MaintenanceSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
+from engine.layout import Layout
 from engine.lease import other_live_holders
 from engine.maintenance.pins import list_pins
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
-from engine.tables.layout import Layout
 
 OPERATION = "vacuum"
 

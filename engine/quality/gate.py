@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.errors import QualityFailed
+from engine.layout import Layout
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult
 from engine.storage import parquet_dataset
 from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats
-from engine.tables.layout import Layout
 
 CONSERVATION_CHECK = "rows_conserved"
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import polars as pl
 
 from engine.catalog import CatalogEntry, build_catalog
+from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.quality.metrics import read_metrics
 from engine.quality.report import CheckSummary, summarize
 from engine.report.quarantine import Quarantine, read_quarantine
 from engine.runlog import read_records, run_status
 from engine.status import TableVersion, table_history
-from engine.tables.layout import Layout
 
 NEVER_RUN = "never run"
 IDLE = ("unchanged", "skipped", "interrupted")

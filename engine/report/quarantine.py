@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from engine.columns import REJECTED_REASON, RUN_ID
+from engine.layout import Layout
 from engine.tables import delta
 from engine.tables.formats import DeltaStore
-from engine.tables.layout import Layout
 
 MAX_REASONS = 8
 MAX_VALUE_CHARS = 120

@@ -31,10 +31,10 @@ def materialize(settings: Settings, committed: Collection[str]) -> list[Material
     if not settings.features.materialize_after_runs or not committed:
         return []
     from engine.features.materialize import materialize as materialize_views  # Feast takes seconds to import
-    from engine.features.repo import open_store
+    from engine.features.repo import store_of
     from engine.features.source import DeltaSource
 
-    store = open_store(settings.storage.root, settings.features.repo, overlay=settings.features.feast_config)
+    store = store_of(settings)
     online = [v for v in store.list_feature_views() if v.online]
     if not online:
         log.warning("features: project `%s` has no online feature view to materialize; run "

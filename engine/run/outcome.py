@@ -63,6 +63,7 @@ class RunResult:
         stopped: the run was asked to stop before every selected table was run.
         maintenance: the maintenance done after the run (`maintenance.after_runs`).
         materialized: the feature views materialized after the run (`features.materialize_after_runs`).
+        seconds: how long the tables took, the hooks after the run apart.
     """
 
     run_id: str
@@ -71,6 +72,7 @@ class RunResult:
     stopped: bool = False
     maintenance: list[Done] = field(default_factory=list)
     materialized: list[MaterializationReport] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def committed(self) -> list[str]:

@@ -19,11 +19,11 @@ from engine.governance.actor import audit_fields
 from engine.governance.encryption import ColumnKey
 from engine.governance.secrets import column_keys, pii_key
 from engine.kinds import key_columns
+from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
 from engine.runlog import RunRecord
 from engine.tables.formats import TableFormats
 from engine.tables.handle import TableHandle
-from engine.tables.layout import Layout
 from engine.tables.staging import Stager
 
 

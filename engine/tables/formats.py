@@ -19,10 +19,10 @@ from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import TableFormatError
 from engine.governance import encryption
+from engine.layout import Layout
 from engine.names import DELTA, ICEBERG
 from engine.tables import delta, delta_merge, deltalog, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
-from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
     import ray.data

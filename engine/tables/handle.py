@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 from deltalake.transaction import Transaction
 
+from engine.layout import Layout
 from engine.tables.formats import DeltaStore, TableFormats, TableStore
-from engine.tables.layout import Layout
 
 
 @dataclass(frozen=True)

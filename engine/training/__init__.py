@@ -15,14 +15,14 @@ if TYPE_CHECKING:  # what type checkers see: the names below, from the modules t
     from engine.training.job import TrainingJob as TrainingJob
     from engine.training.scoring import score_online as score_online
     from engine.training.scoring import score_table as score_table
-    from engine.training.train import reproduce as reproduce
-    from engine.training.train import train as train
+    from engine.training.trainer import reproduce as reproduce
+    from engine.training.trainer import train as train
 
 __getattr__ = lazy_exports(__name__, {
     "TrainingJob": "engine.training.job",
     "TableReader": "engine.training.dataset",
-    "train": "engine.training.train",
-    "reproduce": "engine.training.train",
+    "train": "engine.training.trainer",
+    "reproduce": "engine.training.trainer",
     "score_table": "engine.training.scoring",
     "score_online": "engine.training.scoring",
 })

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from engine.config import AccessSettings
 from engine.errors import TrainingError
 from engine.governance.access import authorize
+from engine.layout import Layout
 from engine.tables.delta import rows_dataset
-from engine.tables.layout import Layout
 from engine.training.job import ENTITY_TIME, TrainingJob
 
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,19 +17,16 @@ import ray.data
 
 from engine.context import table_context
 from engine.errors import TrainingError
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from engine.training.dataset import feature_service
 from engine.training.fit import predict
 from engine.training.job import ENTITY_TIME, TrainingJob
 from engine.training.registry import CHAMPION, LoadedModel, load_model, require_columns
-from engine.training.tracking import configured_uri, existing_tracking_uri, mlflow_dir, use_tracking
+from engine.training.tracking import configured_uri, existing_tracking_uri, use_tracking
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-REPO_ENV = "MEDALLION_FEATURE_REPO"
-OVERLAY_ENV = "MEDALLION_FEAST_CONFIG"
-DEFAULT_REPO = "features"
 log = logging.getLogger(__name__)
 
 
@@ -41,8 +37,8 @@ class ScoringOptions:
     Attributes:
         model_version: a version number or alias of the job's registered model.
         tracking_uri: overrides `training.tracking_uri` and `$MLFLOW_TRACKING_URI`.
-        repo: the feature repository; None: `$MEDALLION_FEATURE_REPO`, else `features`.
-        overlay: a Feast configuration overlay; None: `$MEDALLION_FEAST_CONFIG`, if set.
+        repo: the feature repository; None: `$MEDALLION_FEATURE_REPO`, else the `features.repo` setting.
+        overlay: a Feast configuration overlay; None: `$MEDALLION_FEAST_CONFIG`, else `features.feast_config`.
     """
 
     model_version: str = CHAMPION
@@ -77,7 +73,7 @@ def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Datase
         TrainingError: no model is registered under the version or alias, or the feature service no longer
             returns its input columns.
     """
-    from engine.features.repo import open_store
+    from engine.features.repo import store_of
     from engine.features.snapshot import at_versions
 
     context = table_context()
@@ -86,12 +82,11 @@ def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Datase
     uri = existing_tracking_uri(root, options.tracking_uri or configured_uri(context.settings))
     if uri is None:
         raise TrainingError(f"no model `{job.model_name}` to build `{context.table}` with: no tracking URI is "
-                            f"configured and nothing was tracked under {mlflow_dir(root)}; train one with "
+                            f"configured and nothing was tracked under {Layout.at(root).mlflow()}; train one with "
                             "`medallion train`", model=job.model_name, table=context.table)
     use_tracking(uri, verbose=context.settings.ray.verbose)
     model = load_model(job.model_name, options.model_version)
-    store = open_store(root, options.repo or os.environ.get(REPO_ENV, DEFAULT_REPO),
-                       overlay=options.overlay or os.environ.get(OVERLAY_ENV))
+    store = store_of(context.settings, options.repo, options.overlay)
     rows = entities.select_columns([job.entity_key, ENTITY_TIME]).to_pandas()
     for field, value in job.request_values.items():
         rows[field] = value

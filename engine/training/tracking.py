@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import Settings
 from engine.errors import TrainingError
+from engine.layout import Layout
 from engine.redact import hide, redact_url
 from engine.storage import is_local
-from engine.tables.layout import Layout
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 TAG = "medallion."
 DATABASE = "mlflow.db"
-
-
-def mlflow_dir(root: str) -> str:
-    """`<root>/_meta/mlflow`: the embedded tracking database and artifacts."""
-    return f"{Layout.at(root).root}/_meta/mlflow"
 
 
 def configured_uri(settings: Settings) -> str | None:
@@ -52,7 +47,7 @@ def resolve_tracking_uri(root: str, configured: str | None = None) -> str:
     uri = configured or os.environ.get(TRACKING_ENV)
     if uri:
         return uri
-    base = mlflow_dir(root)
+    base = Layout.at(root).mlflow()
     if "://" in base:
         raise TrainingError(f"storage root `{root}` is remote, so the embedded SQLite tracking store cannot live "
                             f"there; set {TRACKING_ENV} (or `training.tracking_uri`) to an MLflow server")
@@ -66,7 +61,7 @@ def existing_tracking_uri(root: str, configured: str | None = None) -> str | Non
     uri = configured or os.environ.get(TRACKING_ENV)
     if uri:
         return uri
-    database = f"{mlflow_dir(root)}/{DATABASE}"
+    database = f"{Layout.at(root).mlflow()}/{DATABASE}"
     return f"sqlite:///{database}" if "://" not in database and Path(database).is_file() else None
 
 
@@ -140,7 +135,7 @@ def experiment_id(name: str, uri: str, root: str) -> str:
     folder_name = name.replace("/", "-")
     location = None
     if not is_local(root):
-        location = f"{mlflow_dir(root)}/artifacts/{folder_name}"
+        location = f"{Layout.at(root).mlflow()}/artifacts/{folder_name}"
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / folder_name
         folder.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ import engine.run.build as build_module
 import engine.run.ingest as ingest_module
 from engine import Runner
 from engine.config import Settings
+from engine.layout import Layout
 from engine.maintenance.optimize import optimize_table
 from engine.maintenance.vacuum import vacuum_table
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.cdc_pipeline import PIPELINE, REPO, assert_same_tables, pipeline, run_to_completion, write_batch
 

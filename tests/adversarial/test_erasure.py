@@ -17,9 +17,9 @@ from polars.testing import assert_frame_equal
 
 from engine.cli.main import main
 from engine.governance.erase import erase_subject, subject_hash
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.runner import Runner, RunResult
-from engine.tables.layout import Layout
 from tests.conftest import RetailBuild, settings_at
 from tests.engine.governance.test_erase import _pick_subject
 from tests.engine.scan import findings

@@ -27,7 +27,7 @@ from engine.columns import INGESTION_COLUMNS, RAW_FILE, REJECTED_REASON, RESCUED
 from engine.errors import UnreadableFileError
 from engine.ingest.readers import landing_bytes, read_records
 from engine.ingest.sources import LandingFile
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from tests.conftest import settings_at
 
 pytestmark = [pytest.mark.adversarial]

@@ -17,8 +17,8 @@ from benchmarks.features import FEATURE_REPO, MATERIALIZE_END, bench_store, redi
 from benchmarks.ingest import ingest_throughput, select_run
 from engine.features.offline import delta_source
 from engine.features.repo import load_definitions
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
 from tests.conftest import require_service
 

@@ -12,7 +12,7 @@ import pytest
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.cluster.helpers import BIN, RayHead, ray_environment, ray_head, wait_for

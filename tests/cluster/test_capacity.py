@@ -13,7 +13,7 @@ from deltalake import DeltaTable
 from engine import Runner
 from engine.capacity import measure_backlog, plan, task_shape
 from engine.cli.main import main
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.conftest import RETAIL_AS_OF, RETAIL_TEST_SCALE, settings_at

@@ -17,8 +17,8 @@ import pytest
 from deltalake import DeltaTable
 
 from engine.kinds import Merge
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.cluster.helpers import (

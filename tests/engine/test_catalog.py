@@ -22,8 +22,8 @@ from engine.catalog import build_catalog, search
 from engine.cli.main import main
 from engine.declarations import DeclaredPipeline, record_declarations, recorded_declarations
 from engine.errors import PipelineDefinitionError
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.test_runner import parse_orders, write_orders
 

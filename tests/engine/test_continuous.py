@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
+from engine.layout import Layout
 from engine.tables import delta
-from engine.tables.layout import Layout
 from engine.tables.progress import INPUTS_KEY
 from tests.engine.cdc_pipeline import assert_same_tables, build, pipeline, run_to_completion, start_run, write_batch
 

@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.engine.cdc_pipeline import assert_same_tables, run_to_completion, start_run, write_batch
 
 pytestmark = pytest.mark.usefixtures("ray_local")

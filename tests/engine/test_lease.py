@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from engine.errors import LeaseHeld, LeaseLost
+from engine.layout import Layout
 from engine.lease import RunLease
 from engine.storage import create_only
-from engine.tables.layout import Layout
 from tests.conftest import lease_held_elsewhere
 
 

@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine import logs
 from engine.cli.main import main
 from engine.config import load_settings
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.engine.test_runner import build_pipeline, land_orders
 
 REPO = Path(__file__).resolve().parents[2]

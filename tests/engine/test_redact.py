@@ -15,10 +15,10 @@ import pytest
 
 from engine import logs
 from engine.config import load_settings
+from engine.layout import Layout
 from engine.lineage import events
 from engine.redact import REDACTED, describe_error, hide, redact_text, redact_url
 from engine.runlog import RunRecord
-from engine.tables.layout import Layout
 
 
 def token() -> str:

@@ -12,11 +12,11 @@ import pytest
 import ray.data
 from deltalake import DeltaTable
 
-from engine import FileSource, Merge, Overwrite, Pipeline, Runner, TableContext, table_context
+from engine import FileSource, Merge, Overwrite, Pipeline, Runner, TableContext, load_settings, table_context
 from engine.columns import REJECTED_REASON, RUN_ID, SOURCE_FILE
 from engine.errors import PipelineDefinitionError
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -309,3 +309,23 @@ def test_a_run_that_died_after_quarantining_does_not_quarantine_twice(
     assert [r.status for r in resumed.records] == ["unchanged", "succeeded"]
     assert DeltaTable(quarantine_uri).to_pyarrow_table().num_rows == 1
     assert sorted(table(root, "silver.orders").column("order_id").to_pylist()) == [1, 2]
+
+
+@pytest.mark.parametrize("after_runs", [True, False])
+def test_a_library_run_compacts_due_tables_as_the_command_does(root: Path, after_runs: bool) -> None:
+    """Attacks: "the settings' hooks after a run hold for every `Runner` caller", not only `medallion run`."""
+    settings = load_settings(overrides={"storage": {"root": str(root)}, "maintenance": {
+        "optimize_after_commits": 2, "after_runs": after_runs}})
+    first = Runner(build_pipeline(), settings).run()
+    assert first.succeeded and first.maintenance == []
+    write_orders(root, "orders-3.jsonl", [{"order_id": 3, "status": "placed", "updated_at": "2026-01-03T00:00:00Z"}])
+    second = Runner(build_pipeline(), settings).run()
+    assert second.succeeded
+    compacted = {done.table for done in second.maintenance if done.operation == "optimize" and done.error is None}
+    bronze = DeltaTable(Layout.at(str(root)).table("bronze.orders"))
+    if after_runs:
+        assert "bronze.orders" in compacted
+        assert bronze.history(1)[0]["medallion.operation"] == "optimize" and len(bronze.file_uris()) == 1
+    else:
+        assert second.maintenance == [] and len(bronze.file_uris()) == 2
+    assert table(root, "bronze.orders").num_rows == 6

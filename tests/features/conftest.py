@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 from deltalake import DeltaTable, write_deltalake
 
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from tests.conftest import RetailBuild, require_service
 
 REPO = Path(__file__).resolve().parents[2] / "features"

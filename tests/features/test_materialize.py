@@ -24,9 +24,9 @@ from engine.cli.main import main
 from engine.errors import FeatureStoreError
 from engine.features.lineage import read_lineage
 from engine.features.materialize import legacy_state_folder, materialize, state_folder
-from engine.features.repo import features_dir, render_config
+from engine.features.repo import render_config
+from engine.layout import Layout
 from engine.maintenance.pins import list_pins
-from engine.tables.layout import Layout
 from tests.features.conftest import REPO, store_over, table_path, write_table
 from tests.features.faulty import FAULTY
 from tests.features.synthetic import BASE, SLOT, customer, customer_rows, customer_view, latest_online
@@ -127,7 +127,7 @@ def test_rows_missing_from_the_online_store_fail_the_materialization(ray_local: 
     write_table(tmp_path, TABLE, customer_rows(rng))
     store = store_over(tmp_path, [customer, customer_view()], project="tamper")
     [done] = materialize(store, end=END)
-    with sqlite3.connect(f"{features_dir(str(tmp_path))}/online.db") as connection:
+    with sqlite3.connect(f"{Layout.at(str(tmp_path)).features()}/online.db") as connection:
         connection.execute("DELETE FROM tamper_customer_stats WHERE entity_key = "
                            "(SELECT entity_key FROM tamper_customer_stats LIMIT 1)")
 
@@ -160,7 +160,7 @@ def test_a_row_the_online_store_loses_or_alters_fails_the_materialization_and_re
     assert result.exit_code == 1
     assert re.search(failure, " ".join(result.output.split()))
     assert materializations(tmp_path) == []
-    assert not list(Path(features_dir(str(tmp_path)), "state").rglob("_delta_log"))
+    assert not list(Path(Layout.at(str(tmp_path)).features(), "state").rglob("_delta_log"))
     assert store.get_feature_view("customer_stats", allow_registry_cache=False).materialization_intervals == []
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from engine.errors import FeatureStoreError
-from engine.features.repo import features_dir, load_definitions, render_config
+from engine.features.repo import load_definitions, render_config
+from engine.layout import Layout
 from tests.features.conftest import REPO
 
 
 def test_defaults_put_everything_under_the_root(tmp_path: Path) -> None:
     config = render_config(str(tmp_path))
-    base = features_dir(str(tmp_path))
+    base = Layout.at(str(tmp_path)).features()
 
     assert config.registry.path == f"{base}/registry.db"
     assert config.online_store.type == "sqlite" and config.online_store.path == f"{base}/online.db"
@@ -38,7 +39,7 @@ def test_overlay_and_overrides_replace_stores_and_resolve_relative_paths(tmp_pat
     assert (config.registry.registry_type, config.registry.path) == (
         "sql", "postgresql+psycopg://feast@db.internal:5432/feast")
     assert (config.offline_store.root, config.offline_store.ray_address) == (str(tmp_path), "ray.internal:6379")
-    assert local.online_store.path == f"{features_dir(str(tmp_path))}/mine.db"
+    assert local.online_store.path == f"{Layout.at(str(tmp_path)).features()}/mine.db"
 
 
 def test_unset_variables_and_missing_files_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

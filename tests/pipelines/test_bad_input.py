@@ -21,10 +21,10 @@ from deltalake import DeltaTable
 
 from engine import FileSource, Merge, Overwrite, Pipeline, Runner, RunResult
 from engine.columns import REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
+from engine.layout import Layout
 from engine.quality.checks import Expect, Quality
 from engine.runlog import RunRecord, read_records
 from engine.tables.delta import table_exists
-from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
 from pipelines.retail.transforms import UNPARSEABLE
 from tests.conftest import settings_at

@@ -16,9 +16,9 @@ from engine import Runner, load_settings
 from engine.columns import INGESTED_AT, RUN_ID, SOURCE_FILE
 from engine.governance.pii import tokenize
 from engine.governance.secrets import pii_key
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.tables.formats import TableFormats, found_format
-from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
 from tests.conftest import RetailBuild, settings_at
 from tests.pipelines.reference import (

@@ -25,6 +25,7 @@ from deltalake import DeltaTable
 
 from engine.cli.main import main
 from engine.errors import LeaseHeld, StorageError
+from engine.layout import Layout
 from engine.lease import RunLease
 from engine.runlog import RunRecord, append_records, read_records
 from engine.storage import (
@@ -37,7 +38,6 @@ from engine.storage import (
     filesystem_of,
     upload,
 )
-from engine.tables.layout import Layout
 from tests.engine.test_runner import land_orders
 from tests.storage.conftest import BUCKET, comparable, free_port, iceberg_rows, object_keys, subprocess_env
 

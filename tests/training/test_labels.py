@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from engine.training.dataset import TableReader
 from pipelines.retail.train import churn_examples
 

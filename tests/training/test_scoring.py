@@ -13,13 +13,12 @@ from deltalake import DeltaTable
 
 from engine import Runner, load_settings
 from engine.errors import AccessDenied
-from engine.lineage.events import EVENT_FILE
+from engine.layout import Layout
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from engine.training.job import load_job
 from engine.training.registry import load_model
 from engine.training.scoring import score_online
-from engine.training.train import train
+from engine.training.trainer import train
 from pipelines.retail.pipeline import retail
 from tests.conftest import settings_at
 from tests.features.conftest import REPO
@@ -62,7 +61,7 @@ def test_scores_are_a_pipeline_table_run_by_the_engine_and_agree_with_online_sco
     assert stored["run_id"] == run.run_id and stored["rows_written"] == record.rows_written
     commit = DeltaTable(layout.table(SCORES)).history(1)[0]
     assert commit["medallion.run_id"] == run.run_id and commit["medallion.pipeline"] == "retail"
-    events = [json.loads(line) for line in (root / EVENT_FILE).read_text().splitlines()]
+    events = [json.loads(line) for line in Path(Layout.at(str(root)).lineage_events()).read_text().splitlines()]
     [event] = [e for e in events if e["job"]["name"] == f"retail.{SCORES}" and e["eventType"] == "COMPLETE"]
     assert {i["facets"]["symlinks"]["identifiers"][0]["name"] for i in event["inputs"]} == set(INPUTS)
 

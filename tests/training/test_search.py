@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 
 from engine.training.job import load_job
-from engine.training.train import train
+from engine.training.trainer import train
 from tests.features.conftest import REPO
 from tests.training.conftest import ChurnRoot
 

@@ -16,7 +16,7 @@ import mlflow
 import psycopg
 import pytest
 
-from engine.training.train import train
+from engine.training.trainer import train
 from tests.features.conftest import REPO
 from tests.training.conftest import ChurnRoot
 

@@ -17,7 +17,7 @@ from engine.training.dataset import time_split
 from engine.training.fit import predict
 from engine.training.job import load_job
 from engine.training.registry import load_model
-from engine.training.train import reproduce, train
+from engine.training.trainer import reproduce, train
 from tests.conftest import settings_at
 from tests.features.conftest import REPO
 from tests.training.conftest import ChurnRoot

@@ -20,6 +20,7 @@ import pyarrow as pa
 from deltalake.transaction import Transaction
 
 from engine.errors import CommitConflict, TableFailed, TableFormatError
+from engine.layout import Layout
 from engine.storage import iceberg_io_properties, is_local
 from engine.tables.iceberg.schema import nullable
 from engine.tables.iceberg.snapshots import MARKER_PREFIX, committed_batch, conflict, version_of
@@ -40,11 +41,6 @@ ATTEMPTS = 8
 def without_metrics(columns: Collection[str]) -> dict[str, str]:
     """Table properties that keep `columns` out of the column metrics (counts and bounds) of manifest entries."""
     return {f"{METRICS_PREFIX}{name}": "none" for name in sorted(columns)}
-
-
-def default_catalog_uri(root: str) -> str:
-    """The SQLite catalog of a local root: `sqlite:///<root>/_meta/iceberg/catalog.db`."""
-    return f"sqlite:///{root}/_meta/iceberg/catalog.db"
 
 
 class IcebergCatalog:
@@ -74,7 +70,7 @@ class IcebergCatalog:
                         f"storage root `{self.root}` is remote, so the default SQLite Iceberg catalog cannot live "
                         "there; set storage.iceberg_catalog_uri (MEDALLION__STORAGE__ICEBERG_CATALOG_URI) to a "
                         "PostgreSQL catalog shared by every writer, e.g. postgresql+psycopg://user@host/catalog")
-                uri = self._catalog_uri or default_catalog_uri(self.root)
+                uri = self._catalog_uri or f"sqlite:///{Layout.at(self.root).iceberg_catalog()}"
                 if uri.startswith("sqlite:///"):
                     os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
                 warehouse = self.root if "://" in self.root else f"file://{self.root}"

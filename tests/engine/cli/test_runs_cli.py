@@ -18,8 +18,8 @@ from deltalake import DeltaTable
 
 from engine import FileSource, Overwrite, Pipeline
 from engine.cli.main import main
+from engine.layout import Layout
 from engine.runlog import RunRecord, append_records
-from engine.tables.layout import Layout
 
 MEDALLION = str(Path(sys.executable).with_name("medallion"))
 REPOSITORY = str(Path(__file__).resolve().parents[3])

@@ -23,7 +23,7 @@ from engine.errors import AccessDenied, ConfigError, GovernanceError
 from engine.governance.access import allowed, authorize, principal
 from engine.governance.actor import ACTOR_ENV
 from engine.governance.policies import bucket_policy, identity_policies
-from engine.tables.layout import Layout
+from engine.layout import Layout
 from engine.training.dataset import TableReader
 from tests.engine.test_runner import build_pipeline, write_orders
 

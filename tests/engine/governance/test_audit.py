@@ -16,9 +16,9 @@ from engine import FileSource, Merge, Pipeline, Runner
 from engine.cli.main import main
 from engine.governance.audit import audit_trail
 from engine.governance.erase import erase_subject
+from engine.layout import Layout
 from engine.recovery import restore_table
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 
 pytestmark = pytest.mark.usefixtures("ray_local")

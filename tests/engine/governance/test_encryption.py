@@ -39,10 +39,10 @@ from engine.governance.encryption_legacy import LegacyKey
 from engine.governance.pii import protect
 from engine.governance.secrets import PiiKey, column_keys
 from engine.keyhash import key_bytes
+from engine.layout import Layout
 from engine.pipeline import check_pii_declaration
 from engine.tables.deltalog import keep_out_of_stats
 from engine.tables.files import STATS_PROPERTY
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.scan import findings
 

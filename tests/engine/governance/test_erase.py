@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from engine.cli.main import main
 from engine.governance.erase import subject_hash
+from engine.layout import Layout
 from engine.runlog import read_records
 from engine.runner import Runner
-from engine.tables.layout import Layout
 from tests.conftest import RetailBuild, settings_at
 from tests.engine.scan import findings
 from tests.features.conftest import REPO, RETAIL_END

@@ -16,9 +16,9 @@ from engine.config import PiiSettings
 from engine.errors import GovernanceError, PipelineDefinitionError
 from engine.governance.pii import mask, protect, tokenize
 from engine.governance.secrets import PiiKey, pii_key
+from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.tables.files import OPEN_MAX, STATS_PROPERTY
-from engine.tables.layout import Layout
 from tests.conftest import RetailBuild
 from tests.engine.scan import findings
 from tests.features.conftest import materialized_features

@@ -60,7 +60,7 @@ def test_a_full_run_and_training_leave_no_secret_anywhere(
     from engine.features.materialize import materialize
     from engine.features.repo import apply_repo, load_definitions, open_store
     from engine.runner import Runner
-    from engine.training.train import train
+    from engine.training.trainer import train
     from pipelines.retail.generate import generate
     from pipelines.retail.pipeline import retail
 

@@ -15,8 +15,8 @@ from engine.capacity import measure_backlog
 from engine.columns import RAW_FILE, REJECTED_REASON, RUN_ID, SOURCE_FILE
 from engine.ingest.checkpoint import ingestion_checkpoint
 from engine.ingest.discovery import discover
+from engine.layout import Layout
 from engine.tables import formats
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.tables.test_log_cleanup import clean_up_log
 

@@ -19,10 +19,9 @@ from click.testing import CliRunner
 from engine import Runner
 from engine.cli.main import main
 from engine.config import load_settings
-from engine.lineage.events import EVENT_FILE
+from engine.layout import Layout
 from engine.lineage.graph import Lineage, Node, mlflow_search
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from tests.conftest import RetailBuild
 from tests.engine.test_runner import build_pipeline, write_orders
 from tests.features.conftest import REPO, RETAIL_END
@@ -36,7 +35,7 @@ def lake(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) ->
     """A copy of the retail build with the features materialized and the churn model trained on it."""
     from engine.features.materialize import materialize
     from engine.features.repo import apply_repo, load_definitions, open_store
-    from engine.training.train import train
+    from engine.training.trainer import train
 
     root = tmp_path_factory.mktemp("lineage") / "lake"
     shutil.copytree(retail_build.root, root)
@@ -50,7 +49,7 @@ def lake(retail_build: RetailBuild, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def events_of(root: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (root / EVENT_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in Path(Layout.at(str(root)).lineage_events()).read_text().splitlines()]
 
 
 def test_every_table_run_sends_an_openlineage_event_with_the_versions_it_read_and_wrote(
@@ -167,7 +166,7 @@ def test_events_go_to_an_http_endpoint_and_a_failure_sends_a_fail_event(tmp_path
     failed = events["shop.gold.status_counts"][1]
     assert failed["eventType"] == "FAIL" and "boom" in failed["run"]["facets"]["errorMessage"]["message"]
     assert failed["outputs"] == [] and events["shop.bronze.orders"][1]["inputs"][0]["name"].endswith("orders-1.jsonl")
-    assert not (tmp_path / EVENT_FILE).exists()
+    assert not Path(Layout.at(str(tmp_path)).lineage_events()).exists()
 
 
 def test_an_unreachable_endpoint_does_not_fail_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

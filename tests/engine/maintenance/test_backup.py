@@ -17,11 +17,11 @@ from deltalake import DeltaTable, WriterProperties, write_deltalake
 from engine.cli.main import main
 from engine.errors import MaintenanceError
 from engine.kinds import Merge
+from engine.layout import Layout
 from engine.lease import RunLease
 from engine.maintenance.backup import backup, read_manifest, restore_backup, verify_backup
 from engine.maintenance.pins import list_pins, pin
 from engine.tables.distributed_merge import merge_distributed
-from engine.tables.layout import Layout
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

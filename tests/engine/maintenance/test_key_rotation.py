@@ -23,11 +23,11 @@ from engine.governance.encryption import (
 )
 from engine.governance.pii import protect
 from engine.governance.secrets import PiiKey
+from engine.layout import Layout
 from engine.tables import delta
 from engine.tables.deltalog import keep_out_of_stats
 from engine.tables.files import STATS_PROPERTY
 from engine.tables.iceberg import IcebergTables
-from engine.tables.layout import Layout
 from tests.conftest import lease_held_elsewhere, settings_at
 from tests.engine.governance.test_encryption import LEGACY_SECRET, LEGACY_VALUES
 from tests.engine.tables.test_iceberg import PEOPLE_PII, manifest_metrics, people_pipeline, write_people

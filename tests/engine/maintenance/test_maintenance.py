@@ -19,6 +19,7 @@ from engine.config import MaintenanceSettings, StorageSettings
 from engine.errors import MaintenanceError, TableFailed
 from engine.keyhash import bucket_of
 from engine.kinds import Merge
+from engine.layout import Layout
 from engine.maintenance.due import optimize_due, run_due_maintenance
 from engine.maintenance.optimize import optimize_table
 from engine.maintenance.pins import list_pins, pin, unpin
@@ -26,7 +27,6 @@ from engine.maintenance.policy import Maintenance
 from engine.maintenance.vacuum import vacuum_table
 from engine.pipeline import Pipeline
 from engine.tables.distributed_merge import merge_distributed
-from engine.tables.layout import Layout
 from tests.conftest import lease_held_elsewhere, settings_at
 from tests.engine.cdc_pipeline import PIPELINE, assert_same_tables, run_to_completion, write_batch
 

@@ -19,6 +19,7 @@ from engine.cli.main import main
 from engine.columns import REJECTED_REASON
 from engine.config import load_settings
 from engine.errors import PipelineDefinitionError, QualityFailed
+from engine.layout import Layout
 from engine.quality import gate
 from engine.quality.checks import Expect, Quality, References
 from engine.quality.metrics import read_metrics
@@ -26,7 +27,6 @@ from engine.quality.report import summarize
 from engine.quality.results import CheckResult, combine_results
 from engine.quality.validate import validate_batch
 from engine.tables.files import RollingParquetWriter
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.receiver import Receiver
 

@@ -18,13 +18,13 @@ from matplotlib.image import imread
 from engine import Runner
 from engine.cli.main import main
 from engine.columns import REJECTED_REASON, RUN_ID
+from engine.layout import Layout
 from engine.quality.report import CheckSummary
 from engine.report import graph
 from engine.report.data import NEVER_RUN, gather
 from engine.report.html import render
 from engine.report.quarantine import read_quarantine
 from engine.runlog import read_records
-from engine.tables.layout import Layout
 from pipelines.retail.pipeline import retail
 from tests.browser import chromium
 from tests.conftest import RetailBuild, settings_at

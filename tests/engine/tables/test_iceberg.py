@@ -23,6 +23,7 @@ from engine.arrow import to_storage
 from engine.cli.main import main
 from engine.config import Settings
 from engine.errors import CommitConflict, PipelineDefinitionError, TableFormatError
+from engine.layout import Layout
 from engine.quality.checks import Quality, References
 from engine.quality.gate import reference_keys
 from engine.runlog import read_records
@@ -30,7 +31,6 @@ from engine.tables import delta, delta_merge
 from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
 from engine.tables.iceberg import IcebergTables, without_metrics
-from engine.tables.layout import Layout
 from tests.conftest import require_service, settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
 

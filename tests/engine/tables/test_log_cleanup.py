@@ -14,8 +14,8 @@ from deltalake import DeltaTable
 
 from engine import Append, FileSource, Pipeline, Runner
 from engine.columns import SOURCE_FILE
+from engine.layout import Layout
 from engine.recovery import restore_table
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
 

@@ -14,10 +14,10 @@ from deltalake import DeltaTable
 from engine import Pipeline, RecomputeKeys, Runner, map_partitions
 from engine.config import StorageSettings
 from engine.errors import PipelineDefinitionError
+from engine.layout import Layout
 from engine.tables import delta
 from engine.tables.files import DataFile, RollingParquetWriter
 from engine.tables.formats import TableFormats, TableStore
-from engine.tables.layout import Layout
 from engine.tables.replace import Slice, replace_slice
 from tests.conftest import settings_at
 

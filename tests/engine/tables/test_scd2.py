@@ -12,9 +12,9 @@ import pytest
 
 from engine.errors import CommitConflict
 from engine.kinds import SCD2
+from engine.layout import Layout
 from engine.tables import scd2
 from engine.tables.formats import TableFormats, TableStore
-from engine.tables.layout import Layout
 from tests.conftest import settings_at
 
 KIND = SCD2(keys=["id"], sequence_by="seq", tracked_columns=["country"], delete_when="op = 'd'",

@@ -13,9 +13,9 @@ import pyarrow as pa
 
 from engine.config import Settings
 from engine.errors import TrainingError
+from engine.layout import Layout
 from engine.maintenance.pins import pin_versions
 from engine.redact import redact_url
-from engine.tables.layout import Layout
 from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, time_split
 from engine.training.job import TrainingJob, load_job
 from engine.training.tracking import (
@@ -60,14 +60,14 @@ class TrainingResult:
     warnings: tuple[str, ...] = ()
 
 
-def train(reference: str, settings: Settings, *, repo: str, overlay: str | None = None,
+def train(reference: str, settings: Settings, *, repo: str | None = None, overlay: str | None = None,
           tracking_uri: str | None = None, trials: int = 0, params: Mapping[str, Any] | None = None,
           pins: Mapping[str, int] | None = None, reproduces: str | None = None,
           expected_fingerprint: str | None = None, recorded: Mapping[str, str] | None = None) -> TrainingResult:
     """Train job `reference` (`pipeline/job`) on the tables under the settings' root, with Ray already up.
 
     Args:
-        repo: the feature repository (already applied to the registry).
+        repo: the feature repository (already applied to the registry); None: as `features.repo.repo_of` says.
         overlay: a Feast configuration overlay.
         tracking_uri: overrides `training.tracking_uri` and `$MLFLOW_TRACKING_URI`.
         trials: Ray Tune trials over the job's search space before the final fit (0: none).
@@ -82,7 +82,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     """
     import mlflow
 
-    from engine.features.repo import open_store
+    from engine.features.repo import store_of
     from engine.training.fit import fit_remote
     from engine.training.registry import decide_champion
     from engine.training.search import search
@@ -90,7 +90,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
 
     name, job = load_job(reference)
     root = Layout.at(settings.storage.root).root
-    store = open_store(root, repo, overlay=overlay)
+    store = store_of(settings, repo, overlay)
     uri = resolve_tracking_uri(root, tracking_uri or configured_uri(settings))
     use_tracking(uri, verbose=settings.ray.verbose)
     chosen = {**job.params, **(params or {})}
@@ -106,7 +106,7 @@ def train(reference: str, settings: Settings, *, repo: str, overlay: str | None 
     with mlflow.start_run(experiment_id=experiment) as run:
         if trials:
             found = search(job, chosen, split.train, training.numeric, training.categorical, trials=trials,
-                           storage=f"{root}/_meta/tune", name=run.info.run_id, verbose=settings.ray.verbose)
+                           storage=Layout.at(root).tune(), name=run.info.run_id, verbose=settings.ray.verbose)
             for number, trial in enumerate(found):
                 with mlflow.start_run(experiment_id=experiment, run_name=f"trial-{number}", nested=True):
                     mlflow.log_params(trial.params)
@@ -166,7 +166,7 @@ def _log_model(job: TrainingJob, model: Any, training: TrainingSet, holdout: pa.
     return str(info.registered_model_version) if register else None
 
 
-def reproduce(run_id: str, settings: Settings, *, repo: str, overlay: str | None = None,
+def reproduce(run_id: str, settings: Settings, *, repo: str | None = None, overlay: str | None = None,
               tracking_uri: str | None = None) -> TrainingResult:
     """Rebuild run `run_id`'s training set from its recorded table versions and parameters, check it is
     identical, and retrain on it in a new run tagged `medallion.reproduces`. A code version or Feast registry
