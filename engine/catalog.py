@@ -1,5 +1,6 @@
-"""The catalog: every table of a root's pipelines with its description, owner, tags, schema (from the Delta
-log) with column docs, freshness, size and lineage neighbours, and a search over them."""
+"""The catalog: every table of a root's pipelines with its description, owner, tags, schema (from the table's
+log or metadata, Delta or Iceberg alike) with column docs, freshness, size and lineage neighbours, and a search
+over them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from engine.config import StorageSettings
 from engine.declarations import DeclaredPipeline, DeclaredTable, declarations_under
 from engine.layout import Layout
 from engine.staleness import TableFreshness, table_freshness
 from engine.status import list_tables
-from engine.tables import delta
+from engine.tables.formats import TableFormats
 from engine.tables.progress import INPUTS_KEY
 
 if TYPE_CHECKING:
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ColumnEntry:
-    """One column: its name, Delta type (None when the table was never built) and documentation."""
+    """One column: its name, type in Delta's names (None when the table was never built) and documentation."""
 
     name: str
     type: str | None
@@ -76,15 +80,25 @@ class CatalogEntry:
         }
 
 
-def _type_name(delta_type: Any) -> str:
-    """`long`, `string`, `timestamp`, `array<string>`, `struct<a: long, ...>`."""
-    if hasattr(delta_type, "element_type"):
-        return f"array<{_type_name(delta_type.element_type)}>"
-    if hasattr(delta_type, "key_type"):
-        return f"map<{_type_name(delta_type.key_type)}, {_type_name(delta_type.value_type)}>"
-    if hasattr(delta_type, "fields"):
-        return "struct<" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in delta_type.fields) + ">"
-    return str(getattr(delta_type, "type", delta_type))
+_TYPE_NAMES = {pa.int8(): "byte", pa.int16(): "short", pa.int32(): "integer", pa.int64(): "long",
+               pa.float32(): "float", pa.float64(): "double", pa.bool_(): "boolean", pa.string(): "string",
+               pa.large_string(): "string", pa.binary(): "binary", pa.large_binary(): "binary", pa.date32(): "date"}
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    """The Delta name of a stored column type, whatever the table's format: `long`, `string`, `timestamp`,
+    `array<string>`, `struct<a: long, ...>`."""
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamp" if arrow_type.tz else "timestamp_ntz"
+    if pa.types.is_decimal(arrow_type):
+        return f"decimal({arrow_type.precision},{arrow_type.scale})"
+    if pa.types.is_map(arrow_type):
+        return f"map<{_type_name(arrow_type.key_type)}, {_type_name(arrow_type.item_type)}>"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return f"array<{_type_name(arrow_type.value_type)}>"
+    if pa.types.is_struct(arrow_type):
+        return "struct<" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in arrow_type) + ">"
+    return _TYPE_NAMES.get(arrow_type, str(arrow_type))
 
 
 def unknown_column_problems(table: str, documented: Iterable[str], names: Sequence[str]) -> list[str]:
@@ -94,11 +108,12 @@ def unknown_column_problems(table: str, documented: Iterable[str], names: Sequen
 
 
 def build_catalog(layout: Layout, pipelines: Sequence[Pipeline] = (), *, now: dt.datetime | None = None,
-                  only_pipelines: bool = False) -> list[CatalogEntry]:
+                  only_pipelines: bool = False, formats: TableFormats | None = None) -> list[CatalogEntry]:
     """The catalog of the root: the tables of `pipelines`, then of the pipelines named by the last commit of
     the root's tables, then (unless `only_pipelines`) the root's other tables, upstream before downstream
-    within each pipeline."""
+    within each pipeline. `formats` reads each table in its format (the root's own Iceberg catalog when None)."""
     now = now or dt.datetime.now(dt.UTC)
+    formats = formats or TableFormats(StorageSettings(root=layout.root))
     present = {name: uri for name, uri in list_tables(layout).items() if not name.startswith("quarantine.")}
     definitions = declarations_under(layout, {} if only_pipelines else present, pipelines)
     downstream: dict[str, list[str]] = {name: [] for name in definitions}
@@ -108,25 +123,24 @@ def build_catalog(layout: Layout, pipelines: Sequence[Pipeline] = (), *, now: dt
     ordered: list[str] = []
     for pipeline in dict.fromkeys(p for p, _ in definitions.values()):
         ordered.extend(t for t in pipeline.order() if definitions.get(t, (None,))[0] is pipeline)
-    entries = [_entry(layout, name, definitions[name][0], definitions[name][1], downstream.get(name, []), now)
+    entries = [_entry(formats, name, definitions[name][0], definitions[name][1], downstream.get(name, []), now)
                for name in ordered]
     if not only_pipelines:
-        entries.extend(_entry(layout, name, None, None, downstream.get(name, []), now)
+        entries.extend(_entry(formats, name, None, None, downstream.get(name, []), now)
                        for name in present if name not in definitions)
     return entries
 
 
-def _entry(layout: Layout, name: str, pipeline: DeclaredPipeline | None, definition: DeclaredTable | None,
+def _entry(formats: TableFormats, name: str, pipeline: DeclaredPipeline | None, definition: DeclaredTable | None,
            children: Sequence[str], now: dt.datetime) -> CatalogEntry:
-    uri = layout.table(name)
+    uri, store = formats.layout.table(name), formats.for_table(name)
     docs = dict(definition.columns) if definition is not None else {}
     version = rows = None
     problems: list[str] = []
-    if delta.table_exists(uri):
-        table = delta.open_table(uri, name)
-        version = table.version()
-        rows = delta.row_count(uri, name, version)
-        fields = table.schema().fields
+    if store.table_exists(uri):
+        version = store.version(uri, name)
+        rows = store.row_count(uri, name, version)
+        fields = list(store.schema(uri, name))
         columns = tuple(ColumnEntry(f.name, _type_name(f.type), docs.get(f.name, "")) for f in fields)
         problems = unknown_column_problems(name, docs, [f.name for f in fields])
     else:
@@ -137,7 +151,7 @@ def _entry(layout: Layout, name: str, pipeline: DeclaredPipeline | None, definit
         if definition.landing is not None:
             upstream = (f"landing/{definition.landing}", *upstream)
     elif version is not None:
-        upstream = tuple(sorted(delta.last_commit_value(uri, name, INPUTS_KEY) or {}))
+        upstream = tuple(sorted(store.last_commit_value(uri, name, INPUTS_KEY) or {}))
     target = definition.freshness if definition is not None else None
     return CatalogEntry(
         table=name,
@@ -148,7 +162,7 @@ def _entry(layout: Layout, name: str, pipeline: DeclaredPipeline | None, definit
         columns=columns,
         version=version,
         rows=rows,
-        freshness=table_freshness(uri, name, target, now=now, version=version),
+        freshness=table_freshness(store, uri, name, target, now=now, version=version),
         upstream=tuple(upstream),
         downstream=tuple(children),
         problems=tuple(problems),

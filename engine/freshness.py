@@ -1,4 +1,5 @@
-"""Freshness targets: how old a table's data may be (`Freshness`), and the durations they are written in.
+"""Freshness targets: how old a table's data may be (`Freshness`), the durations they are written in, and the
+instants column values stand for.
 
 How the age is measured against a target: `engine.staleness`.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from engine.errors import PipelineDefinitionError
 
@@ -103,3 +105,18 @@ class Freshness:
     def columns(self) -> tuple[str, ...]:
         """The table columns the target reads."""
         return tuple(c for c in (self.time_column, self.partition_column) if c is not None)
+
+
+def as_instant(value: Any) -> dt.datetime | None:
+    """A column value as a UTC time: a date is midnight UTC at its start, naive times are UTC, ISO strings
+    are parsed; None when it is none of these."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time(), dt.UTC)
+    if isinstance(value, str):
+        try:
+            return as_instant(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+        except ValueError:
+            return None
+    return None

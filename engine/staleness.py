@@ -1,6 +1,7 @@
 """Staleness: how old the data of a table is, against the freshness target it declares (`engine.freshness`).
 
-Two ages, both read from the Delta log alone (no data file is scanned):
+Two ages, both read from the table's log or metadata alone (no data file is scanned), through its store
+(`TableStore.last_data_commit`, `TableStore.newest_value`), so Delta and Iceberg tables are measured alike:
 
 - **table age**: `now` minus the newest value of the table's event-time column (`Freshness.time_column`)
   when it declares one, else `now` minus the time of the newest commit that brought new data: a commit of a
@@ -11,32 +12,24 @@ Two ages, both read from the Delta log alone (no data file is scanned):
   date counts as midnight UTC at its start). A backfill of an old partition commits recently but leaves the
   newest partition as it is, so it cannot hide a stale recent partition.
 
-Column values come from the `max.<column>` statistics of the live files (`partition.<column>` for a
-Delta-partitioned column); files without that statistic (the engine's writer keeps min/max of integer and
-date columns only) are read for the Parquet footer's row-group statistics instead, still no data.
+Column values come from the statistics of the live files: `max.<column>` in a Delta log (`partition.<column>`
+for a Delta-partitioned column), the upper bounds of an Iceberg table's manifests; files without one are read
+for the Parquet footer's row-group statistics instead, still no data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
-from deltalake import DeltaTable
+from engine.freshness import Freshness, as_instant, format_duration, spell_duration
 
-from engine.freshness import Freshness, format_duration, spell_duration
-from engine.tables import delta
-from engine.tables.delta_files import add_actions
+if TYPE_CHECKING:
+    from engine.tables.formats import TableStore
 
 FRESH, LATE, UNKNOWN, UNTRACKED = "fresh", "late", "unknown", "untracked"
 NEVER_BUILT = "never built"
-DATA_OPERATIONS = frozenset({"run"})
-"""`medallion.operation` values of commits that bring new data; commits without the key (other writers)
-count too, unless Delta calls them a restore."""
 
 
 @dataclass(frozen=True)
@@ -123,149 +116,21 @@ class TableFreshness:
         }
 
 
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-def as_instant(value: Any) -> dt.datetime | None:
-    """A column value as a UTC time: a date is midnight UTC at its start, naive times are UTC, ISO strings
-    are parsed; None when it is none of these."""
-    if isinstance(value, dt.datetime):
-        return _utc(value)
-    if isinstance(value, dt.date):
-        return dt.datetime.combine(value, dt.time(), dt.UTC)
-    if isinstance(value, str):
-        try:
-            return as_instant(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
-        except ValueError:
-            return None
-    return None
-
-
-def _commit_adds_data(uri: str, version: int) -> bool:
-    """Whether the commit file of `version` adds a data file (`dataChange`); True when the file is gone
-    (log cleaned up), since the commit's operation already qualified it."""
-    filesystem, base = pafs.FileSystem.from_uri(f"{uri}/_delta_log/{version:020d}.json")
-    try:
-        with filesystem.open_input_stream(base) as stream:
-            lines = stream.read().decode().splitlines()
-    except (FileNotFoundError, OSError):
-        return True
-    for line in lines:
-        if '"add"' not in line:
-            continue
-        action = json.loads(line).get("add")
-        if action is not None and action.get("dataChange", True):
-            return True
-    return False
-
-
-def last_data_commit(uri: str, table: str, version: int | None = None) -> dict[str, Any] | None:
-    """The newest commit (at or before `version`) that brought new data and that no restore undid, None
-    when there is none (module docstring)."""
-    undone_above: int | None = None
-    for commit in delta.history(uri, table):
-        if (version is not None and commit["version"] > version) or \
-                (undone_above is not None and commit["version"] > undone_above):
-            continue
-        undone_above = None
-        restored_to = delta.commit_info_value(commit, delta.RESTORED_TO_KEY)
-        if restored_to is not None:
-            undone_above = int(restored_to)
-        operation = delta.commit_info_value(commit, "operation")
-        if operation is None and str(commit.get("operation", "")).upper() == "RESTORE":
-            continue
-        if operation is not None and operation not in DATA_OPERATIONS:
-            continue
-        if _commit_adds_data(uri, commit["version"]):
-            return commit
-    return None
-
-
-def newest_value(table: DeltaTable, column: str) -> Any:
-    """The newest value of `column` in the live files of `table`, from the Delta log's statistics, or the
-    Parquet footers of files whose log entry has none; None when the table has no non-null value.
-
-    Raises:
-        KeyError: the table has no such column.
-    """
-    if column not in table.schema().to_arrow().names:  # type: ignore[union-attr]
-        raise KeyError(column)
-    actions = add_actions(table)
-    if f"partition.{column}" in actions.column_names:
-        values = [v for v in actions.column(f"partition.{column}").to_pylist() if v is not None]
-        return max(values, default=None)
-    stats = actions.column(f"max.{column}") if f"max.{column}" in actions.column_names else None
-    maxes = _python_values(stats) if stats is not None else [None] * actions.num_rows
-    nulls = (actions.column(f"null_count.{column}").to_pylist() if f"null_count.{column}" in actions.column_names
-             else [None] * actions.num_rows)
-    values, unknown = [], []
-    for path, records, value, null_count in zip(actions.column("path").to_pylist(),
-                                                actions.column("num_records").to_pylist(), maxes, nulls, strict=True):
-        if records == 0:
-            continue
-        if value is not None:
-            values.append(value)
-        elif not (null_count is not None and records is not None and null_count >= records):
-            unknown.append(path)
-    values.extend(v for v in (_footer_max(table.table_uri, path, column) for path in unknown) if v is not None)
-    return max(values, key=lambda v: as_instant(v) or dt.datetime.min.replace(tzinfo=dt.UTC), default=None)
-
-
-def _python_values(column: pa.ChunkedArray) -> list[Any]:
-    """`column`'s values as Python values; timestamps made here from their integer values (pyarrow's own
-    conversion of a zoned timestamp imports pandas, which a reading command does not otherwise need)."""
-    if not pa.types.is_timestamp(column.type):
-        return column.to_pylist()
-    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[column.type.unit]
-    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-    zone = None if column.type.tz is None else dt.UTC if column.type.tz in ("UTC", "+00:00") else _zone(column.type.tz)
-    instants = [None if ticks is None else epoch + dt.timedelta(microseconds=ticks * 1_000_000 // per_second)
-                for ticks in column.cast(pa.int64()).to_pylist()]
-    return [None if i is None else i.replace(tzinfo=None) if zone is None else i.astimezone(zone) for i in instants]
-
-
-def _zone(name: str) -> dt.tzinfo:
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(name)
-
-
-def _footer_max(uri: str, path: str, column: str) -> Any:
-    """The max of `column` over the row-group statistics of one data file's Parquet footer."""
-    filesystem, base = pafs.FileSystem.from_uri(uri)
-    with filesystem.open_input_file(f"{base}/{path}") as source:
-        metadata = pq.ParquetFile(source).metadata
-    names = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
-    if column not in names:
-        return None
-    index = names.index(column)
-    highest = None
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(index).statistics
-        if stats is None or not stats.has_min_max:
-            continue
-        value = stats.max
-        if highest is None or (as_instant(value) or value) > (as_instant(highest) or highest):
-            highest = value
-    return highest
-
-
-def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.datetime | None = None,
-                    version: int | None = None) -> TableFreshness:
-    """The freshness of the table at `uri` (at `version`, latest when None) at `now` (the current time when
-    None) against `target`."""
-    now = _utc(now or dt.datetime.now(dt.UTC))
-    if not delta.table_exists(uri):
+def table_freshness(store: TableStore, uri: str, table: str, target: Freshness | None, *,
+                    now: dt.datetime | None = None, version: int | None = None) -> TableFreshness:
+    """The freshness of the table at `uri`, kept by `store` (at `version`, latest when None), at `now` (the
+    current time when None) against `target`."""
+    now = as_instant(now or dt.datetime.now(dt.UTC)) or dt.datetime.now(dt.UTC)
+    if not store.table_exists(uri):
         return TableFreshness(table, target, UNKNOWN if target else UNTRACKED,
                               reasons=(NEVER_BUILT,) if target else (), now=now)
-    opened = delta.open_table(uri, table, version)
+    version = store.version(uri, table, version)
     reasons: list[str] = []
     age = source = partition_age = newest_partition = None
     time_column = target.time_column if target is not None else None
     if time_column is not None:
         try:
-            newest = as_instant(newest_value(opened, time_column))
+            newest = as_instant(store.newest_value(uri, table, time_column, version))
         except KeyError:
             newest = None
             reasons.append(f"event-time column `{time_column}` is not a column of the table")
@@ -275,7 +140,7 @@ def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.d
         if newest is not None:
             age, source = now - newest, f"newest {time_column} {newest.isoformat()}"
     else:
-        commit = last_data_commit(uri, table, opened.version())
+        commit = store.last_data_commit(uri, table, version)
         if commit is None:
             if target is not None and target.max_age is not None:
                 reasons.append("no commit brought data (only maintenance, restores or backfills)")
@@ -285,7 +150,7 @@ def table_freshness(uri: str, table: str, target: Freshness | None, *, now: dt.d
     if target is not None and target.partition_column is not None:
         column = target.partition_column
         try:
-            newest_partition = newest_value(opened, column)
+            newest_partition = store.newest_value(uri, table, column, version)
         except KeyError:
             reasons.append(f"partition column `{column}` is not a column of the table")
         else:

@@ -27,10 +27,12 @@ if TYPE_CHECKING:
 def catalog(ctx: click.Context, text: str | None, pipeline_names: tuple[str, ...], as_json: bool) -> None:
     """Tables with description, owner, tags, schema and column docs, freshness, size and lineage."""
     from engine.catalog import build_catalog, search
+    from engine.tables.formats import TableFormats
 
-    layout = Layout.at(settings_of(ctx).storage.root)
+    settings = settings_of(ctx)
+    layout = Layout.at(settings.storage.root)
     pipelines = loaded_pipelines(pipeline_names)
-    entries = build_catalog(layout, pipelines, only_pipelines=bool(pipelines))
+    entries = build_catalog(layout, pipelines, only_pipelines=bool(pipelines), formats=TableFormats(settings))
     if text is not None:
         entries = search(entries, text)
     if as_json:

@@ -99,7 +99,8 @@ def print_status(settings: Settings, as_of: datetime | None = None, pipelines: S
     from engine.tables.formats import TableFormats
 
     layout = Layout.at(settings.storage.root)
-    statuses = table_statuses(layout, as_of, TableFormats(settings))
+    formats = TableFormats(settings)
+    statuses = table_statuses(layout, as_of, formats)
     declared = declarations_under(layout, list_tables(layout), pipelines)
     targets = {name: table.freshness for name, (_, table) in declared.items()}
     shown = {s.table for s in statuses}
@@ -117,13 +118,13 @@ def print_status(settings: Settings, as_of: datetime | None = None, pipelines: S
         finished = item.last_finished_at.strftime("%Y-%m-%d %H:%M:%S") if item.last_finished_at else ""
         fresh = None
         if not item.table.startswith("quarantine."):
-            fresh = table_freshness(layout.table(item.table), item.table, targets.get(item.table), now=now,
-                                    version=item.version)
+            fresh = table_freshness(formats.for_table(item.table), layout.table(item.table), item.table,
+                                    targets.get(item.table), now=now, version=item.version)
             freshness.append(fresh)
         view.add_row(escape(item.table), str(item.version), f"{item.rows:,}", escape(item.last_run_id or ""),
                      escape(item.last_status or ""), finished, *_freshness_cells(fresh, details))
     for name in never_built:
-        fresh = table_freshness(layout.table(name), name, targets[name], now=now)
+        fresh = table_freshness(formats.for_table(name), layout.table(name), name, targets[name], now=now)
         freshness.append(fresh)
         view.add_row(escape(name), "-", "-", "", "", "", *_freshness_cells(fresh, details))
     console.print(view)

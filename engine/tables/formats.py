@@ -21,7 +21,7 @@ from engine.errors import TableFormatError
 from engine.governance import encryption
 from engine.layout import Layout
 from engine.names import DELTA, ICEBERG
-from engine.tables import delta, delta_merge, deltalog, progress
+from engine.tables import delta, delta_age, delta_merge, deltalog, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class TableStore(Protocol):
     def effective_history(self, uri: str, table: str) -> list[dict[str, Any]]: ...
     def last_commit_value(self, uri: str, table: str, key: str) -> Any: ...
     def history_complete(self, uri: str) -> bool: ...
+    def last_data_commit(self, uri: str, table: str, version: int | None = None) -> dict[str, Any] | None: ...
+    def newest_value(self, uri: str, table: str, column: str, version: int | None = None) -> Any: ...
     def commit_info_value(self, commit: dict[str, Any], key: str) -> Any: ...
     def next_transaction(self, uri: str, app_id: str) -> Transaction: ...
     def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
@@ -94,6 +96,8 @@ class DeltaStore:
     effective_history = staticmethod(delta.effective_history)
     last_commit_value = staticmethod(delta.last_commit_value)
     history_complete = staticmethod(progress.history_complete)
+    last_data_commit = staticmethod(delta_age.last_data_commit)
+    newest_value = staticmethod(delta_age.newest_value)
     commit_info_value = staticmethod(delta.commit_info_value)
     next_transaction = staticmethod(delta.next_transaction)
     commit_files = staticmethod(delta.commit_files)

@@ -18,9 +18,11 @@ from engine.errors import PipelineDefinitionError
 from engine.freshness import Freshness, parse_duration
 from engine.ingest.sources import FileSource
 from engine.pipeline import Pipeline
-from engine.staleness import TableFreshness, last_data_commit, table_freshness
+from engine.staleness import TableFreshness, table_freshness
 from engine.tables import delta
+from engine.tables.delta_age import last_data_commit
 from engine.tables.files import DataFile
+from engine.tables.formats import DeltaStore
 
 UTC = dt.UTC
 DAY = dt.timedelta(days=1)
@@ -81,9 +83,9 @@ def test_fresh_then_late_by_the_age_of_the_last_data_commit(tmp_path: Path) -> N
     commit(uri, orders(dt.date(2026, 1, 1)))
     at = committed_at(uri, 0)
     target = Freshness(max_age="6h")
-    fresh = table_freshness(str(uri), "silver.t", target, now=at + dt.timedelta(hours=5))
+    fresh = table_freshness(DeltaStore(), str(uri), "silver.t", target, now=at + dt.timedelta(hours=5))
     assert fresh.state == "fresh" and fresh.age == dt.timedelta(hours=5) and fresh.reasons == ()
-    late = table_freshness(str(uri), "silver.t", target, now=at + dt.timedelta(hours=7))
+    late = table_freshness(DeltaStore(), str(uri), "silver.t", target, now=at + dt.timedelta(hours=7))
     assert late.state == "late" and late.age == dt.timedelta(hours=7)
     assert late.reason == f"data commit v0 at {at.isoformat()} is 7h old, target 6h"
     assert late.summary() == "late by 1 h" and late.details() == "age 7h of 6h"
@@ -107,7 +109,7 @@ def test_maintenance_restore_protect_and_backfill_commits_do_not_count(tmp_path:
     found = last_data_commit(str(uri), "silver.t")
     assert found is not None and found["version"] == 1
     later = committed_at(uri, 6) + dt.timedelta(hours=1)
-    freshness = table_freshness(str(uri), "silver.t", Freshness(max_age="1h"), now=later)
+    freshness = table_freshness(DeltaStore(), str(uri), "silver.t", Freshness(max_age="1h"), now=later)
     assert freshness.age_source.startswith("data commit v1 ")  # type: ignore[union-attr]
     assert freshness.age == later - committed_at(uri, 1)
     assert last_data_commit(str(uri), "silver.t", version=5)["version"] == 5  # type: ignore[index]
@@ -118,17 +120,17 @@ def test_metadata_only_and_empty_run_commits_do_not_count(tmp_path: Path) -> Non
     commit(tmp_path / "t", orders(dt.date(2026, 1, 1)))
     assert delta.commit_files(uri, [], mode="append", metadata={"operation": "run"}, commit_empty=True) == 1
     assert last_data_commit(uri, "silver.t")["version"] == 0  # type: ignore[index]
-    assert table_freshness(uri, "silver.t", Freshness(max_age="1h")).age_source.startswith("data commit v0 ")  # type: ignore[union-attr]
+    assert table_freshness(DeltaStore(), uri, "silver.t", Freshness(max_age="1h")).age_source.startswith("data commit v0 ")  # type: ignore[union-attr]
 
 
 def test_a_table_without_data_commits_or_never_built_is_unknown(tmp_path: Path) -> None:
-    never = table_freshness(str(tmp_path / "nothing"), "gold.x", Freshness(max_age="1h"))
+    never = table_freshness(DeltaStore(), str(tmp_path / "nothing"), "gold.x", Freshness(max_age="1h"))
     assert never.state == "unknown" and never.reason == "never built"
     uri = tmp_path / "t"
     commit(uri, orders(dt.date(2026, 1, 1)), "backfill")
-    only_backfill = table_freshness(str(uri), "gold.t", Freshness(max_age="1h"))
+    only_backfill = table_freshness(DeltaStore(), str(uri), "gold.t", Freshness(max_age="1h"))
     assert only_backfill.state == "unknown" and "no commit brought data" in only_backfill.reason
-    untracked = table_freshness(str(uri), "gold.t", None)
+    untracked = table_freshness(DeltaStore(), str(uri), "gold.t", None)
     assert untracked.state == "untracked" and untracked.age is None
 
 
@@ -137,11 +139,11 @@ def test_event_time_column_measures_the_age_so_a_recommit_of_old_data_is_not_fre
     commit(uri, orders(dt.date(2026, 1, 1), dt.date(2026, 1, 3), dt.date(2026, 1, 2)))
     now = dt.datetime(2026, 1, 3, 20, tzinfo=UTC)
     target = Freshness(max_age="6h", time_column="order_ts")
-    assert table_freshness(str(uri), "gold.t", target, now=now).age == dt.timedelta(hours=8)
+    assert table_freshness(DeltaStore(), str(uri), "gold.t", target, now=now).age == dt.timedelta(hours=8)
     commit(uri, orders(dt.date(2025, 12, 1)), mode="overwrite")        # a run re-committing old data
-    late = table_freshness(str(uri), "gold.t", target, now=now)
+    late = table_freshness(DeltaStore(), str(uri), "gold.t", target, now=now)
     assert late.state == "late" and late.age_source == "newest order_ts 2025-12-01T12:00:00+00:00"
-    missing = table_freshness(str(uri), "gold.t", Freshness(max_age="6h", time_column="nope"), now=now)
+    missing = table_freshness(DeltaStore(), str(uri), "gold.t", Freshness(max_age="6h", time_column="nope"), now=now)
     assert missing.state == "unknown" and "`nope` is not a column of the table" in missing.reason
 
 
@@ -157,7 +159,7 @@ def test_event_time_without_log_statistics_comes_from_the_parquet_footers(tmp_pa
     actions = pa.table(DeltaTable(str(uri)).get_add_actions(flatten=True))
     assert "max.order_ts" not in actions.column_names or actions.column("max.order_ts").null_count == 1
     now = dt.datetime(2026, 1, 5, tzinfo=UTC)
-    freshness = table_freshness(str(uri), "gold.t", Freshness(max_age="1d", time_column="order_ts"), now=now)
+    freshness = table_freshness(DeltaStore(), str(uri), "gold.t", Freshness(max_age="1d", time_column="order_ts"), now=now)
     assert freshness.age == dt.timedelta(hours=12) and freshness.state == "fresh"
 
 
@@ -169,13 +171,13 @@ def test_a_backfill_of_an_old_partition_does_not_hide_a_stale_recent_partition(t
     commit(uri, orders(dt.date(2026, 1, 8), dt.date(2026, 1, 10), dt.date(2026, 1, 9)), **options)
     target = Freshness(max_age="30d", partition_column="order_date", partition_max_age="36h")
     now = dt.datetime(2026, 1, 11, 10, tzinfo=UTC)
-    fresh = table_freshness(str(uri), "gold.t", target, now=now)
+    fresh = table_freshness(DeltaStore(), str(uri), "gold.t", target, now=now)
     assert fresh.state == "fresh" and fresh.partition_age == dt.timedelta(hours=34)
     assert fresh.newest_partition == dt.date(2026, 1, 10)
     assert fresh.summary() == "fresh" and fresh.details().endswith(", order_date 1d 10h of 1d 12h")
     later = dt.datetime(2026, 1, 13, 10, tzinfo=UTC)
     commit(uri, orders(dt.date(2026, 1, 2)), "backfill", **options)   # commits now, for an old day
-    stale = table_freshness(str(uri), "gold.t", target, now=later)
+    stale = table_freshness(DeltaStore(), str(uri), "gold.t", target, now=later)
     assert stale.state == "late" and stale.newest_partition == dt.date(2026, 1, 10)
     assert stale.reasons == ("newest partition order_date=2026-01-10 is 3d 10h old, target 1d 12h",)
     assert stale.summary() == "late by 1 d 22 h"
@@ -214,7 +216,7 @@ def test_summary_says_in_words_how_late(age: dt.timedelta, partition_age: dt.tim
     target = Freshness(max_age="6h", partition_column="day", partition_max_age="36h")
     state = "fresh" if expected == "fresh" else "late"
     assert TableFreshness("gold.t", target, state, age, partition_age=partition_age).summary() == expected
-    never = table_freshness("/nonexistent/t", "gold.t", target)
+    never = table_freshness(DeltaStore(), "/nonexistent/t", "gold.t", target)
     assert (never.summary(), never.details()) == ("unknown (never built)", "")
 
 

@@ -17,6 +17,7 @@ from engine.kinds import Merge
 from engine.tables.delta import METADATA_PREFIX, RESTORED_TO_KEY, all_on_disk, differing_keys
 from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, latest_per_key
 from engine.tables.files import DataFile, discard_files
+from engine.tables.iceberg import age
 from engine.tables.iceberg.catalog import IcebergCatalog
 from engine.tables.iceberg.scan import read_tasks, scan_tasks, task_identity
 from engine.tables.iceberg.schema import as_stored, ensure_name_mapping, evolve, plain, plain_schema
@@ -136,15 +137,16 @@ class IcebergTables(IcebergCatalog):
         return read_tasks(loaded, added, ray_options), sum(t.file.record_count for t in added)
 
     def history(self, uri: str, table: str) -> list[dict[str, Any]]:
-        """Snapshots, newest first, as commit infos: `version`, `timestamp` (ms), `operation` and the
-        `medallion.<key>` values decoded."""
+        """Snapshots, newest first, as commit infos: `version`, `timestamp` (ms), `operation`, the data files
+        added (`added_files`) and the `medallion.<key>` values decoded."""
         loaded = self.open_table(uri, table)
         commits = []
         for snapshot in sorted(loaded.snapshots(), key=lambda s: -(s.sequence_number or 0)):
             properties = dict(snapshot.summary.additional_properties) if snapshot.summary else {}
             commit: dict[str, Any] = {"version": version_of(snapshot), "timestamp": snapshot.timestamp_ms,
                                       "operation": snapshot.summary.operation.value.upper() if snapshot.summary else "",
-                                      "snapshot_id": snapshot.snapshot_id}
+                                      "snapshot_id": snapshot.snapshot_id,
+                                      age.ADDED_FILES: int(properties.get("added-data-files", 0))}
             for key, value in properties.items():
                 if key.startswith(METADATA_PREFIX):
                     commit[key] = decode(value)
@@ -174,6 +176,18 @@ class IcebergTables(IcebergCatalog):
             if value is not None:
                 return value
         return None
+
+    def last_data_commit(self, uri: str, table: str, version: int | None = None) -> dict[str, Any] | None:
+        """The newest commit (at or before `version`) that brought new data and that no restore undid."""
+        return age.last_data_commit(self.effective_history(uri, table), version)
+
+    def newest_value(self, uri: str, table: str, column: str, version: int | None = None) -> Any:
+        """The newest value of `column` in the table (at `version`), from its manifests' column bounds.
+
+        Raises:
+            KeyError: the table has no such column.
+        """
+        return age.newest_value(self.open_table(uri, table, version), table, column, version)
 
     @staticmethod
     def commit_info_value(commit: dict[str, Any], key: str) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,16 @@ from polars.testing import assert_frame_equal
 
 from engine import SCD2, Append, FileSource, Merge, Overwrite, Pipeline, Runner, load_settings
 from engine.arrow import to_storage
+from engine.catalog import build_catalog
 from engine.cli.main import main
 from engine.config import Settings
 from engine.errors import CommitConflict, PipelineDefinitionError, TableFormatError
+from engine.freshness import Freshness
 from engine.layout import Layout
 from engine.quality.checks import Quality, References
 from engine.quality.gate import reference_keys
 from engine.runlog import read_records
+from engine.staleness import table_freshness
 from engine.tables import delta, delta_merge
 from engine.tables.files import RollingParquetWriter
 from engine.tables.formats import TableFormats
@@ -437,3 +441,39 @@ def test_columns_kept_out_of_metrics_later_warn_of_earlier_files(tmp_path: Path,
     assert "--full-refresh --select silver.orders" in caplog.text
     bounds = {frozenset(m["bounds"]) for m in manifest_metrics(tables, uri, "silver.orders")}
     assert bounds == {frozenset({"id", "status"}), frozenset({"id"})}
+
+
+def test_freshness_and_catalog_read_an_iceberg_table_as_a_delta_one(tmp_path: Path) -> None:
+    """Attacks: "freshness, status and the catalog hold for both formats": the same pipeline on Delta and Iceberg
+    gives the same ages, newest values, versions, rows and column types, from each table's own metadata."""
+    roots = {f: tmp_path / f for f in ("delta", "iceberg")}
+    settings = {f: settings_at(root) for f, root in roots.items()}
+    for table_format, root in roots.items():
+        land_orders(root)
+        assert Runner(shop(table_format), settings[table_format]).run().succeeded
+    now = datetime(2026, 1, 2, 6, tzinfo=UTC)
+    by_event_time = Freshness(max_age="1h", time_column="updated_at")
+    by_commit = Freshness(max_age="1h", partition_column="updated_at", partition_max_age="2d")
+    measured = {}
+    for table_format, root in roots.items():
+        formats = TableFormats(settings[table_format])
+        store, uri = formats.for_table("silver.orders"), Layout.at(str(root)).table("silver.orders")
+        assert store.name == table_format
+        measured[table_format] = (table_freshness(store, uri, "silver.orders", by_event_time, now=now),
+                                  table_freshness(store, uri, "silver.orders", by_commit))
+    for event_time, commit_age in measured.values():
+        assert (event_time.state, event_time.age) == ("late", timedelta(hours=6))
+        assert event_time.age_source == "newest updated_at 2026-01-02T00:00:00+00:00"
+        assert commit_age.age_source.startswith("data commit v0 at ") and commit_age.partition_age is not None
+        assert commit_age.newest_partition == datetime(2026, 1, 2, tzinfo=UTC)
+    entries = {f: {e.table: e for e in build_catalog(Layout.at(str(root)), formats=TableFormats(settings[f]))}
+               for f, root in roots.items()}
+    for table in ("bronze.orders", "silver.orders", "gold.status_counts"):
+        delta_entry, iceberg_entry = entries["delta"][table], entries["iceberg"][table]
+        assert (iceberg_entry.version, iceberg_entry.rows) == (delta_entry.version, delta_entry.rows) == (0, iceberg_entry.rows)
+        assert [c.name for c in iceberg_entry.columns] == [c.name for c in delta_entry.columns]
+        if table != "gold.status_counts":  # its count is a uint32, which Iceberg stores as a long
+            assert [c.type for c in iceberg_entry.columns] == [c.type for c in delta_entry.columns]
+    assert ("updated_at", "timestamp") in [(c.name, c.type) for c in entries["iceberg"]["silver.orders"].columns]
+    status = CliRunner().invoke(main, ["--root", str(roots["iceberg"]), "status"])
+    assert status.exit_code == 0 and "never built" not in status.output and "silver.orders" in status.output
