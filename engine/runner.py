@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.alerts import sinks_from_settings
 from engine.changes.classify import ChangeCategory
+from engine.changes.plan import TablePlan, plan
 from engine.config import Settings
 from engine.declarations import record_declarations
 from engine.errors import EngineError, PipelineDefinitionError
@@ -172,6 +173,23 @@ class Runner:
             result.maintenance = hooks.maintain(self.pipeline, self.settings, result.committed)
             result.materialized = hooks.materialize(self.settings, result.committed)
         return result
+
+    def idle_plan(self, select: str | None = None) -> list[TablePlan] | None:
+        """The plan of the selection when a run of it now would commit nothing (every table `nothing`, no landing
+        file changed after ingestion), None when there is work. Read from the tables' logs and the landing folders
+        alone, so it needs no Ray: a caller can skip starting Ray for a run with nothing to do. The declarations
+        are recorded as a run records them, and the actor must be allowed the run.
+
+        Raises:
+            AccessDenied: the actor may not run the selection.
+        """
+        definitions = self.pipeline.resolve()
+        self._authorize([definitions[name] for name in self.pipeline.select(select)])
+        plans = plan(self.pipeline, self.settings, select)
+        if any(p.action != "nothing" or p.changed_files for p in plans):
+            return None
+        record_declarations(self.layout, self.pipeline)
+        return plans
 
     def watch(
         self,

@@ -38,6 +38,8 @@ class TablePlan:
         rows_to_read: input rows it will read as the logs count them now; None for an ingested table.
         more_rows: inputs change earlier in the same run, so it reads their new rows too.
         files: new landing files and their bytes, for an ingested table.
+        changed_files: landing files that changed after they were ingested (reported, or refused by the
+            source's `on_change="fail"`), for an ingested table.
         change_category: how its definition changed, None when it did not.
         diff: a short diff of its definition as built and now.
     """
@@ -48,6 +50,7 @@ class TablePlan:
     rows_to_read: int | None = None
     files: tuple[int, int] | None = None
     more_rows: bool = False
+    changed_files: int = 0
     change_category: ChangeCategory | None = None
     diff: tuple[str, ...] = field(default_factory=tuple)
 
@@ -85,15 +88,19 @@ def _plan_ingest(definition: TableDefinition, source: FileSource, layout: Layout
             reasons.append(f"refused: {len(gone)} landing file(s) it took in are gone, and their rows would be lost")
         return TablePlan(definition.name, "rebuild", tuple(reasons), files=(len(landed), sum(f.size for f in landed)),
                          **_change(assessment))
-    new, _ = files_to_ingest(landed, ingestion_checkpoint(uri, definition.name, [f.name for f in landed], store),
-                             source)
+    new, changed = files_to_ingest(landed, ingestion_checkpoint(uri, definition.name, [f.name for f in landed],
+                                                                store), source)
     reasons = [f"{len(new)} new landing file(s), {_size(sum(f.size - f.start for f in new))}" if new
                else "no new landing files"]
+    if changed:
+        reasons.append(f"{len(changed)} landing file(s) changed after they were ingested"
+                       + (": the run fails the table" if source.on_change == "fail" else ", not ingested again"))
     if assessment.change is not None:
         reasons.append(f"{assessment.reason}; `--full-refresh --select {definition.name}` ingests them all again"
                        + (f", but {len(gone)} it took in are gone from landing" if gone else ""))
     return TablePlan(definition.name, "ingest" if new else "nothing", tuple(reasons),
-                     files=(len(new), sum(f.size - f.start for f in new)), **_change(assessment))
+                     files=(len(new), sum(f.size - f.start for f in new)), changed_files=len(changed),
+                     **_change(assessment))
 
 
 def _plan_build(definition: TableDefinition, layout: Layout, formats: TableFormats, planned: Mapping[str, TablePlan],
@@ -117,13 +124,20 @@ def _plan_build(definition: TableDefinition, layout: Layout, formats: TableForma
     if consumed is None and not rebuild:
         reasons.append("never built")
     moved = [f"`{t}` {_version(consumed.get(t))} -> {_version(versions[t])}" for t in definition.dependencies
-             if consumed is not None and consumed.get(t) != versions[t] and t not in assessment.skipped]
+             if consumed is not None and consumed.get(t) != versions[t] and assessment.skipped.get(t) != versions[t]]
     if moved:
         reasons.append("inputs moved: " + ", ".join(moved))
     coming = [t for t in definition.dependencies if t in planned and planned[t].action != "nothing"]
     if coming:
         reasons.append(f"changing in this run: {', '.join(f'`{t}`' for t in coming)}")
-    if not rebuild and consumed is not None and not moved and not coming:
+    passed_over = [t for t in assessment.skipped if consumed is not None and consumed.get(t) != versions[t]]
+    if not definition.dependencies:
+        reasons.append("reads no table, so every run builds it")
+    elif not rebuild and consumed is not None and not moved and not coming:
+        if passed_over:
+            return TablePlan(definition.name, "build", (
+                f"a commit records that it passes over the non-breaking rebuild of "
+                f"{', '.join(f'`{t}`' for t in passed_over)}",), 0, **_change(assessment))
         return TablePlan(definition.name, "nothing", tuple(reasons) or (
             "inputs unchanged since the table was last built",), 0, **_change(assessment))
     whole = rebuild or consumed is None or not definition.incremental

@@ -174,6 +174,7 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
     from engine.entrypoints import load_pipeline
     from engine.layout import Layout
     from engine.preflight import require_landing
+    from engine.run.outcome import RunResult
     from engine.runner import Runner, new_run_id
     from engine.runtime import ray_session
 
@@ -183,6 +184,17 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
     console.print(f"run of `{escape(pipeline.name)}`: {len(tables)} tables, root "
                   f"{escape(Layout.at(settings.storage.root).root)}")
     runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
+    # A run with nothing to do is answered from the logs, without starting Ray (unless a metrics file wants the
+    # counts of a real run, whose unchanged tables set their last-success time).
+    idle = None if watch_interval is not None or force or full_refresh or change_kind or metrics_file \
+        else runner.idle_plan(selection)
+    if idle is not None:
+        for done, table in enumerate(idle, start=1):
+            if not quiet:
+                console.print(f"[{done:>2}/{len(idle)}] [cyan]{'unchanged':<9}[/cyan] {escape(table.table.ljust(28))} "
+                              f"{escape('; '.join(table.reasons))}")
+        console.print("nothing new: no table committed (the tables' logs say so; Ray was not started)")
+        return RunResult(run_id, pipeline.name)
     if watch_interval is not None:
         with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
             return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,

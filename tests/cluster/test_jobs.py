@@ -76,15 +76,16 @@ def test_ray_job_submit_runs_the_pipeline_from_the_working_dir(
     assert "nothing new: no table committed" in again
 
     nowhere = f"127.0.0.1:{free_ports(1)[0]}"  # the group's address and RAY_ADDRESS, which the command's own must replace
+    # --force: a run with nothing to do would answer from the logs without joining the cluster at all
     direct = subprocess.run([str(BIN / "medallion"), "--address", nowhere, "--root", str(tmp_path), "run", "retail",
-                             "--address", jobs_head.gcs_address],
+                             "--force", "--select", "bronze.orders", "--address", jobs_head.gcs_address],
                             env=ray_environment() | {"RAY_ADDRESS": nowhere}, capture_output=True, text=True,
                             timeout=300)
     assert direct.returncode == 0, direct.stdout + direct.stderr
     assert "nothing new: no table committed" in direct.stdout
     drivers = [j for j in client.list_jobs() if j.type == "DRIVER" and "--address" in (j.entrypoint or "")]
     assert len(drivers) == 1, "`medallion run --address` ran its driver on the cluster, not on a private instance"
-    assert drivers[0].entrypoint.endswith(f"run retail --address {jobs_head.gcs_address}"), drivers[0].entrypoint
+    assert drivers[0].entrypoint.endswith(f"--address {jobs_head.gcs_address}"), drivers[0].entrypoint
 
     for arguments, expected in ((("features", "apply"), "created feature view"),
                                 (("train", "retail/churn"), "registered version 1: no champion yet")):
