@@ -63,6 +63,7 @@ def ray_session(settings: RaySettings, address: str | None = None) -> Iterator[N
     else:
         # The workers of a private instance inherit this process's environment: no runtime env, which Ray would
         # write in clear to its session logs, carries the storage credentials.
+        log.info("starting a private Ray instance on this machine")
         start_private_ray(num_cpus=settings.num_cpus,
                           object_store_memory=(settings.object_store_memory_mb or 0) * 2**20 or None,
                           logging_level=_log_level(settings), log_to_driver=_log_to_driver(settings))

@@ -1,9 +1,8 @@
 """A run with nothing to do is answered from the tables' logs without starting Ray, and hides no work: new landing
-files, a table that failed, a landing file changed after ingestion, a changed definition, a table that reads no
-table, and an actor who may not run the pipeline all still go through a real run (or its refusal).
+files, a table that failed, a landing file changed after ingestion, a table that reads no table, and an actor who
+may not run the pipeline all still go through a real run (or its refusal).
 
-The commands run with `--address` at a port nothing listens on: a command that reaches Ray fails to connect, so
-one that succeeds there answered without Ray."""
+The commands run in their own process, which logs when it starts Ray."""
 
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ from engine import FileSource, Overwrite, Pipeline, Runner, load_settings
 from engine.changes.plan import plan
 from engine.errors import AccessDenied
 from engine.governance.actor import ACTOR_ENV
-from tests.cluster.helpers import free_ports
 from tests.conftest import settings_at
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -54,44 +52,49 @@ def land(root: Path, name: str, ids: list[int]) -> Path:
     return folder / name
 
 
-def run_without_ray(root: Path, pipeline: str = f"{__name__}:shop") -> subprocess.CompletedProcess[str]:
-    """`medallion run` pointed at a Ray address nothing listens on."""
-    nowhere = f"127.0.0.1:{free_ports(1)[0]}"
-    environment = {**os.environ, "PYTHONPATH": REPOSITORY, "RAY_AUTH_MODE": "disabled"}
+def run_command(root: Path) -> subprocess.CompletedProcess[str]:
+    """`medallion run` of the shop pipeline in a process of its own, logging at INFO."""
+    environment = {**os.environ, "PYTHONPATH": REPOSITORY, "RAY_AUTH_MODE": "disabled",
+                   "MEDALLION__RAY__NUM_CPUS": "1"}
     environment.pop(FAIL_ENV, None)
-    return subprocess.run([MEDALLION, "--root", str(root), "run", pipeline, "--address", nowhere],
-                          capture_output=True, text=True, env=environment, timeout=120)
+    return subprocess.run([MEDALLION, "--root", str(root), "--log-level", "INFO", "run", f"{__name__}:shop"],
+                          capture_output=True, text=True, env=environment, timeout=300)
+
+
+def started_ray(result: subprocess.CompletedProcess[str]) -> bool:
+    return "starting a private Ray instance" in result.stderr
 
 
 def answered_idle(result: subprocess.CompletedProcess[str]) -> bool:
     return result.returncode == 0 and "nothing new: no table committed" in result.stdout \
-        and "Ray was not started" in result.stdout
+        and "Ray was not started" in result.stdout and not started_ray(result)
 
 
 def test_a_run_with_nothing_to_do_answers_from_the_logs_and_new_files_still_run(tmp_path: Path) -> None:
     land(tmp_path, "1.jsonl", [1, 2])
     assert Runner(shop, settings_at(tmp_path)).run().succeeded
-    idle = run_without_ray(tmp_path)
+    idle = run_command(tmp_path)
     assert answered_idle(idle), idle.stdout + idle.stderr
-    assert re.findall(r"unchanged\s+(\S+)", idle.stdout) == shop.select(None)
+    assert re.findall(r"^\[\s*\d+/3\] unchanged\s+(\S+)", idle.stdout, re.MULTILINE) == shop.select(None)
     land(tmp_path, "2.jsonl", [3])
-    busy = run_without_ray(tmp_path)
-    assert busy.returncode != 0 and "nothing new" not in busy.stdout, busy.stdout
+    busy = run_command(tmp_path)
+    assert busy.returncode == 0 and started_ray(busy) and "3 table(s) committed" in busy.stdout, busy.stdout
 
 
-def test_a_failed_table_a_changed_file_and_a_changed_definition_are_not_answered_idle(
+def test_a_failed_table_and_a_changed_landing_file_are_not_answered_idle(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = land(tmp_path, "1.jsonl", [1, 2])
     monkeypatch.setenv(FAIL_ENV, "1")
     failed = Runner(shop, settings_at(tmp_path)).run()
     assert [r.status for r in failed.records] == ["succeeded", "succeeded", "failed"]
-    assert not answered_idle(run_without_ray(tmp_path))  # gold is still to build
     monkeypatch.delenv(FAIL_ENV)
-    assert Runner(shop, settings_at(tmp_path)).run().succeeded
-    assert answered_idle(run_without_ray(tmp_path))
+    rebuilt = run_command(tmp_path)  # gold is still to build
+    assert rebuilt.returncode == 0 and started_ray(rebuilt) and "1 table(s) committed" in rebuilt.stdout
+    assert answered_idle(run_command(tmp_path))
 
     file.write_text(file.read_text() + json.dumps({"id": 9}) + "\n")  # the source refuses changed files
-    assert not answered_idle(run_without_ray(tmp_path))
+    refused_by_command = run_command(tmp_path)
+    assert refused_by_command.returncode == 1 and started_ray(refused_by_command)
     refused = Runner(shop, settings_at(tmp_path)).run()
     assert refused.records[0].status == "failed" and "changed after they were ingested" in (refused.records[0].error
                                                                                             or "")
