@@ -16,11 +16,10 @@ from typing import Any
 
 from engine.alerts import sinks_from_settings
 from engine.changes.classify import ChangeCategory
-from engine.changes.plan import TablePlan, plan
+from engine.changes.plan import TablePlan
 from engine.config import Settings
 from engine.declarations import record_declarations
 from engine.errors import EngineError, PipelineDefinitionError
-from engine.governance import access
 from engine.governance.actor import audit_fields
 from engine.kinds import key_columns
 from engine.layout import Layout
@@ -30,6 +29,7 @@ from engine.pipeline import Pipeline, TableDefinition
 from engine.quality.results import CheckResult
 from engine.run import hooks
 from engine.run.build import build, time_column
+from engine.run.idle import authorize_run, idle_plan
 from engine.run.ingest import ingest
 from engine.run.outcome import RunResult, TableOutcome, new_run_id
 from engine.run.records import did_something, observe, observe_run, remove_empty_folders, report_quality, send_lineage
@@ -175,21 +175,14 @@ class Runner:
         return result
 
     def idle_plan(self, select: str | None = None) -> list[TablePlan] | None:
-        """The plan of the selection when a run of it now would commit nothing (every table `nothing`, no landing
-        file changed after ingestion), None when there is work. Read from the tables' logs and the landing folders
-        alone, so it needs no Ray: a caller can skip starting Ray for a run with nothing to do. The declarations
-        are recorded as a run records them, and the actor must be allowed the run.
+        """The plan of the selection when a run of it now would commit nothing, None when there is work
+        (`engine.run.idle.idle_plan`): read from the tables' logs and the landing folders alone, so it needs no
+        Ray, and a caller can skip starting Ray for a run with nothing to do.
 
         Raises:
             AccessDenied: the actor may not run the selection.
         """
-        definitions = self.pipeline.resolve()
-        self._authorize([definitions[name] for name in self.pipeline.select(select)])
-        plans = plan(self.pipeline, self.settings, select)
-        if any(p.action != "nothing" or p.changed_files for p in plans):
-            return None
-        record_declarations(self.layout, self.pipeline)
-        return plans
+        return idle_plan(self.pipeline, self.settings, select)
 
     def watch(
         self,
@@ -249,13 +242,7 @@ class Runner:
         return RunScope(self.pipeline, self.settings, self.formats, run_id, reason=self.reason, **how)
 
     def _authorize(self, definitions: list[TableDefinition]) -> None:
-        """Refuse the run before anything is read unless the actor may write every table it builds and read
-        every table and landing folder those read."""
-        purpose = f"a run of pipeline `{self.pipeline.name}`"
-        reads = [name for d in definitions for name in d.dependencies]
-        reads += [access.landing_of(d.source.directory) for d in definitions if d.source is not None]
-        access.authorize(self.settings.access, "write", [d.name for d in definitions], purpose)
-        access.authorize(self.settings.access, "read", reads, purpose)
+        authorize_run(self.settings, self.pipeline, definitions)
 
     def _run_table(self, scope: RunScope, definition: TableDefinition, run_started: datetime) -> RunRecord:
         started = datetime.now(UTC)

@@ -21,6 +21,8 @@ from typing import Any
 _LIBRARY_FOLDERS = tuple(Path(p).resolve() for p in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
                                                      sysconfig.get_paths()["stdlib"]})
 _SIMPLE = (str, int, float, bool, bytes, type(None))
+_TREES: dict[int, tuple[Any, tuple[ast.AST, str] | None]] = {}
+"""Parsed syntax trees and their text by object id, with the object (kept alive, so its id is not reused)."""
 
 
 def code_text(function: Callable[..., Any]) -> str:
@@ -35,13 +37,13 @@ def _collect(obj: Any, seen: dict[str, str]) -> None:
     name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
     if name in seen or not _in_project(target):
         return
-    tree = _syntax_tree(target)
-    if tree is None:
+    parsed = _syntax_tree(target)
+    if parsed is None:
         code = getattr(target, "__code__", None)
         if code is not None:  # defined where its source cannot be read (exec'd text): its bytecode stands in
             seen[name] = f"{name} = {_bytecode(code)}"
         return
-    seen[name] = ast.unparse(tree)
+    tree, seen[name] = parsed
     for referenced, value in _references(target, tree):
         if isinstance(value, (types.FunctionType, type)):
             _collect(value, seen)
@@ -72,7 +74,19 @@ def _references(target: Any, tree: ast.AST) -> Iterator[tuple[str, Any]]:
             yield node.id, scope[node.id]
 
 
-def _syntax_tree(target: Any) -> ast.AST | None:
+def _syntax_tree(target: Any) -> tuple[ast.AST, str] | None:
+    """The syntax tree of `target`'s source without docstrings and decorators, and its text, made once per object
+    (the tables of a pipeline share their helpers); None when its source cannot be read."""
+    cached = _TREES.get(id(target))
+    if cached is not None and cached[0] is target:
+        return cached[1]
+    tree = _parse(target)
+    parsed = None if tree is None else (tree, ast.unparse(tree))
+    _TREES[id(target)] = (target, parsed)
+    return parsed
+
+
+def _parse(target: Any) -> ast.AST | None:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(target)))
     except (OSError, TypeError, SyntaxError):

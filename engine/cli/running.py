@@ -170,24 +170,22 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
          full_refresh: bool = False, watch_interval: float | None = None, reason: str | None = None, *,
          quiet: bool = False, metrics_file: str | None = None, take_over: bool = False,
          change_kind: ChangeKindOption = None) -> RunResult:
-    from engine.capacity import reserved_capacity
     from engine.entrypoints import load_pipeline
     from engine.layout import Layout
     from engine.preflight import require_landing
-    from engine.run.outcome import RunResult
-    from engine.runner import Runner, new_run_id
-    from engine.runtime import ray_session
+    from engine.run.idle import idle_plan
+    from engine.run.outcome import RunResult, new_run_id
 
     pipeline = load_pipeline(pipeline_name)
     tables = pipeline.select(selection)
     require_landing(pipeline, Layout.at(settings.storage.root))
     console.print(f"run of `{escape(pipeline.name)}`: {len(tables)} tables, root "
                   f"{escape(Layout.at(settings.storage.root).root)}")
-    runner, run_id = Runner(pipeline, settings, reason=reason), new_run_id()
+    run_id = new_run_id()
     # A run with nothing to do is answered from the logs, without starting Ray (unless a metrics file wants the
     # counts of a real run, whose unchanged tables set their last-success time).
     idle = None if watch_interval is not None or force or full_refresh or change_kind or metrics_file \
-        else runner.idle_plan(selection)
+        else idle_plan(pipeline, settings, selection)
     if idle is not None:
         for done, table in enumerate(idle, start=1):
             if not quiet:
@@ -195,6 +193,11 @@ def _run(settings: Settings, pipeline_name: str, selection: str | None, force: b
                               f"{escape('; '.join(table.reasons))}")
         console.print("nothing new: no table committed (the tables' logs say so; Ray was not started)")
         return RunResult(run_id, pipeline.name)
+    from engine.capacity import reserved_capacity
+    from engine.runner import Runner
+    from engine.runtime import ray_session
+
+    runner = Runner(pipeline, settings, reason=reason)
     if watch_interval is not None:
         with runner.holding_lease(run_id, take_over=take_over), ray_session(settings.ray):
             return _watch(runner, len(tables), selection, watch_interval, force=force, full_refresh=full_refresh,
