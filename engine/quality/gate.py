@@ -4,21 +4,29 @@ decision to abort a commit after it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
+from engine.arrow import unify
 from engine.errors import QualityFailed
 from engine.layout import Layout
+from engine.partitioning import map_partitions
 from engine.quality.checks import Quality
 from engine.quality.results import CheckResult
 from engine.storage import parquet_dataset
+from engine.tables.delta_files import DataFileEntry
+from engine.tables.delta_read import read_files
 from engine.tables.files import DataFile
 from engine.tables.formats import DeltaStore, TableFormats
 
 CONSERVATION_CHECK = "rows_conserved"
+LOCAL_CHECK_BYTES = 32 * 2**20
+"""Staged bytes up to which the unique check reads the key columns in this process; above, it runs in Ray tasks."""
 
 
 def reference_keys(quality: Quality, layout: Layout, formats: TableFormats | None = None) -> dict[str, pa.Array]:
@@ -33,21 +41,54 @@ def reference_keys(quality: Quality, layout: Layout, formats: TableFormats | Non
     return keys
 
 
-def unique_check(table: str, quality: Quality, folder: str, files: Sequence[DataFile]) -> list[CheckResult]:
-    """Duplicated key combinations over every file staged for the table."""
+def unique_check(table: str, quality: Quality, folder: str, files: Sequence[DataFile],
+                 ray_options: Mapping[str, Any] | None = None) -> list[CheckResult]:
+    """Duplicated key combinations over every file staged for the table. Up to `LOCAL_CHECK_BYTES` of staged files
+    the key columns are read here; above, in Ray tasks: read by whole-file tasks and hash-partitioned on the keys,
+    so every copy of a key meets the others in one partition, and only a count and an example per partition come
+    back, never the keys."""
     if not quality.unique:
         return []
     columns = list(quality.unique)
-    if files:
-        keys = parquet_dataset([f"{folder}/{f.path}" for f in files], format="parquet").to_table(columns=columns)
+    if sum(f.size for f in files) <= LOCAL_CHECK_BYTES:
+        found = _duplicates_in_partition(_read_keys(folder, files, columns))
     else:
-        keys = pa.table({c: [] for c in columns})
+        schema = unify([f.schema for f in files])
+        keys = read_files([DataFileEntry(f"{folder}/{f.path}", f.size, f.num_rows) for f in files],
+                          pa.schema([schema.field(c) for c in columns]), ray_options)
+        parts = ray.get(map_partitions(keys, columns, _duplicates_in_partition).to_arrow_refs())
+        found = pa.concat_tables(parts) if parts else _counts(0, 0, None, None)
+    examples = sorted((h, e) for h, e in zip(found.column("example_hash").to_pylist(),
+                                             found.column("example").to_pylist(), strict=True) if e is not None)
+    return [CheckResult(table, f"unique({', '.join(columns)})", quality.unique_action,
+                        pc.sum(found.column("rows")).as_py() or 0, pc.sum(found.column("duplicated")).as_py() or 0,
+                        None, examples[0][1] if examples else None)]
+
+
+def _read_keys(folder: str, files: Sequence[DataFile], columns: list[str]) -> pa.Table:
+    if not files:
+        return pa.table({c: pa.array([], pa.null()) for c in columns})
+    return parquet_dataset([f"{folder}/{f.path}" for f in files], format="parquet").to_table(columns=columns)
+
+
+def _duplicates_in_partition(keys: pa.Table) -> pa.Table:
+    """How many rows of (one hash partition of) the keys there are, how many of them repeat a key, and, as JSON,
+    the repeated row whose hash is the smallest, with that hash: the same example wherever the rows were split."""
     frame = pl.from_arrow(keys)
     assert isinstance(frame, pl.DataFrame)
     duplicated = duplicated_rows(frame)
-    example = json.dumps(duplicated.row(0, named=True), default=str) if duplicated.height else None
-    return [CheckResult(table, f"unique({', '.join(columns)})", quality.unique_action, frame.height,
-                        duplicated.height, None, example)]
+    if not duplicated.height:
+        return _counts(frame.height, 0, None, None)
+    hashes = duplicated.select(pl.struct(duplicated.columns).hash(seed=0)).to_series()
+    first = int(hashes.arg_min() or 0)
+    return _counts(frame.height, duplicated.height, json.dumps(duplicated.row(first, named=True), default=str),
+                   hashes[first])
+
+
+def _counts(rows: int, duplicated: int, example: str | None, example_hash: int | None) -> pa.Table:
+    return pa.table({"rows": pa.array([rows], pa.int64()), "duplicated": pa.array([duplicated], pa.int64()),
+                     "example": pa.array([example], pa.string()),
+                     "example_hash": pa.array([example_hash], pa.uint64())})
 
 
 def duplicated_rows(frame: pl.DataFrame) -> pl.DataFrame:

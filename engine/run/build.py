@@ -141,7 +141,8 @@ def _table_checks(definition: TableDefinition, strategy: WriteStrategy, staged: 
     quality = definition.quality
     if quality is None:
         return list(staged.checks)
-    unique = [] if strategy.change_feed else gate.unique_check(definition.name, quality, folder, staged.data)
+    unique = [] if strategy.change_feed else gate.unique_check(definition.name, quality, folder, staged.data,
+                                                                definition.ray_options)
     conservation = gate.conservation_check(definition.name, quality, rows_in, staged.rows, staged.quarantined_rows)
     return [*staged.checks, *unique, *conservation]
 

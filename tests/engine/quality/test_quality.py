@@ -114,6 +114,7 @@ def test_declaration_errors() -> None:
         Quality(unique=("id",), unique_action="quarantine")
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_unique_check_counts_duplicates_over_all_staged_files(tmp_path: Path) -> None:
     writer = RollingParquetWriter(str(tmp_path), settings_at(tmp_path).storage, "t")
     writer.write(pa.table({"id": [1, 2], "day": [1, 1]}))
@@ -259,3 +260,32 @@ def test_a_referenced_table_that_changed_alone_rebuilds_its_dependant_from_no_ne
     layout = Layout.at(str(tmp_path))
     assert DeltaTable(layout.table("silver.items")).to_pyarrow_table().column("sku").to_pylist() == ["a"]
     assert DeltaTable(layout.quarantine("silver.items")).to_pyarrow_table().column("sku").to_pylist() == ["b"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_unique_check_in_ray_tasks_finds_what_the_driver_finds(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attacks: "the unique check runs in Ray tasks above a size, with the same answer": keys spread over many
+    files, copies of a key in different files, null keys, checked against polars over all rows at once."""
+    generator = np.random.default_rng(11)
+    writer = RollingParquetWriter(str(tmp_path), settings_at(tmp_path).storage, "t")
+    batches = []
+    for _ in range(6):
+        batch = pa.table({"id": pa.array(generator.integers(0, 300, 500), pa.int64()),
+                          "day": pa.array([None if n == 0 else f"d{n}" for n in generator.integers(0, 3, 500)])})
+        writer.write(batch)
+        writer.close()  # a file per batch
+        batches.append(batch)
+    files = writer.close()
+    every = pl.from_arrow(pa.concat_tables(batches))
+    assert isinstance(every, pl.DataFrame)
+    quality = Quality(unique=("id", "day"))
+    [local] = gate.unique_check("gold.x", quality, str(tmp_path), files)
+    monkeypatch.setattr(gate, "LOCAL_CHECK_BYTES", 0)
+    [in_tasks] = gate.unique_check("gold.x", quality, str(tmp_path), files)
+    assert len(files) == 6 and in_tasks == local
+    assert (in_tasks.rows_checked, in_tasks.rows_failed) == (3000, every.is_duplicated().sum())
+    example = json.loads(in_tasks.example or "")
+    assert every.filter((pl.col("id") == example["id"]) & pl.col("day").eq_missing(example["day"])).height > 1
+    [empty] = gate.unique_check("gold.x", quality, str(tmp_path), [])
+    assert (empty.rows_checked, empty.rows_failed, empty.example) == (0, 0, None)
