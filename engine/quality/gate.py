@@ -29,16 +29,31 @@ LOCAL_CHECK_BYTES = 32 * 2**20
 """Staged bytes up to which the unique check reads the key columns in this process; above, it runs in Ray tasks."""
 
 
-def reference_keys(quality: Quality, layout: Layout, formats: TableFormats | None = None) -> dict[str, pa.Array]:
-    """The distinct keys of every referenced table, at its latest version, by reference name; `formats` gives
-    each table's store (Delta when None)."""
+def reference_keys(quality: Quality, layout: Layout, formats: TableFormats | None = None) -> dict[str, ray.ObjectRef]:
+    """The distinct keys of every referenced table, at its latest version, by reference name: each computed by Ray
+    tasks into the object store, where the write tasks that check references fetch it; the driver holds only the
+    reference. `formats` gives each table's store (Delta when None)."""
     keys = {}
     for reference in quality.references:
         key = reference.key or reference.column
         store = formats.for_table(reference.table) if formats is not None else DeltaStore()
-        values = store.read_columns(layout.table(reference.table), reference.table, [key]).column(key)
-        keys[reference.name] = pc.unique(values.combine_chunks())
+        values = store.read_dataset(layout.table(reference.table), reference.table).select_columns([key])
+        distinct = [_distinct.remote(block, key) for block in values.to_arrow_refs()]
+        keys[reference.name] = _union.remote(*distinct)
     return keys
+
+
+@ray.remote(num_cpus=0.25)
+def _distinct(block: pa.Table, column: str) -> pa.Array:
+    return pc.unique(block.column(column).combine_chunks())
+
+
+@ray.remote(num_cpus=0.25)
+def _union(*arrays: pa.Array) -> pa.Array:
+    """The distinct values of `arrays` (of one type), as one array."""
+    if not arrays:
+        return pa.array([], pa.null())
+    return pc.unique(pa.chunked_array(arrays).combine_chunks())
 
 
 def unique_check(table: str, quality: Quality, folder: str, files: Sequence[DataFile],

@@ -4,6 +4,7 @@ check the rows, then commit them with the strategy of its write kind."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import pyarrow as pa
 import ray.data
@@ -127,7 +128,7 @@ def time_column(definition: TableDefinition) -> str:
 
 
 def stage_rows(scope: RunScope, definition: TableDefinition, dataset: ray.data.Dataset, folder: str,
-               reference_keys: dict[str, pa.Array]) -> StagedFiles:
+               reference_keys: Mapping[str, ray.ObjectRef]) -> StagedFiles:
     """Write the table's rows as data files under `folder` in Ray tasks, checking them on the way; rejected rows
     go to files of the quarantine."""
     sink = StagingDatasink(scope.stager(definition, folder, reference_keys))

@@ -95,7 +95,7 @@ class RunScope:
                          reason=self.reason, **values)
 
     def stager(self, definition: TableDefinition, folder: str,
-               reference_keys: dict[str, pa.Array] | None = None) -> Stager:
+               reference_keys: Mapping[str, pa.Array | ray.ObjectRef] | None = None) -> Stager:
         """The writer of the table's staged files under `folder` (and of its rejected rows)."""
         return Stager(folder, self.layout.quarantine(definition.name), self.settings.storage, self.run_id,
                       definition.name, definition.quality, reference_keys or {}, frozenset(definition.pii))

@@ -6,11 +6,12 @@ files of a table in one Delta transaction (see `engine.tables.delta`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import Datasink, WriteResult
 
@@ -92,7 +93,8 @@ class Stager:
         run_id: the run writing; it prefixes file names and tags quarantined rows.
         table: the table's name, for check results.
         quality: row-level checks applied to every batch.
-        reference_keys: key values of referenced tables, for reference checks.
+        reference_keys: key values of referenced tables, for reference checks, or their references in the object
+            store (fetched by the write task).
         opaque: columns kept out of file statistics (personal data).
     """
 
@@ -102,7 +104,7 @@ class Stager:
     run_id: str
     table: str = ""
     quality: Quality | None = None
-    reference_keys: dict[str, pa.Array] = field(default_factory=dict)
+    reference_keys: Mapping[str, pa.Array | ray.ObjectRef] = field(default_factory=dict)
     opaque: frozenset[str] = frozenset()
 
     def write(self, tables: Iterable[pa.Table], task: int) -> StagedFiles:
@@ -112,11 +114,13 @@ class Stager:
         data = RollingParquetWriter(self.data_folder, self.storage, prefix, self.opaque)
         quarantine = RollingParquetWriter(self.quarantine_folder, self.storage, prefix, self.opaque)
         checks: list[CheckResult] = []
+        references = {name: ray.get(keys) if isinstance(keys, ray.ObjectRef) else keys
+                      for name, keys in self.reference_keys.items()}
         for table in tables:
             if table.num_rows == 0:
                 continue
             if self.quality is not None:
-                table, results = validate_batch(table, self.quality, self.table, self.reference_keys)
+                table, results = validate_batch(table, self.quality, self.table, references)
                 checks.extend(results)
             accepted, rejected = split_rejected(to_storage(table), self.run_id)
             data.write(accepted)

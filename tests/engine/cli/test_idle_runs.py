@@ -16,9 +16,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import ray.data
+from click.testing import CliRunner
 
 from engine import FileSource, Overwrite, Pipeline, Runner, load_settings
 from engine.changes.plan import plan
+from engine.cli.main import main
 from engine.errors import AccessDenied
 from engine.governance.actor import ACTOR_ENV
 from tests.conftest import settings_at
@@ -87,17 +89,16 @@ def test_a_failed_table_and_a_changed_landing_file_are_not_answered_idle(
     monkeypatch.setenv(FAIL_ENV, "1")
     failed = Runner(shop, settings_at(tmp_path)).run()
     assert [r.status for r in failed.records] == ["succeeded", "succeeded", "failed"]
+    assert Runner(shop, settings_at(tmp_path)).idle_plan() is None  # gold is still to build
     monkeypatch.delenv(FAIL_ENV)
-    rebuilt = run_command(tmp_path)  # gold is still to build
-    assert rebuilt.returncode == 0 and started_ray(rebuilt) and "1 table(s) committed" in rebuilt.stdout
-    assert answered_idle(run_command(tmp_path))
+    rebuilt = CliRunner().invoke(main, ["--root", str(tmp_path), "run", f"{__name__}:shop"])
+    assert rebuilt.exit_code == 0 and "1 table(s) committed" in rebuilt.output, rebuilt.output
+    assert Runner(shop, settings_at(tmp_path)).idle_plan() is not None
 
     file.write_text(file.read_text() + json.dumps({"id": 9}) + "\n")  # the source refuses changed files
-    refused_by_command = run_command(tmp_path)
-    assert refused_by_command.returncode == 1 and started_ray(refused_by_command)
-    refused = Runner(shop, settings_at(tmp_path)).run()
-    assert refused.records[0].status == "failed" and "changed after they were ingested" in (refused.records[0].error
-                                                                                            or "")
+    assert Runner(shop, settings_at(tmp_path)).idle_plan() is None
+    refused = CliRunner().invoke(main, ["--root", str(tmp_path), "run", f"{__name__}:shop"])
+    assert refused.exit_code == 1 and "changed after they were ingested" in refused.output, refused.output
 
 
 def test_a_table_that_reads_no_table_is_built_by_every_run(tmp_path: Path) -> None:

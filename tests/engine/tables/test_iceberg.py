@@ -341,7 +341,7 @@ def test_references_to_an_iceberg_table_are_checked(tmp_path: Path) -> None:
     quality = Quality(references=[References("customer_id", "silver.customers", key="id")])
     formats = TableFormats(settings_at(tmp_path), {"silver.customers": "iceberg"})
     keys = reference_keys(quality, Layout.at(str(tmp_path)), formats)
-    assert sorted(keys["customer_id->silver.customers.id"].to_pylist()) == [1, 2]
+    assert sorted(ray.get(keys["customer_id->silver.customers.id"]).to_pylist()) == [1, 2]
 
 
 def test_an_absent_postgresql_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
