@@ -22,8 +22,9 @@ from deltalake.transaction import Transaction
 from engine.errors import CommitConflict, TableFailed, TableFormatError
 from engine.layout import Layout
 from engine.storage import iceberg_io_properties, is_local
+from engine.tables.delta import conflict
 from engine.tables.iceberg.schema import nullable
-from engine.tables.iceberg.snapshots import MARKER_PREFIX, committed_batch, conflict, version_of
+from engine.tables.iceberg.snapshots import MARKER_PREFIX, committed_batch, version_of
 
 if TYPE_CHECKING:
     from pyiceberg.catalog.sql import SqlCatalog

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from deltalake.transaction import Transaction
 
-from engine.errors import CommitConflict, TableNotFound
+from engine.errors import TableNotFound
 from engine.tables.delta import METADATA_PREFIX
 
 if TYPE_CHECKING:
@@ -64,13 +64,3 @@ def committed_batch(table: Table, app_id: str) -> int | None:
     """The last batch of `app_id` the table's marker records, None when there is none."""
     value = table.metadata.properties.get(MARKER_PREFIX + app_id)
     return None if value is None else int(value)
-
-
-def conflict(uri: str, transaction: Transaction, committed: int | None = None) -> CommitConflict:
-    """The error of a writer whose batch `transaction` another writer committed first."""
-    seen = f" (it is at {committed})" if committed is not None else ""
-    return CommitConflict(
-        f"batch {transaction.version} of `{transaction.app_id}` was already committed to `{uri}` by another "
-        f"writer{seen}; this writer's work was discarded; run again to process what is still new",
-        path=uri,
-    )
