@@ -6,12 +6,14 @@ record of each. What happens to one table lives in `engine.run`: ingestion (`run
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from queue import SimpleQueue
 from typing import Any
 
 from engine.alerts import sinks_from_settings
@@ -19,7 +21,7 @@ from engine.changes.classify import ChangeCategory
 from engine.changes.plan import TablePlan
 from engine.config import Settings
 from engine.declarations import record_declarations
-from engine.errors import EngineError, PipelineDefinitionError
+from engine.errors import EngineError, LeaseLost, PipelineDefinitionError
 from engine.governance.actor import audit_fields
 from engine.kinds import key_columns
 from engine.layout import Layout
@@ -33,6 +35,7 @@ from engine.run.idle import authorize_run, idle_plan
 from engine.run.ingest import ingest
 from engine.run.outcome import RunResult, TableOutcome, new_run_id
 from engine.run.records import did_something, observe, observe_run, remove_empty_folders, report_quality, send_lineage
+from engine.run.schedule import TableQueue
 from engine.run.scope import RunScope
 from engine.runlog import RunRecord, append_records
 from engine.storage import check_root
@@ -128,29 +131,15 @@ class Runner:
                             reingest=reingest, change_kind=change_kind)
         result = RunResult(scope.run_id, self.pipeline.name)
         started, clock = datetime.now(UTC), time.monotonic()
-        not_built: set[str] = set()
         pending_records: list[RunRecord] = []  # records of unchanged tables, kept only if the run did something
         with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
                 self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
             record_declarations(self.layout, self.pipeline)
-            for index, name in enumerate(selected):
-                if stop is not None and stop():
-                    result.stopped = True
-                    pending_records += [scope.record(rest, "interrupted", datetime.now(UTC))
-                                        for rest in selected[index:]]
-                    break
-                lease.check()
-                with log_context(table=name):
-                    definition = definitions[name]
-                    blocked = [t for t in definition.dependencies if t in not_built]
-                    if blocked:
-                        record = scope.record(name, "skipped", datetime.now(UTC),
-                                              error=f"upstream table `{blocked[0]}` failed or was skipped")
-                    else:
-                        record = self._run_table(scope, definition, started)
-                    if record.status in ("failed", "skipped"):
-                        not_built.add(name)
+            queue = TableQueue(selected, {name: definitions[name].dependencies for name in selected},
+                               self.settings.run.concurrent_tables)
+            for record in self._run_tables(scope, queue, definitions, started, lease, stop):
+                with log_context(table=record.table):
                     pending_records.append(record)
                     if did_something(record):
                         append_records(self.layout.runs(), pending_records)
@@ -159,6 +148,9 @@ class Runner:
                                    result.run_id, record)
                     result.records.append(record)
                     observe(record, self.on_record)
+            if queue.pending:
+                result.stopped = True
+                pending_records += [scope.record(rest, "interrupted", datetime.now(UTC)) for rest in queue.pending]
             if len(pending_records) < len(result.records) or any(did_something(r) for r in pending_records):
                 append_records(self.layout.runs(), pending_records)
             remove_empty_folders(self.layout.run_staging(result.run_id))
@@ -237,6 +229,52 @@ class Runner:
             send_lineage(self.settings, self.formats, {table: definition}, result.records)
             observe_run(result, time.monotonic() - clock)
         return result
+
+    def _run_tables(self, scope: RunScope, queue: TableQueue, definitions: Mapping[str, TableDefinition],
+                    run_started: datetime, lease: RunLease, stop: Callable[[], bool] | None) -> Iterator[RunRecord]:
+        """Run the queue's tables, each in a thread of its own once it may start, and yield each one's record as it
+        finishes. A table whose dependency failed or was skipped is skipped. Once `stop` returns True no table
+        starts; the tables not started stay pending in the queue."""
+        finished: SimpleQueue[tuple[str, RunRecord | BaseException]] = SimpleQueue()
+        not_built: set[str] = set()
+
+        def start_ready() -> None:
+            for name in [] if stop is not None and stop() else queue.ready():
+                try:
+                    lease.check()
+                except LeaseLost:
+                    for _ in queue.running:  # the tables running commit whole, as they would have alone
+                        finished.get()
+                    raise
+                queue.start(name)
+                definition = definitions[name]
+                blocked = [t for t in definition.dependencies if t in not_built]
+                if blocked:
+                    finished.put((name, scope.record(name, "skipped", datetime.now(UTC),
+                                                     error=f"upstream table `{blocked[0]}` failed or was skipped")))
+                    continue
+                threading.Thread(target=contextvars.copy_context().run,
+                                 args=(self._run_in_thread, scope, definition, run_started, finished),
+                                 name=f"table-{name}", daemon=True).start()
+
+        start_ready()
+        while queue.running:
+            name, outcome = finished.get()
+            queue.finish(name)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome.status in ("failed", "skipped"):
+                not_built.add(name)
+            start_ready()
+            yield outcome
+
+    def _run_in_thread(self, scope: RunScope, definition: TableDefinition, run_started: datetime,
+                       finished: SimpleQueue[tuple[str, RunRecord | BaseException]]) -> None:
+        try:
+            with log_context(table=definition.name):
+                finished.put((definition.name, self._run_table(scope, definition, run_started)))
+        except BaseException as err:  # noqa: BLE001 - handed to the run's thread, which raises it
+            finished.put((definition.name, err))
 
     def _scope(self, run_id: str, **how: Any) -> RunScope:
         return RunScope(self.pipeline, self.settings, self.formats, run_id, reason=self.reason, **how)

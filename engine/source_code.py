@@ -13,6 +13,7 @@ import json
 import sys
 import sysconfig
 import textwrap
+import threading
 import types
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,12 +24,16 @@ _LIBRARY_FOLDERS = tuple(Path(p).resolve() for p in {sysconfig.get_paths()["pure
 _SIMPLE = (str, int, float, bool, bytes, type(None))
 _TREES: dict[int, tuple[Any, tuple[ast.AST, str] | None]] = {}
 """Parsed syntax trees and their text by object id, with the object (kept alive, so its id is not reused)."""
+_PARSING = threading.RLock()
+"""Held while Python parses: `ast.parse` in two threads at once fails or builds a wrong tree in Python 3.11
+(`SystemError: AST constructor recursion depth mismatch`), and a run builds tables in threads."""
 
 
 def code_text(function: Callable[..., Any]) -> str:
     """The canonical code of `function` and of the project's functions, classes and constants it reaches."""
     seen: dict[str, str] = {}
-    _collect(function, seen)
+    with _PARSING:
+        _collect(function, seen)
     return "\n\n".join(seen[name] for name in sorted(seen))
 
 
@@ -88,7 +93,7 @@ def _syntax_tree(target: Any) -> tuple[ast.AST, str] | None:
 
 def _parse(target: Any) -> ast.AST | None:
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(target)))
+        tree = parse(textwrap.dedent(inspect.getsource(target)))
     except (OSError, TypeError, SyntaxError):
         return None
     for node in ast.walk(tree):
@@ -99,6 +104,12 @@ def _parse(target: Any) -> ast.AST | None:
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
     return tree
+
+
+def parse(source: str) -> ast.Module:
+    """`ast.parse` of `source`, one thread at a time."""
+    with _PARSING:
+        return ast.parse(source)
 
 
 def _bytecode(code: types.CodeType) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from engine.changes.fingerprint import CODE_PART, DefinitionParts
+from engine.source_code import parse
 
 ChangeCategory = Literal["breaking", "non-breaking", "forward-only"]
 CHANGE_CATEGORIES: tuple[ChangeCategory, ...] = ("breaking", "non-breaking", "forward-only")
@@ -74,7 +75,7 @@ def _only_inserts(old_code: str, new_code: str) -> bool:
     """Whether the new code's syntax tree is the old one with nodes inserted into lists only (statements,
     arguments, list items) or the old expression as the receiver of new method calls."""
     try:
-        return _contains(ast.parse(new_code), ast.parse(old_code))
+        return _contains(parse(new_code), parse(old_code))
     except SyntaxError:
         return False
 

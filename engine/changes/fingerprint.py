@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.source_code import canonical, code_text
+from engine.source_code import canonical, code_text, parse
 
 if TYPE_CHECKING:
     from engine.pipeline import TableDefinition
@@ -40,7 +40,7 @@ class DefinitionParts:
 
     def names(self) -> frozenset[str]:
         """The string constants of the code: the column names it can read."""
-        return frozenset(node.value for node in ast.walk(ast.parse(self.parts.get(CODE_PART, "")))
+        return frozenset(node.value for node in ast.walk(parse(self.parts.get(CODE_PART, "")))
                          if isinstance(node, ast.Constant) and isinstance(node.value, str))
 
     def to_json(self) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def run(ctx: click.Context, pipeline: str, selection: str | None, force: bool, f
         watch_interval: float | None, reason: str | None, quiet: bool, metrics_port: int | None,
         metrics_host: str, metrics_file: str | None, take_over: bool, change_kind: ChangeKindOption,
         dry_run: bool, yes: bool) -> None:
-    """Run PIPELINE on whatever is in <root>/landing. Ctrl-C or SIGTERM stops the run once the running table has
+    """Run PIPELINE on whatever is in <root>/landing. Ctrl-C or SIGTERM stops the run once the running tables have
     committed (exit status 130 or 143); running again continues with the tables not built."""
     from engine import metrics
     from engine.changes.plan import plan as plan_run

@@ -40,9 +40,13 @@ GROWING = FileSource("hostile", "jsonl", growth="append-only")
 
 # What a file's bytes must become.
 
-def pairs(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """JSON objects as their key-value pairs, so that a repeated key is seen."""
-    return items
+class Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key-value pairs, so that a repeated key is seen (and an empty object is not taken for
+    an empty array)."""
+
+
+def pairs(items: list[tuple[str, Any]]) -> Pairs:
+    return Pairs(items)
 
 
 def no_constant(name: str) -> None:
@@ -55,7 +59,7 @@ def json_record(line: str) -> list[tuple[str, Any]] | None:
         value = json.loads(line, object_pairs_hook=pairs, parse_constant=no_constant)
     except ValueError:
         return None
-    if not isinstance(value, list) or not all(isinstance(p, tuple) for p in value):
+    if not isinstance(value, Pairs):
         return None
     keys = [key for key, _ in value]
     if len(set(keys)) != len(keys) or any(key == "" or key in INGESTION_COLUMNS for key in keys):
