@@ -7,14 +7,12 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-import polars as pl
-
 from engine import metrics
 from engine.alerts import AlertSink, degradations, send_alerts
 from engine.config import Settings
 from engine.ingest.checkpoint import files_ingested_by
 from engine.pipeline import TableDefinition
-from engine.quality.metrics import append_metrics, read_metrics
+from engine.quality.metrics import append_metrics, read_recent_metrics
 from engine.run.outcome import RunResult
 from engine.runlog import RunRecord
 from engine.tables.formats import TableFormats
@@ -52,7 +50,7 @@ def report_quality(settings: Settings, quality_uri: str, sinks: list[AlertSink],
     """Keep the table's check results and alert on degradations against earlier runs."""
     if not record.checks:
         return
-    history = read_metrics(quality_uri).filter(pl.col("table") == record.table)
+    history = read_recent_metrics(quality_uri, record.table, settings.alerts.rising_runs - 1, excluding_run=run_id)
     append_metrics(quality_uri, pipeline, run_id, record.checks)
     alerts = degradations(pipeline, run_id, record.checks, history, rising_runs=settings.alerts.rising_runs)
     send_alerts(alerts, sinks)

@@ -117,20 +117,24 @@ def read_rows(uri: str, table: str, version: int | None = None) -> pa.Table:
     """Every row of a small table (run records, check metrics, ...) at `version`, read whole in this process:
     file by file with Parquet's reader, columns a file lacks as nulls, then cast to the table's schema. Lighter
     to start than `rows_dataset` (no Arrow dataset module, which loads pandas) for the reading commands."""
-    import pyarrow.parquet as pq
-
     opened = open_table(uri, table, version)
     if not readable_by_files(opened):
         return rows_dataset(uri, table, opened=opened).to_table()
     schema = pa.schema(opened.schema().to_arrow())
-    parts = []
-    for entry in data_files(uri, opened):
-        filesystem, path = filesystem_of(entry.uri)
-        with filesystem.open_input_file(path) as source:
-            rows = pq.ParquetFile(source).read()
-        parts.append(pa.table({f.name: rows[f.name] if f.name in rows.column_names
-                               else pa.nulls(rows.num_rows, f.type) for f in schema}).cast(schema))
+    parts = [read_data_file(entry.uri, schema) for entry in data_files(uri, opened)]
     return pa.concat_tables(parts) if parts else pa.Table.from_batches([], schema)
+
+
+def read_data_file(file_uri: str, schema: pa.Schema) -> pa.Table:
+    """The rows of one data file of a table whose files are readable as they are (`readable_by_files`), in the
+    table's `schema`: columns the file lacks (added to the table later) as nulls."""
+    import pyarrow.parquet as pq
+
+    filesystem, path = filesystem_of(file_uri)
+    with filesystem.open_input_file(path) as source:
+        rows = pq.ParquetFile(source).read()
+    return pa.table({f.name: rows[f.name] if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+                     for f in schema}).cast(schema)
 
 
 def table_exists(uri: str) -> bool:
