@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
@@ -12,6 +12,14 @@ from engine.errors import PipelineDefinitionError
 
 class _Kind(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    layout_fields: ClassVar[frozenset[str]] = frozenset()
+    """Fields that say how the table's files are laid out, not what it holds: changing one is no change of the
+    table's definition (nothing is rebuilt)."""
+
+    def meaning(self) -> dict[str, Any]:
+        """The fields that say what the table holds."""
+        return self.model_dump(mode="json", exclude=set(self.layout_fields))
 
 
 class Append(_Kind):
@@ -35,6 +43,10 @@ class Merge(_Kind):
             when its value is at least the stored one. Without it, the last row seen wins.
         delete_when: SQL predicate over the incoming rows that marks a delete (e.g. `op = 'd'`).
         except_columns: incoming columns used only to steer the merge, not stored (e.g. `op`).
+        buckets: how many hash buckets of the keys the table's files are split into (a merge rewrites only the
+            buckets its changes touch, one Ray task each). None (the default) sizes them from the table: one
+            per `storage.target_file_mb` of the first changes, doubled as often as needed once the table's
+            buckets outgrow twice that size. Setting it re-buckets the table at its next merge (Delta tables).
     """
 
     kind: Literal["merge"] = "merge"
@@ -42,6 +54,9 @@ class Merge(_Kind):
     sequence_by: str | None = None
     delete_when: str | None = None
     except_columns: list[str] = []
+    buckets: int | None = Field(default=None, ge=1, le=99999)
+
+    layout_fields: ClassVar[frozenset[str]] = frozenset({"buckets"})
 
     @model_validator(mode="after")
     def _columns_do_not_overlap(self) -> Merge:

@@ -56,7 +56,7 @@ class DefinitionParts:
 def definition_parts(definition: TableDefinition) -> DefinitionParts:
     """The canonical parts of `definition`."""
     parts = {
-        "kind": canonical(definition.kind),
+        "kind": canonical(definition.kind.meaning()),
         "checks": canonical(definition.quality),
         "pii": canonical(dict(definition.pii)),
         "incremental": canonical(definition.incremental),

@@ -53,7 +53,10 @@ from engine.tables.files import DataFile, RollingParquetWriter, discard_files, o
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = 16
+GROW_FACTOR = 2
+"""A table whose buckets hold on average more than this many times the target file size is re-bucketed, when its
+`Merge` sets no bucket count."""
+MAX_BUCKETS = 99999
 DEFAULT_ATTEMPTS = 5
 HASH_SCHEME = 1
 """Version of `keyhash.key_hash`. It is part of the layout tag in file names, so a new scheme re-buckets a table
@@ -74,7 +77,7 @@ def merge_distributed(
     *,
     metadata: dict[str, Any],
     transaction: Transaction | None = None,
-    buckets: int = DEFAULT_BUCKETS,
+    buckets: int | None = None,
     storage: StorageSettings | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
 ) -> MergeOutcome:
@@ -93,8 +96,11 @@ def merge_distributed(
         kind: keys, sequence column, delete predicate and steering columns.
         metadata: `medallion.<key>` values for the commit infos.
         transaction: application transaction marker, put on the data commit only.
-        buckets: bucket count of a table this merge creates or first buckets; afterwards the count
-            recorded in the table's file names is kept.
+        buckets: the table's bucket count: a table laid out with another count is re-bucketed by this merge.
+            None sizes it from the data (`bucket_count`): a new table gets one bucket per target file size
+            of its first changes, and a table keeps the count its file names record until its buckets
+            outgrow the target size `GROW_FACTOR` times over, when it is re-bucketed to the count its size
+            calls for.
         storage: compression and target size of the written files (engine defaults when None).
         attempts: commits tried before giving up on a table that keeps changing underneath.
 
@@ -102,8 +108,8 @@ def merge_distributed(
         CommitConflict: another writer committed `transaction` first.
         TableFailed: the changes do not fit the table, a bucket rewrite failed, or every commit lost its race.
     """
-    if not 1 <= buckets <= 99999:
-        raise TableFailed(f"merge into `{table}`: buckets must be between 1 and 99999, not {buckets}",
+    if buckets is not None and not 1 <= buckets <= MAX_BUCKETS:
+        raise TableFailed(f"merge into `{table}`: buckets must be between 1 and {MAX_BUCKETS}, not {buckets}",
                           table=table, path=uri)
     started = time.monotonic()
     job = _MergeJob(uri, table, kind, storage or StorageSettings(), buckets, metadata, transaction)
@@ -136,6 +142,16 @@ class _TableCreatedMeanwhile(Exception):
     """Another writer created the table between the existence check and this merge's create commit."""
 
 
+def bucket_count(recorded: int | None, table_bytes: int, target_bytes: int) -> int:
+    """The bucket count of a table whose `Merge` sets none: the `recorded` one while its buckets average at most
+    `GROW_FACTOR` target sizes, else (and for a table not bucketed yet) the power of two that brings them to at
+    most one target size. A table never shrinks to fewer buckets on its own: that would rewrite it whole."""
+    if recorded is not None and table_bytes <= recorded * target_bytes * GROW_FACTOR:
+        return recorded
+    needed = max(1, -(-table_bytes // max(target_bytes, 1)))
+    return min(MAX_BUCKETS, max(recorded or 1, 1 << (needed - 1).bit_length()))
+
+
 @dataclass(frozen=True)
 class _Layout:
     """How a table's rows are spread over files: the bucket count and a tag of the keys and hash scheme."""
@@ -144,13 +160,15 @@ class _Layout:
     tag: str
 
     @classmethod
-    def recorded(cls, keys: Sequence[str], paths: Sequence[str], default: int) -> _Layout:
-        """The layout for `keys` that the file names at `paths` record (the most used bucket count), with
-        `default` buckets when none does."""
+    def of(cls, keys: Sequence[str], paths: Sequence[str], buckets: int | None, table_bytes: int,
+           target_bytes: int) -> _Layout:
+        """The layout of a merge into the table whose data files are at `paths`: `buckets` when given, else the
+        count `bucket_count` picks from the count the file names record (the most used) and the table's size."""
         tag = hashlib.sha256(json.dumps({"scheme": HASH_SCHEME, "keys": list(keys)}).encode()).hexdigest()[:8]
         names = (BUCKET_FILE.match(path.rsplit("/", 1)[-1]) for path in paths)
         counts = Counter(int(name[2]) for name in names if name is not None and name[3] == tag)
-        return cls(max(counts, key=lambda count: (counts[count], count)) if counts else default, tag)
+        recorded = max(counts, key=lambda count: (counts[count], count)) if counts else None
+        return cls(buckets or bucket_count(recorded, table_bytes, target_bytes), tag)
 
     def prefix(self, bucket: int) -> str:
         """The `RollingParquetWriter` prefix of the files of `bucket`."""
@@ -184,12 +202,17 @@ class _MergeJob:
     table: str
     kind: Merge
     storage: StorageSettings
-    buckets: int
+    buckets: int | None
     metadata: dict[str, Any]
     transaction: Transaction | None
     pending: dict[int, _Rewrite] = field(default_factory=dict)
     reused: int = 0
     opaque: frozenset[str] = frozenset()
+
+    @property
+    def target_bytes(self) -> int:
+        """The target size of a written file."""
+        return self.storage.target_file_mb * 2**20
 
     @property
     def properties(self) -> CommitProperties:
@@ -201,7 +224,7 @@ class _MergeJob:
 
     def create(self, changes: pa.Table) -> tuple[int, dict[str, int]]:
         """Create the table, already bucketed, from the changes that are not deletes: version 0."""
-        layout = _Layout.recorded(self.kind.keys, [], self.buckets)
+        layout = _Layout.of(self.kind.keys, [], self.buckets, changes.nbytes, self.target_bytes)
         schema = pa.schema([f for f in self._source_schema(changes) if f.name != DELETE_FLAG])
         parts = self._split_changes(changes, layout)
         self._rewrite(layout, schema, {b: frozenset() for b, part in enumerate(parts) if part.num_rows}, parts, {}, [])
@@ -233,7 +256,7 @@ class _MergeJob:
                          f"merge into `{self.table}`")
         actions = add_actions(delta_table).select(["path", "size_bytes"])
         paths, sizes = actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist()
-        layout = _Layout.recorded(self.kind.keys, paths, self.buckets)
+        layout = _Layout.of(self.kind.keys, paths, self.buckets, sum(sizes), self.target_bytes)
         by_bucket: dict[int, list[str]] = {}
         loose: list[str] = []
         for path in paths:

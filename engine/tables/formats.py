@@ -129,7 +129,7 @@ class DeltaStore:
         from engine.tables.distributed_merge import merge_distributed
 
         return merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
-                                 storage=storage)
+                                 buckets=kind.buckets, storage=storage)
 
     @staticmethod
     def merge_local(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],

@@ -330,3 +330,33 @@ def test_a_library_run_compacts_due_tables_as_the_command_does(root: Path, after
     else:
         assert second.maintenance == [] and len(bronze.file_uris()) == files_before + 1
     assert table(root, "bronze.orders").num_rows == 6
+
+
+def test_a_merge_tables_bucket_count_lays_out_its_files_and_a_new_count_re_buckets_without_a_rebuild(
+        root: Path) -> None:
+    from engine.tables.distributed_merge import BUCKET_FILE
+
+    def run_with(buckets: int) -> None:
+        pipeline = Pipeline("shop")
+        pipeline.ingest("bronze.orders", FileSource("orders", "jsonl"))
+
+        @pipeline.table("silver.orders", kind=Merge(keys=["order_id"], sequence_by="updated_at", buckets=buckets),
+                        incremental=True)
+        def orders(bronze_orders: ray.data.Dataset) -> ray.data.Dataset:
+            return bronze_orders.map_batches(parse_orders, batch_format="pyarrow")
+
+        result = Runner(pipeline, settings_at(root)).run()
+        assert result.succeeded, [r.error for r in result.records]
+
+    def counts() -> set[int]:
+        files = DeltaTable(str(root / "silver" / "orders")).get_add_actions(flatten=True).column("path").to_pylist()
+        return {int(m[2]) for m in map(BUCKET_FILE.match, files) if m}
+
+    run_with(3)
+    assert counts() == {3}
+    write_orders(root, "orders-3.jsonl", [{"order_id": 7, "status": "placed", "updated_at": "2026-01-03T00:00:00Z"}])
+    run_with(5)
+    assert counts() == {5}
+    records = read_records(Layout.at(str(root)).runs()).filter(pl.col("table") == "silver.orders")
+    assert records.height == 2 and not any("rebuilt" in (details or "") for details in records["details"])
+    assert sorted(table(root, "silver.orders").column("order_id").to_pylist()) == [1, 2, 7]

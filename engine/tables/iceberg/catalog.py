@@ -127,7 +127,7 @@ class IcebergCatalog:
             if created:
                 if schema is None:
                     return None
-                self.catalog.create_namespace_if_not_exists(self.identifier(uri)[0])
+                self._ensure_namespace(self.identifier(uri)[0])
                 tx = self.catalog.create_table_transaction(
                     self.identifier(uri), schema=nullable(schema), location=uri,
                     properties=TABLE_PROPERTIES | dict(table_properties or {}))
@@ -157,6 +157,19 @@ class IcebergCatalog:
             f"table `{table_name}` kept changing under this commit ({ATTEMPTS} attempts); this writer's work was "
             "discarded; run again", table=table_name, path=uri)
         raise error
+
+
+    def _ensure_namespace(self, namespace: str) -> None:
+        """Create the namespace (a layer) unless it exists. Two tables of a layer created at once race to create
+        it: the SQL catalog refuses the second insert (an integrity error, which pyiceberg does not turn into
+        "already exists"), and that is no failure once the namespace is there."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            self.catalog.create_namespace_if_not_exists(namespace)
+        except IntegrityError:
+            if not self.catalog.namespace_exists(namespace):
+                raise
 
 
 def _plain_location(location: str) -> str:

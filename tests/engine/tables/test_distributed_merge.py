@@ -19,6 +19,7 @@ from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
+from engine.config import StorageSettings
 from engine.errors import CommitConflict, KeyMismatch, TableFailed
 from engine.keyhash import bucket_of, key_hash
 from engine.kinds import Merge
@@ -354,3 +355,73 @@ def test_string_keys_into_an_integer_keyed_table_are_refused(tmp_path: Path, ray
                                           r"but string in the changes"):
         merge_distributed(uri, "silver.t", pa.table({"id": ["1"], "v": [9]}), Merge(keys=["id"]), metadata={})
     assert rows(uri) == [{"id": 1, "v": 1}, {"id": 2, "v": 2}]
+
+
+def test_the_bucket_count_follows_the_table_size_and_never_shrinks_on_its_own() -> None:
+    mib = 2**20
+    assert distributed_merge.bucket_count(None, 0, 128 * mib) == 1
+    assert distributed_merge.bucket_count(None, 300 * mib, 128 * mib) == 4  # 3 needed, a power of two
+    assert distributed_merge.bucket_count(16, 4096 * mib, 128 * mib) == 16  # at twice the target: kept
+    assert distributed_merge.bucket_count(16, 4097 * mib, 128 * mib) == 64  # grown past it: sized again
+    assert distributed_merge.bucket_count(16, 1 * mib, 128 * mib) == 16  # small now, but not rewritten for it
+    assert distributed_merge.bucket_count(None, 10**18, 1) == distributed_merge.MAX_BUCKETS
+
+
+def bucket_counts(uri: str) -> set[int]:
+    return {int(name[2]) for name in map(distributed_merge.BUCKET_FILE.match, paths(uri)) if name}
+
+
+def test_a_growing_table_is_re_bucketed_and_an_explicit_count_re_buckets_it_too(
+        tmp_path: Path, ray_local: None) -> None:
+    """The merge with the new layout rewrites every file into it; rows are those of deltalake's merge."""
+    uri, reference = str(tmp_path / "t"), str(tmp_path / "reference")
+    small = StorageSettings(target_file_mb=1)
+    rng = np.random.default_rng(7)
+
+    def batch(start: int, size: int) -> pa.Table:
+        return pa.table({"id": pa.array(np.arange(start, start + size), pa.int64()),
+                         "v": pa.array([rng.bytes(24).hex() for _ in range(size)]),  # incompressible
+                         "seq": pa.array(np.ones(size, np.int64)), "op": ["c"] * size})
+
+    first = batch(0, 1000)
+    merge_distributed(uri, "silver.t", first, CDC, metadata={}, storage=small)
+    delta_merge.merge_changes(reference, first, CDC, metadata={})
+    assert bucket_counts(uri) == {1}  # the first changes fit one target size
+    grown = batch(1000, 100_000)  # about 3 MB stored: more than twice the target in the one bucket
+    merge_distributed(uri, "silver.t", grown, CDC, metadata={}, storage=small)
+    delta_merge.merge_changes(reference, grown, CDC, metadata={})
+    assert bucket_counts(uri) == {1}
+    late = batch(101_000, 10)  # the next merge finds the table grown
+    outcome = merge_distributed(uri, "silver.t", late, CDC, metadata={}, storage=small)
+    delta_merge.merge_changes(reference, late, CDC, metadata={})
+    [count] = bucket_counts(uri)
+    assert count > 1 and outcome.metrics["num_buckets"] == count == outcome.metrics["num_buckets_rewritten"]
+    assert sum(DeltaTable(uri).get_add_actions(flatten=True).column("size_bytes").to_pylist()) <= \
+        count * small.target_file_mb * 2**20 * distributed_merge.GROW_FACTOR
+    assert rows(uri) == rows(reference)
+
+    updates = batch(0, 10)
+    outcome = merge_distributed(uri, "silver.t", updates, CDC, metadata={}, buckets=3, storage=small)
+    delta_merge.merge_changes(reference, updates, CDC, metadata={})
+    assert bucket_counts(uri) == {3} and outcome.metrics["num_buckets_rewritten"] == 3
+    assert rows(uri) == rows(reference)
+    again = merge_distributed(uri, "silver.t", batch(20, 5), CDC, metadata={}, storage=small)
+    assert bucket_counts(uri) == {3} and again.metrics["num_buckets"] == 3  # the recorded count is kept
+
+
+def test_the_bucket_count_is_part_of_the_layout_not_of_the_definition() -> None:
+    from engine.changes.fingerprint import definition_parts
+    from engine.pipeline import Pipeline
+
+    fingerprints = []
+    for buckets in (None, 8, 64):
+        pipeline = Pipeline("p")
+
+        @pipeline.table("silver.t", kind=Merge(keys=["id"], sequence_by="seq", buckets=buckets))
+        def t(bronze_t: pa.Table) -> pa.Table:
+            return bronze_t
+
+        fingerprints.append(definition_parts(pipeline.tables["silver.t"]).fingerprint)
+    assert len(set(fingerprints)) == 1
+    with pytest.raises(ValueError, match="buckets"):
+        Merge(keys=["id"], buckets=0)

@@ -477,3 +477,29 @@ def test_freshness_and_catalog_read_an_iceberg_table_as_a_delta_one(tmp_path: Pa
     assert ("updated_at", "timestamp") in [(c.name, c.type) for c in entries["iceberg"]["silver.orders"].columns]
     status = CliRunner().invoke(main, ["--root", str(roots["iceberg"]), "status"])
     assert status.exit_code == 0 and "never built" not in status.output and "silver.orders" in status.output
+
+
+def test_a_layer_created_by_another_writer_at_the_same_moment_is_no_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two tables of a new layer committed at once (a run builds independent tables together) both race to
+    create the layer's namespace; the loser's insert is refused by the catalog, and its table is created all
+    the same."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from engine.tables.iceberg.catalog import IcebergCatalog
+
+    catalog = IcebergCatalog(str(tmp_path))
+    schema = pa.schema([("id", pa.int64())])
+    catalog.commit(str(tmp_path / "bronze" / "first"), schema, None, lambda tx, created: None)
+    real = SqlCatalog.namespace_exists
+    answers = iter([False])  # the check before the insert sees no namespace, as if the other writer were late
+
+    def racing(self: SqlCatalog, namespace: Any) -> bool:
+        answer = next(answers, None)
+        return real(self, namespace) if answer is None else answer
+
+    monkeypatch.setattr(SqlCatalog, "namespace_exists", racing)
+    catalog.commit(str(tmp_path / "bronze" / "second"), schema, None, lambda tx, created: None)
+
+    assert catalog.load(str(tmp_path / "bronze" / "second")) is not None
+    assert next(answers, "spent") == "spent"
