@@ -11,8 +11,8 @@ Measures, in this order: the TPC-H medallion workload at every scale factor with
 and at a larger one with the engine and DuckDB;
 the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the everyday commands
 (`benchmarks/commands.py`: `--help`, `status`, `history`, `catalog`, `show` and a `run` with nothing new on the
-demo); the engine on 1, 2 and 3
-local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
+demo); one small delivery through the retail pipeline, one-shot and as a warm micro-batch
+(`benchmarks/delivery.py`); the engine on 1, 2 and 3 local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`);
 Feast materialization throughput and online latency (`benchmarks/features.py`); column encryption per value
 (`benchmarks/encryption.py`). Raw numbers go to
 `docs/performance.json`, the time-against-scale plot to `docs/performance-scaling.png`, and the page to
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import commands, encryption, features, ingest, merge
+from benchmarks import commands, delivery, encryption, features, ingest, merge
 from benchmarks.tpch.run import (
     COMMANDS,
     Measurement,
@@ -147,7 +147,8 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-STEPS = ("tpch", "large", "startup", "commands", "ingest", "nodes", "merge", "features", "encryption")
+STEPS = ("tpch", "large", "startup", "commands", "delivery", "ingest", "nodes", "merge", "features",
+         "encryption")
 
 
 def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
@@ -157,6 +158,7 @@ def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
         "large": lambda: large(args.large_sf, args.runs, args.data, args.work),
         "startup": lambda: startup(args.work / f"sf{args.nodes_sf:g}"),
         "commands": lambda: commands.measure_commands(args.work),
+        "delivery": lambda: delivery.measure(args.work),
         "ingest": lambda: ingestion(max(args.sf), args.work),
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
         "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
@@ -360,6 +362,18 @@ def render(results: dict[str, Any]) -> str:
         "which always runs, three runs).",
         "",
         *_measured(results, "commands", commands.table),
+        "",
+        "## Small deliveries",
+        "",
+        "One retail delivery (about 5,900 records at scale 0.2) through the 15 tables of the retail pipeline, on a "
+        "root that holds the earlier deliveries (`python -m benchmarks.delivery`; the median of three runs, each "
+        "checked to have committed the delivery to gold). *One-shot* is `medallion run retail` in its own process, "
+        "Ray's start and stop included; *watch* is a micro-batch of a long-lived driver, as `medallion run --watch` "
+        "runs them, with Ray's workers warm from a first delivery. *Tables at once* is `run.concurrent_tables`; the "
+        "longest chain is the sum of the durations of the slowest chain of dependent tables, which a run that builds "
+        "independent tables together cannot go below.",
+        "",
+        *_measured(results, "delivery", delivery.table),
         "",
         "## The engine on 1, 2 and 3 local Ray nodes",
         "",
