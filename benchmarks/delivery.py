@@ -3,8 +3,8 @@ through the 15 tables of the retail pipeline, on a root that holds the earlier b
 
 Usage: python -m benchmarks.delivery [--work bench-work] [--scale 0.2] [--repeats 3]
 
-Measured two ways, each with the tables of a run built at once (`run.concurrent_tables`, default 4) and one at a
-time (1):
+Measured two ways, each with the tables of a run built at once (`run.concurrent_tables`: its default, the
+cluster's CPUs, and 4) and one at a time (1):
   one-shot  `medallion run retail` in its own process: imports, Ray's start and stop included;
   watch     a micro-batch of a long-lived driver, as `medallion run --watch` runs them: the run of the delivery
             after a first delivery has warmed Ray's workers, from the landed file to the committed gold tables.
@@ -28,8 +28,8 @@ from benchmarks.tpch.run import RunError, environment
 
 MEDALLION = str(Path(sys.executable).with_name("medallion"))
 AS_OF = "2026-05-30"
-MODES = {"concurrent": 4, "one at a time": 1}
-"""Measured settings of `run.concurrent_tables`, by name."""
+MODES: dict[str, int | None] = {"default": None, "four at once": 4, "one at a time": 1}
+"""Measured settings of `run.concurrent_tables`, by name (None: the default, the cluster's CPUs)."""
 TARGETS_S = {"one-shot": 4.0, "watch": 1.5}
 """Wall time a delivery should take, by way of running it."""
 
@@ -75,7 +75,7 @@ def fresh_copy(base: Path, to: Path) -> Path:
     return to
 
 
-def one_shot(base: Path, last: int, scale: float, concurrent: int) -> dict[str, Any]:
+def one_shot(base: Path, last: int, scale: float, concurrent: int | None) -> dict[str, Any]:
     """`medallion run retail` over the next-to-last delivery, in its own process."""
     from pipelines.retail.generate import generate
 
@@ -89,11 +89,11 @@ def one_shot(base: Path, last: int, scale: float, concurrent: int) -> dict[str, 
     return {"wall_s": wall, "runner_s": runner}
 
 
-def watch(base: Path, last: int, scale: float, concurrent: int) -> dict[str, Any]:
+def watch(base: Path, last: int, scale: float, concurrent: int | None) -> dict[str, Any]:
     """A warm micro-batch, measured in a process of its own (`--warm-child`)."""
     root = fresh_copy(base, base.parent / "watch")
     done = subprocess.run([sys.executable, "-m", "benchmarks.delivery", "--warm-child", str(root), "--scale",
-                           f"{scale:g}", "--last", str(last), "--concurrent", str(concurrent)],
+                           f"{scale:g}", "--last", str(last), "--concurrent", str(concurrent or 0)],
                           capture_output=True, text=True, env=environment())
     if done.returncode != 0:
         raise RunError(f"the warm micro-batch failed:\n{(done.stdout + done.stderr)[-3000:]}")
@@ -102,7 +102,7 @@ def watch(base: Path, last: int, scale: float, concurrent: int) -> dict[str, Any
     return result
 
 
-def warm_child(root: Path, scale: float, last: int, concurrent: int) -> dict[str, Any]:
+def warm_child(root: Path, scale: float, last: int, concurrent: int | None) -> dict[str, Any]:
     """In this process: Ray started (or the one running used), the next-to-last delivery run (warming the
     workers), then the last one landed and run; its wall time, and its longest chain of tables."""
     from engine.config import load_settings
@@ -111,7 +111,8 @@ def warm_child(root: Path, scale: float, last: int, concurrent: int) -> dict[str
     from pipelines.retail.generate import generate
     from pipelines.retail.pipeline import retail
 
-    settings = load_settings(overrides={"storage": {"root": str(root)}, "run": {"concurrent_tables": concurrent}})
+    settings = load_settings(overrides={"storage": {"root": str(root)},
+                                        "run": {"concurrent_tables": concurrent or None}})
     with ray_session(settings.ray):
         runner = Runner(retail, settings)
         for batch in (last - 1, last):
@@ -155,7 +156,7 @@ def _require_gold_committed(root: Path) -> None:
         raise RunError(f"the delivery did not reach gold under {root}: committed {committed.to_list()}")
 
 
-def measure(work: Path, scale: float = 0.2, repeats: int = 3, modes: dict[str, int] | None = None,
+def measure(work: Path, scale: float = 0.2, repeats: int = 3, modes: dict[str, int | None] | None = None,
             ways: tuple[str, ...] = tuple(TARGETS_S)) -> dict[str, Any]:
     """Median wall and runner seconds of a delivery, each of `ways` (`one-shot`, `watch`) and in each mode of
     `modes` (`MODES`)."""
@@ -178,7 +179,8 @@ def table(results: dict[str, Any]) -> list[str]:
              "|---|---:|---:|---:|---:|---:|"]
     for r in results["ways"].values():
         chain = "" if r.get("critical_path_s") is None else f"{r['critical_path_s']:.2f}"
-        lines.append(f"| {r['way']} | {r['concurrent_tables']} | {r['wall_s']:.2f} | {r['runner_s']:.2f} | "
+        lines.append(f"| {r['way']} | {r['concurrent_tables'] or 'the CPUs (default)'} | {r['wall_s']:.2f} | "
+                     f"{r['runner_s']:.2f} | "
                      f"{chain} | {r['target_s']:g} |")
     return lines
 
@@ -190,7 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warm-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--last", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--concurrent", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--concurrent", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child is not None:
         print(json.dumps(warm_child(args.warm_child, args.scale, args.last, args.concurrent)))

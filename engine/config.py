@@ -82,8 +82,9 @@ class RunSettings(_Section):
                                    "this long is taken over by the next run, seconds.")
     lease_heartbeat_s: float = Field(default=10.0, gt=0, description="How often a running run renews its lease, "
                                      "seconds (well under `lease_timeout_s`).")
-    concurrent_tables: int = Field(default=4, ge=1, description="How many tables of a run may be built at once: a "
-                                   "table starts as soon as the tables it reads have finished (1: one at a time).")
+    concurrent_tables: int | None = Field(default=None, ge=1, description="How many tables of a run may be built "
+                                          "at once: a table starts as soon as the tables it reads have finished "
+                                          "(default: the cluster's CPUs, at most 8; 1: one at a time).")
     confirm_rebuild_rows: int = Field(default=10_000_000, ge=0, description="On a terminal, `medallion run` asks "
                                       "before a rebuild that reads more input rows than this (`--yes` skips it).")
 

@@ -27,6 +27,8 @@ SPLIT_TASK_BYTES = 256 * 2**20
 """Input bytes one split task hashes and splits."""
 PARTITION_BYTES = 128 * 2**20
 """Input bytes one partition task gets at most, when the CPUs alone would make larger partitions."""
+SMALL_SHUFFLE_BYTES = 16 * 2**20
+"""At most this many bytes split make one partition: on so little data a task costs more than it saves."""
 SHUFFLE_BUCKETS = 64
 """Hash buckets of a split when the engine picks the partition count: once every split has finished and the
 bytes of every bucket are known, consecutive buckets are grouped into partitions of about equal size (as
@@ -37,6 +39,11 @@ def default_partitions(input_bytes: int = 0) -> int:
     """Twice the CPUs of the cluster (enough parallelism without tiny partitions), or more when that would give
     a partition more than `PARTITION_BYTES` of `input_bytes`: a task's memory grows with its partition."""
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)), math.ceil(input_bytes / PARTITION_BYTES))
+
+
+def _partition_count(split_bytes: int) -> int:
+    """Partitions of a shuffle of `split_bytes`: one for a small input, else `default_partitions`."""
+    return 1 if split_bytes <= SMALL_SHUFFLE_BYTES else default_partitions(split_bytes)
 
 
 def map_partitions(
@@ -71,7 +78,8 @@ def co_partition(
     here, each block split as soon as it is read, and the split has finished when this returns; the calls run
     when the returned dataset is consumed, so a write of it runs in the same tasks. When no input has even a
     schema (each read a table without data files), `function` is not called. Without `num_partitions`, the
-    count is `default_partitions` of the bytes split.
+    count is `default_partitions` of the bytes split, or one partition when they are at most
+    `SMALL_SHUFFLE_BYTES`.
     """
     buckets = num_partitions or max(SHUFFLE_BUCKETS, default_partitions())
     splits: dict[str, list[_Split]] = {}
@@ -81,7 +89,7 @@ def co_partition(
     check_comparable({f"input `{name}`": empty.schema for name, empty in empties.items()}, keys, _shuffle_name())
     sizes = _bucket_sizes(splits, buckets)
     groups = ([[bucket] for bucket in range(buckets)] if num_partitions
-              else coalesce(sizes, default_partitions(int(sizes.sum()))))
+              else coalesce(sizes, _partition_count(int(sizes.sum()))))
     work = _PartitionWork(function, dict(fn_kwargs or {}), empties, [
         {name: [split.pieces[bucket] for split in splits[name] for bucket in group] for name in inputs}
         for group in groups])

@@ -38,6 +38,7 @@ from engine.run.records import did_something, observe, observe_run, remove_empty
 from engine.run.schedule import TableQueue
 from engine.run.scope import RunScope
 from engine.runlog import RunRecord, append_records
+from engine.runtime import cluster_cpus
 from engine.storage import check_root
 from engine.tables import deltalog
 from engine.tables.formats import TableFormats
@@ -45,6 +46,10 @@ from engine.tables.formats import TableFormats
 __all__ = ["RunResult", "Runner", "new_run_id"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MOST_TABLES = 8
+"""Tables built at once when `run.concurrent_tables` is not set: the cluster's CPUs, but no more than this (each
+table's driver work runs in a thread of this process)."""
 
 
 class Runner:
@@ -137,7 +142,7 @@ class Runner:
             log.info("run of `%s` started", self.pipeline.name)
             record_declarations(self.layout, self.pipeline)
             queue = TableQueue(selected, {name: definitions[name].dependencies for name in selected},
-                               self.settings.run.concurrent_tables)
+                               self.settings.run.concurrent_tables or min(DEFAULT_MOST_TABLES, cluster_cpus()))
             for record in self._run_tables(scope, queue, definitions, started, lease, stop):
                 with log_context(table=record.table):
                     pending_records.append(record)

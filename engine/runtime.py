@@ -175,6 +175,11 @@ def ensure_ray(address: str | None = None) -> None:
     _configure_data_context(settings)
 
 
+def cluster_cpus() -> int:
+    """The CPUs of the Ray cluster this process uses, at least 1. Ray must be initialised."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def _configure_data_context(settings: RaySettings) -> None:
     """Ray Data's progress bars and execution summaries, and its log level, as `settings.verbose` asks. The
     context is made with the deprecation warnings Ray raises about its own defaults silenced: nothing a user

@@ -16,6 +16,7 @@ from engine import Overwrite, Pipeline, Runner, load_settings
 from engine.config import Settings
 from engine.run.schedule import TableQueue
 from engine.source_code import code_text
+from tests.threads import all_at_once
 
 WAIT_S = 60.0
 """How long a table function waits for the others it meets; only a run that never starts them waits that long."""
@@ -169,21 +170,19 @@ def test_code_text_is_the_same_when_threads_ask_at_once() -> None:
     functions = [d.function for d in retail.tables.values() if d.function is not None]
     expected = [code_text(f) for f in functions]
     results: list[list[str]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(6)
 
-    def read_all() -> None:
-        barrier.wait()
-        try:
-            results.append([code_text(f) for f in functions])
-        except BaseException as err:  # noqa: BLE001 - collected and asserted below
-            errors.append(err)
-
-    threads = [threading.Thread(target=read_all) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert not errors
+    assert not all_at_once(lambda: results.append([code_text(f) for f in functions]), 6)
     assert results == [expected] * 6
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_by_default_as_many_tables_at_once_as_the_cluster_has_cpus(tmp_path: Path) -> None:
+    import ray
+
+    cpus = int(ray.cluster_resources()["CPU"])
+    state = {"in_flight": 0, "most": 0}
+    pipeline = meeting_pipeline(parties=cpus, tables=2 * cpus, state=state)
+    result = Runner(pipeline, load_settings(overrides={"storage": {"root": str(tmp_path)}})).run()
+
+    assert result.succeeded, [r.error for r in result.records]
+    assert state["most"] == cpus

@@ -79,15 +79,26 @@ def test_map_partitions_after_repartition() -> None:
     check_counts(collect(map_partitions(dataset, ["c"], count_per_key, num_partitions=3)))
 
 
-def test_map_partitions_calls_once_per_partition_with_default_count() -> None:
+def test_map_partitions_calls_once_per_partition_with_default_count(monkeypatch: pytest.MonkeyPatch) -> None:
     def tag(table: pa.Table) -> pa.Table:
         return pa.table({"rows": pa.array([table.num_rows], pa.int64())})
 
     partitions = default_partitions()
     assert partitions == max(2, 2 * int(ray.cluster_resources()["CPU"]))
+    small = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))
+    assert len(small) == 1  # a few kilobytes: one task costs less than several
+    monkeypatch.setattr(partitioning, "SMALL_SHUFFLE_BYTES", 0)
     result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))
     assert len(result) == partitions
-    assert sum(row["rows"] for row in result) == events().num_rows
+    assert sum(row["rows"] for row in result) == sum(row["rows"] for row in small) == events().num_rows
+
+
+def test_the_keys_of_a_small_input_all_reach_the_one_call() -> None:
+    def keys(table: pa.Table) -> pa.Table:
+        return pa.table({"keys": pa.array([len(set(table.column("c").to_pylist()))], pa.int64())})
+
+    assert collect(map_partitions(ray.data.from_arrow(events()), ["c"], keys)) == [
+        {"keys": len(set(events().column("c").to_pylist()))}]
 
 
 def test_large_inputs_get_a_partition_per_partition_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,6 +107,7 @@ def test_large_inputs_get_a_partition_per_partition_bytes(monkeypatch: pytest.Mo
 
     assert default_partitions(10 * partitioning.PARTITION_BYTES + 1) == max(11, default_partitions())
     monkeypatch.setattr(partitioning, "PARTITION_BYTES", 64)
+    monkeypatch.setattr(partitioning, "SMALL_SHUFFLE_BYTES", 0)
     most = default_partitions(events().nbytes)
     assert most > default_partitions()
     result = collect(map_partitions(ray.data.from_arrow(events()), ["c"], tag))

@@ -44,6 +44,11 @@ def without_metrics(columns: Collection[str]) -> dict[str, str]:
     return {f"{METRICS_PREFIX}{name}": "none" for name in sorted(columns)}
 
 
+_OPENING = threading.Lock()
+"""Held while a catalog is opened: opening creates the catalog's own tables when they are missing, and two
+opened at once (tables of a run built together) would both try to create them."""
+
+
 class IcebergCatalog:
     """The Iceberg tables of one storage root, registered in one SQL catalog: namespace = layer, table name =
     name, location `<root>/<layer>/<name>`.
@@ -75,7 +80,8 @@ class IcebergCatalog:
                 if uri.startswith("sqlite:///"):
                     os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")), exist_ok=True)
                 warehouse = self.root if "://" in self.root else f"file://{self.root}"
-                self._catalog = SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **iceberg_io_properties())
+                with _OPENING:
+                    self._catalog = SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **iceberg_io_properties())
             return self._catalog
 
     def identifier(self, uri: str) -> tuple[str, str]:

@@ -37,6 +37,7 @@ from engine.tables.formats import TableFormats
 from engine.tables.iceberg import IcebergTables, without_metrics
 from tests.conftest import require_service, settings_at
 from tests.engine.test_runner import land_orders, parse_orders, write_orders
+from tests.threads import all_at_once
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -503,3 +504,14 @@ def test_a_layer_created_by_another_writer_at_the_same_moment_is_no_failure(
 
     assert catalog.load(str(tmp_path / "bronze" / "second")) is not None
     assert next(answers, "spent") == "spent"
+
+
+def test_catalogs_of_a_new_root_opened_at_once_all_open(tmp_path: Path) -> None:
+    """Opening a catalog creates its own tables when missing; tables of one run built together open theirs at
+    the same moment."""
+    from engine.tables.iceberg.catalog import IcebergCatalog
+
+    for attempt in range(3):
+        root = str(tmp_path / f"root-{attempt}")
+        errors = all_at_once(lambda root=root: IcebergCatalog(root).catalog.list_namespaces(), 8)
+        assert not errors, errors[0]
