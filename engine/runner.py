@@ -21,7 +21,7 @@ from engine.changes.classify import ChangeCategory
 from engine.changes.plan import TablePlan
 from engine.config import Settings
 from engine.declarations import record_declarations
-from engine.errors import EngineError, LeaseLost, PipelineDefinitionError
+from engine.errors import EngineError, PipelineDefinitionError
 from engine.governance.actor import audit_fields
 from engine.kinds import key_columns
 from engine.layout import Layout
@@ -245,12 +245,7 @@ class Runner:
 
         def start_ready() -> None:
             for name in [] if stop is not None and stop() else queue.ready():
-                try:
-                    lease.check()
-                except LeaseLost:
-                    for _ in queue.running:  # the tables running commit whole, as they would have alone
-                        finished.get()
-                    raise
+                lease.check()
                 queue.start(name)
                 definition = definitions[name]
                 blocked = [t for t in definition.dependencies if t in not_built]
@@ -262,16 +257,21 @@ class Runner:
                                  args=(self._run_in_thread, scope, definition, run_started, finished),
                                  name=f"table-{name}", daemon=True).start()
 
-        start_ready()
-        while queue.running:
-            name, outcome = finished.get()
-            queue.finish(name)
-            if isinstance(outcome, BaseException):
-                raise outcome
-            if outcome.status in ("failed", "skipped"):
-                not_built.add(name)
+        try:
             start_ready()
-            yield outcome
+            while queue.running:
+                name, outcome = finished.get()
+                queue.finish(name)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                if outcome.status in ("failed", "skipped"):
+                    not_built.add(name)
+                start_ready()
+                yield outcome
+        except (GeneratorExit, Exception):  # a lost lease, a failed record: the running tables commit whole first
+            for _ in queue.running:
+                finished.get()
+            raise
 
     def _run_in_thread(self, scope: RunScope, definition: TableDefinition, run_started: datetime,
                        finished: SimpleQueue[tuple[str, RunRecord | BaseException]]) -> None:

@@ -186,3 +186,32 @@ def test_by_default_as_many_tables_at_once_as_the_cluster_has_cpus(tmp_path: Pat
 
     assert result.succeeded, [r.error for r in result.records]
     assert state["most"] == cpus
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_run_that_fails_between_tables_lets_the_running_ones_commit_before_it_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import runner as runner_module
+
+    pipeline = Pipeline("broken_records")
+    recorded = threading.Event()
+
+    @pipeline.table("silver.quick", kind=Overwrite())
+    def quick() -> ray.data.Dataset:
+        return one_row(1)
+
+    @pipeline.table("silver.slow", kind=Overwrite())
+    def slow() -> ray.data.Dataset:
+        if not recorded.wait(WAIT_S):
+            raise AssertionError("the quick table's record was never written")
+        return one_row(2)
+
+    def failing_append(*_: object) -> None:
+        recorded.set()
+        raise OSError("the run records cannot be written")
+
+    monkeypatch.setattr(runner_module, "append_records", failing_append)
+    with pytest.raises(OSError, match="cannot be written"):
+        Runner(pipeline, settings(tmp_path, 2)).run()
+
+    assert DeltaTable(str(tmp_path / "silver" / "slow")).to_pyarrow_table()["value"].to_pylist() == [2]

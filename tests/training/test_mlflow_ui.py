@@ -3,6 +3,7 @@ server that serves it."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -54,26 +55,31 @@ def answers(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # not up yet, or another server's port
         return None
 
 
 @pytest.mark.slow
 def test_the_ui_answers_on_loopback_until_stopped(tmp_path: Path) -> None:
-    port = free_port()
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    process = subprocess.Popen([MEDALLION, "--root", str(tmp_path), "mlflow-ui", "--port", str(port),
-                                "--tracking-uri", store], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                               text=True, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == (f"MLflow UI of {store} on http://127.0.0.1:{port}; stop with "
-                                                      "Ctrl-C")
-        deadline = time.monotonic() + 120
-        while process.poll() is None and answers(f"http://127.0.0.1:{port}/") is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert answers(f"http://127.0.0.1:{port}/") == 200
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    for _ in range(3):  # a free port can be taken by another process before the UI binds it: then another one
+        port = free_port()
+        process = subprocess.Popen([MEDALLION, "--root", str(tmp_path), "mlflow-ui", "--port", str(port),
+                                    "--tracking-uri", store], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                   text=True, start_new_session=True, env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == (f"MLflow UI of {store} on http://127.0.0.1:{port}; stop "
+                                                          "with Ctrl-C")
+            deadline = time.monotonic() + 120
+            while process.poll() is None and answers(f"http://127.0.0.1:{port}/") is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if process.poll() is None:
+                assert answers(f"http://127.0.0.1:{port}/") == 200
+                break
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    else:
+        pytest.fail("the MLflow UI never stayed up on a free port")
