@@ -118,6 +118,7 @@ def test_the_feature_store_and_mlflow_artifacts_live_on_the_same_object_store(
     trained = _medallion(root, env, "train", "--repo", str(FEATURE_REPO), "--feast-config", str(overlay))
     assert "registered version 1" in trained
     mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(tracking)  # a test run earlier in this process may have set another registry
     experiment = mlflow.get_experiment_by_name("retail/churn")
     assert experiment is not None
     assert experiment.artifact_location == f"{root}/_meta/mlflow/artifacts/retail-churn"
