@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # what type checkers see: the names below, from the modules t
     from engine.context import table_context as table_context
     from engine.errors import EngineError as EngineError
     from engine.freshness import Freshness as Freshness
+    from engine.ingest.postgres.source import PostgresSource as PostgresSource
     from engine.ingest.sources import FileSource as FileSource
     from engine.kinds import SCD2 as SCD2
     from engine.kinds import Append as Append
@@ -47,6 +48,7 @@ EXPORTS = {
     "References": "engine.quality.checks",
     "Freshness": "engine.freshness",
     "FileSource": "engine.ingest.sources",
+    "PostgresSource": "engine.ingest.postgres.source",
     "SCD2": "engine.kinds",
     "Append": "engine.kinds",
     "Merge": "engine.kinds",

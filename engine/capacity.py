@@ -17,6 +17,7 @@ from typing import Any
 from engine.config import Settings
 from engine.ingest.checkpoint import files_to_ingest, ingestion_checkpoint
 from engine.ingest.discovery import discover
+from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
 from engine.runtime import resolve_address
@@ -158,7 +159,8 @@ def reserved_capacity(
 
 
 def _ingest_step(definition: TableDefinition, layout: Layout) -> StepBacklog | None:
-    assert definition.source is not None
+    if not isinstance(definition.source, FileSource):  # a database source's backlog is in its server's WAL
+        return None
     landed = discover(layout.landing(definition.source.directory), definition.source)
     checkpoint = ingestion_checkpoint(layout.table(definition.name), definition.name, [f.name for f in landed])
     new, _ = files_to_ingest(landed, checkpoint, definition.source)

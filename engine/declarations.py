@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError
 from engine.freshness import Freshness
+from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.storage import read_bytes, write_bytes
 from engine.tables import delta
@@ -48,7 +49,7 @@ class DeclaredTable:
     def of(cls, definition: TableDefinition) -> DeclaredTable:
         """The declarations of a loaded table definition."""
         return cls(definition.name, tuple(definition.inputs),
-                   definition.source.directory if definition.source is not None else None,
+                   definition.source.directory if isinstance(definition.source, FileSource) else None,
                    definition.description, definition.owner, tuple(definition.tags), tuple(definition.columns.items()),
                    definition.freshness)
 

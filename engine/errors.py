@@ -62,6 +62,11 @@ class IngestError(EngineError):
     """A landing file could not be discovered or read."""
 
 
+class SourceError(IngestError):
+    """A database source cannot be reached or read, is not set up for change data capture, or its replication
+    slot no longer holds the changes its bronze table has not taken in."""
+
+
 class UnreadableFileError(IngestError):
     """A landing file cannot be read into records at all: it is not valid UTF-8 text (binary or compressed data,
     another encoding, a cut character), or its CSV header repeats a column name, leaves one empty or uses an

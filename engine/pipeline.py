@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from engine.errors import PipelineDefinitionError, SelectionError
 from engine.freshness import Freshness
+from engine.ingest.postgres.source import PostgresSource
 from engine.ingest.sources import FileSource
 from engine.kinds import AnyKind, Append, Overwrite, key_columns
 from engine.maintenance.policy import Maintenance
@@ -74,7 +75,7 @@ class TableDefinition:
     inputs: tuple[str, ...] = ()
     function: Callable[..., Any] | None = None
     code: str = ""
-    source: FileSource | None = None
+    source: FileSource | PostgresSource | None = None
     ray_options: Mapping[str, Any] = field(default_factory=dict)
     quality: Quality | None = None
     incremental: bool = False
@@ -197,13 +198,14 @@ class Pipeline:
 
         return register
 
-    def ingest(self, name: str, source: FileSource, *, ray_options: Mapping[str, Any] | None = None,
+    def ingest(self, name: str, source: FileSource | PostgresSource, *, ray_options: Mapping[str, Any] | None = None,
                description: str = "", maintenance: Maintenance | None = None, subject: str | None = None,
                owner: str = "", tags: Collection[str] = (), columns: Mapping[str, str] | None = None,
                freshness: Freshness | None = None, table_format: str | None = None) -> TableDefinition:
-        """Declare `name` as an append-only table of the landing files of `source`, as they arrive; `ray_options`
-        are the Ray resource options of its ingestion tasks (one per landing file: read, parse, stage); `subject`
-        names the field holding the data subject's id (erasure also rewrites the landing files); `owner`,
+        """Declare `name` as an append-only table of the landing files of `source`, as they arrive, or of a
+        PostgreSQL table's snapshot and then its changes (`PostgresSource`); `ray_options` are the Ray resource
+        options of its ingestion tasks (one per landing file, key range or batch of changes: read, parse, stage);
+        `subject` names the field holding the data subject's id (erasure also rewrites landing files); `owner`,
         `tags`, `columns` and `freshness` as for `table`; `table_format` is the pipeline's when omitted."""
         definition = TableDefinition(name=name, kind=Append(), source=source, ray_options=dict(ray_options or {}),
                                      description=description, maintenance=maintenance or Maintenance(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.errors import IngestError
 from engine.ingest.discovery import discover
+from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.status import list_tables
@@ -16,7 +17,9 @@ def require_landing(pipeline: Pipeline, layout: Layout) -> None:
     Raises:
         IngestError: naming the landing folder, the command that fills it, and `--root`.
     """
-    sources = [d.source for d in pipeline.tables.values() if d.source is not None]
+    sources = [d.source for d in pipeline.tables.values() if isinstance(d.source, FileSource)]
+    if len(sources) < sum(d.source is not None for d in pipeline.tables.values()):
+        return  # a database source always has something to read
     if not sources or any(discover(layout.landing(s.directory), s) for s in sources):
         return
     if set(pipeline.tables) & set(list_tables(layout)):

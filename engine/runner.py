@@ -23,6 +23,7 @@ from engine.config import Settings
 from engine.declarations import record_declarations
 from engine.errors import EngineError, PipelineDefinitionError
 from engine.governance.actor import audit_fields
+from engine.ingest.postgres.source import PostgresSource
 from engine.kinds import key_columns
 from engine.layout import Layout
 from engine.lease import RunLease
@@ -33,6 +34,7 @@ from engine.run import hooks
 from engine.run.build import build, time_column
 from engine.run.idle import authorize_run, idle_plan
 from engine.run.ingest import ingest
+from engine.run.ingest_database import ingest_database
 from engine.run.outcome import RunResult, TableOutcome, new_run_id
 from engine.run.records import did_something, observe, observe_run, remove_empty_folders, report_quality, send_lineage
 from engine.run.schedule import TableQueue
@@ -291,7 +293,9 @@ class Runner:
         started = datetime.now(UTC)
         checks: list[CheckResult] = []
         try:
-            if definition.source is not None:
+            if isinstance(definition.source, PostgresSource):
+                outcome = ingest_database(scope, definition, definition.source, run_started)
+            elif definition.source is not None:
                 outcome = ingest(scope, definition, definition.source, run_started)
             else:
                 outcome = build(scope, definition, checks)

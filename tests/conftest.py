@@ -18,6 +18,8 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MEDALLION_PII_KEY", "test-pii-key")
+# The PostgreSQL source tests' connection string, set before Ray starts so that its workers have it too.
+os.environ.setdefault("MEDALLION_TEST_SOURCE_DSN", "postgresql://root@127.0.0.1:5432/test")
 
 import ray  # noqa: E402
 

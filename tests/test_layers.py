@@ -20,7 +20,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash"),
     # declarations: what a pipeline says and where its tables live, importing nothing of the engine but errors and config
     ("engine.names", "engine.layout", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
-     "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.maintenance.policy",
+     "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.ingest.postgres.source",
+     "engine.maintenance.policy",
      "engine.pipeline"),
     # column protection and validation, applied while rows are written
     ("engine.governance.actor", "engine.governance.encryption_legacy", "engine.governance.encryption",

@@ -18,6 +18,7 @@ from engine.changes.classify import ChangeCategory
 from engine.config import Settings
 from engine.ingest.checkpoint import every_ingested_file, files_to_ingest, ingestion_checkpoint
 from engine.ingest.discovery import discover
+from engine.ingest.postgres.source import PostgresSource
 from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
@@ -66,7 +67,10 @@ def plan(pipeline: Pipeline, settings: Settings, select: str | None = None, *, f
     for name in pipeline.select(select):
         definition = definitions[name]
         override = change_kind.get(name) if isinstance(change_kind, Mapping) else change_kind
-        if definition.source is not None:
+        if isinstance(definition.source, PostgresSource):
+            planned[name] = _plan_database(definition, definition.source, layout, formats, override,
+                                           full_refresh and name in pipeline.named(select))
+        elif definition.source is not None:
             planned[name] = _plan_ingest(definition, definition.source, layout, formats, override,
                                          full_refresh and name in pipeline.named(select))
         else:
@@ -101,6 +105,20 @@ def _plan_ingest(definition: TableDefinition, source: FileSource, layout: Layout
     return TablePlan(definition.name, "ingest" if new else "nothing", tuple(reasons),
                      files=(len(new), sum(f.size - f.start for f in new)), changed_files=len(changed),
                      **_change(assessment))
+
+
+def _plan_database(definition: TableDefinition, source: PostgresSource, layout: Layout, formats: TableFormats,
+                   override: ChangeCategory | None, reingest: bool) -> TablePlan:
+    """A database source always plans an ingestion: whether its server holds changes is known only by reading its
+    slot, which a run does first (and commits nothing when there are none)."""
+    assessment = assess(definition, layout, formats.for_table, None, override)
+    uri, store = layout.table(definition.name), formats.for_table(definition.name)
+    first = reingest or not store.table_exists(uri)
+    reasons = [f"{'a new snapshot' if first else 'the changes'} of PostgreSQL table `{source.qualified}` "
+               f"(slot `{source.slot_name}`)"]
+    if assessment.change is not None:
+        reasons.append(assessment.reason)
+    return TablePlan(definition.name, "rebuild" if reingest else "ingest", tuple(reasons), **_change(assessment))
 
 
 def _plan_build(definition: TableDefinition, layout: Layout, formats: TableFormats, planned: Mapping[str, TablePlan],

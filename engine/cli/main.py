@@ -20,6 +20,7 @@ from engine.cli.report import report
 from engine.cli.running import backfill, demo, generate, run
 from engine.cli.runs import runs
 from engine.cli.scaffold import init
+from engine.cli.sources import sources
 from engine.cli.tables import history, quality, restore, show, status
 from engine.cli.training import mlflow_ui, score, train
 
@@ -44,5 +45,5 @@ def main(root: str | None, config: str | None, verbose: bool, log_format: str, l
 
 
 for command in (init, generate, run, backfill, restore, demo, status, runs, history, show, quality, catalog, plan, diff,
-                cluster, features, train, score, mlflow_ui, maintain, backup, erase, audit, access, lineage, report):
+                cluster, features, train, score, mlflow_ui, maintain, backup, erase, audit, access, lineage, report, sources):
     main.add_command(command)

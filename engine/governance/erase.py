@@ -31,6 +31,7 @@ from engine.governance.landing import erase_from_landing
 from engine.governance.secrets import pii_key
 from engine.governance.subject import SubjectId
 from engine.ingest.checkpoint import ingested_files
+from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.pipeline import Pipeline
 from engine.run.outcome import new_run_id
@@ -220,7 +221,7 @@ def _erase_landing(layout: Layout, pipelines: Sequence[Pipeline], subject: Subje
     fingerprints = {}
     for pipeline in pipelines:
         for definition in pipeline.tables.values():
-            if definition.source is None or definition.subject is None:
+            if not isinstance(definition.source, FileSource) or definition.subject is None:
                 continue
             folder = layout.landing(definition.source.directory)
             rewritten = erase_from_landing(folder, definition.source, definition.subject, subject)

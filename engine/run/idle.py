@@ -7,6 +7,7 @@ from engine.changes.plan import TablePlan, plan
 from engine.config import Settings
 from engine.declarations import record_declarations
 from engine.governance import access
+from engine.ingest.sources import FileSource
 from engine.layout import Layout
 from engine.pipeline import Pipeline, TableDefinition
 from engine.storage import check_root
@@ -21,7 +22,7 @@ def authorize_run(settings: Settings, pipeline: Pipeline, definitions: list[Tabl
     """
     purpose = f"a run of pipeline `{pipeline.name}`"
     reads = [name for d in definitions for name in d.dependencies]
-    reads += [access.landing_of(d.source.directory) for d in definitions if d.source is not None]
+    reads += [access.landing_of(d.source.directory) for d in definitions if isinstance(d.source, FileSource)]
     access.authorize(settings.access, "write", [d.name for d in definitions], purpose)
     access.authorize(settings.access, "read", reads, purpose)
 

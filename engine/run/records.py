@@ -11,6 +11,7 @@ from engine import metrics
 from engine.alerts import AlertSink, degradations, send_alerts
 from engine.config import Settings
 from engine.ingest.checkpoint import files_ingested_by
+from engine.ingest.sources import FileSource
 from engine.pipeline import TableDefinition
 from engine.quality.metrics import append_metrics, read_recent_metrics
 from engine.run.outcome import RunResult
@@ -67,7 +68,7 @@ def send_lineage(settings: Settings, formats: TableFormats, definitions: Mapping
     landing = {r.table: [f"landing/{definitions[r.table].source.directory}/{name}"  # type: ignore[union-attr]
                          for name in files_ingested_by(layout.table(r.table), r.table, r.run_id,
                                                        formats.for_table(r.table))]
-               for r in records if definitions[r.table].source is not None and r.output_version is not None}
+               for r in records if isinstance(definitions[r.table].source, FileSource) and r.output_version is not None}
     lineage_events.emit(settings.lineage, layout, records, landing)
 
 

@@ -17,7 +17,8 @@ actions, which every checkpoint carries; written without `lastUpdated`, so
 - `medallion.landing-end/<file name>`: the byte offset its ingestion ended at plus one (an `append-only` file
   grows from there), absent in checkpoints written before it was recorded;
 - `medallion.input/<table>`: the input version consumed plus one, 0 for none;
-- `medallion.schema`: the schema version.
+- `medallion.schema`: the schema version;
+- `medallion.source/<slot>`: the WAL position a database source's ingestion reached, plus one.
 
 While the log still starts at version 0 the commit infos are read (one pass over the history); once it does
 not, the transactions of the files and inputs in question (one lookup each).
@@ -38,12 +39,15 @@ from engine.storage import filesystem_of
 FILES_KEY = "files"
 INPUTS_KEY = "input_versions"
 SCHEMA_KEY = "schema_version"
+SOURCE_KEY = "source_position"
+"""A database source's position: `{"slot": <replication slot>, "lsn": <WAL position reached>}`."""
 
 LANDING_APP = "medallion.landing/"
 LANDING_END_APP = "medallion.landing-end/"
 INPUT_APP = "medallion.input/"
 SCHEMA_APP = "medallion.schema"
-PROGRESS_KEYS = (FILES_KEY, INPUTS_KEY, SCHEMA_KEY)
+SOURCE_APP = "medallion.source/"
+PROGRESS_KEYS = (FILES_KEY, INPUTS_KEY, SCHEMA_KEY, SOURCE_KEY)
 
 
 def file_code(fingerprint: list[Any]) -> int:
@@ -63,6 +67,8 @@ def transactions(values: Mapping[str, Any]) -> list[Transaction]:
                 for table, version in (values.get(INPUTS_KEY) or {}).items()]
     if values.get(SCHEMA_KEY) is not None:
         carried.append(Transaction(SCHEMA_APP, int(values[SCHEMA_KEY])))
+    if values.get(SOURCE_KEY) is not None:
+        carried.append(Transaction(SOURCE_APP + values[SOURCE_KEY]["slot"], int(values[SOURCE_KEY]["lsn"]) + 1))
     return carried
 
 
@@ -107,6 +113,12 @@ def carried_inputs(table: DeltaTable, inputs: Iterable[str]) -> dict[str, int | 
 def carried_schema_version(table: DeltaTable) -> int | None:
     """The schema version the table's commits last recorded."""
     return table.transaction_version(SCHEMA_APP)
+
+
+def carried_source_position(table: DeltaTable, slot: str) -> int | None:
+    """The WAL position the table's ingestion from replication slot `slot` reached."""
+    carried = table.transaction_version(SOURCE_APP + slot)
+    return carried - 1 if carried else None
 
 
 def resets(uri: str, version: int, undone: Iterable[Mapping[str, Any]]) -> list[Transaction]:
