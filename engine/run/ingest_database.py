@@ -27,6 +27,7 @@ from engine.ingest.postgres.read import (
     table_shape,
 )
 from engine.ingest.postgres.source import PostgresSource
+from engine.names import DELTA
 from engine.pipeline import TableDefinition
 from engine.recovery import restore_table
 from engine.run.commits import discarded_on_conflict
@@ -53,7 +54,7 @@ def recorded_position(handle: TableHandle, source: PostgresSource) -> int | None
     value = handle.store.last_commit_value(handle.uri, handle.name, SOURCE_KEY)
     if value is not None and value.get("slot") == source.slot_name:
         return int(value["lsn"])
-    if handle.store.name == "delta" and not handle.store.history_complete(handle.uri):
+    if handle.store.name == DELTA and not handle.store.history_complete(handle.uri):
         return progress.carried_source_position(delta.open_table(handle.uri, handle.name), source.slot_name)
     return None
 
@@ -62,6 +63,10 @@ def ingest_database(scope: RunScope, definition: TableDefinition, source: Postgr
                     run_started: datetime) -> TableOutcome:
     """Take in what the source holds that the table has not: its snapshot on the first run, its changes after."""
     handle = scope.handle(definition.name)
+    if handle.store.name != DELTA:
+        raise SourceError(f"table `{definition.name}`: the bronze table of a PostgreSQL source is a Delta table (its "
+                          "WAL position rides in Delta commits); declare it with table_format=\"delta\"",
+                          table=definition.name)
     if definition.name in scope.reingest:
         _empty_for_snapshot(scope, definition, source, handle)
     transaction, _ = scope.transactions(handle)

@@ -173,7 +173,7 @@ class Decoder:
             ids = [reader.int32() for _ in range(count)]
             if any((r.schema, r.name) == (self.schema, self.table) for i in ids if (r := self._relations.get(i))):
                 self.batch.truncates += 1
-                self._row("t", {}, None, ())
+                self._row("t", {}, None)
         # Origin, Type and logical Message messages carry nothing bronze keeps.
 
     def _relation(self, reader: _Reader) -> None:
@@ -193,34 +193,33 @@ class Decoder:
             self.batch.relations.append(relation)
 
     def _change(self, kind: str, relation: Relation, reader: _Reader) -> None:
-        old: list[tuple[str, str | None]] | None = None
+        before: dict[str, tuple[str, str | None]] | None = None
         marker = chr(reader.int8())
         if kind != "I" and marker in ("K", "O"):
-            old = reader.tuple_data()
+            old = dict(zip(relation.columns, reader.tuple_data(), strict=True))
+            # An old key (`K`) holds the key columns only; an old row (`O`, REPLICA IDENTITY FULL) every column.
+            before = {c: old[c] for c in relation.key} if marker == "K" else old
             if kind == "U":
                 marker = chr(reader.int8())
         if kind == "D":
-            assert old is not None
-            values = {c: v for c, (k, v) in zip(relation.columns, old, strict=True) if k != "n" or c in relation.key}
-            self._row("d", values, old if marker == "O" or any(k == "t" for k, _ in old) else None, relation.columns)
+            assert before is not None
+            self._row("d", {c: v for c, (_, v) in before.items()}, before)
             return
         if marker != "N":
             raise IngestError(f"pgoutput: table `{self.schema}.{self.table}`: unexpected tuple marker `{marker}`")
-        new = reader.tuple_data()
-        previous = dict(zip(relation.columns, old, strict=True)) if old is not None else {}
         values: dict[str, str | None] = {}
         unchanged = []
-        for column, (value_kind, value) in zip(relation.columns, new, strict=True):
-            if value_kind == "u":
-                kept = previous.get(column, ("u", None))
+        for column, (value_kind, value) in zip(relation.columns, reader.tuple_data(), strict=True):
+            if value_kind == "u":  # a large value the update did not change: known only from an old row
+                kept = (before or {}).get(column, ("u", None))
                 if kept[0] == "u":
                     unchanged.append(column)
                 value = kept[1]
             values[column] = value
-        self._row("c" if kind == "I" else "u", values, old, relation.columns, unchanged)
+        self._row("c" if kind == "I" else "u", values, before, unchanged)
 
-    def _row(self, op: str, values: dict[str, str | None], old: list[tuple[str, str | None]] | None,
-             columns: tuple[str, ...], unchanged: list[str] | tuple[str, ...] = ()) -> None:
+    def _row(self, op: str, values: dict[str, str | None], before: dict[str, tuple[str, str | None]] | None,
+             unchanged: list[str] | tuple[str, ...] = ()) -> None:
         batch = self.batch
         for column, value in values.items():
             if column not in batch.columns:
@@ -234,8 +233,8 @@ class Decoder:
         engine[LSN].append(format_lsn(self._commit_lsn))
         engine[POSITION].append(position(self._commit_lsn, self._index))
         engine[COMMIT_TIME].append(self._commit_time)
-        engine[BEFORE].append(None if old is None else json.dumps(
-            {c: v for c, (k, v) in zip(columns, old, strict=True) if k != "u"}, separators=(",", ":")))
+        engine[BEFORE].append(None if before is None else json.dumps(
+            {c: v for c, (k, v) in before.items() if k != "u"}, separators=(",", ":")))
         engine[UNCHANGED].append(",".join(unchanged) or None)
         batch.rows += 1
         self._index += 1

@@ -48,7 +48,7 @@ class Source:
 
     def sql(self, statement: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with psycopg.connect(os.environ[DSN_ENV], autocommit=True) as connection:
-            cursor = connection.execute(statement.replace("S.", f"{self.schema}."), params)
+            cursor = connection.execute(statement.replace("S.", f"{self.schema}."), params or None)
             return cursor.fetchall() if cursor.description else []
 
     def run(self, **options: object) -> dict[str, object]:
@@ -82,6 +82,9 @@ def source(tmp_path: Path, ray_local: None) -> Iterator[Source]:
     if level != "logical":
         message = f"PostgreSQL's wal_level is {level}, not logical; scripts/services sets it"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    # Slots of test processes that died before their teardown would hold the server's WAL forever.
+    made.sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active "
+             "AND slot_name LIKE 'medallion\\_test\\_%'")
     made.sql(f"CREATE SCHEMA {schema}")
     made.sql("CREATE TABLE S.customers (id bigint PRIMARY KEY, name text, amount numeric(10, 2))")
     yield made
@@ -308,6 +311,10 @@ def test_a_source_declared_wrongly_or_unreachable_is_one_clear_error(source: Sou
     keyless.pipeline.ingest("bronze.customers", PostgresSource(f"{source.schema}.keyless", dsn_env=DSN_ENV,
                                                                slot=f"{source.slot}_k"))
     assert "no primary key" in _failure(keyless)
+    on_iceberg = Source(source.schema, source.slot, source.root / "iceberg", Pipeline("on_iceberg"))
+    on_iceberg.pipeline.ingest("bronze.customers", PostgresSource(f"{source.schema}.customers", dsn_env=DSN_ENV,
+                                                                  slot=f"{source.slot}_i"), table_format="iceberg")
+    assert "is a Delta table" in _failure(on_iceberg)
 
 
 def test_medallion_sources_lists_each_position_and_lag_and_the_fix_for_a_lost_slot(
@@ -334,3 +341,21 @@ def test_medallion_sources_lists_each_position_and_lag_and_the_fix_for_a_lost_sl
     assert code == 1 and cells[5] == "slot gone" and "--full-refresh" in cells[6]
     [state] = source_states(source.pipeline, settings_at(source.root))
     assert state.fix == "medallion run --full-refresh --select bronze.customers+"
+
+
+def test_before_values_are_the_key_by_default_and_the_whole_old_row_with_replica_identity_full(source: Source) -> None:
+    source.sql("INSERT INTO S.customers VALUES (1, 'old', 1.50), (2, 'two', 2)")
+    source.run()
+    source.sql("UPDATE S.customers SET name = 'new' WHERE id = 1")
+    source.sql("DELETE FROM S.customers WHERE id = 2")
+    source.sql("ALTER TABLE S.customers REPLICA IDENTITY FULL")
+    source.sql("UPDATE S.customers SET name = 'newer' WHERE id = 1")
+    source.run()
+    changes = source.bronze().filter(pc.field("_op") != "r").sort_by("_position").to_pylist()
+    assert [(c["_op"], c["id"], c["name"], c["_before"]) for c in changes] == [
+        ("u", "1", "new", None),  # the default identity sends no old row for an update that keeps its key
+        ("d", "2", None, '{"id":"2"}'),
+        ("u", "1", "newer", '{"id":"1","name":"new","amount":"1.50"}'),
+    ]
+    assert all(c["_commit_time"] is not None and c["_lsn"].count("/") == 1 for c in changes)
+    assert source.silver() == source.source_rows()
