@@ -42,10 +42,6 @@ from engine.tables.staging import StagedFiles, Stager
 
 log = logging.getLogger("engine.runner")
 
-IDLE_COMMIT_LAG_BYTES = 64 * 2**20
-"""WAL a slot may hold back for changes of other tables before an empty commit records the position passed, so
-that the slot can release it."""
-
 
 def recorded_position(handle: TableHandle, source: PostgresSource) -> int | None:
     """The WAL position the table's ingestion from the source reached, None before its first snapshot."""
@@ -104,7 +100,7 @@ def ingest_database(scope: RunScope, definition: TableDefinition, source: Postgr
                 f"columns in `_rescued_data`), or run `medallion run --full-refresh --select {definition.name}`",
                 table=definition.name)
     if not read.rows:
-        if read.position - recorded < IDLE_COMMIT_LAG_BYTES:
+        if read.position - recorded < source.release_wal_bytes:
             return TableOutcome(status="unchanged", details=details)
         metadata = scope.commit_metadata(definition, **{SOURCE_KEY: _position(source, read.position)})
         handle.store.commit_files(handle.uri, [], mode="append", metadata=metadata, commit_empty=True,

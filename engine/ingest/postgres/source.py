@@ -32,6 +32,8 @@ class PostgresSource:
             split, so a larger one is taken whole.
         snapshot_rows_per_task: rows of the first snapshot each parallel reading task takes (by key range).
         on_drift: what a change of the source table's columns does (`DatabaseDriftPolicy`).
+        release_wal_bytes: WAL of other tables' changes the slot may hold back before a run with nothing for this
+            table commits its new position anyway (an empty commit), so that the slot releases that WAL.
     """
 
     table: str
@@ -41,6 +43,7 @@ class PostgresSource:
     batch_changes: int = 100_000
     snapshot_rows_per_task: int = 500_000
     on_drift: DatabaseDriftPolicy = "evolve"
+    release_wal_bytes: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         parts = self.table.split(".")
@@ -54,9 +57,9 @@ class PostgresSource:
         if self.on_drift not in get_args(DatabaseDriftPolicy):
             raise PipelineDefinitionError(f"source `{self.table}`: unknown on_drift `{self.on_drift}`; choose one "
                                           f"of {', '.join(get_args(DatabaseDriftPolicy))}", path=self.table)
-        if self.batch_changes < 1 or self.snapshot_rows_per_task < 1:
-            raise PipelineDefinitionError(f"source `{self.table}`: batch_changes and snapshot_rows_per_task must be "
-                                          "positive", path=self.table)
+        if min(self.batch_changes, self.snapshot_rows_per_task, self.release_wal_bytes) < 1:
+            raise PipelineDefinitionError(f"source `{self.table}`: batch_changes, snapshot_rows_per_task and "
+                                          "release_wal_bytes must be positive", path=self.table)
 
     @property
     def schema_name(self) -> str:

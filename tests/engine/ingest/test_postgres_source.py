@@ -28,8 +28,8 @@ from deltalake import DeltaTable
 from engine import Pipeline, PostgresSource, Runner
 from engine.cli.main import main
 from engine.errors import PipelineDefinitionError
-from engine.run.sources import source_states
 from engine.run import ingest_database
+from engine.run.sources import source_states
 from tests.conftest import require_service, settings_at
 from tests.engine.ingest.pg_pipeline import DSN_ENV, build
 
@@ -359,3 +359,23 @@ def test_before_values_are_the_key_by_default_and_the_whole_old_row_with_replica
     ]
     assert all(c["_commit_time"] is not None and c["_lsn"].count("/") == 1 for c in changes)
     assert source.silver() == source.source_rows()
+
+
+def test_wal_of_other_tables_is_released_by_an_empty_commit_once_it_passes_the_threshold(source: Source) -> None:
+    releasing = Source(source.schema, source.slot, source.root,
+                       _pipeline(source.schema, source.slot, release_wal_bytes=256 * 1024))
+    source.sql("INSERT INTO S.customers VALUES (1, 'a', 1)")
+    releasing.run()
+    version = DeltaTable(str(source.root / "bronze" / "customers")).version()
+    source.sql("CREATE TABLE S.other (id int PRIMARY KEY, padding text)")
+    source.sql("INSERT INTO S.other SELECT i, repeat('x', 100) FROM generate_series(1, 5000) i")  # about 1 MB of WAL
+    records = releasing.run()
+    assert records["bronze.customers"].status == "unchanged" and records["bronze.customers"].details["changes"] == 0
+    bronze = DeltaTable(str(source.root / "bronze" / "customers"))
+    assert bronze.version() == version + 1 and bronze.to_pyarrow_table().num_rows == 1  # an empty commit
+    confirmed = source.sql("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                           (source.slot,))[0][0]
+    assert confirmed == records["bronze.customers"].details["position"]  # the slot released the WAL up to it
+    source.sql("UPDATE S.customers SET name = 'b' WHERE id = 1")
+    releasing.run()
+    assert releasing.silver() == source.source_rows()
