@@ -329,6 +329,9 @@ def test_medallion_sources_lists_each_position_and_lag_and_the_fix_for_a_lost_sl
         return done.exit_code, [cell.strip() for cell in row.split("│")[1:-1]]
 
     assert sources()[1][3:6] == ["no snapshot yet", "?", "no slot"]
+    planned = CliRunner().invoke(main, ["--root", str(source.root), "plan", "tests.engine.ingest.pg_pipeline:pipeline"])
+    assert planned.exit_code == 0 and f"a new snapshot of PostgreSQL table `{source.schema}.customers`" in " ".join(
+        planned.output.split())
     source.sql("INSERT INTO S.customers VALUES (1, 'a', 1)")
     source.run()
     position = source.bronze()["_lsn"][0].as_py()
