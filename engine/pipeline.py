@@ -215,6 +215,24 @@ class Pipeline:
         self._add(definition)
         return definition
 
+    def with_sources(self, name: str, sources: Mapping[str, FileSource | PostgresSource],
+                     description: str | None = None) -> Pipeline:
+        """A pipeline named `name` with this one's tables, its ingested tables in `sources` reading those sources
+        instead (the same data product fed from a database rather than files, say).
+
+        Raises:
+            PipelineDefinitionError: a table named in `sources` is not an ingested table of this pipeline.
+        """
+        wrong = [table for table in sources if table not in self._tables or self._tables[table].source is None]
+        if wrong:
+            raise PipelineDefinitionError(f"pipeline `{self.name}` has no ingested table `{wrong[0]}`; its ingested "
+                                          f"tables: {', '.join(t for t, d in self._tables.items() if d.source)}",
+                                          table=wrong[0])
+        derived = Pipeline(name, self.description if description is None else description, self.table_format)
+        for table, definition in self._tables.items():
+            derived._add(dataclasses.replace(definition, source=sources[table]) if table in sources else definition)
+        return derived
+
     def _add(self, definition: TableDefinition) -> None:
         split_table_name(definition.name)
         _check_table_format(definition)

@@ -8,6 +8,7 @@ import pytest
 import ray.data
 
 from engine.errors import PipelineDefinitionError, SelectionError
+from engine.ingest.postgres.source import PostgresSource
 from engine.ingest.sources import FileSource
 from engine.kinds import Append, Merge, Overwrite
 from engine.pipeline import Pipeline, parameter_name
@@ -324,3 +325,21 @@ def test_decorated_function_stays_callable(ray_local: None) -> None:
     assert sorted(result.take_all(), key=lambda r: r["n"]) == [
         {"n": 1, "twice": 2}, {"n": 2, "twice": 4}, {"n": 5, "twice": 10},
     ]
+
+
+def test_with_sources_feeds_the_same_tables_from_other_sources() -> None:
+    p = Pipeline("files", description="from files")
+    p.ingest("bronze.a", FileSource("a", "jsonl"))
+    p.ingest("bronze.b", FileSource("b", "csv"))
+
+    @p.table("silver.a")
+    def a(bronze_a: Any) -> Any:
+        return bronze_a
+
+    database = PostgresSource("public.a", dsn_env="A_DATABASE_URL")
+    fed = p.with_sources("from_db", {"bronze.a": database})
+    assert fed.name == "from_db" and fed.description == "from files" and list(fed.tables) == list(p.tables)
+    assert fed.tables["bronze.a"].source == database and fed.tables["bronze.b"] == p.tables["bronze.b"]
+    assert fed.tables["silver.a"] == p.tables["silver.a"] and p.tables["bronze.a"].source == FileSource("a", "jsonl")
+    with pytest.raises(PipelineDefinitionError, match="no ingested table `silver.a`; its ingested tables: bronze.a"):
+        p.with_sources("x", {"silver.a": database})

@@ -143,8 +143,8 @@ def _read_range(source: PostgresSource, snapshot: str, shape: TableShape, key: s
             connection.execute("COMMIT")
         except psycopg.Error as error:
             raise failure(source, "reading its snapshot", error) from None
-    table = pacsv.read_csv(
-        io.BytesIO(buffer.getvalue()), read_options=pacsv.ReadOptions(column_names=list(shape.columns)),
+    table = pa.schema([(c, pa.string()) for c in shape.columns]).empty_table() if not buffer.tell() else \
+        pacsv.read_csv(io.BytesIO(buffer.getvalue()), read_options=pacsv.ReadOptions(column_names=list(shape.columns)),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in shape.columns},
                                              null_values=[""], strings_can_be_null=True,
