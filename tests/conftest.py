@@ -18,8 +18,10 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MEDALLION_PII_KEY", "test-pii-key")
-# The PostgreSQL source tests' connection string, set before Ray starts so that its workers have it too.
-os.environ.setdefault("MEDALLION_TEST_SOURCE_DSN", "postgresql://root@127.0.0.1:5432/test")
+# The PostgreSQL source tests' connection string, set before Ray starts so that its workers have it too; its
+# password (which the server's trust authentication ignores) is a canary no file or message may hold.
+SOURCE_DSN_CANARY = "dsn-canary-7c1e5b"
+os.environ.setdefault("MEDALLION_TEST_SOURCE_DSN", f"postgresql://root:{SOURCE_DSN_CANARY}@127.0.0.1:5432/test")
 
 import ray  # noqa: E402
 

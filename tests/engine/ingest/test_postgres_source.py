@@ -30,7 +30,7 @@ from engine.cli.main import main
 from engine.errors import PipelineDefinitionError
 from engine.run import ingest_database
 from engine.run.sources import source_states
-from tests.conftest import require_service, settings_at
+from tests.conftest import SOURCE_DSN_CANARY, require_service, settings_at
 from tests.engine.ingest.pg_pipeline import DSN_ENV, build
 
 pytestmark = pytest.mark.services
@@ -123,6 +123,9 @@ def test_snapshot_then_inserts_updates_deletes_and_a_rolled_back_transaction(sou
     idle = source.run()
     assert idle["bronze.customers"].status == "unchanged"
     assert source.bronze().num_rows == 1000 + 24
+    holding = [path for path in source.root.rglob("*") if path.is_file() and SOURCE_DSN_CANARY.encode()
+               in path.read_bytes()]
+    assert not holding, holding  # the connection string's password is in no table, log, record or staged file
 
 
 def _failure(source: Source, **options: object) -> str:
@@ -201,6 +204,28 @@ def test_new_and_changed_columns_go_through_the_drift_policy(source: Source) -> 
     assert "phone" not in source.bronze().column_names  # nothing committed, the slot kept the changes
     records = source.run()
     assert "phone" in source.bronze().column_names
+
+    source.sql("ALTER TABLE S.customers DROP COLUMN email")
+    source.sql("UPDATE S.customers SET name = 'd' WHERE id = 3")
+    records = source.run()
+    assert [d.split(": ", 1)[1] for d in records["bronze.customers"].details["schema_drift"]] == [
+        "missing column `email`"]
+    assert source.bronze().filter(pc.field("name") == "d")["email"].to_pylist() == [None]
+    assert source.silver() == source.source_rows()
+
+
+def test_the_rescue_policy_keeps_a_new_columns_values_in_rescued_data(source: Source) -> None:
+    rescuing = Source(source.schema, source.slot, source.root, _pipeline(source.schema, source.slot,
+                                                                          on_drift="rescue"))
+    source.sql("INSERT INTO S.customers VALUES (1, 'a', 1)")
+    rescuing.run()
+    source.sql("ALTER TABLE S.customers ADD COLUMN email text")
+    source.sql("INSERT INTO S.customers VALUES (2, 'b', 2, 'b@example.com')")
+    records = rescuing.run()
+    assert records["bronze.customers"].details["schema_drift"]
+    bronze = source.bronze()
+    assert "email" not in bronze.column_names
+    assert bronze.filter(pc.field("id") == "2")["_rescued_data"].to_pylist() == ['{"email":"b@example.com"}']
 
 
 def test_a_truncate_is_recorded_and_empties_silver(source: Source) -> None:
