@@ -85,11 +85,12 @@ def ingest_database(scope: RunScope, definition: TableDefinition, source: Postgr
                 f"{definition.name}` to take a new snapshot", table=definition.name)
         # A run that committed but died before advancing the slot: the changes up to `recorded` are in the table.
         database.advance_slot(connection, source, recorded)
+    lagging = _lagging(definition, source, state)
     known_columns, known_types = known_shape(handle.uri, handle.name, handle.store)
     stager = scope.stager(definition, handle.uri)
     read: ChangeRead = guarded(definition, lambda: ray.get(read_changes.options(**definition.ray_options).remote(
         source, TableShape(tuple(known_columns), known_types), stager, run_started)))
-    details: dict[str, Any] = {"changes": read.rows, "position": format_lsn(read.position)}
+    details: dict[str, Any] = {"changes": read.rows, "position": format_lsn(read.position), **lagging}
     if read.drifts:
         details["schema_drift"] = list(read.drifts)
         log.warning("table `%s`: schema drift (%s): %s", definition.name, source.on_drift, "; ".join(read.drifts))
@@ -171,6 +172,17 @@ def _all_or_nothing(tasks: list[ray.ObjectRef], stager: Stager) -> list[StagedFi
             except Exception:  # noqa: BLE001 - the first failure is already being raised
                 continue
         raise
+
+
+def _lagging(definition: TableDefinition, source: PostgresSource, state: database.SlotState) -> dict[str, Any]:
+    """The run record's note, and a warning, when the slot holds back more WAL than the server keeps for certain
+    (`wal_status` `extended` or `unreserved`: past `max_wal_size`, or about to lose what it needs)."""
+    if state.wal_status not in ("extended", "unreserved"):
+        return {}
+    log.warning("table `%s`: replication slot `%s` holds back %d bytes of WAL (%s); run the pipeline more often or "
+                "raise max_slot_wal_keep_size, before the server removes changes the table has not taken in",
+                definition.name, source.slot_name, state.lag_bytes, state.wal_status)
+    return {"slot_wal_status": state.wal_status, "slot_lag_bytes": state.lag_bytes}
 
 
 def _position(source: PostgresSource, lsn: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from deltalake import DeltaTable
 from engine import Pipeline, PostgresSource, Runner
 from engine.cli.main import main
 from engine.errors import PipelineDefinitionError
+from engine.ingest.postgres.database import SlotState
 from engine.run import ingest_database
 from engine.run.sources import source_states
 from tests.conftest import SOURCE_DSN_CANARY, require_service, settings_at
@@ -407,3 +408,14 @@ def test_wal_of_other_tables_is_released_by_an_empty_commit_once_it_passes_the_t
     source.sql("UPDATE S.customers SET name = 'b' WHERE id = 1")
     releasing.run()
     assert releasing.silver() == source.source_rows()
+
+
+def test_a_slot_holding_back_more_wal_than_the_server_keeps_for_certain_is_reported(
+        caplog: pytest.LogCaptureFixture) -> None:
+    definition = build("public", "medallion_test_lag").tables["bronze.customers"]
+    assert isinstance(definition.source, PostgresSource)
+    assert ingest_database._lagging(definition, definition.source, SlotState(100, 5_000, "reserved")) == {}
+    with caplog.at_level("WARNING", logger="engine.runner"):
+        noted = ingest_database._lagging(definition, definition.source, SlotState(100, 5_000, "unreserved"))
+    assert noted == {"slot_wal_status": "unreserved", "slot_lag_bytes": 4_900}
+    assert "max_slot_wal_keep_size" in caplog.text and "medallion_test_lag" in caplog.text
