@@ -102,7 +102,7 @@ def ingest_new_files(
     table = stager.table
     tasks = [_ingest_file.options(**dict(ray_options or {})).remote(file, index, source, ingested_at, stager)
              for index, file in enumerate(files)]
-    reads: list[FileRead] = _all_or_nothing(tasks, stager)
+    reads: list[FileRead] = stager.gather(tasks)
     bad = [(file, read) for file, read in zip(files, reads, strict=True) if read.unreadable]
     unreadable = tuple(f"{file.name}: {read.unreadable}" for file, read in bad)
     if unreadable and source.on_unreadable == "fail":
@@ -133,26 +133,11 @@ def ingest_new_files(
                     expected += [c for c in shape.columns if c not in expected]
             types.update({column: kind for column, kind in shape.types.items() if column not in types})
         staged.append(files_staged)
-    restaged = iter(_all_or_nothing([s for s in staged if isinstance(s, ray.ObjectRef)], stager))
+    restaged = iter(stager.gather([s for s in staged if isinstance(s, ray.ObjectRef)]))
     in_file_order = [s if isinstance(s, StagedFiles) else next(restaged) for s in staged]
     fingerprints = tuple(file.fingerprint(read.end) for file, read in zip(files, reads, strict=True))
     return IngestBatch(StagedFiles.combine(in_file_order), tuple(drifts), tuple(expected), types, fingerprints,
                        unreadable)
-
-
-def _all_or_nothing(refs: list[ray.ObjectRef], stager: Stager) -> list[Any]:
-    """The results of `refs`; when one task failed, wait for every other, discard what they staged, and
-    raise the failure, so that no task's error goes unobserved and no staged file is left behind."""
-    try:
-        return ray.get(refs)
-    except Exception:
-        for ref in refs:
-            try:
-                done = ray.get(ref)
-            except Exception:  # noqa: BLE001 - the first failure is already being raised
-                continue
-            stager.discard(done.staged if isinstance(done, FileRead) else done)
-        raise
 
 
 def _shape_table(shape: FileShape) -> pa.Table:

@@ -38,17 +38,27 @@ from engine.tables import delta, progress
 from engine.tables.built_from import schema_version_of
 from engine.tables.handle import TableHandle
 from engine.tables.progress import SCHEMA_KEY, SOURCE_KEY
-from engine.tables.staging import StagedFiles, Stager
+from engine.tables.staging import StagedFiles
 
 log = logging.getLogger("engine.runner")
 
 
 def recorded_position(handle: TableHandle, source: PostgresSource) -> int | None:
-    """The WAL position the table's ingestion from the source reached, None before its first snapshot."""
+    """The WAL position the table's ingestion from the source reached, None before its first snapshot.
+
+    Raises:
+        SourceError: the table was ingested through another replication slot (the source's slot was renamed).
+    """
     if not handle.exists():
         return None
     value = handle.store.last_commit_value(handle.uri, handle.name, SOURCE_KEY)
-    if value is not None and value.get("slot") == source.slot_name:
+    if value is not None and value.get("slot") != source.slot_name:
+        raise SourceError(
+            f"table `{handle.name}` took in its changes through replication slot `{value.get('slot')}`, and its source "
+            f"now names slot `{source.slot_name}`, which knows nothing of them; name the old slot again, or run "
+            f"`medallion run --full-refresh --select {handle.name}+` to take a new snapshot through the new one",
+            table=handle.name)
+    if value is not None:
         return int(value["lsn"])
     if handle.store.name == DELTA and not handle.store.history_complete(handle.uri):
         return progress.carried_source_position(delta.open_table(handle.uri, handle.name), source.slot_name)
@@ -146,7 +156,7 @@ def _snapshot(scope: RunScope, definition: TableDefinition, source: PostgresSour
             connection.execute("COMMIT")
         tasks = read_snapshot(source, snapshot, shape, keys[0], ranges, consistent_point, stager, run_started,
                               dict(definition.ray_options))
-        parts: list[StagedFiles] = guarded(definition, lambda: _all_or_nothing(tasks, stager))
+        parts: list[StagedFiles] = guarded(definition, lambda: stager.gather(tasks))
     staged = StagedFiles.combine(parts)
     assessment = assess_definition(scope, definition, None)
     metadata = scope.commit_metadata(definition, **{
@@ -160,18 +170,6 @@ def _snapshot(scope: RunScope, definition: TableDefinition, source: PostgresSour
                                             transaction=transaction)
     details = {"snapshot_rows": staged.rows, "snapshot_tasks": len(ranges), "position": format_lsn(consistent_point)}
     return TableOutcome(output_version=version, rows_in=staged.rows, rows_written=staged.rows, details=details)
-
-
-def _all_or_nothing(tasks: list[ray.ObjectRef], stager: Stager) -> list[StagedFiles]:
-    try:
-        return ray.get(tasks)
-    except Exception:
-        for task in tasks:
-            try:
-                stager.discard(ray.get(task))
-            except Exception:  # noqa: BLE001 - the first failure is already being raised
-                continue
-        raise
 
 
 def _lagging(definition: TableDefinition, source: PostgresSource, state: database.SlotState) -> dict[str, Any]:

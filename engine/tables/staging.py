@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -131,6 +132,21 @@ class Stager:
         """Delete files this stager wrote that will never be committed."""
         discard_files(self.data_folder, staged.data)
         discard_files(self.quarantine_folder, staged.quarantine)
+
+    def gather(self, refs: list[ray.ObjectRef]) -> list[Any]:
+        """The results of the tasks `refs` that staged with this stager (`StagedFiles`, or results holding them
+        as `staged`); when one task failed, wait for every other, discard what they staged, and raise the failure,
+        so that no task's error goes unobserved and no staged file is left behind."""
+        try:
+            return ray.get(refs)
+        except Exception:
+            for ref in refs:
+                try:
+                    done = ray.get(ref)
+                except Exception:  # noqa: BLE001 - the first failure is already being raised
+                    continue
+                self.discard(done if isinstance(done, StagedFiles) else done.staged)
+            raise
 
 
 @dataclass

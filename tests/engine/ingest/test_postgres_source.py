@@ -172,6 +172,9 @@ def test_a_dropped_slot_or_one_moved_elsewhere_is_reported_with_the_fix(source: 
     gone = _failure(source)
     assert "gone" in gone and "--full-refresh --select bronze.customers" in gone
 
+    renamed = Source(source.schema, source.slot, source.root, _pipeline(source.schema, f"{source.slot}_renamed"))
+    assert f"slot `{source.slot}`" in _failure(renamed) and "name the old slot again" in _failure(renamed)
+
     source.run(full_refresh=True, select="bronze.customers+")
     assert set(source.bronze()["_op"].to_pylist()) == {"r"}  # a new snapshot
     assert source.silver() == source.source_rows()
