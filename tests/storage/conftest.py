@@ -1,5 +1,5 @@
 """Fixtures of the object-store tests: a real S3 HTTP endpoint (moto's server) on 127.0.0.1, the environment
-pointing at it, and helpers to read what the engine wrote there."""
+pointing at it, and helpers to run `medallion` against it and read what the engine wrote there."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 BUCKET = "lake"
 UNSAFE = ("AWS_S3_ALLOW_UNSAFE_RENAME", "AWS_CONDITIONAL_PUT", "AWS_S3_LOCKING_PROVIDER", "AWS_PROFILE",
@@ -60,9 +61,27 @@ def s3() -> Iterator[dict[str, str]]:
 
 
 def subprocess_env(s3: dict[str, str]) -> dict[str, str]:
+    """The environment of a `medallion` process on the endpoint; it tokenizes with this process's PII key (the
+    key of the session's `retail_build`), so that their tables compare."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     return keep | s3 | {"RAY_AUTH_MODE": "disabled", "MEDALLION__RAY__NUM_CPUS": "2",
-                        "MEDALLION_PII_KEY": "test-pii-key"}
+                        "MEDALLION_PII_KEY": os.environ.get("MEDALLION_PII_KEY", "test-pii-key")}
+
+
+def medallion(root: str, env: dict[str, str], *args: str) -> str:
+    """`medallion --root root ARGS` in a process of its own with `env`, which must succeed; its output."""
+    command = [str(Path(sys.executable).with_name("medallion")), "--root", root, *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def delta_rows(uri: str) -> pl.DataFrame:
+    """The rows of the Delta table at `uri`, without the `_` columns, sorted by every column."""
+    frame = pl.from_arrow(DeltaTable(uri).to_pyarrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    columns = [c for c in frame.columns if not c.startswith("_")]
+    return frame.select(columns).sort(columns)
 
 
 def object_keys(prefix: str) -> list[str]:
