@@ -15,21 +15,25 @@ from pipelines.retail.generate import generate
 from pipelines.retail.pipeline import retail
 from tests.conftest import settings_at
 
+SCALE = 0.01
+"""A small feed (a fifth of the retail tests' scale): its runs' time is mostly the fixed cost of each table, which a
+larger feed only adds rows to."""
+
 
 @pytest.mark.slow
 def test_both_ways_of_running_a_delivery_are_measured_and_reach_gold(tmp_path: Path, ray_local: None) -> None:
     # The root of the earlier deliveries, built here on the session's Ray where the benchmark runs the command.
-    base = tmp_path / "delivery-0.05" / "base"
-    last = delivery.batches(0.05)
+    base = tmp_path / f"delivery-{SCALE:g}" / "base"
+    last = delivery.batches(SCALE)
     for batch in range(1, last - 1):
-        generate(base / "landing", scale=0.05, batch=batch, as_of=date.fromisoformat(delivery.AS_OF))
+        generate(base / "landing", scale=SCALE, batch=batch, as_of=date.fromisoformat(delivery.AS_OF))
     assert Runner(retail, settings_at(base)).run().succeeded
-    assert delivery.base_root(tmp_path, 0.05) == (base, last)
+    assert delivery.base_root(tmp_path, SCALE) == (base, last)
 
-    results = delivery.measure(tmp_path, scale=0.05, repeats=1, modes={"concurrent": 2}, ways=("one-shot",))
+    results = delivery.measure(tmp_path, scale=SCALE, repeats=1, modes={"concurrent": 2}, ways=("one-shot",))
     # The warm micro-batch as its child process measures it, here on the session's Ray.
     root = delivery.fresh_copy(base, tmp_path / "watch")
-    watch = delivery.warm_child(root, 0.05, last, 2)
+    watch = delivery.warm_child(root, SCALE, last, 2)
     delivery._require_gold_committed(root)
 
     assert list(results["ways"]) == ["one-shot, concurrent"]
