@@ -35,6 +35,51 @@ RETAIL_AS_OF = date(2026, 5, 30)
 
 pytest_plugins = ["tests.receiver"]
 
+HEAVIEST_FILES = (
+    "storage/test_s3.py",
+    "cluster/test_jobs.py",
+    "adversarial/test_canary_secrets.py",
+    "engine/test_exactly_once.py",
+    "cluster/test_autoscaling.py",
+    "adversarial/test_erasure.py",
+    "engine/test_concurrent_tables.py",
+    "benchmarks/test_peers.py",
+    "storage/test_s3_iceberg.py",
+    "cluster/test_multinode.py",
+    "test_notebooks.py",
+    "cluster/test_auth.py",
+    "storage/test_s3_objects.py",
+    "pipelines/test_retail_pipeline.py",
+    "engine/cli/test_init.py",
+    "engine/cli/test_demo_cli.py",
+    "training/test_services.py",
+    "test_docs.py",
+    "features/test_server.py",
+    "benchmarks/test_merge_bench.py",
+)
+"""The test files that take longest (a minute or more each on two cores, or close to it), longest first, relative
+to this folder: `pytest_collection_modifyitems` runs them first. Kept by hand from `--durations=0` of full runs."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tests of `HEAVIEST_FILES` first, file by file in its order; the other files follow in the order
+    they were collected in, and every file keeps its tests in their order.
+
+    `scripts/dev test` runs the suite in two processes with `--dist loadfile`: each file goes whole to the next
+    process that runs short of tests, in this order (pyproject.toml turns off xdist's reordering of files by their
+    number of tests, which put these files, most of which hold few tests, last). Started first, the longest files
+    spread over both processes and the short ones fill in after them, so that both finish at about the same time,
+    instead of one process running a file of several minutes alone at the end. The order depends on the collected
+    items only, so every process collects the same one, as xdist requires."""
+    tests = Path(__file__).parent
+    rank = {name: place for place, name in enumerate(HEAVIEST_FILES)}
+
+    def place(item: pytest.Item) -> int:
+        relative = item.path.relative_to(tests).as_posix() if item.path.is_relative_to(tests) else ""
+        return rank.get(relative, len(rank))
+
+    items.sort(key=place)  # stable: the rest of the order stays as collected
+
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
