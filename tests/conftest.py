@@ -74,6 +74,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     instead of one process running a file of several minutes alone at the end. The order depends on the collected
     items only, so every process collects the same one, as xdist requires."""
     tests = Path(__file__).parent
+    if gone := [name for name in HEAVIEST_FILES if not (tests / name).is_file()]:
+        raise pytest.UsageError(f"tests/conftest.py HEAVIEST_FILES names files that do not exist: {', '.join(gone)}")
     rank = {name: place for place, name in enumerate(HEAVIEST_FILES)}
 
     def place(item: pytest.Item) -> int:
