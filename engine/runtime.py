@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 from ray._common.network_utils import is_localhost, node_ip_address_from_perspective
+from ray._private import node as ray_node
 from ray._private import ray_constants
 
 from engine.config import ADDRESS_ENV, RaySettings
@@ -106,7 +107,7 @@ def start_private_ray(**init_options: Any) -> None:
     # mode is on while the node starts and only then: its variable, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, is
     # read when Ray is imported and would reach every process started from here (`ray start` of a node joining a
     # cluster refuses to run with it), and a cluster joined later in this process still sees the host's address.
-    with _single_node_mode():
+    with _single_node_mode(), _without_unused_processes(log_to_driver=init_options.get("log_to_driver") is not False):
         ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **init_options)
     if not is_localhost(node_ip := ray.util.get_node_ip_address()):
         ray.shutdown()
@@ -131,6 +132,28 @@ def _single_node_mode() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
+
+
+@contextmanager
+def _without_unused_processes(*, log_to_driver: bool) -> Iterator[None]:
+    """A node started in the block leaves out the head processes a private instance never uses: the API server
+    (with the dashboard off it serves usage statistics only, and `ray.init` waits over a second for it to come
+    up), the autoscaler's monitor (a private instance has nothing to scale), and the log monitor unless the
+    workers' output goes to this process. Each is a Python process of its own: about a second of CPU each at
+    start-up, on every private instance."""
+    left_out = ["start_api_server", "start_monitor"] + ([] if log_to_driver else ["start_log_monitor"])
+    originals = {name: getattr(ray_node.Node, name) for name in left_out}
+    for name in left_out:
+        setattr(ray_node.Node, name, _left_out)
+    try:
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(ray_node.Node, name, method)
+
+
+def _left_out(*_: object, **__: object) -> None:
+    """Stands in for a start method of a process a private instance leaves out."""
 
 
 def _is_loopback_address(address: str) -> bool:
