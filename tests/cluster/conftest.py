@@ -10,9 +10,10 @@ import yaml
 from tests.cluster.helpers import CLUSTER, RayHead, ray_head
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def autoscaling_head() -> Iterator[RayHead]:
-    """A head with no CPU of its own and Ray's autoscaler adding `cpu-worker` / `gpu-worker` nodes on demand."""
+    """A head with no CPU of its own and Ray's autoscaler adding `cpu-worker` / `gpu-worker` nodes on demand; one
+    per test, so that no test starts while the autoscaler still launches or removes nodes for the one before."""
     config = yaml.safe_load((CLUSTER / "fake-multinode.yaml").read_text())
     with ray_head(num_cpus=0, autoscaling=config) as head:
         yield head

@@ -149,7 +149,12 @@ def test_medallion_reserves_capacity_for_its_backlog_and_releases_it(
                                   capture_output=True, text=True, timeout=300)
         assert reserved.returncode == 0, reserved.stdout + reserved.stderr
         assert "capacity: asked the autoscaler for 2 task(s) of {CPU 1}" in reserved.stdout
-        wait_for(lambda: len(timeline.sample()) == 2, 120, "two workers for the two reserved tasks")
+        try:
+            wait_for(lambda: len(timeline.sample()) == 2, 120, "two workers for the two reserved tasks")
+        except AssertionError as timed_out:
+            launches = re.findall(r".*(?:Launching|Terminating|From request_resources).*\n.*", head.log("monitor.log"))
+            raise AssertionError(f"{timed_out}; workers seen: {timeline.describe()}; the autoscaler's log: "
+                                 f"{launches[-12:]}") from None
         up = timeline.first_time(2)
         released = subprocess.run([*medallion, "--release"], env=ray_environment(), capture_output=True, text=True,
                                   timeout=300)
