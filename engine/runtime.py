@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 LOOPBACK = "127.0.0.1"
+IDLE_WORKERS_PER_CPU = 2
+"""Idle workers a private instance keeps per CPU. Ray's default keeps as many idle workers as CPUs are free at
+the moment and stops the others after a second idle: while one table's tasks hold the CPUs, the workers another
+table just used are stopped, and its next tasks start new ones, each paying about 1.5 CPU-s to import Ray Data,
+pyarrow and the engine. Tables built at once and tasks waiting on other tasks (which give back their CPU) need up
+to twice as many workers as CPUs; only workers that were needed are kept."""
 
 
 def resolve_address(settings: RaySettings, address: str | None = None) -> str | None:
@@ -92,7 +98,8 @@ def _cluster_worker_env(settings: RaySettings) -> dict[str, str]:
 
 
 def start_private_ray(**init_options: Any) -> None:
-    """Start a private local Ray instance, without dashboard, every socket of which listens on loopback only.
+    """Start a private local Ray instance, without dashboard, every socket of which listens on loopback only, that
+    keeps its idle workers (`IDLE_WORKERS_PER_CPU`).
 
     `init_options` go to `ray.init` (`num_cpus`, `object_store_memory`, `logging_level`, ...).
 
@@ -107,8 +114,10 @@ def start_private_ray(**init_options: Any) -> None:
     # mode is on while the node starts and only then: its variable, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, is
     # read when Ray is imported and would reach every process started from here (`ray start` of a node joining a
     # cluster refuses to run with it), and a cluster joined later in this process still sees the host's address.
+    idle_workers = IDLE_WORKERS_PER_CPU * (init_options.get("num_cpus") or os.cpu_count() or 1)
     with _single_node_mode(), _without_unused_processes(log_to_driver=init_options.get("log_to_driver") is not False):
-        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK, **init_options)
+        ray.init(address="local", include_dashboard=False, _node_ip_address=LOOPBACK,
+                 _system_config={"num_workers_soft_limit": idle_workers}, **init_options)
     if not is_localhost(node_ip := ray.util.get_node_ip_address()):
         ray.shutdown()
         raise EngineError(f"the private Ray instance took the address {node_ip}, not a loopback one; its "

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -69,3 +72,49 @@ def test_starting_a_private_instance_leaves_rays_node_class_as_it_was(ray_local:
     """The processes left out are left out of that start alone: a cluster node started later has them all."""
     for name in ("start_api_server", "start_monitor", "start_log_monitor"):
         assert getattr(ray_node.Node, name).__qualname__ == f"Node.{name}"
+
+
+IDLE_KILL_THRESHOLD_S = 1.0
+"""How long Ray lets a worker sit idle before it stops it, when it keeps fewer idle workers than it has
+(`idle_worker_killing_time_threshold_ms`, checked every 0.2 s)."""
+
+
+def _arrive(folder: Path, parties: int) -> int:
+    """In a task: mark its arrival in `folder` and wait until `parties` tasks have arrived there (so each runs in a
+    worker of its own); this worker's process id."""
+    folder.mkdir(exist_ok=True)
+    (folder / str(os.getpid())).touch()
+    while len(list(folder.iterdir())) < parties:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def _hold_until(release: Path, started: Path) -> int:
+    """In a task: mark its start in `started`, then hold its CPU until the file `release` exists."""
+    started.mkdir(exist_ok=True)
+    (started / str(os.getpid())).touch()
+    while not release.exists():
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_workers_left_idle_while_other_tasks_hold_every_cpu_are_kept_for_the_next_tasks(
+        ray_local: None, tmp_path: Path) -> None:
+    """Attacks: one table's workers stopped while another table's tasks hold every CPU, so that its next tasks
+    start new workers, each importing Ray Data, pyarrow and the engine again. Ray's default keeps only as many
+    idle workers as CPUs are free at the moment."""
+    cpus = int(ray.cluster_resources()["CPU"])
+    at_once = ray.remote(num_cpus=0.5)(_arrive)
+    workers = set(ray.get([at_once.remote(tmp_path / "first", 2 * cpus) for _ in range(2 * cpus)]))
+    assert len(workers) == 2 * cpus
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    holding = [ray.remote(num_cpus=1)(_hold_until).remote(release, started) for _ in range(cpus)]
+    while not started.exists() or len(list(started.iterdir())) < cpus:
+        time.sleep(0.01)
+    time.sleep(3 * IDLE_KILL_THRESHOLD_S)  # every CPU held: the other workers sit idle past Ray's threshold
+    release.touch()
+    assert set(ray.get(holding)) <= workers
+
+    again = set(ray.get([at_once.remote(tmp_path / "again", 2 * cpus) for _ in range(2 * cpus)]))
+    assert again == workers, "idle workers were stopped while others held the CPUs, and new ones started"
