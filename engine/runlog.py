@@ -10,11 +10,10 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import write_deltalake
 
 from engine.governance.actor import audit_fields
 from engine.quality.results import CheckResult
-from engine.tables.delta import read_rows, table_exists
+from engine.tables.delta import AppendLog, read_rows, table_exists
 
 RUN_RECORD_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -83,8 +82,9 @@ class RunRecord:
         return (self.finished_at - self.started_at).total_seconds()
 
 
-def append_records(uri: str, records: list[RunRecord]) -> None:
-    """Append `records` to the run records table at `uri`, creating it when needed."""
+def append_records(target: str | AppendLog, records: list[RunRecord]) -> None:
+    """Append `records` to the run records table (its URI, or the `AppendLog` a run keeps of it), creating it when
+    needed."""
     if not records:
         return
     rows = []
@@ -100,7 +100,7 @@ def append_records(uri: str, records: list[RunRecord]) -> None:
                                     sort_keys=True, default=str)
         rows.append(row)
     table = pa.Table.from_pylist(rows, schema=RUN_RECORD_SCHEMA)
-    write_deltalake(uri, table, mode="append", schema_mode="merge")
+    (target if isinstance(target, AppendLog) else AppendLog(target)).append(table, schema_mode="merge")
 
 
 def read_records(uri: str) -> pl.DataFrame:

@@ -43,6 +43,7 @@ from engine.runlog import RunRecord, append_records
 from engine.runtime import cluster_cpus
 from engine.storage import check_root
 from engine.tables import deltalog
+from engine.tables.delta import AppendLog
 from engine.tables.formats import TableFormats
 
 __all__ = ["RunResult", "Runner", "new_run_id"]
@@ -139,6 +140,7 @@ class Runner:
         result = RunResult(scope.run_id, self.pipeline.name)
         started, clock = datetime.now(UTC), time.monotonic()
         pending_records: list[RunRecord] = []  # records of unchanged tables, kept only if the run did something
+        records, quality = AppendLog(self.layout.runs()), AppendLog(self.layout.quality())
         with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
                 self.holding_lease(result.run_id, take_over=take_over) as lease:
             log.info("run of `%s` started", self.pipeline.name)
@@ -149,17 +151,16 @@ class Runner:
                 with log_context(table=record.table):
                     pending_records.append(record)
                     if did_something(record):
-                        append_records(self.layout.runs(), pending_records)
+                        append_records(records, pending_records)
                         pending_records.clear()
-                    report_quality(self.settings, self.layout.quality(), self.sinks, self.pipeline.name,
-                                   result.run_id, record)
+                    report_quality(self.settings, quality, self.sinks, self.pipeline.name, result.run_id, record)
                     result.records.append(record)
                     observe(record, self.on_record)
             if queue.pending:
                 result.stopped = True
                 pending_records += [scope.record(rest, "interrupted", datetime.now(UTC)) for rest in queue.pending]
             if len(pending_records) < len(result.records) or any(did_something(r) for r in pending_records):
-                append_records(self.layout.runs(), pending_records)
+                append_records(records, pending_records)
             remove_empty_folders(self.layout.run_staging(result.run_id))
             send_lineage(self.settings, self.formats, definitions, result.records)
             result.seconds = time.monotonic() - clock

@@ -7,10 +7,9 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import write_deltalake
 
 from engine.quality.results import CheckResult
-from engine.tables.delta import open_table, read_data_file, read_rows, table_exists
+from engine.tables.delta import AppendLog, open_table, read_data_file, read_rows, table_exists
 from engine.tables.delta_files import add_actions, readable_by_files
 
 QUALITY_METRICS_SCHEMA = pa.schema([
@@ -26,8 +25,9 @@ QUALITY_METRICS_SCHEMA = pa.schema([
 ])
 
 
-def append_metrics(uri: str, pipeline: str, run_id: str, results: list[CheckResult]) -> None:
-    """Append the outcome of every check of one run to the metrics table at `uri`, creating it when needed.
+def append_metrics(target: str | AppendLog, pipeline: str, run_id: str, results: list[CheckResult]) -> None:
+    """Append the outcome of every check of one run to the metrics table (its URI, or the `AppendLog` a run keeps
+    of it), creating it when needed.
 
     Example rows are not stored: the metrics hold counts only.
     """
@@ -48,7 +48,8 @@ def append_metrics(uri: str, pipeline: str, run_id: str, results: list[CheckResu
         }
         for result in results
     ]
-    write_deltalake(uri, pa.Table.from_pylist(rows, schema=QUALITY_METRICS_SCHEMA), mode="append")
+    (target if isinstance(target, AppendLog) else AppendLog(target)).append(
+        pa.Table.from_pylist(rows, schema=QUALITY_METRICS_SCHEMA))
 
 
 def read_metrics(uri: str) -> pl.DataFrame:

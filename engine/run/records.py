@@ -16,6 +16,7 @@ from engine.pipeline import TableDefinition
 from engine.quality.metrics import append_metrics, read_recent_metrics
 from engine.run.outcome import RunResult
 from engine.runlog import RunRecord
+from engine.tables.delta import AppendLog
 from engine.tables.formats import TableFormats
 
 log = logging.getLogger("engine.runner")
@@ -46,13 +47,14 @@ def observe_run(result: RunResult, seconds: float) -> None:
     metrics.run_seconds.labels(result.pipeline, result.status).observe(max(seconds, 0.0))
 
 
-def report_quality(settings: Settings, quality_uri: str, sinks: list[AlertSink], pipeline: str, run_id: str,
+def report_quality(settings: Settings, quality: AppendLog, sinks: list[AlertSink], pipeline: str, run_id: str,
                    record: RunRecord) -> None:
-    """Keep the table's check results and alert on degradations against earlier runs."""
+    """Keep the table's check results in the quality metrics table and alert on degradations against earlier
+    runs."""
     if not record.checks:
         return
-    history = read_recent_metrics(quality_uri, record.table, settings.alerts.rising_runs - 1, excluding_run=run_id)
-    append_metrics(quality_uri, pipeline, run_id, record.checks)
+    history = read_recent_metrics(quality.uri, record.table, settings.alerts.rising_runs - 1, excluding_run=run_id)
+    append_metrics(quality, pipeline, run_id, record.checks)
     alerts = degradations(pipeline, run_id, record.checks, history, rising_runs=settings.alerts.rising_runs)
     send_alerts(alerts, sinks)
 

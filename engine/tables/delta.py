@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -135,6 +135,29 @@ def read_data_file(file_uri: str, schema: pa.Schema) -> pa.Table:
         rows = pq.ParquetFile(source).read()
     return pa.table({f.name: rows[f.name] if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
                      for f in schema}).cast(schema)
+
+
+class AppendLog:
+    """A Delta table that one process appends to again and again, such as the run records and the quality metrics
+    of a run: opened once, then kept at the version of its own appends, so that an append reads only the commits
+    other writers made since instead of the whole log. Appends of other writers never conflict with it; when one
+    changed the table's schema, the append is made again on the table opened anew."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._table: DeltaTable | None = None
+
+    def append(self, rows: pa.Table, *, schema_mode: Literal["merge"] | None = None) -> None:
+        """Append `rows` in one commit, creating the table when there is none."""
+        if self._table is None and table_exists(self.uri):
+            self._table = DeltaTable(self.uri)
+        try:
+            write_deltalake(self._table or self.uri, rows, mode="append", schema_mode=schema_mode)
+        except CommitFailedError:
+            if self._table is None:
+                raise
+            self._table = DeltaTable(self.uri)
+            write_deltalake(self._table, rows, mode="append", schema_mode=schema_mode)
 
 
 def table_exists(uri: str) -> bool:

@@ -563,3 +563,21 @@ def test_in_process_reads_give_deltalakes_rows_with_columns_added_later_as_nulls
     write_deltalake(str(tmp_path / "parted"), pa.table({"id": [1, 2], "day": ["x", "y"]}), partition_by=["day"])
     assert sorted(delta.read_rows(str(tmp_path / "parted"), "parted").to_pylist(), key=lambda r: r["id"]) == [
         {"id": 1, "day": "x"}, {"id": 2, "day": "y"}]  # partition values live in the log: deltalake's reader
+
+
+def test_an_append_log_keeps_every_writers_rows_and_survives_a_schema_change_by_another(tmp_path: Path) -> None:
+    """Attacks: a table kept open across appends (the run records and quality metrics of a run) losing or
+    refusing rows that other writers appended, or changing the schema of, meanwhile."""
+    uri = str(tmp_path / "log")
+    mine, theirs = delta.AppendLog(uri), delta.AppendLog(uri)
+    mine.append(pa.table({"n": [1]}))  # creates the table
+    mine.append(pa.table({"n": [2]}))
+    theirs.append(pa.table({"n": [3]}))
+    mine.append(pa.table({"n": [4]}))  # from version 2, with version 3 by the other writer in between
+    theirs.append(pa.table({"n": [5], "note": ["added by the other writer"]}), schema_mode="merge")
+    mine.append(pa.table({"n": [6]}), schema_mode="merge")  # the schema changed since it opened the table
+
+    table = DeltaTable(uri)
+    assert table.version() == 5
+    assert sorted(table.to_pyarrow_table()["n"].to_pylist()) == [1, 2, 3, 4, 5, 6]
+    assert [entry["operation"] for entry in table.history()].count("WRITE") == 6
