@@ -4,7 +4,8 @@ with application transaction markers, and commit history (merges by key: `engine
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -266,9 +267,10 @@ def _appended_through_compactions(uri: str, table: str, since: int, until: int) 
     only compacted them, re-encrypted them under another key (`rotate-keys`: the same rows) or erased a subject
     from them (`medallion.operation` = `erase`: rows only removed, from the downstream tables too) and those
     files are still on disk; else None."""
-    rewrites = {c["version"] for c in history(uri, table) if since < c["version"] <= until
-                and (c.get("operation") == "OPTIMIZE"
-                     or commit_info_value(c, "operation") in ("optimize", "rotate-keys", "erase"))}
+    rewrites = {c["version"] for c in takewhile(lambda c: c["version"] > since, newest_commits(uri, table))
+                if c["version"] <= until and (c.get("operation") == "OPTIMIZE"
+                                              or commit_info_value(c, "operation") in ("optimize", "rotate-keys",
+                                                                                        "erase"))}
     previous = data_files(uri, open_table(uri, table, since))
     added: list[DataFileEntry] = []
     for version in range(since + 1, until + 1):
@@ -285,20 +287,19 @@ def _appended_through_compactions(uri: str, table: str, since: int, until: int) 
 RESTORED_TO_KEY = "restored_to"
 
 
-def effective_history(uri: str, table: str) -> list[dict[str, Any]]:
+def effective_history(uri: str, table: str) -> Iterator[dict[str, Any]]:
     """Commit infos, newest first, without the commits a restore undid: after a commit recording
-    `medallion.restored_to` = k, the commits between k and it are left out."""
-    kept: list[dict[str, Any]] = []
+    `medallion.restored_to` = k, the commits between k and it are left out. Read as `newest_commits` reads them,
+    so a caller that stops early reads only the newest commits."""
     undone_above: int | None = None
-    for commit in history(uri, table):
+    for commit in newest_commits(uri, table):
         if undone_above is not None and commit["version"] > undone_above:
             continue
         undone_above = None
-        kept.append(commit)
+        yield commit
         restored_to = commit_info_value(commit, RESTORED_TO_KEY)
         if restored_to is not None:
             undone_above = int(restored_to)
-    return kept
 
 
 def last_commit_value(uri: str, table: str, key: str) -> Any:
@@ -316,6 +317,25 @@ def last_commit_value(uri: str, table: str, key: str) -> Any:
 def history(uri: str, table: str) -> list[dict[str, Any]]:
     """Commit infos, newest first, each with its `version`."""
     return open_table(uri, table).history()
+
+
+FIRST_COMMITS_READ = 16
+"""How many of a table's newest commit infos `newest_commits` reads first; each further read takes 8 times as
+many."""
+
+
+def newest_commits(uri: str, table: str) -> Iterator[dict[str, Any]]:
+    """Commit infos, newest first, read from the log a few at a time: a table's whole history grows by a commit
+    per run for ever (a micro-batch a minute is 1,440 a day), and most questions are answered by its newest
+    commits."""
+    opened = open_table(uri, table)
+    given, limit = 0, FIRST_COMMITS_READ
+    while True:
+        commits = opened.history(limit)
+        yield from commits[given:]
+        if len(commits) < limit:
+            return
+        given, limit = len(commits), limit * 8
 
 
 def commit_files(

@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.freshness import as_instant
-from engine.tables.delta import RESTORED_TO_KEY, commit_info_value, history, open_table
+from engine.tables.delta import RESTORED_TO_KEY, commit_info_value, newest_commits, open_table
 from engine.tables.delta_files import add_actions
 
 DATA_OPERATIONS = frozenset({"run"})
@@ -24,7 +24,7 @@ def last_data_commit(uri: str, table: str, version: int | None = None) -> dict[s
     """The newest commit (at or before `version`) that brought new data and that no restore undid, None
     when there is none: a commit of a pipeline run (or of another writer) that added data files."""
     undone_above: int | None = None
-    for commit in history(uri, table):
+    for commit in newest_commits(uri, table):
         if (version is not None and commit["version"] > version) or \
                 (undone_above is not None and commit["version"] > undone_above):
             continue

@@ -581,3 +581,25 @@ def test_an_append_log_keeps_every_writers_rows_and_survives_a_schema_change_by_
     assert table.version() == 5
     assert sorted(table.to_pyarrow_table()["n"].to_pylist()) == [1, 2, 3, 4, 5, 6]
     assert [entry["operation"] for entry in table.history()].count("WRITE") == 6
+
+
+def test_the_newest_commits_are_read_a_few_at_a_time_and_a_restore_across_them_still_hides_what_it_undid(
+        tmp_path: Path) -> None:
+    """Attacks: reading a long history in pieces losing a value older than the first piece, or a restore whose
+    undone commits run across two pieces showing some of them."""
+    from deltalake import CommitProperties, write_deltalake
+
+    uri = str(tmp_path / "t")
+    restore_at, restored_to = 30, 10
+    for version in range(40):
+        values = {"marker": f"written at {version}"} if version in (2, 20) else {}
+        if version == restore_at:
+            values = {delta.RESTORED_TO_KEY: restored_to}
+        write_deltalake(uri, pa.table({"n": [version]}), mode="append", commit_properties=CommitProperties(
+            custom_metadata={delta.METADATA_PREFIX + k: str(v) for k, v in values.items()}))
+    assert restore_at > 40 - delta.FIRST_COMMITS_READ > restored_to  # the first piece ends inside what was undone
+
+    assert [c["version"] for c in delta.newest_commits(uri, uri)] == list(range(39, -1, -1))
+    kept = [c["version"] for c in delta.effective_history(uri, uri)]
+    assert kept == [*range(39, restore_at - 1, -1), *range(restored_to, -1, -1)]
+    assert delta.last_commit_value(uri, uri, "marker") == "written at 2"  # 20 was undone by the restore
