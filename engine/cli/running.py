@@ -282,7 +282,7 @@ def _report_run(result: RunResult, *, quiet: bool = False) -> None:
     if not result.stopped and (changed or not quiet):
         console.print(f"run {result.run_id} finished in {result.seconds:.1f}s; {summary}")
     if not result.succeeded:
-        failed = result.failures()
+        failed = sorted(result.failures(), key=lambda r: r.table)
         skipped = [r.table for r in result.records if r.status == "skipped"]
         for record in failed:
             errors.print(f"[red]failed:[/red] {escape(record.error or record.table)}", soft_wrap=True)
