@@ -20,7 +20,7 @@ from engine.maintenance.policy import Maintenance
 from engine.names import check_format, split_table_name
 from engine.quality.checks import Quality
 from engine.schema import SchemaEvolution
-from engine.source_code import code_text
+from engine.source_code import declared_code
 
 TableFunction = TypeVar("TableFunction", bound=Callable[..., Any])
 WriteKindType = AnyKind
@@ -42,8 +42,6 @@ class TableDefinition:
         kind: how new rows are written.
         inputs: upstream tables, in the order of the function's parameters.
         function: builds the table's rows from its inputs (Ray Datasets); None for ingested tables.
-        code: the function's code as declared (`engine.source_code.code_text`): the values its closure and
-            the project's constants hold then, not what later calls make of them.
         source: landing files an ingested (bronze) table reads.
         ray_options: Ray resource options for the table's tasks (e.g. `{"num_cpus": 1}`): the reads of its inputs
             and its write tasks, or for an ingested table the ingestion of each landing file.
@@ -74,7 +72,6 @@ class TableDefinition:
     kind: WriteKindType
     inputs: tuple[str, ...] = ()
     function: Callable[..., Any] | None = None
-    code: str = ""
     source: FileSource | PostgresSource | None = None
     ray_options: Mapping[str, Any] = field(default_factory=dict)
     quality: Quality | None = None
@@ -94,6 +91,15 @@ class TableDefinition:
     def unknown_documented_columns(self, names: Collection[str]) -> list[str]:
         """The documented columns (`columns`) that are not among `names`, the table's actual columns."""
         return [c for c in self.columns if c not in names]
+
+    @property
+    def code(self) -> str:
+        """The function's code (`engine.source_code.code_text`), read once per process on first use, not as the
+        table is declared: a Ray worker that imports the pipeline to run a table's tasks never needs it. A run
+        reads the code of every table it builds before it calls any table function
+        (`Pipeline.capture_code`), so the code holds the values its closure and the project's constants hold
+        as declared, not what later calls make of them. Empty for ingested tables."""
+        return declared_code(self.function) if self.function is not None else ""
 
     @property
     def dependencies(self) -> tuple[str, ...]:
@@ -181,7 +187,6 @@ class Pipeline:
                 kind=kind or Overwrite(),
                 inputs=inputs,
                 function=function,
-                code=code_text(function),
                 ray_options=dict(ray_options or {}),
                 quality=quality,
                 incremental=incremental,
@@ -308,6 +313,11 @@ class Pipeline:
     def order(self) -> list[str]:
         """Every table, upstream before downstream (ties in declaration order)."""
         return _topological(self.resolve())
+
+    def capture_code(self, names: Collection[str]) -> None:
+        """Read the code of the tables `names` now (see `TableDefinition.code`)."""
+        for name in names:
+            _ = self._tables[name].code
 
     def select(self, expression: str | None = None) -> list[str]:
         """The tables an expression selects, upstream before downstream; every table but the on-demand ones

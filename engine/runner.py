@@ -135,6 +135,7 @@ class Runner:
         definitions = self.pipeline.resolve()
         selected = self.pipeline.select(select)
         self._authorize([definitions[name] for name in selected])
+        self.pipeline.capture_code(selected)
         scope = self._scope(run_id or new_run_id(), force=force or full_refresh, full_refresh=full_refresh,
                             reingest=reingest, change_kind=change_kind)
         result = RunResult(scope.run_id, self.pipeline.name)

@@ -24,6 +24,8 @@ _LIBRARY_FOLDERS = tuple(Path(p).resolve() for p in {sysconfig.get_paths()["pure
 _SIMPLE = (str, int, float, bool, bytes, type(None))
 _TREES: dict[int, tuple[Any, tuple[ast.AST, str] | None]] = {}
 """Parsed syntax trees and their text by object id, with the object (kept alive, so its id is not reused)."""
+_DECLARED: dict[int, tuple[Any, str]] = {}
+"""`declared_code` by function id, with the function (kept alive, so its id is not reused)."""
 _PARSING = threading.RLock()
 """Held while Python parses: `ast.parse` in two threads at once fails or builds a wrong tree in Python 3.11
 (`SystemError: AST constructor recursion depth mismatch`), and a run builds tables in threads."""
@@ -35,6 +37,16 @@ def code_text(function: Callable[..., Any]) -> str:
     with _PARSING:
         _collect(function, seen)
     return "\n\n".join(seen[name] for name in sorted(seen))
+
+
+def declared_code(function: Callable[..., Any]) -> str:
+    """`code_text(function)` as first read in this process: a table's code, which a run reads before it calls any
+    table function."""
+    with _PARSING:
+        cached = _DECLARED.get(id(function))
+        if cached is None or cached[0] is not function:
+            cached = _DECLARED[id(function)] = (function, code_text(function))
+        return cached[1]
 
 
 def _collect(obj: Any, seen: dict[str, str]) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.source_code import canonical, code_text, parse
+from engine.source_code import canonical, parse
 
 if TYPE_CHECKING:
     from engine.pipeline import TableDefinition
@@ -63,7 +63,7 @@ def definition_parts(definition: TableDefinition) -> DefinitionParts:
         "evolution": canonical(definition.evolution),
     }
     if definition.function is not None:
-        parts[CODE_PART] = definition.code or code_text(definition.function)
+        parts[CODE_PART] = definition.code
     if definition.source is not None:
         parts["source"] = canonical(definition.source)
     return DefinitionParts(definition.name, parts)
