@@ -68,10 +68,10 @@ def target_bytes(storage: StorageSettings, policy: Maintenance) -> int:
     return (policy.target_file_mb or storage.target_file_mb) * 2**20
 
 
-def compactable_files(uri: str, table: str, target: int) -> int:
-    """How many files compaction would merge: files under half the target size, counted only in groups
-    (the table, or each bucket of a bucketed table) that hold at least two of them."""
-    paths, sizes = _files(open_table(uri, table))
+def compactable_files(opened: DeltaTable, target: int) -> int:
+    """How many files compaction would merge in the `opened` table: files under half the target size, counted
+    only in groups (the table, or each bucket of a bucketed table) that hold at least two of them."""
+    paths, sizes = _files(opened)
     groups = _groups(paths)
     small = {p for p, s in zip(paths, sizes) if s < target // 2}
     counts = [sum(1 for p in members if p in small) for key, members in groups.items() if key != _LOOSE]

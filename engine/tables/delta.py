@@ -324,11 +324,11 @@ FIRST_COMMITS_READ = 16
 many."""
 
 
-def newest_commits(uri: str, table: str) -> Iterator[dict[str, Any]]:
+def newest_commits(uri: str, table: str, opened: DeltaTable | None = None) -> Iterator[dict[str, Any]]:
     """Commit infos, newest first, read from the log a few at a time: a table's whole history grows by a commit
     per run for ever (a micro-batch a minute is 1,440 a day), and most questions are answered by its newest
-    commits."""
-    opened = open_table(uri, table)
+    commits. `opened`: the table already open at `uri`."""
+    opened = opened or open_table(uri, table)
     given, limit = 0, FIRST_COMMITS_READ
     while True:
         commits = opened.history(limit)

@@ -20,12 +20,13 @@ from engine.errors import MaintenanceError, TableFailed
 from engine.keyhash import bucket_of
 from engine.kinds import Merge
 from engine.layout import Layout
-from engine.maintenance.due import optimize_due, run_due_maintenance
+from engine.maintenance.due import optimize_due, run_due_maintenance, vacuum_due
 from engine.maintenance.optimize import optimize_table
 from engine.maintenance.pins import list_pins, pin, unpin
 from engine.maintenance.policy import Maintenance
 from engine.maintenance.vacuum import vacuum_table
 from engine.pipeline import Pipeline
+from engine.tables.delta import FIRST_COMMITS_READ
 from engine.tables.distributed_merge import merge_distributed
 from tests.conftest import lease_held_elsewhere, settings_at
 from tests.engine.cdc_pipeline import PIPELINE, assert_same_tables, run_to_completion, write_batch
@@ -190,6 +191,31 @@ def test_due_maintenance_compacts_after_enough_commits_and_vacuums_when_due(tmp_
     assert "5 small files and 5 or more commits since the last optimize" == done[0].reason
     assert "h since the table was created" in done[1].reason
     assert run_due_maintenance(pipeline, settings, ["bronze.events"]) == []
+
+
+def test_vacuum_is_due_from_the_newest_vacuum_and_never_before_the_retention_has_passed(tmp_path: Path) -> None:
+    """Attacks: "maintenance after runs vacuums when due", with the last vacuum buried under more commits than
+    the first page of newest commits holds, and a table vacuumed by hand while younger than its retention."""
+    layout = Layout.at(str(tmp_path))
+    uri = appended(tmp_path, commits=2)
+    write_deltalake(uri, pa.table({"id": [0], "value": ["x"]}), mode="overwrite")  # files for a vacuum to delete
+    assert vacuum_table(layout, "bronze.events", settings=MaintenanceSettings(min_retention_hours=0), hours=0).files
+    for commit in range(FIRST_COMMITS_READ + 4):
+        write_deltalake(uri, pa.table({"id": [commit], "value": ["x"]}), mode="append")
+    never = appended(tmp_path, "silver.events", commits=FIRST_COMMITS_READ + 4)
+    now = datetime.now(UTC)
+
+    long_retention = MaintenanceSettings(retention_hours={"bronze": 48, "silver": 48}, vacuum_every_hours=1)
+    assert vacuum_due(uri, "bronze.events", long_retention, now + timedelta(hours=2)) is None, \
+        "a table younger than its retention has no expired file to vacuum"
+    assert vacuum_due(uri, "bronze.events", long_retention, now + timedelta(hours=49)) == "49 h since the last vacuum"
+    assert vacuum_due(never, "silver.events", long_retention, now + timedelta(hours=47)) is None
+    assert vacuum_due(never, "silver.events", long_retention, now + timedelta(hours=49)) == \
+        "49 h since the table was created"
+
+    short_retention = MaintenanceSettings(retention_hours={"bronze": 1}, vacuum_every_hours=24)
+    assert vacuum_due(uri, "bronze.events", short_retention, now + timedelta(hours=2)) is None
+    assert vacuum_due(uri, "bronze.events", short_retention, now + timedelta(hours=25)) == "25 h since the last vacuum"
 
 
 def test_maintenance_declared_on_a_table_is_validated() -> None:
