@@ -32,12 +32,13 @@ def lineage(ctx: click.Context, target: str, version: int | None, upstream: bool
     """Lineage of TARGET: a table (`silver.orders`), a feature view (`features.customer_stats`) or a run id."""
     from engine.governance.access import authorize
     from engine.lineage.graph import FEATURES_PREFIX, Lineage, mlflow_search
-    from engine.training.tracking import configured_uri, resolve_tracking_uri
+    from engine.training.tracking import configured_uri, existing_tracking_uri
 
     settings = settings_of(ctx)
     root = settings.storage.root
     narrow = _key(key)
-    graph = Lineage(root, mlflow_search(resolve_tracking_uri(root, configured_uri(settings))))
+    tracking = existing_tracking_uri(root, configured_uri(settings))  # a root nothing was tracked in has no runs
+    graph = Lineage(root, mlflow_search(tracking) if tracking else None)
     trees: list[tuple[str, Node]] = []
     if target.startswith(FEATURES_PREFIX):
         authorize(settings.access, "read", [target], "`medallion lineage`")

@@ -153,6 +153,19 @@ def collector() -> Iterator[str]:
         server.shutdown()
 
 
+def test_the_lineage_command_on_a_root_nothing_was_trained_on_writes_nothing(retail_build: RetailBuild,
+                                                                            tmp_path: Path) -> None:
+    """A reading command leaves the root as it found it: no MLflow store created to look for runs in."""
+    root = tmp_path / "lake"
+    shutil.copytree(retail_build.root, root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    done = CliRunner().invoke(main, ["--root", str(root), "lineage", "gold.customer_features", "--json"])
+    assert done.exit_code == 0, done.output
+    trees = {t["direction"]: t for t in json.loads(done.output)}
+    assert trees["upstream"]["name"] == "gold.customer_features" and trees["downstream"]["children"] == []
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
 def test_events_go_to_an_http_endpoint_and_a_failure_sends_a_fail_event(tmp_path: Path, collector: str) -> None:
     write_orders(tmp_path, "orders-1.jsonl", [{"order_id": 1, "status": "placed", "updated_at": "2026-01-01T00:00:00Z"}])
     settings = load_settings(overrides={"storage": {"root": str(tmp_path)},
