@@ -42,7 +42,7 @@ from engine.run.scope import RunScope
 from engine.runlog import RunRecord, append_records
 from engine.runtime import cluster_cpus
 from engine.storage import check_root
-from engine.tables import deltalog
+from engine.tables import deltalog, snapshots
 from engine.tables.delta import AppendLog
 from engine.tables.formats import TableFormats
 
@@ -142,37 +142,38 @@ class Runner:
         started, clock = datetime.now(UTC), time.monotonic()
         pending_records: list[RunRecord] = []  # records of unchanged tables, kept only if the run did something
         records, quality = AppendLog(self.layout.runs()), AppendLog(self.layout.quality())
-        with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
-                self.holding_lease(result.run_id, take_over=take_over) as lease:
-            log.info("run of `%s` started", self.pipeline.name)
-            record_declarations(self.layout, self.pipeline)
-            queue = TableQueue(selected, {name: definitions[name].dependencies for name in selected},
-                               self.settings.run.concurrent_tables or min(DEFAULT_MOST_TABLES, cluster_cpus()))
-            for record in self._run_tables(scope, queue, definitions, started, lease, stop):
-                with log_context(table=record.table):
-                    pending_records.append(record)
-                    if did_something(record):
-                        append_records(records, pending_records)
-                        pending_records.clear()
-                    report_quality(self.settings, quality, self.sinks, self.pipeline.name, result.run_id, record)
-                    result.records.append(record)
-                    observe(record, self.on_record)
-            if queue.pending:
-                result.stopped = True
-                pending_records += [scope.record(rest, "interrupted", datetime.now(UTC)) for rest in queue.pending]
-            if len(pending_records) < len(result.records) or any(did_something(r) for r in pending_records):
-                append_records(records, pending_records)
-            remove_empty_folders(self.layout.run_staging(result.run_id))
-            send_lineage(self.settings, self.formats, definitions, result.records)
-            result.seconds = time.monotonic() - clock
-            observe_run(result, result.seconds)
-            log.info("run of `%s` %s: %d table(s)", self.pipeline.name,
-                     "stopped" if result.stopped else "succeeded" if result.succeeded else "failed",
-                     len(result.records), extra={"status": "succeeded" if result.succeeded else "failed",
-                                                 "seconds": round(time.monotonic() - clock, 3)})
-        if result.succeeded and not result.stopped:
-            result.maintenance = hooks.maintain(self.pipeline, self.settings, result.committed)
-            result.materialized = hooks.materialize(self.settings, result.committed)
+        with snapshots.kept():  # the run's and its maintenance's answers about its tables
+            with log_context(run_id=result.run_id, pipeline=self.pipeline.name), \
+                    self.holding_lease(result.run_id, take_over=take_over) as lease:
+                log.info("run of `%s` started", self.pipeline.name)
+                record_declarations(self.layout, self.pipeline)
+                queue = TableQueue(selected, {name: definitions[name].dependencies for name in selected},
+                                   self.settings.run.concurrent_tables or min(DEFAULT_MOST_TABLES, cluster_cpus()))
+                for record in self._run_tables(scope, queue, definitions, started, lease, stop):
+                    with log_context(table=record.table):
+                        pending_records.append(record)
+                        if did_something(record):
+                            append_records(records, pending_records)
+                            pending_records.clear()
+                        report_quality(self.settings, quality, self.sinks, self.pipeline.name, result.run_id, record)
+                        result.records.append(record)
+                        observe(record, self.on_record)
+                if queue.pending:
+                    result.stopped = True
+                    pending_records += [scope.record(rest, "interrupted", datetime.now(UTC)) for rest in queue.pending]
+                if len(pending_records) < len(result.records) or any(did_something(r) for r in pending_records):
+                    append_records(records, pending_records)
+                remove_empty_folders(self.layout.run_staging(result.run_id))
+                send_lineage(self.settings, self.formats, definitions, result.records)
+                result.seconds = time.monotonic() - clock
+                observe_run(result, result.seconds)
+                log.info("run of `%s` %s: %d table(s)", self.pipeline.name,
+                         "stopped" if result.stopped else "succeeded" if result.succeeded else "failed",
+                         len(result.records), extra={"status": "succeeded" if result.succeeded else "failed",
+                                                     "seconds": round(time.monotonic() - clock, 3)})
+            if result.succeeded and not result.stopped:
+                result.maintenance = hooks.maintain(self.pipeline, self.settings, result.committed)
+                result.materialized = hooks.materialize(self.settings, result.committed)
         return result
 
     def idle_plan(self, select: str | None = None) -> list[TablePlan] | None:
@@ -229,7 +230,7 @@ class Runner:
         scope = self._scope(run_id or new_run_id(), force=True, window=(start, end))
         result = RunResult(scope.run_id, self.pipeline.name)
         clock = time.monotonic()
-        with log_context(run_id=result.run_id, pipeline=self.pipeline.name, table=table), \
+        with log_context(run_id=result.run_id, pipeline=self.pipeline.name, table=table), snapshots.kept(), \
                 self.holding_lease(result.run_id):
             record = self._run_table(scope, definition, datetime.now(UTC))
             append_records(self.layout.runs(), [record])

@@ -18,7 +18,7 @@ from engine.arrow import storage_schema, to_storage, unify
 from engine.errors import CommitConflict, TableNotFound
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
-from engine.tables import progress
+from engine.tables import progress, snapshots
 from engine.tables.delta_files import DataFileEntry, add_actions, data_files, readable_by_files
 from engine.tables.files import DataFile
 
@@ -43,7 +43,10 @@ def commit_metadata(
 def next_transaction(uri: str, app_id: str) -> Transaction:
     """The application transaction marker for the next commit of `app_id` to the table at `uri`: the
     last committed version for that app plus one (1 for a new table or app)."""
-    last = DeltaTable(uri).transaction_version(app_id) if table_exists(uri) else None
+    try:
+        last = DeltaTable(uri).transaction_version(app_id)
+    except TableNotFoundError:
+        last = None
     return Transaction(app_id, (last or 0) + 1)
 
 
@@ -162,18 +165,37 @@ class AppendLog:
 
 
 def table_exists(uri: str) -> bool:
-    """Whether a Delta log exists at `uri`."""
-    return DeltaTable.is_deltatable(uri)
+    """Whether a Delta log exists at `uri` (once it did, known without asking the storage while
+    `snapshots.kept()` lasts)."""
+    if snapshots.known_to_exist(uri):
+        return True
+    found = DeltaTable.is_deltatable(uri)
+    if found:
+        snapshots.remember_exists(uri)
+    return found
 
 
 def latest_version(uri: str) -> int | None:
-    """The latest committed version at `uri`, None when there is no table."""
-    return DeltaTable(uri).version() if table_exists(uri) else None
+    """The latest committed version at `uri`, None when there is no table. The table opened to find it is kept
+    for reads at that version while `snapshots.kept()` lasts."""
+    try:
+        opened = DeltaTable(uri)
+    except TableNotFoundError:
+        return None
+    snapshots.remember(uri, opened)
+    return opened.version()
+
+
+def snapshot(uri: str, table: str, version: int | None) -> DeltaTable:
+    """The table at `version` (latest when None) to read from: a kept snapshot when there is one
+    (`snapshots.kept()`), else the table opened (`open_table`)."""
+    kept = snapshots.at_version(uri, version) if version is not None else None
+    return kept or open_table(uri, table, version)
 
 
 def row_count(uri: str, table: str, version: int | None = None) -> int:
     """Rows in the table at `version`, from the Delta log's file statistics (no data is read)."""
-    counts = add_actions(open_table(uri, table, version)).column("num_records")
+    counts = add_actions(snapshot(uri, table, version)).column("num_records")
     return sum(value or 0 for value in counts.to_pylist())
 
 
@@ -186,7 +208,7 @@ def read_dataset(
 
     from engine.tables.delta_read import read_files
 
-    opened = open_table(uri, table, version)
+    opened = snapshot(uri, table, version)
     if not readable_by_files(opened):
         return ray.data.read_delta(uri, version=version, ray_remote_args=dict(ray_options or {}))
     return read_files(data_files(uri, opened), pa.schema(opened.schema().to_arrow()), ray_options)
@@ -207,7 +229,7 @@ def read_added_files(
     from engine.tables.delta_read import read_files
 
     before = set(open_table(uri, table, since).file_uris())
-    now = open_table(uri, table, until)
+    now = snapshot(uri, table, until)
     if not readable_by_files(now):
         return None
     if before <= set(now.file_uris()):
@@ -228,7 +250,7 @@ def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[st
     held its subject, a vacuum those out of retention): what changed cannot be known, and the caller must
     recompute in full."""
     before = set(open_table(uri, table, since).file_uris())
-    now = open_table(uri, table, until)
+    now = snapshot(uri, table, until)
     after = set(now.file_uris())
     removed, added = sorted(before - after), sorted(after - before)
     if not all_on_disk(uri, [*removed, *added]):
@@ -371,6 +393,7 @@ def commit_files(
         with commit_timer("create"):
             create_table_with_add_actions(uri, Schema.from_arrow(new_schema), actions, mode="error",
                                           commit_properties=properties)
+        snapshots.remember_exists(uri)
         return 0
     table = DeltaTable(uri)
     ensure_not_committed(table, transaction)
