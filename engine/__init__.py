@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.lazy import lazy_exports
+from engine.synthesis import leave_out_data_synthesis_in_a_ray_worker
 from engine.typechecks import defer_feast_type_checks
 
 if TYPE_CHECKING:  # what type checkers see: the names below, from the modules that define them
@@ -70,3 +71,4 @@ EXPORTS = {
 __all__ = sorted(EXPORTS)
 __getattr__ = lazy_exports(__name__, EXPORTS)
 defer_feast_type_checks()
+leave_out_data_synthesis_in_a_ray_worker()

@@ -18,7 +18,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # foundation: settings, errors, storage access, logging, metrics collectors, small value helpers
     ("engine.errors", "engine.ids", "engine.columns", "engine.lazy", "engine.redact", "engine.arrow",
      "engine.config", "engine.storage", "engine.logs", "engine.metrics", "engine.runtime", "engine.keyhash",
-     "engine.typechecks"),
+     "engine.typechecks", "engine.synthesis"),
     # declarations: what a pipeline says and where its tables live, importing nothing of the engine but errors and config
     ("engine.names", "engine.layout", "engine.kinds", "engine.schema", "engine.freshness", "engine.source_code",
      "engine.quality.checks", "engine.quality.results", "engine.ingest.sources", "engine.ingest.postgres.source",

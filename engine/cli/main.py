@@ -23,6 +23,7 @@ from engine.cli.scaffold import init
 from engine.cli.sources import sources
 from engine.cli.tables import history, quality, restore, show, status
 from engine.cli.training import mlflow_ui, score, train
+from engine.synthesis import leave_out_data_synthesis
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +41,7 @@ from engine.cli.training import mlflow_ui, score, train
               envvar="MEDALLION_LOG_LEVEL", default=None, help="Lowest level logged (default WARNING, INFO with -v).")
 def main(root: str | None, config: str | None, verbose: bool, log_format: str, log_level: str | None) -> None:
     """Medallion lakehouse pipelines on Ray."""
+    leave_out_data_synthesis()
     logs.configure(log_format, log_level.upper() if log_level else logging.INFO if verbose else logging.WARNING,
                    libraries=verbose)
 
