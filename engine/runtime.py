@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -190,6 +190,19 @@ def _log_to_driver(settings: RaySettings) -> bool:
     """Whether the workers' stdout and stderr are printed by this process: with `verbose`, and not in the JSON
     log format, whose every line on stderr is a JSON record."""
     return settings.verbose and not json_logs()
+
+
+@contextmanager
+def ray_on_demand(settings: RaySettings, address: str | None = None) -> Iterator[Callable[[], None]]:
+    """A block that may need Ray: it gets a function that starts or joins Ray as `ray_session` does the first time
+    it is called; what was started is shut down at the end of the block. A command whose work is small runs
+    without starting Ray at all."""
+    with contextlib.ExitStack() as stack:
+        def need_ray() -> None:
+            if not ray.is_initialized():
+                stack.enter_context(ray_session(settings, address))
+
+        yield need_ray
 
 
 def ensure_ray(address: str | None = None) -> None:

@@ -235,6 +235,7 @@ def backup(ctx: click.Context, destination: str | None) -> None:
         return
     from engine.governance.access import authorize
     from engine.maintenance.backup import backup as take_backup
+    from engine.runtime import ray_on_demand
     from engine.status import list_tables
 
     if destination is None:
@@ -242,7 +243,8 @@ def backup(ctx: click.Context, destination: str | None) -> None:
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
     authorize(settings.access, "read", list_tables(layout), "a backup")
-    manifest = take_backup(layout, destination)
+    with ray_on_demand(settings.ray) as need_ray:
+        manifest = take_backup(layout, destination, need_ray)
     console.print(f"backed up {len(manifest.tables)} tables and {len(manifest.files)} metadata files of "
                   f"{escape(layout.root)} to {escape(destination)}")
 
@@ -254,8 +256,10 @@ def backup(ctx: click.Context, destination: str | None) -> None:
 def verify_command(ctx: click.Context, source: str) -> None:
     """Restore the backup at SOURCE into a scratch root and compare it with its manifest."""
     from engine.maintenance.backup import verify_backup
+    from engine.runtime import ray_on_demand
 
-    problems = verify_backup(source)
+    with ray_on_demand(settings_of(ctx).ray) as need_ray:
+        problems = verify_backup(source, need_ray=need_ray)
     if problems:
         raise MaintenanceError(f"backup `{source}` failed verification ({len(problems)} problem(s)): "
                                + "; ".join(problems), path=source)

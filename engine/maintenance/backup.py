@@ -9,6 +9,7 @@ import hashlib
 import json
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,10 +21,12 @@ import pyarrow.fs as pafs
 from engine.errors import EngineError, MaintenanceError
 from engine.keyhash import key_hash
 from engine.layout import META, Layout, absolute_root
+from engine.maintenance.backup_tasks import TASKS_FROM_BYTES, copy_bytes, copy_in_tasks, hash_in_tasks
 from engine.maintenance.pins import list_pins
 from engine.recovery import tables_under
 from engine.storage import delta_tables_under, exists, files_under, filesystem_of
 from engine.tables.delta import open_table, rows_dataset
+from engine.tables.delta_files import data_files, readable_by_files
 
 MANIFEST = "manifest.json"
 LOG = "_delta_log"
@@ -78,11 +81,14 @@ class Manifest:
                    record["files"])
 
 
-def backup(layout: Layout, destination: str) -> Manifest:
+def backup(layout: Layout, destination: str, need_ray: Callable[[], None] | None = None) -> Manifest:
     """Copy the current version of every table under the root (data files plus the log up to it), the data
     files of its pinned older versions, and the other files under `_meta` to `destination` (a local folder
     or a URI), then write its manifest last: a backup without a manifest is incomplete. Runs may go on
     meanwhile; each table is copied at the version it had when its turn came.
+
+    A table of more than `TASKS_FROM_BYTES` is copied and hashed by Ray tasks (`backup_tasks`); `need_ray` is
+    called first to make sure Ray is there (default: `runtime.ensure_ray`).
 
     Raises:
         MaintenanceError: `destination` already holds a backup, or a file could not be copied (the backup then has
@@ -94,7 +100,7 @@ def backup(layout: Layout, destination: str) -> Manifest:
         raise MaintenanceError(f"`{destination}` already holds a backup; back up to a new folder",
                                path=destination)
     try:
-        manifest = _copy_root(layout, target_fs, target)
+        manifest = _copy_root(layout, destination, need_ray or _ensure_ray)
     except MaintenanceError as err:
         raise MaintenanceError(f"backup `{destination}` is incomplete (it has no {MANIFEST}): {err}; fix the cause, "
                                "delete the folder and back up again", path=destination) from err
@@ -104,27 +110,40 @@ def backup(layout: Layout, destination: str) -> Manifest:
     return manifest
 
 
-def _copy_root(layout: Layout, target_fs: pafs.FileSystem, target: str) -> Manifest:
-    """Copy the tables and `_meta` files of the root under `target`; the manifest describing the copy."""
+def _copy_root(layout: Layout, destination: str, need_ray: Callable[[], None]) -> Manifest:
+    """Copy the tables and `_meta` files of the root under `destination`; the manifest describing the copy."""
     tables, meta_files = _contents(layout)
     now = datetime.now(UTC)
     snapshots = []
     for uri in tables:
         relative = uri.removeprefix(layout.root + "/")
-        version = open_table(uri, relative).version()
+        current = open_table(uri, relative)
+        version = current.version()
         pinned = sorted({p.version for p in list_pins(layout, relative.replace("/", "."), active_at=now)
                          if p.version < version})
-        data = sorted({path.removeprefix(uri + "/") for v in [*pinned, version]
-                       for path in open_table(uri, relative, v).file_uris()})
-        for name in [*data, *_log_entries(uri, version)]:
-            _copy(f"{uri}/{name}", target_fs, f"{target}/{relative}/{name}")
-        rows, digest = content_hash(uri, relative, version)
+        versions = [open_table(uri, relative, v) for v in pinned] + [current]
+        data = sorted({path.removeprefix(uri + "/") for table in versions for path in table.file_uris()})
+        files = [(f"{uri}/{name}", f"{destination}/{relative}/{name}") for name in [*data, *_log_entries(uri, version)]]
+        size = sum(entry.size_bytes for entry in data_files(uri, current))
+        if size > TASKS_FROM_BYTES:
+            copy_in_tasks(files, size, need_ray)
+        else:
+            for source, target in files:
+                _copy(source, target)
+        rows, digest = content_hash(uri, relative, version, need_ray)
         snapshots.append(TableSnapshot(relative, version, rows, digest, len(data), pinned))
+    target_fs, target = filesystem_of(destination)
     hashes = {}
     for relative in meta_files:
-        _copy(f"{layout.root}/{relative}", target_fs, f"{target}/{relative}")
+        _copy(f"{layout.root}/{relative}", f"{destination}/{relative}")
         hashes[relative] = _file_hash(target_fs, f"{target}/{relative}")
     return Manifest(datetime.now(UTC).isoformat(), layout.root, snapshots, hashes)
+
+
+def _ensure_ray() -> None:
+    from engine.runtime import ensure_ray
+
+    ensure_ray()
 
 
 def read_manifest(source: str) -> Manifest:
@@ -175,7 +194,7 @@ def restore_backup(source: str, root: str) -> Manifest:
     return manifest
 
 
-def verify_backup(source: str, scratch: str | None = None) -> list[str]:
+def verify_backup(source: str, scratch: str | None = None, need_ray: Callable[[], None] | None = None) -> list[str]:
     """Restore the backup at `source` into `scratch` (a new temporary folder when None, removed after) and
     compare every table's rows and content hash, and every metadata file's hash, with the manifest; returns
     the differences found (none: the backup is sound).
@@ -185,13 +204,14 @@ def verify_backup(source: str, scratch: str | None = None) -> list[str]:
     """
     if scratch is None:
         with tempfile.TemporaryDirectory(prefix="medallion-verify-") as folder:
-            return verify_backup(source, folder)
+            return verify_backup(source, folder, need_ray)
     manifest = restore_backup(source, scratch)
     root = Layout.at(scratch).root
     problems = []
     for expected in manifest.tables:
         try:
-            rows, digest = content_hash(f"{root}/{expected.path}", expected.path, expected.version)
+            rows, digest = content_hash(f"{root}/{expected.path}", expected.path, expected.version,
+                                        need_ray or _ensure_ray)
         except (EngineError, OSError, pa.ArrowException) as err:
             problems.append(f"`{expected.path}` v{expected.version} cannot be read: {err}")
             continue
@@ -209,11 +229,20 @@ def verify_backup(source: str, scratch: str | None = None) -> list[str]:
     return problems
 
 
-def content_hash(uri: str, table: str, version: int) -> tuple[int, str]:
+def content_hash(uri: str, table: str, version: int, need_ray: Callable[[], None] | None = None) -> tuple[int, str]:
     """The rows of the table at `version` and a hash of them that ignores row order: the sum (modulo 2**64)
     of a stable 64-bit hash of every row's columns, in column-name order. Columns of nested types are left
-    out of the hash."""
-    dataset = rows_dataset(uri, table, version)
+    out of the hash. A table of more than `TASKS_FROM_BYTES` whose files hold its rows as they are is hashed by Ray
+    tasks when `need_ray` is given (it is called first)."""
+    opened = open_table(uri, table, version)
+    files = data_files(uri, opened)
+    if need_ray is not None and readable_by_files(opened) and sum(f.size_bytes for f in files) > TASKS_FROM_BYTES:
+        schema = pa.schema(opened.schema().to_arrow())
+        columns = sorted(f.name for f in schema if not pa.types.is_nested(f.type))
+        rows, total = hash_in_tasks([f.uri for f in files], sum(f.size_bytes for f in files), schema, columns,
+                                    need_ray)
+        return rows, f"{total:016x}"
+    dataset = rows_dataset(uri, table, opened=opened)
     columns = sorted(f.name for f in dataset.schema if not pa.types.is_nested(f.type))
     rows, total = 0, np.uint64(0)
     for batch in dataset.to_batches(columns=columns):
@@ -246,24 +275,27 @@ def _log_entries(uri: str, version: int) -> list[str]:
     return entries
 
 
-def _copy(source: str, target_fs: pafs.FileSystem, target: str) -> None:
-    """Copy one file; a SQLite database (by its header, whatever its name) through SQLite's backup API, so that
-    the copy is consistent, any other file byte for byte.
+def _copy(source: str, target: str) -> None:
+    """Copy one file (local paths or URIs); a SQLite database (by its header, whatever its name) through SQLite's
+    backup API, so that the copy is consistent, any other file byte for byte.
 
     Raises:
         MaintenanceError: the file cannot be read or written, naming it.
     """
+    source_fs, path = filesystem_of(source)
+    target_fs, target_path = filesystem_of(target)
+    if not (isinstance(source_fs, pafs.LocalFileSystem) and isinstance(target_fs, pafs.LocalFileSystem)):
+        copy_bytes(source, target)
+        return
     try:
-        target_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        source_fs, path = filesystem_of(source)
-        if isinstance(source_fs, pafs.LocalFileSystem) and isinstance(target_fs, pafs.LocalFileSystem) \
-                and _is_sqlite(source_fs, path):
-            with closing(sqlite3.connect(path)) as origin, closing(sqlite3.connect(target)) as copy:
+        if _is_sqlite(source_fs, path):
+            target_fs.create_dir(target_path.rsplit("/", 1)[0], recursive=True)
+            with closing(sqlite3.connect(path)) as origin, closing(sqlite3.connect(target_path)) as copy:
                 origin.backup(copy)
             return
-        pafs.copy_files(path, target, source_filesystem=source_fs, destination_filesystem=target_fs)
-    except (OSError, sqlite3.Error, pa.ArrowException) as err:
+    except (OSError, sqlite3.Error) as err:
         raise MaintenanceError(f"cannot copy `{source}`: {err}", path=source) from err
+    copy_bytes(source, target)
 
 
 def _is_sqlite(filesystem: pafs.FileSystem, path: str) -> bool:

@@ -19,6 +19,7 @@ from engine.errors import MaintenanceError
 from engine.kinds import Merge
 from engine.layout import Layout
 from engine.lease import RunLease
+from engine.maintenance import backup as backup_module
 from engine.maintenance.backup import backup, read_manifest, restore_backup, verify_backup
 from engine.maintenance.pins import list_pins, pin
 from engine.tables.distributed_merge import merge_distributed
@@ -190,3 +191,30 @@ def test_a_backup_interrupted_by_a_failing_copy_leaves_no_manifest(tmp_path: Pat
     assert (destination / "silver" / "accounts").is_dir() and not (destination / "manifest.json").exists()
     with pytest.raises(MaintenanceError, match="is incomplete: it holds no manifest.json"):
         verify_backup(str(destination))
+
+
+def test_large_tables_are_copied_and_hashed_by_ray_tasks_into_the_same_backup(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    layout = lakehouse(tmp_path / "root")
+    in_process = backup(layout, str(tmp_path / "in-process"))
+    monkeypatch.setattr(backup_module, "TASKS_FROM_BYTES", 0)  # every table counts as large
+    copied_here: list[str] = []
+    copy_files = pafs.copy_files
+
+    def recorded(source: str, target: str, **kwargs: object) -> None:
+        copied_here.append(source)
+        copy_files(source, target, **kwargs)
+
+    monkeypatch.setattr(pafs, "copy_files", recorded)
+    by_tasks = backup(layout, str(tmp_path / "by-tasks"))
+
+    assert not [source for source in copied_here if source.endswith(".parquet") or "_delta_log" in source], \
+        "no table file passed through this process"
+    assert len(list((tmp_path / "by-tasks").rglob("*.parquet"))) == len(list((tmp_path / "in-process").rglob("*.parquet")))
+    assert [(t.path, t.version, t.rows, t.content_hash, t.files, t.pinned) for t in by_tasks.tables] == \
+        [(t.path, t.version, t.rows, t.content_hash, t.files, t.pinned) for t in in_process.tables]
+    assert verify_backup(str(tmp_path / "by-tasks")) == []
+    (next((tmp_path / "by-tasks" / "silver" / "accounts").glob("*.parquet"))).unlink()
+    problems = verify_backup(str(tmp_path / "by-tasks"))
+    assert len(problems) == 1 and problems[0].startswith("`silver/accounts` v0 cannot be read: cannot read `"), problems
+    assert "\n" not in problems[0] and "No such file" in problems[0], "one line, naming the file, not a traceback"
