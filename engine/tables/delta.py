@@ -243,21 +243,51 @@ def read_added_files(
     return read_files(added, schema, ray_options), sum(entry.num_rows or 0 for entry in added)
 
 
+LOCAL_CHANGE_BYTES = 32 * 2**20
+"""Up to this many bytes of files that differ between two versions, `changed_keys` compares their rows in this
+process; above, Ray tasks do (`_differing_keys_in_tasks`)."""
+
+
 def changed_keys(uri: str, table: str, since: int, until: int, keys: Sequence[str]) -> pa.Table | None:
     """The distinct `keys` values of rows that differ between versions `since` and `until`: rows added,
     removed, changed or repeated a different number of times. Only the files one version has and the
     other lacks are read. None when one of them is no longer on disk (an erasure deletes the files that
     held its subject, a vacuum those out of retention): what changed cannot be known, and the caller must
-    recompute in full."""
-    before = set(open_table(uri, table, since).file_uris())
+    recompute in full. Above `LOCAL_CHANGE_BYTES` of such files, their rows are compared in Ray tasks and only the
+    changed keys reach this process."""
+    then = open_table(uri, table, since)
     now = snapshot(uri, table, until)
-    after = set(now.file_uris())
+    before, after = set(then.file_uris()), set(now.file_uris())
     removed, added = sorted(before - after), sorted(after - before)
     if not all_on_disk(uri, [*removed, *added]):
         return None
     schema = pa.schema(now.schema().to_arrow())
+    sizes = {entry.uri: entry.size_bytes for entry in [*data_files(uri, then), *data_files(uri, now)]}
+    if sum(sizes.get(file, 0) for file in [*removed, *added]) > LOCAL_CHANGE_BYTES:
+        return _differing_keys_in_tasks([DataFileEntry(f, sizes.get(f, 0), None) for f in removed],
+                                        [DataFileEntry(f, sizes.get(f, 0), None) for f in added], schema, keys)
     old = parquet_dataset(removed, schema=schema, format="parquet").to_table()
     new = parquet_dataset(added, schema=schema, format="parquet").to_table()
+    return differing_keys(old, new, keys)
+
+
+def _differing_keys_in_tasks(removed: Sequence[DataFileEntry], added: Sequence[DataFileEntry], schema: pa.Schema,
+                             keys: Sequence[str]) -> pa.Table:
+    """`differing_keys` of the rows of the `removed` and `added` files, computed by Ray tasks: the files read by
+    whole-file tasks and hash-partitioned on the keys, so every row of a key meets the others in one partition;
+    only each partition's changed keys come back."""
+    import ray
+
+    from engine.partitioning import co_partition
+    from engine.tables.delta_read import read_files
+
+    inputs = {"old": read_files(removed, schema), "new": read_files(added, schema)}
+    parts = ray.get(co_partition(inputs, keys, _differing_in_partition, fn_kwargs={"keys": list(keys)})
+                    .to_arrow_refs())
+    return pa.concat_tables(parts) if parts else pa.schema([schema.field(k) for k in keys]).empty_table()
+
+
+def _differing_in_partition(old: pa.Table, new: pa.Table, keys: list[str]) -> pa.Table:
     return differing_keys(old, new, keys)
 
 

@@ -603,3 +603,30 @@ def test_the_newest_commits_are_read_a_few_at_a_time_and_a_restore_across_them_s
     kept = [c["version"] for c in delta.effective_history(uri, uri)]
     assert kept == [*range(39, restore_at - 1, -1), *range(restored_to, -1, -1)]
     assert delta.last_commit_value(uri, uri, "marker") == "written at 2"  # 20 was undone by the restore
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_changed_keys_compared_in_ray_tasks_equal_those_compared_here(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `LOCAL_CHANGE_BYTES` the rows of the files that differ are compared by Ray tasks, hash-partitioned on
+    the keys; the keys found are the same, and no row of those files is read in this process."""
+    from deltalake import write_deltalake
+
+    uri = str(tmp_path / "t")
+    base = pa.table({"k": [1, 2, 2, 3, None, 5], "part": ["a", "a", "b", "c", "n", "e"], "v": [1.0, 2.0, 2.0, 3.0, 0.0, 5.0]})
+    write_deltalake(uri, base)
+    write_deltalake(uri, pa.table({"k": [6, 2], "part": ["f", "a"], "v": [6.0, 2.0]}), mode="append")  # 6 new, 2 copied
+    DeltaTable(uri).delete("k = 3")  # rewrites the file that held 3: its other rows come back unchanged
+    write_deltalake(uri, pa.table({"k": [5, None], "part": ["e", "n"], "v": [5.5, 0.0]}), mode="append")
+    here = {(since, until): delta.changed_keys(uri, "t", since, until, ["k", "part"]) for since, until in
+            [(0, 1), (0, 2), (1, 3), (0, 3)]}
+
+    monkeypatch.setattr(delta, "LOCAL_CHANGE_BYTES", -1)
+    monkeypatch.setattr(delta, "parquet_dataset", lambda *a, **k: pytest.fail("rows read in this process"))
+    for (since, until), expected in here.items():
+        found = delta.changed_keys(uri, "t", since, until, ["k", "part"])
+        assert found is not None and expected is not None
+        assert sorted(found.to_pylist(), key=str) == sorted(expected.to_pylist(), key=str), (since, until)
+    assert sorted(here[(0, 3)].to_pylist(), key=str) == sorted(
+        [{"k": 6, "part": "f"}, {"k": 2, "part": "a"}, {"k": 3, "part": "c"}, {"k": 5, "part": "e"},
+         {"k": None, "part": "n"}], key=str)
