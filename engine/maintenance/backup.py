@@ -235,13 +235,13 @@ def content_hash(uri: str, table: str, version: int, need_ray: Callable[[], None
     out of the hash. A table of more than `TASKS_FROM_BYTES` whose files hold its rows as they are is hashed by Ray
     tasks when `need_ray` is given (it is called first)."""
     opened = open_table(uri, table, version)
-    files = data_files(uri, opened)
-    if need_ray is not None and readable_by_files(opened) and sum(f.size_bytes for f in files) > TASKS_FROM_BYTES:
-        schema = pa.schema(opened.schema().to_arrow())
-        columns = sorted(f.name for f in schema if not pa.types.is_nested(f.type))
-        rows, total = hash_in_tasks([f.uri for f in files], sum(f.size_bytes for f in files), schema, columns,
-                                    need_ray)
-        return rows, f"{total:016x}"
+    if need_ray is not None and readable_by_files(opened):
+        files = data_files(uri, opened)
+        if (size := sum(f.size_bytes for f in files)) > TASKS_FROM_BYTES:
+            schema = pa.schema(opened.schema().to_arrow())
+            columns = sorted(f.name for f in schema if not pa.types.is_nested(f.type))
+            rows, total = hash_in_tasks([f.uri for f in files], size, schema, columns, need_ray)
+            return rows, f"{total:016x}"
     dataset = rows_dataset(uri, table, opened=opened)
     columns = sorted(f.name for f in dataset.schema if not pa.types.is_nested(f.type))
     rows, total = 0, np.uint64(0)
