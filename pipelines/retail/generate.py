@@ -8,8 +8,8 @@ the ``DAYS`` days through the as-of date (today, UTC, by default), so a fresh ge
 
 Each record has an arrival time: its change time plus a short lag, or days more for late and out-of-order
 records. A source is split into up to ``N_FILES`` files at quantiles of the on-time arrivals, and each
-file lists its records in arrival order. Defects are injected at the fixed rates of :data:`RATES`, at
-least once per source even at tiny scales. All defects are value-level: every JSON line parses and every
+file lists its records in arrival order. Defects are injected at the fixed rates of
+:data:`pipelines.retail.draws.RATES`, at least once per source even at tiny scales. All defects are value-level: every JSON line parses and every
 CSV row has all its fields. Text values come from fixed ASCII vocabularies, so JSON needs no escaping.
 """
 
@@ -25,6 +25,31 @@ import numpy as np
 import polars as pl
 
 from engine.errors import LandingFileExists
+from pipelines.retail.draws import RATES, all_rows, between, pick, picks
+from pipelines.retail.landing_text import (
+    ADJECTIVES,
+    CATEGORIES,
+    COUNTRIES,
+    DEVICES,
+    DOMAINS,
+    EVENT_TYPES,
+    FIRST_NAMES,
+    LAST_NAMES,
+    NOUNS,
+    PAGES,
+    QUERIES,
+    SEGMENTS,
+    STATUSES,
+    TIERS,
+    iso,
+    json_number,
+    json_object,
+    json_text,
+    json_timestamp,
+    money,
+    take,
+    vocab,
+)
 
 HOUR, DAY, DAYS = 3_600, 86_400, 150
 """The generated period is the ``DAYS`` days up to and including the as-of date (UTC)."""
@@ -37,50 +62,6 @@ SOURCES = {"customers": "jsonl", "products": "csv", "orders": "jsonl", "order_it
 BASE_COUNTS = {"customers": 1_000, "products": 200, "orders": 12_000, "browse_sessions": 5_000}
 """Counts at scale 1; each becomes ``max(1, round(count * scale))``."""
 
-RATES: dict[str, float] = {
-    # Shape of the data.
-    "customer_updates": 0.6,  # CDC updates per customer
-    "cancelled": 0.06,  # orders cancelled, half of them before payment
-    "no_lines": 0.01,  # orders whose lines never arrive
-    "line_correction": 0.02,  # order lines sent again later with another quantity
-    "price_change": 0.15, "rename": 0.05,  # products with a new price, a new name in the second snapshot
-    "order_sessions": 0.4,  # orders whose session (ending in a checkout at order_ts) is in the clickstream
-    "anonymous": 0.15,  # browse sessions without a customer
-    # Defects.
-    "duplicate": 0.02,  # exact duplicate lines (orders, order items, events)
-    "late": 0.03,  # status changes, CDC updates and events arriving 1-7 days late
-    "out_of_order": 0.02,  # changes arriving after, mostly a file after, a newer change of the same key
-    "delete": 0.02, "comeback": 0.5,  # customers deleted; share of them created again later
-    "null_email": 0.02, "upper_email": 0.03, "untidy_country": 0.03,  # untidy: " de "
-    "null_customer": 0.01,  # orders without customer_id
-    "string_id": 0.01,  # numeric ids written as JSON strings, per id field
-    "bad_timestamp": 0.001,  # "not-a-date"
-    "quantity_word": 0.005, "negative_quantity": 0.005,  # quantity "two", "-1"
-    "price_na": 0.02,  # price "N/A", per snapshot
-}
-
-FIRST_NAMES = ["Anna", "Ben", "Clara", "David", "Eva", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Karin",
-               "Lukas", "Mia", "Noah", "Olga", "Paul", "Rosa", "Sven", "Tara", "Umar"]
-LAST_NAMES = ["Schmidt", "Martin", "Jansen", "Rossi", "Garcia", "Novak", "Berg", "Smith", "Dubois",
-              "Kowalski", "Larsen", "Costa"]
-DOMAINS = ["example.com", "mail.test", "post.example", "inbox.test"]
-COUNTRIES = ["DE", "FR", "NL", "BE", "ES", "IT", "GB", "US", "PL", "SE"]
-SEGMENTS = ["consumer", "small_business", "corporate"]
-TIERS = [None, "bronze", "silver", "gold", "platinum"]
-CATEGORIES = ["kitchen", "garden", "toys", "books", "electronics", "apparel", "sports", "beauty"]
-NOUNS = ["Mug", "Kettle", "Pan", "Knife", "Hose", "Rake", "Planter", "Lamp", "Puzzle", "Robot", "Kite",
-         "Blocks", "Novel", "Atlas", "Cookbook", "Diary", "Headphones", "Charger", "Speaker", "Mouse",
-         "Jacket", "Scarf", "Sneakers", "Cap", "Ball", "Racket", "Yoga Mat", "Bottle", "Lipstick",
-         "Shampoo", "Perfume", "Brush"]  # four per category, in CATEGORIES order
-ADJECTIVES = ["Classic", "Compact", "Deluxe", "Eco", "Smart", "Vintage", "Urban", "Pro"]
-QUERIES = ["mug", "running shoes", "garden hose", "lego", "novel", "headphones", "yoga mat", "lipstick",
-           "kettle", "rain jacket"]
-DEVICES = [f'{{"os":"{o}","browser":"{b}"}}' for o in ["ios", "android", "windows", "macos", "linux"]
-           for b in ["safari", "chrome", "firefox", "edge"]]
-PAGES = ["/", "/search", "/checkout"] + [f"/c/{category}" for category in CATEGORIES]
-STATUSES = ["placed", "paid", "shipped", "delivered", "cancelled"]
-EVENT_TYPES = ["page_view", "search", "add_to_cart", "checkout"]
-TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 @dataclass(frozen=True)
@@ -168,79 +149,6 @@ def generate(
     return {source: _write(root / source, source, named) for source, named in parts.items()}
 
 
-def _all(n: int) -> np.ndarray:
-    """Mask selecting all of ``n`` rows."""
-    return np.ones(n, dtype=bool)
-
-
-def _picks(rng: np.random.Generator, eligible: np.ndarray, *rates: float) -> list[np.ndarray]:
-    """Disjoint masks, each selecting ``round(rate * eligible rows)`` eligible rows, at least one."""
-    pool = rng.permutation(np.flatnonzero(eligible))
-    masks, used = [], 0
-    for rate in rates:
-        k = min(len(pool) - used, max(1, round(len(pool) * rate)))
-        mask = np.zeros(len(eligible), dtype=bool)
-        mask[pool[used : used + k]] = True
-        masks.append(mask)
-        used += k
-    return masks
-
-
-def _pick(rng: np.random.Generator, eligible: np.ndarray, rate: float) -> np.ndarray:
-    """Mask selecting ``round(rate * eligible rows)`` eligible rows, at least one."""
-    return _picks(rng, eligible, rate)[0]
-
-
-def _take(values: list[str | None], idx: np.ndarray) -> pl.Series:
-    """Vocabulary values at the given positions."""
-    return pl.Series(values, dtype=pl.String).gather(idx)
-
-
-def _vocab(values: list[str], column: str) -> pl.Expr:
-    """Vocabulary values at the positions held in ``column``."""
-    return pl.lit(pl.Series(values, dtype=pl.String)).gather(pl.col(column))
-
-
-def _between(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray | int) -> np.ndarray:
-    """A uniform second in ``[lo, hi)`` per row."""
-    return lo + (rng.random(len(lo)) * (hi - lo)).astype(np.int64)
-
-
-def _iso(column: str) -> pl.Expr:
-    """Epoch seconds as ``2026-03-04T10:15:00Z``."""
-    return pl.from_epoch(pl.col(column), time_unit="s").dt.strftime(TS_FORMAT)
-
-
-def _money(column: str) -> pl.Expr:
-    """Cents as ``12.99``."""
-    cents = pl.col(column)
-    return pl.concat_str([(cents // 100).cast(pl.String), pl.lit("."), (cents % 100).cast(pl.String).str.zfill(2)])
-
-
-def _js(expr: pl.Expr) -> pl.Expr:
-    """JSON text of a string: quoted, or ``null``."""
-    return pl.concat_str([pl.lit('"'), expr, pl.lit('"')]).fill_null(pl.lit("null"))
-
-
-def _jn(expr: pl.Expr, quoted: str | None = None) -> pl.Expr:
-    """JSON text of a number, as a string (``"42"``) where the flag column ``quoted`` is set; or ``null``."""
-    text = expr.cast(pl.String)
-    if quoted:
-        text = pl.when(pl.col(quoted)).then(pl.concat_str([pl.lit('"'), text, pl.lit('"')])).otherwise(text)
-    return text.fill_null(pl.lit("null"))
-
-
-def _ts_json(column: str, bad: str) -> pl.Expr:
-    """JSON text of a timestamp column, ``"not-a-date"`` where the flag column ``bad`` is set."""
-    return pl.when(pl.col(bad)).then(pl.lit('"not-a-date"')).otherwise(_js(_iso(column)))
-
-
-def _line(fields: dict[str, pl.Expr]) -> pl.Expr:
-    """JSON object text from JSON value texts; a field whose text is null (not ``"null"``) is left out."""
-    parts = [pl.concat_str([pl.lit(f'"{key}":'), value]) for key, value in fields.items()]
-    return pl.concat_str([pl.lit("{"), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("}")])
-
-
 def _bounds(arrival: np.ndarray) -> np.ndarray:
     """File boundaries: quantiles of the on-time arrivals (``N_FILES`` files, fewer if tiny)."""
     ordered = np.sort(arrival)
@@ -250,7 +158,7 @@ def _bounds(arrival: np.ndarray) -> np.ndarray:
 
 def _late(rng: np.random.Generator, arrival: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Delays some eligible rows by 1-7 days."""
-    return arrival + np.where(_pick(rng, eligible, RATES["late"]), rng.integers(DAY, 7 * DAY, len(arrival)), 0)
+    return arrival + np.where(pick(rng, eligible, RATES["late"]), rng.integers(DAY, 7 * DAY, len(arrival)), 0)
 
 
 def _out_of_order(
@@ -261,7 +169,7 @@ def _out_of_order(
     Rows must be sorted by key, then change time.
     """
     has_next = np.append(key[1:] == key[:-1], False)
-    rows = np.flatnonzero(_pick(rng, eligible & has_next, RATES["out_of_order"]))
+    rows = np.flatnonzero(pick(rng, eligible & has_next, RATES["out_of_order"]))
     after = arrival[rows + 1]
     later = after + rng.integers(HOUR, 2 * DAY, len(rows))
     file = np.searchsorted(bounds, after, side="right")
@@ -275,7 +183,7 @@ def _arrange(rng: np.random.Generator | None, frame: pl.DataFrame, bounds: np.nd
     """Adds exact copies of some rows (if ``rng``), arriving up to a day later; then ``_file`` (0-based, no
     empty file) and sorts by file, then arrival."""
     if rng is not None:
-        copies = frame.filter(pl.Series(_pick(rng, _all(frame.height), RATES["duplicate"])))
+        copies = frame.filter(pl.Series(pick(rng, all_rows(frame.height), RATES["duplicate"])))
         delay = pl.Series(rng.integers(0, DAY, copies.height))
         frame = pl.concat([frame, copies.with_columns(pl.col("_arrival") + delay)])
     file = np.unique(np.searchsorted(bounds, frame["_arrival"].to_numpy(), side="right"), return_inverse=True)[1]
@@ -283,7 +191,7 @@ def _arrange(rng: np.random.Generator | None, frame: pl.DataFrame, bounds: np.nd
 
 
 def _parts(source: str, frame: pl.DataFrame, batch: int | None) -> dict[str, pl.DataFrame]:
-    """The source's files by name (all of them, or only the ``batch``-th): JSON lines from ``_line``, or CSV
+    """The source's files by name (all of them, or only the ``batch``-th): JSON lines from ``json_object``, or CSV
     of the plain columns."""
     ext = SOURCES[source]
     columns = [column for column in frame.columns if not column.startswith("_")] if ext == "csv" else ["_line"]
@@ -311,12 +219,12 @@ def _customer_base(rng: np.random.Generator, period: Period, n: int) -> pl.DataF
         "customer_id": np.arange(1, n + 1),
         "created": created,
         "signup_day": np.where(existing, rng.integers(start // DAY - SIGNUP_DAYS, start // DAY, n), created // DAY),
-        "first_name": _take(FIRST_NAMES, rng.integers(0, len(FIRST_NAMES), n)),
-        "last_name": _take(LAST_NAMES, rng.integers(0, len(LAST_NAMES), n)),
-        "domain": _take(DOMAINS, rng.integers(0, len(DOMAINS), n)),
-        "country": _take(COUNTRIES, rng.integers(0, len(COUNTRIES), n)),
-        "segment": _take(SEGMENTS, rng.choice(len(SEGMENTS), n, p=[0.7, 0.2, 0.1])),
-        "loyalty_tier": _take(TIERS, rng.choice(len(TIERS), n, p=[0.3, 0.3, 0.2, 0.15, 0.05])),
+        "first_name": take(FIRST_NAMES, rng.integers(0, len(FIRST_NAMES), n)),
+        "last_name": take(LAST_NAMES, rng.integers(0, len(LAST_NAMES), n)),
+        "domain": take(DOMAINS, rng.integers(0, len(DOMAINS), n)),
+        "country": take(COUNTRIES, rng.integers(0, len(COUNTRIES), n)),
+        "segment": take(SEGMENTS, rng.choice(len(SEGMENTS), n, p=[0.7, 0.2, 0.1])),
+        "loyalty_tier": take(TIERS, rng.choice(len(TIERS), n, p=[0.3, 0.3, 0.2, 0.15, 0.05])),
         "weight": rng.gamma(1.5, 1.0, n),  # activity: orders and sessions are drawn in proportion
     })
     parts = ["first_name", pl.lit("."), "last_name", "customer_id", pl.lit("@"), "domain"]
@@ -326,19 +234,19 @@ def _customer_base(rng: np.random.Generator, period: Period, n: int) -> pl.DataF
 def _product_base(rng: np.random.Generator, period: Period, n: int) -> pl.DataFrame:
     """Products with their name and price (cents) before and after their mid-period change."""
     category = rng.integers(0, len(CATEGORIES), n)
-    noun = _take(NOUNS, category * 4 + rng.integers(0, 4, n))
+    noun = take(NOUNS, category * 4 + rng.integers(0, 4, n))
     adjective = rng.integers(0, len(ADJECTIVES), n)
     price = np.clip(np.exp(rng.normal(3.0, 0.9, n)), 2, 900).astype(np.int64) * 100 + 99
-    changed, renamed = _picks(rng, _all(n), RATES["price_change"], RATES["rename"])
+    changed, renamed = picks(rng, all_rows(n), RATES["price_change"], RATES["rename"])
     new_price = (price * rng.uniform(0.75, 1.3, n)).astype(np.int64) // 100 * 100 + 99
     new_price = np.where(changed, np.where(new_price == price, price + 100, new_price), price)
     new_adjective = np.where(renamed, (adjective + 1) % len(ADJECTIVES), adjective)
     updated = period.start - rng.integers(DAY, 90 * DAY, n)
     return pl.DataFrame({
         "product_id": np.arange(1, n + 1),
-        "name": _take(ADJECTIVES, adjective) + " " + noun,
-        "new_name": _take(ADJECTIVES, new_adjective) + " " + noun,
-        "category": _take(CATEGORIES, category),
+        "name": take(ADJECTIVES, adjective) + " " + noun,
+        "new_name": take(ADJECTIVES, new_adjective) + " " + noun,
+        "category": take(CATEGORIES, category),
         "category_idx": category,
         "price": price,
         "new_price": new_price,
@@ -352,9 +260,9 @@ def _order_base(rng: np.random.Generator, period: Period, customers: pl.DataFram
     """Orders numbered by ``order_ts``, by customers in proportion to their activity, after their signup."""
     created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
     who = rng.choice(len(weight), n, p=weight / weight.sum())
-    placed = _between(rng, created[who] + HOUR, period.end - HOUR)
+    placed = between(rng, created[who] + HOUR, period.end - HOUR)
     order = np.lexsort((np.arange(n), placed))
-    guest = _pick(rng, _all(n), RATES["null_customer"])
+    guest = pick(rng, all_rows(n), RATES["null_customer"])
     customer = pl.Series(np.where(guest, 0, who[order] + 1)).replace(0, None)
     return pl.DataFrame({"order_id": np.arange(1, n + 1), "customer_id": customer, "order_ts": placed[order]})
 
@@ -364,10 +272,10 @@ def _customer_feed(rng: np.random.Generator, period: Period, base: pl.DataFrame)
     n, created, end = base.height, base["created"].to_numpy(), period.end
     m = max(1, round(n * RATES["customer_updates"]))
     updated = rng.integers(0, n, m)
-    update_t = _between(rng, created[updated] + HOUR, end - HOUR)
-    gone = np.flatnonzero(_pick(rng, _all(n), RATES["delete"]))
-    delete_t = _between(rng, created[gone] + DAY, end - 3 * DAY)
-    back = _pick(rng, _all(len(gone)), RATES["comeback"])
+    update_t = between(rng, created[updated] + HOUR, end - HOUR)
+    gone = np.flatnonzero(pick(rng, all_rows(n), RATES["delete"]))
+    delete_t = between(rng, created[gone] + DAY, end - 3 * DAY)
+    back = pick(rng, all_rows(len(gone)), RATES["comeback"])
     back_t = delete_t + ((end - delete_t) * rng.uniform(0.2, 0.9, len(gone))).astype(np.int64)
     away_from, away_to = np.full(n, end), np.zeros(n, dtype=np.int64)
     away_from[gone], away_to[gone] = delete_t, np.where(back, back_t, end)
@@ -380,9 +288,9 @@ def _customer_feed(rng: np.random.Generator, period: Period, base: pl.DataFrame)
         _t=np.concatenate([created, back_t[back], update_t[keep], delete_t]),
         _op=np.repeat([0, 0, 1, 2], sizes),
         _kind=kinds,
-        _country=_take(COUNTRIES, rng.integers(0, len(COUNTRIES), len(idx))),
-        _segment=_take(SEGMENTS, rng.integers(0, len(SEGMENTS), len(idx))),
-        _domain=_take(DOMAINS, rng.integers(0, len(DOMAINS), len(idx))),
+        _country=take(COUNTRIES, rng.integers(0, len(COUNTRIES), len(idx))),
+        _segment=take(SEGMENTS, rng.integers(0, len(SEGMENTS), len(idx))),
+        _domain=take(DOMAINS, rng.integers(0, len(DOMAINS), len(idx))),
         _seq=pl.int_range(pl.len()),
     )
     kind = pl.col("_kind")
@@ -398,11 +306,11 @@ def _customer_feed(rng: np.random.Generator, period: Period, base: pl.DataFrame)
     arrival = t + rng.integers(0, 300, len(t))
     bounds = _bounds(arrival)
     arrival = _out_of_order(rng, key, _late(rng, arrival, op == 1), op == 1, bounds)
-    null_email, upper_email, untidy, bad_ts = _picks(rng, op != 2, *(RATES[name] for name in [
+    null_email, upper_email, untidy, bad_ts = picks(rng, op != 2, *(RATES[name] for name in [
         "null_email", "upper_email", "untidy_country", "bad_timestamp"]))
     records = records.with_columns(_arrival=arrival, _bad_ts=bad_ts, _null_email=null_email,
                                    _upper_email=upper_email, _untidy=untidy,
-                                   _quoted=_pick(rng, _all(len(t)), RATES["string_id"]))
+                                   _quoted=pick(rng, all_rows(len(t)), RATES["string_id"]))
     email, country = pl.col("email"), pl.col("country")
     records = _arrange(None, records.with_columns(
         email=pl.when("_null_email").then(None).when("_upper_email").then(email.str.to_uppercase()).otherwise(email),
@@ -413,12 +321,12 @@ def _customer_feed(rng: np.random.Generator, period: Period, base: pl.DataFrame)
     live = pl.col("_op") != 2  # a delete carries only op, customer_id and updated_at
     drift = pl.col("_file") >= (pl.col("_file").max() + 1) // 2  # loyalty_tier from the middle file on
     fields = ["email", "first_name", "last_name", "country", "segment", "signup_date"]
-    return records.with_columns(_line=_line({
-        "op": _js(_vocab(["c", "u", "d"], "_op")),
-        "customer_id": _jn(pl.col("customer_id"), "_quoted"),
-        **{field: pl.when(live).then(_js(pl.col(field))) for field in fields},
-        "updated_at": _ts_json("_t", "_bad_ts"),
-        "loyalty_tier": pl.when(live & drift).then(_js(pl.col("loyalty_tier"))),
+    return records.with_columns(_line=json_object({
+        "op": json_text(vocab(["c", "u", "d"], "_op")),
+        "customer_id": json_number(pl.col("customer_id"), "_quoted"),
+        **{field: pl.when(live).then(json_text(pl.col(field))) for field in fields},
+        "updated_at": json_timestamp("_t", "_bad_ts"),
+        "loyalty_tier": pl.when(live & drift).then(json_text(pl.col("loyalty_tier"))),
     }))
 
 
@@ -427,11 +335,11 @@ def _product_snapshots(rng: np.random.Generator, products: pl.DataFrame) -> pl.D
     snapshots = []
     for file, (name, price, updated) in enumerate([("name", "price", "updated"),
                                                    ("new_name", "new_price", "changed_at")]):
-        na = pl.Series(_pick(rng, _all(products.height), RATES["price_na"]))
+        na = pl.Series(pick(rng, all_rows(products.height), RATES["price_na"]))
         snapshots.append(products.select(
             "product_id", name=pl.col(name), category=pl.col("category"),
-            price=pl.when(na).then(pl.lit("N/A")).otherwise(_money(price)),
-            updated_at=_iso(updated), _file=pl.lit(file, dtype=pl.Int64),
+            price=pl.when(na).then(pl.lit("N/A")).otherwise(money(price)),
+            updated_at=iso(updated), _file=pl.lit(file, dtype=pl.Int64),
         ))
     return pl.concat(snapshots)
 
@@ -442,32 +350,32 @@ def _order_feed(rng: np.random.Generator, period: Period, orders: pl.DataFrame) 
     paid = placed + rng.integers(60, 2 * HOUR, n)
     shipped = paid + rng.integers(DAY // 2, 3 * DAY, n)
     delivered = shipped + rng.integers(DAY, 5 * DAY, n)
-    cancelled = _pick(rng, _all(n), RATES["cancelled"])
+    cancelled = pick(rng, all_rows(n), RATES["cancelled"])
     early = cancelled & (rng.random(n) < 0.5)
     cancel_t = np.where(early, placed + rng.integers(600, DAY, n), paid + rng.integers(HOUR, 2 * DAY, n))
     times = np.stack([placed, paid, shipped, delivered, cancel_t])
-    exists = np.stack([_all(n), ~early, ~cancelled, ~cancelled, cancelled]) & (times < period.end)
+    exists = np.stack([all_rows(n), ~early, ~cancelled, ~cancelled, cancelled]) & (times < period.end)
     status, row = np.nonzero(exists)
     order = np.lexsort((times[status, row], row))
     status, row = status[order], row[order]
     t = times[status, row]
     arrival = t + rng.integers(0, 120, len(t))
     bounds = _bounds(arrival)
-    arrival = _out_of_order(rng, row, _late(rng, arrival, status > 0), _all(len(t)), bounds)
+    arrival = _out_of_order(rng, row, _late(rng, arrival, status > 0), all_rows(len(t)), bounds)
     records = orders.select(pl.all().gather(row)).with_columns(
         _status=status,
         _t=t,
         _arrival=arrival,
-        _bad_ts=_pick(rng, status > 0, RATES["bad_timestamp"]),
-        _quoted_order=_pick(rng, _all(len(t)), RATES["string_id"]),
-        _quoted_customer=_pick(rng, _all(len(t)), RATES["string_id"]),
+        _bad_ts=pick(rng, status > 0, RATES["bad_timestamp"]),
+        _quoted_order=pick(rng, all_rows(len(t)), RATES["string_id"]),
+        _quoted_customer=pick(rng, all_rows(len(t)), RATES["string_id"]),
     )
     return _arrange(rng, records, bounds).select("_file", _line=pl.concat_str([
-        pl.lit('{"order_id":'), _jn(pl.col("order_id"), "_quoted_order"),
-        pl.lit(',"customer_id":'), _jn(pl.col("customer_id"), "_quoted_customer"),
-        pl.lit(',"status":"'), _vocab(STATUSES, "_status"),
-        pl.lit('","order_ts":"'), _iso("order_ts"),
-        pl.lit('","updated_at":'), _ts_json("_t", "_bad_ts"), pl.lit("}"),
+        pl.lit('{"order_id":'), json_number(pl.col("order_id"), "_quoted_order"),
+        pl.lit(',"customer_id":'), json_number(pl.col("customer_id"), "_quoted_customer"),
+        pl.lit(',"status":"'), vocab(STATUSES, "_status"),
+        pl.lit('","order_ts":"'), iso("order_ts"),
+        pl.lit('","updated_at":'), json_timestamp("_t", "_bad_ts"), pl.lit("}"),
     ]))
 
 
@@ -477,7 +385,7 @@ def _order_items(
     """Order lines at the price in force when the order was placed; a few corrected later."""
     n = orders.height
     lines = rng.choice(np.arange(1, 6), n, p=[0.35, 0.28, 0.19, 0.11, 0.07])
-    lines[_pick(rng, np.arange(n) > 0, RATES["no_lines"])] = 0  # never all orders, even at tiny scales
+    lines[pick(rng, np.arange(n) > 0, RATES["no_lines"])] = 0  # never all orders, even at tiny scales
     row = np.repeat(np.arange(n), lines)
     m = len(row)
     line_number = np.arange(m) - np.repeat(np.cumsum(lines) - lines, lines) + 1
@@ -487,15 +395,15 @@ def _order_items(
     placed = orders["order_ts"].to_numpy()[row]
     current = placed >= products["changed_at"].to_numpy()[product]
     price = np.where(current, products["new_price"].to_numpy()[product], products["price"].to_numpy()[product])
-    fix = np.flatnonzero(_pick(rng, _all(m), RATES["line_correction"]))
-    pick = np.concatenate([np.arange(m), fix])
+    fix = np.flatnonzero(pick(rng, all_rows(m), RATES["line_correction"]))
+    taken = np.concatenate([np.arange(m), fix])
     t = np.concatenate([placed, np.minimum(placed[fix] + rng.integers(HOUR, 3 * DAY, len(fix)), period.end - 1)])
     lag = rng.integers(0, 300, n)[row]  # the lines of an order arrive together, in line order
     arrival = t + np.concatenate([lag, lag[fix]])
-    word, negative = _picks(rng, _all(len(t)), RATES["quantity_word"], RATES["negative_quantity"])
+    word, negative = picks(rng, all_rows(len(t)), RATES["quantity_word"], RATES["negative_quantity"])
     records = pl.DataFrame({
-        "order_id": row[pick] + 1, "line_number": line_number[pick], "product_id": product[pick] + 1,
-        "_quantity": np.concatenate([quantity, quantity[fix] % 4 + 1]), "_cents": price[pick], "_t": t,
+        "order_id": row[taken] + 1, "line_number": line_number[taken], "product_id": product[taken] + 1,
+        "_quantity": np.concatenate([quantity, quantity[fix] % 4 + 1]), "_cents": price[taken], "_t": t,
         "_arrival": arrival, "_word": word, "_negative": negative,
     })
     qty = pl.col("_quantity").cast(pl.String)
@@ -503,7 +411,7 @@ def _order_items(
         "order_id", "line_number", "product_id",
         quantity=pl.when("_word").then(pl.lit("two")).when("_negative").then(pl.concat_str([pl.lit("-"), qty]))
         .otherwise(qty),
-        unit_price=_money("_cents"), updated_at=_iso("_t"), _file="_file",
+        unit_price=money("_cents"), updated_at=iso("_t"), _file="_file",
     )
 
 
@@ -516,14 +424,14 @@ def _sessions(
         Per session: customer id (0 for anonymous), start, event count, whether it ends in a checkout.
     """
     order_customer = orders["customer_id"].fill_null(0).to_numpy()
-    from_orders = np.flatnonzero(_pick(rng, order_customer > 0, RATES["order_sessions"]))
+    from_orders = np.flatnonzero(pick(rng, order_customer > 0, RATES["order_sessions"]))
     created, weight = customers["created"].to_numpy(), customers["weight"].to_numpy()
     who = rng.choice(len(weight), n, p=0.5 / len(weight) + 0.5 * weight / weight.sum())
-    anonymous = _pick(rng, _all(n), RATES["anonymous"])
-    start = _between(rng, np.where(anonymous, period.start, created[who]), period.end - 2 * HOUR)
+    anonymous = pick(rng, all_rows(n), RATES["anonymous"])
+    start = between(rng, np.where(anonymous, period.start, created[who]), period.end - 2 * HOUR)
     customer = np.concatenate([order_customer[from_orders], np.where(anonymous, 0, who + 1)])
     anchor = np.concatenate([orders["order_ts"].to_numpy()[from_orders], start])
-    checkout = np.concatenate([_all(len(from_orders)), ~_all(n)])
+    checkout = np.concatenate([all_rows(len(from_orders)), ~all_rows(n)])
     return customer, anchor, rng.integers(5, 16, len(anchor)), checkout
 
 
@@ -556,25 +464,25 @@ def _events(
     bounds = _bounds(arrival)
     records = pl.DataFrame({
         "customer_id": customer[sess], "_session": rank[sess] + 1, "_pos": pos, "_t": ts, "_kind": kind,
-        "_product": np.where(product_page, product + 1, 0), "_page": page, "_arrival": _late(rng, arrival, _all(e)),
+        "_product": np.where(product_page, product + 1, 0), "_page": page, "_arrival": _late(rng, arrival, all_rows(e)),
         "_query": rng.integers(0, len(QUERIES), e), "_device": rng.integers(0, len(DEVICES), s)[sess],
     }).sort("_t", "_session", "_pos").with_columns(
         pl.col("customer_id", "_product").replace(0, None), _number=pl.int_range(1, pl.len() + 1)
     )
     records = records.with_columns(
-        _bad_ts=_pick(rng, _all(e), RATES["bad_timestamp"]),
-        _quoted=_pick(rng, records["customer_id"].is_not_null().to_numpy(), RATES["string_id"]),
+        _bad_ts=pick(rng, all_rows(e), RATES["bad_timestamp"]),
+        _quoted=pick(rng, records["customer_id"].is_not_null().to_numpy(), RATES["string_id"]),
     )
     page = pl.when(pl.col("_product").is_not_null()).then(pl.concat_str([pl.lit("/p/"), "_product"]))
-    query = pl.when(pl.col("_kind") == 1).then(_js(_vocab(QUERIES, "_query"))).otherwise(pl.lit("null"))
+    query = pl.when(pl.col("_kind") == 1).then(json_text(vocab(QUERIES, "_query"))).otherwise(pl.lit("null"))
     return _arrange(rng, records, bounds).select("_file", _line=pl.concat_str([
         pl.lit('{"event_id":"e'), pl.col("_number").cast(pl.String).str.zfill(9),
-        pl.lit('","customer_id":'), _jn(pl.col("customer_id"), "_quoted"),
+        pl.lit('","customer_id":'), json_number(pl.col("customer_id"), "_quoted"),
         pl.lit(',"session_id":"s'), pl.col("_session").cast(pl.String).str.zfill(8),
-        pl.lit('","event_type":"'), _vocab(EVENT_TYPES, "_kind"),
-        pl.lit('","event_ts":'), _ts_json("_t", "_bad_ts"),
-        pl.lit(',"payload":{"page":"'), page.otherwise(_vocab(PAGES, "_page")),
-        pl.lit('","product_id":'), _jn(pl.col("_product")),
+        pl.lit('","event_type":"'), vocab(EVENT_TYPES, "_kind"),
+        pl.lit('","event_ts":'), json_timestamp("_t", "_bad_ts"),
+        pl.lit(',"payload":{"page":"'), page.otherwise(vocab(PAGES, "_page")),
+        pl.lit('","product_id":'), json_number(pl.col("_product")),
         pl.lit(',"query":'), query,
-        pl.lit(',"device":'), _vocab(DEVICES, "_device"), pl.lit("}}"),
+        pl.lit(',"device":'), vocab(DEVICES, "_device"), pl.lit("}}"),
     ]))
