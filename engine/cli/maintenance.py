@@ -146,6 +146,7 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
     from engine.kinds import key_columns
     from engine.maintenance.rotate import rotate_table
     from engine.run.outcome import new_run_id
+    from engine.runtime import ray_on_demand
 
     settings = settings_of(ctx)
     layout = Layout.at(settings.storage.root)
@@ -153,21 +154,23 @@ def rotate_keys(ctx: click.Context, table: str | None, pipeline_name: str | None
     authorize(settings.access, "manage", tables, "`medallion maintain rotate-keys`")
     keys = column_keys(settings.encryption, "`medallion maintain rotate-keys`")
     run_id = new_run_id()
-    for name in tables:
-        @functools.cache
-        def declared(name: str = name) -> tuple[str, ...] | None:
-            definition = _definition(settings, name, pipeline_name, "its key columns are unknown")
-            return None if definition is None else key_columns(definition.kind)
+    with ray_on_demand(settings.ray) as need_ray:
+        for name in tables:
+            @functools.cache
+            def declared(name: str = name) -> tuple[str, ...] | None:
+                definition = _definition(settings, name, pipeline_name, "its key columns are unknown")
+                return None if definition is None else key_columns(definition.kind)
 
-        done = rotate_table(settings, name, keys, declared_keys=declared, run_id=run_id, reason=reason)
-        if done is None:
-            if table is not None:
-                console.print(f"{escape(name)}: no encrypted columns")
-            continue
-        version = f" (v{done.version})" if done.version is not None else ""
-        console.print(f"{escape(name)}: {done.values:,} value(s) re-encrypted{version}, "
-                      f"{done.change_log_values:,} in its "
-                      f"change log; every value is under key {escape(keys.current.key_id)}")
+            done = rotate_table(settings, name, keys, declared_keys=declared, run_id=run_id, reason=reason,
+                                need_ray=need_ray)
+            if done is None:
+                if table is not None:
+                    console.print(f"{escape(name)}: no encrypted columns")
+                continue
+            version = f" (v{done.version})" if done.version is not None else ""
+            console.print(f"{escape(name)}: {done.values:,} value(s) re-encrypted{version}, "
+                          f"{done.change_log_values:,} in its "
+                          f"change log; every value is under key {escape(keys.current.key_id)}")
 
 
 @maintain.command("pin")

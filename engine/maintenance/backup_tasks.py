@@ -6,7 +6,6 @@ than the work."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -16,12 +15,12 @@ from engine.errors import MaintenanceError
 from engine.keyhash import key_hash
 from engine.storage import filesystem_of
 from engine.tables.delta import read_data_file
+from engine.tables.files import groups_of_bytes
 
 TASKS_FROM_BYTES = 64 * 2**20
 """A table whose data files hold more bytes than this is copied and hashed by Ray tasks."""
 BYTES_PER_TASK = 256 * 2**20
 """About how many bytes of files one task copies or hashes."""
-T = TypeVar("T")
 
 
 def copy_bytes(source: str, target: str) -> None:
@@ -49,7 +48,7 @@ def copy_in_tasks(files: Sequence[tuple[str, str]], size: int, need_ray: Callabl
 
     need_ray()
     copy_group = ray.remote(_copy_group)
-    for failures in ray.get([copy_group.remote(group) for group in _groups(files, size)]):
+    for failures in ray.get([copy_group.remote(group) for group in groups_of_bytes(files, size, BYTES_PER_TASK)]):
         if failures:
             raise MaintenanceError(failures[0])
 
@@ -67,7 +66,7 @@ def hash_in_tasks(files: Sequence[str], size: int, schema: pa.Schema, columns: S
 
     need_ray()
     hash_group = ray.remote(_hash_group)
-    parts = ray.get([hash_group.remote(group, schema, list(columns)) for group in _groups(files, size)])
+    parts = ray.get([hash_group.remote(group, schema, list(columns)) for group in groups_of_bytes(files, size, BYTES_PER_TASK)])
     if failures := [failure for _, _, failure in parts if failure]:
         raise MaintenanceError(failures[0])
     return sum(rows for rows, _, _ in parts), sum(total for _, total, _ in parts) % 2**64
@@ -99,10 +98,3 @@ def _hash_group(uris: Sequence[str], schema: pa.Schema, columns: Sequence[str]) 
             with np.errstate(over="ignore"):
                 total += key_hash(table, list(columns)).sum(dtype=np.uint64)
     return rows, int(total), None
-
-
-def _groups(items: Sequence[T], size: int) -> list[list[T]]:
-    """`items` in order, cut into groups of about `BYTES_PER_TASK` bytes of the `size` they hold in all."""
-    count = max(1, -(-size // BYTES_PER_TASK))
-    step = -(-len(items) // count) or 1
-    return [list(items[start:start + step]) for start in range(0, len(items), step)]

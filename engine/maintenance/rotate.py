@@ -6,8 +6,8 @@ one, `encryption.previous_keys`, or the first format's derivation of a configure
 with the current key, bound to their table, column and row; values already under it are kept as they are.
 A table holding none is left alone. Otherwise the table's properties are set first (the current key id, and
 the key columns the values are bound to, which tables written only in the first format do not record yet),
-then the rows are rewritten in one commit through the table's store (`TableStore.rewrite`, Delta and
-Iceberg; the rows pass through this process's memory) carrying `medallion.operation` = `rotate-keys`. The run
+then the rows are rewritten in one commit through the table's store (`TableStore.rewrite`: a large Delta table
+in Ray tasks, a group of files each; an Iceberg table in this process) carrying `medallion.operation` = `rotate-keys`. The run
 lease of the pipeline that writes the table is held meanwhile, so no run of it commits between the read and
 the rewrite.
 """
@@ -57,7 +57,8 @@ class Rotated:
 
 
 def rotate_table(settings: Settings, table: str, keys: ColumnKeys, *,
-                 declared_keys: Callable[[], Sequence[str] | None], run_id: str, reason: str) -> Rotated | None:
+                 declared_keys: Callable[[], Sequence[str] | None], run_id: str, reason: str,
+                 need_ray: Callable[[], None]) -> Rotated | None:
     """Re-encrypt every value of `table`'s encrypted columns, and of its change log, that is not under the
     current key (see the module doc); None when the table records no encrypted column.
 
@@ -69,6 +70,7 @@ def rotate_table(settings: Settings, table: str, keys: ColumnKeys, *,
             table that records none (written only in the first format); called only then.
         run_id: holds the lease and is recorded in the commits.
         reason: recorded in the commits.
+        need_ray: makes Ray available, for a table rewritten in tasks.
 
     Raises:
         TableNotFound: there is no such table.
@@ -87,16 +89,16 @@ def rotate_table(settings: Settings, table: str, keys: ColumnKeys, *,
     with _holding_lease(layout, pipeline, settings, run_id):
         stores = [(store, uri), (DeltaStore(), layout.changes(table))]
         plans = [_plan(store, uri, table, keys, declared_keys) for store, uri in stores]
-        done = [_rewrite(store, uri, table, keys, plan, metadata) if plan else (0, None)
+        done = [_rewrite(store, uri, table, keys, plan, metadata, settings, need_ray) if plan else (0, None)
                 for (store, uri), plan in zip(stores, plans)]
     (values, version), (logged, _) = done
     return Rotated(table, values, version, logged)
 
 
 def _plan(store: TableStore, uri: str, table: str, keys: ColumnKeys,
-          declared_keys: Callable[[], Sequence[str] | None]) -> tuple[list[str], Sequence[str]] | None:
+          declared_keys: Callable[[], Sequence[str] | None]) -> tuple[list[str], Sequence[str], int] | None:
     """The encrypted columns of the table stored at `uri` (the table or its change log, whose values are
-    bound to `table`) and the key columns that bind them, when a value is not under the current key; None
+    bound to `table`), the key columns that bind them, and how many values are not under the current key; None
     when none is (or there is no such table). Reads the encrypted columns only.
 
     Raises:
@@ -108,32 +110,30 @@ def _plan(store: TableStore, uri: str, table: str, keys: ColumnKeys,
     properties = store.table_properties(uri, table)
     names = set(store.schema(uri, table).names)
     columns = [c for c in encrypted_columns(properties) if c in names]
-    if not columns or not stale_values(store.read_columns(uri, table, columns), keys, table):
+    stale = stale_values(store.read_columns(uri, table, columns), keys, table) if columns else 0
+    if not stale:
         return None
     recorded = row_key_columns(properties)
     bound = recorded if recorded is not None else declared_keys()
     if bound is None:
         raise MaintenanceError(f"table `{table}` holds encrypted values of the first format and records no key "
                                "columns to bind them to; name the pipeline declaring it with --pipeline", table=table)
-    return columns, bound
+    return columns, bound, stale
 
 
-def _rewrite(store: TableStore, uri: str, table: str, keys: ColumnKeys, plan: tuple[list[str], Sequence[str]],
-             metadata: dict[str, Any]) -> tuple[int, int]:
+def _rewrite(store: TableStore, uri: str, table: str, keys: ColumnKeys, plan: tuple[list[str], Sequence[str], int],
+             metadata: dict[str, Any], settings: Settings, need_ray: Callable[[], None]) -> tuple[int, int]:
     """Record the current key id and the key columns, then rewrite the rows with the `plan`'s columns
     re-encrypted; the values re-encrypted and the version committed."""
-    columns, bound = plan
+    columns, bound, stale = plan
     store.set_table_properties(uri, table, encryption_properties({c: keys.current.key_id for c in columns}, bound),
                                metadata)
-    counted: list[int] = []
 
     def rotated(rows: pa.Table) -> pa.Table:
-        rows, count = rotate_columns(rows, columns, keys, table, bound)
-        counted.append(count)
-        return rows
+        return rotate_columns(rows, columns, keys, table, bound)[0]
 
-    version = store.rewrite(uri, table, rotated, metadata=metadata)
-    return sum(counted), version
+    version = store.rewrite(uri, table, rotated, metadata=metadata, storage=settings.storage, need_ray=need_ray)
+    return stale, version
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from engine.changes.recorded import DEFINITION_KEY, save_parts
 from engine.pipeline import TableDefinition
 from engine.run.scope import RunScope
 from engine.run.writes import WriteStrategy
+from engine.runtime import ensure_ray
 from engine.tables.built_from import schema_version_of
 from engine.tables.formats import DeltaStore, TableStore
 from engine.tables.progress import INPUTS_KEY, SCHEMA_KEY
@@ -85,7 +86,8 @@ def evolve_schema(scope: RunScope, definition: TableDefinition, strategy: WriteS
     if schema.needs_rewrite(changes) and strategy.keeps_rows:
         handle.store.rewrite(handle.uri, handle.name, lambda rows: schema.migrate(rows, changes, incoming),
                              metadata=scope.commit_metadata(definition, **{
-                                 SCHEMA_KEY: version + 1, "migration": [c.describe() for c in changes]}))
+                                 SCHEMA_KEY: version + 1, "migration": [c.describe() for c in changes]}),
+                             storage=scope.settings.storage, need_ray=ensure_ray)
     return version + 1
 
 

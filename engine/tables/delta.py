@@ -4,7 +4,7 @@ with application transaction markers, and commit history (merges by key: `engine
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -14,7 +14,7 @@ from deltalake import DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 
-from engine.arrow import storage_schema, to_storage, unify
+from engine.arrow import storage_schema, unify
 from engine.errors import CommitConflict, TableNotFound
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
@@ -442,17 +442,6 @@ def commit_files(
         if transaction is not None and "Concurrent transaction" in str(err):
             raise conflict(uri, transaction) from err
         raise
-    return DeltaTable(uri).version()
-
-
-def rewrite(uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *, metadata: dict[str, Any]) -> int:
-    """Rewrite every row of the table through `transform` in one overwrite commit that also replaces the
-    schema (a declared rename, drop or type change); returns the new version. The rows pass through this
-    process's memory."""
-    rows = transform(rows_dataset(uri, table).to_table())
-    with commit_timer("rewrite"):
-        write_deltalake(uri, to_storage(rows), mode="overwrite", schema_mode="overwrite",
-                        commit_properties=commit_metadata(metadata))
     return DeltaTable(uri).version()
 
 

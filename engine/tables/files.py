@@ -7,9 +7,10 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,6 +18,8 @@ import pyarrow.parquet as pq
 
 from engine.config import StorageSettings
 from engine.storage import filesystem_of
+
+T = TypeVar("T")
 
 STATS_PROPERTY = "delta.dataSkippingStatsColumns"
 STRING_BOUND_CHARS = 32
@@ -192,3 +195,11 @@ def discard_files(folder: str, files: Iterable[DataFile]) -> None:
         filesystem, path = filesystem_of(f"{folder}/{file.path}")
         with contextlib.suppress(FileNotFoundError):
             filesystem.delete_file(path)
+
+
+def groups_of_bytes(items: Sequence[T], size: int, per_group: int) -> list[list[T]]:
+    """`items` (files, say) in order, cut into groups of about `per_group` bytes of the `size` they hold in all:
+    the work of one Ray task each."""
+    count = max(1, -(-size // per_group))
+    step = -(-len(items) // count) or 1
+    return [list(items[start:start + step]) for start in range(0, len(items), step)]

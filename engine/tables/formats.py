@@ -21,7 +21,7 @@ from engine.errors import TableFormatError
 from engine.governance import encryption
 from engine.layout import Layout
 from engine.names import DELTA, ICEBERG
-from engine.tables import delta, delta_age, delta_merge, deltalog, progress
+from engine.tables import delta, delta_age, delta_merge, delta_rewrite, deltalog, progress
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class TableStore(Protocol):
     def set_table_properties(self, uri: str, table: str, properties: Mapping[str, str],
                              metadata: dict[str, Any]) -> None: ...
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
-                metadata: dict[str, Any]) -> int: ...
+                metadata: dict[str, Any], storage: StorageSettings, need_ray: Callable[[], None]) -> int: ...
     def changed_keys(self, uri: str, table: str, since: int, until: int,
                      keys: Sequence[str]) -> pa.Table | None: ...
 
@@ -101,7 +101,7 @@ class DeltaStore:
     commit_info_value = staticmethod(delta.commit_info_value)
     next_transaction = staticmethod(delta.next_transaction)
     commit_files = staticmethod(delta.commit_files)
-    rewrite = staticmethod(delta.rewrite)
+    rewrite = staticmethod(delta_rewrite.rewrite)
     changed_keys = staticmethod(delta.changed_keys)
 
     @staticmethod
@@ -239,9 +239,10 @@ class IcebergStore:
         self.tables.set_table_properties(uri, properties)
 
     def rewrite(self, uri: str, table: str, transform: Callable[[pa.Table], pa.Table], *,
-                metadata: dict[str, Any]) -> int:
-        """Rewrite every row of the table through `transform`, which keeps the schema, in one overwrite snapshot;
-        returns the new version. The rows pass through this process's memory.
+                metadata: dict[str, Any], storage: StorageSettings, need_ray: Callable[[], None]) -> int:
+        """Rewrite every row of the table through `transform`, which keeps the schema, in one overwrite snapshot
+        of files written with `storage`'s settings; returns the new version. The rows pass through this process's
+        memory, which needs no Ray (`need_ray` is not called).
 
         Raises:
             TableFormatError: `transform` changes the schema (a declared schema migration), which Iceberg tables
@@ -253,7 +254,7 @@ class IcebergStore:
             raise TableFormatError(f"table `{table}`: rewriting existing rows for a declared schema migration is "
                                    "not supported on Iceberg tables yet; declare the table with "
                                    "`table_format=\"delta\"`", table=table, path=uri)
-        writer = RollingParquetWriter(uri, self.storage, f"rewrite-{uuid.uuid4().hex[:8]}")
+        writer = RollingParquetWriter(uri, storage, f"rewrite-{uuid.uuid4().hex[:8]}")
         try:
             writer.write(rewritten)
             version = self.commit_files(uri, writer.close(), mode="overwrite", metadata=metadata)
