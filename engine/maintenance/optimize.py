@@ -1,6 +1,7 @@
 """Compaction and Z-order: small data files rewritten into files of a target size, clustered by columns.
 
-A plain table is compacted by deltalake's optimize. A hash-bucketed `Merge` table (see
+A plain table is compacted by deltalake's optimize, run in a Ray task (its rows pass through a worker, not through
+the process asking). A hash-bucketed `Merge` table (see
 `engine.tables.distributed_merge`) is compacted within each bucket: the small files of one bucket are
 rewritten, in a Ray task per bucket, into files that keep the bucket's name prefix, so the table stays
 bucketed and the next merge still rewrites only the buckets it touches. Files outside the bucket layout are
@@ -28,6 +29,7 @@ from engine.config import StorageSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
+from engine.runtime import ensure_ray
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.delta_files import add_actions
@@ -81,7 +83,8 @@ def compactable_files(opened: DeltaTable, target: int) -> int:
 def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Maintenance | None = None,
                    reason: str) -> Optimized:
     """Compact the table's small files to the target size, and cluster its files by `policy.z_order` (which
-    rewrites every file), in one commit.
+    rewrites every file), in one commit; the rows are rewritten by Ray tasks (on the Ray in use, else a private
+    instance, as `runtime.ensure_ray` starts one).
 
     Raises:
         TableNotFound: there is no table at `uri`.
@@ -100,11 +103,12 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
         {"z_order": ",".join(policy.z_order)} if policy.z_order else {})
     target = target_bytes(storage, policy)
     bucketed = any(BUCKET_FILE.match(_name(p)) for p in paths)
+    ensure_ray()
     try:
         if bucketed:
             version, rewritten = _optimize_buckets(delta_table, table, storage, policy, target, metadata)
         else:
-            version, rewritten = _optimize_plain(delta_table, storage, policy, target, metadata)
+            version, rewritten = _optimize_plain(delta_table, table, storage, policy, target, metadata)
     except DeltaError as err:
         raise MaintenanceError(f"optimize of `{table}` failed, nothing was changed: {err}; run it again",
                                table=table, path=uri) from err
@@ -112,22 +116,44 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
     return Optimized(table, version, len(paths), after, rewritten, bucketed, policy.z_order)
 
 
-def _optimize_plain(delta_table: DeltaTable, storage: StorageSettings, policy: Maintenance, target: int,
+def _optimize_plain(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance, target: int,
                     metadata: dict[str, str]) -> tuple[int | None, int]:
-    """deltalake's compaction or z-order; the new version (None: nothing rewritten) and files rewritten."""
+    """deltalake's compaction or z-order, run in a Ray task so that the rows pass through a worker, not this
+    process; the new version (None: nothing rewritten) and files rewritten.
+
+    Raises:
+        MaintenanceError: the optimize failed in the task, nothing was changed.
+    """
+    removed, version, failure = ray.get(_optimize_in_task.remote(delta_table.table_uri, storage, policy, target,
+                                                                metadata))
+    if failure is not None:
+        raise MaintenanceError(f"optimize of `{table}` failed, nothing was changed: {failure}; run it again",
+                               table=table, path=delta_table.table_uri)
+    return version, removed
+
+
+@ray.remote
+def _optimize_in_task(uri: str, storage: StorageSettings, policy: Maintenance, target: int,
+                      metadata: dict[str, str]) -> tuple[int, int | None, str | None]:
+    """deltalake's compaction (or z-order) of the plain table at `uri`: files rewritten, the new version (None when
+    nothing was) and the failure's message (reported, not raised, so that the caller's error stays one line)."""
     compression = _COMPRESSION[storage.compression]
     writer = WriterProperties(compression=compression,  # type: ignore[arg-type]
                               compression_level=storage.compression_level if compression in ("ZSTD", "GZIP")
                               else None)
     properties = commit_metadata(metadata)
-    if policy.z_order:
-        metrics = delta_table.optimize.z_order(policy.z_order, target_size=target, writer_properties=writer,
-                                               commit_properties=properties)
-    else:
-        metrics = delta_table.optimize.compact(target_size=target, writer_properties=writer,
-                                               commit_properties=properties)
+    delta_table = DeltaTable(uri)
+    try:
+        if policy.z_order:
+            metrics = delta_table.optimize.z_order(policy.z_order, target_size=target, writer_properties=writer,
+                                                   commit_properties=properties)
+        else:
+            metrics = delta_table.optimize.compact(target_size=target, writer_properties=writer,
+                                                   commit_properties=properties)
+    except DeltaError as err:
+        return 0, None, str(err)
     removed = int(metrics.get("numFilesRemoved", 0))
-    return (DeltaTable(delta_table.table_uri).version() if removed else None), removed
+    return removed, (DeltaTable(uri).version() if removed else None), None
 
 
 def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
