@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import pyarrow as pa
+import pyarrow.compute as pc
 
 UTC = "UTC"
 
@@ -52,3 +56,20 @@ def to_storage(table: pa.Table) -> pa.Table:
 def unify(schemas: list[pa.Schema]) -> pa.Schema:
     """One schema holding every field of `schemas`, in first-seen order, types widened where they differ."""
     return pa.unify_schemas(schemas, promote_options="permissive")
+
+
+def key_filter(schema: pa.Schema, keys: pa.Table) -> pc.Expression | None:
+    """A filter on the rows (of `schema`) whose every key column holds one of `keys`' values of that column (or
+    null, where one is null): a superset of the rows of `keys`. A column `schema` lacks, or whose values do not
+    convert to its type there, is not filtered on; None when no column is."""
+    conditions = []
+    for name, column in zip(keys.column_names, keys.columns):
+        if name not in schema.names:
+            continue
+        try:
+            values = pc.unique(column.drop_null()).cast(schema.field(name).type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        condition = pc.field(name).isin(values)
+        conditions.append(condition | pc.field(name).is_null() if column.null_count else condition)
+    return functools.reduce(operator.and_, conditions) if conditions else None

@@ -34,7 +34,7 @@ from engine.storage import filesystem_of
 from engine.tables.delta import commit_metadata, open_table
 from engine.tables.delta_files import add_actions
 from engine.tables.distributed_merge import BUCKET_FILE
-from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files, gather_written, opaque_columns
 
 OPERATION = "optimize"
 _SLICE_ROWS = 1 << 16
@@ -177,16 +177,11 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
     opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
     refs = [_rewrite_bucket.remote(uri, prefix, sized, opaque, schema, members, list(policy.z_order))
             for prefix, members in work.items()]
-    written: list[DataFile] = []
-    failure: Exception | None = None
-    for ref in refs:
-        try:
-            written.extend(ray.get(ref))
-        except ray.exceptions.RayError as err:
-            failure = failure or err
-    if failure is not None:
-        discard_files(uri, written)
-        raise MaintenanceError(f"compacting table `{table}` failed: {failure}", table=table, path=uri) from failure
+    try:
+        written = gather_written(uri, refs)
+    except Exception as err:
+        raise MaintenanceError(f"compacting table `{table}` failed: {type(err).__name__}: {err}", table=table,
+                               path=uri) from err
     removed = sorted(p for members in work.values() for p in members)
     now = int(time.time() * 1000)
     properties = commit_metadata(metadata)

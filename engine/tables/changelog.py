@@ -8,14 +8,11 @@ logged again), so a run that died between the two commits is completed by the ne
 
 from __future__ import annotations
 
-import functools
-import operator
 from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import Transaction
 
@@ -41,28 +38,10 @@ def read_for_keys(uri: str, table: str, keys: pa.Table) -> pa.Table | None:
     values are read into memory (and files and row groups whose statistics exclude them are skipped)."""
     if not delta.table_exists(uri):
         return None
-    dataset = delta.rows_dataset(uri, table)
-    logged = pl.from_arrow(dataset.to_table(filter=_key_filter(dataset.schema, keys)))
+    logged = pl.from_arrow(delta.read_keys(uri, table, keys))
     wanted = pl.from_arrow(keys).unique()
     assert isinstance(logged, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
     return logged.join(wanted, on=keys.column_names, how="semi", nulls_equal=True).to_arrow()
-
-
-def _key_filter(schema: pa.Schema, keys: pa.Table) -> pc.Expression | None:
-    """Rows whose every key column holds one of `keys`' values of that column (or null, where one is null): a
-    superset of the rows of `keys`. A column the log lacks, or whose values do not convert to the log's type, is
-    not filtered on; None when no column is."""
-    conditions = []
-    for name, column in zip(keys.column_names, keys.columns):
-        if name not in schema.names:
-            continue
-        try:
-            values = pc.unique(column.drop_null()).cast(schema.field(name).type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-        condition = pc.field(name).isin(values)
-        conditions.append(condition | pc.field(name).is_null() if column.null_count else condition)
-    return functools.reduce(operator.and_, conditions) if conditions else None
 
 
 def record(

@@ -14,7 +14,7 @@ from deltalake import DeltaTable, Field, Schema, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, CommitProperties, Transaction, create_table_with_add_actions
 
-from engine.arrow import storage_schema, unify
+from engine.arrow import key_filter, storage_schema, unify
 from engine.errors import CommitConflict, TableNotFound
 from engine.metrics import commit_timer
 from engine.storage import filesystem_of, parquet_dataset
@@ -127,6 +127,13 @@ def read_rows(uri: str, table: str, version: int | None = None) -> pa.Table:
     schema = pa.schema(opened.schema().to_arrow())
     parts = [read_data_file(entry.uri, schema) for entry in data_files(uri, opened)]
     return pa.concat_tables(parts) if parts else pa.Table.from_batches([], schema)
+
+
+def read_keys(uri: str, table: str, keys: pa.Table) -> pa.Table:
+    """The latest rows whose key columns hold `keys`' values (`arrow.key_filter`: a superset of `keys`' rows,
+    which the caller joins on), scanned with that filter so that only those rows come into memory."""
+    dataset = rows_dataset(uri, table)
+    return dataset.to_table(filter=key_filter(dataset.schema, keys))
 
 
 def read_data_file(file_uri: str, schema: pa.Schema) -> pa.Table:

@@ -26,7 +26,14 @@ from engine.metrics import commit_timer
 from engine.runtime import ensure_ray
 from engine.tables.delta import commit_metadata, open_table, read_data_file, readable_by_files, rows_dataset
 from engine.tables.delta_files import data_files
-from engine.tables.files import DataFile, RollingParquetWriter, discard_files, groups_of_bytes, opaque_columns
+from engine.tables.files import (
+    DataFile,
+    RollingParquetWriter,
+    discard_files,
+    gather_written,
+    groups_of_bytes,
+    opaque_columns,
+)
 
 TASKS_FROM_BYTES = 64 * 2**20
 """A table whose data files hold more bytes than this is rewritten by Ray tasks."""
@@ -83,18 +90,7 @@ def _rewrite_in_tasks(uri: str, files: Sequence[str], size: int, source: pa.Sche
     rewrite_group = ray.remote(_rewrite_group)
     refs = [rewrite_group.remote(uri, group, source, transform, storage, prefix, opaque)
             for group in groups_of_bytes(files, size, BYTES_PER_TASK)]
-    written: list[DataFile] = []
-    failure: Exception | None = None
-    for ref in refs:
-        try:
-            written.extend(ray.get(ref))
-        except ray.exceptions.RayError as err:
-            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
-            failure = failure or (cause if isinstance(cause, Exception) else err)
-    if failure is not None:
-        discard_files(uri, written)
-        raise failure
-    return written
+    return gather_written(uri, refs)
 
 
 def _rewrite_group(uri: str, files: Sequence[str], source: pa.Schema, transform: Transform,

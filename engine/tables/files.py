@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -203,3 +203,22 @@ def groups_of_bytes(items: Sequence[T], size: int, per_group: int) -> list[list[
     count = max(1, -(-size // per_group))
     step = -(-len(items) // count) or 1
     return [list(items[start:start + step]) for start in range(0, len(items), step)]
+
+
+def gather_written(uri: str, refs: Sequence[Any]) -> list[DataFile]:
+    """The files of the table at `uri` that Ray tasks (`refs`, each returning a list of `DataFile`) wrote, once all
+    have ended; when one failed, what the others wrote is deleted and the exception raised in that task raised."""
+    import ray
+
+    written: list[DataFile] = []
+    failure: Exception | None = None
+    for ref in refs:
+        try:
+            written.extend(ray.get(ref))
+        except ray.exceptions.RayError as err:
+            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
+            failure = failure or (cause if isinstance(cause, Exception) else err)
+    if failure is not None:
+        discard_files(uri, written)
+        raise failure
+    return written

@@ -78,7 +78,7 @@ def apply_changes(
     metadata: dict[str, Any],
     transaction: Transaction | None = None,
 ) -> HistoryOutcome:
-    """Log `changes`, rebuild the history of the keys they touch from the whole log, and write the
+    """Log `changes`, rebuild the history of the keys they touch from their logged changes, and write the
     difference to the table (in `store`'s format, Delta when None; the log is a Delta table either way) in one
     commit carrying `transaction`: a merge on the version key (keys and `valid_from`) that upserts the new and
     changed version rows and deletes those that no longer exist.
@@ -120,7 +120,7 @@ def _current_rows(uri: str, table: str, keys: pa.Table, store: TableStore) -> pl
     """The table's version rows of the entities in `keys`; None when the table does not exist."""
     if not store.table_exists(uri):
         return None
-    rows = pl.from_arrow(store.read_columns(uri, table, store.schema(uri, table).names))
+    rows = pl.from_arrow(store.read_keys(uri, table, keys))
     wanted = pl.from_arrow(keys).unique()
     assert isinstance(rows, pl.DataFrame) and isinstance(wanted, pl.DataFrame)
     return rows.join(wanted.cast(dict(rows.select(keys.column_names).schema)), on=keys.column_names, how="semi",

@@ -30,7 +30,7 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _match_filter(latest: pa.Table, keys: Sequence[str]) -> Any:
+def match_filter(latest: pa.Table, keys: Sequence[str]) -> Any:
     """An Iceberg filter selecting the rows whose key equals a change's (null keys never match)."""
     from pyiceberg.expressions import AlwaysFalse, AlwaysTrue
     from pyiceberg.table.upsert_util import create_match_filter
@@ -68,7 +68,7 @@ def merge_into(
     assert isinstance(changes, pl.DataFrame)
     if DELETE_FLAG not in changes.columns:
         changes = changes.with_columns(pl.lit(False).alias(DELETE_FLAG))
-    candidates = [] if created else scan_tasks(tx, _match_filter(latest, keys))
+    candidates = [] if created else scan_tasks(tx, match_filter(latest, keys))
     io = tx._table.io
     scan = ArrowScan(tx.table_metadata, io, tx.table_metadata.schema(), AlwaysTrue())
     stored_parts = []

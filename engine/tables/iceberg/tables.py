@@ -19,6 +19,7 @@ from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, latest_per_key
 from engine.tables.files import DataFile, discard_files
 from engine.tables.iceberg import age
 from engine.tables.iceberg.catalog import IcebergCatalog
+from engine.tables.iceberg.merge import match_filter
 from engine.tables.iceberg.scan import read_tasks, scan_tasks, task_identity
 from engine.tables.iceberg.schema import as_stored, ensure_name_mapping, evolve, plain, plain_schema
 from engine.tables.iceberg.slices import stage_replacement
@@ -79,6 +80,15 @@ class IcebergTables(IcebergCatalog):
     def read_columns(self, uri: str, table: str, columns: Sequence[str]) -> pa.Table:
         """`columns` of every row at the latest version, in this process."""
         return plain(self.open_table(uri, table).scan(selected_fields=tuple(columns)).to_arrow())
+
+    def read_keys(self, uri: str, table: str, keys: pa.Table) -> pa.Table:
+        """The latest rows whose key columns equal a row of `keys`, scanned with that filter (files whose metrics
+        exclude the keys are skipped); every row when a key is null, which Iceberg's filter does not match."""
+        from pyiceberg.expressions import AlwaysTrue
+
+        nulls = any(column.null_count for column in keys.columns)
+        row_filter = AlwaysTrue() if nulls else match_filter(keys, keys.column_names)
+        return plain(self.open_table(uri, table).scan(row_filter=row_filter).to_arrow())
 
     def head(self, uri: str, table: str, version: int | None, limit: int) -> pa.Table:
         """The first `limit` rows of the table at `version`."""

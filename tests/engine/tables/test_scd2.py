@@ -124,3 +124,34 @@ def test_history_commit_carries_the_marker_and_refuses_a_committed_batch(tmp_pat
     with pytest.raises(CommitConflict):
         apply(tmp_path, changes((1, "DE", "a", 3, "u")), table_format, planned)
     assert history(tmp_path, table_format) == [(1, "US", "a", 1, 2, False), (1, "FR", "a", 2, None, True)]
+
+
+@pytest.mark.parametrize("table_format", FORMATS)
+def test_a_batch_reads_the_version_rows_of_the_keys_it_touches_only(tmp_path: Path, table_format: str) -> None:
+    apply(tmp_path, changes(*[(key, "US", "a", 1, "c") for key in range(200)]), table_format)
+    read: list[set[int]] = []
+
+    class Watched:
+        """The table's store, recording the keys of the rows read for a batch, refusing to read every row."""
+
+        def __init__(self, inner: TableStore) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def read_keys(self, uri: str, table: str, keys: pa.Table) -> pa.Table:
+            rows = self.inner.read_keys(uri, table, keys)
+            read.append(set(rows.column("id").to_pylist()))
+            return rows
+
+        def read_columns(self, *args: Any) -> pa.Table:
+            raise AssertionError("every row of the table read")
+
+    outcome = scd2.apply_changes(dim(tmp_path), Layout.at(str(tmp_path)).changes("gold.dim"), "gold.dim",
+                                 changes((7, "FR", "a", 2, "u"), (150, "US", "b", 2, "u")), KIND,
+                                 store=Watched(store(tmp_path, table_format)), metadata={})  # type: ignore[arg-type]
+    assert read == [{7, 150}]
+    assert (outcome.rows_upserted, outcome.rows_removed) == (3, 0)  # 7: closed and a new version; 150 in place
+    assert [row for row in history(tmp_path, table_format) if row[0] in (7, 150)] == [
+        (7, "US", "a", 1, 2, False), (7, "FR", "a", 2, None, True), (150, "US", "b", 1, None, True)]
