@@ -23,7 +23,6 @@ from engine.arrow import to_storage
 from engine.config import StorageSettings
 from engine.errors import EngineError, TableFailed
 from engine.metrics import commit_timer
-from engine.runtime import ensure_ray
 from engine.tables.delta import commit_metadata, open_table, read_data_file, readable_by_files, rows_dataset
 from engine.tables.delta_files import data_files
 from engine.tables.files import (
@@ -44,7 +43,7 @@ Transform = Callable[[pa.Table], pa.Table]
 
 
 def rewrite(uri: str, table: str, transform: Transform, *, metadata: dict[str, Any], storage: StorageSettings,
-            need_ray: Callable[[], None] = ensure_ray) -> int:
+            need_ray: Callable[[], None]) -> int:
     """Rewrite every row of the table through `transform` in one overwrite commit carrying `metadata`, with the
     schema `transform` gives (a declared rename, drop or type change); returns the new version. `need_ray` makes
     Ray available when the table is large enough for tasks.

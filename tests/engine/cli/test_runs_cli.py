@@ -112,7 +112,12 @@ def test_a_run_stopped_by_sigint_commits_the_running_table_is_recorded_interrupt
                 break
         process.send_signal(signal.SIGINT)
         release.touch()
-        rest, stderr = process.communicate(timeout=120)
+        # Read on through the same buffered stream: `communicate` reads the pipes' descriptors, and would miss what
+        # the loop above read ahead of its last line.
+        rest = process.stdout.read()
+        assert process.stderr is not None
+        stderr = process.stderr.read()
+        process.wait(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 130, stderr
