@@ -13,16 +13,15 @@ import pyarrow as pa
 import ray.data
 from deltalake.transaction import Transaction
 
-from engine.arrow import unify
 from engine.guard import guarded
 from engine.kinds import SCD2, AnyKind, Append, Merge, Overwrite, RecomputeKeys
 from engine.pipeline import TableDefinition
 from engine.run.commits import discarded_on_conflict, schema_of
 from engine.run.outcome import TableOutcome
 from engine.run.scope import RunScope
-from engine.storage import delete_tree, parquet_dataset
-from engine.tables import changelog, scd2
-from engine.tables.files import discard_files
+from engine.storage import delete_tree
+from engine.tables import scd2
+from engine.tables.files import ChangeFiles, discard_files
 from engine.tables.formats import DeltaStore, TableStore
 from engine.tables.handle import TableHandle
 from engine.tables.replace import Slice
@@ -161,15 +160,14 @@ class ChangeFeedWrite(WriteStrategy):
 
     def commit(self, write: StagedWrite) -> TableOutcome:
         try:
-            changes = _read_staged(write.folder, write.staged)
-            if changes.num_rows == 0:
+            if write.staged.rows == 0:
                 return self._commit_progress(write)
-            return guarded(write.definition, lambda: self.apply(write, changes))
+            return guarded(write.definition, lambda: self.apply(write, ChangeFiles(write.folder, write.staged.data)))
         finally:
             delete_tree(write.folder)
 
-    def apply(self, write: StagedWrite, changes: pa.Table) -> TableOutcome:
-        """Apply a batch of changes to the table."""
+    def apply(self, write: StagedWrite, changes: ChangeFiles) -> TableOutcome:
+        """Apply a batch of changes, staged in files, to the table."""
         raise NotImplementedError
 
     def _commit_progress(self, write: StagedWrite) -> TableOutcome:
@@ -188,21 +186,17 @@ class MergeWrite(ChangeFeedWrite):
 
     kind: Merge
 
-    def apply(self, write: StagedWrite, changes: pa.Table) -> TableOutcome:
-        kind, handle, table = self.kind, write.handle, write.handle.name
-        received = changes.num_rows
-        if kind.delete_when and kind.sequence_by:
-            changes = changelog.flag_deletes(changes, kind.delete_when)
-            deletes = changes.filter(changes.column(changelog.DELETED)).select([*kind.keys, kind.sequence_by])
-            changelog.record(handle.changes, table, deletes, [*kind.keys, kind.sequence_by], metadata=write.metadata)
-            tombstones = changelog.read_for_keys(handle.changes, table, changes.select(kind.keys))
-            changes = changelog.drop_superseded(changes, tombstones, kind.keys, kind.sequence_by)
-            changes = changes.drop_columns([changelog.DELETED])
-        outcome = handle.store.merge(handle.uri, table, changes, kind, metadata=write.metadata,
-                                     transaction=write.transaction, storage=write.scope.settings.storage)
-        superseded = received - changes.num_rows + outcome.duplicates
-        return TableOutcome(output_version=outcome.version, rows_written=received - superseded,
-                            rows_duplicate=superseded, details={"merge": outcome.metrics})
+    def apply(self, write: StagedWrite, changes: ChangeFiles) -> TableOutcome:
+        """The staged changes merged through the table's store (on Delta by Ray tasks, this process handling only
+        file names, counts and object refs); a `Merge` that logs its deletes drops the changes older than a
+        logged delete of their key (`changelog.without_superseded`)."""
+        kind, handle = self.kind, write.handle
+        logs_deletes = bool(kind.delete_when and kind.sequence_by)
+        outcome = handle.store.merge(handle.uri, handle.name, changes, kind, metadata=write.metadata,
+                                     transaction=write.transaction, storage=write.scope.settings.storage,
+                                     change_log=handle.changes if logs_deletes else None)
+        return TableOutcome(output_version=outcome.version, rows_written=changes.rows - outcome.duplicates,
+                            rows_duplicate=outcome.duplicates, details={"merge": outcome.metrics})
 
 
 class SCD2Write(ChangeFeedWrite):
@@ -217,12 +211,13 @@ class SCD2Write(ChangeFeedWrite):
         return pa.schema([*stored, pa.field("valid_from", sequence), pa.field("valid_to", sequence),
                           pa.field("is_current", pa.bool_())])
 
-    def apply(self, write: StagedWrite, changes: pa.Table) -> TableOutcome:
+    def apply(self, write: StagedWrite, changes: ChangeFiles) -> TableOutcome:
+        """The history of the keys the staged changes touch rebuilt in this process (`scd2.apply_changes`)."""
         handle = write.handle
-        history = scd2.apply_changes(handle.uri, handle.changes, handle.name, changes, self.kind, store=handle.store,
-                                     metadata=write.metadata, transaction=write.transaction)
+        history = scd2.apply_changes(handle.uri, handle.changes, handle.name, changes.read(), self.kind,
+                                     store=handle.store, metadata=write.metadata, transaction=write.transaction)
         return TableOutcome(output_version=history.version, rows_written=history.rows_upserted,
-                            rows_duplicate=changes.num_rows - history.changes_logged,
+                            rows_duplicate=changes.rows - history.changes_logged,
                             status="succeeded" if history.version is not None else "unchanged",
                             details={"history": {"changes_logged": history.changes_logged,
                                                  "rows_removed": history.rows_removed}})
@@ -239,10 +234,3 @@ def write_strategy(kind: AnyKind) -> WriteStrategy:
     if isinstance(kind, SCD2):
         return SCD2Write(kind)
     return MergeWrite(kind)
-
-
-def _read_staged(folder: str, staged: StagedFiles) -> pa.Table:
-    if not staged.data:
-        return pa.table({})
-    schema = unify([f.schema for f in staged.data])
-    return parquet_dataset([f"{folder}/{f.path}" for f in staged.data], schema=schema, format="parquet").to_table()

@@ -17,6 +17,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
+from engine.kinds import Merge
 from engine.metrics import commit_timer
 from engine.tables import delta
 
@@ -57,22 +58,51 @@ def record(
     returns how many were appended."""
     if changes.num_rows == 0:
         return 0
+    logged = read_for_keys(uri, table, changes.select([c for c in identity if c in changes.column_names]))
+    incoming = not_logged(changes, logged, identity)
+    append(uri, incoming, metadata=metadata, transaction=transaction)
+    return incoming.num_rows
+
+
+def append(uri: str, rows: pa.Table, *, metadata: dict[str, Any], transaction: Transaction | None = None) -> None:
+    """Append `rows` (in storage types) to the log in one commit, creating it; nothing when there are none."""
+    if rows.num_rows == 0:
+        return
+    target: str | DeltaTable = DeltaTable(uri) if delta.table_exists(uri) else uri
+    with commit_timer("changelog"):
+        write_deltalake(target, rows, mode="append", schema_mode="merge",
+                        commit_properties=delta.commit_metadata(metadata, transaction))
+
+
+def not_logged(changes: pa.Table, logged: pa.Table | None, identity: Sequence[str]) -> pa.Table:
+    """`changes` (in storage types) without those `logged` holds by the `identity` columns, one per identity (the
+    last)."""
     incoming = pl.from_arrow(to_storage(changes))
     assert isinstance(incoming, pl.DataFrame)
     incoming = incoming.unique(subset=list(identity), keep="last", maintain_order=True)
-    logged = read_for_keys(uri, table, changes.select([c for c in identity if c in changes.column_names]))
     if logged is not None and logged.num_rows:
         done = pl.from_arrow(logged.select(list(identity)))
         assert isinstance(done, pl.DataFrame)
         incoming = incoming.join(done.cast(dict(incoming.select(identity).schema)), on=list(identity),
                                  how="anti", nulls_equal=True)
-    if incoming.height == 0:
-        return 0
-    target: str | DeltaTable = DeltaTable(uri) if delta.table_exists(uri) else uri
-    with commit_timer("changelog"):
-        write_deltalake(target, to_storage(incoming.to_arrow()), mode="append", schema_mode="merge",
-                        commit_properties=delta.commit_metadata(metadata, transaction))
-    return incoming.height
+    return to_storage(incoming.to_arrow())
+
+
+def without_superseded(uri: str, table: str, changes: pa.Table, kind: Merge) -> tuple[pa.Table, pa.Table]:
+    """For a `Merge` with `delete_when` and `sequence_by`, whose log at `uri` keeps the deletes it applied: the
+    `changes` without those older than a delete of their key (logged before, or among `changes`), and the deletes
+    among `changes` not logged yet, to log before the merge commits. Only the log's rows of the changes' keys are
+    read."""
+    assert kind.delete_when and kind.sequence_by
+    identity = [*kind.keys, kind.sequence_by]
+    flagged = flag_deletes(changes, kind.delete_when)
+    deletes = flagged.filter(flagged.column(DELETED)).select(identity)
+    logged = read_for_keys(uri, table, flagged.select(kind.keys))
+    to_log = not_logged(deletes, logged, identity)
+    tombstones = pa.concat_tables([*([logged.select(identity)] if logged is not None else []), to_log],
+                                  promote_options="permissive")
+    kept = drop_superseded(flagged, tombstones, kind.keys, kind.sequence_by)
+    return kept.drop_columns([DELETED]), to_log
 
 
 def drop_superseded(changes: pa.Table, tombstones: pa.Table | None, keys: Sequence[str], sequence_by: str) -> pa.Table:

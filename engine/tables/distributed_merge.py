@@ -3,10 +3,11 @@
 A merged table is a plain Delta table whose data files each hold the rows of one hash bucket of the key.
 The bucket, the bucket count and a tag of the key columns and hash scheme are part of every file name
 (`part-b00007of00016-k1a2b3c4d-<uuid>.zstd.parquet`), so any Delta reader reads the table as usual and the
-layout is committed atomically with the data it describes. The driver only hashes the changes' keys and
-splits the changes by bucket; one Ray task per touched bucket (spread over the nodes) reduces its changes
-to the latest per key, streams the bucket's files through them and writes the bucket's new files; the
-driver then commits the removed and added files of every bucket as one transaction.
+layout is committed atomically with the data it describes. Ray tasks (`engine.tables.bucket_tasks`) split the
+staged changes by bucket; one Ray task per touched bucket (spread over the nodes) drops the changes a logged
+delete supersedes, reduces them to the latest per key, streams the bucket's files through them and writes the
+bucket's new files; the driver, which holds file names, counts and object refs but no change, then commits the
+removed and added files of every bucket as one transaction.
 Files outside the layout (from another writer, `deltalake`'s merge or a compaction) are split by bucket in
 Ray tasks and folded in by the next merge, which then rewrites every bucket once.
 """
@@ -19,15 +20,12 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import ray
 from deltalake import DeltaTable, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError
@@ -42,14 +40,14 @@ from deltalake.transaction import (
 from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import TableFailed
-from engine.keyhash import bucket_of, check_comparable
+from engine.keyhash import check_comparable
 from engine.kinds import Merge
 from engine.metrics import commit_timer
-from engine.storage import filesystem_of
-from engine.tables.delta import commit_metadata, ensure_not_committed, table_exists
+from engine.tables.bucket_tasks import rewrite_bucket, row_group_chunks, split_changes, split_file, without_views
+from engine.tables.delta import commit_files, commit_metadata, ensure_not_committed, table_exists
 from engine.tables.delta_files import add_actions
 from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, align_with_table, latest_per_key
-from engine.tables.files import DataFile, RollingParquetWriter, discard_files, opaque_columns
+from engine.tables.files import ChangeFiles, DataFile, discard_files, opaque_columns
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +61,14 @@ HASH_SCHEME = 1
 instead of misreading it."""
 
 BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
-_SOURCE_ROW = "__medallion_source_row"
-_SOURCE_SEQUENCE = "__medallion_source_sequence"
-_STORED_ROW = "__medallion_stored_row"
-_SPLIT_ROWS = 1 << 20
+SPLIT_BYTES = 128 * 2**20
+"""About how many bytes of staged changes one task splits by bucket."""
 
 
 def merge_distributed(
     uri: str,
     table: str,
-    changes: pa.Table,
+    changes: pa.Table | ChangeFiles,
     kind: Merge,
     *,
     metadata: dict[str, Any],
@@ -80,6 +76,7 @@ def merge_distributed(
     buckets: int | None = None,
     storage: StorageSettings | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
+    change_log: str | None = None,
 ) -> MergeOutcome:
     """Apply `changes` to the table by key, as `delta_merge.merge_changes` does, rewriting buckets in Ray tasks.
 
@@ -92,7 +89,8 @@ def merge_distributed(
     Args:
         uri: the table folder.
         table: the table's name, for error messages.
-        changes: the incoming rows, possibly several per key.
+        changes: the incoming rows, possibly several per key: the files a run staged them in, which Ray tasks
+            split by bucket (this process handles their names only), or a table in memory.
         kind: keys, sequence column, delete predicate and steering columns.
         metadata: `medallion.<key>` values for the commit infos.
         transaction: application transaction marker, put on the data commit only.
@@ -103,6 +101,9 @@ def merge_distributed(
             calls for.
         storage: compression and target size of the written files (engine defaults when None).
         attempts: commits tried before giving up on a table that keeps changing underneath.
+        change_log: the log of the deletes a `Merge` with `delete_when` and `sequence_by` applied: each bucket's
+            task drops the changes older than a delete of their key and writes the deletes not logged yet, which
+            are committed to the log before the table (`changelog.without_superseded`).
 
     Raises:
         CommitConflict: another writer committed `transaction` first.
@@ -112,7 +113,10 @@ def merge_distributed(
         raise TableFailed(f"merge into `{table}`: buckets must be between 1 and {MAX_BUCKETS}, not {buckets}",
                           table=table, path=uri)
     started = time.monotonic()
-    job = _MergeJob(uri, table, kind, storage or StorageSettings(), buckets, metadata, transaction)
+    job = _MergeJob(uri, table, kind, storage or StorageSettings(), buckets, metadata, transaction, change_log)
+    if isinstance(changes, pa.Table):
+        changes = without_views(changes)
+    received = changes.num_rows if isinstance(changes, pa.Table) else changes.rows
     lost: Exception | None = None
     try:
         for attempt in range(1, attempts + 1):
@@ -127,7 +131,7 @@ def merge_distributed(
                 raise TableFailed(f"merge into `{table}` failed: {err}", table=table, path=uri) from err
             job.pending = {}
             metrics |= {"attempts": attempt, "execution_time_ms": int((time.monotonic() - started) * 1000)}
-            return MergeOutcome(version, changes.num_rows - metrics["num_source_rows"], metrics)
+            return MergeOutcome(version, received - metrics["num_source_rows"], metrics)
     finally:
         job.discard()
     raise TableFailed(
@@ -184,13 +188,14 @@ class _Layout:
 
 @dataclass(frozen=True)
 class _Rewrite:
-    """The new files of one bucket, and what they were computed from."""
+    """The new files of one bucket, and what they were computed from; the files of the deletes it logs."""
 
     layout: _Layout
     inputs: frozenset[str]
     schema: pa.Schema
     files: list[DataFile]
     metrics: dict[str, int]
+    logged: list[DataFile]
 
 
 @dataclass
@@ -205,9 +210,12 @@ class _MergeJob:
     buckets: int | None
     metadata: dict[str, Any]
     transaction: Transaction | None
+    change_log: str | None
     pending: dict[int, _Rewrite] = field(default_factory=dict)
     reused: int = 0
     opaque: frozenset[str] = frozenset()
+    splits: dict[int, tuple[np.ndarray, list[list[ray.ObjectRef]]]] = field(default_factory=dict)
+    log_committed: set[str] = field(default_factory=set)
 
     @property
     def target_bytes(self) -> int:
@@ -222,12 +230,14 @@ class _MergeJob:
         properties.max_commit_retries = 0
         return properties
 
-    def create(self, changes: pa.Table) -> tuple[int, dict[str, int]]:
+    def create(self, changes: pa.Table | ChangeFiles) -> tuple[int, dict[str, int]]:
         """Create the table, already bucketed, from the changes that are not deletes: version 0."""
-        layout = _Layout.of(self.kind.keys, [], self.buckets, changes.nbytes, self.target_bytes)
+        size = changes.nbytes if isinstance(changes, pa.Table) else changes.size
+        layout = _Layout.of(self.kind.keys, [], self.buckets, size, self.target_bytes)
         schema = pa.schema([f for f in self._source_schema(changes) if f.name != DELETE_FLAG])
-        parts = self._split_changes(changes, layout)
-        self._rewrite(layout, schema, {b: frozenset() for b, part in enumerate(parts) if part.num_rows}, parts, {}, [])
+        counts, parts = self._split_changes(changes, layout)
+        self._rewrite(layout, schema, {b: frozenset() for b in range(layout.buckets) if counts[b]}, parts, {}, [])
+        self._commit_log()
         try:
             with commit_timer("create"):
                 create_table_with_add_actions(self.uri, Schema.from_arrow(schema), [_add(f) for f in self._files()],
@@ -238,7 +248,7 @@ class _MergeJob:
             raise
         return 0, self._metrics(layout, scanned=0, skipped=0)
 
-    def merge(self, changes: pa.Table) -> tuple[int, dict[str, int]]:
+    def merge(self, changes: pa.Table | ChangeFiles) -> tuple[int, dict[str, int]]:
         """Rewrite the buckets the changes touch (all of them while files outside the layout remain) and
         commit once; returns the new version."""
         delta_table = DeltaTable(self.uri)
@@ -262,10 +272,11 @@ class _MergeJob:
         for path in paths:
             bucket = layout.bucket(path)
             (loose if bucket is None else by_bucket.setdefault(bucket, [])).append(path)
-        parts = self._split_changes(changes, layout)
-        touched = range(layout.buckets) if loose else [b for b in range(layout.buckets) if parts[b].num_rows]
+        counts, parts = self._split_changes(changes, layout)
+        touched = range(layout.buckets) if loose else [b for b in range(layout.buckets) if counts[b]]
         inputs = {b: frozenset([*by_bucket.get(b, []), *loose]) for b in touched}
         self._rewrite(layout, schema, inputs, parts, by_bucket, loose)
+        self._commit_log()
         removed = sorted(set().union(*inputs.values()))
         now = int(time.time() * 1000)
         size_of = dict(zip(paths, sizes))
@@ -277,27 +288,45 @@ class _MergeJob:
 
     def discard(self) -> None:
         """Delete the files of rewrites that were never committed."""
-        discard_files(self.uri, self._files())
+        self._discard(self.pending.values())
         self.pending = {}
 
-    def _source_schema(self, changes: pa.Table) -> pa.Schema:
-        """The columns the changes bring once reduced to the latest per key: stored ones and the delete flag."""
-        return to_storage(latest_per_key(changes.slice(0, 0), self.kind)).schema
+    def _discard(self, rewrites: Iterable[_Rewrite]) -> None:
+        """Delete the table's and the log's files of `rewrites`, but the log's files already committed."""
+        for rewrite in rewrites:
+            discard_files(self.uri, rewrite.files)
+            discard_files(self.change_log or self.uri, [f for f in rewrite.logged if f.path not in self.log_committed])
 
-    def _split_changes(self, changes: pa.Table, layout: _Layout) -> list[pa.Table]:
-        """The changes of every bucket, hashed on their keys in storage types (as the stored keys are); view
-        columns become large strings and binaries, which Arrow can take rows of."""
-        keys = to_storage(changes.select(self.kind.keys))
-        views = {pa.string_view(): pa.large_string(), pa.binary_view(): pa.large_binary()}
-        changes = changes.cast(pa.schema([f.with_type(views.get(f.type, f.type)) for f in changes.schema]))
-        return _split(changes, bucket_of(keys, self.kind.keys, layout.buckets), layout.buckets)
+    def _commit_log(self) -> None:
+        """Commit to the change log, in one commit, the deletes the pending rewrites logged and no earlier attempt
+        committed (a rewrite run again finds its deletes logged already, and logs none)."""
+        files = [f for rewrite in self.pending.values() for f in rewrite.logged if f.path not in self.log_committed]
+        if self.change_log is not None and files:
+            commit_files(self.change_log, files, mode="append", metadata=self.metadata)
+            self.log_committed.update(f.path for f in files)
+
+    def _source_schema(self, changes: pa.Table | ChangeFiles) -> pa.Schema:
+        """The columns the changes bring once reduced to the latest per key: stored ones and the delete flag."""
+        return to_storage(latest_per_key(changes.schema.empty_table(), self.kind)).schema
+
+    def _split_changes(self, changes: pa.Table | ChangeFiles,
+                       layout: _Layout) -> tuple[np.ndarray, list[list[ray.ObjectRef]]]:
+        """The count of changes of every bucket, and the refs of their pieces, split by Ray tasks of about
+        `SPLIT_BYTES` of staged changes each (changes in memory by one task); once per bucket count."""
+        if layout.buckets not in self.splits:
+            groups = changes.groups(SPLIT_BYTES) if isinstance(changes, ChangeFiles) else [changes]
+            split = split_changes.options(num_returns=layout.buckets + 1)
+            refs = [split.remote(group, list(self.kind.keys), layout.buckets) for group in groups]
+            counts = np.sum(ray.get([parts[0] for parts in refs]), axis=0)
+            self.splits[layout.buckets] = counts, [[parts[b + 1] for parts in refs] for b in range(layout.buckets)]
+        return self.splits[layout.buckets]
 
     def _rewrite(
         self,
         layout: _Layout,
         schema: pa.Schema,
         inputs: dict[int, frozenset[str]],
-        parts: list[pa.Table],
+        parts: list[list[ray.ObjectRef]],
         by_bucket: dict[int, list[str]],
         loose: list[str],
     ) -> None:
@@ -305,20 +334,21 @@ class _MergeJob:
         input files and schema are unchanged, else a new one computed by a Ray task."""
         kept = {b: r for b, r in self.pending.items()
                 if r.layout == layout and r.inputs == inputs.get(b) and r.schema.equals(schema)}
-        discard_files(self.uri, [f for b, r in self.pending.items() if b not in kept for f in r.files])
+        self._discard(r for b, r in self.pending.items() if b not in kept)
         self.pending, self.reused = kept, len(kept)
         todo = [b for b in inputs if b not in kept]
         pieces = self._split_loose(layout, schema, loose) if todo and loose else {}
-        refs = [_rewrite_bucket.remote(self.uri, layout.prefix(b), self.storage, self.opaque, schema, self.kind,
-                                       by_bucket.get(b, []), parts[b], *pieces.get(b, [])) for b in todo]
+        refs = [rewrite_bucket.remote(self.uri, layout.prefix(b), self.storage, self.opaque, schema, self.kind,
+                                      by_bucket.get(b, []), self.change_log, self.table, len(parts[b]), *parts[b],
+                                      *pieces.get(b, [])) for b in todo]
         failure: ray.exceptions.RayError | None = None
         for bucket, ref in zip(todo, refs):
             try:
-                files, metrics = ray.get(ref)
+                files, metrics, logged = ray.get(ref)
             except ray.exceptions.RayError as err:
                 failure = failure or err
                 continue
-            self.pending[bucket] = _Rewrite(layout, inputs[bucket], schema, files, metrics)
+            self.pending[bucket] = _Rewrite(layout, inputs[bucket], schema, files, metrics, logged)
         if failure is not None:
             raise TableFailed(f"merge into `{self.table}` failed while rewriting a bucket: {failure}",
                               table=self.table, path=self.uri) from failure
@@ -326,9 +356,9 @@ class _MergeJob:
     def _split_loose(self, layout: _Layout, schema: pa.Schema, loose: list[str]) -> dict[int, list[ray.ObjectRef]]:
         """The rows of the files outside the layout, split by bucket in Ray tasks of about a million rows
         (whole row groups) each."""
-        splits = [_split_file.options(num_returns=layout.buckets).remote(self.uri, path, row_groups, schema,
-                                                                          self.kind.keys, layout.buckets)
-                  for path in loose for row_groups in _row_group_chunks(self.uri, path)]
+        splits = [split_file.options(num_returns=layout.buckets).remote(self.uri, path, row_groups, schema,
+                                                                         self.kind.keys, layout.buckets)
+                  for path in loose for row_groups in row_group_chunks(self.uri, path)]
         if layout.buckets == 1:
             return {0: splits}
         return {b: [split[b] for split in splits] for b in range(layout.buckets)}
@@ -358,139 +388,6 @@ class _MergeJob:
             "num_buckets_rewritten": len(self.pending),
             "num_buckets_reused": self.reused,
         }
-
-
-@ray.remote(scheduling_strategy="SPREAD")
-def _rewrite_bucket(
-    uri: str,
-    prefix: str,
-    storage: StorageSettings,
-    opaque: frozenset[str],
-    schema: pa.Schema,
-    kind: Merge,
-    paths: list[str],
-    changes: pa.Table,
-    *pieces: pa.Table,
-) -> tuple[list[DataFile], dict[str, int]]:
-    """Reduce one bucket's changes to the latest per key, apply them to the bucket's stored rows (its files
-    at `paths` plus `pieces` of files outside the layout), streaming those batch by batch, and write the
-    bucket's new files."""
-    started = time.monotonic()
-    writer = RollingParquetWriter(uri, storage, prefix, opaque)
-    matcher = _Matcher(_conform(to_storage(latest_per_key(changes, kind)), schema), schema, kind)
-    scan_s = 0.0
-    try:
-        for batch in _stored_batches(uri, paths, pieces, schema):
-            batch_started = time.monotonic()
-            kept = matcher.apply(batch)
-            scan_s += time.monotonic() - batch_started
-            writer.write(kept)
-        writer.write(matcher.replacements_and_inserts())
-        files = writer.close()
-    except BaseException:
-        discard_files(uri, writer.close())
-        raise
-    rewrite_s = time.monotonic() - started - scan_s
-    return files, matcher.counts | {"scan_time_ms": int(scan_s * 1000), "rewrite_time_ms": int(rewrite_s * 1000)}
-
-
-def _conform(latest: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`latest` in the table's columns and types (nulls for the columns it lacks), the delete flag last."""
-    columns = [latest.column(f.name).cast(f.type) if f.name in latest.column_names else pa.nulls(latest.num_rows, f.type)
-               for f in schema]
-    flag = [pa.field(DELETE_FLAG, pa.bool_())] if DELETE_FLAG in latest.column_names else []
-    return pa.Table.from_arrays([*columns, *(latest.column(DELETE_FLAG) for _ in flag)], schema=pa.schema([*schema, *flag]))
-
-
-class _Matcher:
-    """Joins stored batches with one bucket's changes (one row per key) and tallies what each change did."""
-
-    def __init__(self, changes: pa.Table, schema: pa.Schema, kind: Merge) -> None:
-        self.keys = list(kind.keys)
-        self.sequence = kind.sequence_by
-        self.rows = changes.select(schema.names)
-        self.deletes = (changes.column(DELETE_FLAG).to_numpy(zero_copy_only=False).astype(bool)
-                        if DELETE_FLAG in changes.column_names else np.zeros(changes.num_rows, bool))
-        index = changes.select(self.keys).append_column(_SOURCE_ROW, pa.array(np.arange(changes.num_rows)))
-        if self.sequence:
-            index = index.append_column(_SOURCE_SEQUENCE, changes.column(self.sequence))
-        self.index = pl.DataFrame(pl.from_arrow(index))
-        self.matched = np.zeros(changes.num_rows, bool)
-        self.replacing: list[np.ndarray] = []
-        self.counts = {"source_rows": changes.num_rows, "inserted": 0, "updated": 0, "deleted": 0, "copied": 0}
-
-    def apply(self, batch: pa.Table) -> pa.Table:
-        """The stored rows of `batch` that stay as they are; the changes that replace the others are noted."""
-        stored = pl.DataFrame(pl.from_arrow(batch.select([*self.keys, *([self.sequence] if self.sequence else [])])))
-        pairs = stored.with_row_index(_STORED_ROW).join(self.index, on=self.keys, how="inner")
-        sources = pairs[_SOURCE_ROW].to_numpy()
-        self.matched[sources] = True
-        changed = pairs[_STORED_ROW].to_numpy()
-        if self.sequence:
-            newer = pairs.select((pl.col(_SOURCE_SEQUENCE) >= pl.col(self.sequence)).fill_null(False))
-            applies = newer.to_series().to_numpy()
-            sources, changed = sources[applies], changed[applies]
-        deleted = self.deletes[sources]
-        self.replacing.append(sources[~deleted])
-        keep = np.ones(batch.num_rows, bool)
-        keep[changed] = False
-        self.counts["updated"] += int((~deleted).sum())
-        self.counts["deleted"] += int(deleted.sum())
-        self.counts["copied"] += int(keep.sum())
-        return batch.filter(pa.array(keep))
-
-    def replacements_and_inserts(self) -> pa.Table:
-        """The changes that replace stored rows, then the changes of new keys that are not deletes."""
-        inserts = np.flatnonzero(~self.matched & ~self.deletes)
-        self.counts["inserted"] += len(inserts)
-        return self.rows.take(pa.array(np.concatenate([*self.replacing, inserts]).astype(np.int64)))
-
-
-def _stored_batches(uri: str, paths: list[str], pieces: Sequence[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:
-    """A bucket's stored rows in the table's schema (columns a file lacks as nulls), batch by batch."""
-    if paths:
-        filesystem, root = filesystem_of(uri)
-        dataset = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet", filesystem=filesystem)
-        for batch in dataset.to_batches():
-            if batch.num_rows:
-                yield pa.Table.from_batches([batch])
-    for piece in pieces:
-        if piece.num_rows:
-            yield piece
-
-
-def _row_group_chunks(uri: str, path: str) -> list[list[int]]:
-    """The row groups of a data file, in consecutive runs of at least `_SPLIT_ROWS` rows (but the last)."""
-    filesystem, root = filesystem_of(uri)
-    metadata = pq.read_metadata(f"{root}/{path}", filesystem=filesystem)
-    chunks: list[list[int]] = [[]]
-    rows = 0
-    for group in range(metadata.num_row_groups):
-        if rows >= _SPLIT_ROWS:
-            chunks.append([])
-            rows = 0
-        chunks[-1].append(group)
-        rows += metadata.row_group(group).num_rows
-    return chunks
-
-
-@ray.remote(scheduling_strategy="SPREAD")
-def _split_file(
-    uri: str, path: str, row_groups: list[int], schema: pa.Schema, keys: list[str], buckets: int
-) -> tuple[pa.Table, ...] | pa.Table:
-    """The rows of some row groups of one data file, in the table's schema, split by bucket."""
-    filesystem, root = filesystem_of(uri)
-    [fragment] = pads.dataset(f"{root}/{path}", schema=schema, format="parquet", filesystem=filesystem).get_fragments()
-    table = fragment.subset(row_group_ids=row_groups).to_table(schema=schema)
-    parts = _split(table, bucket_of(table, keys, buckets), buckets)
-    return tuple(parts) if buckets > 1 else parts[0]
-
-
-def _split(table: pa.Table, numbers: np.ndarray, buckets: int) -> list[pa.Table]:
-    """`table`'s rows grouped by bucket `numbers`, one compact table per bucket, row order kept."""
-    order = np.argsort(numbers, kind="stable")
-    bounds = np.searchsorted(numbers[order], np.arange(buckets + 1))
-    return [table.take(pa.array(order[bounds[b]:bounds[b + 1]])) for b in range(buckets)]
 
 
 def _add(file: DataFile) -> AddAction:

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.config import StorageSettings
-from engine.storage import filesystem_of
+from engine.storage import filesystem_of, parquet_dataset
 
 T = TypeVar("T")
 
@@ -187,6 +187,43 @@ class RollingParquetWriter:
             compression=compression,
             compression_level=self.storage.compression_level if compression in ("zstd", "gzip") else None,
         )
+
+
+@dataclass(frozen=True)
+class ChangeFiles:
+    """A batch of changes to a table, as the Parquet files a run staged them in, which Ray tasks read; this
+    process handles only their names and sizes.
+
+    Attributes:
+        folder: the staging folder (path or URI).
+        files: the staged files, their paths relative to `folder`.
+    """
+
+    folder: str
+    files: tuple[DataFile, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(f.num_rows for f in self.files)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the files."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """One schema holding every file's columns."""
+        return pa.unify_schemas([f.schema for f in self.files], promote_options="permissive")
+
+    def groups(self, per_group: int) -> list[ChangeFiles]:
+        """The files in groups of about `per_group` bytes, the work of one Ray task each."""
+        return [ChangeFiles(self.folder, tuple(group)) for group in groups_of_bytes(self.files, self.size, per_group)]
+
+    def read(self) -> pa.Table:
+        """Every change, in this process: for a task's group, or a batch that is small by contract."""
+        return parquet_dataset([f"{self.folder}/{f.path}" for f in self.files], schema=self.schema,
+                               format="parquet").to_table()
 
 
 def discard_files(folder: str, files: Iterable[DataFile]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -21,8 +22,8 @@ from engine.errors import TableFormatError
 from engine.governance import encryption
 from engine.layout import Layout
 from engine.names import DELTA, ICEBERG
-from engine.tables import delta, delta_age, delta_merge, delta_rewrite, deltalog, progress
-from engine.tables.files import DataFile, RollingParquetWriter, discard_files
+from engine.tables import changelog, delta, delta_age, delta_merge, delta_rewrite, deltalog, progress
+from engine.tables.files import ChangeFiles, DataFile, RollingParquetWriter, discard_files
 
 if TYPE_CHECKING:
     import ray.data
@@ -64,8 +65,8 @@ class TableStore(Protocol):
     def commit_files(self, uri: str, files: Sequence[DataFile], *, mode: str, metadata: dict[str, Any],
                      empty_schema: pa.Schema | None = None, commit_empty: bool = False,
                      transaction: Transaction | None = None) -> int | None: ...
-    def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
-              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome: ...
+    def merge(self, uri: str, table: str, changes: ChangeFiles, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings, change_log: str | None) -> MergeOutcome: ...
     def merge_local(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
                     transaction: Transaction | None) -> MergeOutcome: ...
     def replace(self, uri: str, table: str, where: Slice, new_files: Sequence[DataFile], *,
@@ -126,12 +127,14 @@ class DeltaStore:
         return delta.rows_dataset(uri, table, version).head(limit)
 
     @staticmethod
-    def merge(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
-              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:
+    def merge(uri: str, table: str, changes: ChangeFiles, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings, change_log: str | None) -> MergeOutcome:
+        """The staged `changes` merged by Ray tasks (`distributed_merge`); this process handles their file names,
+        and the counts and object refs of their pieces."""
         from engine.tables.distributed_merge import merge_distributed
 
         return merge_distributed(uri, table, changes, kind, metadata=metadata, transaction=transaction,
-                                 buckets=kind.buckets, storage=storage)
+                                 buckets=kind.buckets, storage=storage, change_log=change_log)
 
     @staticmethod
     def merge_local(uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
@@ -197,9 +200,17 @@ class IcebergStore:
         """True: the engine never expires Iceberg snapshots, so their summaries keep every commit's progress."""
         return True
 
-    def merge(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
-              transaction: Transaction | None, storage: StorageSettings) -> MergeOutcome:
-        return self.merge_local(uri, table, changes, kind, metadata=metadata, transaction=transaction)
+    def merge(self, uri: str, table: str, changes: ChangeFiles, kind: Merge, *, metadata: dict[str, Any],
+              transaction: Transaction | None, storage: StorageSettings, change_log: str | None) -> MergeOutcome:
+        """The staged `changes` read in this process and merged copy-on-write in one snapshot; with a
+        `change_log`, the changes older than a delete of their key dropped first, and the deletes logged."""
+        rows = changes.read()
+        kept = rows
+        if change_log is not None:
+            kept, deletes = changelog.without_superseded(change_log, table, rows, kind)
+            changelog.append(change_log, deletes, metadata=metadata)
+        outcome = self.merge_local(uri, table, kept, kind, metadata=metadata, transaction=transaction)
+        return replace(outcome, duplicates=outcome.duplicates + rows.num_rows - kept.num_rows)
 
     def merge_local(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
                     transaction: Transaction | None) -> MergeOutcome:

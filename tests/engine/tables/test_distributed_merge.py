@@ -4,6 +4,7 @@ rewritten, one commit per merge, concurrent merges retried, tables readable by a
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,9 @@ from engine.config import StorageSettings
 from engine.errors import CommitConflict, KeyMismatch, TableFailed
 from engine.keyhash import bucket_of, key_hash
 from engine.kinds import Merge
-from engine.tables import delta, delta_merge, distributed_merge
+from engine.tables import bucket_tasks, delta, delta_merge, distributed_merge
 from engine.tables.distributed_merge import merge_distributed
+from engine.tables.files import ChangeFiles, RollingParquetWriter
 
 CDC = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
 PLAIN = Merge(keys=["k1", "k2"])
@@ -114,8 +116,8 @@ def test_files_outside_the_layout_are_split_by_row_groups(
     write_deltalake(uri, pa.table({"id": pa.array(range(1000), pa.int64()), "seq": pa.array([1] * 1000, pa.int64())}),
                     writer_properties=WriterProperties(max_row_group_size=100))
     [loose] = paths(uri)
-    monkeypatch.setattr(distributed_merge, "_SPLIT_ROWS", 250)
-    assert distributed_merge._row_group_chunks(uri, loose) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    monkeypatch.setattr(bucket_tasks, "_SPLIT_ROWS", 250)
+    assert bucket_tasks.row_group_chunks(uri, loose) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     changes = pa.table({"id": pa.array([5, 2000], pa.int64()), "seq": pa.array([2, 1], pa.int64()), "op": ["d", "c"]})
     outcome = merge_distributed(uri, "silver.t", changes, CDC, metadata={}, buckets=4)
     assert outcome.metrics["num_target_rows_deleted"] == 1 and outcome.metrics["num_target_rows_inserted"] == 1
@@ -425,3 +427,43 @@ def test_the_bucket_count_is_part_of_the_layout_not_of_the_definition() -> None:
     assert len(set(fingerprints)) == 1
     with pytest.raises(ValueError, match="buckets"):
         Merge(keys=["id"], buckets=0)
+
+
+def staged(folder: Path, *batches: pa.Table) -> ChangeFiles:
+    """`batches` staged as Parquet files under `folder`, one or more each, as a run's write tasks stage them."""
+    writer = RollingParquetWriter(str(folder), StorageSettings(), "stage")
+    for batch in batches:
+        writer.write(to_storage(batch))
+        writer.close()
+    return ChangeFiles(str(folder), tuple(writer.close()))
+
+
+def cdc(ids: Any, seq: int, op: str) -> pa.Table:
+    ids = list(ids)
+    return pa.table({"id": pa.array(ids, pa.int64()), "seq": pa.array([seq] * len(ids), pa.int64()),
+                     "op": [op] * len(ids), "v": [f"{op}{seq}-{i}" for i in ids]})
+
+
+def test_staged_changes_and_their_deletes_log_are_handled_by_ray_tasks_only(
+        tmp_path: Path, ray_local: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver splits no change: Ray tasks read the staged files, split them by bucket, drop the changes a
+    delete of their key supersedes (logged in an earlier batch, or in the same one) and log the new deletes."""
+    uri, log = str(tmp_path / "silver" / "t"), str(tmp_path / "_changes" / "silver" / "t")
+    monkeypatch.setattr(ChangeFiles, "read", lambda self: pytest.fail("staged changes read in this process"))
+    merge = functools.partial(merge_distributed, uri, "silver.t", kind=CDC, metadata={}, buckets=4, change_log=log)
+    merge(staged(tmp_path / "stage1", cdc(range(100), 1, "c")))
+    second = staged(tmp_path / "stage2", cdc(range(10), 5, "d"), cdc(range(10, 20), 3, "u"),
+                    cdc(range(5), 3, "u"), cdc([2000], 2, "c"))  # ids 0-4: older than their delete, in another file
+    outcome = merge(second)
+    expected = {i: f"c1-{i}" for i in range(10, 100)} | {i: f"u3-{i}" for i in range(10, 20)} | {2000: "c2-2000"}
+    assert {r["id"]: r["v"] for r in rows(uri)} == expected
+    assert outcome.duplicates == 5 and outcome.metrics["num_target_rows_deleted"] == 10
+    logged = DeltaTable(log).to_pyarrow_table().sort_by("id")
+    assert logged.select(["id", "seq"]).to_pylist() == [{"id": i, "seq": 5} for i in range(10)]
+
+    replayed = merge(second)  # the same batch again: nothing new to log, the rows as they were
+    assert {r["id"]: r["v"] for r in rows(uri)} == expected
+    assert DeltaTable(log).to_pyarrow_table().num_rows == 10 and replayed.metrics["num_target_rows_deleted"] == 0
+    merge(staged(tmp_path / "stage3", cdc([3], 4, "u"), cdc([7], 6, "c")))  # late for 3, after the delete for 7
+    assert {r["id"]: r["v"] for r in rows(uri)} == expected | {7: "c6-7"}
+    assert {p.name for p in Path(log).glob("*.parquet")} == {Path(f).name for f in DeltaTable(log).file_uris()}
