@@ -3,12 +3,15 @@
 Usage: python benchmarks/merge.py [--rows N] [--changes M] [--nodes 1,2] [--buckets B] [--compression C]
 
 Builds an N-row Delta table with `write_deltalake` and M changes (updates, inserts, deletes, duplicate
-keys), then times, each in a fresh process so the peak RSS is the merge's own:
-  deltalake      `delta_merge.merge_changes` (deltalake's merge) on the table as written, once;
-  bucketing      the first `merge_distributed` on that table, which also buckets it (a full rewrite, once);
-  distributed    `merge_distributed` of the same M changes on the bucketed table;
-the last two on each Ray node count of `--nodes`: 1 runs Ray as one local node with 2 CPUs, 2 as a
-`ray.cluster_utils.Cluster` of two nodes with 1 CPU each (the driver on the head). Prints wall time, CPU time
+keys), staged as Parquet files of the target size as a run's write tasks stage them, then times, each in a
+fresh process so the peak RSS is the merge's own:
+  deltalake      `delta_merge.merge_changes` (deltalake's merge, the changes read into memory) on the table as
+                 written, once;
+  bucketing      the first `merge_distributed` of the staged changes on that table, which also buckets it (a full
+                 rewrite, once);
+  distributed    `merge_distributed` of the same staged changes on the bucketed table;
+the last two on each Ray node count of `--nodes` (`NODE_CPUS`): 1 runs Ray as one local node with 2 CPUs, 2 and 3
+as a `ray.cluster_utils.Cluster` of nodes with 1 CPU each (with 3, a head without CPUs, where the driver runs). Prints wall time, CPU time
 of the driver and of the Ray processes it started, driver RSS before and at peak during the merge, the row
 counts, the time spent in bucket tasks (summed over tasks), the machine's 1-minute load average after the
 merge (other work on the machine skews wall times), and whether the merged table holds the same rows as
@@ -42,6 +45,8 @@ from engine.config import StorageSettings  # noqa: E402
 from engine.errors import EngineError  # noqa: E402
 from engine.kinds import Merge  # noqa: E402
 
+NODE_CPUS = {1: [2], 2: [1, 1], 3: [0, 1, 1]}
+"""CPUs of each node per node count: the machine's 2 cores, spread (a 3-node cluster has a head without CPUs)."""
 KIND = Merge(keys=["id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"])
 STATUSES = pa.array(["new", "paid", "shipped", "returned", "cancelled"])
 START = np.datetime64("2026-01-01T00:00:00", "us")
@@ -65,8 +70,11 @@ def rows_table(ids: np.ndarray, seq: int, rng: np.random.Generator) -> pa.Table:
 
 
 def prepare(folder: Path, rows: int, changes: int) -> dict[str, Any]:
-    """Write the base table with `write_deltalake` and the changes as a Parquet file."""
+    """Write the base table with `write_deltalake`, and the changes as Parquet files under `staged/`."""
     from deltalake import write_deltalake
+
+    from engine.arrow import to_storage
+    from engine.tables.files import RollingParquetWriter
 
     rng = np.random.default_rng(42)
     started = time.perf_counter()
@@ -81,12 +89,14 @@ def prepare(folder: Path, rows: int, changes: int) -> dict[str, Any]:
     batch = rows_table(ids, 2, rng)
     batch = batch.set_column(1, "seq", pa.array(rng.integers(1, 4, changes), pa.int64()))
     order = rng.permutation(changes)
-    pq.write_table(batch.append_column("op", pa.array(ops)).take(pa.array(order)), folder / "changes.parquet")
+    writer = RollingParquetWriter(str(folder / "staged"), StorageSettings(), "stage")
+    writer.write(to_storage(batch.append_column("op", pa.array(ops)).take(pa.array(order))))
+    writer.close()
     return {"prepare_s": round(time.perf_counter() - started, 1)}
 
 
 def start_ray(nodes: int, scratch: Path) -> Any:
-    """A private Ray: one local node with 2 CPUs, or a two-node `Cluster` with 1 CPU per node."""
+    """A private Ray: one local node with 2 CPUs, or a `Cluster` of the nodes of `NODE_CPUS`."""
     import ray
 
     from engine.runtime import start_private_ray
@@ -97,13 +107,16 @@ def start_ray(nodes: int, scratch: Path) -> Any:
         return None
     from ray.cluster_utils import Cluster
 
-    ports = iter(free_ports(8))
-    common = {"num_cpus": 1, "object_store_memory": store, "temp_dir": str(scratch), "include_dashboard": False}
+    head, *others = NODE_CPUS[nodes]
+    ports = iter(free_ports(5 + 3 * len(others)))
+    common = {"object_store_memory": store, "temp_dir": str(scratch), "include_dashboard": False}
     cluster = Cluster(initialize_head=True, head_node_args=common | {
-        "gcs_server_port": next(ports), "dashboard_agent_listen_port": next(ports), "metrics_export_port": next(ports),
-        "runtime_env_agent_port": next(ports), "ray_client_server_port": next(ports)})
-    cluster.add_node(**common, metrics_export_port=next(ports), runtime_env_agent_port=next(ports),
-                     dashboard_agent_listen_port=next(ports))
+        "num_cpus": head, "gcs_server_port": next(ports), "dashboard_agent_listen_port": next(ports),
+        "metrics_export_port": next(ports), "runtime_env_agent_port": next(ports),
+        "ray_client_server_port": next(ports)})
+    for cpus in others:
+        cluster.add_node(**common, num_cpus=cpus, metrics_export_port=next(ports), runtime_env_agent_port=next(ports),
+                         dashboard_agent_listen_port=next(ports))
     ray.init(address=cluster.address, logging_level="ERROR")
     return cluster
 
@@ -119,6 +132,18 @@ def warm_up() -> None:
         return engine.tables.distributed_merge.__name__
 
     ray.get([load.remote() for _ in range(int(ray.cluster_resources()["CPU"]))])
+
+
+def staged_changes(folder: Path) -> Any:
+    """The staged change files, as a run hands them to the merge: names, sizes and schemas, no row."""
+    from engine.tables.files import ChangeFiles, DataFile
+
+    files = []
+    for path in sorted((folder / "staged").glob("*.parquet")):
+        metadata = pq.read_metadata(path)
+        files.append(DataFile(path.name, path.stat().st_size, metadata.num_rows, "", 0,
+                              metadata.schema.to_arrow_schema()))
+    return ChangeFiles(str(folder / "staged"), tuple(files))
 
 
 def free_ports(count: int) -> list[int]:
@@ -177,7 +202,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     from engine.tables import delta, delta_merge
     from engine.tables.distributed_merge import merge_distributed
 
-    changes = pq.read_table(folder / "changes.parquet")
+    changes = staged_changes(folder)
     source = {"deltalake": "plain", "bucketing": "plain", "distributed": "bucketed"}[role]
     uri = str(work_folder(folder, role, nodes))
     shutil.copytree(folder / source, uri)
@@ -191,7 +216,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     cpu_before = cpu_seconds()
     started = time.perf_counter()
     if role == "deltalake":
-        outcome = delta_merge.merge_changes(uri, changes, KIND, metadata={})
+        outcome = delta_merge.merge_changes(uri, changes.read(), KIND, metadata={})
     else:
         outcome = merge_distributed(uri, "bench.orders", changes, KIND, metadata={}, buckets=buckets,
                                     storage=storage)
@@ -200,7 +225,7 @@ def measure(role: str, folder: Path, nodes: int, buckets: int, storage: StorageS
     peak = memory_kib("VmHWM")
     if role == "bucketing" and not (folder / "bucketed").exists():
         shutil.copytree(folder / "plain", folder / "bucketed")
-        merge_distributed(str(folder / "bucketed"), "bench.orders", changes.slice(0, 0), KIND, metadata={},
+        merge_distributed(str(folder / "bucketed"), "bench.orders", changes.schema.empty_table(), KIND, metadata={},
                           buckets=buckets, storage=storage)
     if role != "deltalake":
         import ray
@@ -233,7 +258,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--changes", type=int, default=1_000_000)
     parser.add_argument("--nodes", type=lambda text: [int(n) for n in text.split(",")], default=[1],
-                        help="Ray node counts to run the bucketed merge on, comma-separated: 1, 2 or 1,2")
+                        help="Ray node counts to run the bucketed merge on, comma-separated: 1, 2, 3 or 1,2,3")
     parser.add_argument("--buckets", type=int, default=16)
     parser.add_argument("--compression", choices=["zstd", "snappy", "lz4", "none"], default="zstd",
                         help="of the files the bucketed merge writes (deltalake's merge writes snappy)")
