@@ -212,10 +212,12 @@ class SCD2Write(ChangeFeedWrite):
                           pa.field("is_current", pa.bool_())])
 
     def apply(self, write: StagedWrite, changes: ChangeFiles) -> TableOutcome:
-        """The history of the keys the staged changes touch rebuilt in this process (`scd2.apply_changes`)."""
+        """The history of the keys the staged changes touch rebuilt and written (`scd2.apply_changes`: on Delta by
+        Ray tasks, their difference staged under the table's staging folder)."""
         handle = write.handle
-        history = scd2.apply_changes(handle.uri, handle.changes, handle.name, changes.read(), self.kind,
-                                     store=handle.store, metadata=write.metadata, transaction=write.transaction)
+        history = scd2.apply_changes(handle.uri, handle.changes, handle.name, changes, self.kind,
+                                     store=handle.store, metadata=write.metadata, transaction=write.transaction,
+                                     storage=write.scope.settings.storage, scratch=f"{write.folder}/history")
         return TableOutcome(output_version=history.version, rows_written=history.rows_upserted,
                             rows_duplicate=changes.rows - history.changes_logged,
                             status="succeeded" if history.version is not None else "unchanged",

@@ -245,17 +245,25 @@ def groups_of_bytes(items: Sequence[T], size: int, per_group: int) -> list[list[
 def gather_written(uri: str, refs: Sequence[Any]) -> list[DataFile]:
     """The files of the table at `uri` that Ray tasks (`refs`, each returning a list of `DataFile`) wrote, once all
     have ended; when one failed, what the others wrote is deleted and the exception raised in that task raised."""
-    import ray
-
-    written: list[DataFile] = []
-    failure: Exception | None = None
-    for ref in refs:
-        try:
-            written.extend(ray.get(ref))
-        except ray.exceptions.RayError as err:
-            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
-            failure = failure or (cause if isinstance(cause, Exception) else err)
+    results, failure = gathered(refs)
+    written = [file for files in results for file in files]
     if failure is not None:
         discard_files(uri, written)
         raise failure
     return written
+
+
+def gathered(refs: Sequence[Any]) -> tuple[list[Any], Exception | None]:
+    """The results of the Ray tasks of `refs` that succeeded, once all have ended, and the exception raised in the
+    first that failed (the task's own exception, not Ray's wrapper), None when none did."""
+    import ray
+
+    results: list[Any] = []
+    failure: Exception | None = None
+    for ref in refs:
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayError as err:
+            cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
+            failure = failure or (cause if isinstance(cause, Exception) else err)
+    return results, failure

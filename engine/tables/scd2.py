@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import ray
 from deltalake.transaction import Transaction
 
 from engine.arrow import to_storage
+from engine.config import StorageSettings
 from engine.kinds import SCD2, Merge
-from engine.tables import changelog
+from engine.names import DELTA
+from engine.tables import changelog, delta_merge
+from engine.tables.delta import commit_files
+from engine.tables.delta_merge import MergeOutcome
+from engine.tables.files import ChangeFiles, DataFile, RollingParquetWriter, discard_files, gathered
 from engine.tables.formats import DeltaStore, TableStore
 
 _ACTION = "__medallion_scd2_action"
+SPLIT_BYTES = 128 * 2**20
+"""About how many bytes of staged changes one task splits by bucket, and one bucket holds."""
 
 
 @dataclass(frozen=True)
@@ -71,49 +81,148 @@ def apply_changes(
     uri: str,
     log_uri: str,
     table: str,
-    changes: pa.Table,
+    changes: pa.Table | ChangeFiles,
     kind: SCD2,
     *,
     store: TableStore | None = None,
     metadata: dict[str, Any],
     transaction: Transaction | None = None,
+    storage: StorageSettings | None = None,
+    scratch: str | None = None,
 ) -> HistoryOutcome:
     """Log `changes`, rebuild the history of the keys they touch from their logged changes, and write the
     difference to the table (in `store`'s format, Delta when None; the log is a Delta table either way) in one
     commit carrying `transaction`: a merge on the version key (keys and `valid_from`) that upserts the new and
     changed version rows and deletes those that no longer exist.
 
+    Changes staged in files (`ChangeFiles`) for a Delta table are handled by Ray tasks: split by hash bucket of
+    the key, each bucket's history rebuilt and compared with its version rows in a task that writes the changes
+    to log and the difference as files (the difference under `scratch`), the log committed here, then the
+    difference merged into the table by one task; this process holds file names, counts and object refs. Changes
+    in memory, and an Iceberg table's, are handled in this process.
+
     Raises:
         CommitConflict: another writer committed `transaction` first.
     """
     store = store or DeltaStore()
+    if isinstance(changes, ChangeFiles) and store.name == DELTA and scratch is not None:
+        return _apply_in_tasks(uri, log_uri, table, changes, kind, metadata=metadata, transaction=transaction,
+                               storage=storage or StorageSettings(), scratch=scratch)
+    rows = changes.read() if isinstance(changes, ChangeFiles) else changes
+    diff = _difference(uri, log_uri, table, rows, kind, store)
+    changelog.append(log_uri, diff.to_log, metadata=metadata)
+    if diff.unchanged:
+        return HistoryOutcome(None, diff.to_log.num_rows, 0, 0)
+    outcome = store.merge_local(uri, table, diff.source(), version_merge(kind), metadata=metadata, transaction=transaction)
+    return HistoryOutcome(outcome.version, diff.to_log.num_rows, diff.upserts.height, diff.removed.height)
+
+
+def version_merge(kind: SCD2) -> Merge:
+    """The merge that writes a history difference (`_Difference.source`): on the version key (keys and
+    `valid_from`), rows flagged removed deleted."""
+    return Merge(keys=[*kind.keys, "valid_from"], delete_when=f'"{_ACTION}"', except_columns=[_ACTION])
+
+
+@dataclass(frozen=True)
+class _Difference:
+    """What a batch of changes does to an SCD2 table: the changes to log, and the version rows to upsert and to
+    remove."""
+
+    to_log: pa.Table
+    upserts: pl.DataFrame
+    removed: pl.DataFrame
+
+    @property
+    def unchanged(self) -> bool:
+        return self.upserts.height == 0 and self.removed.height == 0
+
+    def source(self) -> pa.Table:
+        """The rows of the merge that applies the difference, removed ones flagged."""
+        return pl.concat([self.upserts.with_columns(pl.lit(False).alias(_ACTION)),
+                          self.removed.with_columns(pl.lit(True).alias(_ACTION))]).to_arrow()
+
+
+def _difference(uri: str, log_uri: str, table: str, changes: pa.Table, kind: SCD2,
+                store: TableStore) -> _Difference:
+    """The changes not logged yet, and the version rows of the keys the `changes` touch that the history rebuilt
+    from every logged change of those keys (and the new ones) adds, changes or no longer has. Reads the log's and
+    the table's rows of those keys only."""
     flagged = changelog.flag_deletes(changes, kind.delete_when)
     flagged = flagged.drop_columns([c for c in kind.except_columns if c in flagged.column_names])
-    identity = [*kind.keys, kind.sequence_by]
-    logged = changelog.record(log_uri, table, flagged, identity, metadata=metadata)
     touched = flagged.select(kind.keys)
-    history = changelog.read_for_keys(log_uri, table, touched)
-    new = pl.from_arrow(to_storage(build_history(history, kind))) if history is not None else None
+    logged = changelog.read_for_keys(log_uri, table, touched)
+    to_log = changelog.not_logged(flagged, logged, [*kind.keys, kind.sequence_by])
+    history = pa.concat_tables([*([logged] if logged is not None else []), to_log], promote_options="permissive")
+    new = pl.from_arrow(to_storage(build_history(history, kind)))
     assert isinstance(new, pl.DataFrame)
     old = _current_rows(uri, table, touched, store)
-    version_key = [*kind.keys, "valid_from"]
     if old is None:
-        if new.height == 0:
-            return HistoryOutcome(None, logged, 0, 0)
-        upserts, removed = new, new.clear()
-    else:
-        old = old.with_columns([pl.lit(None).cast(new.schema[c]).alias(c) for c in new.columns
-                                if c not in old.columns])
-        old = old.select(new.columns).cast(dict(new.schema))
-        upserts = new.join(old, on=new.columns, how="anti", nulls_equal=True)
-        removed = old.join(new, on=version_key, how="anti", nulls_equal=True)
-        if upserts.height == 0 and removed.height == 0:
-            return HistoryOutcome(None, logged, 0, 0)
-    source = pl.concat([upserts.with_columns(pl.lit(False).alias(_ACTION)),
-                        removed.with_columns(pl.lit(True).alias(_ACTION))])
-    merge = Merge(keys=version_key, delete_when=f'"{_ACTION}"', except_columns=[_ACTION])
-    outcome = store.merge_local(uri, table, source.to_arrow(), merge, metadata=metadata, transaction=transaction)
-    return HistoryOutcome(outcome.version, logged, upserts.height, removed.height)
+        return _Difference(to_log, new, new.clear())
+    old = old.with_columns([pl.lit(None).cast(new.schema[c]).alias(c) for c in new.columns if c not in old.columns])
+    old = old.select(new.columns).cast(dict(new.schema))
+    version_key = [*kind.keys, "valid_from"]
+    return _Difference(to_log, new.join(old, on=new.columns, how="anti", nulls_equal=True),
+                       old.join(new, on=version_key, how="anti", nulls_equal=True))
+
+
+def _apply_in_tasks(uri: str, log_uri: str, table: str, changes: ChangeFiles, kind: SCD2, *,
+                    metadata: dict[str, Any], transaction: Transaction | None, storage: StorageSettings,
+                    scratch: str) -> HistoryOutcome:
+    """`apply_changes` of staged changes to a Delta table, by Ray tasks (see there)."""
+    from engine.tables.bucket_tasks import split_changes
+
+    buckets = max(1, -(-changes.size // SPLIT_BYTES))
+    split = split_changes.options(num_returns=buckets + 1)
+    splits = [split.remote(group, list(kind.keys), buckets) for group in changes.groups(SPLIT_BYTES)]
+    counts = np.sum(ray.get([parts[0] for parts in splits]), axis=0)
+    prefix = f"scd2-{uuid.uuid4().hex[:8]}"
+    results, failure = gathered([
+        _bucket_difference.remote(uri, log_uri, table, kind, storage, scratch, f"{prefix}-b{bucket}",
+                                  *[parts[bucket + 1] for parts in splits])
+        for bucket in range(buckets) if counts[bucket]])
+    logged = [file for files, _, _ in results for file in files]
+    if failure is not None:
+        discard_files(log_uri, logged)
+        raise failure
+    written = [file for _, files, _ in results for file in files]
+    tallies = np.sum([tally for _, _, tally in results], axis=0)
+    commit_files(log_uri, logged, mode="append", metadata=metadata)
+    if not written:
+        return HistoryOutcome(None, int(tallies[0]), 0, 0)
+    marker = None if transaction is None else (transaction.app_id, transaction.version, transaction.last_updated)
+    merged, failure = gathered([_merge_difference.remote(uri, ChangeFiles(scratch, tuple(written)),
+                                                         version_merge(kind), metadata, marker)])
+    if failure is not None:
+        raise failure
+    return HistoryOutcome(merged[0].version, int(tallies[0]), int(tallies[1]), int(tallies[2]))
+
+
+@ray.remote(scheduling_strategy="SPREAD")
+def _bucket_difference(uri: str, log_uri: str, table: str, kind: SCD2, storage: StorageSettings, scratch: str,
+                       prefix: str, *changes: pa.Table) -> tuple[list[DataFile], list[DataFile], list[int]]:
+    """One bucket's `_difference`: the changes to log written as files of the log, the merge source as files under
+    `scratch`; with the counts logged, upserted and removed."""
+    diff = _difference(uri, log_uri, table, pa.concat_tables(changes, promote_options="permissive"), kind, DeltaStore())
+    log_writer = RollingParquetWriter(log_uri, storage, f"{prefix}-log")
+    writer = RollingParquetWriter(scratch, storage, prefix)
+    try:
+        log_writer.write(diff.to_log)
+        if not diff.unchanged:
+            writer.write(to_storage(diff.source()))
+        return log_writer.close(), writer.close(), [diff.to_log.num_rows, diff.upserts.height, diff.removed.height]
+    except BaseException:
+        discard_files(log_uri, log_writer.close())
+        discard_files(scratch, writer.close())
+        raise
+
+
+@ray.remote
+def _merge_difference(uri: str, source: ChangeFiles, merge: Merge, metadata: dict[str, Any],
+                      marker: tuple[str, int, int | None] | None) -> MergeOutcome:
+    """deltalake's merge of a history difference staged in files, in a task; `marker`: the fields of the commit's
+    application transaction (deltalake's `Transaction` does not pickle)."""
+    transaction = None if marker is None else Transaction(*marker)
+    return delta_merge.merge_changes(uri, source.read(), merge, metadata=metadata, transaction=transaction)
 
 
 def _current_rows(uri: str, table: str, keys: pa.Table, store: TableStore) -> pl.DataFrame | None:

@@ -1,5 +1,5 @@
 """A pipeline whose driver must not grow with its data: account changes ingested, merged by key with deletes
-(`Merge`), and summed per account (`RecomputeKeys`). Importable as `tests.engine.budget_pipeline:pipeline` by a
+(`Merge`), kept as history (`SCD2`), and summed per account (`RecomputeKeys`). Importable as `tests.engine.budget_pipeline:pipeline` by a
 driver process; `python -m tests.engine.budget_pipeline ROOT ADDRESS` runs it there, attached to the Ray at ADDRESS,
 and prints the driver's peak resident memory."""
 
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import ray.data
 
-from engine import FileSource, Merge, Pipeline, RecomputeKeys, map_partitions
+from engine import SCD2, FileSource, Merge, Pipeline, RecomputeKeys, map_partitions
 
 PAYLOAD_BYTES = 4096
 """Bytes of the `note` of every change: rows wide enough that a batch's changes weigh what its row count says."""
@@ -32,6 +32,12 @@ def parse(batch: pa.Table) -> pa.Table:
 @pipeline.table("silver.accounts", kind=Merge(keys=["account_id"], sequence_by="seq", delete_when="op = 'd'",
                                               except_columns=["op"]))
 def accounts(bronze_changes: ray.data.Dataset) -> ray.data.Dataset:
+    return bronze_changes.map_batches(parse, batch_format="pyarrow")
+
+
+@pipeline.table("gold.account_history", kind=SCD2(keys=["account_id"], sequence_by="seq", tracked_columns=["amount"],
+                                                 delete_when="op = 'd'", except_columns=["op"]))
+def account_history(bronze_changes: ray.data.Dataset) -> ray.data.Dataset:
     return bronze_changes.map_batches(parse, batch_format="pyarrow")
 
 

@@ -1,5 +1,5 @@
-"""The driver's memory does not grow with the data: the same pipeline (a `Merge` table with deletes and a
-`RecomputeKeys` aggregate) run at two sizes 10x apart, each by a driver process of its own attached to the test's
+"""The driver's memory does not grow with the data: the same pipeline (a `Merge` table with deletes, an `SCD2`
+history and a `RecomputeKeys` aggregate) run at two sizes 10x apart, each by a driver process of its own attached to the test's
 Ray, whose peak resident memory is compared. The changes of the larger run weigh about 160 MiB: a driver that
 read them (or their staged files) whole would grow by more than that."""
 
@@ -48,7 +48,7 @@ def live_accounts(root: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
-def test_the_driver_does_not_grow_with_a_merge_and_a_recompute_keys_table(tmp_path: Path) -> None:
+def test_the_driver_does_not_grow_with_merge_scd2_and_recompute_keys_tables(tmp_path: Path) -> None:
     peaks = {}
     for size in (SMALL, LARGE):
         root = tmp_path / f"root-{size}"
@@ -63,4 +63,7 @@ def test_the_driver_does_not_grow_with_a_merge_and_a_recompute_keys_table(tmp_pa
             expected.sort("account_id").select("account_id", pl.col("changes").cast(totals["changes"].dtype)))
         merged = DeltaTable(str(root / "silver" / "accounts")).to_pyarrow_table(columns=["account_id"])
         assert sorted(merged.column("account_id").to_pylist()) == live_accounts(root)
+        history = pl.from_arrow(DeltaTable(str(root / "gold" / "account_history")).to_pyarrow_table())
+        assert isinstance(history, pl.DataFrame)
+        assert sorted(history.filter(pl.col("is_current"))["account_id"].to_list()) == live_accounts(root)
     assert peaks[LARGE] - peaks[SMALL] < GROWTH_MIB, peaks

@@ -10,10 +10,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from engine.arrow import to_storage
+from engine.config import StorageSettings
 from engine.errors import CommitConflict
 from engine.kinds import SCD2
 from engine.layout import Layout
 from engine.tables import scd2
+from engine.tables.files import ChangeFiles, RollingParquetWriter
 from engine.tables.formats import TableFormats, TableStore
 from tests.conftest import settings_at
 
@@ -155,3 +158,33 @@ def test_a_batch_reads_the_version_rows_of_the_keys_it_touches_only(tmp_path: Pa
     assert (outcome.rows_upserted, outcome.rows_removed) == (3, 0)  # 7: closed and a new version; 150 in place
     assert [row for row in history(tmp_path, table_format) if row[0] in (7, 150)] == [
         (7, "US", "a", 1, 2, False), (7, "FR", "a", 2, None, True), (150, "US", "b", 1, None, True)]
+
+
+def test_staged_changes_are_applied_by_ray_tasks_as_in_memory(tmp_path: Path, ray_local: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches staged in files go through Ray tasks (split by bucket, each bucket's history rebuilt and compared
+    there, the difference merged by a task): the same history as the batches applied in this process, which never
+    reads a staged change."""
+    rng = random.Random(11)
+    events = [(rng.randrange(30), rng.choice(["US", "FR", None]), rng.choice("abc"), seq,
+               rng.choice(["c", "u", "u", "d"])) for seq in range(300)]
+    rng.shuffle(events)
+    batches = [changes(*events[start:start + 75]) for start in range(0, len(events), 75)]
+    for batch in batches:
+        apply(tmp_path / "memory", batch, "delta")
+    monkeypatch.setattr(scd2, "SPLIT_BYTES", 1500)  # a few buckets, and a split task per staged file
+    monkeypatch.setattr(ChangeFiles, "read", lambda self: pytest.fail("staged changes read in this process"))
+    root = tmp_path / "tasks"
+    for number, batch in enumerate(batches):
+        writer = RollingParquetWriter(str(root / "staging" / str(number)), StorageSettings(), "stage")
+        writer.write(to_storage(batch.slice(0, 40)))
+        writer.close()
+        writer.write(to_storage(batch.slice(40)))
+        staged = ChangeFiles(str(root / "staging" / str(number)), tuple(writer.close()))
+        outcome = scd2.apply_changes(dim(root), Layout.at(str(root)).changes("gold.dim"), "gold.dim", staged, KIND,
+                                     metadata={}, scratch=str(root / "staging" / str(number) / "history"))
+        assert outcome.changes_logged == batch.num_rows
+    assert history(root, "delta") == history(tmp_path / "memory", "delta")
+    replay = scd2.apply_changes(dim(root), Layout.at(str(root)).changes("gold.dim"), "gold.dim", staged, KIND,
+                                metadata={}, scratch=str(root / "replay"))
+    assert replay == scd2.HistoryOutcome(None, 0, 0, 0)
