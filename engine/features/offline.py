@@ -82,20 +82,28 @@ def store_config(config: RepoConfig) -> DeltaOfflineStoreConfig:
 
 
 class DeltaRetrievalJob(RetrievalJob):
-    """A retrieval whose table snapshots were fixed when it was created; runs on Ray when converted."""
+    """A retrieval whose table snapshots were fixed when it was created; runs on Ray when converted: to a Ray
+    Dataset whose blocks stay in the cluster (`to_ray_dataset`, `persist` to Parquet), or collected in this
+    process (`to_arrow`, `to_df`)."""
 
     def __init__(
         self,
-        compute: Callable[[], pa.Table],
+        build: Callable[[], ray.data.Dataset],
         snapshots: Sequence[Snapshot],
         *,
+        ray_address: str | None,
+        order_by: str | None = None,
+        columns: Sequence[str] | None = None,
         full_feature_names: bool = False,
         on_demand_feature_views: Sequence[OnDemandFeatureView] = (),
         metadata: RetrievalMetadata | None = None,
-        on_done: Callable[[pa.Table], None] | None = None,
+        on_done: Callable[[int], None] | None = None,
     ) -> None:
-        self._compute = compute
+        self._build = build
         self._snapshots = tuple(snapshots)
+        self._ray_address = ray_address
+        self._order_by = order_by
+        self._columns = list(columns) if columns is not None else None
         self._full_feature_names = full_feature_names
         self._odfvs = list(on_demand_feature_views)
         self._metadata = metadata
@@ -121,19 +129,63 @@ class DeltaRetrievalJob(RetrievalJob):
         """Requested features, entity keys and the entity time range."""
         return self._metadata
 
+    def to_ray_dataset(self) -> ray.data.Dataset:
+        """The result as a materialized Ray Dataset, in the entity rows' order for a historical retrieval: its
+        blocks stay in the cluster's object store, and no row comes to this process."""
+        ensure_ray(self._ray_address)
+        with task_errors(self._snapshots):
+            rows = self._build()
+            if self._order_by is not None:
+                rows = rows.sort(self._order_by)
+            if self._columns is not None:
+                rows = rows.select_columns(self._columns)
+            rows = rows.materialize()
+        self._done(rows.count())
+        return rows
+
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        table = self._compute()
-        if self._on_done is not None:
-            self._on_done(table)
+        ensure_ray(self._ray_address)
+        with task_errors(self._snapshots):
+            table = collect(self._build())
+        if self._order_by is not None:
+            table = table.sort_by(self._order_by)
+        if self._columns is not None:
+            table = table.select(self._columns)
+        self._done(table.num_rows)
         return table
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
 
     def persist(self, storage: Any, allow_overwrite: bool = False, timeout: int | None = None) -> None:
-        """Not supported: write `to_arrow()` to a Delta table of the pipeline instead."""
-        raise FeatureStoreError("saved datasets are not supported by the Delta offline store; write "
-                                "`job.to_arrow()` to a table (it records its table versions in `table_versions`)")
+        """Write the result to the Parquet folder of a `SavedDatasetFileStorage`, from Ray's workers (no row
+        comes to this process).
+
+        Raises:
+            FeatureStoreError: the storage is of another kind, or its folder holds files and `allow_overwrite`
+                is off.
+        """
+        import pyarrow.fs as pafs
+        from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
+
+        from engine.storage import filesystem_of
+
+        if not isinstance(storage, SavedDatasetFileStorage):
+            raise FeatureStoreError(f"the Delta offline store saves a retrieval to Parquet files only "
+                                    f"(`SavedDatasetFileStorage`), not to a {type(storage).__name__}; or write "
+                                    "`job.to_ray_dataset()` where you like")
+        path = storage.file_options.uri
+        filesystem, folder = filesystem_of(path)
+        exists = filesystem.get_file_info(folder).type != pafs.FileType.NotFound
+        if exists and not allow_overwrite:
+            raise FeatureStoreError(f"`{path}` exists; pass allow_overwrite=True to replace it")
+        if exists:
+            filesystem.delete_dir_contents(folder)
+        self.to_ray_dataset().write_parquet(path)
+
+    def _done(self, rows: int) -> None:
+        if self._on_done is not None:
+            self._on_done(rows)
 
 
 @dataclass(frozen=True)
@@ -181,14 +233,12 @@ class DeltaOfflineStore(OfflineStore):
             max_event_timestamp=pc.max(times).as_py(),
         )
         snapshots = [plan.snapshot for plan in plans]
-
-        def compute() -> pa.Table:
-            ensure_ray(settings.ray_address)
-            with task_errors(snapshots):
-                return _run_join(entities, plans, settings.partitions)
-
-        return DeltaRetrievalJob(compute, snapshots, full_feature_names=full_feature_names,
-                                 on_demand_feature_views=odfvs, metadata=metadata,
+        ordered = [c for c in entities.column_names if c not in (ROW, ENTITY_TS)]
+        ordered += [f for plan in plans for f in plan.join.features]
+        return DeltaRetrievalJob(lambda: _run_join(entities, plans, settings.partitions), snapshots,
+                                 ray_address=settings.ray_address, order_by=ROW, columns=ordered,
+                                 full_feature_names=full_feature_names, on_demand_feature_views=odfvs,
+                                 metadata=metadata,
                                  on_done=_recorder(settings, "historical", snapshots, [p.name for p in plans]))
 
     @staticmethod
@@ -205,14 +255,10 @@ class DeltaOfflineStore(OfflineStore):
         """The latest row per key with its event time in `[start_date, end_date]`."""
         settings = store_config(config)
         snapshot = _source(data_source).snapshot(settings.root)
-
-        def compute() -> pa.Table:
-            ensure_ray(settings.ray_address)
-            with task_errors([snapshot]):
-                return collect(latest_rows(snapshot, join_key_columns, feature_name_columns, timestamp_field,
-                                           created_timestamp_column, start_date, end_date))
-
-        return DeltaRetrievalJob(compute, [snapshot], on_done=_recorder(settings, "pull_latest", [snapshot]))
+        return DeltaRetrievalJob(
+            lambda: latest_rows(snapshot, join_key_columns, feature_name_columns, timestamp_field,
+                                created_timestamp_column, start_date, end_date),
+            [snapshot], ray_address=settings.ray_address, on_done=_recorder(settings, "pull_latest", [snapshot]))
 
     @staticmethod
     def pull_all_from_table_or_query(
@@ -229,14 +275,10 @@ class DeltaOfflineStore(OfflineStore):
         settings = store_config(config)
         snapshot = _source(data_source).snapshot(settings.root)
         columns = _unique([*join_key_columns, *feature_name_columns, timestamp_field, created_timestamp_column])
-
-        def compute() -> pa.Table:
-            ensure_ray(settings.ray_address)
-            with task_errors([snapshot]):
-                return collect(read_snapshot(snapshot, columns, time_column=timestamp_field, start=utc(start_date),
-                                             end=utc(end_date)))
-
-        return DeltaRetrievalJob(compute, [snapshot], on_done=_recorder(settings, "pull_all", [snapshot]))
+        return DeltaRetrievalJob(
+            lambda: read_snapshot(snapshot, columns, time_column=timestamp_field, start=utc(start_date),
+                                  end=utc(end_date)),
+            [snapshot], ray_address=settings.ray_address, on_done=_recorder(settings, "pull_all", [snapshot]))
 
     @staticmethod
     def validate_data_source(config: RepoConfig, data_source: Any) -> None:
@@ -309,12 +351,13 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def _recorder(settings: DeltaOfflineStoreConfig, kind: str, snapshots: Sequence[Snapshot],
-              views: Sequence[str] = ()) -> Callable[[pa.Table], None]:
-    """Records a finished retrieval of `snapshots` in the lineage table (when `record_lineage` is on)."""
+              views: Sequence[str] = ()) -> Callable[[int], None]:
+    """Records a finished retrieval of `snapshots` and its row count in the lineage table (when `record_lineage` is
+    on)."""
 
-    def record(result: pa.Table) -> None:
+    def record(rows: int) -> None:
         if settings.record_lineage:
-            lineage.record(settings.root, kind, snapshots, result.num_rows, views=views)
+            lineage.record(settings.root, kind, snapshots, rows, views=views)
 
     return record
 
@@ -412,8 +455,8 @@ def _prepare_entities(entity_df: pd.DataFrame, time_column: str, plans: Sequence
     return table
 
 
-def _run_join(entities: pa.Table, plans: Sequence[_ViewPlan], partitions: int | None) -> pa.Table:
-    """Join every plan onto the entity rows: one co-partitioned as-of join per set of join keys."""
+def _run_join(entities: pa.Table, plans: Sequence[_ViewPlan], partitions: int | None) -> ray.data.Dataset:
+    """Join every plan onto the entity rows: one co-partitioned as-of join per set of join keys; unordered."""
     groups: dict[tuple[str, ...], list[_ViewPlan]] = {}
     for plan in plans:
         groups.setdefault(plan.join.keys, []).append(plan)
@@ -423,7 +466,4 @@ def _run_join(entities: pa.Table, plans: Sequence[_ViewPlan], partitions: int | 
             plan.join.input: read_snapshot(plan.snapshot, plan.columns, rename=plan.rename) for plan in group}
         current = co_partition(inputs, list(keys), as_of_join, num_partitions=partitions,
                                fn_kwargs={"views": [plan.join for plan in group]})
-    result = collect(current).sort_by(ROW)
-    ordered = [c for c in entities.column_names if c not in (ROW, ENTITY_TS)]
-    ordered += [f for plan in plans for f in plan.join.features]
-    return result.select(ordered)
+    return current
