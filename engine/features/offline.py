@@ -131,7 +131,15 @@ class DeltaRetrievalJob(RetrievalJob):
 
     def to_ray_dataset(self) -> ray.data.Dataset:
         """The result as a materialized Ray Dataset, in the entity rows' order for a historical retrieval: its
-        blocks stay in the cluster's object store, and no row comes to this process."""
+        blocks stay in the cluster's object store, and no row comes to this process.
+
+        Raises:
+            FeatureStoreError: the retrieval asks for on-demand feature views, which Feast computes on a collected
+                result (`to_df`, `to_arrow`).
+        """
+        if self._odfvs:
+            raise FeatureStoreError(f"on-demand feature views ({', '.join(v.name for v in self._odfvs)}) are "
+                                    "computed on a collected result; retrieve them with `to_df()` or `to_arrow()`")
         ensure_ray(self._ray_address)
         with task_errors(self._snapshots):
             rows = self._build()

@@ -19,6 +19,7 @@ from feast.types import Int64, String
 
 from engine.features.source import DeltaSource
 from engine.layout import Layout
+from tests.engine.budget_pipeline import peak_resident_mib
 
 BASE = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 NOTE_BYTES = 4096
@@ -43,12 +44,6 @@ def prepare(root: Path, accounts: int) -> None:
 def entities(rows: int) -> pd.DataFrame:
     """An entity row per account, a day after its feature row."""
     return pd.DataFrame({"account_id": np.arange(rows), "event_timestamp": pd.Timestamp(BASE + dt.timedelta(days=1))})
-
-
-def peak_resident_mib() -> float:
-    """This process's peak resident memory so far (`VmHWM`, Linux)."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return int(line.split()[1]) / 2**10
 
 
 def main(root: str, address: str, rows: int, out: str) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -17,6 +18,7 @@ from engine.errors import FeatureStoreError
 from engine.features import offline
 from engine.features.repo import open_store
 from tests.features import budget_retrieval
+from tests.features.conftest import RetailFeatures
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURES = ["account_notes:note", "account_notes:score"]
@@ -68,3 +70,14 @@ def test_the_driver_of_a_saved_training_set_does_not_grow_with_it(ray_local: Non
         saved = pq.read_table(out, columns=["account_id", "score"]).sort_by("account_id")
         assert saved.column("score").to_pylist() == [i * 7 for i in range(rows)]
     assert peaks[40_000] - peaks[4_000] < 150, peaks
+
+
+def test_on_demand_views_are_refused_in_the_cluster_and_computed_when_collected(
+        retail_features: RetailFeatures) -> None:
+    store = retail_features.store
+    service = store.get_feature_service("customer_training")
+    rows = pd.DataFrame({"customer_id": [1, 2], "cart_value": [30.0, 55.0],
+                         "event_timestamp": pd.to_datetime(["2026-05-20", "2026-05-28"], utc=True)})
+    with pytest.raises(FeatureStoreError, match=r"on-demand feature views \(cart_context\).*`to_df\(\)`"):
+        store.get_historical_features(entity_df=rows, features=service).to_ray_dataset()
+    assert len(store.get_historical_features(entity_df=rows, features=service).to_df()) == 2
