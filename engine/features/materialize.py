@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.utils import _build_entity_keys, _columns_to_proto_values, _convert_arrow_to_proto, _get_column_names
 
+from engine.arrow import to_storage
+from engine.config import StorageSettings
 from engine.errors import FeatureStoreError
 from engine.features import lineage, online
 from engine.features.offline import delta_source, latest_rows, store_config, task_errors, utc
@@ -48,7 +51,9 @@ from engine.maintenance.pins import pinned
 from engine.partitioning import co_partition
 from engine.runtime import ensure_ray
 from engine.storage import delete_tree
+from engine.tables.delta import METADATA_PREFIX, commit_files, read_dataset
 from engine.tables.delta_files import add_actions
+from engine.tables.files import DataFile, RollingParquetWriter, discard_files
 
 ACTION = "__action"
 WRITE, REWRITE, KEEP, DELETE = "write", "rewrite", "keep", "delete"
@@ -163,18 +168,23 @@ def sync_view(config: RepoConfig, online_store: OnlineStore, registry: BaseRegis
             _drop_online_rows(config, online_store, view)
             state = ray.data.from_arrow(_empty_state(desired, keys))
         else:
-            state = ray.data.from_arrow(DeltaTable(state_uri).to_pyarrow_table())
+            state = read_dataset(state_uri, f"state of feature view {view.name}")
         changes = co_partition({"desired": desired, "state": state}, keys, diff_state,
                                num_partitions=settings.partitions, fn_kwargs={"keys": keys})
-        outcome = _apply_changes(config, view, changes.to_arrow_refs(), keys, time_column,
+        outcome = _apply_changes(config, view, changes.to_arrow_refs(), keys, time_column, state_uri,
                                  sequential=isinstance(online_store, SqliteOnlineStore))
     if outcome["mismatched"]:
+        discard_files(state_uri, outcome["state"])
         raise FeatureStoreError(f"materializing `{view.name}`: {outcome['mismatched']} row(s) did not reach the "
                                 f"online store as written (of {outcome['written']} written, {outcome['deleted']} "
                                 "deleted); nothing was recorded, run the materialization again without --incremental",
                                 feature=view.name, table=snapshot.table)
-    _check_count(config, online_store, view, outcome["rows"])
-    _write_state(state_uri, outcome["state"], snapshot.table, marker)
+    try:
+        _check_count(config, online_store, view, outcome["rows"])
+    except FeatureStoreError:
+        discard_files(state_uri, outcome["state"])
+        raise
+    _commit_state(state_uri, outcome["state"], _empty_state(desired, keys).schema, snapshot.table, marker)
     lineage.record(settings.root, "materialize", [snapshot], outcome["written"], views=[view.name])
     return MaterializationReport(view.name, snapshot.table, snapshot.version, end, previous is not None,
                                  outcome["written"], outcome["deleted"], outcome["rows"] - outcome["written"],
@@ -197,24 +207,27 @@ def diff_state(desired: pa.Table, state: pa.Table, keys: Sequence[str]) -> pa.Ta
 
 
 def _apply_changes(config: RepoConfig, view: FeatureView, parts: list[ray.ObjectRef], keys: Sequence[str],
-                   time_column: str, *, sequential: bool) -> dict[str, Any]:
-    """Apply every partition's changes in Ray tasks (one at a time for SQLite, whose file has one writer)."""
-    tasks = (_apply_partition.remote(part, config, view, list(keys), time_column) for part in parts)
+                   time_column: str, state_uri: str, *, sequential: bool) -> dict[str, Any]:
+    """Apply every partition's changes in Ray tasks (one at a time for SQLite, whose file has one writer); each
+    writes its part of the new state as files of the state table (`state`: their list, not committed)."""
+    prefix = f"state-{uuid.uuid4().hex[:8]}"
+    tasks = (_apply_partition.remote(part, config, view, list(keys), time_column, state_uri, prefix)
+             for part in parts)
     results = [ray.get(task) for task in tasks] if sequential else ray.get(list(tasks))
-    states = [r["state"] for r in results]
     return {
         "written": sum(r["written"] for r in results),
         "deleted": sum(r["deleted"] for r in results),
         "mismatched": sum(r["mismatched"] for r in results),
-        "rows": sum(s.num_rows for s in states),
-        "state": pa.concat_tables(states, promote_options="permissive") if states else None,
+        "rows": sum(r["rows"] for r in results),
+        "state": [file for r in results for file in r["state"]],
     }
 
 
 @ray.remote
 def _apply_partition(changes: pa.Table, config: RepoConfig, view: FeatureView, keys: list[str],
-                     time_column: str) -> dict[str, Any]:
-    """Delete, write and read back one partition's changed rows; return counts and its part of the new state."""
+                     time_column: str, state_uri: str, prefix: str) -> dict[str, Any]:
+    """Delete, write and read back one partition's changed rows; return counts and the files of its part of the
+    new state, written under `state_uri`."""
     store = get_online_store_from_config(config.online_store)
     key_types = {c.name: c.dtype.to_value_type() for c in view.entity_columns if c.name in keys}
     actions = changes.column(ACTION) if changes.num_rows else pa.array([], pa.string())
@@ -228,9 +241,12 @@ def _apply_partition(changes: pa.Table, config: RepoConfig, view: FeatureView, k
     mismatched = _unwritten(config, store, view, written, fresh.column(time_column))
     mismatched += _undeleted(config, store, view, _entity_keys(gone, key_types))
     kept = changes.filter(pc.not_equal(actions, DELETE)) if changes.num_rows else changes
-    state = kept.select([*keys, time_column, ROW_HASH]).rename_columns([*keys, STATE_TIME, ROW_HASH]) \
-        if kept.num_rows else _state_schema(changes, keys).empty_table()
-    return {"written": fresh.num_rows, "deleted": gone.num_rows, "mismatched": mismatched, "state": state}
+    writer = RollingParquetWriter(state_uri, StorageSettings(), prefix)
+    if kept.num_rows:
+        writer.write(to_storage(kept.select([*keys, time_column, ROW_HASH]).rename_columns(
+            [*keys, STATE_TIME, ROW_HASH])))
+    return {"written": fresh.num_rows, "deleted": gone.num_rows, "mismatched": mismatched, "rows": kept.num_rows,
+            "state": writer.close()}
 
 
 def _unwritten(config: RepoConfig, store: OnlineStore, view: FeatureView, written: list[OnlineRow],
@@ -359,15 +375,19 @@ def _state_rows(uri: str) -> int:
     return int(pc.sum(counts).as_py() or 0)
 
 
-def _state_schema(rows: pa.Table, keys: Sequence[str]) -> pa.Schema:
-    return pa.schema([*(rows.schema.field(k) for k in keys),
-                      pa.field(STATE_TIME, pa.timestamp("us", tz="UTC")), pa.field(ROW_HASH, pa.int64())])
-
-
 def _empty_state(desired: ray.data.Dataset, keys: Sequence[str]) -> pa.Table:
     schema = desired.schema().base_schema
     return pa.schema([*(schema.field(k) for k in keys), pa.field(STATE_TIME, pa.timestamp("us", tz="UTC")),
                       pa.field(ROW_HASH, pa.int64())]).empty_table()
+
+
+def _commit_state(uri: str, files: Sequence[DataFile], schema: pa.Schema, table: str,
+                  marker: tuple[int, str, str]) -> None:
+    """Replace the state table with the files the partitions wrote, in one commit recording `marker`."""
+    version, end, fingerprint = marker
+    commit_files(uri, files, mode="overwrite", empty_schema=schema, metadata={
+        META_VERSION.removeprefix(METADATA_PREFIX): str(version), META_END.removeprefix(METADATA_PREFIX): end,
+        META_VIEW.removeprefix(METADATA_PREFIX): fingerprint, META_TABLE.removeprefix(METADATA_PREFIX): table})
 
 
 def _write_state(uri: str, state: pa.Table | None, table: str, marker: tuple[int, str, str]) -> None:

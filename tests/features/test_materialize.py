@@ -22,6 +22,7 @@ from polars.testing import assert_frame_equal
 
 from engine.cli.main import main
 from engine.errors import FeatureStoreError
+from engine.features import materialize as materialize_module
 from engine.features.lineage import read_lineage
 from engine.features.materialize import legacy_state_folder, materialize, state_folder
 from engine.features.repo import render_config
@@ -67,8 +68,8 @@ def materializations(root: Path) -> list[tuple[str, int, int, list[str]]]:
     return list(rows.select("table", "version", "rows", "views").iter_rows())
 
 
-def test_incremental_materialization_writes_changes_and_removes_deleted_entities(ray_local: None,
-                                                                                 tmp_path: Path) -> None:
+def test_incremental_materialization_writes_changes_and_removes_deleted_entities(
+        ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(11)
     write_table(tmp_path, TABLE, customer_rows(rng))
     store = store_over(tmp_path, [customer, customer_view()], project="mat")
@@ -93,7 +94,10 @@ def test_incremental_materialization_writes_changes_and_removes_deleted_entities
     after = latest_online(current(tmp_path), END)
     written, deleted = expected_changes(before, after)
 
-    [report] = materialize(store, end=END, incremental=True)
+    with monkeypatch.context() as trap:  # the state is read and written by Ray tasks, not in this process
+        trap.setattr(DeltaTable, "to_pyarrow_table", lambda *a, **k: pytest.fail("a table read whole here"))
+        trap.setattr(materialize_module, "write_deltalake", lambda *a, **k: pytest.fail("the state written here"))
+        [report] = materialize(store, end=END, incremental=True)
 
     assert report.incremental and report.version == DeltaTable(table_path(tmp_path, TABLE)).version()
     assert (report.written, report.deleted, report.online_rows) == (written, deleted, after.height)
