@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine.arrow import unify
 from engine.config import StorageSettings
 from engine.storage import filesystem_of, parquet_dataset
 
@@ -214,7 +215,7 @@ class ChangeFiles:
     @property
     def schema(self) -> pa.Schema:
         """One schema holding every file's columns."""
-        return pa.unify_schemas([f.schema for f in self.files], promote_options="permissive")
+        return unify([f.schema for f in self.files])
 
     def groups(self, per_group: int) -> list[ChangeFiles]:
         """The files in groups of about `per_group` bytes, the work of one Ray task each."""
