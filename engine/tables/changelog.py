@@ -45,25 +45,6 @@ def read_for_keys(uri: str, table: str, keys: pa.Table) -> pa.Table | None:
     return logged.join(wanted, on=keys.column_names, how="semi", nulls_equal=True).to_arrow()
 
 
-def record(
-    uri: str,
-    table: str,
-    changes: pa.Table,
-    identity: Sequence[str],
-    *,
-    metadata: dict[str, Any],
-    transaction: Transaction | None = None,
-) -> int:
-    """Append the changes not logged yet (by the `identity` columns: keys and sequence) in one commit;
-    returns how many were appended."""
-    if changes.num_rows == 0:
-        return 0
-    logged = read_for_keys(uri, table, changes.select([c for c in identity if c in changes.column_names]))
-    incoming = not_logged(changes, logged, identity)
-    append(uri, incoming, metadata=metadata, transaction=transaction)
-    return incoming.num_rows
-
-
 def append(uri: str, rows: pa.Table, *, metadata: dict[str, Any], transaction: Transaction | None = None) -> None:
     """Append `rows` (in storage types) to the log in one commit, creating it; nothing when there are none."""
     if rows.num_rows == 0:
