@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,7 @@ from engine.errors import UnreadableFileError
 from engine.ingest.drift import SchemaDrift, apply_policy, detect_drift
 from engine.ingest.readers import landing_bytes, read_records
 from engine.ingest.sources import FileSource, LandingFile
+from engine.ingest.typed import typed_columns
 from engine.storage import parquet_dataset
 from engine.tables.staging import StagedFiles, Stager
 
@@ -56,6 +57,7 @@ class IngestBatch:
         types: the JSON value shape (`object`, `array` or `scalar`) per column known after this batch.
         fingerprints: the checkpoint entry of every file of the batch, quarantined ones included.
         quarantined: `<file>: <reason>` of every file quarantined whole, in file order.
+        column_types: the Arrow type of each column the source declares typed; the others are strings.
     """
 
     staged: StagedFiles
@@ -64,12 +66,14 @@ class IngestBatch:
     types: dict[str, str]
     fingerprints: tuple[list[object], ...] = ()
     quarantined: tuple[str, ...] = ()
+    column_types: Mapping[str, pa.DataType] = field(default_factory=dict)
 
     @property
     def schema(self) -> pa.Schema:
-        """The bronze schema of the known columns: every source column a string, then the engine's."""
+        """The bronze schema of the known columns: every source column a string unless declared typed, then
+        the engine's."""
         return pa.schema(
-            [(column, pa.string()) for column in self.columns]
+            [(column, self.column_types.get(column, pa.string())) for column in self.columns]
             + [(RESCUED_DATA, pa.string()), (SOURCE_FILE, pa.string()),
                (INGESTED_AT, pa.timestamp("us", tz="UTC")), (RUN_ID, pa.string())]
         )
@@ -137,7 +141,7 @@ def ingest_new_files(
     in_file_order = [s if isinstance(s, StagedFiles) else next(restaged) for s in staged]
     fingerprints = tuple(file.fingerprint(read.end) for file, read in zip(files, reads, strict=True))
     return IngestBatch(StagedFiles.combine(in_file_order), tuple(drifts), tuple(expected), types, fingerprints,
-                       unreadable)
+                       unreadable, source.column_types)
 
 
 def _shape_table(shape: FileShape) -> pa.Table:
@@ -157,7 +161,8 @@ def _ingest_file(file: LandingFile, index: int, source: FileSource, ingested_at:
         quarantine = replace(stager, quality=None, opaque=stager.opaque | {RAW_FILE})
         staged = quarantine.write([_with_ingestion_columns(rejected, file, ingested_at, stager.run_id)], index)
         return FileRead(staged, FileShape(file.name, (), {}), end, str(err))
-    types = {field: _shape_of(kind) for field, kind in json_types.items()}
+    table = typed_columns(table, source.column_types)
+    types = {name: _shape_of(kind) for name, kind in json_types.items()}
     shape = FileShape(file.name, tuple(c for c in table.column_names if not c.startswith("_")), types)
     return FileRead(stager.write([_with_ingestion_columns(table, file, ingested_at, stager.run_id)], index), shape, end)
 

@@ -187,19 +187,25 @@ def _rescue(table: pa.Table, columns: set[str]) -> pa.Table:
     moved = [name for name in table.column_names if name in columns]
     if not moved:
         return table
-    values = [table.column(name).combine_chunks() for name in moved]
+    return with_rescued(table.drop_columns(moved), moved, [table.column(name).combine_chunks() for name in moved])
+
+
+def with_rescued(table: pa.Table, names: list[str], values: list[pa.Array]) -> pa.Table:
+    """`table` whose rows with a non-null value in `values` (one string array per name of `names`) get the JSON
+    object text `{"<name>": "<value or null>", ...}` in `_rescued_data`, holding the row's earlier
+    `_rescued_data` text, if any, under the `_line` key; other rows keep theirs. The column is appended if
+    `table` has none."""
     previous = (
         table.column(RESCUED_DATA).combine_chunks().cast(pa.string()) if RESCUED_DATA in table.column_names
         else pa.nulls(table.num_rows, pa.string())
     )
     objects = pc.if_else(
         pc.is_valid(previous),
-        _json_objects([*moved, RESCUED_LINE], [*values, previous]),
-        _json_objects(moved, values),
+        _json_objects([*names, RESCUED_LINE], [*values, previous]),
+        _json_objects(names, values),
     )
     has_value = functools.reduce(pc.or_, [pc.is_valid(value) for value in values])
     rescued = pc.if_else(has_value, objects, previous)
-    table = table.drop_columns(moved)
     field = pa.field(RESCUED_DATA, pa.string())
     if RESCUED_DATA in table.column_names:
         return table.set_column(table.column_names.index(RESCUED_DATA), field, rescued)

@@ -2,7 +2,9 @@
 
 Every field is kept as the text it arrived as (a nested JSON value as its JSON text, a JSON number in
 canonical form; in CSV only an empty field is null), so bronze never fails on a type it did not expect.
-A record that cannot be parsed keeps its raw text in `_rescued_data`.
+A record that cannot be parsed keeps its raw text in `_rescued_data`. The columns of a CSV file whose types
+the source declares are parsed by Arrow's CSV reader straight into those types when every value parses; a
+file with a value that does not is read as strings, which `engine.ingest.typed` then types value by value.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
@@ -66,7 +69,7 @@ def read_records(raw: bytes, file: LandingFile, source: FileSource) -> tuple[pa.
         return parse_json_lines(text), json_field_types(text)
     if file.start and raw:
         raw = _header_line(file) + raw
-    return _parse_csv(raw, source.delimiter, file), {}
+    return _parse_csv(raw, source.delimiter, file, source.column_types), {}
 
 
 def read_text(file: LandingFile) -> str:
@@ -197,13 +200,36 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
-    """Parsed by Arrow straight from the file's bytes (Arrow checks that they are UTF-8); the header, the first
-    non-blank line, is read with Python's csv module so that quoted names are understood the same way."""
+def _parse_csv(raw: bytes, delimiter: str, file: LandingFile, types: Mapping[str, pa.DataType]) -> pa.Table:
+    """Parsed by Arrow straight from the file's bytes (Arrow checks that they are UTF-8), the declared `types`
+    when every value of theirs parses, else every column as strings; the header, the first non-blank line, is
+    read with Python's csv module so that quoted names are understood the same way."""
     header = next(csv.reader(io.StringIO(_first_line(raw, file)), delimiter=delimiter), None)
     if not header:
         return pa.table({RESCUED_DATA: pa.array([], pa.string())})
     _check_header(header, file)
+    declared = {name: types[name] for name in header if name in types}
+    if declared:
+        try:
+            return _read_csv(raw, delimiter, file, {name: declared.get(name, pa.string()) for name in header})
+        except _ConversionError:
+            pass
+    return _read_csv(raw, delimiter, file, {name: pa.string() for name in header})
+
+
+class _ConversionError(Exception):
+    """A value of a typed column did not parse as its type."""
+
+
+def _read_csv(raw: bytes, delimiter: str, file: LandingFile, column_types: dict[str, pa.DataType]) -> pa.Table:
+    """The records of CSV `raw` with `column_types`, plus `_rescued_data` (the raw text of rows with another
+    number of fields than the header, every other column null).
+
+    Raises:
+        _ConversionError: a value of a typed column does not parse as its type.
+        IngestError: the bytes cannot be parsed as CSV.
+        UnreadableFileError: the bytes are not valid UTF-8.
+    """
     rescued: list[str] = []
 
     def keep_raw(row: pacsv.InvalidRow) -> str:
@@ -215,13 +241,15 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
             io.BytesIO(raw),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_raw),
             convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in header},
+                column_types=column_types,
                 null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),
         )
     except pa.ArrowInvalid as err:
+        if "conversion error" in str(err) and any(kind != pa.string() for kind in column_types.values()):
+            raise _ConversionError(str(err)) from None
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as decoding:
@@ -230,7 +258,7 @@ def _parse_csv(raw: bytes, delimiter: str, file: LandingFile) -> pa.Table:
     table = table.append_column(RESCUED_DATA, pa.nulls(table.num_rows, pa.string()))
     if not rescued:
         return table
-    bad = pa.table({name: pa.nulls(len(rescued), pa.string()) for name in table.column_names[:-1]}
+    bad = pa.table({field.name: pa.nulls(len(rescued), field.type) for field in list(table.schema)[:-1]}
                    | {RESCUED_DATA: pa.array(rescued, pa.string())})
     return pa.concat_tables([table, bad])
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
+
+import pyarrow as pa
 
 from engine.errors import PipelineDefinitionError
 
@@ -26,7 +29,8 @@ the other files, `fail` fails the table."""
 
 @dataclass(frozen=True)
 class FileSource:
-    """Files landing in `<root>/landing/<directory>/`, read as strings exactly as they arrive.
+    """Files landing in `<root>/landing/<directory>/`, read as strings exactly as they arrive, except the
+    columns whose types the source declares.
 
     Attributes:
         directory: folder under the landing root.
@@ -40,6 +44,10 @@ class FileSource:
             complete lines appended since are ingested; a last line without its line break waits for it).
         on_change: what to do with an ingested file that changed otherwise than `growth` allows.
         on_unreadable: what to do with a file that cannot be read at all (`UnreadablePolicy`).
+        types: Arrow types of columns bronze stores typed, by column name (a `pyarrow.DataType`, or an alias
+            such as `"int64"`, `"float64"`, `"date32"`, `"bool"`, `"timestamp[us]"`); `DECLARABLE_TYPES` says
+            which. A value that does not parse as its column's type is null in that column and kept, as it
+            arrived, in the row's `_rescued_data` (`engine.ingest.typed`); the other columns stay strings.
     """
 
     directory: str
@@ -51,14 +59,67 @@ class FileSource:
     growth: Growth = "immutable"
     on_change: ChangePolicy = "warn"
     on_unreadable: UnreadablePolicy = "quarantine"
+    types: Mapping[str, str | pa.DataType] | tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "types", tuple(
+            (str(name), str(_declarable(self.directory, name, kind))) for name, kind in dict(self.types).items()))
         for setting, choices in (("growth", Growth), ("on_change", ChangePolicy),
                                  ("on_unreadable", UnreadablePolicy)):
             if getattr(self, setting) not in get_args(choices):
                 raise PipelineDefinitionError(
                     f"source `{self.directory}`: unknown {setting} `{getattr(self, setting)}`; choose one of "
                     f"{', '.join(get_args(choices))}", path=self.directory)
+
+
+    @property
+    def column_types(self) -> dict[str, pa.DataType]:
+        """The declared Arrow type of each typed column, by column name."""
+        return {name: _arrow_type(kind) for name, kind in self.types}
+
+
+def is_declarable(kind: pa.DataType) -> bool:
+    """Whether bronze can store a column of type `kind` typed: integers, floats, decimals, booleans, dates,
+    timestamps and strings."""
+    return (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            or pa.types.is_boolean(kind) or kind == pa.date32() or pa.types.is_timestamp(kind)
+            or kind == pa.string())
+
+
+def _declarable(directory: str, name: object, kind: str | pa.DataType) -> pa.DataType:
+    """`kind` as an Arrow type a source may declare for column `name`.
+
+    Raises:
+        PipelineDefinitionError: `kind` names no Arrow type, or one bronze cannot store typed.
+    """
+    try:
+        arrow = kind if isinstance(kind, pa.DataType) else _arrow_type(str(kind))
+    except (ValueError, KeyError):
+        arrow = None
+    if arrow is None or not is_declarable(arrow) or not str(name) or str(name).startswith("_"):
+        raise PipelineDefinitionError(
+            f"source `{directory}`: cannot declare column `{name}` as `{kind}`; declare a column that does not "
+            "start with `_` as an integer, float, decimal, bool, date32, timestamp or string type (e.g. "
+            "\"int64\", \"float64\", \"date32\", \"timestamp[us, tz=UTC]\", pyarrow.decimal128(12, 2))",
+            path=directory)
+    return arrow
+
+
+def _arrow_type(text: str) -> pa.DataType:
+    """The Arrow type `str()` of it gives `text`: an alias such as `int64`, a timestamp with unit and zone, or
+    a decimal with precision and scale.
+
+    Raises:
+        ValueError: no such type.
+    """
+    compact = text.replace(" ", "")
+    if compact.startswith("decimal128(") and compact.endswith(")"):
+        precision, scale = compact.removeprefix("decimal128(").removesuffix(")").split(",")
+        return pa.decimal128(int(precision), int(scale))
+    if compact.startswith("timestamp[") and compact.endswith("]"):
+        unit, _, zone = compact.removeprefix("timestamp[").removesuffix("]").partition(",tz=")
+        return pa.timestamp(unit, tz=zone or None)
+    return pa.type_for_alias(compact)
 
 
 @dataclass(frozen=True, order=True)

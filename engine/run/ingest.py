@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
+
+import pyarrow as pa
 
 from engine.changes.recorded import DEFINITION_KEY
 from engine.errors import IngestError
@@ -28,6 +31,7 @@ from engine.run.rebuilds import assess_definition
 from engine.run.scope import RunScope
 from engine.tables import delta, progress
 from engine.tables.built_from import schema_version_of
+from engine.tables.handle import TableHandle
 from engine.tables.progress import FILES_KEY, SCHEMA_KEY
 
 log = logging.getLogger("engine.runner")
@@ -65,6 +69,13 @@ def ingest(scope: RunScope, definition: TableDefinition, source: FileSource, run
         details["definition"] = assessment.reason
         log.warning("table `%s`: %s", definition.name, assessment.reason)
     known_columns, known_types = known_shape(handle.uri, handle.name, handle.store)
+    reingested = definition.name in scope.reingest
+    retyped = [] if reingested else stored_types_differing(handle, source, definition.pii)
+    if retyped:
+        raise IngestError(
+            f"table `{definition.name}`: {'; '.join(retyped)}; the table keeps the types it was ingested with. "
+            f"Ingest every landing file again with the declared types (`medallion run PIPELINE --select "
+            f"{definition.name} --full-refresh`), or declare the stored types", table=definition.name)
     batch = guarded(definition, lambda: ingest_new_files(
         new, source, scope.stager(definition, handle.uri), ingested_at=run_started,
         known_columns=known_columns, known_types=known_types, ray_options=definition.ray_options))
@@ -83,16 +94,30 @@ def ingest(scope: RunScope, definition: TableDefinition, source: FileSource, run
     staged = batch.staged
     added = [c for c in batch.schema.names if not c.startswith("_") and c not in known_columns]
     schema_version = schema_version_of(handle.uri, handle.name, handle.store) + (
-        1 if added or not handle.exists() else 0)
+        1 if added or not handle.exists() or (reingested and stored_types_differing(handle, source, definition.pii)) else 0)
     metadata = scope.commit_metadata(definition, **{
         FILES_KEY: list(batch.fingerprints), TYPES_KEY: batch.types, SCHEMA_KEY: schema_version,
-        DEFINITION_KEY: assessment.commit_value(scope.run_id, None, reingested=definition.name in scope.reingest
-                                                ).to_metadata()})
+        DEFINITION_KEY: assessment.commit_value(scope.run_id, None, reingested=reingested).to_metadata()})
     with discarded_on_conflict(handle.uri, staged.data):
-        version = handle.store.commit_files(handle.uri, staged.data, mode="append", metadata=metadata,
+        # A table emptied to be ingested again takes the declared types: an overwrite sets the new schema.
+        version = handle.store.commit_files(handle.uri, staged.data, mode="overwrite" if reingested else "append",
+                                            metadata=metadata,
                                             empty_schema=batch.schema, commit_empty=True, transaction=transaction)
     return TableOutcome(output_version=version, rows_in=staged.rows, rows_written=staged.rows,
                         rows_quarantined=staged.quarantined_rows, details=details)
+
+
+def stored_types_differing(handle: TableHandle, source: FileSource, pii: Collection[str]) -> list[str]:
+    """`column `c` is stored as T and declared as U` for each source column of an existing table whose stored
+    type is not the one the source declares now (a string where it declares none); personal-data columns, stored
+    as their protected form, are not compared."""
+    if not handle.exists():
+        return []
+    schema, declared = handle.store.schema(handle.uri, handle.name), source.column_types
+    stored = {f.name: pa.string() if pa.types.is_large_string(f.type) or pa.types.is_string_view(f.type) else f.type
+              for f in schema if not f.name.startswith("_") and f.name not in pii}
+    return [f"column `{name}` is stored as {kind} and declared as {declared.get(name, pa.string())}"
+            for name, kind in stored.items() if kind != declared.get(name, pa.string())]
 
 
 def empty_ingested(scope: RunScope, definition: TableDefinition, source: FileSource) -> None:

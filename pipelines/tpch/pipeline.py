@@ -23,8 +23,9 @@ tpch = Pipeline("tpch", description="TPC-H medallion benchmark: lineitem, orders
                                     "customer monthly revenue.")
 
 for _table in transforms.COLUMNS:
-    tpch.ingest(f"bronze.{_table}", FileSource(_table, "csv", pattern=f"{_table}.*.csv"),
-                description=f"TPC-H {_table} files as received.")
+    tpch.ingest(f"bronze.{_table}", FileSource(_table, "csv", pattern=f"{_table}.*.csv",
+                                               types=transforms.BRONZE_TYPES[_table]),
+                description=f"TPC-H {_table} files as received, numbers and dates typed.")
 
 
 def _silver(bronze: Dataset, table: str) -> Dataset:

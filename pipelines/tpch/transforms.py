@@ -11,7 +11,7 @@ import datetime as dt
 import polars as pl
 import pyarrow as pa
 
-from engine.columns import INGESTED_AT, REJECTED_REASON, SOURCE_FILE
+from engine.columns import INGESTED_AT, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 
 LINEAGE = [SOURCE_FILE, INGESTED_AT]
 Q1_CUTOFF = dt.date(1998, 9, 2)
@@ -36,6 +36,12 @@ COLUMNS: dict[str, dict[str, type[pl.DataType]]] = {
     "nation": {"n_nationkey": _INT, "n_name": pl.String, "n_regionkey": _INT, "n_comment": pl.String},
 }
 """Canonical silver types of every source column, in header order (`benchmarks/tpch/WORKLOAD.md` section 4)."""
+BRONZE_TYPES: dict[str, dict[str, str]] = {
+    table: {name: {_INT: "int64", _FLOAT: "float64", _DATE: "date32"}[dtype]
+            for name, dtype in columns.items() if dtype is not pl.String}
+    for table, columns in COLUMNS.items()
+}
+"""The non-string columns of each source, declared to bronze, which stores them typed."""
 KEYS = {"lineitem": ["l_orderkey", "l_linenumber"], "orders": ["o_orderkey"], "customer": ["c_custkey"],
         "nation": ["n_nationkey"]}
 
@@ -50,20 +56,36 @@ REVENUE_SCHEMA = {
 }
 
 
-def _typed(name: str, dtype: type[pl.DataType]) -> pl.Expr:
-    """Bronze string column `name` as `dtype`; an empty or missing value is null, anything unparseable fails."""
+def _typed(name: str, dtype: type[pl.DataType], stored: pl.DataType) -> pl.Expr:
+    """Bronze column `name` as `dtype`: as stored when bronze typed it, else parsed from its text (an empty or
+    missing value is null, anything unparseable fails)."""
+    if stored == dtype:
+        return pl.col(name)
     text = pl.col(name).cast(pl.String)
     if dtype is _DATE:
         return text.str.to_date("%Y-%m-%d").alias(name)
     return text.cast(dtype).alias(name)
 
 
+class UnparsedValueError(ValueError):
+    """A bronze row holds a value bronze could not type."""
+
+
 def typed(batch: pa.Table, table: str) -> pa.Table:
-    """Bronze rows of `table` cast to the canonical types, with their lineage columns (row by row, so it runs
-    before the shuffle and the shuffle moves typed columns)."""
-    return (pl.from_arrow(batch).select([_typed(c, t) for c, t in COLUMNS[table].items()]
-                                        + [pl.col(SOURCE_FILE), pl.col(INGESTED_AT)])
-            .to_arrow())
+    """Bronze rows of `table` in the canonical types, with their lineage columns (row by row, so it runs before
+    the shuffle and the shuffle moves typed columns).
+
+    Raises:
+        UnparsedValueError: a row holds a value that does not parse as its column's type.
+    """
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)
+    if RESCUED_DATA in frame.columns and (unparsed := frame.filter(pl.col(RESCUED_DATA).is_not_null())).height:
+        row = unparsed.row(0, named=True)
+        raise UnparsedValueError(f"bronze.{table}: {unparsed.height} row(s) hold values that do not parse, the first "
+                                 f"in {row[SOURCE_FILE]}: {row[RESCUED_DATA]}")
+    return frame.select([_typed(c, t, frame.schema[c]) for c, t in COLUMNS[table].items()]
+                        + [pl.col(SOURCE_FILE), pl.col(INGESTED_AT)]).to_arrow()
 
 
 def deduplicated(batch: pa.Table, table: str) -> pa.Table:
