@@ -1,7 +1,8 @@
 """Measure everything `docs/performance.md` reports, then write it: one command.
 
 Usage: python -m benchmarks.report [--sf 0.1,0.3,1] [--large-sf 3] [--runs 3] [--nodes-sf 1]
-                                   [--merge-rows 10000000] [--large-merge-rows 50000000] [--feature-scale 1]
+                                   [--shuffle-rows 6000000] [--merge-rows 10000000] [--large-merge-rows 50000000]
+                                   [--feature-scale 1]
                                    [--encryption-rows 1000000]
                                    [--data bench-data] [--work bench-work]
        python -m benchmarks.report --steps merge,features   # re-measure these, keep the rest of the page
@@ -13,7 +14,8 @@ and at a larger one with the engine and DuckDB;
 the engine's fixed start-up cost (importing its CLI; a run with nothing new to ingest); the everyday commands
 (`benchmarks/commands.py`: `--help`, `status`, `history`, `catalog`, `show` and a `run` with nothing new on the
 demo); one small delivery through the retail pipeline, one-shot and as a warm micro-batch
-(`benchmarks/delivery.py`); the engine on 1, 2 and 3 local Ray nodes; bronze ingestion throughput; the bucketed merge against deltalake's (`benchmarks/merge.py`),
+(`benchmarks/delivery.py`); the engine on 1, 2 and 3 local Ray nodes; bronze ingestion throughput; the engine's shuffle against Ray Data's
+(`benchmarks/shuffle.py`); the bucketed merge against deltalake's (`benchmarks/merge.py`),
 and at 50M rows on three nodes;
 Feast materialization throughput and online latency (`benchmarks/features.py`); column encryption per value
 (`benchmarks/encryption.py`). Raw numbers go to
@@ -36,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import commands, delivery, encryption, features, ingest, merge
+from benchmarks import commands, delivery, encryption, features, ingest, merge, shuffle
 from benchmarks.tpch.run import (
     COMMANDS,
     Measurement,
@@ -150,8 +152,8 @@ def ingestion(sf: float, work: Path) -> list[dict[str, Any]]:
     return ingest.select_run(ingest.ingest_throughput(read_records(layout.runs()), layout), None)
 
 
-STEPS = ("tpch", "large", "startup", "commands", "delivery", "ingest", "nodes", "merge", "large_merge", "features",
-         "encryption")
+STEPS = ("tpch", "large", "startup", "commands", "delivery", "ingest", "nodes", "shuffle", "merge", "large_merge",
+         "features", "encryption")
 
 
 def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
@@ -164,6 +166,7 @@ def step_functions(args: argparse.Namespace) -> dict[str, Callable[[], Any]]:
         "delivery": lambda: delivery.measure(args.work),
         "ingest": lambda: ingestion(max(args.sf), args.work),
         "nodes": lambda: on_nodes(args.nodes_sf, args.runs, args.data, args.work),
+        "shuffle": lambda: shuffle.measure(args.shuffle_rows, args.runs, args.work / "shuffle"),
         "merge": lambda: merge.compare(args.merge_rows, args.merge_rows // 10, nodes=MERGE_NODES),
         "large_merge": lambda: merge.compare(args.large_merge_rows, args.large_merge_rows // 10,
                                              nodes=LARGE_MERGE_NODES),
@@ -391,6 +394,15 @@ def render(results: dict[str, Any]) -> str:
         "",
         *_measured(results, "ingest", ingest.markdown),
         "",
+        "## The engine's shuffle against Ray Data's",
+        "",
+        "A deduplication by key of lineitem-like rows (`benchmarks/shuffle.py`, `--shuffle-rows`): `engine.map_partitions`,",
+        "then `Dataset.repartition(keys=...)` under Ray Data's `hash_shuffle` and `shuffle_v2` strategies followed by the",
+        "same function per block; each run a fresh process with a private Ray of 2 CPUs, in rotating order, every result",
+        "checked to hold each key once.",
+        "",
+        *_measured(results, "shuffle", shuffle.markdown),
+        "",
         "## Distributed merge against deltalake's merge",
         "",
         "1M changes (70% updates, 20% inserts, 10% deletes, in random order) into 10M rows by default",
@@ -444,6 +456,7 @@ def main() -> None:
     parser.add_argument("--large-sf", type=float, default=3.0,
                         help="scale factor of the `large` step (the engine and DuckDB only)")
     parser.add_argument("--nodes-sf", type=float, default=1.0)
+    parser.add_argument("--shuffle-rows", type=int, default=6_000_000)
     parser.add_argument("--merge-rows", type=int, default=10_000_000)
     parser.add_argument("--large-merge-rows", type=int, default=50_000_000)
     parser.add_argument("--feature-scale", type=float, default=1.0)

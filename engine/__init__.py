@@ -13,6 +13,7 @@ from engine.synthesis import leave_out_data_synthesis_in_a_ray_worker
 from engine.typechecks import defer_feast_type_checks
 
 if TYPE_CHECKING:  # what type checkers see: the names below, from the modules that define them
+    from engine.aggregates import aggregate as aggregate
     from engine.config import Settings as Settings
     from engine.config import load_settings as load_settings
     from engine.context import TableContext as TableContext
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # what type checkers see: the names below, from the modules t
     from engine.schema import SchemaEvolution as SchemaEvolution
 
 EXPORTS = {
+    "aggregate": "engine.aggregates",
     "Settings": "engine.config",
     "load_settings": "engine.config",
     "TableContext": "engine.context",

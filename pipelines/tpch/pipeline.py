@@ -15,7 +15,7 @@ import pyarrow as pa
 import ray
 from ray.data import Dataset
 
-from engine import FileSource, Overwrite, Pipeline, co_partition, map_partitions
+from engine import FileSource, Overwrite, Pipeline, aggregate, co_partition, map_partitions
 from engine.quality.checks import Quality
 from pipelines.tpch import transforms
 
@@ -67,10 +67,12 @@ def nation(bronze_nation: Dataset) -> Dataset:
 @tpch.table("gold.q1_pricing_summary", kind=Overwrite(),
             quality=Quality(unique=("l_returnflag", "l_linestatus")))
 def q1_pricing_summary(silver_lineitem: Dataset) -> Dataset:
-    """TPC-H Q1: pricing summary per return flag and line status of lines shipped by 1998-09-02."""
+    """TPC-H Q1: pricing summary per return flag and line status of lines shipped by 1998-09-02, aggregated in
+    two phases (each read task's lines, then the few partial rows per group)."""
     lines = silver_lineitem.select_columns(["l_returnflag", "l_linestatus", "l_quantity", "l_extendedprice",
                                             "l_discount", "l_tax", "l_shipdate"])
-    return map_partitions(lines, ["l_returnflag", "l_linestatus"], transforms.pricing_summary)
+    terms = lines.map_batches(transforms.q1_terms, batch_format="pyarrow", batch_size=None)
+    return aggregate(terms, ["l_returnflag", "l_linestatus"], transforms.Q1_AGGREGATIONS)
 
 
 @tpch.table("gold.customer_monthly_revenue", kind=Overwrite(),

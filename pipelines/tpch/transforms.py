@@ -11,6 +11,7 @@ import datetime as dt
 import polars as pl
 import pyarrow as pa
 
+from engine.aggregates import Aggregation
 from engine.columns import INGESTED_AT, REJECTED_REASON, RESCUED_DATA, SOURCE_FILE
 
 LINEAGE = [SOURCE_FILE, INGESTED_AT]
@@ -50,6 +51,13 @@ Q1_SCHEMA = {
     "sum_disc_price": _FLOAT, "sum_charge": _FLOAT, "avg_qty": _FLOAT, "avg_price": _FLOAT, "avg_disc": _FLOAT,
     "count_order": _INT,
 }
+Q1_AGGREGATIONS: dict[str, tuple[str, Aggregation]] = {
+    "sum_qty": ("l_quantity", "sum"), "sum_base_price": ("l_extendedprice", "sum"),
+    "sum_disc_price": ("disc_price", "sum"), "sum_charge": ("charge", "sum"), "avg_qty": ("l_quantity", "mean"),
+    "avg_price": ("l_extendedprice", "mean"), "avg_disc": ("l_discount", "mean"),
+    "count_order": ("l_quantity", "count_all"),
+}
+"""TPC-H Q1's aggregates of the lines `q1_terms` gives, in output order."""
 REVENUE_SCHEMA = {
     "c_custkey": _INT, "n_name": pl.String, "order_month": _DATE, "revenue": _FLOAT, "order_count": _INT,
     "line_count": _INT,
@@ -105,16 +113,12 @@ def deduplicated(batch: pa.Table, table: str) -> pa.Table:
     return frame.to_arrow()
 
 
-def pricing_summary(lines: pa.Table) -> pa.Table:
-    """TPC-H Q1 over the lines of whole (return flag, line status) groups."""
+def q1_terms(lines: pa.Table) -> pa.Table:
+    """The lines TPC-H Q1 counts (shipped by 1998-09-02), with each line's discounted price and charge."""
     price = pl.col("l_extendedprice")
     discounted = price * (1 - pl.col("l_discount"))
-    frame = (pl.from_arrow(lines).filter(pl.col("l_shipdate") <= Q1_CUTOFF)
-             .group_by("l_returnflag", "l_linestatus")
-             .agg(sum_qty=pl.col("l_quantity").sum(), sum_base_price=price.sum(), sum_disc_price=discounted.sum(),
-                  sum_charge=(discounted * (1 + pl.col("l_tax"))).sum(), avg_qty=pl.col("l_quantity").mean(),
-                  avg_price=price.mean(), avg_disc=pl.col("l_discount").mean(), count_order=pl.len()))
-    return frame.cast(Q1_SCHEMA).select(list(Q1_SCHEMA)).to_arrow()  # type: ignore[arg-type]
+    return (pl.from_arrow(lines).filter(pl.col("l_shipdate") <= Q1_CUTOFF)
+            .with_columns(disc_price=discounted, charge=discounted * (1 + pl.col("l_tax"))).to_arrow())
 
 
 def order_lines(lines: pa.Table, orders: pa.Table) -> pa.Table:
