@@ -79,21 +79,28 @@ def co_partition(
     when the returned dataset is consumed, so a write of it runs in the same tasks. When no input has even a
     schema (each read a table without data files), `function` is not called. Without `num_partitions`, the
     count is `default_partitions` of the bytes split, or one partition when they are at most
-    `SMALL_SHUFFLE_BYTES`.
+    `SMALL_SHUFFLE_BYTES`: then the inputs are not split at all, and the one partition's task reads their blocks
+    as they were produced.
     """
     buckets = num_partitions or max(SHUFFLE_BUCKETS, default_partitions())
-    splits: dict[str, list[_Split]] = {}
-    empties: dict[str, pa.Table] = {}
-    for name, dataset in inputs.items():
-        splits[name], empties[name] = _split_stream(dataset, list(keys), buckets)
+    streams = {name: _split_stream(dataset, list(keys), buckets) for name, dataset in inputs.items()}
+    empties = {name: stream.empty for name, stream in streams.items()}
     check_comparable({f"input `{name}`": empty.schema for name, empty in empties.items()}, keys, _shuffle_name())
-    sizes = _bucket_sizes(splits, buckets)
-    groups = ([[bucket] for bucket in range(buckets)] if num_partitions
-              else coalesce(sizes, _partition_count(int(sizes.sum()))))
-    work = _PartitionWork(function, dict(fn_kwargs or {}), empties, [
-        {name: [split.pieces[bucket] for split in splits[name] for bucket in group] for name in inputs}
-        for group in groups])
-    return ray.data.range(len(groups), override_num_blocks=len(groups)).map_batches(
+    if num_partitions in (None, 1) and sum(stream.held_bytes for stream in streams.values()) <= SMALL_SHUFFLE_BYTES \
+            and not any(stream.splits for stream in streams.values()):
+        # One partition of a small input needs no split: its task reads the blocks as they were produced.
+        work = _PartitionWork(function, dict(fn_kwargs or {}), empties,
+                              [{name: stream.held for name, stream in streams.items()}])
+    else:
+        splits = {name: stream.split_rest(list(keys), buckets) for name, stream in streams.items()}
+        sizes = _bucket_sizes(splits, buckets)
+        groups = ([[bucket] for bucket in range(buckets)] if num_partitions
+                  else coalesce(sizes, _partition_count(int(sizes.sum()))))
+        work = _PartitionWork(function, dict(fn_kwargs or {}), empties, [
+            {name: [(split.pieces[bucket], None) for split in splits[name] for bucket in group] for name in inputs}
+            for group in groups])
+    partitions = len(work.pieces)
+    return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
         _apply_partitions, fn_kwargs={"work": work}, batch_format="pyarrow", batch_size=None)
 
 
@@ -105,33 +112,42 @@ class _Split:
     sizes: ray.ObjectRef
 
 
-def _split_stream(dataset: ray.data.Dataset, keys: list[str], buckets: int) -> tuple[list[_Split], pa.Table]:
+@dataclass
+class _Stream:
+    """An input's split tasks submitted while its blocks were produced, the blocks not split yet (each a ref and
+    the rows to keep of it, `(start, end)` or None for all) and their bytes, and an empty table of its columns."""
+
+    splits: list[_Split]
+    held: list[tuple[ray.ObjectRef, tuple[int, int] | None]]
+    held_bytes: int
+    empty: pa.Table
+
+    def split_rest(self, keys: list[str], buckets: int) -> list[_Split]:
+        """Every split of the input, the held blocks split by one more task."""
+        if self.held:
+            refs, bounds = zip(*self.held, strict=True)
+            outputs = _split_blocks.options(num_returns=buckets + 1).remote(keys, buckets, list(bounds), *refs)
+            self.splits.append(_Split(list(outputs[:-1]), outputs[-1]))
+            self.held, self.held_bytes = [], 0
+        return self.splits
+
+
+def _split_stream(dataset: ray.data.Dataset, keys: list[str], buckets: int) -> _Stream:
     """Split the blocks of `dataset` as they are produced, in groups of about `SPLIT_TASK_BYTES` (readers emit
     many small blocks, and a task per block would cost more than the split), so that a read block is released
-    once split instead of the whole input being held beside its pieces; also an empty table of its columns."""
-    splits: list[_Split] = []
-    refs: list[ray.ObjectRef] = []
-    bounds: list[tuple[int, int] | None] = []
-    size, schema = 0, None
-
-    def submit() -> None:
-        outputs = _split_blocks.options(num_returns=buckets + 1).remote(keys, buckets, list(bounds), *refs)
-        splits.append(_Split(list(outputs[:-1]), outputs[-1]))
-        refs.clear()
-        bounds.clear()
-
+    once split instead of the whole input being held beside its pieces. The last group is held back unsplit
+    (`_Stream.split_rest` splits it): a small input may need no split at all."""
+    stream = _Stream([], [], 0, pa.table({}))
+    schema = None
     for bundle in dataset.iter_internal_ref_bundles():
         schema = schema if schema is not None else bundle.schema
         for entry, piece in zip(bundle.blocks, bundle.slices):
-            refs.append(entry.ref)
-            bounds.append(None if piece is None else (piece.start_offset, piece.end_offset))
-            size += entry.metadata.size_bytes or 0
-            if size >= SPLIT_TASK_BYTES:
-                submit()
-                size = 0
-    if refs:
-        submit()
-    return splits, _empty_of(schema if schema is not None else dataset.schema())
+            stream.held.append((entry.ref, None if piece is None else (piece.start_offset, piece.end_offset)))
+            stream.held_bytes += entry.metadata.size_bytes or 0
+            if stream.held_bytes >= SPLIT_TASK_BYTES:
+                stream.split_rest(keys, buckets)
+    stream.empty = _empty_of(schema if schema is not None else dataset.schema())
+    return stream
 
 
 def _bucket_sizes(splits: Mapping[str, list[_Split]], buckets: int) -> np.ndarray:
@@ -207,7 +223,7 @@ class _PartitionWork:
     function: Callable[..., pa.Table]
     fn_kwargs: dict[str, Any]
     empties: dict[str, pa.Table]
-    pieces: list[dict[str, list[ray.ObjectRef]]]
+    pieces: list[dict[str, list[tuple[ray.ObjectRef, tuple[int, int] | None]]]]
 
 
 def _apply_partitions(batch: pa.Table, work: _PartitionWork) -> pa.Table:
@@ -217,10 +233,13 @@ def _apply_partitions(batch: pa.Table, work: _PartitionWork) -> pa.Table:
     return pa.concat_tables(outputs, promote_options="permissive") if outputs else pa.table({})
 
 
-def _apply(work: _PartitionWork, pieces: Mapping[str, list[ray.ObjectRef]]) -> pa.Table:
+def _apply(work: _PartitionWork, pieces: Mapping[str, list[tuple[ray.ObjectRef, tuple[int, int] | None]]]
+           ) -> pa.Table:
     tables = {}
-    for name, refs in pieces.items():
-        parts = [part for part in ray.get(refs) if part.num_columns]
+    for name, held in pieces.items():
+        blocks = ray.get([ref for ref, _ in held])
+        parts = [part for part in (_arrow_block(block, cut) for block, (_, cut) in zip(blocks, held, strict=True))
+                 if part.num_columns]
         tables[name] = pa.concat_tables(parts, promote_options="permissive") if parts else work.empties[name]
     if not any(table.num_columns for table in tables.values()):
         return pa.table({})

@@ -289,3 +289,22 @@ def test_sliced_and_pandas_blocks_are_split_as_their_rows() -> None:
     from_pandas = collect(map_partitions(ray.data.from_pandas(events().to_pandas()), ["c"], rows))
     assert sum(row["rows"] for row in from_pandas) == events().num_rows
     assert {row["columns"] for row in from_pandas} == {"c,region,amount"}
+
+
+@pytest.mark.parametrize(("split_bytes", "small_bytes", "partitions"),
+                         [(2**30, 2**30, None), (40_000, 0, None), (40_000, 2**30, None), (2**30, 2**30, 3)])
+def test_a_join_is_the_same_whether_its_inputs_are_split_while_read_at_the_end_or_not_at_all(
+    split_bytes: int, small_bytes: int, partitions: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unsplit (one partition of a small input), split as blocks stream in with the rest split at the end, or
+    split into a set number of partitions: every match is met once, and a sliced block keeps only its rows."""
+    monkeypatch.setattr(partitioning, "SPLIT_TASK_BYTES", split_bytes)
+    monkeypatch.setattr(partitioning, "SMALL_SHUFFLE_BYTES", small_bytes)
+    draw = np.random.default_rng(5)
+    orders = pa.table({"c": draw.integers(0, 400, 6_000), "order": np.arange(6_000)})
+    customers = pa.table({"c": np.arange(0, 500, 2), "name": [f"n{i}" for i in range(250)]})
+    sliced = ray.data.from_arrow([orders.slice(i, 500) for i in range(0, 6_000, 500)]).limit(5_500)
+    result = collect(co_partition({"orders": sliced, "customers": ray.data.from_arrow(customers).repartition(4)},
+                                  ["c"], inner_join, num_partitions=partitions))
+    expected = pl.from_arrow(inner_join(orders.slice(0, 5_500), customers)).to_dicts()
+    assert sorted(result, key=lambda row: row["order"]) == sorted(expected, key=lambda row: row["order"])
