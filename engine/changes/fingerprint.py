@@ -11,6 +11,7 @@ are left out.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -40,8 +41,7 @@ class DefinitionParts:
 
     def names(self) -> frozenset[str]:
         """The string constants of the code: the column names it can read."""
-        return frozenset(node.value for node in ast.walk(parse(self.parts.get(CODE_PART, "")))
-                         if isinstance(node, ast.Constant) and isinstance(node.value, str))
+        return string_constants(self.parts.get(CODE_PART, ""))
 
     def to_json(self) -> dict[str, Any]:
         """The parts as stored beside the table's commits, to show what changed later."""
@@ -51,6 +51,14 @@ class DefinitionParts:
     def from_json(cls, document: Mapping[str, Any]) -> DefinitionParts:
         """The parts `to_json` stored."""
         return cls(str(document["table"]), dict(document["parts"]))
+
+
+@functools.lru_cache(maxsize=1024)
+def string_constants(code: str) -> frozenset[str]:
+    """The string constants of `code`, parsed once per text (a long-lived driver assesses every table at each
+    micro-batch)."""
+    return frozenset(node.value for node in ast.walk(parse(code))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str))
 
 
 def definition_parts(definition: TableDefinition) -> DefinitionParts:
