@@ -25,6 +25,8 @@ _PARTS: dict[str, tuple[str, ...]] = {"sum": ("sum",), "count": ("count",), "cou
 """The partial aggregates each aggregation is combined from."""
 _COMBINE = {"sum": "sum", "count": "sum", "count_all": "sum", "min": "min", "max": "max"}
 """How partials of each kind combine."""
+_REQUEST = "__aggregate_"
+"""Prefix of the columns a group-by aggregates, one per request, apart from the group columns."""
 
 
 def aggregate(dataset: ray.data.Dataset, by: Sequence[str], aggregations: Mapping[str, tuple[str, Aggregation]],
@@ -65,11 +67,13 @@ def _grouped(table: pa.Table, by: list[str], requests: list[tuple[str, str, pc.F
              ) -> pa.Table:
     """`table` grouped by `by`, with a column per request `(column, hash function, options)`, named by the
     request's position: Arrow names its outputs `<column>_<function>`, which two requests may share."""
+    names = [f"{_REQUEST}{i}" for i in range(len(requests))]
     inputs = pa.table({**{name: table.column(name) for name in by},
-                       **{f"_{i}": table.column(column) for i, (column, _, _) in enumerate(requests)}})
+                       **{name: table.column(column) for name, (column, _, _) in zip(names, requests, strict=True)}})
     grouped = inputs.group_by(by, use_threads=False).aggregate(
-        [(f"_{i}", function, options) for i, (_, function, options) in enumerate(requests)])
-    return grouped.select([*by, *(f"_{i}_{function}" for i, (_, function, _) in enumerate(requests))])
+        [(name, function, options) for name, (_, function, options) in zip(names, requests, strict=True)])
+    return grouped.select([*by, *(f"{name}_{function}" for name, (_, function, _) in zip(names, requests,
+                                                                                         strict=True))])
 
 
 def _partial(batch: pa.Table, by: list[str], spec: dict[str, tuple[str, str]]) -> pa.Table:

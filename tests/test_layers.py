@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # column protection and validation, applied while rows are written
     ("engine.governance.actor", "engine.governance.encryption_legacy", "engine.governance.encryption",
      "engine.governance.secrets", "engine.governance.pii",
-     "engine.quality.validate", "engine.context", "engine.partitioning"),
+     "engine.quality.validate", "engine.context", "engine.partitioning", "engine.aggregates"),
     # table formats and their storage operations
     ("engine.tables",),
     # what one run does with tables: ingestion, checks, records, change detection, governance, leases
