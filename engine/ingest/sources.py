@@ -45,7 +45,7 @@ class FileSource:
         on_change: what to do with an ingested file that changed otherwise than `growth` allows.
         on_unreadable: what to do with a file that cannot be read at all (`UnreadablePolicy`).
         types: Arrow types of columns bronze stores typed, by column name (a `pyarrow.DataType`, or an alias
-            such as `"int64"`, `"float64"`, `"date32"`, `"bool"`, `"timestamp[us]"`); `DECLARABLE_TYPES` says
+            such as `"int64"`, `"float64"`, `"date32"`, `"bool"`, `"timestamp[us]"`); `is_declarable` says
             which. A value that does not parse as its column's type is null in that column and kept, as it
             arrived, in the row's `_rescued_data` (`engine.ingest.typed`); the other columns stay strings.
     """
@@ -94,7 +94,7 @@ def _declarable(directory: str, name: object, kind: str | pa.DataType) -> pa.Dat
     """
     try:
         arrow = kind if isinstance(kind, pa.DataType) else _arrow_type(str(kind))
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         arrow = None
     if arrow is None or not is_declarable(arrow) or not str(name) or str(name).startswith("_"):
         raise PipelineDefinitionError(

@@ -35,7 +35,8 @@ def test_a_declaration_names_arrow_types_and_refuses_what_bronze_cannot_type() -
     assert source.column_types == {"id": pa.int64(), "price": pa.float64(), "day": pa.date32(), "ok": pa.bool_(),
                                    "at": pa.timestamp("us"), "amount": pa.decimal128(9, 2)}
     assert FileSource("items", "csv", types=source.types) == source
-    for bad in ({"id": "list<int64>"}, {"id": "integer"}, {"_id": "int64"}, {"id": pa.list_(pa.int64())}):
+    for bad in ({"id": "list<int64>"}, {"id": "integer"}, {"_id": "int64"}, {"id": pa.list_(pa.int64())},
+                {"id": "decimal128(12)"}, {"id": "timestamp[xx]"}, {"id": "decimal128(a,b)"}):
         with pytest.raises(PipelineDefinitionError, match="source `items`: cannot declare column"):
             FileSource("items", "csv", types=bad)
 
