@@ -1,5 +1,7 @@
 """The Ray tasks of a distributed merge (`engine.tables.distributed_merge`): changes split by bucket, files outside
-the bucket layout split by bucket, and one bucket's changes applied to its stored rows."""
+the bucket layout split by bucket, and one bucket's changes applied to its stored rows. Splitting staged changes by
+bucket, reducing a bucket's changes to the latest per key and matching them with stored rows serve the Iceberg merge
+(`engine.tables.iceberg.merge`) and SCD2 (`engine.tables.scd2`) too."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ _SOURCE_ROW = "__medallion_source_row"
 _SOURCE_SEQUENCE = "__medallion_source_sequence"
 _STORED_ROW = "__medallion_stored_row"
 _SPLIT_ROWS = 1 << 20
+SPLIT_BYTES = 128 * 2**20
+"""About how many bytes of staged changes one task splits by bucket."""
 
 
 @ray.remote(scheduling_strategy="SPREAD")
@@ -51,15 +55,12 @@ def rewrite_bucket(
     first, and the bucket's deletes not logged yet are written as files of the log, which the caller commits
     before the table. Returns the table's files, the tallies, and the log's files."""
     started = time.monotonic()
-    changes = pa.concat_tables(pieces[:changed], promote_options="permissive")
     writer = RollingParquetWriter(uri, storage, prefix, opaque)
     log_writer = RollingParquetWriter(change_log or uri, storage, f"{prefix}-log")
     scan_s = 0.0
     try:
-        if change_log is not None:
-            changes, deletes = changelog.without_superseded(change_log, table, changes, kind)
-            log_writer.write(deletes)
-        matcher = _Matcher(_conform(to_storage(latest_per_key(changes, kind)), schema), schema, kind)
+        latest = latest_changes(pieces[:changed], kind, change_log, table, log_writer)
+        matcher = Matcher(conform(latest, schema), schema, kind)
         for batch in _stored_batches(uri, paths, pieces[changed:], schema):
             batch_started = time.monotonic()
             kept = matcher.apply(batch)
@@ -73,6 +74,18 @@ def rewrite_bucket(
         raise
     rewrite_s = time.monotonic() - started - scan_s
     return files, matcher.counts | {"scan_time_ms": int(scan_s * 1000), "rewrite_time_ms": int(rewrite_s * 1000)}, logged
+
+
+def latest_changes(pieces: Sequence[pa.Table], kind: Merge, change_log: str | None, table: str,
+                   log_writer: RollingParquetWriter) -> pa.Table:
+    """One bucket's changes (`pieces`) reduced to the latest per key, in storage types. With a `change_log` (a `Merge`
+    that logs its deletes), the changes older than a delete of their key are dropped first, and the deletes not
+    logged yet are written by `log_writer`, for the caller to commit to the log before the table."""
+    changes = pa.concat_tables(pieces, promote_options="permissive")
+    if change_log is not None:
+        changes, deletes = changelog.without_superseded(change_log, table, changes, kind)
+        log_writer.write(deletes)
+    return to_storage(latest_per_key(changes, kind))
 
 
 def without_views(changes: pa.Table) -> pa.Table:
@@ -91,7 +104,19 @@ def split_changes(changes: ChangeFiles | pa.Table, keys: list[str], buckets: int
     return (np.array([part.num_rows for part in parts], np.int64), *parts)
 
 
-def _conform(latest: pa.Table, schema: pa.Schema) -> pa.Table:
+def split_by_bucket(changes: ChangeFiles | pa.Table, keys: Sequence[str], buckets: int,
+                    per_task: int) -> tuple[np.ndarray, list[list[ray.ObjectRef]]]:
+    """The count of changes of every bucket, and the refs of every bucket's pieces, split by Ray tasks of about
+    `per_task` bytes of staged changes each (changes in memory, `without_views`, by one task); this process handles
+    the counts and refs only."""
+    groups = changes.groups(per_task) if isinstance(changes, ChangeFiles) else [changes]
+    split = split_changes.options(num_returns=buckets + 1)
+    refs = [split.remote(group, list(keys), buckets) for group in groups]
+    counts = np.sum(ray.get([parts[0] for parts in refs]), axis=0)
+    return counts, [[parts[b + 1] for parts in refs] for b in range(buckets)]
+
+
+def conform(latest: pa.Table, schema: pa.Schema) -> pa.Table:
     """`latest` in the table's columns and types (nulls for the columns it lacks), the delete flag last."""
     columns = [latest.column(f.name).cast(f.type) if f.name in latest.column_names else pa.nulls(latest.num_rows, f.type)
                for f in schema]
@@ -99,8 +124,9 @@ def _conform(latest: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays([*columns, *(latest.column(DELETE_FLAG) for _ in flag)], schema=pa.schema([*schema, *flag]))
 
 
-class _Matcher:
-    """Joins stored batches with one bucket's changes (one row per key) and tallies what each change did."""
+class Matcher:
+    """Joins stored batches with one bucket's changes (one row per key, `conform`ed) and tallies what each change
+    did."""
 
     def __init__(self, changes: pa.Table, schema: pa.Schema, kind: Merge) -> None:
         self.keys = list(kind.keys)
@@ -136,11 +162,23 @@ class _Matcher:
         self.counts["copied"] += int(keep.sum())
         return batch.filter(pa.array(keep))
 
-    def replacements_and_inserts(self) -> pa.Table:
-        """The changes that replace stored rows, then the changes of new keys that are not deletes."""
+    def replacements(self, since: int = 0) -> pa.Table:
+        """The changes that replace stored rows of the batches applied since the `since`-th."""
+        return self.rows.take(pa.array(np.concatenate([np.empty(0, np.int64), *self.replacing[since:]]).astype(np.int64)))
+
+    def mark_matched(self, indices: np.ndarray) -> None:
+        """Note that the changes at `indices` matched stored rows elsewhere (other files of the table)."""
+        self.matched[indices] = True
+
+    def inserts(self) -> pa.Table:
+        """The changes of keys no stored row holds that are not deletes."""
         inserts = np.flatnonzero(~self.matched & ~self.deletes)
         self.counts["inserted"] += len(inserts)
-        return self.rows.take(pa.array(np.concatenate([*self.replacing, inserts]).astype(np.int64)))
+        return self.rows.take(pa.array(inserts.astype(np.int64)))
+
+    def replacements_and_inserts(self) -> pa.Table:
+        """The changes that replace stored rows, then the changes of new keys that are not deletes."""
+        return pa.concat_tables([self.replacements(), self.inserts()])
 
 
 def _stored_batches(uri: str, paths: list[str], pieces: Sequence[pa.Table], schema: pa.Schema) -> Iterator[pa.Table]:

@@ -103,6 +103,12 @@ def latest_per_key(changes: pa.Table, kind: Merge) -> pa.Table:
     return frame.to_arrow()
 
 
+def latest_schema(schema: pa.Schema, kind: Merge) -> pa.Schema:
+    """The columns changes of `schema` bring once reduced to the latest per key (`latest_per_key`), in storage
+    types: the stored ones and, with `delete_when`, the delete flag."""
+    return to_storage(latest_per_key(schema.empty_table(), kind)).schema
+
+
 def _merge_into(table: DeltaTable, latest: pa.Table, kind: Merge, properties: CommitProperties) -> dict[str, Any]:
     on_keys = " AND ".join(f"t.`{k}` = s.`{k}`" for k in kind.keys)
     newer = f"s.`{kind.sequence_by}` >= t.`{kind.sequence_by}`" if kind.sequence_by else "TRUE"

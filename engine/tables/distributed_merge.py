@@ -37,16 +37,23 @@ from deltalake.transaction import (
     create_table_with_add_actions,
 )
 
-from engine.arrow import storage_schema, to_storage
+from engine.arrow import storage_schema
 from engine.config import StorageSettings
 from engine.errors import TableFailed
 from engine.keyhash import check_comparable
 from engine.kinds import Merge
 from engine.metrics import commit_timer
-from engine.tables.bucket_tasks import rewrite_bucket, row_group_chunks, split_changes, split_file, without_views
+from engine.tables.bucket_tasks import (
+    SPLIT_BYTES,
+    rewrite_bucket,
+    row_group_chunks,
+    split_by_bucket,
+    split_file,
+    without_views,
+)
 from engine.tables.delta import commit_files, commit_metadata, ensure_not_committed, table_exists
 from engine.tables.delta_files import add_actions
-from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, align_with_table, latest_per_key
+from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, align_with_table, latest_schema
 from engine.tables.files import ChangeFiles, DataFile, discard_files, opaque_columns
 
 log = logging.getLogger(__name__)
@@ -61,8 +68,6 @@ HASH_SCHEME = 1
 instead of misreading it."""
 
 BUCKET_FILE = re.compile(r"^part-b(\d{5})of(\d{5})-k([0-9a-f]{8})-")
-SPLIT_BYTES = 128 * 2**20
-"""About how many bytes of staged changes one task splits by bucket."""
 
 
 def merge_distributed(
@@ -234,7 +239,7 @@ class _MergeJob:
         """Create the table, already bucketed, from the changes that are not deletes: version 0."""
         size = changes.nbytes if isinstance(changes, pa.Table) else changes.size
         layout = _Layout.of(self.kind.keys, [], self.buckets, size, self.target_bytes)
-        schema = pa.schema([f for f in self._source_schema(changes) if f.name != DELETE_FLAG])
+        schema = pa.schema([f for f in latest_schema(changes.schema, self.kind) if f.name != DELETE_FLAG])
         counts, parts = self._split_changes(changes, layout)
         self._rewrite(layout, schema, {b: frozenset() for b in range(layout.buckets) if counts[b]}, parts, {}, [])
         self._commit_log()
@@ -256,7 +261,7 @@ class _MergeJob:
             raise TableFailed(f"merge into `{self.table}`: partitioned tables cannot be merged by bucket; "
                               "rewrite the table without partition columns", table=self.table, path=self.uri)
         ensure_not_committed(delta_table, self.transaction)
-        align_with_table(delta_table, self._source_schema(changes).empty_table(), self.metadata,
+        align_with_table(delta_table, latest_schema(changes.schema, self.kind).empty_table(), self.metadata,
                          steering=[DELETE_FLAG])
         delta_table = DeltaTable(self.uri)
         ensure_not_committed(delta_table, self.transaction)
@@ -305,20 +310,12 @@ class _MergeJob:
             commit_files(self.change_log, files, mode="append", metadata=self.metadata)
             self.log_committed.update(f.path for f in files)
 
-    def _source_schema(self, changes: pa.Table | ChangeFiles) -> pa.Schema:
-        """The columns the changes bring once reduced to the latest per key: stored ones and the delete flag."""
-        return to_storage(latest_per_key(changes.schema.empty_table(), self.kind)).schema
-
     def _split_changes(self, changes: pa.Table | ChangeFiles,
                        layout: _Layout) -> tuple[np.ndarray, list[list[ray.ObjectRef]]]:
         """The count of changes of every bucket, and the refs of their pieces, split by Ray tasks of about
         `SPLIT_BYTES` of staged changes each (changes in memory by one task); once per bucket count."""
         if layout.buckets not in self.splits:
-            groups = changes.groups(SPLIT_BYTES) if isinstance(changes, ChangeFiles) else [changes]
-            split = split_changes.options(num_returns=layout.buckets + 1)
-            refs = [split.remote(group, list(self.kind.keys), layout.buckets) for group in groups]
-            counts = np.sum(ray.get([parts[0] for parts in refs]), axis=0)
-            self.splits[layout.buckets] = counts, [[parts[b + 1] for parts in refs] for b in range(layout.buckets)]
+            self.splits[layout.buckets] = split_by_bucket(changes, self.kind.keys, layout.buckets, SPLIT_BYTES)
         return self.splits[layout.buckets]
 
     def _rewrite(

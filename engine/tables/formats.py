@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -22,7 +21,7 @@ from engine.errors import TableFormatError
 from engine.governance import encryption
 from engine.layout import Layout
 from engine.names import DELTA, ICEBERG
-from engine.tables import changelog, delta, delta_age, delta_merge, delta_rewrite, deltalog, progress
+from engine.tables import delta, delta_age, delta_merge, delta_rewrite, deltalog, progress
 from engine.tables.files import ChangeFiles, DataFile, RollingParquetWriter, discard_files
 
 if TYPE_CHECKING:
@@ -36,6 +35,13 @@ if TYPE_CHECKING:
 
 
 
+class KeyReader(Protocol):
+    """Reads of a table's rows by key that can be handed to a Ray task."""
+
+    def table_exists(self, uri: str) -> bool: ...
+    def read_keys(self, uri: str, table: str, keys: pa.Table) -> pa.Table: ...
+
+
 class TableStore(Protocol):
     """The operations the engine needs from a table format, on the table at `uri` named `table`."""
 
@@ -47,6 +53,7 @@ class TableStore(Protocol):
     def head(self, uri: str, table: str, version: int | None, limit: int) -> pa.Table: ...
     def read_columns(self, uri: str, table: str, columns: Sequence[str]) -> pa.Table: ...
     def read_keys(self, uri: str, table: str, keys: pa.Table) -> pa.Table: ...
+    def key_reader(self, uri: str) -> KeyReader: ...
     def row_count(self, uri: str, table: str, version: int | None = None) -> int: ...
     def schema(self, uri: str, table: str) -> pa.Schema: ...
     def as_stored(self, schema: pa.Schema) -> pa.Schema: ...
@@ -110,6 +117,11 @@ class DeltaStore:
     @staticmethod
     def schema(uri: str, table: str) -> pa.Schema:
         return pa.schema(delta.open_table(uri, table).schema().to_arrow())
+
+    @staticmethod
+    def key_reader(uri: str) -> KeyReader:
+        """A Delta store, whose reads by key open the table in the process that calls them."""
+        return DeltaStore()
 
     @staticmethod
     def version(uri: str, table: str, version: int | None = None) -> int:
@@ -202,15 +214,12 @@ class IcebergStore:
 
     def merge(self, uri: str, table: str, changes: ChangeFiles, kind: Merge, *, metadata: dict[str, Any],
               transaction: Transaction | None, storage: StorageSettings, change_log: str | None) -> MergeOutcome:
-        """The staged `changes` read in this process and merged copy-on-write in one snapshot; with a
-        `change_log`, the changes older than a delete of their key dropped first, and the deletes logged."""
-        rows = changes.read()
-        kept = rows
-        if change_log is not None:
-            kept, deletes = changelog.without_superseded(change_log, table, rows, kind)
-            changelog.append(change_log, deletes, metadata=metadata)
-        outcome = self.merge_local(uri, table, kept, kind, metadata=metadata, transaction=transaction)
-        return replace(outcome, duplicates=outcome.duplicates + rows.num_rows - kept.num_rows)
+        """The staged `changes` merged copy-on-write in one snapshot by Ray tasks (`IcebergTables.merge_staged`);
+        this process handles file names, key bounds, counts and object refs. With a `change_log`, the changes older
+        than a logged delete of their key are dropped first, and the new deletes logged."""
+        return self.tables.merge_staged(uri, table, changes, kind, metadata=metadata, storage=storage,
+                                        transaction=transaction, table_properties=self.properties,
+                                        change_log=change_log)
 
     def merge_local(self, uri: str, table: str, changes: pa.Table, kind: Merge, *, metadata: dict[str, Any],
                     transaction: Transaction | None) -> MergeOutcome:

@@ -17,10 +17,11 @@ from engine.config import StorageSettings
 from engine.kinds import SCD2, Merge
 from engine.names import DELTA
 from engine.tables import changelog, delta_merge
+from engine.tables.bucket_tasks import split_by_bucket
 from engine.tables.delta import commit_files
 from engine.tables.delta_merge import MergeOutcome
 from engine.tables.files import ChangeFiles, DataFile, RollingParquetWriter, discard_files, gathered
-from engine.tables.formats import DeltaStore, TableStore
+from engine.tables.formats import DeltaStore, KeyReader, TableStore
 
 _ACTION = "__medallion_scd2_action"
 SPLIT_BYTES = 128 * 2**20
@@ -95,19 +96,20 @@ def apply_changes(
     commit carrying `transaction`: a merge on the version key (keys and `valid_from`) that upserts the new and
     changed version rows and deletes those that no longer exist.
 
-    Changes staged in files (`ChangeFiles`) for a Delta table are handled by Ray tasks: split by hash bucket of
-    the key, each bucket's history rebuilt and compared with its version rows in a task that writes the changes
-    to log and the difference as files (the difference under `scratch`), the log committed here, then the
-    difference merged into the table by one task; this process holds file names, counts and object refs. Changes
-    in memory, and an Iceberg table's, are handled in this process.
+    Changes staged in files (`ChangeFiles`) are handled by Ray tasks: split by hash bucket of the key, each
+    bucket's history rebuilt and compared with its version rows in a task that writes the changes to log and the
+    difference as files (the difference under `scratch`), the log committed here, then the difference merged into
+    the table (on Delta by one task running deltalake's merge, on Iceberg by the store's merge of staged changes,
+    in Ray tasks); this process holds file names, counts and object refs. Changes in memory are handled in this
+    process.
 
     Raises:
         CommitConflict: another writer committed `transaction` first.
     """
     store = store or DeltaStore()
-    if isinstance(changes, ChangeFiles) and store.name == DELTA and scratch is not None:
-        return _apply_in_tasks(uri, log_uri, table, changes, kind, metadata=metadata, transaction=transaction,
-                               storage=storage or StorageSettings(), scratch=scratch)
+    if isinstance(changes, ChangeFiles) and scratch is not None:
+        return _apply_in_tasks(uri, log_uri, table, changes, kind, store=store, metadata=metadata,
+                               transaction=transaction, storage=storage or StorageSettings(), scratch=scratch)
     rows = changes.read() if isinstance(changes, ChangeFiles) else changes
     diff = _difference(uri, log_uri, table, rows, kind, store)
     changelog.append(log_uri, diff.to_log, metadata=metadata)
@@ -143,7 +145,7 @@ class _Difference:
 
 
 def _difference(uri: str, log_uri: str, table: str, changes: pa.Table, kind: SCD2,
-                store: TableStore) -> _Difference:
+                store: KeyReader) -> _Difference:
     """The changes not logged yet, and the version rows of the keys the `changes` touch that the history rebuilt
     from every logged change of those keys (and the new ones) adds, changes or no longer has. Reads the log's and
     the table's rows of those keys only."""
@@ -165,20 +167,16 @@ def _difference(uri: str, log_uri: str, table: str, changes: pa.Table, kind: SCD
                        old.join(new, on=version_key, how="anti", nulls_equal=True))
 
 
-def _apply_in_tasks(uri: str, log_uri: str, table: str, changes: ChangeFiles, kind: SCD2, *,
+def _apply_in_tasks(uri: str, log_uri: str, table: str, changes: ChangeFiles, kind: SCD2, *, store: TableStore,
                     metadata: dict[str, Any], transaction: Transaction | None, storage: StorageSettings,
                     scratch: str) -> HistoryOutcome:
-    """`apply_changes` of staged changes to a Delta table, by Ray tasks (see there)."""
-    from engine.tables.bucket_tasks import split_changes
-
+    """`apply_changes` of staged changes, by Ray tasks (see there)."""
     buckets = max(1, -(-changes.size // SPLIT_BYTES))
-    split = split_changes.options(num_returns=buckets + 1)
-    splits = [split.remote(group, list(kind.keys), buckets) for group in changes.groups(SPLIT_BYTES)]
-    counts = np.sum(ray.get([parts[0] for parts in splits]), axis=0)
-    prefix = f"scd2-{uuid.uuid4().hex[:8]}"
+    counts, parts = split_by_bucket(changes, kind.keys, buckets, SPLIT_BYTES)
+    prefix, reader = f"scd2-{uuid.uuid4().hex[:8]}", ray.put(store.key_reader(uri))
     results, failure = gathered([
-        _bucket_difference.remote(uri, log_uri, table, kind, storage, scratch, f"{prefix}-b{bucket}",
-                                  *[parts[bucket + 1] for parts in splits])
+        _bucket_difference.remote(uri, log_uri, table, kind, reader, storage, scratch, f"{prefix}-b{bucket}",
+                                  *parts[bucket])
         for bucket in range(buckets) if counts[bucket]])
     logged = [file for files, _, _ in results for file in files]
     if failure is not None:
@@ -189,20 +187,26 @@ def _apply_in_tasks(uri: str, log_uri: str, table: str, changes: ChangeFiles, ki
     commit_files(log_uri, logged, mode="append", metadata=metadata)
     if not written:
         return HistoryOutcome(None, int(tallies[0]), 0, 0)
-    marker = None if transaction is None else (transaction.app_id, transaction.version, transaction.last_updated)
-    merged, failure = gathered([_merge_difference.remote(uri, ChangeFiles(scratch, tuple(written)),
-                                                         version_merge(kind), metadata, marker)])
-    if failure is not None:
-        raise failure
-    return HistoryOutcome(merged[0].version, int(tallies[0]), int(tallies[1]), int(tallies[2]))
+    difference = ChangeFiles(scratch, tuple(written))
+    if store.name == DELTA:
+        marker = None if transaction is None else (transaction.app_id, transaction.version, transaction.last_updated)
+        merged, failure = gathered([_merge_difference.remote(uri, difference, version_merge(kind), metadata, marker)])
+        if failure is not None:
+            raise failure
+        version = merged[0].version
+    else:
+        version = store.merge(uri, table, difference, version_merge(kind), metadata=metadata, transaction=transaction,
+                              storage=storage, change_log=None).version
+    return HistoryOutcome(version, int(tallies[0]), int(tallies[1]), int(tallies[2]))
 
 
 @ray.remote(scheduling_strategy="SPREAD")
-def _bucket_difference(uri: str, log_uri: str, table: str, kind: SCD2, storage: StorageSettings, scratch: str,
-                       prefix: str, *changes: pa.Table) -> tuple[list[DataFile], list[DataFile], list[int]]:
-    """One bucket's `_difference`: the changes to log written as files of the log, the merge source as files under
-    `scratch`; with the counts logged, upserted and removed."""
-    diff = _difference(uri, log_uri, table, pa.concat_tables(changes, promote_options="permissive"), kind, DeltaStore())
+def _bucket_difference(uri: str, log_uri: str, table: str, kind: SCD2, reader: KeyReader, storage: StorageSettings,
+                       scratch: str, prefix: str, *changes: pa.Table) -> tuple[list[DataFile], list[DataFile], list[int]]:
+    """One bucket's `_difference` (the table's version rows of its keys read by `reader`): the changes to log
+    written as files of the log, the merge source as files under `scratch`; with the counts logged, upserted and
+    removed."""
+    diff = _difference(uri, log_uri, table, pa.concat_tables(changes, promote_options="permissive"), kind, reader)
     log_writer = RollingParquetWriter(log_uri, storage, f"{prefix}-log")
     writer = RollingParquetWriter(scratch, storage, prefix)
     try:
@@ -225,7 +229,7 @@ def _merge_difference(uri: str, source: ChangeFiles, merge: Merge, metadata: dic
     return delta_merge.merge_changes(uri, source.read(), merge, metadata=metadata, transaction=transaction)
 
 
-def _current_rows(uri: str, table: str, keys: pa.Table, store: TableStore) -> pl.DataFrame | None:
+def _current_rows(uri: str, table: str, keys: pa.Table, store: KeyReader) -> pl.DataFrame | None:
     """The table's version rows of the entities in `keys`; None when the table does not exist."""
     if not store.table_exists(uri):
         return None

@@ -1,7 +1,7 @@
 """A pipeline whose driver must not grow with its data: account changes ingested, merged by key with deletes
-(`Merge`), kept as history (`SCD2`), and summed per account (`RecomputeKeys`). Importable as `tests.engine.budget_pipeline:pipeline` by a
-driver process; `python -m tests.engine.budget_pipeline ROOT ADDRESS` runs it there, attached to the Ray at ADDRESS,
-and prints the driver's peak resident memory."""
+(`Merge`), kept as history (`SCD2`), both on Delta and on Iceberg, and summed per account (`RecomputeKeys`).
+Importable as `tests.engine.budget_pipeline:pipeline` by a driver process; `python -m tests.engine.budget_pipeline
+ROOT ADDRESS` runs it there, attached to the Ray at ADDRESS, and prints the driver's peak resident memory."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def accounts(bronze_changes: ray.data.Dataset) -> ray.data.Dataset:
                                                  delete_when="op = 'd'", except_columns=["op"]))
 def account_history(bronze_changes: ray.data.Dataset) -> ray.data.Dataset:
     return bronze_changes.map_batches(parse, batch_format="pyarrow")
+
+
+pipeline.table("silver.accounts_iceberg", table_format="iceberg",
+               kind=Merge(keys=["account_id"], sequence_by="seq", delete_when="op = 'd'", except_columns=["op"]))(accounts)
+pipeline.table("gold.account_history_iceberg", table_format="iceberg",
+               kind=SCD2(keys=["account_id"], sequence_by="seq", tracked_columns=["amount"], delete_when="op = 'd'",
+                         except_columns=["op"]))(account_history)
 
 
 def total(rows: pa.Table) -> pa.Table:

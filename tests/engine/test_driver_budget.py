@@ -1,5 +1,5 @@
-"""The driver's memory does not grow with the data: the same pipeline (a `Merge` table with deletes, an `SCD2`
-history and a `RecomputeKeys` aggregate) run at two sizes 10x apart, each by a driver process of its own attached to the test's
+"""The driver's memory does not grow with the data: the same pipeline (a `Merge` table with deletes and an `SCD2`
+history, on Delta and on Iceberg, and a `RecomputeKeys` aggregate) run at two sizes 10x apart, each by a driver process of its own attached to the test's
 Ray, whose peak resident memory is compared. The changes of the larger run weigh about 160 MiB: a driver that
 read them (or their staged files) whole would grow by more than that."""
 
@@ -15,6 +15,7 @@ import pytest
 import ray
 from deltalake import DeltaTable
 
+from engine.tables.iceberg import IcebergTables
 from tests.engine import budget_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,4 +67,11 @@ def test_the_driver_does_not_grow_with_merge_scd2_and_recompute_keys_tables(tmp_
         history = pl.from_arrow(DeltaTable(str(root / "gold" / "account_history")).to_pyarrow_table())
         assert isinstance(history, pl.DataFrame)
         assert sorted(history.filter(pl.col("is_current"))["account_id"].to_list()) == live_accounts(root)
+        iceberg = IcebergTables(str(root))
+        merged = iceberg.read_columns(str(root / "silver" / "accounts_iceberg"), "silver.accounts_iceberg", ["account_id"])
+        assert sorted(merged.column("account_id").to_pylist()) == live_accounts(root)
+        current = iceberg.read_columns(str(root / "gold" / "account_history_iceberg"), "gold.account_history_iceberg",
+                                       ["account_id", "is_current"])
+        assert sorted(current.filter(current.column("is_current")).column("account_id").to_pylist()) == \
+            live_accounts(root)
     assert peaks[LARGE] - peaks[SMALL] < GROWTH_MIB, peaks

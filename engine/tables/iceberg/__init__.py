@@ -4,8 +4,8 @@ The same operations as `engine.tables.delta`, on an Iceberg table registered in 
 `<root>/_meta/iceberg/catalog.db` by default, or `storage.iceberg_catalog_uri`): namespace = layer, table name
 = name, location `<root>/<layer>/<name>`. `catalog` loads and commits tables, `snapshots` maps snapshots to
 versions and records commit metadata and batch markers, `schema` converts and evolves schemas, `scan` reads
-scan plans in Ray tasks, `merge` and `slices` build merge and slice-replacement snapshots, and `tables` offers
-it all as `IcebergTables`.
+scan plans in Ray tasks and rows by key, `merge` (with the row-level steps of `merge_tasks`, in Ray tasks) and
+`slices` build merge and slice-replacement snapshots, and `tables` offers it all as `IcebergTables`.
 """
 
 from engine.tables.iceberg.catalog import without_metrics

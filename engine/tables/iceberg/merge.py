@@ -1,126 +1,223 @@
 """Merges by key into an Iceberg table: the latest change per key applied copy-on-write in one snapshot.
 
-Same semantics as `engine.tables.delta_merge.merge_changes` (see `engine.tables.iceberg.tables.IcebergTables.merge_changes`).
+Same semantics as `engine.tables.delta_merge.merge_changes` (see `IcebergTables.merge_changes`). This process plans
+the snapshot from metadata only: the table's data files and the bounds of their key columns, the files the changes'
+keys may be in (as the steps holding the changes answer), and the files the steps wrote. The steps
+(`engine.tables.iceberg.merge_tasks`) read, join and write rows: as Ray tasks for changes held as object refs (staged
+changes, split by hash bucket of the key and reduced in Ray tasks by `staged_latest`), as calls in this process for
+changes in memory.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import polars as pl
 import pyarrow as pa
+import ray
 
-from engine.arrow import to_storage
+from engine.config import StorageSettings
 from engine.kinds import Merge
-from engine.tables.delta_merge import DELETE_FLAG
+from engine.tables.bucket_tasks import SPLIT_BYTES, split_by_bucket
+from engine.tables.delta import commit_files
+from engine.tables.files import ChangeFiles, discard_files, gathered, groups_of_bytes
+from engine.tables.iceberg.merge_tasks import REMOTE, files_holding, reduce_bucket, rewrite_files, write_inserts
 from engine.tables.iceberg.scan import scan_tasks
-from engine.tables.iceberg.schema import evolve, plain, plain_schema
+from engine.tables.iceberg.schema import evolve, plain_schema
 
 if TYPE_CHECKING:
+    from pyiceberg.manifest import DataFile as IcebergDataFile
+    from pyiceberg.table import FileScanTask
     from pyiceberg.table import Transaction as IcebergTransaction
 
-MATCH_FILTER_LIMIT = 10_000
+
+def staged_latest(changes: ChangeFiles, kind: Merge, *, table: str, storage: StorageSettings,
+                  change_log: str | None, metadata: dict[str, Any]) -> tuple[list[ray.ObjectRef], int]:
+    """The staged `changes` split by hash bucket of the key and reduced to the latest per key, by Ray tasks: the refs
+    of every bucket's rows, and how many there are. With a `change_log` (a `Merge` that logs its deletes), the
+    changes older than a logged delete of their key are dropped, and the deletes not logged yet committed to the log
+    (with `metadata`) here, before the table."""
+    buckets = max(1, -(-changes.size // SPLIT_BYTES))
+    counts, parts = split_by_bucket(changes, kind.keys, buckets, SPLIT_BYTES)
+    prefix = f"merge-{uuid.uuid4().hex[:8]}"
+    reduced = [reduce_bucket.remote(change_log, table, kind, storage, f"{prefix}-b{bucket}", *parts[bucket])
+               for bucket in range(buckets) if counts[bucket]]
+    summaries, failure = gathered([summary for summary, _ in reduced])
+    logged = [file for _, files in summaries for file in files]
+    if failure is not None:
+        discard_files(change_log or "", logged)
+        raise failure
+    if change_log is not None and logged:
+        commit_files(change_log, logged, mode="append", metadata=metadata)
+    return [rows for _, rows in reduced], sum(count for count, _ in summaries)
 
 
-def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`rows` with exactly the columns of `schema`, in its order and types (missing ones null)."""
-    columns = [rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
-               for f in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def match_filter(latest: pa.Table, keys: Sequence[str]) -> Any:
-    """An Iceberg filter selecting the rows whose key equals a change's (null keys never match)."""
-    from pyiceberg.expressions import AlwaysFalse, AlwaysTrue
-    from pyiceberg.table.upsert_util import create_match_filter
-
-    frame = pl.from_arrow(latest.select(list(keys)))
-    assert isinstance(frame, pl.DataFrame)
-    frame = frame.drop_nulls().unique()
-    if frame.height == 0:
-        return AlwaysFalse()
-    if len(keys) > 1 and frame.height > MATCH_FILTER_LIMIT:
-        return AlwaysTrue()
-    return create_match_filter(frame.to_arrow(), list(keys))
-
-
-def merge_into(
+def stage_merge(
     tx: IcebergTransaction,
     created: bool,
-    latest: pa.Table,
-    value_columns: list[str],
+    schema: pa.Schema,
+    pieces: Sequence[Any],
     kind: Merge,
     properties: dict[str, str],
-) -> dict[str, Any]:
-    """Stage the snapshot applying `latest` (one change per key) to the table of `tx`; returns the metrics."""
-    from pyiceberg.expressions import AlwaysTrue
-    from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
+    written: list[IcebergDataFile],
+    *,
+    in_tasks: bool,
+) -> dict[str, int]:
+    """Stage in `tx` the snapshot applying `pieces` (the latest change per key, of disjoint keys: tables in memory, or
+    object refs with `in_tasks`) to the table, whose columns `schema` (the changes' columns) adds to; returns the
+    metrics but `num_source_rows`. Every file the steps wrote is added to `written`, for the caller to delete when
+    the commit fails.
 
-    keys, sequence = list(kind.keys), kind.sequence_by
+    The files whose key bounds may hold a change's key are read, a group of about `SPLIT_BYTES` per step, with the
+    changes of the buckets that may match them; a file holding a replaced or deleted row is rewritten (its other
+    rows and the replacing changes), any other is left alone. Each bucket's changes that matched nothing and are no
+    deletes are written by a step of their own. The snapshot removes the rewritten files and adds the new ones (an
+    append when nothing was rewritten).
+    """
     if not created:
-        evolve(tx, latest.select(value_columns).schema, drop_missing=False)
+        evolve(tx, schema, drop_missing=False)
     target = plain_schema(tx.table_metadata.schema().as_arrow())
-    types = {f.name: f.type for f in target}
-    changes = pl.from_arrow(pa.Table.from_arrays(
-        [c.cast(types[n]) if n in types else c for n, c in zip(latest.column_names, latest.columns)],
-        names=latest.column_names))
-    assert isinstance(changes, pl.DataFrame)
-    if DELETE_FLAG not in changes.columns:
-        changes = changes.with_columns(pl.lit(False).alias(DELETE_FLAG))
-    candidates = [] if created else scan_tasks(tx, match_filter(latest, keys))
-    io = tx._table.io
-    scan = ArrowScan(tx.table_metadata, io, tx.table_metadata.schema(), AlwaysTrue())
-    stored_parts = []
-    for index, task in enumerate(candidates):
-        rows = plain(scan.to_table([task]))
-        frame = pl.from_arrow(rows)
-        assert isinstance(frame, pl.DataFrame)
-        stored_parts.append(frame.with_columns(pl.lit(index, pl.Int64).alias("__file")))
-    stored = pl.concat(stored_parts, how="vertical_relaxed") if stored_parts else None
-    if stored is not None:
-        probe = stored.select([*keys, *([sequence] if sequence else []), "__file"]).with_columns(
-            pl.lit(True).alias("__matched"))
-        if sequence:
-            probe = probe.rename({sequence: "__stored_sequence"})
-        joined = changes.join(probe, on=keys, how="left")
-    else:
-        joined = changes.with_columns(pl.lit(None, pl.Int64).alias("__file"), pl.lit(None, pl.Boolean).alias("__matched"))
-    matched = pl.col("__matched").fill_null(False)
-    if sequence and stored is not None:
-        newer = (pl.col(sequence) >= pl.col("__stored_sequence")).fill_null(False)
-        applies = matched.not_() | newer
-    else:
-        applies = pl.lit(True)
-    joined = joined.with_columns(matched.alias("__matched"), applies.alias("__applies"))
-    deleted = pl.col(DELETE_FLAG).fill_null(False)
-    replaced = joined.filter(pl.col("__matched") & pl.col("__applies"))
-    new_rows = joined.filter(pl.col("__applies") & deleted.not_()).select(value_columns)
-    metrics = {
-        "num_source_rows": changes.height,
-        "num_target_rows_inserted": joined.filter(pl.col("__matched").not_() & pl.col("__applies") & deleted.not_()).height,
-        "num_target_rows_updated": replaced.filter(deleted.not_()).height,
-        "num_target_rows_deleted": replaced.filter(deleted).height,
-    }
-    rewritten = sorted(set(replaced["__file"].drop_nulls().to_list()))
-    outputs = []
-    if stored is not None and rewritten:
-        kept = stored.filter(pl.col("__file").is_in(rewritten)).join(replaced.select(keys), on=keys, how="anti")
-        outputs.append(kept.drop("__file").to_arrow())
-    if new_rows.height:
-        outputs.append(new_rows.to_arrow())
-    written = [_conform(to_storage(o), target) for o in outputs if o.num_rows]
-    producer = (tx.update_snapshot(snapshot_properties=properties).overwrite() if rewritten
-                else tx.update_snapshot(snapshot_properties=properties).fast_append())
-    added = 0
-    with producer as update:
-        for index in rewritten:
-            update.delete_data_file(candidates[index].file)
-        if written:
-            rows = pa.concat_tables(written)
-            for data_file in _dataframe_to_data_files(tx.table_metadata, rows, io, write_uuid=update.commit_uuid):
-                update.append_data_file(data_file)
-                added += 1
-    metrics |= {"num_target_files_removed": len(rewritten), "num_target_files_added": added,
-                "num_target_files_scanned": len(candidates)}
-    return metrics
+    steps: _Steps = _InTasks() if in_tasks else _InProcess()
+    tasks, bounds = ([], None) if created else key_bounds(tx, kind.keys, target)
+    buckets_of = _pieces_of_files(steps, bounds, kind.keys, pieces) if tasks else {}
+    candidates = sorted(buckets_of)
+    metadata, io = steps.put(tx.table_metadata), steps.put(tx._table.io)
+    matched: list[list[Any]] = [[] for _ in pieces]
+    summaries = []
+    size = sum(tasks[file].file.file_size_in_bytes for file in candidates)
+    for group in groups_of_bytes(candidates, size, SPLIT_BYTES):
+        buckets = sorted({bucket for file in group for bucket in buckets_of[file]})
+        outputs = steps.submit(rewrite_files, 1 + len(buckets), metadata, io, [tasks[file] for file in group], target,
+                               kind, *[pieces[bucket] for bucket in buckets])
+        summaries.append(outputs[0])
+        for bucket, output in zip(buckets, outputs[1:]):
+            matched[bucket].append(output)
+    inserts = [steps.submit(write_inserts, 1, metadata, io, target, kind, piece, *matched[bucket])
+               for bucket, piece in enumerate(pieces)]
+    rewrites, failure = steps.gather(summaries)
+    inserted, insert_failure = steps.gather(inserts)
+    added = [file for _, files, _ in rewrites for file in files] + [file for files, _ in inserted for file in files]
+    written.extend(added)
+    failure = failure or insert_failure
+    if failure is not None:
+        raise failure
+    by_path = {task.file.file_path: task for task in tasks}
+    removed = [by_path[path] for paths, _, _ in rewrites for path in paths]
+    tallies = Counter[str]()
+    for _, _, counts in rewrites:
+        tallies.update(counts)
+    snapshot = tx.update_snapshot(snapshot_properties=properties)
+    with snapshot.overwrite() if removed else snapshot.fast_append() as update:
+        for task in removed:
+            update.delete_data_file(task.file)
+        for file in added:
+            update.append_data_file(file)
+    return {"num_target_rows_inserted": sum(count for _, count in inserted),
+            "num_target_rows_updated": tallies["updated"], "num_target_rows_deleted": tallies["deleted"],
+            "num_target_files_removed": len(removed), "num_target_files_added": len(added),
+            "num_target_files_scanned": len(candidates)}
+
+
+def _pieces_of_files(steps: _Steps, bounds: pa.Table, keys: Sequence[str],
+                     pieces: Sequence[Any]) -> dict[int, list[int]]:
+    """For every data file (row of `bounds`) whose key bounds may hold the key of a change, the pieces holding such
+    changes, as the steps holding the pieces find (`merge_tasks.files_holding`)."""
+    bounds_ref = steps.put(bounds)
+    holding, failure = steps.gather([steps.submit(files_holding, 1, bounds_ref, list(keys), piece) for piece in pieces])
+    if failure is not None:
+        raise failure
+    pieces_of: dict[int, list[int]] = {}
+    for piece, files in enumerate(holding):
+        for file in files.tolist():
+            pieces_of.setdefault(file, []).append(piece)
+    return pieces_of
+
+
+def key_bounds(tx: IcebergTransaction, keys: Sequence[str], target: pa.Schema) -> tuple[list[FileScanTask], pa.Table]:
+    """The scan tasks of the table's data files that may hold a row whose every key column is set, and the bounds of
+    their key columns (`lower:<key>`, `upper:<key>`, in the table's types; null where the manifest holds none or it
+    does not convert): read from the manifests, no data file."""
+    from pyiceberg.conversions import from_bytes
+    from pyiceberg.types import PrimitiveType
+
+    schema = tx.table_metadata.schema()
+    fields = [schema.find_field(key) for key in keys]
+    tasks = [task for task in scan_tasks(tx)
+             if task.file.record_count != 0 and not any(_nulls_only(task.file, f.field_id) for f in fields)]
+    columns = {}
+    for key, field in zip(keys, fields):
+        primitive = field.field_type if isinstance(field.field_type, PrimitiveType) else None
+        for side in ("lower", "upper"):
+            raw = [(getattr(task.file, f"{side}_bounds") or {}).get(field.field_id) for task in tasks]
+            values = [None if value is None or primitive is None else from_bytes(primitive, value) for value in raw]
+            columns[f"{side}:{key}"] = _typed(values, target.field(key).type)
+    return tasks, pa.table(columns)
+
+
+def _nulls_only(file: IcebergDataFile, field_id: int) -> bool:
+    """Whether the file's column `field_id` holds nulls only, as its metrics say."""
+    values, nulls = (file.value_counts or {}).get(field_id), (file.null_value_counts or {}).get(field_id)
+    return bool(values) and values == nulls
+
+
+def _typed(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
+    """`values` (decoded bounds) as an Arrow array of `arrow_type`; all null when they do not convert."""
+    try:
+        return pa.array(values, arrow_type)
+    except (pa.ArrowException, TypeError, ValueError):
+        return pa.nulls(len(values), arrow_type)
+
+
+class _Failed:
+    """What a step that failed in this process returned: the error, passed on like a failed Ray task's outputs."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Steps(Protocol):
+    def put(self, value: Any) -> Any: ...
+    def submit(self, step: Any, returns: int, *args: Any) -> Any: ...
+    def gather(self, outputs: Sequence[Any]) -> tuple[list[Any], Exception | None]: ...
+
+
+class _InProcess:
+    """Runs each step as a call in this process. A step's error is kept as its output and raised by `gather`, once
+    every step has run and their files are known; a step given a failed step's output fails alike."""
+
+    @staticmethod
+    def put(value: Any) -> Any:
+        return value
+
+    @staticmethod
+    def submit(step: Any, returns: int, *args: Any) -> Any:
+        failed = next((arg for arg in args if isinstance(arg, _Failed)), None)
+        if failed is None:
+            try:
+                return step(*args)
+            except Exception as err:
+                failed = _Failed(err)
+        return failed if returns == 1 else [failed] * returns
+
+    @staticmethod
+    def gather(outputs: Sequence[Any]) -> tuple[list[Any], Exception | None]:
+        failures = [output.error for output in outputs if isinstance(output, _Failed)]
+        return [output for output in outputs if not isinstance(output, _Failed)], next(iter(failures), None)
+
+
+class _InTasks:
+    """Runs each step as a Ray task; this process holds object refs."""
+
+    @staticmethod
+    def put(value: Any) -> Any:
+        return ray.put(value)
+
+    @staticmethod
+    def submit(step: Any, returns: int, *args: Any) -> Any:
+        return REMOTE[step.__name__].options(num_returns=returns).remote(*args)
+
+    @staticmethod
+    def gather(outputs: Sequence[Any]) -> tuple[list[Any], Exception | None]:
+        return gathered(outputs)

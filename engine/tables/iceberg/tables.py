@@ -15,12 +15,13 @@ from engine.config import StorageSettings
 from engine.errors import TableNotFound
 from engine.kinds import Merge
 from engine.tables.delta import METADATA_PREFIX, RESTORED_TO_KEY, all_on_disk, differing_keys
-from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, latest_per_key
-from engine.tables.files import DataFile, discard_files
+from engine.tables.delta_merge import DELETE_FLAG, MergeOutcome, latest_per_key, latest_schema
+from engine.tables.files import ChangeFiles, DataFile, discard_files
 from engine.tables.iceberg import age
 from engine.tables.iceberg.catalog import IcebergCatalog
-from engine.tables.iceberg.merge import match_filter
-from engine.tables.iceberg.scan import read_tasks, scan_tasks, task_identity
+from engine.tables.iceberg.merge import stage_merge, staged_latest
+from engine.tables.iceberg.merge_tasks import discard
+from engine.tables.iceberg.scan import SnapshotReads, read_tasks, scan_tasks, task_identity
 from engine.tables.iceberg.schema import as_stored, ensure_name_mapping, evolve, plain, plain_schema
 from engine.tables.iceberg.slices import stage_replacement
 from engine.tables.iceberg.snapshots import committed_batch, decode, snapshot_of, snapshot_properties, version_of
@@ -82,13 +83,18 @@ class IcebergTables(IcebergCatalog):
         return plain(self.open_table(uri, table).scan(selected_fields=tuple(columns)).to_arrow())
 
     def read_keys(self, uri: str, table: str, keys: pa.Table) -> pa.Table:
-        """The latest rows whose key columns equal a row of `keys`, scanned with that filter (files whose metrics
-        exclude the keys are skipped); every row when a key is null, which Iceberg's filter does not match."""
-        from pyiceberg.expressions import AlwaysTrue
+        """The latest rows whose key columns equal a row of `keys` (`scan.SnapshotReads.read_keys`).
 
-        nulls = any(column.null_count for column in keys.columns)
-        row_filter = AlwaysTrue() if nulls else match_filter(keys, keys.column_names)
-        return plain(self.open_table(uri, table).scan(row_filter=row_filter).to_arrow())
+        Raises:
+            TableNotFound: there is no table.
+        """
+        loaded = self.open_table(uri, table)
+        return SnapshotReads(loaded.metadata, loaded.io).read_keys(uri, table, keys)
+
+    def key_reader(self, uri: str) -> SnapshotReads:
+        """The reads by key of the table's current snapshot, which a Ray task can be handed (no catalog)."""
+        loaded = self.load(uri)
+        return SnapshotReads(None, None) if loaded is None else SnapshotReads(loaded.metadata, loaded.io)
 
     def head(self, uri: str, table: str, version: int | None, limit: int) -> pa.Table:
         """The first `limit` rows of the table at `version`."""
@@ -285,28 +291,70 @@ class IcebergTables(IcebergCatalog):
 
         The latest change per key wins (`sequence_by`); a change applies to a stored row only when its
         `sequence_by` is at least the stored one (SQL nulls never match and never compare as newer); `delete_when`
-        rows delete. The files that may hold a changed key (pruned by the file statistics) are read on the
-        driver; only those holding a replaced or deleted key are rewritten (copy-on-write), and the commit
-        removes them and adds the rewrites and the new rows. A batch of inserts only is a plain append.
+        rows delete. The files whose key bounds may hold a changed key are read; only those holding a replaced or
+        deleted key are rewritten (copy-on-write), and the commit removes them and adds the rewrites and the new
+        rows (`merge.stage_merge`). A batch of inserts only is a plain append. The changes are in memory, so the
+        rows are read, joined and written in this process (`merge_staged` does it in Ray tasks).
 
         Raises:
             CommitConflict: another writer committed `transaction` first, or the table kept changing.
         """
         latest = to_storage(latest_per_key(changes, kind))
-        duplicates = changes.num_rows - latest.num_rows
-        value_columns = [c for c in latest.column_names if c != DELETE_FLAG]
+        schema = latest.drop_columns([c for c in [DELETE_FLAG] if c in latest.column_names]).schema
+        return self._merge(uri, schema, [latest], latest.num_rows, changes.num_rows, kind, metadata=metadata,
+                           transaction=transaction, table_properties=table_properties, in_tasks=False)
+
+    def merge_staged(
+        self,
+        uri: str,
+        table: str,
+        changes: ChangeFiles,
+        kind: Merge,
+        *,
+        metadata: dict[str, Any],
+        storage: StorageSettings,
+        transaction: Transaction | None = None,
+        table_properties: Mapping[str, str] | None = None,
+        change_log: str | None = None,
+    ) -> MergeOutcome:
+        """`merge_changes` of changes staged in files, by Ray tasks: split by hash bucket of the key and reduced to
+        the latest per key (`merge.staged_latest`, which drops the changes a delete in `change_log` supersedes and
+        logs the new deletes first), then the files their keys may be in read, joined and rewritten, a group of
+        files per task, and the inserts written by a task per bucket; this process plans and commits the snapshot
+        from file names, key bounds, counts and object refs.
+
+        Raises:
+            CommitConflict: another writer committed `transaction` first, or the table kept changing.
+        """
+        pieces, rows = staged_latest(changes, kind, table=table, storage=storage, change_log=change_log,
+                                     metadata=metadata)
+        schema = pa.schema([f for f in latest_schema(changes.schema, kind) if f.name != DELETE_FLAG])
+        return self._merge(uri, schema, pieces, rows, changes.rows, kind, metadata=metadata, transaction=transaction,
+                           table_properties=table_properties, in_tasks=True)
+
+    def _merge(self, uri: str, schema: pa.Schema, pieces: list[Any], source_rows: int, received: int, kind: Merge, *,
+               metadata: dict[str, Any], transaction: Transaction | None, table_properties: Mapping[str, str] | None,
+               in_tasks: bool) -> MergeOutcome:
+        """Commit the snapshot applying `pieces` (`merge.stage_merge`), rebuilt when another writer got in first; the
+        files of an attempt that did not commit are deleted."""
         properties = snapshot_properties(metadata, transaction)
         metrics: dict[str, Any] = {}
+        written: list[Any] = []
 
         def build(tx: IcebergTransaction, created: bool) -> None:
-            from engine.tables.iceberg.merge import merge_into
-
+            discard(written)
+            written.clear()
             metrics.clear()
-            metrics.update(merge_into(tx, created, latest, value_columns, kind, properties))
+            metrics.update({"num_source_rows": source_rows} | stage_merge(
+                tx, created, schema, pieces, kind, properties, written, in_tasks=in_tasks))
 
-        version = self.commit(uri, latest.select(value_columns).schema, transaction, build, table_properties)
+        try:
+            version = self.commit(uri, schema, transaction, build, table_properties)
+        except BaseException:
+            discard(written)
+            raise
         assert version is not None
-        return MergeOutcome(version, duplicates, dict(metrics))
+        return MergeOutcome(version, received - source_rows, dict(metrics))
 
     def replace_slice(
         self,
