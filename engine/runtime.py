@@ -236,3 +236,25 @@ def _configure_data_context(settings: RaySettings) -> None:
     context.print_on_execution_start = settings.verbose
     logging.getLogger("ray.data").setLevel(_log_level(settings))
     logging.getLogger("ray.data._internal.progress").setLevel(_log_level(settings))
+
+
+def raised_in_task(err: BaseException) -> BaseException:
+    """The exception a Ray task raised, through the task errors of the tasks that waited on it."""
+    while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
+        err = err.cause
+    return err
+
+
+def task_result(refs: Any) -> Any:
+    """`ray.get(refs)`; an engine error raised in a task is raised as itself, its message being for the user.
+
+    Raises:
+        EngineError: a task raised it.
+    """
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayTaskError as err:
+        cause = raised_in_task(err)
+        if isinstance(cause, EngineError):
+            raise cause from None
+        raise

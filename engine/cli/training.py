@@ -48,7 +48,7 @@ def train(ctx: click.Context, job: str, trials: int, run_id: str | None, repo: s
             result = run_training(job, settings, repo=repo, overlay=feast_config, tracking_uri=tracking_uri,
                                   trials=trials)
     first, last = result.training_set.time_range()
-    console.print(f"run {result.run_id}: {result.training_set.rows.num_rows:,} rows from {first:%Y-%m-%d} to "
+    console.print(f"run {result.run_id}: {result.training_set.num_rows:,} rows from {first:%Y-%m-%d} to "
                   f"{last:%Y-%m-%d}, tables {escape(str(result.training_set.versions))}")
     console.print("holdout " + ", ".join(f"{escape(k)} {v:.4f}" for k, v in result.metrics.items()))
     if run_id:

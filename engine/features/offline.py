@@ -18,13 +18,11 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 import ray.exceptions
 from feast.feature_view import DUMMY_ENTITY_ID, FeatureView
 from feast.infra.offline_stores.offline_store import OfflineStore, RetrievalJob, RetrievalMetadata
-from feast.infra.offline_stores.offline_utils import infer_event_timestamp_from_entity_df
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
@@ -33,11 +31,13 @@ from pydantic import StrictStr
 
 from engine.errors import FeatureStoreError
 from engine.features import lineage
-from engine.features.pit import CREATED_TS, ENTITY_TS, FEATURE_TS, ROW, ViewJoin, as_of_join, latest_per_key
+from engine.features.entities import EntityRows, KeyTarget, entity_rows
+from engine.features.on_demand import with_on_demand_features
+from engine.features.pit import CREATED_TS, FEATURE_TS, ROW, ViewJoin, as_of_join, latest_per_key
 from engine.features.snapshot import Snapshot, read_snapshot
 from engine.features.source import DeltaSource
 from engine.partitioning import co_partition, map_partitions
-from engine.runtime import ensure_ray
+from engine.runtime import ensure_ray, raised_in_task
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +130,9 @@ class DeltaRetrievalJob(RetrievalJob):
         return self._metadata
 
     def to_ray_dataset(self) -> ray.data.Dataset:
-        """The result as a materialized Ray Dataset, in the entity rows' order for a historical retrieval: its
-        blocks stay in the cluster's object store, and no row comes to this process.
-
-        Raises:
-            FeatureStoreError: the retrieval asks for on-demand feature views, which Feast computes on a collected
-                result (`to_df`, `to_arrow`).
-        """
-        if self._odfvs:
-            raise FeatureStoreError(f"on-demand feature views ({', '.join(v.name for v in self._odfvs)}) are "
-                                    "computed on a collected result; retrieve them with `to_df()` or `to_arrow()`")
+        """The result as a materialized Ray Dataset, in the entity rows' order for a historical retrieval, with
+        its on-demand features computed by Ray tasks: its blocks stay in the cluster's object store, and no row
+        comes to this process."""
         ensure_ray(self._ray_address)
         with task_errors(self._snapshots):
             rows = self._build()
@@ -147,6 +140,10 @@ class DeltaRetrievalJob(RetrievalJob):
                 rows = rows.sort(self._order_by)
             if self._columns is not None:
                 rows = rows.select_columns(self._columns)
+            if self._odfvs:
+                rows = rows.map_batches(with_on_demand_features, batch_format="pyarrow", fn_kwargs={
+                    "views": self._odfvs, "full_feature_names": self._full_feature_names,
+                    "metadata": self._metadata})
             rows = rows.materialize()
         self._done(rows.count())
         return rows
@@ -215,36 +212,36 @@ class DeltaOfflineStore(OfflineStore):
         config: RepoConfig,
         feature_views: list[FeatureView],
         feature_refs: list[str],
-        entity_df: pd.DataFrame | str | None,
+        entity_df: pd.DataFrame | ray.data.Dataset | str | None,
         registry: BaseRegistry,
         project: str,
         full_feature_names: bool = False,
         **kwargs: Any,
     ) -> RetrievalJob:
-        """Point-in-time join of `feature_refs` onto `entity_df` (see `engine.features.pit.as_of_join`)."""
+        """Point-in-time join of `feature_refs` onto `entity_df` (see `engine.features.pit.as_of_join`): a
+        DataFrame, or a Ray Dataset whose rows stay in the cluster (`engine.features.entities`)."""
         settings = store_config(config)
-        if not isinstance(entity_df, pd.DataFrame):
-            raise FeatureStoreError("historical retrieval needs an entity DataFrame (entity columns and an "
-                                    "event timestamp column); SQL entity queries and time-range retrievals "
-                                    "are not supported by the Delta offline store")
-        time_column = _entity_time_column(entity_df)
+        if not isinstance(entity_df, (pd.DataFrame, ray.data.Dataset)):
+            raise FeatureStoreError("historical retrieval needs entity rows: a DataFrame or a Ray Dataset (entity "
+                                    "columns and an event timestamp column); SQL entity queries and time-range "
+                                    "retrievals are not supported by the Delta offline store")
         plans = [_plan_view(settings.root, view, feature_refs, registry, project, full_feature_names)
                  for view in feature_views]
         plans = [plan for plan in plans if plan.join.features]
-        entities = _prepare_entities(entity_df, time_column, plans)
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
-        times = entities.column(ENTITY_TS)
+        outputs = [f for plan in plans for f in plan.join.features]
+        requests = {field: view.name for view in odfvs for field in view.get_request_data_schema()}
+        entities = entity_rows(entity_df, [target for plan in plans for target in _key_targets(plan)], outputs,
+                               requests)
         metadata = RetrievalMetadata(
             features=feature_refs,
-            keys=[c for c in entity_df.columns if c != time_column],
-            min_event_timestamp=pc.min(times).as_py(),
-            max_event_timestamp=pc.max(times).as_py(),
+            keys=[c for c in entities.columns if c != entities.time_column],
+            min_event_timestamp=entities.first,
+            max_event_timestamp=entities.last,
         )
         snapshots = [plan.snapshot for plan in plans]
-        ordered = [c for c in entities.column_names if c not in (ROW, ENTITY_TS)]
-        ordered += [f for plan in plans for f in plan.join.features]
         return DeltaRetrievalJob(lambda: _run_join(entities, plans, settings.partitions), snapshots,
-                                 ray_address=settings.ray_address, order_by=ROW, columns=ordered,
+                                 ray_address=settings.ray_address, order_by=ROW, columns=[*entities.columns, *outputs],
                                  full_feature_names=full_feature_names, on_demand_feature_views=odfvs,
                                  metadata=metadata,
                                  on_done=_recorder(settings, "historical", snapshots, [p.name for p in plans]))
@@ -343,19 +340,13 @@ def task_errors(snapshots: Sequence[Snapshot]) -> Iterator[None]:
     try:
         yield
     except ray.exceptions.RayTaskError as err:
-        cause = _root_cause(err)
+        cause = raised_in_task(err)
         if isinstance(cause, FeatureStoreError):
             raise cause from None
         read = ", ".join(f"`{s.table}` version {s.version}" for s in snapshots)
         raise FeatureStoreError(f"reading {read} failed in a Ray task: {cause!r}; a version whose files were "
                                 "vacuumed cannot be read any more", table=snapshots[0].table if snapshots else None,
                                 ) from err
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
-        err = err.cause
-    return err
 
 
 def _recorder(settings: DeltaOfflineStoreConfig, kind: str, snapshots: Sequence[Snapshot],
@@ -379,14 +370,6 @@ def _source(data_source: Any) -> DeltaSource:
 
 def _unique(names: Sequence[str | None]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
-
-
-def _entity_time_column(entity_df: pd.DataFrame) -> str:
-    try:
-        return infer_event_timestamp_from_entity_df(entity_df.dtypes.to_dict())
-    except Exception as err:
-        raise FeatureStoreError(f"the entity DataFrame needs an `event_timestamp` column (or exactly one "
-                                f"datetime column); it has {list(entity_df.columns)} ({err})") from None
 
 
 def _plan_view(root: str, view: FeatureView, feature_refs: Sequence[str], registry: BaseRegistry, project: str,
@@ -421,54 +404,19 @@ def _plan_view(root: str, view: FeatureView, feature_refs: Sequence[str], regist
     return _ViewPlan(name, source.snapshot(root), tuple(columns), rename, join)
 
 
-def _prepare_entities(entity_df: pd.DataFrame, time_column: str, plans: Sequence[_ViewPlan]) -> pa.Table:
-    """The entity rows as Arrow with a row number, the event time in UTC microseconds, and each join key
-    cast to the type of the feature table's key column."""
-    try:
-        table = pa.Table.from_pandas(entity_df, preserve_index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise FeatureStoreError(f"the entity DataFrame does not convert to Arrow ({err}); give every column one "
-                                "type") from None
-    outputs = {f for plan in plans for f in plan.join.features}
-    clashes = sorted(outputs & set(table.column_names))
-    if clashes:
-        raise FeatureStoreError(f"the entity DataFrame already has column(s) {clashes}, which the requested "
-                                "features would produce; rename them or use full_feature_names=True")
-    times = table.column(time_column)
-    if not pa.types.is_timestamp(times.type):
-        raise FeatureStoreError(f"entity column `{time_column}` must hold timestamps, not {times.type}")
-    if times.null_count:
-        raise FeatureStoreError(f"{times.null_count} entity row(s) have no `{time_column}`; every row needs the "
-                                "time its features are wanted for")
-    if times.type.tz is None:
-        times = pc.assume_timezone(times, "UTC")
-    table = table.append_column(ENTITY_TS, times.cast(pa.timestamp("us", tz="UTC"), safe=False))
-    table = table.append_column(ROW, pa.array(range(table.num_rows), pa.int64()))
-    for plan in plans:
-        source_of = {out: src for src, out in plan.rename.items()}
-        for key in plan.join.keys:
-            if key not in table.column_names:
-                raise FeatureStoreError(f"the entity DataFrame has no column `{key}`, the join key of feature view "
-                                        f"`{plan.name}`; add it (columns: {list(entity_df.columns)})",
-                                        feature=plan.name)
-            target = plan.snapshot.schema.field(source_of[key]).type
-            if table.column(key).type != target:
-                try:
-                    cast = table.column(key).cast(target)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                    raise FeatureStoreError(f"entity column `{key}` holds {table.column(key).type} values that do "
-                                            f"not convert to {target}, the type of `{plan.snapshot.table}`: {err}",
-                                            feature=plan.name) from None
-                table = table.set_column(table.column_names.index(key), key, cast)
-    return table
+def _key_targets(plan: _ViewPlan) -> list[KeyTarget]:
+    """The view's join keys and the types of its table's key columns."""
+    source_of = {out: src for src, out in plan.rename.items()}
+    return [KeyTarget(key, plan.name, plan.snapshot.table, plan.snapshot.schema.field(source_of[key]).type)
+            for key in plan.join.keys]
 
 
-def _run_join(entities: pa.Table, plans: Sequence[_ViewPlan], partitions: int | None) -> ray.data.Dataset:
+def _run_join(entities: EntityRows, plans: Sequence[_ViewPlan], partitions: int | None) -> ray.data.Dataset:
     """Join every plan onto the entity rows: one co-partitioned as-of join per set of join keys; unordered."""
     groups: dict[tuple[str, ...], list[_ViewPlan]] = {}
     for plan in plans:
         groups.setdefault(plan.join.keys, []).append(plan)
-    current = ray.data.from_arrow(entities)
+    current = entities.dataset()
     for keys, group in groups.items():
         inputs = {"entities": current} | {
             plan.join.input: read_snapshot(plan.snapshot, plan.columns, rename=plan.rename) for plan in group}

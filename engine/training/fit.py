@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from engine.training.dataset import model_frame
+from engine.runtime import task_result
+from engine.training.dataset import SplitRefs, model_frame
 from engine.training.job import TrainingJob
 
 CALIBRATION_BINS = 10
@@ -18,10 +19,9 @@ CALIBRATION_BINS = 10
 
 @dataclass(frozen=True)
 class Fitted:
-    """A fitted model with its holdout scores and metrics."""
+    """A fitted model with its holdout metrics."""
 
     model: Any
-    scores: np.ndarray
     metrics: dict[str, float]
 
 
@@ -49,12 +49,26 @@ def fit(job: TrainingJob, params: Mapping[str, Any], train: pa.Table, holdout: p
     model = job.model(params, numeric, categorical)
     model.fit(model_frame(train, numeric, categorical), train.column(job.label).to_numpy().astype(np.int64))
     scores = predict(model, holdout, numeric, categorical)
-    return Fitted(model, scores, classification_metrics(holdout.column(job.label).to_numpy().astype(np.int64),
-                                                         scores))
+    return Fitted(model, classification_metrics(holdout.column(job.label).to_numpy().astype(np.int64), scores))
 
 
-def fit_remote(job: TrainingJob, params: Mapping[str, Any], train: pa.Table, holdout: pa.Table,
-               numeric: Sequence[str], categorical: Sequence[str]) -> Fitted:
-    """`fit` in a Ray task that reserves `job.resources` (CPUs, memory)."""
+def fit_remote(job: TrainingJob, params: Mapping[str, Any], split: SplitRefs, numeric: Sequence[str],
+               categorical: Sequence[str]) -> Fitted:
+    """`fit` on the split's sides, in a Ray task that reserves `job.resources` (CPUs, memory): the rows go from
+    the object store to that task only."""
     task = ray.remote(fit).options(**dict(job.resources), name=f"train-{job.name}")
-    return ray.get(task.remote(job, dict(params), train, holdout, list(numeric), list(categorical)))
+    return task_result(task.remote(job, dict(params), split.train, split.holdout, list(numeric), list(categorical)))
+
+
+def holdout_auc(model: Any, holdout: ray.ObjectRef, label: str, numeric: Sequence[str],
+                categorical: Sequence[str]) -> float:
+    """The AUC of `model` on the holdout in the object store, scored in a Ray task."""
+    return task_result(_auc.remote(model, holdout, label, list(numeric), list(categorical)))
+
+
+@ray.remote
+def _auc(model: Any, holdout: pa.Table, label: str, numeric: list[str], categorical: list[str]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    labels = holdout.column(label).to_numpy().astype(np.int64)
+    return float(roc_auc_score(labels, predict(model, holdout, numeric, categorical)))

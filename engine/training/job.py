@@ -12,6 +12,7 @@ from engine.errors import PipelineDefinitionError, TrainingError
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    import ray.data
 
 ENTITY_TIME = "event_timestamp"
 
@@ -20,8 +21,8 @@ class TableSource(Protocol):
     """What a job's `examples` reads tables with (`engine.training.dataset.TableReader`: each table at one
     version, recorded for the training set)."""
 
-    def read(self, table: str, columns: Sequence[str]) -> pa.Table:
-        """`columns` of `table`."""
+    def read(self, table: str, columns: Sequence[str]) -> ray.data.Dataset:
+        """`columns` of `table`, read by Ray tasks."""
         ...
 
 
@@ -35,9 +36,10 @@ class TrainingJob:
         feature_service: the Feast feature service whose features the model reads.
         entity_key: the entity's join key, e.g. `customer_id`.
         label: the label column the examples carry.
-        examples: `(reader, params) -> rows` of `entity_key`, `event_timestamp`, the label and the request
-            fields; reads its tables through `reader`, which pins and records their versions. Must be
-            deterministic for fixed table versions.
+        examples: `(reader, params) -> rows` of `entity_key`, `event_timestamp` and the label, as a Ray
+            Dataset (computed in the cluster; a `pyarrow.Table` is accepted for small sets); reads its tables
+            through `reader`, which pins and records their versions. Must give the same rows (in any order)
+            for fixed table versions.
         model: `(params, numeric, categorical) -> estimator` with `fit` and `predict_proba`.
         params: default parameters of `examples` and `model` (logged to MLflow).
         search_space: per parameter, the values a hyper-parameter search may try.
@@ -57,7 +59,7 @@ class TrainingJob:
     feature_service: str
     entity_key: str
     label: str
-    examples: Callable[[TableSource, Mapping[str, Any]], pa.Table]
+    examples: Callable[[TableSource, Mapping[str, Any]], ray.data.Dataset | pa.Table]
     model: Callable[[Mapping[str, Any], Sequence[str], Sequence[str]], Any]
     params: Mapping[str, Any] = field(default_factory=dict)
     search_space: Mapping[str, Sequence[Any]] = field(default_factory=dict)

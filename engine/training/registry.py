@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
+import ray
 
 from engine.errors import TrainingError
 from engine.redact import redact_text, redact_url
@@ -63,14 +62,15 @@ class Decision:
     reason: str
 
 
-def decide_champion(name: str, version: str, auc: float, holdout: pa.Table, label: str) -> Decision:
+def decide_champion(name: str, version: str, auc: float, holdout: ray.ObjectRef, label: str,
+                    columns: Sequence[str]) -> Decision:
     """Move alias `champion` of `name` to `version` when there is no champion, or when `auc` beats the
-    champion's AUC on the same `holdout`; ties and champions that cannot score the holdout stay."""
+    champion's AUC on the same `holdout` (rows with `columns`, in the object store, scored in a Ray task); ties
+    and champions that cannot score the holdout stay."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from sklearn.metrics import roc_auc_score
 
-    from engine.training.fit import predict
+    from engine.training.fit import holdout_auc
 
     client = mlflow.MlflowClient()
     try:
@@ -81,12 +81,11 @@ def decide_champion(name: str, version: str, auc: float, holdout: pa.Table, labe
         client.set_registered_model_alias(name, CHAMPION, version)
         return Decision(True, version, None, None, "no champion yet")
     champion = load_model(name, current.version)
-    missing = [c for c in champion.numeric + champion.categorical if c not in holdout.column_names]
+    missing = [c for c in champion.numeric + champion.categorical if c not in columns]
     if missing:
         return Decision(False, str(current.version), str(current.version), None,
                         f"champion v{current.version} reads columns {missing} the holdout lacks; kept")
-    labels = holdout.column(label).to_numpy().astype(np.int64)
-    previous = float(roc_auc_score(labels, predict(champion.model, holdout, champion.numeric, champion.categorical)))
+    previous = holdout_auc(champion.model, holdout, label, champion.numeric, champion.categorical)
     if auc > previous:
         client.set_registered_model_alias(name, CHAMPION, version)
         return Decision(True, version, str(current.version), previous,

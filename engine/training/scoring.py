@@ -18,7 +18,7 @@ import ray.data
 from engine.context import table_context
 from engine.errors import TrainingError
 from engine.layout import Layout
-from engine.training.dataset import feature_service
+from engine.training.dataset import feature_service, with_request_values
 from engine.training.fit import predict
 from engine.training.job import ENTITY_TIME, TrainingJob
 from engine.training.registry import CHAMPION, LoadedModel, load_model, require_columns
@@ -67,7 +67,8 @@ def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Datase
 
     Call it from a table function whose inputs are the tables the feature service reads. Columns: entity key,
     `event_timestamp` (the features' time), `score`, `model_name`, `model_version`, `scored_at` (the run's).
-    Scoring runs in Ray tasks reserving `job.resources`.
+    The features are joined, and scored, in Ray tasks (scoring reserving `job.resources`): no row comes to this
+    process.
 
     Raises:
         TrainingError: no model is registered under the version or alias, or the feature service no longer
@@ -87,19 +88,15 @@ def score_table(job: TrainingJob, entities: ray.data.Dataset) -> ray.data.Datase
     use_tracking(uri, verbose=context.settings.ray.verbose)
     model = load_model(job.model_name, options.model_version)
     store = store_of(context.settings, options.repo, options.overlay)
-    rows = entities.select_columns([job.entity_key, ENTITY_TIME]).to_pandas()
-    for field, value in job.request_values.items():
-        rows[field] = value
+    rows = with_request_values(entities.select_columns([job.entity_key, ENTITY_TIME]), job)
     pins = {table: version for table, version in context.input_versions.items() if version is not None}
     with at_versions(pins):
         features = store.get_historical_features(
-            entity_df=rows, features=feature_service(store, job.feature_service)).to_arrow()
-    require_columns(model, features.column_names)
-    features = features.select([job.entity_key, ENTITY_TIME, *model.numeric, *model.categorical]).sort_by(
-        job.entity_key)
-    log.info("table `%s`: scoring %d rows with model `%s` v%s", context.table, features.num_rows, model.name,
+            entity_df=rows, features=feature_service(store, job.feature_service)).to_ray_dataset()
+    require_columns(model, features.schema().names)
+    log.info("table `%s`: scoring %d rows with model `%s` v%s", context.table, features.count(), model.name,
              model.version)
-    return ray.data.from_arrow(features).map_batches(
+    return features.select_columns([job.entity_key, ENTITY_TIME, *model.numeric, *model.categorical]).map_batches(
         _scores, batch_format="pyarrow", **dict(job.resources),
         fn_kwargs={"model": model, "key": job.entity_key, "scored_at": dt.datetime.now(dt.UTC)})
 

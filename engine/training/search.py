@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
+import ray
 
 from engine.errors import TrainingError
-from engine.training.dataset import time_split
+from engine.training.dataset import split_in_task
 from engine.training.fit import fit
 from engine.training.job import TrainingJob
 
@@ -27,10 +27,13 @@ class Trial:
     metrics: dict[str, float]
 
 
-def _trial(config: Mapping[str, Any], job: TrainingJob, base: Mapping[str, Any], train: pa.Table,
-           validation: pa.Table, numeric: Sequence[str], categorical: Sequence[str]) -> None:
+def _trial(config: Mapping[str, Any], job: TrainingJob, base: Mapping[str, Any],
+           sides: tuple[ray.ObjectRef, ray.ObjectRef], numeric: Sequence[str], categorical: Sequence[str]) -> None:
+    """Fit on the first side (train) and report the metrics on the second (validation), both fetched from the
+    object store."""
     from ray import tune
 
+    train, validation = ray.get(list(sides))
     fitted = fit(job, {**base, **config}, train, validation, numeric, categorical)
     tune.report(fitted.metrics)
 
@@ -50,11 +53,12 @@ def _tune_output(verbose: bool) -> Iterator[None]:
             os.environ[AIR_NEW_OUTPUT_ENV] = previous
 
 
-def search(job: TrainingJob, params: Mapping[str, Any], rows: pa.Table, numeric: Sequence[str],
+def search(job: TrainingJob, params: Mapping[str, Any], rows: ray.ObjectRef, numeric: Sequence[str],
            categorical: Sequence[str], *, trials: int, storage: str, name: str, seed: int = 0,
            verbose: bool = False) -> list[Trial]:
-    """Run `trials` samples of `job.search_space` (each a Ray Tune trial reserving `job.resources`), ranked
-    by validation AUC, best first. Tune prints its experiment banner and progress only when `verbose`.
+    """Run `trials` samples of `job.search_space` (each a Ray Tune trial reserving `job.resources`) on the
+    training `rows` in the object store, split by time in a Ray task, ranked by validation AUC, best first.
+    Tune prints its experiment banner and progress only when `verbose`.
 
     Raises:
         TrainingError: the job declares no search space, or every trial failed.
@@ -65,10 +69,10 @@ def search(job: TrainingJob, params: Mapping[str, Any], rows: pa.Table, numeric:
     if not job.search_space:
         raise TrainingError(f"training job `{job.name}` declares no `search_space`; add one or train without "
                             "--trials", job=job.name)
-    split = time_split(rows, job)
+    split = split_in_task(rows, job)
     resources = {"cpu": job.resources.get("num_cpus", 1), "memory": job.resources.get("memory", 0)}
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, job=job, base=dict(params), train=split.train, validation=split.holdout,
+        tune.with_parameters(_trial, job=job, base=dict(params), sides=(split.train, split.holdout),
                              numeric=list(numeric), categorical=list(categorical)),
         {k: v for k, v in resources.items() if v})
     tuner = tune.Tuner(

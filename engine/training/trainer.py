@@ -16,7 +16,7 @@ from engine.errors import TrainingError
 from engine.layout import Layout
 from engine.maintenance.pins import pin_versions
 from engine.redact import redact_url
-from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, time_split
+from engine.training.dataset import TableReader, TrainingSet, build_training_set, model_frame, split_in_task
 from engine.training.job import TrainingJob, load_job
 from engine.training.tracking import (
     TAG,
@@ -100,7 +100,7 @@ def train(reference: str, settings: Settings, *, repo: str | None = None, overla
                             f"(fingerprint {training.fingerprint[:12]} != {expected_fingerprint[:12]}) at versions "
                             f"{training.versions}; a pinned version may have been vacuumed or rewritten",
                             job=name, mlflow_run=reproduces)
-    split = time_split(training.rows, job)
+    split = split_in_task(training.rows, job)
     first, last = training.time_range()
     experiment = experiment_id(name, uri, root)
     with mlflow.start_run(experiment_id=experiment) as run:
@@ -112,13 +112,13 @@ def train(reference: str, settings: Settings, *, repo: str | None = None, overla
                     mlflow.log_params(trial.params)
                     mlflow.log_metrics({f"validation_{k}": v for k, v in trial.metrics.items()})
             chosen = {**chosen, **found[0].params}
-        fitted = fit_remote(job, chosen, split.train, split.holdout, training.numeric, training.categorical)
+        fitted = fit_remote(job, chosen, split, training.numeric, training.categorical)
         mlflow.log_params({**chosen, "holdout_fraction": job.holdout_fraction, "gap_days": job.gap.days,
                            "trials": trials, "ray_resources": json.dumps(dict(job.resources), sort_keys=True)})
-        mlflow.log_metrics({**fitted.metrics, "rows": training.rows.num_rows, "rows_train": split.train.num_rows,
-                            "rows_holdout": split.holdout.num_rows})
+        mlflow.log_metrics({**fitted.metrics, "rows": training.num_rows, "rows_train": split.rows_train,
+                            "rows_holdout": split.rows_holdout})
         lineage = {"job": name, "root": root, "code_version": code_version(), "params": chosen,
-                   "table_versions": training.versions, "training_rows": str(training.rows.num_rows),
+                   "table_versions": training.versions, "training_rows": str(training.num_rows),
                    "training_start": first.isoformat(), "training_end": last.isoformat(),
                    "holdout_start": split.holdout_start.isoformat(), "training_fingerprint": training.fingerprint,
                    **feast_lineage(store, job.feature_service)}
@@ -131,12 +131,13 @@ def train(reference: str, settings: Settings, *, repo: str | None = None, overla
             lineage |= {"reproduces": reproduces, "reproduction_warnings": list(notes)}
         mlflow.set_tags(lineage_tags(lineage))
         with mlflow_messages(settings.ray.verbose):
-            version = _log_model(job, fitted.model, training, split.holdout, register=reproduces is None)
+            version = _log_model(job, fitted.model, training, split.example, register=reproduces is None)
         if version is None:
             return TrainingResult(run.info.run_id, None, fitted.metrics, chosen, False,
                                   f"reproduction of run {reproduces}: nothing registered", training, notes)
         pin_versions(Layout(root), training.versions, who=f"model {job.model_name} v{version}")
-        decision = decide_champion(job.model_name, version, fitted.metrics["auc"], split.holdout, job.label)
+        decision = decide_champion(job.model_name, version, fitted.metrics["auc"], split.holdout, job.label,
+                                   training.columns)
         mlflow.set_tags(lineage_tags({"model_name": job.model_name, "model_version": version,
                                       "champion.decision": "promoted" if decision.promoted else "kept",
                                       "champion.reason": decision.reason, "champion.version": decision.champion}))
@@ -148,15 +149,16 @@ def train(reference: str, settings: Settings, *, repo: str | None = None, overla
                           training)
 
 
-def _log_model(job: TrainingJob, model: Any, training: TrainingSet, holdout: pa.Table, *,
+def _log_model(job: TrainingJob, model: Any, training: TrainingSet, example_rows: pa.Table, *,
                register: bool) -> str | None:
-    """Log `model` with its signature and an input example; register it under `job.model_name` if asked."""
+    """Log `model` with its signature and `example_rows` as its input example; register it under
+    `job.model_name` if asked."""
     from importlib.metadata import version
 
     import mlflow
     from mlflow.models import infer_signature
 
-    example = model_frame(holdout.slice(0, 5), training.numeric, training.categorical)
+    example = model_frame(example_rows, training.numeric, training.categorical)
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     info = mlflow.sklearn.log_model(
         model, name="model", signature=signature, input_example=example,

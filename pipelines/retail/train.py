@@ -15,9 +15,10 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import ray.data
 from ray.data import Dataset
 
-from engine import map_partitions
+from engine import co_partition, map_partitions
 from engine.training.dataset import TableReader
 from engine.training.job import ENTITY_TIME, TrainingJob
 
@@ -26,21 +27,30 @@ FEATURES_TABLE = "gold.customer_features"
 ORDERS_TABLE = "gold.fct_order_lines"
 
 
-def churn_examples(reader: TableReader, params: Mapping[str, Any]) -> pa.Table:
-    """`customer_id, event_timestamp, churned` for every `step_days`-th customer-day with a known label."""
-    days = pl.from_arrow(reader.read(FEATURES_TABLE, ["customer_id", ENTITY_TIME]))
-    orders = pl.from_arrow(reader.read(ORDERS_TABLE, ["customer_id", "order_ts", "order_date"]))
-    assert isinstance(days, pl.DataFrame) and isinstance(orders, pl.DataFrame)
-    last_day = orders["order_date"].max()
+def churn_examples(reader: TableReader, params: Mapping[str, Any]) -> Dataset:
+    """`customer_id, event_timestamp, churned` for every `step_days`-th customer-day with a known label,
+    labelled per customer in Ray tasks."""
+    days = reader.read(FEATURES_TABLE, ["customer_id", ENTITY_TIME])
+    orders = reader.read(ORDERS_TABLE, ["customer_id", "order_ts", "order_date"])
+    last_day = orders.max("order_date")
     if last_day is None:
-        return pa.table({"customer_id": pa.array([], pa.int64()), ENTITY_TIME: pa.array([], pa.timestamp("us", "UTC")),
-                         "churned": pa.array([], pa.int64())})
+        return ray.data.from_arrow(pa.table({"customer_id": pa.array([], pa.int64()),
+                                             ENTITY_TIME: pa.array([], pa.timestamp("us", "UTC")),
+                                             "churned": pa.array([], pa.int64())}))
     known_until = dt.datetime.combine(last_day, dt.time.max, dt.UTC) - HORIZON
-    step = int(params.get("step_days", 7))
-    examples = (days.filter((pl.col(ENTITY_TIME) <= known_until)
-                            & ((pl.col(ENTITY_TIME).dt.epoch("d") % step) == 0))
+    return co_partition({"days": days, "orders": orders}, ["customer_id"], _labelled,
+                        fn_kwargs={"known_until": known_until, "step": int(params.get("step_days", 7))})
+
+
+def _labelled(days: pa.Table, orders: pa.Table, known_until: dt.datetime, step: int) -> pa.Table:
+    """The examples of some customers: their known days every `step` days, churned when no order follows within
+    `HORIZON`."""
+    day_rows, order_rows = pl.from_arrow(days), pl.from_arrow(orders)
+    assert isinstance(day_rows, pl.DataFrame) and isinstance(order_rows, pl.DataFrame)
+    examples = (day_rows.filter((pl.col(ENTITY_TIME) <= known_until)
+                                & ((pl.col(ENTITY_TIME).dt.epoch("d") % step) == 0))
                 .unique().sort(["customer_id", ENTITY_TIME]))
-    next_orders = (orders.filter(pl.col("customer_id").is_not_null())
+    next_orders = (order_rows.filter(pl.col("customer_id").is_not_null())
                    .select("customer_id", pl.col("order_ts").alias("next_order")).unique()
                    .sort(["customer_id", "next_order"]))
     labelled = examples.join_asof(next_orders, left_on=ENTITY_TIME, right_on="next_order", by="customer_id",

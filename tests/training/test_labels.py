@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
+from engine.features.offline import collect
 from engine.layout import Layout
 from engine.training.dataset import TableReader
 from pipelines.retail.train import churn_examples
@@ -26,7 +27,7 @@ ORDERS = {  # customer -> its orders' times
 CHURNED = {1: 0, 2: 0, 3: 1, 4: 1, 5: 1}
 
 
-def test_churn_is_no_order_in_the_30_days_after_the_feature_timestamp(tmp_path: Path) -> None:
+def test_churn_is_no_order_in_the_30_days_after_the_feature_timestamp(ray_local: None, tmp_path: Path) -> None:
     layout = Layout.at(str(tmp_path))
     stamp = pa.timestamp("us", "UTC")
     write_deltalake(layout.table("gold.customer_features"), pa.table({
@@ -37,7 +38,7 @@ def test_churn_is_no_order_in_the_30_days_after_the_feature_timestamp(tmp_path: 
         "order_ts": pa.array([at for _, at in placed], stamp),
         "order_date": pa.array([at.date() for _, at in placed], pa.date32())}))
 
-    examples = churn_examples(TableReader(str(tmp_path)), {"step_days": 1})
+    examples = collect(churn_examples(TableReader(str(tmp_path)), {"step_days": 1})).sort_by("customer_id")
 
     assert examples.column("event_timestamp").to_pylist() == [T] * len(ORDERS)
     assert dict(zip(examples.column("customer_id").to_pylist(), examples.column("churned").to_pylist(),

@@ -38,7 +38,9 @@ def test_training_records_metrics_lineage_and_a_registered_model_in_the_embedded
     metrics = run.data.metrics
     assert 0.6 < metrics["auc"] <= 1.0
     assert 0.0 < metrics["brier"] < 0.25 and 0.0 <= metrics["ece"] < 0.2 and 0.0 < metrics["log_loss"] < 0.7
-    assert metrics["rows"] == result.training_set.rows.num_rows > metrics["rows_train"] + metrics["rows_holdout"]
+    rows = result.training_set.to_arrow()
+    assert metrics["rows"] == rows.num_rows == result.training_set.num_rows > metrics["rows_train"] + metrics[
+        "rows_holdout"]
     assert run.data.params["max_depth"] == "3" and run.data.params["ray_resources"] == json.dumps(
         {"memory": 1024 * 2**20, "num_cpus": 1})
 
@@ -50,8 +52,8 @@ def test_training_records_metrics_lineage_and_a_registered_model_in_the_embedded
         assert tags[f"medallion.table_version.{table}"] == str(version)
     assert tags["medallion.feature_service"] == "customer_training"
     assert len(tags["medallion.feast_registry_hash"]) == 64
-    assert tags["medallion.training_rows"] == str(result.training_set.rows.num_rows)
-    times = result.training_set.rows.column("event_timestamp")
+    assert tags["medallion.training_rows"] == str(rows.num_rows)
+    times = rows.column("event_timestamp")
     assert tags["medallion.training_start"] == pc.min(times).as_py().isoformat()
     assert tags["medallion.training_end"] == pc.max(times).as_py().isoformat()
     assert tags["medallion.training_start"] < tags["medallion.holdout_start"] < tags["medallion.training_end"]
@@ -88,7 +90,7 @@ def test_the_champion_is_rescored_on_the_challengers_holdout_not_judged_by_its_s
     challenger = train(JOB, churn.settings, repo=str(REPO), tracking_uri=tracking, params={"step_days": 14})
 
     _, job = load_job(JOB)
-    holdout = time_split(challenger.training_set.rows, job).holdout
+    holdout = time_split(challenger.training_set.to_arrow(), job).holdout
     assert holdout.num_rows == mlflow.get_run(challenger.run_id).data.metrics["rows_holdout"]
     assert holdout.num_rows != mlflow.get_run(champion.run_id).data.metrics["rows_holdout"]
     assert (champion.model_version, challenger.model_version) == ("1", "2")
@@ -111,7 +113,7 @@ def test_reproduce_rebuilds_the_identical_training_set_after_the_tables_changed(
     features.update(updates={"order_count_30d": "order_count_30d + 1"})
 
     again = reproduce(first.run_id, churn.settings, repo=str(REPO), tracking_uri=tracking)
-    assert again.training_set.rows.equals(first.training_set.rows)
+    assert again.training_set.to_arrow().equals(first.training_set.to_arrow())
     assert again.training_set.fingerprint == first.training_set.fingerprint
     assert again.training_set.versions == first.training_set.versions
     assert again.metrics == first.metrics and again.model_version is None and again.warnings == ()
