@@ -1,17 +1,21 @@
 """Compaction and Z-order: small data files rewritten into files of a target size, clustered by columns.
 
-A plain table is compacted by deltalake's optimize, run in a Ray task (its rows pass through a worker, not through
-the process asking). A hash-bucketed `Merge` table (see
-`engine.tables.distributed_merge`) is compacted within each bucket: the small files of one bucket are
-rewritten, in a Ray task per bucket, into files that keep the bucket's name prefix, so the table stays
-bucketed and the next merge still rewrites only the buckets it touches. Files outside the bucket layout are
-left for the next merge to fold in. Either way the rewrite is one commit that changes no data
-(`dataChange: false`) and carries `medallion.operation` = `optimize` and `medallion.reason`.
+Compaction runs in Ray tasks, one per group of files, and this process handles only file names, sizes and
+the commit. In a plain table, the small files are packed, in the log's order, into groups of up to the target
+size. In a hash-bucketed `Merge` table (see `engine.tables.distributed_merge`), each bucket's small files are a
+group whose rewritten files keep the bucket's name prefix, so the table stays bucketed and the next merge
+still rewrites only the buckets it touches; files outside the bucket layout are left for the next merge to fold
+in. A bucketed table is Z-ordered bucket by bucket the same way. The Z-order of a plain table (one curve over
+the whole table), and the compaction of a table with partition columns or reader features, run deltalake's
+optimize in one Ray task. Either way the rewrite is one commit that changes no data (`dataChange: false`) and
+carries `medallion.operation` = `optimize` and `medallion.reason`. A writer that appends meanwhile does not stop
+it; one that removed a file it rewrote does, and nothing is changed.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,12 +35,15 @@ from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
 from engine.runtime import ensure_ray
 from engine.storage import filesystem_of
-from engine.tables.delta import commit_metadata, open_table
-from engine.tables.delta_files import add_actions
+from engine.tables.delta import commit_info_value, commit_metadata, newest_commits, open_table
+from engine.tables.delta_files import add_actions, readable_by_files
 from engine.tables.distributed_merge import BUCKET_FILE
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, gather_written, opaque_columns
 
 OPERATION = "optimize"
+COMMIT_TOKEN = "commit_token"
+"""Commit info key (`medallion.commit_token`) of a value only one compaction's commit carries."""
+PACKED_PREFIX = "compacted-"
 _SLICE_ROWS = 1 << 16
 _LOOSE = ""
 _COMPRESSION = {"zstd": "ZSTD", "snappy": "SNAPPY", "lz4": "LZ4", "gzip": "GZIP", "none": "UNCOMPRESSED"}
@@ -106,9 +113,13 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
     ensure_ray()
     try:
         if bucketed:
-            version, rewritten = _optimize_buckets(delta_table, table, storage, policy, target, metadata)
+            version, rewritten = _rewrite_groups(delta_table, table, storage, policy, target, metadata,
+                                                 _bucket_work(delta_table, policy, target))
+        elif policy.z_order or not readable_by_files(delta_table):
+            version, rewritten = _optimize_with_deltalake(delta_table, table, storage, policy, target, metadata)
         else:
-            version, rewritten = _optimize_plain(delta_table, table, storage, policy, target, metadata)
+            version, rewritten = _rewrite_groups(delta_table, table, storage, policy, target, metadata,
+                                                 _packed_work(delta_table, target))
     except DeltaError as err:
         raise MaintenanceError(f"optimize of `{table}` failed, nothing was changed: {err}; run it again",
                                table=table, path=uri) from err
@@ -116,10 +127,11 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
     return Optimized(table, version, len(paths), after, rewritten, bucketed, policy.z_order)
 
 
-def _optimize_plain(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance, target: int,
-                    metadata: dict[str, str]) -> tuple[int | None, int]:
-    """deltalake's compaction or z-order, run in a Ray task so that the rows pass through a worker, not this
-    process; the new version (None: nothing rewritten) and files rewritten.
+def _optimize_with_deltalake(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
+                             target: int, metadata: dict[str, str]) -> tuple[int | None, int]:
+    """deltalake's compaction or z-order in one Ray task (a plain table's Z-order, or a table with partition
+    columns or reader features), so that the rows pass through a worker, not this process; the new version
+    (None: nothing rewritten) and files rewritten.
 
     Raises:
         MaintenanceError: the optimize failed in the task, nothing was changed.
@@ -156,11 +168,9 @@ def _optimize_in_task(uri: str, storage: StorageSettings, policy: Maintenance, t
     return removed, (DeltaTable(uri).version() if removed else None), None
 
 
-def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
-                      target: int, metadata: dict[str, str]) -> tuple[int | None, int]:
-    """Rewrite, bucket by bucket, the small files of each bucket with two or more (every file of every bucket
-    when z-ordering), keeping the bucket prefix; one commit for all."""
-    uri = delta_table.table_uri.rstrip("/")
+def _bucket_work(delta_table: DeltaTable, policy: Maintenance, target: int) -> dict[str, list[str]]:
+    """Per bucket prefix, the files to rewrite: its small files when it has two or more (every file of every
+    bucket when z-ordering)."""
     paths, sizes = _files(delta_table)
     size_of = dict(zip(paths, sizes))
     work = {}
@@ -170,12 +180,40 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
         chosen = members if policy.z_order else [p for p in members if size_of[p] < target // 2]
         if len(chosen) >= 2 or (policy.z_order and chosen):
             work[prefix] = chosen
+    return work
+
+
+def _packed_work(delta_table: DeltaTable, target: int) -> dict[str, list[str]]:
+    """The small files of a plain table packed, in the log's order, into groups of up to `target` bytes; the
+    groups of two or more files, each under a prefix of its own."""
+    paths, sizes = _files(delta_table)
+    groups: list[list[str]] = []
+    total = target
+    for path, size in zip(paths, sizes):
+        if size >= target // 2:
+            continue
+        if total + size > target:
+            groups.append([])
+            total = 0
+        groups[-1].append(path)
+        total += size
+    return {f"{PACKED_PREFIX}{index:05d}": group for index, group in enumerate(groups) if len(group) >= 2}
+
+
+def _rewrite_groups(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
+                    target: int, metadata: dict[str, str], work: dict[str, list[str]]) -> tuple[int | None, int]:
+    """Rewrite each group of `work` (prefix: its files) in a Ray task into files named with its prefix (in Z-order
+    of `policy.z_order` within the group, when given); one commit for all. The new version (None: nothing to
+    rewrite) and the files rewritten."""
     if not work:
         return None, 0
+    uri = delta_table.table_uri.rstrip("/")
+    paths, sizes = _files(delta_table)
+    size_of = dict(zip(paths, sizes))
     schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
     sized = storage.model_copy(update={"target_file_mb": max(1, target // 2**20)})
     opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
-    refs = [_rewrite_bucket.remote(uri, prefix, sized, opaque, schema, members, list(policy.z_order))
+    refs = [_rewrite_group.remote(uri, prefix, sized, opaque, schema, members, list(policy.z_order))
             for prefix, members in work.items()]
     try:
         written = gather_written(uri, refs)
@@ -184,25 +222,31 @@ def _optimize_buckets(delta_table: DeltaTable, table: str, storage: StorageSetti
                                path=uri) from err
     removed = sorted(p for members in work.values() for p in members)
     now = int(time.time() * 1000)
-    properties = commit_metadata(metadata)
-    properties.max_commit_retries = 0
+    token = uuid.uuid4().hex
+    properties = commit_metadata({**metadata, COMMIT_TOKEN: token})
     actions = [*(AddAction(f.path, f.size, {}, f.modification_time, False, f.stats) for f in written),
                *(RemoveAction(p, False, now, size_of[p]) for p in removed)]
     try:
         delta_table.create_write_transaction(actions, "append", delta_table.schema(), commit_properties=properties)
     except DeltaError as err:
         discard_files(uri, written)
-        raise MaintenanceError(f"the compaction of `{table}` could not commit ({err}), for example because another "
-                               "writer committed meanwhile; nothing was changed; run the optimize again",
+        raise MaintenanceError(f"the compaction of `{table}` could not commit ({err}): another writer removed or "
+                               "rewrote files it compacted meanwhile; nothing was changed; run the optimize again",
                                table=table, path=uri) from err
-    return delta_table.version() + 1, len(removed)
+    return _version_of(uri, table, token), len(removed)
+
+
+def _version_of(uri: str, table: str, token: str) -> int:
+    """The version of the commit carrying `token` (writers that appended meanwhile may have moved it on)."""
+    return next(commit["version"] for commit in newest_commits(uri, table)
+                if commit_info_value(commit, COMMIT_TOKEN) == token)
 
 
 @ray.remote
-def _rewrite_bucket(uri: str, prefix: str, storage: StorageSettings, opaque: frozenset[str], schema: pa.Schema,
-                    paths: list[str], z_order: list[str]) -> list[DataFile]:
-    """One bucket's files `paths` rewritten into files of the target size named with the bucket's `prefix`,
-    rows in Z-order of `z_order` when given."""
+def _rewrite_group(uri: str, prefix: str, storage: StorageSettings, opaque: frozenset[str], schema: pa.Schema,
+                   paths: list[str], z_order: list[str]) -> list[DataFile]:
+    """One group's files `paths` rewritten into files of the target size named with the group's `prefix`, rows
+    in Z-order of `z_order` when given."""
     filesystem, root = filesystem_of(uri)
     rows = pads.dataset([f"{root}/{p}" for p in paths], schema=schema, format="parquet",
                         filesystem=filesystem).to_table()
