@@ -1,11 +1,10 @@
 """A retrieval kept in the cluster: `to_ray_dataset()` and `persist()` give the rows `to_df()` gives, in the same
-order, without collecting them in the driver, whose memory does not grow with the training set."""
+order, without collecting them in the driver (whose memory the training budget test,
+`tests/training/test_training_budget.py`, holds flat while a saved retrieval grows tenfold); entity rows given as
+a Ray Dataset, checked as a DataFrame's are; on-demand features computed in the cluster."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,7 @@ from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 from engine.errors import FeatureStoreError
 from engine.features import entities, offline
 from engine.features.repo import open_store
-from tests.features import budget_retrieval
+from tests.features import wide_features
 from tests.features.conftest import RetailFeatures
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,9 +26,9 @@ FEATURES = ["account_notes:note", "account_notes:score"]
 
 def test_a_retrieval_as_a_ray_dataset_or_parquet_equals_the_collected_one(
         ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    budget_retrieval.prepare(tmp_path, 500)
+    wide_features.prepare(tmp_path, 500)
     store = open_store(str(tmp_path), overrides={"project": "budget"})
-    wanted = budget_retrieval.entities(600).sample(frac=1, random_state=3).reset_index(drop=True)  # 100 unknown
+    wanted = wide_features.entities(600).sample(frac=1, random_state=3).reset_index(drop=True)  # 100 unknown
     collected = store.get_historical_features(entity_df=wanted, features=FEATURES).to_arrow()
 
     monkeypatch.setattr(offline, "collect", lambda rows: pytest.fail("rows collected in this process"))
@@ -54,30 +53,11 @@ def test_a_retrieval_as_a_ray_dataset_or_parquet_equals_the_collected_one(
     assert pq.read_table(out).num_rows == 10
 
 
-@pytest.mark.slow
-def test_the_driver_of_a_saved_training_set_does_not_grow_with_it(ray_local: None, tmp_path: Path) -> None:
-    """The same retrieval at two sizes 10x apart, each by a driver process of its own: 4 KiB of feature per
-    row, about 160 MiB in the larger training set, which a driver that collected it would hold."""
-    peaks = {}
-    for rows in (4_000, 40_000):
-        root = tmp_path / f"root-{rows}"
-        budget_retrieval.prepare(root, rows)
-        out = tmp_path / f"saved-{rows}"
-        done = subprocess.run([sys.executable, "-m", "tests.features.budget_retrieval", str(root),
-                               ray.get_runtime_context().gcs_address, str(rows), str(out)],
-                              cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        peaks[rows] = json.loads(done.stdout.strip().splitlines()[-1])["peak_mib"]
-        saved = pq.read_table(out, columns=["account_id", "score"]).sort_by("account_id")
-        assert saved.column("score").to_pylist() == [i * 7 for i in range(rows)]
-    assert peaks[40_000] - peaks[4_000] < 150, peaks
-
-
 def test_entity_rows_as_a_ray_dataset_stay_in_the_cluster_and_give_the_dataframes_result(
         ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    budget_retrieval.prepare(tmp_path, 500)
+    wide_features.prepare(tmp_path, 500)
     store = open_store(str(tmp_path), overrides={"project": "budget"})
-    wanted = budget_retrieval.entities(600).sample(frac=1, random_state=5).reset_index(drop=True)
+    wanted = wide_features.entities(600).sample(frac=1, random_state=5).reset_index(drop=True)
     collected = store.get_historical_features(entity_df=wanted, features=FEATURES).to_arrow()
 
     blocks = [pa.Table.from_pandas(part, preserve_index=False) for part in (wanted[:250], wanted[250:], wanted[:0])]
@@ -89,9 +69,9 @@ def test_entity_rows_as_a_ray_dataset_stay_in_the_cluster_and_give_the_dataframe
 
 
 def test_entity_rows_in_a_ray_dataset_are_checked_like_a_dataframes(ray_local: None, tmp_path: Path) -> None:
-    budget_retrieval.prepare(tmp_path, 20)
+    wide_features.prepare(tmp_path, 20)
     store = open_store(str(tmp_path), overrides={"project": "budget"})
-    rows = budget_retrieval.entities(20)
+    rows = wide_features.entities(20)
     no_time = ray.data.from_pandas(rows.drop(columns="event_timestamp"))
     with pytest.raises(FeatureStoreError, match="need an `event_timestamp` column"):
         store.get_historical_features(entity_df=no_time, features=FEATURES)

@@ -1,7 +1,8 @@
-"""`train`'s driver does not grow with the training set: the same job trained on examples 10x apart, each by a
-driver process of its own attached to the test's Ray. The larger training set weighs about 160 MiB, which a
-driver that built, split or scored it would hold; the fingerprint the run records is recomputed here from the
-tables, independently of the engine."""
+"""`train`'s driver does not grow with the training set, nor does the driver of a retrieval saved as Parquet:
+the same job trained, and the same retrieval saved, on data 10x apart, each size by a driver process of its own
+attached to the test's Ray. The larger training set and saved retrieval each weigh about 160 MiB, which a
+driver that built, split or scored the one, or collected the other, would hold. The fingerprint the run records
+is recomputed here from the tables, independently of the engine, and so are the saved rows."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 from deltalake import DeltaTable
@@ -43,15 +45,17 @@ def expected_fingerprint(root: Path) -> str:
 
 
 @pytest.mark.slow
-def test_the_driver_of_a_training_run_does_not_grow_with_its_training_set(ray_local: None, tmp_path: Path) -> None:
+def test_the_driver_of_a_training_run_or_a_saved_retrieval_does_not_grow_with_the_data(
+        ray_local: None, tmp_path: Path) -> None:
     peaks = {}
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     (tmp_path / "repo").mkdir()
     for rows in (SMALL, LARGE):
         root = tmp_path / f"root-{rows}"
         budget_training.prepare(root, rows)
+        out = tmp_path / f"saved-{rows}"
         done = subprocess.run([sys.executable, "-m", "tests.training.budget_training", str(root),
-                               ray.get_runtime_context().gcs_address, str(tmp_path / "repo")],
+                               ray.get_runtime_context().gcs_address, str(tmp_path / "repo"), str(out)],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])
@@ -59,5 +63,7 @@ def test_the_driver_of_a_training_run_does_not_grow_with_its_training_set(ray_lo
         assert report["rows"] == rows and report["model_version"] == "1"
         assert report["fingerprint"] == expected_fingerprint(root)
         assert report["auc"] > 0.7, report  # the score decides six labels in seven
+        saved = pq.read_table(out).sort_by("account_id")
+        assert saved.column("score").to_pylist() == (np.arange(rows) * 7 % 100).tolist()
+        assert saved.column("note").to_pylist() == ["n" * budget_training.NOTE_BYTES] * rows
     assert peaks[LARGE] - peaks[SMALL] < GROWTH_MIB, peaks
-    assert np.isfinite(list(peaks.values())).all()

@@ -1,13 +1,9 @@
-"""A training-set retrieval whose driver must not grow with the data: `python -m tests.features.budget_retrieval
-ROOT ADDRESS ENTITIES OUT` retrieves a wide feature for ENTITIES entity rows from the store over ROOT (set up by
-`prepare`), attached to the Ray at ADDRESS, saves it as Parquet under OUT, and prints the driver's peak resident
-memory."""
+"""A store over one wide feature table (a 4 KiB note and a score per account), for retrievals kept in the
+cluster."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,6 @@ from feast.types import Int64, String
 
 from engine.features.source import DeltaSource
 from engine.layout import Layout
-from tests.engine.budget_pipeline import peak_resident_mib
 
 BASE = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 NOTE_BYTES = 4096
@@ -44,20 +39,3 @@ def prepare(root: Path, accounts: int) -> None:
 def entities(rows: int) -> pd.DataFrame:
     """An entity row per account, a day after its feature row."""
     return pd.DataFrame({"account_id": np.arange(rows), "event_timestamp": pd.Timestamp(BASE + dt.timedelta(days=1))})
-
-
-def main(root: str, address: str, rows: int, out: str) -> None:
-    from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
-
-    from engine.features.repo import open_store
-    from engine.runtime import join_ray
-
-    join_ray(address, logging_level="ERROR")
-    store = open_store(root, overrides={"project": "budget"})
-    job = store.get_historical_features(entity_df=entities(rows), features=["account_notes:note", "account_notes:score"])
-    job.persist(SavedDatasetFileStorage(path=out))
-    print(json.dumps({"peak_mib": peak_resident_mib()}))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
