@@ -5,9 +5,10 @@ the commit. In a plain table, the small files are packed, in the log's order, in
 size. In a hash-bucketed `Merge` table (see `engine.tables.distributed_merge`), each bucket's small files are a
 group whose rewritten files keep the bucket's name prefix, so the table stays bucketed and the next merge
 still rewrites only the buckets it touches; files outside the bucket layout are left for the next merge to fold
-in. A bucketed table is Z-ordered bucket by bucket the same way. The Z-order of a plain table (one curve over
-the whole table), and the compaction of a table with partition columns or reader features, run deltalake's
-optimize in one Ray task. Either way the rewrite is one commit that changes no data (`dataChange: false`) and
+in. A bucketed table is Z-ordered bucket by bucket the same way; a plain table along one curve over the whole
+table, sorted by Ray tasks (`engine.maintenance.zorder`), a task writing each stretch of the curve. A table with
+partition columns or reader features (written by other tools) is compacted or Z-ordered by deltalake's optimize
+in one Ray task. Either way the rewrite is one commit that changes no data (`dataChange: false`) and
 carries `medallion.operation` = `optimize` and `medallion.reason`. A writer that appends meanwhile does not stop
 it; one that removed a file it rewrote does, and nothing is changed.
 """
@@ -19,8 +20,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray
@@ -28,15 +27,16 @@ from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import DeltaError
 from deltalake.transaction import AddAction, RemoveAction
 
-from engine.arrow import storage_schema
+from engine.arrow import storage_schema, to_storage
 from engine.config import StorageSettings
 from engine.errors import MaintenanceError
 from engine.governance.actor import audit_fields
 from engine.maintenance.policy import Maintenance
+from engine.maintenance.zorder import zorder_indices, zordered
 from engine.runtime import ensure_ray
 from engine.storage import filesystem_of
 from engine.tables.delta import commit_info_value, commit_metadata, newest_commits, open_table
-from engine.tables.delta_files import add_actions, readable_by_files
+from engine.tables.delta_files import add_actions, data_files, readable_by_files
 from engine.tables.distributed_merge import BUCKET_FILE
 from engine.tables.files import DataFile, RollingParquetWriter, discard_files, gather_written, opaque_columns
 
@@ -115,8 +115,10 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
         if bucketed:
             version, rewritten = _rewrite_groups(delta_table, table, storage, policy, target, metadata,
                                                  _bucket_work(delta_table, policy, target))
-        elif policy.z_order or not readable_by_files(delta_table):
+        elif not readable_by_files(delta_table):
             version, rewritten = _optimize_with_deltalake(delta_table, table, storage, policy, target, metadata)
+        elif policy.z_order:
+            version, rewritten = _zorder_plain(delta_table, table, storage, policy, target, metadata)
         else:
             version, rewritten = _rewrite_groups(delta_table, table, storage, policy, target, metadata,
                                                  _packed_work(delta_table, target))
@@ -129,9 +131,9 @@ def optimize_table(uri: str, table: str, *, storage: StorageSettings, policy: Ma
 
 def _optimize_with_deltalake(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance,
                              target: int, metadata: dict[str, str]) -> tuple[int | None, int]:
-    """deltalake's compaction or z-order in one Ray task (a plain table's Z-order, or a table with partition
-    columns or reader features), so that the rows pass through a worker, not this process; the new version
-    (None: nothing rewritten) and files rewritten.
+    """deltalake's compaction or z-order in one Ray task (for a table with partition columns or reader features),
+    so that the rows pass through a worker, not this process; the new version (None: nothing rewritten) and files
+    rewritten.
 
     Raises:
         MaintenanceError: the optimize failed in the task, nothing was changed.
@@ -208,8 +210,6 @@ def _rewrite_groups(delta_table: DeltaTable, table: str, storage: StorageSetting
     if not work:
         return None, 0
     uri = delta_table.table_uri.rstrip("/")
-    paths, sizes = _files(delta_table)
-    size_of = dict(zip(paths, sizes))
     schema = storage_schema(pa.schema(delta_table.schema().to_arrow()))
     sized = storage.model_copy(update={"target_file_mb": max(1, target // 2**20)})
     opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
@@ -221,6 +221,57 @@ def _rewrite_groups(delta_table: DeltaTable, table: str, storage: StorageSetting
         raise MaintenanceError(f"compacting table `{table}` failed: {type(err).__name__}: {err}", table=table,
                                path=uri) from err
     removed = sorted(p for members in work.values() for p in members)
+    return _commit_rewrite(delta_table, table, written, removed, metadata), len(removed)
+
+
+def _zorder_plain(delta_table: DeltaTable, table: str, storage: StorageSettings, policy: Maintenance, target: int,
+                  metadata: dict[str, str]) -> tuple[int | None, int]:
+    """Every file of a plain table rewritten along one Z-order curve over `policy.z_order` (`zorder.zordered`, in
+    Ray tasks), a task writing each contiguous block of the curve into files of the target size; one commit."""
+    uri = delta_table.table_uri.rstrip("/")
+    paths, _ = _files(delta_table)
+    if not paths:
+        return None, 0
+    schema = pa.schema(delta_table.schema().to_arrow())
+    blocks = zordered(data_files(uri, delta_table), schema, policy.z_order).to_arrow_refs()
+    sized = storage.model_copy(update={"target_file_mb": max(1, target // 2**20)})
+    opaque = opaque_columns(delta_table.metadata().configuration, schema.names)
+    prefix = f"zorder-{uuid.uuid4().hex[:8]}"
+    refs = [_write_block.remote(uri, f"{prefix}-{index:05d}", sized, opaque, block)
+            for index, block in enumerate(blocks)]
+    try:
+        written = gather_written(uri, refs)
+    except Exception as err:
+        raise MaintenanceError(f"z-ordering table `{table}` failed: {type(err).__name__}: {err}", table=table,
+                               path=uri) from err
+    return _commit_rewrite(delta_table, table, written, paths, metadata), len(paths)
+
+
+@ray.remote
+def _write_block(uri: str, prefix: str, storage: StorageSettings, opaque: frozenset[str],
+                 rows: pa.Table) -> list[DataFile]:
+    """One block of rows written, in its order, into files of the target size named with `prefix`."""
+    writer = RollingParquetWriter(uri, storage, prefix, opaque)
+    try:
+        for batch in to_storage(rows).to_batches(max_chunksize=_SLICE_ROWS):
+            writer.write(pa.Table.from_batches([batch]))
+        return writer.close()
+    except BaseException:
+        discard_files(uri, writer.close())
+        raise
+
+
+def _commit_rewrite(delta_table: DeltaTable, table: str, written: Sequence[DataFile], removed: Sequence[str],
+                    metadata: dict[str, str]) -> int:
+    """Commit the `written` files in place of the `removed` ones (paths relative to the table), changing no data;
+    the version committed.
+
+    Raises:
+        MaintenanceError: another writer removed or rewrote one of the `removed` files meanwhile; the `written`
+            files are deleted.
+    """
+    uri = delta_table.table_uri.rstrip("/")
+    size_of = dict(zip(*_files(delta_table)))
     now = int(time.time() * 1000)
     token = uuid.uuid4().hex
     properties = commit_metadata({**metadata, COMMIT_TOKEN: token})
@@ -233,7 +284,7 @@ def _rewrite_groups(delta_table: DeltaTable, table: str, storage: StorageSetting
         raise MaintenanceError(f"the compaction of `{table}` could not commit ({err}): another writer removed or "
                                "rewrote files it compacted meanwhile; nothing was changed; run the optimize again",
                                table=table, path=uri) from err
-    return _version_of(uri, table, token), len(removed)
+    return _version_of(uri, table, token)
 
 
 def _version_of(uri: str, table: str, token: str) -> int:
@@ -260,20 +311,6 @@ def _rewrite_group(uri: str, prefix: str, storage: StorageSettings, opaque: froz
     except BaseException:
         discard_files(uri, writer.close())
         raise
-
-
-def zorder_indices(rows: pa.Table, columns: Sequence[str]) -> np.ndarray:
-    """The row order of `rows` along a Z-order (Morton) curve over the dense ranks of `columns` (nulls
-    first), so rows close in every column end up close together."""
-    bits = min(21, 63 // len(columns))
-    code = np.zeros(rows.num_rows, np.uint64)
-    for position, name in enumerate(columns):
-        series = pl.Series(rows.column(name).combine_chunks())
-        rank = series.rank("dense").fill_null(0).to_numpy().astype(np.float64)
-        scaled = np.floor(rank / max(rank.max(initial=0.0), 1.0) * ((1 << bits) - 1)).astype(np.uint64)
-        for bit in range(bits):
-            code |= ((scaled >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * len(columns) + position)
-    return np.argsort(code, kind="stable")
 
 
 def _groups(paths: Sequence[str]) -> dict[str, list[str]]:

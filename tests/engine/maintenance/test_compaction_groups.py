@@ -1,6 +1,7 @@
 """Compaction of a plain table in Ray tasks, one per group of small files: the rows stay the same, the commit
 changes no data, a writer that appends meanwhile does not stop it, and one that rewrote a compacted file does,
-leaving the table as that writer left it."""
+leaving the table as that writer left it. A plain table's Z-order, along one curve sorted by Ray tasks, keeps the
+rows and clusters the files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
@@ -105,3 +107,38 @@ def test_an_append_meanwhile_is_kept_and_a_rewrite_meanwhile_stops_the_compactio
     assert table.history(1)[0]["operation"] == "DELETE" and table.to_pyarrow_table().num_rows == 6 * 20_000 - 100
     on_disk = {p.name for p in Path(uri2).glob("*.parquet")}
     assert not any(name.startswith("part-compacted-") for name in on_disk)  # what the tasks wrote is gone
+
+
+def test_a_plain_table_is_zordered_along_one_curve_by_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = str(tmp_path / "gold" / "points")
+    rng = np.random.default_rng(11)
+    for _ in range(4):
+        size = 150_000
+        labels = pa.array([None if i % 50 == 0 else f"l{i:03d}" for i in rng.integers(0, 300, size)])
+        noise = {f"noise{n}": rng.random(size) for n in range(2)}  # about 14 MB in all: files of 1 to 2 MB
+        write_deltalake(uri, pa.table({"x": rng.integers(0, 1_000_000, size), "label": labels, **noise}),
+                        mode="append")
+    before = DeltaTable(uri).to_pyarrow_table().sort_by([("x", "ascending"), ("noise0", "ascending")])
+
+    def per_file() -> tuple[float, float]:
+        """The mean width of `x` in a file, and the mean count of distinct labels in a file."""
+        widths, labels = [], []
+        for path in DeltaTable(uri).file_uris():
+            rows = pq.read_table(path.removeprefix("file://"), columns=["x", "label"])
+            widths.append(np.ptp(rows.column("x").to_numpy()))
+            labels.append(len(set(rows.column("label").to_pylist())))
+        return float(np.mean(widths)), float(np.mean(labels))
+
+    wide, mixed = per_file()
+    monkeypatch.setattr(pads, "dataset", lambda *a, **k: pytest.fail("rows read in this process"))
+    done = optimize_table(uri, "gold.points", storage=StorageSettings(),
+                          policy=Maintenance(z_order=("x", "label"), target_file_mb=1), reason="cluster")
+    monkeypatch.undo()
+
+    after = DeltaTable(uri).to_pyarrow_table().sort_by([("x", "ascending"), ("noise0", "ascending")])
+    assert after.equals(before.select(after.column_names))
+    adds = [a["add"] for a in commit_actions(uri, done.version) if "add" in a]
+    assert len(adds) == done.files_after >= 6 and done.files_rewritten == 4
+    assert all(add["path"].startswith("part-zorder-") and not add["dataChange"] for add in adds)
+    narrow, fewer = per_file()
+    assert (narrow / wide) * (fewer / mixed) < 0.25, (wide, narrow, mixed, fewer)  # of the (x, label) plane
