@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -131,7 +132,7 @@ def prepare_block(table: pa.Table, time_column: str, casts: Mapping[str, KeyTarg
         times = pc.assume_timezone(times, "UTC")
     table = table.append_column(ENTITY_TS, times.cast(pa.timestamp("us", tz="UTC"), safe=False))
     first_row = index << BLOCK_SHIFT
-    table = table.append_column(ROW, pa.array(range(first_row, first_row + table.num_rows), pa.int64()))
+    table = table.append_column(ROW, pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64)))
     for key, target in casts.items():
         try:
             cast = table.column(key).cast(target.type)

@@ -164,7 +164,7 @@ def with_request_values(rows: ray.data.Dataset, job: TrainingJob) -> ray.data.Da
 
 def _with_values(rows: pa.Table, values: Mapping[str, Any]) -> pa.Table:
     for name, value in values.items():
-        rows = rows.append_column(name, pa.array([value] * rows.num_rows))
+        rows = rows.append_column(name, pa.repeat(pa.scalar(value), rows.num_rows))
     return rows
 
 
