@@ -232,14 +232,15 @@ def verify_backup(source: str, scratch: str | None = None, need_ray: Callable[[]
 def content_hash(uri: str, table: str, version: int, need_ray: Callable[[], None] | None = None) -> tuple[int, str]:
     """The rows of the table at `version` and a hash of them that ignores row order: the sum (modulo 2**64)
     of a stable 64-bit hash of every row's columns, in column-name order. Columns of nested types are left
-    out of the hash. A table of more than `TASKS_FROM_BYTES` whose files hold its rows as they are is hashed by Ray
-    tasks when `need_ray` is given (it is called first)."""
+    out of the hash. A table whose files hold its rows as they are is hashed by Ray tasks when `need_ray` is given
+    (it is called first), whatever its size: Parquet's compression makes a file's size no bound on its rows'."""
     opened = open_table(uri, table, version)
     if need_ray is not None and readable_by_files(opened):
         files = data_files(uri, opened)
-        if (size := sum(f.size_bytes for f in files)) > TASKS_FROM_BYTES:
+        if files:
             schema = pa.schema(opened.schema().to_arrow())
             columns = sorted(f.name for f in schema if not pa.types.is_nested(f.type))
+            size = sum(f.size_bytes for f in files)
             rows, total = hash_in_tasks([f.uri for f in files], size, schema, columns, need_ray)
             return rows, f"{total:016x}"
     dataset = rows_dataset(uri, table, opened=opened)

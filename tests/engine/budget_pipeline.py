@@ -1,7 +1,8 @@
 """A pipeline whose driver must not grow with its data: account changes ingested, merged by key with deletes
 (`Merge`), kept as history (`SCD2`), both on Delta and on Iceberg, and summed per account (`RecomputeKeys`).
 Importable as `tests.engine.budget_pipeline:pipeline` by a driver process; `python -m tests.engine.budget_pipeline
-ROOT ADDRESS` runs it there, attached to the Ray at ADDRESS, and prints the driver's peak resident memory."""
+ROOT ADDRESS BACKUP` runs it there, attached to the Ray at ADDRESS, then Z-orders and compacts two of its tables and
+backs the root up to BACKUP, and prints the driver's peak resident memory."""
 
 from __future__ import annotations
 
@@ -78,16 +79,30 @@ def peak_resident_mib() -> float:
     return int(line.split()[1]) / 2**10
 
 
-def main(root: str, address: str) -> None:
+def main(root: str, address: str, backup_to: str) -> None:
+    """Run the pipeline, then Z-order `bronze.changes` (a compaction that rewrites every file along one curve),
+    compact `silver.accounts` within its buckets, and back the root up to `backup_to`."""
     from engine import Runner, load_settings
+    from engine.layout import Layout
+    from engine.maintenance.backup import backup
+    from engine.maintenance.optimize import optimize_table
+    from engine.maintenance.policy import Maintenance
     from engine.runtime import join_ray
 
     join_ray(address, logging_level="ERROR")
-    result = Runner(pipeline, load_settings(overrides={"storage": {"root": root}})).run()
+    settings = load_settings(overrides={"storage": {"root": root}})
+    result = Runner(pipeline, settings).run()
     failed = [record.error for record in result.records if record.error]
-    print(json.dumps({"peak_mib": peak_resident_mib(), "failed": failed,
+    layout = Layout.at(root)
+    optimized = {table: optimize_table(layout.table(table), table, storage=settings.storage, policy=policy,
+                                       reason="budget").files_rewritten
+                 for table, policy in (("bronze.changes", Maintenance(z_order=("account_id",))),
+                                       ("silver.accounts", Maintenance(z_order=("seq",))))}
+    saved = backup(layout, backup_to)
+    print(json.dumps({"peak_mib": peak_resident_mib(), "failed": failed, "optimized": optimized,
+                      "backed_up": {t.path: t.rows for t in saved.tables},
                       "rows": {record.table: record.rows_written for record in result.records}}))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

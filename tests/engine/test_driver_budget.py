@@ -1,7 +1,9 @@
 """The driver's memory does not grow with the data: the same pipeline (a `Merge` table with deletes and an `SCD2`
-history, on Delta and on Iceberg, and a `RecomputeKeys` aggregate) run at two sizes 10x apart, each by a driver process of its own attached to the test's
-Ray, whose peak resident memory is compared. The changes of the larger run weigh about 160 MiB: a driver that
-read them (or their staged files) whole would grow by more than that."""
+history, on Delta and on Iceberg, and a `RecomputeKeys` aggregate) run at two sizes 10x apart, then a Z-order of
+its bronze table, a compaction of its bucketed merge table and a backup of the root, each size by a driver process
+of its own attached to the test's Ray, whose peak resident memory is compared. The changes of the larger run
+weigh about 160 MiB: a driver that read them (or their staged files, or the tables it rewrites or copies) whole
+would grow by more than that."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -23,11 +26,12 @@ GROWTH_MIB = 150
 SMALL, LARGE = 4_000, 40_000
 
 
-def run_in_own_driver(root: Path) -> dict[str, object]:
-    """The budget pipeline run on `root` by a driver process attached to this process's Ray: its report."""
+def run_in_own_driver(root: Path) -> dict[str, Any]:
+    """The budget pipeline run on `root`, and its maintenance, by a driver process attached to this process's Ray:
+    its report."""
     done = subprocess.run([sys.executable, "-m", "tests.engine.budget_pipeline", str(root),
-                           ray.get_runtime_context().gcs_address], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                           ray.get_runtime_context().gcs_address, f"{root}-backup"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["failed"] == [], report
@@ -56,6 +60,11 @@ def test_the_driver_does_not_grow_with_merge_scd2_and_recompute_keys_tables(tmp_
         budget_pipeline.land(root / "landing", size)
         report = run_in_own_driver(root)
         peaks[size] = report["peak_mib"]
+        bronze = DeltaTable(str(root / "bronze" / "changes"))
+        assert report["optimized"]["bronze.changes"] >= 1 and bronze.history(1)[0]["medallion.z_order"] == "account_id"
+        assert bronze.to_pyarrow_table(columns=["seq"]).num_rows == size
+        assert report["backed_up"]["bronze/changes"] == size and report["backed_up"]["silver/accounts"] == len(
+            live_accounts(root))
         totals = pl.from_arrow(DeltaTable(str(root / "gold" / "account_totals")).to_pyarrow_table())
         assert isinstance(totals, pl.DataFrame)
         expected = expected_totals(root)
