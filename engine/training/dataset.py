@@ -134,6 +134,9 @@ def build_training_set(store: FeatureStore, job: TrainingJob, reader: TableReade
     examples = job.examples(reader, params)
     if isinstance(examples, pa.Table):
         examples = ray.data.from_arrow(examples)
+    if not isinstance(examples, ray.data.Dataset):
+        raise TrainingError(f"training job `{job.name}`: `examples` returned a {type(examples).__name__}; it must "
+                            "return a ray.data.Dataset (or a pyarrow.Table)", job=job.name)
     examples = with_request_values(examples, job).materialize()
     if examples.count() == 0:
         raise TrainingError(f"training job `{job.name}` produced no examples from tables {sorted(reader.versions)}",

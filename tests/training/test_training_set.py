@@ -37,6 +37,10 @@ def none(reader: TableSource, params: Mapping[str, Any]) -> ray.data.Dataset:
     return reader.read(budget_training.EXAMPLES_TABLE, COLUMNS).filter(expr="account_id < 0")
 
 
+def frame(reader: TableSource, params: Mapping[str, Any]) -> Any:
+    return as_table(reader, params).to_pandas()
+
+
 def built(root: Path, job: TrainingJob) -> Any:
     return build_training_set(open_store(str(root)), job, TableReader(str(root)), {})
 
@@ -66,6 +70,8 @@ def test_unusable_training_sets_are_refused_with_the_job_named(root: Path) -> No
     with pytest.raises(TrainingError, match="training job `accounts` produced no examples from tables "
                                             r"\['gold.account_examples'\]"):
         built(root, dataclasses.replace(JOB, examples=none))
+    with pytest.raises(TrainingError, match="`examples` returned a DataFrame; it must return a ray.data.Dataset"):
+        built(root, dataclasses.replace(JOB, examples=frame))
     whole = built(root, JOB)
     with pytest.raises(TrainingError, match=r"training job `accounts`: 0 training rows and a holdout .*a smaller "
                                             "`holdout_fraction` / `gap`"):
